@@ -1,0 +1,1 @@
+//! tern-api: The flespi REST API and the REST-over-MQTT bridge

@@ -1,0 +1,1 @@
+//! tern-expr: The flespi expression language: lexer, parser, checker, evaluator; pure
