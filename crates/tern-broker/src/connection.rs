@@ -1,0 +1,299 @@
+//! One client connection's protocol state, without I/O.
+//!
+//! The connection driver (tern-net) owns the socket. It feeds decoded packets to
+//! [`Connection::handle`], calls [`Connection::fill`] when the session has deliveries, and
+//! writes out whatever accumulated in [`Connection::out`]. Everything here is synchronous; the
+//! only shared state touched is the broker's, under short locks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tern_codec::{
+    ConnAck, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
+    ReasonCode,
+};
+
+use crate::auth::Principal;
+use crate::broker::Broker;
+use crate::close::CloseReason;
+use crate::message::Delivery;
+use crate::metrics::Metrics;
+use crate::session::{Kick, Phase, Session, SessionState};
+use crate::timers::TimerKind;
+
+/// The largest packet MQTT can express (a 4-byte remaining length plus the fixed header).
+const MAX_WIRE_PACKET: u32 = 268_435_455 + 5;
+
+/// What the client told us about itself in CONNECT (v5 properties), bounding what we send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLimits {
+    pub receive_maximum: u16,
+    pub maximum_packet_size: u32,
+    pub topic_alias_maximum: u16,
+    pub request_problem_information: bool,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            receive_maximum: u16::MAX,
+            maximum_packet_size: MAX_WIRE_PACKET,
+            topic_alias_maximum: 0,
+            request_problem_information: true,
+        }
+    }
+}
+
+/// A delivery taken from the session, about to be encoded.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub delivery: Delivery,
+    pub packet_id: Option<PacketId>,
+    pub dup: bool,
+    /// For a re-sent QoS 2 message whose PUBREC arrived: send PUBREL instead of PUBLISH.
+    pub pubrel: bool,
+}
+
+/// The protocol state of one connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: &'static str,
+    pub(crate) protocol: ProtocolVersion,
+    pub(crate) kick: Arc<Kick>,
+    pub(crate) session: Option<Arc<Session>>,
+    pub(crate) principal: Option<Principal>,
+    /// Keep alive in seconds as agreed (0 = none).
+    pub(crate) keep_alive: u16,
+    pub(crate) limits: ClientLimits,
+    /// Topic aliases the client set (alias → topic).
+    pub(crate) aliases_in: HashMap<u16, ByteString>,
+    /// Topic aliases the broker assigned (topic → alias).
+    pub(crate) aliases_out: HashMap<ByteString, u16>,
+    /// Encoded packets waiting to be written.
+    pub(crate) out: BytesMut,
+    pub(crate) closed: bool,
+    pub(crate) batch: Vec<Outgoing>,
+}
+
+impl Connection {
+    /// A new connection from `peer` on the listener named `listener`.
+    pub fn new(broker: Arc<Broker>, peer: SocketAddr, listener: &'static str) -> Connection {
+        let id = broker.next_conn_id();
+        Metrics::gauge(&broker.metrics.connections, 1);
+        Metrics::inc(&broker.metrics.connections_total);
+        Connection {
+            broker,
+            id,
+            peer,
+            listener,
+            protocol: ProtocolVersion::V5,
+            kick: Arc::new(Kick::default()),
+            session: None,
+            principal: None,
+            keep_alive: 0,
+            limits: ClientLimits::default(),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            out: BytesMut::with_capacity(4096),
+            closed: false,
+            batch: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The name of the listener the connection came in on.
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The protocol version the client announced (V5 until CONNECT).
+    pub fn protocol(&self) -> ProtocolVersion {
+        self.protocol
+    }
+
+    /// Whether CONNECT was accepted.
+    pub fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Largest packet the broker accepts from this client.
+    pub fn max_packet_size(&self) -> u32 {
+        self.broker.config.max_packet_size
+    }
+
+    /// How long the connection may stay silent before it is closed: 1.5 times the keep alive.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// The session, once connected (to wait for its deliveries).
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        self.session.as_ref()
+    }
+
+    /// The close request of this connection (takeover, administrative action, slow consumer).
+    pub fn kick(&self) -> &Arc<Kick> {
+        &self.kick
+    }
+
+    /// Encoded bytes waiting to be written. The driver writes and consumes them.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Encodes a packet into the output buffer.
+    pub(crate) fn send(&mut self, packet: &Packet) {
+        if let Err(err) = tern_codec::encode(packet, self.protocol, &mut self.out) {
+            tracing::error!(conn = self.id, %err, "could not encode an outgoing packet");
+        }
+    }
+
+    /// Handles a packet that failed to decode: answers what the spec asks for (CONNACK 0x84 for
+    /// an unsupported protocol level) and returns the close reason.
+    pub fn decode_error(&mut self, err: &DecodeError) -> CloseReason {
+        let reason = CloseReason::from(err);
+        if self.is_connected() {
+            return reason;
+        }
+        // Errors in CONNECT that the spec answers with a CONNACK, in the format the client will
+        // understand.
+        let refusal = match err {
+            DecodeError::UnsupportedProtocolVersion { level }
+            | DecodeError::UnknownProtocolName { level } => Some((
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                if *level == 5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                },
+            )),
+            DecodeError::ClientIdNotValid { version, .. } => {
+                Some((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, *version))
+            }
+            _ => None,
+        };
+        match refusal {
+            Some((code, version)) => {
+                self.protocol = version;
+                self.send(&Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    properties: Default::default(),
+                }));
+                CloseReason::ConnectRefused(code)
+            }
+            None => reason,
+        }
+    }
+
+    /// Closes the connection: tells a v5 client why (when the server is the one closing),
+    /// detaches the session, schedules or publishes the will and the session's expiry.
+    /// Idempotent.
+    pub fn close(&mut self, reason: &CloseReason) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.broker.metrics.closed(reason);
+        if self.is_connected() && self.protocol.is_v5() && reason.server_sends_disconnect() {
+            let mut properties = DisconnectProperties::default();
+            if self.limits.request_problem_information
+                && let CloseReason::Violation { detail, .. } = reason
+            {
+                properties.reason_string = Some(ByteString::from(detail.as_ref()));
+            }
+            self.send(&Packet::Disconnect(Disconnect {
+                reason: reason.reason_code(),
+                properties,
+            }));
+        }
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        tracing::debug!(conn = self.id, client_id = %session.key.client_id, cid = session.key.cid, %reason, "connection closed");
+        self.detach(&session, reason);
+    }
+
+    fn detach(&mut self, session: &Arc<Session>, reason: &CloseReason) {
+        let broker = self.broker.clone();
+        let now = broker.clock.now();
+        let (will, end, expiry, disconnected_at) = {
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                // Taken over: the new owner dealt with the will.
+                return;
+            }
+            st.conn = None;
+            st.disconnected_at = Some(now);
+            st.resend = st.inflight.len();
+            let will = st.will.take().filter(|_| reason.publishes_will());
+            let end = st.expiry_interval == 0;
+            (will, end, st.expiry_interval, now)
+        };
+        if end {
+            broker.end_session(session);
+            if let Some(w) = will {
+                broker.publish(w.message);
+            }
+            return;
+        }
+        if let Some(w) = will {
+            if w.delay == 0 {
+                broker.publish(w.message);
+            } else {
+                let delay = u64::from(w.delay.min(expiry));
+                session.lock().will = Some(w);
+                broker.timers.schedule(
+                    now + delay * 1_000_000,
+                    TimerKind::Will,
+                    session.clone(),
+                    disconnected_at,
+                );
+            }
+        }
+        if expiry != u32::MAX {
+            broker.timers.schedule(
+                now + u64::from(expiry) * 1_000_000,
+                TimerKind::Expiry,
+                session.clone(),
+                disconnected_at,
+            );
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.close(&CloseReason::ConnectionLost);
+        }
+        Metrics::gauge(&self.broker.metrics.connections, -1);
+    }
+}
+
+/// Whether the connection `conn_id` owns the session.
+pub(crate) fn owns(st: &SessionState, conn_id: u64) -> bool {
+    st.conn.as_ref().is_some_and(|l| l.conn_id == conn_id)
+}
+
+/// Phase of a QoS 1/2 delivery just sent.
+pub(crate) fn first_phase(qos: tern_codec::QoS) -> Phase {
+    match qos {
+        tern_codec::QoS::ExactlyOnce => Phase::AwaitPubRec,
+        _ => Phase::AwaitPubAck,
+    }
+}

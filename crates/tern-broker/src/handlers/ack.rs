@@ -1,0 +1,109 @@
+//! PUBACK, PUBREC, PUBREL and PUBCOMP: the QoS 1 and QoS 2 acknowledgement flows.
+
+use tern_codec::{AckProperties, Packet, PubAck, ReasonCode};
+
+use crate::close::CloseReason;
+use crate::connection::{Connection, owns};
+use crate::metrics::Metrics;
+use crate::session::Phase;
+
+impl Connection {
+    /// PUBACK: a QoS 1 delivery is done.
+    pub(crate) fn handle_puback(&mut self, ack: PubAck) -> Result<(), CloseReason> {
+        self.complete(ack.packet_id, Phase::AwaitPubAck)
+    }
+
+    /// PUBCOMP: a QoS 2 delivery is done.
+    pub(crate) fn handle_pubcomp(&mut self, ack: PubAck) -> Result<(), CloseReason> {
+        self.complete(ack.packet_id, Phase::AwaitPubComp)
+    }
+
+    /// PUBREC: the client has the QoS 2 message; answer PUBREL. A PUBREC with an error reason
+    /// ends the flow ([MQTT-4.3.3-4] v5: no PUBREL is sent).
+    pub(crate) fn handle_pubrec(&mut self, ack: PubAck) -> Result<(), CloseReason> {
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        let found = {
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                return Err(CloseReason::SessionTakenOver);
+            }
+            if ack.reason.is_error() {
+                if st
+                    .take_inflight(ack.packet_id, Phase::AwaitPubRec)
+                    .is_some()
+                {
+                    Metrics::gauge(&self.broker.metrics.inflight, -1);
+                }
+                drop(st);
+                session.wake();
+                return Ok(());
+            }
+            st.advance_inflight(ack.packet_id, Phase::AwaitPubRec, Phase::AwaitPubComp)
+                || st
+                    .inflight
+                    .iter()
+                    .any(|f| f.packet_id == ack.packet_id && f.phase == Phase::AwaitPubComp)
+        };
+        let reason = if found || !self.protocol.is_v5() {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubRel(PubAck {
+            packet_id: ack.packet_id,
+            reason,
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    /// PUBREL: the client releases a QoS 2 message it sent us; answer PUBCOMP.
+    pub(crate) fn handle_pubrel(&mut self, ack: PubAck) -> Result<(), CloseReason> {
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        let found = {
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                return Err(CloseReason::SessionTakenOver);
+            }
+            st.incoming_qos2.remove(&ack.packet_id)
+        };
+        let reason = if found || !self.protocol.is_v5() {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubAck {
+            packet_id: ack.packet_id,
+            reason,
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    /// Removes a finished delivery from the in-flight window and lets the next one go.
+    fn complete(&mut self, packet_id: u16, phase: Phase) -> Result<(), CloseReason> {
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        let (done, more) = {
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                return Err(CloseReason::SessionTakenOver);
+            }
+            let done = st.take_inflight(packet_id, phase).is_some();
+            (done, !st.queue.is_empty())
+        };
+        // An unknown packet id is ignored: it may be a late duplicate.
+        if done {
+            Metrics::gauge(&self.broker.metrics.inflight, -1);
+            if more {
+                session.wake();
+            }
+        }
+        Ok(())
+    }
+}

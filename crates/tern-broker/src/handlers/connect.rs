@@ -1,0 +1,277 @@
+//! CONNECT: identify the client, authenticate, take over or resume its session, answer CONNACK.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use tern_codec::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+
+use crate::auth::Credentials;
+use crate::close::CloseReason;
+use crate::connection::{ClientLimits, Connection};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::{ConnLink, Session, SessionKey, WillSpec};
+
+/// Outcome of attaching a connection to its session.
+struct Attached {
+    session: Arc<Session>,
+    present: bool,
+    /// A previous session replaced because of Clean Start: discard it.
+    replaced: Option<Arc<Session>>,
+    /// The will of a connection that was taken over, due now.
+    will: Option<Arc<Message>>,
+}
+
+impl Connection {
+    pub(crate) fn handle_connect(&mut self, connect: Box<Connect>) -> Result<(), CloseReason> {
+        self.protocol = connect.protocol;
+        let v5 = connect.protocol.is_v5();
+        let config = &self.broker.config;
+
+        if connect.properties.authentication_method.is_some() {
+            // No enhanced authentication method is supported (spec 4.12).
+            return self.refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+
+        // Client identifier rules (spec §2, MQTT 3.1.3-6..9).
+        let mut client_id = connect.client_id.clone();
+        let assigned = client_id.is_empty();
+        if assigned {
+            let may_assign = match connect.protocol {
+                ProtocolVersion::V5 => true,
+                ProtocolVersion::V311 => connect.clean_start,
+                ProtocolVersion::V31 => false,
+            };
+            if !may_assign {
+                return self.refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            client_id = ByteString::from(format!("tern-{:016x}", rand::random::<u64>()));
+        } else if client_id.len() > config.max_client_id_len {
+            return self.refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+
+        if let Some(will) = &connect.will {
+            if tern_topic::validate_topic_name(&will.topic).is_err() {
+                return self.refuse(ReasonCode::TOPIC_NAME_INVALID);
+            }
+            if will.retain && !config.retain_available {
+                return self.refuse(ReasonCode::RETAIN_NOT_SUPPORTED);
+            }
+        }
+
+        let creds = Credentials {
+            client_id: &client_id,
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+            peer: self.peer.ip(),
+            protocol: connect.protocol,
+        };
+        let principal = match self.broker.auth.authenticate(&creds) {
+            Ok(p) => p,
+            Err(code) => return self.refuse(code),
+        };
+
+        // Keep alive: the broker may impose its own maximum (Server Keep Alive, v5 only).
+        let mut server_keep_alive = None;
+        self.keep_alive = connect.keep_alive;
+        if let Some(max) = config.max_keep_alive
+            && (connect.keep_alive == 0 || connect.keep_alive > max)
+            && v5
+        {
+            self.keep_alive = max;
+            server_keep_alive = Some(max);
+        }
+
+        let props = &connect.properties;
+        self.limits = ClientLimits {
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            maximum_packet_size: props
+                .maximum_packet_size
+                .unwrap_or(self.limits.maximum_packet_size),
+            topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
+            request_problem_information: props.request_problem_information.unwrap_or(true),
+        };
+
+        let requested_expiry = if v5 {
+            props.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(config.max_session_expiry);
+
+        let will = connect.will.as_ref().map(|w| {
+            let timestamp = self.broker.clock.stamp();
+            let wp = &w.properties;
+            WillSpec {
+                delay: wp.will_delay_interval.unwrap_or(0),
+                message: Arc::new(Message {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos.min(config.max_qos),
+                    retain: w.retain,
+                    properties: tern_codec::PublishProperties {
+                        payload_format_indicator: wp.payload_format_indicator,
+                        message_expiry_interval: wp.message_expiry_interval,
+                        topic_alias: None,
+                        response_topic: wp.response_topic.clone(),
+                        correlation_data: wp.correlation_data.clone(),
+                        user_properties: wp.user_properties.clone(),
+                        subscription_identifiers: Default::default(),
+                        content_type: wp.content_type.clone(),
+                    },
+                    cid: principal.cid,
+                    timestamp,
+                    expires_at: wp
+                        .message_expiry_interval
+                        .map(|s| timestamp + u64::from(s) * 1_000_000),
+                    origin: None,
+                }),
+            }
+        });
+
+        let key = SessionKey {
+            cid: principal.cid,
+            client_id: client_id.clone(),
+        };
+        let link = ConnLink {
+            conn_id: self.id,
+            kick: self.kick.clone(),
+            receive_maximum: self.limits.receive_maximum,
+            protocol: connect.protocol,
+            peer: self.peer.to_string(),
+        };
+        let attached = self.attach(key, connect.clean_start, expiry, link, will);
+        if let Some(old) = &attached.replaced {
+            self.broker.discard_session(old);
+        }
+        if let Some(will) = attached.will {
+            self.broker.publish(will);
+        }
+        self.session = Some(attached.session.clone());
+        self.principal = Some(principal);
+
+        let mut properties = ConnAckProperties::default();
+        if v5 {
+            if expiry != requested_expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            if config.receive_maximum != u16::MAX {
+                properties.receive_maximum = Some(config.receive_maximum);
+            }
+            if config.max_qos < QoS::ExactlyOnce {
+                properties.maximum_qos = Some(config.max_qos as u8);
+            }
+            if !config.retain_available {
+                properties.retain_available = Some(false);
+            }
+            properties.maximum_packet_size = Some(config.max_packet_size);
+            // flespi sends Assigned Client Identifier in every v5 CONNACK, echoing the client's
+            // own id (spec §2); `echo_client_id = false` limits it to generated ids, for
+            // libmosquitto, which refuses an identifier it did not ask for.
+            if assigned || config.echo_client_id {
+                properties.assigned_client_identifier = Some(client_id);
+            }
+            if config.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+            }
+            properties.server_keep_alive = server_keep_alive;
+        }
+        self.send(&Packet::ConnAck(ConnAck {
+            session_present: attached.present,
+            code: ReasonCode::SUCCESS,
+            properties,
+        }));
+        // Re-send what was in flight, then whatever queued while offline.
+        attached.session.wake();
+        Ok(())
+    }
+
+    /// Answers CONNACK with a refusal and closes.
+    fn refuse(&mut self, code: ReasonCode) -> Result<(), CloseReason> {
+        self.send(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Default::default(),
+        }));
+        Err(CloseReason::ConnectRefused(code))
+    }
+
+    /// Finds, takes over or creates the session (spec §2: a second connection with the same
+    /// key takes the session over; the old connection gets DISCONNECT 0x8E).
+    fn attach(
+        &self,
+        key: SessionKey,
+        clean_start: bool,
+        expiry: u32,
+        link: ConnLink,
+        will: Option<WillSpec>,
+    ) -> Attached {
+        let broker = &self.broker;
+        broker.with_registry(|reg| {
+            let existing = reg.get(&key).cloned();
+            if let Some(existing) = existing {
+                let mut st = existing.lock();
+                if let Some(old) = st.conn.take() {
+                    old.kick.kick(CloseReason::SessionTakenOver);
+                }
+                let old_will = st.will.take();
+                if !clean_start && !st.ended {
+                    // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
+                    st.conn = Some(link);
+                    st.disconnected_at = None;
+                    st.expiry_interval = expiry;
+                    st.clean = false;
+                    st.resend = st.inflight.len();
+                    st.will = will;
+                    drop(st);
+                    return Attached {
+                        session: existing.clone(),
+                        present: true,
+                        replaced: None,
+                        will: old_will.filter(|w| w.delay == 0).map(|w| w.message),
+                    };
+                }
+                drop(st);
+                let session = Arc::new(Session::new(
+                    broker.next_session_id(),
+                    key.clone(),
+                    clean_start,
+                    expiry,
+                ));
+                attach_new(&session, link, will);
+                reg.insert(key, session.clone());
+                Metrics::gauge(&broker.metrics.sessions, 1);
+                // The old session ends, so its will goes out whatever its delay.
+                return Attached {
+                    session,
+                    present: false,
+                    replaced: Some(existing),
+                    will: old_will.map(|w| w.message),
+                };
+            }
+            let session = Arc::new(Session::new(
+                broker.next_session_id(),
+                key.clone(),
+                clean_start,
+                expiry,
+            ));
+            attach_new(&session, link, will);
+            reg.insert(key, session.clone());
+            Metrics::gauge(&broker.metrics.sessions, 1);
+            Attached {
+                session,
+                present: false,
+                replaced: None,
+                will: None,
+            }
+        })
+    }
+}
+
+fn attach_new(session: &Session, link: ConnLink, will: Option<WillSpec>) {
+    let mut st = session.lock();
+    st.conn = Some(link);
+    st.will = will;
+}

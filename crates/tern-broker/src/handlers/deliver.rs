@@ -1,0 +1,202 @@
+//! Deliveries to the client: take what the session's window allows, encode it.
+//!
+//! The session lock is held only to move deliveries out of the queue and record them in
+//! flight; encoding happens after it is released. Payloads are shared `Bytes`, never copied.
+
+use bytestring::ByteString;
+use tern_codec::{Packet, PubAck, Publish, PublishProperties, QoS};
+
+use crate::connection::{Connection, Outgoing, first_phase, owns};
+use crate::message::{Delivery, Micros};
+use crate::metrics::{DropReason, Metrics};
+use crate::session::{Inflight, Phase};
+
+impl Connection {
+    /// Moves deliveries from the session into the output buffer until about `limit` bytes are
+    /// buffered or the in-flight window is full. Returns true if more may be ready.
+    pub fn fill(&mut self, limit: usize) -> bool {
+        let Some(session) = self.session.clone() else {
+            return false;
+        };
+        let broker = self.broker.clone();
+        let now = broker.clock.now();
+        let window = usize::from(self.limits.receive_maximum.min(broker.config.max_inflight));
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut budget = limit.saturating_sub(self.out.len());
+        let mut expired = 0u64;
+        let more = {
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                self.batch = batch;
+                return false;
+            }
+            // First re-send what was in flight when the last connection ended ([MQTT-4.4.0-1]).
+            let resend = std::mem::take(&mut st.resend);
+            for f in st.inflight.iter().take(resend) {
+                batch.push(Outgoing {
+                    delivery: f.delivery.clone(),
+                    packet_id: Some(f.packet_id),
+                    dup: true,
+                    pubrel: f.phase == Phase::AwaitPubComp,
+                });
+            }
+            while budget > 0 {
+                let Some(front) = st.queue.front() else { break };
+                if front.msg.is_expired(now) {
+                    st.pop();
+                    expired += 1;
+                    continue;
+                }
+                if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                    break;
+                }
+                let Some(delivery) = st.pop() else { break };
+                budget = budget.saturating_sub(delivery.cost());
+                let packet_id = if delivery.qos == QoS::AtMostOnce {
+                    None
+                } else {
+                    let id = st.next_packet_id();
+                    st.inflight.push_back(Inflight {
+                        packet_id: id,
+                        delivery: delivery.clone(),
+                        phase: first_phase(delivery.qos),
+                    });
+                    Some(id)
+                };
+                batch.push(Outgoing {
+                    delivery,
+                    packet_id,
+                    dup: false,
+                    pubrel: false,
+                });
+            }
+            let sent = batch.iter().filter(|o| !o.dup).count();
+            st.stats.received += sent as u64;
+            !st.queue.is_empty()
+                && (st.inflight.len() < window
+                    || st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce))
+        };
+        let new_inflight = batch
+            .iter()
+            .filter(|o| !o.dup && o.packet_id.is_some())
+            .count() as i64;
+        let taken = batch.iter().filter(|o| !o.dup).count() as i64;
+        Metrics::gauge(&broker.metrics.queued, -(taken + expired as i64));
+        Metrics::gauge(&broker.metrics.inflight, new_inflight);
+        if expired > 0 {
+            broker.metrics.dropped_n(DropReason::Expired, expired);
+        }
+        for o in batch.drain(..) {
+            if o.pubrel {
+                if let Some(id) = o.packet_id {
+                    self.send(&Packet::PubRel(PubAck::new(id)));
+                }
+                continue;
+            }
+            if !self.encode_delivery(&o.delivery, o.packet_id, o.dup, now) {
+                self.drop_too_large(o.packet_id);
+            }
+        }
+        self.batch = batch;
+        more
+    }
+
+    /// Encodes one PUBLISH for this client. False if it is larger than the client accepts.
+    fn encode_delivery(
+        &mut self,
+        d: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: Micros,
+    ) -> bool {
+        let msg = &d.msg;
+        let properties = if self.protocol.is_v5() {
+            self.delivery_properties(d, now)
+        } else {
+            PublishProperties::default()
+        };
+        let mut publish = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: msg.topic.clone(),
+            packet_id,
+            properties,
+            payload: msg.payload.clone(),
+        };
+        // [MQTT-3.1.2-25]: never send a packet larger than the client's Maximum Packet Size.
+        // Checked with the full topic, before an alias is assigned, so that an alias is only
+        // ever used after the client saw it with its topic.
+        if tern_codec::publish_len(&publish, self.protocol)
+            > self.limits.maximum_packet_size as usize
+        {
+            return false;
+        }
+        if self.protocol.is_v5() && self.limits.topic_alias_maximum > 0 {
+            self.apply_topic_alias(&mut publish);
+        }
+        if let Err(err) = tern_codec::encode_publish(&publish, self.protocol, &mut self.out) {
+            tracing::error!(conn = self.id, %err, "could not encode a delivery");
+            return false;
+        }
+        Metrics::inc(&self.broker.metrics.messages_out);
+        Metrics::add(&self.broker.metrics.bytes_out, msg.payload.len() as u64);
+        true
+    }
+
+    /// The v5 properties of one delivery: the publisher's, plus subscription identifiers, the
+    /// remaining expiry, and the broker-stamped `cid` and `timestamp` user properties (spec §3).
+    fn delivery_properties(&self, d: &Delivery, now: Micros) -> PublishProperties {
+        let msg = &d.msg;
+        let mut p = msg.properties.clone();
+        p.subscription_identifiers = d.sub_ids.clone();
+        // Retained messages keep their interval as published (spec §4); queued ones count down
+        // ([MQTT-3.3.2-6]).
+        if !d.retain {
+            p.message_expiry_interval = msg.remaining_expiry(now);
+        }
+        p.user_properties.reserve(2);
+        p.user_properties.push((
+            ByteString::from_static("cid"),
+            ByteString::from(msg.cid.to_string()),
+        ));
+        p.user_properties.push((
+            ByteString::from_static("timestamp"),
+            ByteString::from(msg.timestamp_string()),
+        ));
+        p
+    }
+
+    /// Replaces the topic by an alias the client already knows, or assigns a new one while the
+    /// client's Topic Alias Maximum allows.
+    fn apply_topic_alias(&mut self, publish: &mut Publish) {
+        if let Some(&alias) = self.aliases_out.get(&publish.topic) {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic = ByteString::new();
+            return;
+        }
+        let next = self.aliases_out.len() + 1;
+        if next <= usize::from(self.limits.topic_alias_maximum) {
+            let alias = next as u16;
+            self.aliases_out.insert(publish.topic.clone(), alias);
+            publish.properties.topic_alias = Some(alias);
+        }
+    }
+
+    /// A delivery was too large for the client: count it and free its in-flight slot.
+    fn drop_too_large(&mut self, packet_id: Option<u16>) {
+        self.broker.metrics.dropped(DropReason::TooLarge);
+        if let (Some(id), Some(session)) = (packet_id, self.session.clone()) {
+            let mut st = session.lock();
+            let removed = st
+                .inflight
+                .iter()
+                .position(|f| f.packet_id == id)
+                .map(|pos| st.inflight.remove(pos));
+            st.stats.dropped += 1;
+            if removed.is_some() {
+                Metrics::gauge(&self.broker.metrics.inflight, -1);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! PUBLISH from a client: resolve the topic alias, validate, route, acknowledge.
+
+use std::sync::Arc;
+
+use tern_codec::{AckProperties, Packet, PubAck, Publish, QoS, ReasonCode};
+
+use crate::close::CloseReason;
+use crate::connection::{Connection, owns};
+use crate::message::Message;
+use crate::metrics::Metrics;
+
+impl Connection {
+    pub(crate) fn handle_publish(&mut self, mut p: Publish) -> Result<(), CloseReason> {
+        let broker = self.broker.clone();
+        Metrics::inc(&broker.metrics.messages_in);
+        Metrics::add(&broker.metrics.bytes_in, p.payload.len() as u64);
+
+        self.resolve_topic_alias(&mut p)?;
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(CloseReason::protocol(
+                "MQTT-3.3.4-6",
+                "PUBLISH from a client carries a Subscription Identifier",
+            ));
+        }
+        if let Some(rt) = &p.properties.response_topic
+            && tern_topic::validate_topic_name(rt).is_err()
+        {
+            return Err(CloseReason::protocol(
+                "MQTT-3.3.2-14",
+                "Response Topic is not a valid topic name",
+            ));
+        }
+        if p.retain && !broker.config.retain_available {
+            return Err(CloseReason::violation(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                Some("MQTT5 3.3.1.3"),
+                "retain is not supported",
+            ));
+        }
+
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        if p.qos != QoS::AtMostOnce {
+            let pid = p.packet_id.unwrap_or(0);
+            let mut st = session.lock();
+            if !owns(&st, self.id) {
+                return Err(CloseReason::SessionTakenOver);
+            }
+            if p.qos == QoS::ExactlyOnce && st.incoming_qos2.contains(&pid) {
+                // A re-sent QoS 2 PUBLISH whose PUBREL has not arrived: acknowledge again, do not
+                // deliver twice.
+                drop(st);
+                self.send(&Packet::PubRec(PubAck::new(pid)));
+                return Ok(());
+            }
+            if st.incoming_qos2.len() >= usize::from(broker.config.receive_maximum) {
+                return Err(CloseReason::ReceiveMaximumExceeded);
+            }
+            st.stats.published += 1;
+        } else {
+            session.lock().stats.published += 1;
+        }
+
+        // A payload that says it is UTF-8 must be (MQTT 5 3.3.2.3.2).
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            return self.reject_publish(&p, ReasonCode::PAYLOAD_FORMAT_INVALID);
+        }
+
+        let cid = self.principal.as_ref().map_or(0, |pr| pr.cid);
+        let timestamp = broker.clock.stamp();
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|s| timestamp + u64::from(s) * 1_000_000);
+        let qos = p.qos;
+        let pid = p.packet_id;
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: qos.min(broker.config.max_qos),
+            retain: p.retain,
+            properties: p.properties,
+            cid,
+            timestamp,
+            expires_at,
+            origin: Some(session.id),
+        };
+        broker.publish(Arc::new(msg));
+
+        match (qos, pid) {
+            (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(PubAck::new(pid))),
+            (QoS::ExactlyOnce, Some(pid)) => {
+                session.lock().incoming_qos2.insert(pid);
+                self.send(&Packet::PubRec(PubAck::new(pid)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Replaces a topic alias by its topic, or records a new alias (spec 3.3.2.3.4).
+    fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            if p.topic.is_empty() {
+                return Err(CloseReason::protocol(
+                    "MQTT5 3.3.2.3.4",
+                    "PUBLISH without topic name or topic alias",
+                ));
+            }
+            return Ok(());
+        };
+        if alias == 0 || alias > self.broker.config.topic_alias_maximum {
+            return Err(CloseReason::violation(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                Some("MQTT-3.3.2-9"),
+                format!(
+                    "topic alias {alias} outside 1..={}",
+                    self.broker.config.topic_alias_maximum
+                ),
+            ));
+        }
+        if p.topic.is_empty() {
+            match self.aliases_in.get(&alias) {
+                Some(topic) => p.topic = topic.clone(),
+                None => {
+                    return Err(CloseReason::protocol(
+                        "MQTT5 3.3.2.3.4",
+                        format!("topic alias {alias} was never set"),
+                    ));
+                }
+            }
+        } else {
+            self.aliases_in.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Refuses one PUBLISH without closing: v5 QoS 1/2 get the reason code in PUBACK/PUBREC,
+    /// everything else is dropped silently (spec §4).
+    pub(crate) fn reject_publish(
+        &mut self,
+        p: &Publish,
+        reason: ReasonCode,
+    ) -> Result<(), CloseReason> {
+        Metrics::inc(&self.broker.metrics.publishes_rejected);
+        if let Some(session) = &self.session {
+            session.lock().stats.rejected += 1;
+        }
+        if !self.protocol.is_v5() {
+            // 3.x has no way to refuse: acknowledge so the client does not resend forever.
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(PubAck::new(pid))),
+                (QoS::ExactlyOnce, Some(pid)) => self.send(&Packet::PubRec(PubAck::new(pid))),
+                _ => {}
+            }
+            return Ok(());
+        }
+        let ack = |pid| PubAck {
+            packet_id: pid,
+            reason,
+            properties: AckProperties::default(),
+        };
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(ack(pid))),
+            (QoS::ExactlyOnce, Some(pid)) => self.send(&Packet::PubRec(ack(pid))),
+            _ => {}
+        }
+        Ok(())
+    }
+}

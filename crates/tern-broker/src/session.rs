@@ -1,0 +1,488 @@
+//! Sessions: what the broker remembers about a client between and during connections.
+//!
+//! A [`Session`] is shared (`Arc`) between the registry, the subscription index (which holds it
+//! as the subscriber key) and the connection that currently owns it. Its mutable part,
+//! [`SessionState`], sits behind a `parking_lot::Mutex` that is only ever held for short,
+//! synchronous steps (push a delivery, take ready deliveries, record an ack) and never across an
+//! `.await`: publishers push without waiting, and the owning connection task drains.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use tern_codec::{PacketId, QoS, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use crate::close::CloseReason;
+use crate::config::BrokerConfig;
+use crate::message::{Cid, Delivery, Message, Micros, SessionId};
+
+/// Sessions are identified by account and client id (spec §2): the same client id in two
+/// accounts are two unrelated sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub cid: Cid,
+    pub client_id: ByteString,
+}
+
+/// One subscription of a session, keyed by its full filter string (prefixes included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The filter exactly as subscribed; it identifies the subscription for UNSUBSCRIBE.
+    pub filter: ByteString,
+    /// The topic filter the index matches (without `$share/<group>/`).
+    pub topic_filter: ByteString,
+    /// The shared subscription group, if any.
+    pub share_group: Option<ByteString>,
+    /// Options with the QoS as granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (v5).
+    pub id: Option<u32>,
+}
+
+/// What a QoS 1/2 message in flight towards the client waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// A message sent (or about to be re-sent) to the client and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: PacketId,
+    pub delivery: Delivery,
+    pub phase: Phase,
+}
+
+/// The will of the current or last connection.
+#[derive(Debug, Clone)]
+pub struct WillSpec {
+    pub message: Arc<Message>,
+    /// Will Delay Interval in seconds (v5).
+    pub delay: u32,
+}
+
+/// The link between a session and the connection that owns it.
+#[derive(Debug)]
+pub struct ConnLink {
+    /// Unique id of the owning connection.
+    pub conn_id: u64,
+    /// Cancelled to close that connection (takeover, administrative action, slow consumer).
+    pub kick: Arc<Kick>,
+    /// The owner's limits for outgoing messages.
+    pub receive_maximum: u16,
+    /// Whether that connection speaks v5 (for the REST view).
+    pub protocol: tern_codec::ProtocolVersion,
+    /// The client's address.
+    pub peer: String,
+}
+
+/// A request to close one connection, with the reason it will be told.
+#[derive(Debug, Default)]
+pub struct Kick {
+    reason: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl Kick {
+    /// Asks the connection to close with `reason`. The first reason wins.
+    pub fn kick(&self, reason: CloseReason) {
+        let mut slot = self.reason.lock();
+        if slot.is_none() {
+            *slot = Some(reason);
+            drop(slot);
+            self.notify.notify_one();
+        }
+    }
+
+    /// The pending reason, if the connection was asked to close.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.lock().clone()
+    }
+
+    /// Waits until the connection is asked to close; cancel-safe.
+    pub async fn kicked(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A client's session.
+pub struct Session {
+    pub id: SessionId,
+    pub key: SessionKey,
+    pub(crate) state: Mutex<SessionState>,
+    /// Woken when deliveries were queued for the owning connection.
+    pub(crate) wake: Notify,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Sessions are compared by identity: the index uses `Arc<Session>` as its subscriber key.
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for Session {}
+impl Hash for Session {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
+
+/// What happened to a delivery pushed into a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued; the owner was woken if connected.
+    Queued,
+    /// Dropped: QoS 0 over the soft message budget.
+    DroppedQos0Overflow,
+    /// Dropped: QoS 0 for an offline session that does not queue QoS 0.
+    DroppedOffline,
+    /// Dropped: the session ended.
+    DroppedEnded,
+    /// The hard byte budget was exceeded: the queue was dropped and the owning connection, if
+    /// any, was kicked as a slow consumer.
+    Overflow,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// The connection that owns the session, if connected.
+    pub conn: Option<ConnLink>,
+    /// Session Expiry Interval in seconds; 0 ends the session when the connection closes,
+    /// `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    /// When the session was last disconnected (unix micros), for expiry.
+    pub disconnected_at: Option<Micros>,
+    /// Whether the session was started clean (for the REST view).
+    pub clean: bool,
+    /// Subscriptions by full filter string.
+    pub subscriptions: HashMap<ByteString, Subscription>,
+    /// Deliveries not yet sent (the outbox).
+    pub queue: VecDeque<Delivery>,
+    /// Sum of `Delivery::cost` over `queue`.
+    pub queued_bytes: usize,
+    /// Messages sent to the client and not yet acknowledged, in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// How many of the first `inflight` entries must be re-sent (after a reconnect).
+    pub resend: usize,
+    /// Packet ids of QoS 2 messages received from the client whose PUBREL has not arrived.
+    pub incoming_qos2: HashSet<PacketId>,
+    /// Last packet id assigned to an outgoing message.
+    pub last_packet_id: PacketId,
+    /// The will of the current or last connection.
+    pub will: Option<WillSpec>,
+    /// Set once the session is removed: pushes are dropped.
+    pub ended: bool,
+    /// Counters for events and the REST view.
+    pub stats: SessionStats,
+}
+
+/// Counters kept per session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionStats {
+    /// Messages the client published.
+    pub published: u64,
+    /// Messages delivered to the client.
+    pub received: u64,
+    /// Messages of the client that were refused.
+    pub rejected: u64,
+    /// Messages dropped on the way to the client.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: SessionId,
+        key: SessionKey,
+        clean: bool,
+        expiry_interval: u32,
+    ) -> Session {
+        Session {
+            id,
+            key,
+            state: Mutex::new(SessionState {
+                conn: None,
+                expiry_interval,
+                disconnected_at: None,
+                clean,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                resend: 0,
+                incoming_qos2: HashSet::new(),
+                last_packet_id: 0,
+                will: None,
+                ended: false,
+                stats: SessionStats::default(),
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Locks the session state for a short synchronous step.
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, SessionState> {
+        self.state.lock()
+    }
+
+    /// Pushes a delivery into the outbox and wakes the owning connection.
+    pub fn push(&self, delivery: Delivery, config: &BrokerConfig) -> Push {
+        let mut st = self.state.lock();
+        let outcome = st.push(delivery, config);
+        let connected = st.conn.is_some();
+        drop(st);
+        if outcome == Push::Queued && connected {
+            self.wake.notify_one();
+        }
+        outcome
+    }
+
+    /// Wakes the owning connection (after state changes that may let it send more).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for deliveries; cancel-safe (a wake-up that arrives while not waiting is kept).
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Whether a connection currently owns the session.
+    pub fn is_connected(&self) -> bool {
+        self.state.lock().conn.is_some()
+    }
+}
+
+impl SessionState {
+    fn push(&mut self, delivery: Delivery, config: &BrokerConfig) -> Push {
+        if self.ended {
+            return Push::DroppedEnded;
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            if self.conn.is_none() && !config.queue_qos0_offline {
+                self.stats.dropped += 1;
+                return Push::DroppedOffline;
+            }
+            if self.queue.len() >= config.max_queued_messages {
+                self.stats.dropped += 1;
+                return Push::DroppedQos0Overflow;
+            }
+        }
+        let cost = delivery.cost();
+        if self.queued_bytes + cost > config.max_queued_bytes {
+            self.stats.dropped += self.queue.len() as u64 + 1;
+            self.queue.clear();
+            self.queued_bytes = 0;
+            if let Some(link) = &self.conn {
+                link.kick.kick(CloseReason::SlowConsumer);
+            }
+            return Push::Overflow;
+        }
+        self.queued_bytes += cost;
+        self.queue.push_back(delivery);
+        Push::Queued
+    }
+
+    /// The next free packet id for an outgoing message. Ids are handed out in increasing order
+    /// (wrapping, skipping 0) and `inflight` is kept in that order, so an id can only still be in
+    /// use if it is at the front after a full wrap: walking the front while it collides is enough.
+    pub fn next_packet_id(&mut self) -> PacketId {
+        let mut id = self.last_packet_id;
+        let mut i = 0;
+        loop {
+            id = id.wrapping_add(1);
+            if id == 0 {
+                id = 1;
+            }
+            match self.inflight.get(i) {
+                Some(f) if f.packet_id == id => i += 1,
+                _ => break,
+            }
+        }
+        self.last_packet_id = id;
+        id
+    }
+
+    /// Removes the in-flight entry with `packet_id` if it is in `phase`.
+    pub fn take_inflight(&mut self, packet_id: PacketId, phase: Phase) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.phase == phase)?;
+        if pos < self.resend {
+            self.resend -= 1;
+        }
+        self.inflight.remove(pos)
+    }
+
+    /// Moves the in-flight entry with `packet_id` from `from` to `to`; false if not found.
+    pub fn advance_inflight(&mut self, packet_id: PacketId, from: Phase, to: Phase) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|f| f.packet_id == packet_id && f.phase == from)
+        {
+            Some(f) => {
+                f.phase = to;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the whole outbox and in-flight state (clean start, or a session taken over with a
+    /// clean start).
+    pub fn clear_messages(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.inflight.clear();
+        self.resend = 0;
+        self.incoming_qos2.clear();
+    }
+
+    /// Pops the next queued delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(d.cost());
+        Some(d)
+    }
+
+    /// Puts a delivery back at the front (it could not be sent yet).
+    pub fn unpop(&mut self, d: Delivery) {
+        self.queued_bytes += d.cost();
+        self.queue.push_front(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use smallvec::SmallVec;
+
+    fn delivery(qos: QoS, size: usize) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: ByteString::from_static("t"),
+                payload: Bytes::from(vec![0u8; size]),
+                qos,
+                retain: false,
+                properties: Default::default(),
+                cid: 1,
+                timestamp: 1,
+                expires_at: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: SmallVec::new(),
+        }
+    }
+
+    fn session() -> Session {
+        Session::new(
+            1,
+            SessionKey {
+                cid: 1,
+                client_id: ByteString::from_static("c"),
+            },
+            false,
+            60,
+        )
+    }
+
+    #[test]
+    fn offline_qos0_is_dropped_unless_configured() {
+        let s = session();
+        let cfg = BrokerConfig::default();
+        assert_eq!(
+            s.push(delivery(QoS::AtMostOnce, 10), &cfg),
+            Push::DroppedOffline
+        );
+        assert_eq!(s.push(delivery(QoS::AtLeastOnce, 10), &cfg), Push::Queued);
+        let cfg = BrokerConfig {
+            queue_qos0_offline: true,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(s.push(delivery(QoS::AtMostOnce, 10), &cfg), Push::Queued);
+        assert_eq!(s.lock().queue.len(), 2);
+    }
+
+    #[test]
+    fn byte_budget_drops_the_queue() {
+        let s = session();
+        let cfg = BrokerConfig {
+            max_queued_bytes: 1000,
+            ..BrokerConfig::default()
+        };
+        for _ in 0..3 {
+            assert_eq!(s.push(delivery(QoS::AtLeastOnce, 200), &cfg), Push::Queued);
+        }
+        assert_eq!(
+            s.push(delivery(QoS::AtLeastOnce, 200), &cfg),
+            Push::Overflow
+        );
+        let st = s.lock();
+        assert!(st.queue.is_empty());
+        assert_eq!(st.queued_bytes, 0);
+    }
+
+    #[test]
+    fn qos0_soft_budget() {
+        let s = session();
+        let cfg = BrokerConfig {
+            max_queued_messages: 2,
+            queue_qos0_offline: true,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(s.push(delivery(QoS::AtMostOnce, 1), &cfg), Push::Queued);
+        assert_eq!(s.push(delivery(QoS::AtMostOnce, 1), &cfg), Push::Queued);
+        assert_eq!(
+            s.push(delivery(QoS::AtMostOnce, 1), &cfg),
+            Push::DroppedQos0Overflow
+        );
+        assert_eq!(s.push(delivery(QoS::AtLeastOnce, 1), &cfg), Push::Queued);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let s = session();
+        let mut st = s.lock();
+        st.last_packet_id = u16::MAX - 1;
+        assert_eq!(st.next_packet_id(), u16::MAX);
+        assert_eq!(st.next_packet_id(), 1);
+        // id 2 and 3 still in flight from before a wrap
+        for id in [2, 3] {
+            st.inflight.push_back(Inflight {
+                packet_id: id,
+                delivery: delivery(QoS::AtLeastOnce, 1),
+                phase: Phase::AwaitPubAck,
+            });
+        }
+        assert_eq!(st.next_packet_id(), 4);
+    }
+}
