@@ -1,0 +1,795 @@
+//! The on-disk backend: one redb file, `<data dir>/tern.redb`, one table per kind of record
+//! (key layouts and records in `format`).
+//!
+//! Opening never changes a store it cannot read. The file is first opened through a
+//! copy-on-write overlay ([`Overlay`]): redb's crash recovery and full integrity check run there,
+//! every record is decoded, and only when all of that succeeds is the real file opened for
+//! writing (which repeats the same recovery). A truncated or garbled file, a file that is not a
+//! tern store, or a store of another format version is refused with the file byte-for-byte as it
+//! was.
+//!
+//! Durability: [`Backend::apply`] commits each batch as one redb transaction without an fsync
+//! (`Durability::None`); [`Backend::sync`] commits an empty transaction with
+//! `Durability::Immediate`, which makes every earlier commit durable with one fsync. So
+//! `fsync = always` costs one fsync per batch and `interval`/`never` none per batch. A crash
+//! loses at most the batches after the last sync, whole: redb rolls back to the last durable
+//! commit. Because that holds for a process crash too (not only for power loss), a batch is
+//! committed durably anyway when nothing was for a second (`MAX_NON_DURABLE`).
+//!
+//! Space: redb reuses freed pages, so a queue that is filled and drained does not grow the file.
+//! When more than half of a large file is free (after a backlog drained), the file is compacted:
+//! at open, and from the writer at most once a minute.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redb::{
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table,
+    TableDefinition, TableError, TableHandle, WriteTransaction,
+};
+
+use crate::error::StoreError;
+use crate::format::{self, FORMAT_VERSION, FormatError, MAGIC};
+use crate::handle::Backend;
+use crate::model::{SessionKey, SessionSnapshot, Snapshot};
+use crate::op::Op;
+
+/// The store file inside the data directory.
+pub const STORE_FILE: &str = "tern.redb";
+/// Where a new store is initialised before it is renamed into place, so a crash during
+/// creation never leaves a half-made `tern.redb`.
+const NEW_FILE: &str = "tern.redb.new";
+
+type Bin = &'static [u8];
+const META: TableDefinition<&str, Bin> = TableDefinition::new("meta");
+const ACCOUNTS: TableDefinition<Bin, Bin> = TableDefinition::new("accounts");
+const TOKENS: TableDefinition<Bin, Bin> = TableDefinition::new("tokens");
+const RETAINED: TableDefinition<Bin, Bin> = TableDefinition::new("retained");
+const SESSIONS: TableDefinition<Bin, Bin> = TableDefinition::new("sessions");
+const SUBSCRIPTIONS: TableDefinition<Bin, Bin> = TableDefinition::new("subscriptions");
+const QUEUE: TableDefinition<Bin, Bin> = TableDefinition::new("queue");
+const INCOMING: TableDefinition<Bin, Bin> = TableDefinition::new("incoming");
+
+const META_MAGIC: &str = "magic";
+const META_VERSION: &str = "format_version";
+
+/// redb's page cache for the open store (reads happen at load; writes touch few pages).
+const CACHE_BYTES: usize = 64 << 20;
+/// Compact automatically only files at least this large.
+const RECLAIM_MIN_FILE: u64 = 64 << 20;
+/// How often the writer considers compacting.
+const RECLAIM_EVERY: Duration = Duration::from_secs(60);
+/// A non-durable redb commit does not survive even a process crash (the header still names
+/// the last durable commit), so with `fsync = never` a crash would lose everything since the
+/// start. A batch commit is made durable when the last durable one is older than this: at most
+/// one fsync a second, and `never` loses at most about a second to a process crash.
+const MAX_NON_DURABLE: Duration = Duration::from_secs(1);
+
+/// The on-disk store. Holds an exclusive lock on the data directory while open.
+#[derive(Debug)]
+pub struct DiskBackend {
+    db: Database,
+    path: PathBuf,
+    /// `flock` on the data directory (redb locks the file itself too): a second tern on the
+    /// same directory is refused before it reads anything, and nothing is added to the
+    /// directory to take it.
+    _lock: File,
+    last_reclaim_check: Instant,
+    last_durable: Instant,
+}
+
+impl DiskBackend {
+    /// Opens the store in `dir`, creating the directory (mode 0700) and an empty store if
+    /// missing, and returns it with everything it holds. A store that cannot be read is refused
+    /// and left untouched.
+    pub fn open(dir: &Path) -> Result<(DiskBackend, Snapshot), StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+        let lock = lock(dir)?;
+        let path = dir.join(STORE_FILE);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create(dir, &path)?,
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let snapshot = verify(&path)?;
+        let db = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .open(&path)
+            .map_err(|e| open_error(&path, e))?;
+        check_meta(&path, &db)?;
+        let mut backend = DiskBackend {
+            db,
+            path,
+            _lock: lock,
+            last_reclaim_check: Instant::now(),
+            last_durable: Instant::now(),
+        };
+        backend.reclaim_if(1 << 20)?;
+        Ok((backend, snapshot))
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Compacts the file if more than half of it is free space; true if it did.
+    pub fn reclaim(&mut self) -> Result<bool, StoreError> {
+        self.reclaim_if(0)
+    }
+
+    fn reclaim_if(&mut self, min_file: u64) -> Result<bool, StoreError> {
+        self.last_reclaim_check = Instant::now();
+        let len = fs::metadata(&self.path).map_err(io_err(&self.path))?.len();
+        if len < min_file {
+            return Ok(false);
+        }
+        let tx = self.db.begin_write().map_err(engine)?;
+        let free = tx.stats().map_err(engine)?.fragmented_bytes();
+        tx.abort().map_err(engine)?;
+        if free.saturating_mul(2) <= len {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        while self.db.compact().map_err(engine)? {}
+        let after = fs::metadata(&self.path).map_err(io_err(&self.path))?.len();
+        tracing::info!(before = len, after, took = ?started.elapsed(), "store compacted");
+        Ok(true)
+    }
+}
+
+impl Backend for DiskBackend {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(engine)?;
+        // Made durable by the next `sync`, as the fsync policy says (or by this commit, when
+        // no sync came for a while).
+        let durable = self.last_durable.elapsed() >= MAX_NON_DURABLE;
+        if !durable {
+            tx.set_durability(Durability::None).map_err(engine)?;
+        }
+        {
+            let mut tables = Tables::open(&tx)?;
+            for op in ops {
+                tables.apply(op).map_err(|e| match e {
+                    Fail::Engine(e) => e,
+                    Fail::Encode(e) => StoreError::Record {
+                        what: "op",
+                        detail: e.0,
+                    },
+                    Fail::Corrupt(e) => StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: e.0,
+                    },
+                })?;
+            }
+        }
+        tx.commit().map_err(engine)?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        if self.last_reclaim_check.elapsed() >= RECLAIM_EVERY {
+            self.reclaim_if(RECLAIM_MIN_FILE)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        // An empty durable commit persists every non-durable commit before it: one fsync.
+        let mut tx = self.db.begin_write().map_err(engine)?;
+        tx.set_durability(Durability::Immediate).map_err(engine)?;
+        tx.commit().map_err(engine)?;
+        self.last_durable = Instant::now();
+        Ok(())
+    }
+}
+
+/// Loads the store in `dir` without changing anything (for `tern store export`): the same
+/// checks as [`DiskBackend::open`], run on the overlay only. Fails if another process has the
+/// store open.
+pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
+    let _lock = lock(dir)?;
+    verify(&dir.join(STORE_FILE))
+}
+
+/// Why applying an op failed: the engine, an op that cannot be encoded (a client id over 64
+/// KiB), or a stored record that does not decode.
+enum Fail {
+    Engine(StoreError),
+    Encode(FormatError),
+    Corrupt(FormatError),
+}
+
+impl From<FormatError> for Fail {
+    fn from(e: FormatError) -> Fail {
+        Fail::Encode(e)
+    }
+}
+
+impl<E: Into<redb::Error>> From<E> for Fail {
+    fn from(e: E) -> Fail {
+        Fail::Engine(engine(e))
+    }
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    accounts: Table<'t, Bin, Bin>,
+    tokens: Table<'t, Bin, Bin>,
+    retained: Table<'t, Bin, Bin>,
+    sessions: Table<'t, Bin, Bin>,
+    subscriptions: Table<'t, Bin, Bin>,
+    queue: Table<'t, Bin, Bin>,
+    incoming: Table<'t, Bin, Bin>,
+    /// Sessions looked up (or put, or deleted) in this batch: a fan-in batch names the same
+    /// few sessions again and again.
+    known: HashMap<SessionKey, Option<Rc<[u8]>>>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Tables<'t>, StoreError> {
+        Ok(Tables {
+            accounts: tx.open_table(ACCOUNTS).map_err(engine)?,
+            tokens: tx.open_table(TOKENS).map_err(engine)?,
+            retained: tx.open_table(RETAINED).map_err(engine)?,
+            sessions: tx.open_table(SESSIONS).map_err(engine)?,
+            subscriptions: tx.open_table(SUBSCRIPTIONS).map_err(engine)?,
+            queue: tx.open_table(QUEUE).map_err(engine)?,
+            incoming: tx.open_table(INCOMING).map_err(engine)?,
+            known: HashMap::new(),
+        })
+    }
+
+    /// The session's key prefix if the session exists: ops on a missing session are ignored,
+    /// as in `MemoryState::apply`.
+    fn session(&mut self, key: &SessionKey) -> Result<Option<Rc<[u8]>>, Fail> {
+        if let Some(known) = self.known.get(key) {
+            return Ok(known.clone());
+        }
+        let sk = format::session_key(key)?;
+        let found = self
+            .sessions
+            .get(sk.as_slice())?
+            .is_some()
+            .then(|| Rc::from(sk));
+        self.known.insert(key.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Applies one op with the meaning `MemoryState::apply` gives it.
+    fn apply(&mut self, op: &Op) -> Result<(), Fail> {
+        match op {
+            Op::PutAccount { cid, json } => {
+                self.accounts
+                    .insert(format::id_key(*cid).as_slice(), json.as_ref())?;
+            }
+            Op::DelAccount { cid } => {
+                self.accounts.remove(format::id_key(*cid).as_slice())?;
+            }
+            Op::PutToken { id, json } => {
+                self.tokens
+                    .insert(format::id_key(*id).as_slice(), json.as_ref())?;
+            }
+            Op::DelToken { id } => {
+                self.tokens.remove(format::id_key(*id).as_slice())?;
+            }
+            Op::PutRetained { msg } => {
+                let key = format::retained_key(msg.cid, &msg.topic);
+                self.retained
+                    .insert(key.as_slice(), format::encode_retained(msg)?.as_slice())?;
+            }
+            Op::DelRetained { cid, topic } => {
+                self.retained
+                    .remove(format::retained_key(*cid, topic).as_slice())?;
+            }
+            Op::PutSession { record } => {
+                let sk = format::session_key(&record.key)?;
+                self.sessions
+                    .insert(sk.as_slice(), format::encode_session(record)?.as_slice())?;
+                self.known.insert(record.key.clone(), Some(Rc::from(sk)));
+            }
+            Op::DelSession { key } => {
+                let sk = format::session_key(key)?;
+                self.sessions.remove(sk.as_slice())?;
+                for table in [&mut self.subscriptions, &mut self.queue, &mut self.incoming] {
+                    clear_prefix(table, &sk)?;
+                }
+                self.known.insert(key.clone(), None);
+            }
+            Op::PutSubscription { key, sub } => {
+                if let Some(sk) = self.session(key)? {
+                    let k = format::session_child_key(&sk, sub.filter.as_bytes());
+                    self.subscriptions
+                        .insert(k.as_slice(), format::encode_subscription(sub).as_slice())?;
+                }
+            }
+            Op::DelSubscription { key, filter } => {
+                if let Some(sk) = self.session(key)? {
+                    self.subscriptions
+                        .remove(format::session_child_key(&sk, filter.as_bytes()).as_slice())?;
+                }
+            }
+            Op::Enqueue { key, entry } => {
+                if let Some(sk) = self.session(key)? {
+                    let k = format::session_child_key(&sk, &entry.seq.to_be_bytes());
+                    self.queue
+                        .insert(k.as_slice(), format::encode_queued(entry)?.as_slice())?;
+                }
+            }
+            Op::SetInflight {
+                key,
+                seq,
+                packet_id,
+                phase,
+            } => {
+                if let Some(sk) = self.session(key)? {
+                    let k = format::session_child_key(&sk, &seq.to_be_bytes());
+                    let value = self.queue.get(k.as_slice())?.map(|v| v.value().to_vec());
+                    if let Some(mut value) = value {
+                        format::check_queued_header(&value).map_err(Fail::Corrupt)?;
+                        value[format::INFLIGHT_AT..format::INFLIGHT_END]
+                            .copy_from_slice(&format::inflight_bytes(Some((*packet_id, *phase))));
+                        self.queue.insert(k.as_slice(), value.as_slice())?;
+                    }
+                }
+            }
+            Op::Dequeue { key, seq } => {
+                if let Some(sk) = self.session(key)? {
+                    self.queue
+                        .remove(format::session_child_key(&sk, &seq.to_be_bytes()).as_slice())?;
+                }
+            }
+            Op::ClearQueue { key } => {
+                if let Some(sk) = self.session(key)? {
+                    clear_prefix(&mut self.queue, &sk)?;
+                }
+            }
+            Op::PutIncoming { key, packet_id } => {
+                if let Some(sk) = self.session(key)? {
+                    let k = format::session_child_key(&sk, &packet_id.to_be_bytes());
+                    self.incoming.insert(k.as_slice(), [].as_slice())?;
+                }
+            }
+            Op::DelIncoming { key, packet_id } => {
+                if let Some(sk) = self.session(key)? {
+                    self.incoming.remove(
+                        format::session_child_key(&sk, &packet_id.to_be_bytes()).as_slice(),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes every key that starts with `prefix`.
+fn clear_prefix(table: &mut Table<'_, Bin, Bin>, prefix: &[u8]) -> Result<(), Fail> {
+    match format::prefix_end(prefix) {
+        Some(end) => table.retain_in(prefix..end.as_slice(), |_, _| false)?,
+        None => table.retain_in(prefix.., |_, _| false)?,
+    }
+    Ok(())
+}
+
+/// Creates an empty store: initialised under a temporary name, synced, then renamed into
+/// place (and the directory synced), so `tern.redb` is always a whole store.
+fn create(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let tmp = dir.join(NEW_FILE);
+    // A leftover of a creation that crashed: never renamed, so never used.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&tmp)(e)),
+    }
+    {
+        let db = Builder::new()
+            .create(&tmp)
+            .map_err(|e| open_error(&tmp, e))?;
+        let tx = db.begin_write().map_err(engine)?;
+        {
+            let mut meta = tx.open_table(META).map_err(engine)?;
+            meta.insert(META_MAGIC, MAGIC).map_err(engine)?;
+            meta.insert(META_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())
+                .map_err(engine)?;
+        }
+        drop(Tables::open(&tx)?);
+        tx.commit().map_err(engine)?;
+    }
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(())
+}
+
+/// Takes the exclusive lock that keeps a second tern away from the store.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Engine(format!(
+            "{} is in use by another process",
+            path.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(path)(e)),
+    }
+}
+
+/// Opens the store through a copy-on-write overlay, runs redb's recovery and full integrity
+/// check there, checks the identity and version and decodes every record. Nothing is written
+/// to the file.
+fn verify(path: &Path) -> Result<Snapshot, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len == 0 {
+        return Err(corrupt("the file is empty".into()));
+    }
+    let overlay = Overlay::new(file, len);
+    let os_failure = overlay.os_failure.clone();
+    // redb checks every page checksum here and reports damage as an error, but it has internal
+    // assertions too: a panic while reading a damaged file is a refusal, not a crash.
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Snapshot, StoreError> {
+        let db = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create_with_backend(overlay)
+            .map_err(|e| open_error(path, e))?;
+        check_meta(path, &db)?;
+        read_snapshot(path, &db)
+    }));
+    if let Some(e) = os_failure.lock().take() {
+        return Err(io_err(path)(e));
+    }
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(corrupt(format!(
+                "the storage engine failed reading it ({what})"
+            )))
+        }
+    }
+}
+
+/// Checks the store's identity and format version.
+fn check_meta(path: &Path, db: &impl ReadableDatabase) -> Result<(), StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let tx = db.begin_read().map_err(engine)?;
+    let meta = match tx.open_table(META) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => {
+            return Err(corrupt(
+                "not a tern store (a redb file without tern's meta table)".into(),
+            ));
+        }
+        Err(e) => return Err(corrupt(format!("meta table: {e}"))),
+    };
+    let magic = meta
+        .get(META_MAGIC)
+        .map_err(engine)?
+        .map(|v| v.value().to_vec());
+    if magic.as_deref() != Some(MAGIC) {
+        return Err(corrupt(
+            "not a tern store (no tern identity in the meta table)".into(),
+        ));
+    }
+    let version = meta
+        .get(META_VERSION)
+        .map_err(engine)?
+        .map(|v| v.value().to_vec());
+    let found = match version.as_deref().map(<[u8; 4]>::try_from) {
+        Some(Ok(b)) => u32::from_be_bytes(b),
+        _ => {
+            return Err(corrupt(
+                "the format version record is missing or malformed".into(),
+            ));
+        }
+    };
+    if found != FORMAT_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Reads and decodes every record.
+fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, StoreError> {
+    let corrupt = |table: &str, key: &[u8], e: FormatError| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("table {table}, key {}: {e}", hex(key)),
+    };
+    let tx = db.begin_read().map_err(engine)?;
+    let open = |def: TableDefinition<Bin, Bin>| {
+        tx.open_table(def).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("table {}: {e}", def.name()),
+        })
+    };
+    let mut snap = Snapshot::default();
+    for (def, out) in [(ACCOUNTS, &mut snap.accounts), (TOKENS, &mut snap.tokens)] {
+        for item in open(def)?.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let id =
+                format::decode_id_key(k.value()).map_err(|e| corrupt(def.name(), k.value(), e))?;
+            out.push((id, Bytes::copy_from_slice(v.value())));
+        }
+    }
+    for item in open(RETAINED)?.iter().map_err(engine)? {
+        let (k, v) = item.map_err(engine)?;
+        let fail = |e| corrupt("retained", k.value(), e);
+        let (cid, topic) = format::decode_retained_key(k.value()).map_err(fail)?;
+        let msg = format::decode_retained(Bytes::copy_from_slice(v.value())).map_err(fail)?;
+        if msg.cid != cid || msg.topic != topic {
+            return Err(fail(FormatError(
+                "the message does not match its key".into(),
+            )));
+        }
+        snap.retained.push(Arc::new(msg));
+    }
+    // Sessions by their key bytes, to attach subscriptions, queue and incoming ids.
+    let mut sessions: BTreeMap<Vec<u8>, SessionSnapshot> = BTreeMap::new();
+    for item in open(SESSIONS)?.iter().map_err(engine)? {
+        let (k, v) = item.map_err(engine)?;
+        let fail = |e| corrupt("sessions", k.value(), e);
+        let (key, rest) = format::decode_session_prefix(k.value()).map_err(fail)?;
+        if !rest.is_empty() {
+            return Err(fail(FormatError(format!(
+                "{} bytes after the session key",
+                rest.len()
+            ))));
+        }
+        let record =
+            format::decode_session(key, Bytes::copy_from_slice(v.value())).map_err(fail)?;
+        let s = SessionSnapshot {
+            record,
+            subscriptions: Vec::new(),
+            queue: Vec::new(),
+            incoming_qos2: Vec::new(),
+        };
+        sessions.insert(k.value().to_vec(), s);
+    }
+    for item in open(SUBSCRIPTIONS)?.iter().map_err(engine)? {
+        let (k, v) = item.map_err(engine)?;
+        let fail = |e| corrupt("subscriptions", k.value(), e);
+        let (session, rest) = owner(&mut sessions, k.value()).map_err(fail)?;
+        let filter = format::decode_filter(rest).map_err(fail)?;
+        let value = Bytes::copy_from_slice(v.value());
+        session
+            .subscriptions
+            .push(format::decode_subscription(filter, value).map_err(fail)?);
+    }
+    for item in open(QUEUE)?.iter().map_err(engine)? {
+        let (k, v) = item.map_err(engine)?;
+        let fail = |e| corrupt("queue", k.value(), e);
+        let (session, rest) = owner(&mut sessions, k.value()).map_err(fail)?;
+        let seq = format::decode_seq(&rest).map_err(fail)?;
+        let value = Bytes::copy_from_slice(v.value());
+        session
+            .queue
+            .push(format::decode_queued(seq, value).map_err(fail)?);
+    }
+    for item in open(INCOMING)?.iter().map_err(engine)? {
+        let (k, v) = item.map_err(engine)?;
+        let fail = |e| corrupt("incoming", k.value(), e);
+        let (session, rest) = owner(&mut sessions, k.value()).map_err(fail)?;
+        if !v.value().is_empty() {
+            return Err(fail(FormatError("unexpected value".into())));
+        }
+        session
+            .incoming_qos2
+            .push(format::decode_packet_id(&rest).map_err(fail)?);
+    }
+    // The length prefix orders keys by client id length first; the snapshot is in
+    // `SessionKey` order, like `MemoryState::snapshot`.
+    snap.sessions = sessions.into_values().collect();
+    snap.sessions
+        .sort_by(|a, b| a.record.key.cmp(&b.record.key));
+    Ok(snap)
+}
+
+/// The session a per-session key belongs to, and the rest of the key. Keys are in order, so
+/// each session's entries arrive in filter, seq or packet id order.
+fn owner<'a>(
+    sessions: &'a mut BTreeMap<Vec<u8>, SessionSnapshot>,
+    key: &[u8],
+) -> Result<(&'a mut SessionSnapshot, Bytes), FormatError> {
+    let (session, rest) = format::decode_session_prefix(key)?;
+    let sk = format::session_key(&session)?;
+    match sessions.get_mut(&sk) {
+        Some(s) => Ok((s, rest)),
+        None => Err(FormatError(
+            "belongs to a session that does not exist".into(),
+        )),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    const SHOWN: usize = 48;
+    let mut s: String = b.iter().take(SHOWN).map(|x| format!("{x:02x}")).collect();
+    if b.len() > SHOWN {
+        s.push_str("...");
+    }
+    s
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn engine(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Engine(e.into().to_string())
+}
+
+/// Errors of opening a store file: damage is `Corrupt`, a second opener is refused.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::Engine(format!("{} is in use by another process", path.display()))
+        }
+        redb::DatabaseError::UpgradeRequired(v) => corrupt(format!(
+            "the storage engine's file format {v} is not the one this tern reads"
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            corrupt(format!("unreadable: {source}"))
+        }
+        other => corrupt(other.to_string()),
+    }
+}
+
+/// A read-only view of the store file that takes writes in memory, in 4 KiB blocks. redb's
+/// recovery and integrity check write (the allocator state, the header); here those writes
+/// never reach the file.
+#[derive(Debug)]
+struct Overlay {
+    file: File,
+    state: Mutex<OverlayState>,
+    /// An operating system error reading the file (as opposed to a read past its end, which
+    /// is damage): reported as I/O, not as corruption.
+    os_failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+#[derive(Debug)]
+struct OverlayState {
+    len: u64,
+    /// Bytes of the file still visible (a shrink hides the rest for good).
+    base_len: u64,
+    blocks: HashMap<u64, Box<[u8]>>,
+}
+
+const BLOCK: u64 = 4096;
+
+impl Overlay {
+    fn new(file: File, len: u64) -> Overlay {
+        Overlay {
+            file,
+            state: Mutex::new(OverlayState {
+                len,
+                base_len: len,
+                blocks: Default::default(),
+            }),
+            os_failure: Default::default(),
+        }
+    }
+
+    /// Reads `out.len()` bytes of the file at `offset`, zeros past `base_len`.
+    fn read_base(&self, base_len: u64, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let from_file = base_len.saturating_sub(offset).min(out.len() as u64) as usize;
+        let (head, tail) = out.split_at_mut(from_file);
+        if !head.is_empty()
+            && let Err(e) = self.file.read_exact_at(head, offset)
+        {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.os_failure.lock().get_or_insert(e);
+            return Err(copy);
+        }
+        tail.fill(0);
+        Ok(())
+    }
+}
+
+impl StorageBackend for Overlay {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.state.lock().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        let st = self.state.lock();
+        if offset
+            .checked_add(out.len() as u64)
+            .is_none_or(|end| end > st.len)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the file",
+            ));
+        }
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = offset + done as u64;
+            let block = at / BLOCK;
+            let within = (at % BLOCK) as usize;
+            let n = (BLOCK as usize - within).min(out.len() - done);
+            match st.blocks.get(&block) {
+                Some(b) => out[done..done + n].copy_from_slice(&b[within..within + n]),
+                None => self.read_base(st.base_len, at, &mut out[done..done + n])?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let mut st = self.state.lock();
+        if len < st.len {
+            st.blocks.retain(|b, _| b * BLOCK < len);
+            if let Some(b) = st.blocks.get_mut(&(len / BLOCK)) {
+                b[(len % BLOCK) as usize..].fill(0);
+            }
+            st.base_len = st.base_len.min(len);
+        }
+        st.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut st = self.state.lock();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let block = at / BLOCK;
+            let within = (at % BLOCK) as usize;
+            let n = (BLOCK as usize - within).min(data.len() - done);
+            if !st.blocks.contains_key(&block) {
+                let mut b = vec![0u8; BLOCK as usize].into_boxed_slice();
+                self.read_base(st.base_len, block * BLOCK, &mut b)?;
+                st.blocks.insert(block, b);
+            }
+            if let Some(b) = st.blocks.get_mut(&block) {
+                b[within..within + n].copy_from_slice(&data[done..done + n]);
+            }
+            done += n;
+        }
+        st.len = st.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The data both the broker and the store speak about: messages, session keys, and the
+//! records of sessions and subscriptions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+use tern_codec::{PacketId, PublishProperties, QoS, SubscriptionOptions};
+
+/// An account id (flespi `cid`).
+pub type Cid = u64;
+
+/// Microseconds since the Unix epoch.
+pub type Micros = u64;
+
+/// A broker-wide session identifier (runtime only; on disk sessions are keyed by
+/// [`SessionKey`]).
+pub type SessionId = u64;
+
+/// One published message, shared by every delivery of it (`Arc<Message>`): the payload and the
+/// topic are reference-counted slices of the publisher's receive buffer, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    /// QoS as published (already capped by the broker's maximum QoS).
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// The v5 properties to forward: no Topic Alias and no Subscription Identifiers (both are
+    /// per connection).
+    pub properties: PublishProperties,
+    /// The publisher's account.
+    pub cid: Cid,
+    /// Publication time, unique per broker (spec §3 `timestamp`).
+    pub timestamp: Micros,
+    /// Absolute expiry time from the Message Expiry Interval.
+    pub expires_at: Option<Micros>,
+    /// The publishing session, for No Local. `None` for broker-generated messages and after a
+    /// restart.
+    pub origin: Option<SessionId>,
+}
+
+/// Sessions are identified by account and client id (spec §2): the same client id in two
+/// accounts are two unrelated sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub cid: Cid,
+    pub client_id: ByteString,
+}
+
+/// The stored part of a persistent session (expiry interval above 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: SessionKey,
+    /// Session Expiry Interval in seconds (`u32::MAX` never expires).
+    pub expiry_interval: u32,
+    /// When the session was last disconnected; `None` while connected (after a crash, the
+    /// restart time counts as the disconnect).
+    pub disconnected_at: Option<Micros>,
+    /// The will of the current or last connection, with its delay in seconds.
+    pub will: Option<(Arc<Message>, u32)>,
+    /// When the session was created.
+    pub created: Micros,
+}
+
+/// One subscription of a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// The full filter string as subscribed (prefixes included); it identifies the
+    /// subscription.
+    pub filter: ByteString,
+    /// Options with the QoS as granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// What an in-flight message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightPhase {
+    /// Sent at QoS 1 or 2; waiting for PUBACK or PUBREC.
+    Sent,
+    /// QoS 2: PUBREC received, PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// A QoS 1/2 delivery queued for (or in flight to) a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRecord {
+    /// Per-session sequence number: the queue order and the key of this entry.
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN flag of this delivery.
+    pub retain: bool,
+    pub sub_ids: SmallVec<[u32; 2]>,
+    /// Set once sent: the packet id and phase, so a restart re-sends with DUP and the same id.
+    pub inflight: Option<(PacketId, InflightPhase)>,
+}
+
+/// Everything stored about one persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub record: SessionRecord,
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// In `seq` order.
+    pub queue: Vec<QueuedRecord>,
+    /// Packet ids of QoS 2 messages received from the client, PUBREL not yet seen.
+    pub incoming_qos2: Vec<PacketId>,
+}
+
+/// The whole stored state, as loaded at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Accounts as JSON documents, by cid (the accounts layer owns the schema).
+    pub accounts: Vec<(Cid, Bytes)>,
+    /// Tokens as JSON documents, by token id.
+    pub tokens: Vec<(u64, Bytes)>,
+    /// Retained messages (each carries its account in `cid`).
+    pub retained: Vec<Arc<Message>>,
+    pub sessions: Vec<SessionSnapshot>,
+}

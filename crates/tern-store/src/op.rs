@@ -1,0 +1,84 @@
+//! Changes the broker asks the store to make durable, in order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::model::{
+    Cid, InflightPhase, Message, QueuedRecord, SessionKey, SessionRecord, SubscriptionRecord,
+};
+use tern_codec::PacketId;
+
+/// One change to the stored state. Ops are applied in the order they were submitted; a batch
+/// of them is one atomic transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutAccount {
+        cid: Cid,
+        json: Bytes,
+    },
+    DelAccount {
+        cid: Cid,
+    },
+    PutToken {
+        id: u64,
+        json: Bytes,
+    },
+    DelToken {
+        id: u64,
+    },
+    /// Sets the retained message of `msg.cid` / `msg.topic`.
+    PutRetained {
+        msg: Arc<Message>,
+    },
+    DelRetained {
+        cid: Cid,
+        topic: ByteString,
+    },
+    /// Creates or replaces a session's record (not its subscriptions or queue).
+    PutSession {
+        record: SessionRecord,
+    },
+    /// Deletes a session with its subscriptions, queue and incoming QoS 2 ids.
+    DelSession {
+        key: SessionKey,
+    },
+    PutSubscription {
+        key: SessionKey,
+        sub: SubscriptionRecord,
+    },
+    DelSubscription {
+        key: SessionKey,
+        filter: ByteString,
+    },
+    /// Appends a delivery to a session's queue.
+    Enqueue {
+        key: SessionKey,
+        entry: QueuedRecord,
+    },
+    /// Records that a queued delivery was sent with `packet_id`, or moved to `phase`.
+    SetInflight {
+        key: SessionKey,
+        seq: u64,
+        packet_id: PacketId,
+        phase: InflightPhase,
+    },
+    /// Removes a delivery (acknowledged, expired or dropped).
+    Dequeue {
+        key: SessionKey,
+        seq: u64,
+    },
+    /// Removes every queued delivery of a session (queue dropped).
+    ClearQueue {
+        key: SessionKey,
+    },
+    PutIncoming {
+        key: SessionKey,
+        packet_id: PacketId,
+    },
+    DelIncoming {
+        key: SessionKey,
+        packet_id: PacketId,
+    },
+}
