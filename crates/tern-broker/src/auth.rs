@@ -1,14 +1,16 @@
-//! Who a client is: the hook through which CONNECT credentials become an account.
+//! Who a client is: the hook through which CONNECT credentials become an account and rights.
 //!
-//! The broker core only needs an account id and the account's ancestors (for the recursive
-//! namespaces of spec §3). Token checks live behind [`Authenticator`] so the accounts layer can
-//! plug in without the core knowing about tokens.
+//! The broker core needs an account id, the account's ancestors (for the recursive namespaces
+//! of spec §3), the principal's topic rights and the account quotas. Token checks live behind
+//! [`Authenticator`]; the accounts layer ([`crate::accounts::Directory`]) implements it, and
+//! [`Anonymous`] lets everyone in as one account.
 
 use std::net::IpAddr;
 
 use smallvec::{SmallVec, smallvec};
 use tern_codec::{ProtocolVersion, ReasonCode};
 
+use crate::accounts::Rights;
 use crate::message::Cid;
 
 /// The credentials of a CONNECT.
@@ -26,9 +28,27 @@ pub struct Credentials<'a> {
 pub struct Principal {
     /// The account the client acts in.
     pub cid: Cid,
+    /// The token it presented, if any.
+    pub token_id: Option<u64>,
+    /// What it may do with topics.
+    pub rights: Rights,
+    /// The token as a JSON document for the v5 CONNACK `token` user property (spec §2).
+    pub token_json: Option<String>,
 }
 
-/// Decides who may connect and how accounts nest.
+impl Principal {
+    /// A client without a token, with standard rights in account `cid`.
+    pub fn anonymous(cid: Cid) -> Principal {
+        Principal {
+            cid,
+            token_id: None,
+            rights: Rights::Standard,
+            token_json: None,
+        }
+    }
+}
+
+/// Decides who may connect, how accounts nest, and their quotas.
 pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
     /// Authenticates a CONNECT; an error is the CONNACK reason code (v5 code; mapped for 3.x).
     fn authenticate(&self, creds: &Credentials<'_>) -> Result<Principal, ReasonCode>;
@@ -38,9 +58,29 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
     fn ancestors(&self, cid: Cid) -> SmallVec<[Cid; 4]> {
         smallvec![cid]
     }
+
+    /// The account and every account below it.
+    fn descendants(&self, cid: Cid) -> Vec<Cid> {
+        vec![cid]
+    }
+
+    /// Sessions the account may have.
+    fn max_sessions(&self, _cid: Cid) -> u64 {
+        u64::MAX
+    }
+
+    /// Subscriptions one session of the account may hold.
+    fn max_subscriptions(&self, _cid: Cid) -> u64 {
+        u64::MAX
+    }
+
+    /// Bytes of retained messages the account may keep.
+    fn max_retained_bytes(&self, _cid: Cid) -> u64 {
+        u64::MAX
+    }
 }
 
-/// Lets every client in as one account (the `--anonymous` mode before accounts exist).
+/// Lets every client in as one account with standard rights.
 #[derive(Debug, Clone)]
 pub struct Anonymous {
     pub cid: Cid,
@@ -48,6 +88,6 @@ pub struct Anonymous {
 
 impl Authenticator for Anonymous {
     fn authenticate(&self, _creds: &Credentials<'_>) -> Result<Principal, ReasonCode> {
-        Ok(Principal { cid: self.cid })
+        Ok(Principal::anonymous(self.cid))
     }
 }

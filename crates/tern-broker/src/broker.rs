@@ -16,25 +16,51 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 use tern_codec::QoS;
+use tern_store::{Op, Store, Ticket};
 use tern_topic::{RetainedTree, SharedGroup, SubscriptionIndex, Visitor};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
-use crate::message::{Cid, Clock, Delivery, Message, Micros, SessionId};
+use crate::filter::{Conditions, LazyPayload};
+use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Push, Session, SessionKey, Subscription};
 use crate::timers::Timers;
 
+/// The subscription index's key: one subscription of one session, identified by its full
+/// subscription string (prefixes and `cid` property included), so that one session may hold
+/// several subscriptions on the same topic filter with different `$filter` conditions.
+#[derive(Debug, Clone)]
+pub struct SubKey {
+    pub session: Arc<Session>,
+    pub identity: ByteString,
+}
+
+impl PartialEq for SubKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.session.id == other.session.id && self.identity == other.identity
+    }
+}
+impl Eq for SubKey {}
+impl std::hash::Hash for SubKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.session.id.hash(state);
+        self.identity.hash(state);
+    }
+}
+
 /// What the subscription index stores per subscription: everything routing needs without
 /// touching the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SubEntry {
     /// Granted QoS.
     pub qos: QoS,
     pub no_local: bool,
     pub retain_as_published: bool,
     pub id: Option<u32>,
+    /// `$filter` and `cid` conditions, compiled at subscribe time.
+    pub conditions: Option<Arc<Conditions>>,
 }
 
 impl SubEntry {
@@ -44,16 +70,30 @@ impl SubEntry {
             no_local: sub.options.no_local,
             retain_as_published: sub.options.retain_as_published,
             id: sub.id,
+            conditions: sub.conditions.clone(),
         }
     }
+}
+
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// Sessions the message was queued for.
+    pub sessions: usize,
+    /// The store ticket after which every stored copy is durable (0: nothing stored).
+    pub ticket: Ticket,
 }
 
 /// One account's topic namespace.
 #[derive(Debug)]
 pub struct Namespace {
     pub cid: Cid,
-    pub(crate) subs: RwLock<SubscriptionIndex<Arc<Session>, SubEntry>>,
+    pub(crate) subs: RwLock<SubscriptionIndex<SubKey, SubEntry>>,
     pub(crate) retained: RwLock<RetainedTree<Arc<Message>>>,
+    /// Bytes of retained messages (topic + payload), for the account's quota.
+    pub retained_bytes: std::sync::atomic::AtomicU64,
+    /// Sessions of the account, for its quota.
+    pub sessions: std::sync::atomic::AtomicU64,
 }
 
 impl Namespace {
@@ -62,6 +102,8 @@ impl Namespace {
             cid,
             subs: RwLock::new(SubscriptionIndex::new()),
             retained: RwLock::new(RetainedTree::new()),
+            retained_bytes: Default::default(),
+            sessions: Default::default(),
         }
     }
 }
@@ -79,40 +121,68 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     pub(crate) timers: Timers,
     shutdown: CancellationToken,
+    pub(crate) store: Store,
+    pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::admin::RestBridge>>,
 }
 
 /// One matching subscription found while routing.
 struct Target {
     session: Arc<Session>,
-    entry: SubEntry,
+    qos: QoS,
+    retain_as_published: bool,
+    id: Option<u32>,
     shared: bool,
 }
 
 struct Collector<'a> {
-    origin: Option<SessionId>,
+    msg: &'a Message,
+    payload: LazyPayload<'a>,
+    /// Unix seconds, for `now()` in filter expressions.
+    now: f64,
     out: &'a mut Vec<Target>,
 }
 
-impl Visitor<Arc<Session>, SubEntry> for Collector<'_> {
-    fn visit(&mut self, session: &Arc<Session>, entry: &SubEntry) {
-        if entry.no_local && self.origin == Some(session.id) {
-            return;
-        }
-        self.out.push(Target {
-            session: session.clone(),
-            entry: *entry,
-            shared: false,
-        });
+impl Collector<'_> {
+    fn passes(&self, entry: &SubEntry) -> bool {
+        entry
+            .conditions
+            .as_ref()
+            .is_none_or(|c| c.matches(self.msg, &self.payload, self.now))
     }
 
-    fn visit_shared(&mut self, group: &SharedGroup<Arc<Session>, SubEntry>, topic: &str) {
-        // Prefer a connected member; fall back to any member (its session queues the message).
-        if let Some((session, entry)) = group.pick_where(topic, |s| s.is_connected()) {
-            self.out.push(Target {
-                session: session.clone(),
-                entry: *entry,
-                shared: true,
-            });
+    fn push(&mut self, key: &SubKey, entry: &SubEntry, shared: bool) {
+        self.out.push(Target {
+            session: key.session.clone(),
+            qos: entry.qos,
+            retain_as_published: entry.retain_as_published,
+            id: entry.id,
+            shared,
+        });
+    }
+}
+
+impl Visitor<SubKey, SubEntry> for Collector<'_> {
+    fn visit(&mut self, key: &SubKey, entry: &SubEntry) {
+        if entry.no_local && self.msg.origin == Some(key.session.id) {
+            return;
+        }
+        if self.passes(entry) {
+            self.push(key, entry, false);
+        }
+    }
+
+    fn visit_shared(&mut self, group: &SharedGroup<SubKey, SubEntry>, topic: &str) {
+        // Every member of a group subscribed with the same string, so one member's conditions
+        // decide for the group. Prefer a connected member; fall back to any member (its session
+        // queues the message).
+        let Some((_, first)) = group.members().first() else {
+            return;
+        };
+        if !self.passes(first) {
+            return;
+        }
+        if let Some((key, entry)) = group.pick_where(topic, |k| k.session.is_connected()) {
+            self.push(key, entry, true);
         }
     }
 }
@@ -123,7 +193,18 @@ thread_local! {
 }
 
 impl Broker {
+    /// A broker that keeps nothing across restarts.
     pub fn new(config: BrokerConfig, auth: Box<dyn Authenticator>) -> Arc<Broker> {
+        Broker::with_store(config, auth, Store::disabled())
+    }
+
+    /// A broker that mirrors its durable state into `store`. Call [`Broker::restore`] with the
+    /// store's snapshot before accepting connections.
+    pub fn with_store(
+        config: BrokerConfig,
+        auth: Box<dyn Authenticator>,
+        store: Store,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
             config,
             clock: Clock::default(),
@@ -135,7 +216,14 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             timers: Timers::default(),
             shutdown: CancellationToken::new(),
+            store,
+            rest: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The store the broker mirrors its durable state into.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Cancelled when the broker shuts down; every connection watches a child of it.
@@ -170,6 +258,23 @@ impl Broker {
 
     // ---- sessions ------------------------------------------------------------------------
 
+    /// Counts a new session in the metrics and its account's quota.
+    pub(crate) fn session_added(&self, cid: Cid) {
+        Metrics::gauge(&self.metrics.sessions, 1);
+        self.namespace_or_create(cid)
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the account may not open another session.
+    pub(crate) fn session_quota_full(&self, cid: Cid) -> bool {
+        let max = self.auth.max_sessions(cid);
+        max != u64::MAX
+            && self
+                .namespace(cid)
+                .is_some_and(|ns| ns.sessions.load(Ordering::Relaxed) >= max)
+    }
+
     /// The session with this key, if any.
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
         self.sessions.lock().get(key).cloned()
@@ -200,18 +305,25 @@ impl Broker {
                 reg.remove(&session.key);
             }
         }
-        self.discard_session(session);
+        self.discard_session(session, true);
     }
 
     /// Marks a session ended and removes its subscriptions from the index. The caller has
-    /// already taken it out of the registry.
-    pub(crate) fn discard_session(&self, session: &Arc<Session>) {
+    /// already taken it out of the registry. `unstore` deletes it from the store (false when a
+    /// new session with the same key already replaced it there).
+    pub(crate) fn discard_session(&self, session: &Arc<Session>, unstore: bool) {
         let subs: Vec<Subscription> = {
             let mut st = session.lock();
             if st.ended {
                 return;
             }
             st.ended = true;
+            if st.stored && unstore {
+                self.store.submit(Op::DelSession {
+                    key: session.key.clone(),
+                });
+            }
+            st.stored = false;
             let dropped = st.queue.len() as i64;
             Metrics::gauge(&self.metrics.queued, -dropped);
             Metrics::gauge(&self.metrics.inflight, -(st.inflight.len() as i64));
@@ -222,6 +334,9 @@ impl Broker {
             st.subscriptions.drain().map(|(_, s)| s).collect()
         };
         Metrics::gauge(&self.metrics.sessions, -1);
+        if let Some(ns) = self.namespace(session.key.cid) {
+            ns.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
         self.unindex(session, &subs);
     }
 
@@ -235,9 +350,13 @@ impl Broker {
         };
         let mut index = ns.subs.write();
         for sub in subs {
+            let key = SubKey {
+                session: session.clone(),
+                identity: sub.filter.clone(),
+            };
             let removed = match &sub.share_group {
-                Some(group) => index.remove_shared(group, &sub.topic_filter, session),
-                None => index.remove(&sub.topic_filter, session),
+                Some(group) => index.remove_shared(group, &sub.topic_filter, &key),
+                None => index.remove(&sub.topic_filter, &key),
             };
             if removed.is_some() {
                 Metrics::gauge(&self.metrics.subscriptions, -1);
@@ -249,13 +368,21 @@ impl Broker {
     pub(crate) fn index(&self, session: &Arc<Session>, sub: &Subscription) {
         let ns = self.namespace_or_create(session.key.cid);
         let entry = SubEntry::of(sub);
+        let key = SubKey {
+            session: session.clone(),
+            identity: sub.filter.clone(),
+        };
         let old = {
             let mut index = ns.subs.write();
             match &sub.share_group {
-                Some(group) => {
-                    index.insert_shared(group, &sub.topic_filter, session.clone(), entry)
-                }
-                None => index.insert(&sub.topic_filter, session.clone(), entry),
+                Some(group) => index.insert_shared_with_mode(
+                    group,
+                    sub.share_mode,
+                    &sub.topic_filter,
+                    key,
+                    entry,
+                ),
+                None => index.insert(&sub.topic_filter, key, entry),
             }
         };
         if old.is_none() {
@@ -266,23 +393,29 @@ impl Broker {
     // ---- routing -------------------------------------------------------------------------
 
     /// Routes a message to every matching subscription of the publisher's account and its
-    /// ancestors, and updates the retained tree. Returns the number of sessions it was pushed to.
-    pub fn publish(&self, msg: Arc<Message>) -> usize {
+    /// ancestors, and updates the retained tree.
+    pub fn publish(&self, msg: Arc<Message>) -> Routed {
+        let mut ticket = 0;
         if msg.retain && self.config.retain_available {
-            self.set_retained(&msg);
+            ticket = self.set_retained(&msg);
         }
         TARGETS.with(|cell| {
             let mut targets = cell.borrow_mut();
             self.collect_targets(&msg, &mut targets);
-            let n = self.push_targets(&msg, &mut targets);
+            let routed = self.push_targets(&msg, &mut targets);
             targets.clear();
-            n
+            Routed {
+                sessions: routed.sessions,
+                ticket: routed.ticket.max(ticket),
+            }
         })
     }
 
     fn collect_targets(&self, msg: &Message, targets: &mut Vec<Target>) {
         let mut collector = Collector {
-            origin: msg.origin,
+            msg,
+            payload: LazyPayload::new(&msg.payload),
+            now: self.clock.now() as f64 / 1e6,
             out: targets,
         };
         for cid in self.auth.ancestors(msg.cid) {
@@ -294,48 +427,49 @@ impl Broker {
 
     /// Merges the targets of one session (one delivery carrying every subscription id at the
     /// highest granted QoS, spec §5) and pushes the deliveries.
-    fn push_targets(&self, msg: &Arc<Message>, targets: &mut [Target]) -> usize {
+    fn push_targets(&self, msg: &Arc<Message>, targets: &mut [Target]) -> Routed {
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
         }
         let mut pushed = 0;
+        let mut ticket = 0;
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
-            let mut qos = first.entry.qos;
-            let mut rap = first.entry.retain_as_published;
-            let mut sub_ids: SmallVec<[u32; 2]> = first.entry.id.into_iter().collect();
+            let mut qos = first.qos;
+            let mut rap = first.retain_as_published;
+            let mut sub_ids: SmallVec<[u32; 2]> = first.id.into_iter().collect();
             let mut j = i + 1;
             if !first.shared {
                 while j < targets.len()
                     && !targets[j].shared
                     && targets[j].session.id == first.session.id
                 {
-                    qos = qos.max(targets[j].entry.qos);
-                    rap |= targets[j].entry.retain_as_published;
-                    if let Some(id) = targets[j].entry.id {
+                    qos = qos.max(targets[j].qos);
+                    rap |= targets[j].retain_as_published;
+                    if let Some(id) = targets[j].id {
                         sub_ids.push(id);
                     }
                     j += 1;
                 }
             }
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos: qos.min(msg.qos),
-                retain: rap && msg.retain,
-                sub_ids,
-            };
-            if self.push(&targets[i].session, delivery) {
-                pushed += 1;
-            }
+            let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, sub_ids);
+            let (queued, t) = self.push(&targets[i].session, delivery);
+            pushed += usize::from(queued);
+            ticket = ticket.max(t);
             i = j;
         }
-        pushed
+        Routed {
+            sessions: pushed,
+            ticket,
+        }
     }
 
-    /// Pushes one delivery into a session and accounts for the outcome.
-    pub(crate) fn push(&self, session: &Session, delivery: Delivery) -> bool {
-        match session.push(delivery, &self.config) {
+    /// Pushes one delivery into a session and accounts for the outcome. Returns whether it was
+    /// queued and the store ticket that makes it durable (0: nothing to wait for).
+    pub(crate) fn push(&self, session: &Session, delivery: Delivery) -> (bool, Ticket) {
+        let (outcome, ticket) = session.push(delivery, &self.config, &self.store);
+        let queued = match outcome {
             Push::Queued => {
                 Metrics::gauge(&self.metrics.queued, 1);
                 true
@@ -357,21 +491,62 @@ impl Broker {
                 self.metrics.dropped(DropReason::QueueOverflow);
                 false
             }
-        }
+        };
+        (queued, ticket)
     }
 
     // ---- retained ------------------------------------------------------------------------
 
-    fn set_retained(&self, msg: &Arc<Message>) {
+    /// Sets or (empty payload) deletes a retained message; returns the store ticket.
+    fn set_retained(&self, msg: &Arc<Message>) -> Ticket {
         let ns = self.namespace_or_create(msg.cid);
         let mut tree = ns.retained.write();
         if msg.payload.is_empty() {
-            if tree.remove(&msg.topic).is_some() {
+            if let Some(old) = tree.remove(&msg.topic) {
                 Metrics::gauge(&self.metrics.retained, -1);
+                ns.retained_bytes
+                    .fetch_sub(retained_cost(&old), Ordering::Relaxed);
+                return self.store.submit(Op::DelRetained {
+                    cid: msg.cid,
+                    topic: msg.topic.clone(),
+                });
             }
-        } else if tree.insert(&msg.topic, msg.clone()).is_none() {
-            Metrics::gauge(&self.metrics.retained, 1);
+            0
+        } else {
+            ns.retained_bytes
+                .fetch_add(retained_cost(msg), Ordering::Relaxed);
+            match tree.insert(&msg.topic, msg.clone()) {
+                Some(old) => {
+                    ns.retained_bytes
+                        .fetch_sub(retained_cost(&old), Ordering::Relaxed);
+                }
+                None => Metrics::gauge(&self.metrics.retained, 1),
+            }
+            if self.store.enabled() {
+                return self.store.submit(Op::PutRetained { msg: msg.clone() });
+            }
+            0
         }
+    }
+
+    /// Whether a retained message of `payload_len` bytes on `topic` would take account `cid`
+    /// over its retained quota.
+    pub fn retained_quota_exceeded(&self, cid: Cid, topic: &str, payload_len: usize) -> bool {
+        let max = self.auth.max_retained_bytes(cid);
+        if max == u64::MAX || payload_len == 0 {
+            return false;
+        }
+        let cost = (topic.len() + payload_len) as u64;
+        let Some(ns) = self.namespace(cid) else {
+            return cost > max;
+        };
+        let current = ns.retained_bytes.load(Ordering::Relaxed);
+        let replaced = ns
+            .retained
+            .read()
+            .get(topic)
+            .map_or(0, |m| retained_cost(m));
+        current.saturating_sub(replaced) + cost > max
     }
 
     /// Retained messages of `cid`'s namespace matching `filter`, skipping expired ones.
@@ -392,13 +567,20 @@ impl Broker {
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.read().values().cloned().collect();
         for ns in namespaces {
             let mut removed = 0;
+            let mut expired = Vec::new();
             ns.retained.write().retain(|_, msg| {
                 let keep = !msg.is_expired(now);
                 if !keep {
                     removed += 1;
+                    ns.retained_bytes
+                        .fetch_sub(retained_cost(msg), Ordering::Relaxed);
+                    expired.push(msg.topic.clone());
                 }
                 keep
             });
+            for topic in expired {
+                self.store.submit(Op::DelRetained { cid: ns.cid, topic });
+            }
             Metrics::gauge(&self.metrics.retained, -removed);
         }
     }
@@ -425,4 +607,9 @@ impl Broker {
             origin: None,
         }
     }
+}
+
+/// What a retained message counts against its account's quota.
+pub(crate) fn retained_cost(msg: &Message) -> u64 {
+    (msg.topic.len() + msg.payload.len()) as u64
 }

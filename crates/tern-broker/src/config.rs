@@ -43,6 +43,8 @@ pub struct BrokerConfig {
     /// Whether every v5 CONNACK echoes the client's own id as Assigned Client Identifier, as
     /// flespi does (spec §2). When false, only generated ids are sent.
     pub echo_client_id: bool,
+    /// Whether session events are published (`flespi/log/mqtt/sessions/...`, spec §9).
+    pub session_events: bool,
 }
 
 impl Default for BrokerConfig {
@@ -63,6 +65,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_subscriptions_per_session: 10_000,
             echo_client_id: true,
+            session_events: true,
         }
     }
 }

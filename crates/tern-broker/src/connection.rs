@@ -5,7 +5,7 @@
 //! writes out whatever accumulated in [`Connection::out`]. Everything here is synchronous; the
 //! only shared state touched is the broker's, under short locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use tern_codec::{
     ConnAck, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
     ReasonCode,
 };
+
+use tern_store::Ticket;
 
 use crate::auth::Principal;
 use crate::broker::Broker;
@@ -80,6 +82,10 @@ pub struct Connection {
     pub(crate) out: BytesMut,
     pub(crate) closed: bool,
     pub(crate) batch: Vec<Outgoing>,
+    /// Acknowledgements waiting for their store ticket to become durable, in arrival order.
+    pub(crate) pending_acks: VecDeque<(Ticket, Packet)>,
+    /// How many of `pending_acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
+    pub(crate) pending_pubacks: usize,
 }
 
 impl Connection {
@@ -104,6 +110,8 @@ impl Connection {
             out: BytesMut::with_capacity(4096),
             closed: false,
             batch: Vec::new(),
+            pending_acks: VecDeque::new(),
+            pending_pubacks: 0,
         }
     }
 
@@ -231,47 +239,96 @@ impl Connection {
     fn detach(&mut self, session: &Arc<Session>, reason: &CloseReason) {
         let broker = self.broker.clone();
         let now = broker.clock.now();
-        let (will, end, expiry, disconnected_at) = {
+        let (will_now, delayed_will, end, expiry) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 // Taken over: the new owner dealt with the will.
                 return;
             }
             st.conn = None;
+            if st.ended {
+                // Removed while connected (REST, account deletion): nothing left to keep.
+                return;
+            }
             st.disconnected_at = Some(now);
             st.resend = st.inflight.len();
             let will = st.will.take().filter(|_| reason.publishes_will());
             let end = st.expiry_interval == 0;
-            (will, end, st.expiry_interval, now)
+            let mut will_now = None;
+            let mut delayed_will = None;
+            match will {
+                Some(w) if !end && w.delay > 0 => {
+                    delayed_will = Some(w.delay.min(st.expiry_interval));
+                    st.will = Some(w);
+                }
+                other => will_now = other,
+            }
+            if !end {
+                broker.persist_session(session, &mut st);
+            }
+            (will_now, delayed_will, end, st.expiry_interval)
         };
         if end {
             broker.end_session(session);
-            if let Some(w) = will {
-                broker.publish(w.message);
-            }
+        }
+        broker.session_event(session, "disconnected", Some(reason));
+        if let Some(w) = will_now {
+            broker.publish(w.message);
+        }
+        if end {
             return;
         }
-        if let Some(w) = will {
-            if w.delay == 0 {
-                broker.publish(w.message);
-            } else {
-                let delay = u64::from(w.delay.min(expiry));
-                session.lock().will = Some(w);
-                broker.timers.schedule(
-                    now + delay * 1_000_000,
-                    TimerKind::Will,
-                    session.clone(),
-                    disconnected_at,
-                );
-            }
+        if let Some(delay) = delayed_will {
+            broker.timers.schedule(
+                now + u64::from(delay) * 1_000_000,
+                TimerKind::Will,
+                session.clone(),
+                now,
+            );
         }
         if expiry != u32::MAX {
             broker.timers.schedule(
                 now + u64::from(expiry) * 1_000_000,
                 TimerKind::Expiry,
                 session.clone(),
-                disconnected_at,
+                now,
             );
+        }
+    }
+
+    /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
+    /// keeping acknowledgements in the order their packets arrived.
+    pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
+        if self.pending_acks.is_empty() && ticket <= self.broker.store.durable() {
+            self.send(&packet);
+            return;
+        }
+        let ticket = ticket.max(self.pending_acks.back().map_or(0, |(t, _)| *t));
+        if matches!(packet, Packet::PubAck(_)) {
+            self.pending_pubacks += 1;
+        }
+        self.pending_acks.push_back((ticket, packet));
+    }
+
+    /// The store ticket the oldest held acknowledgement waits for.
+    pub fn ack_wait(&self) -> Option<Ticket> {
+        self.pending_acks.front().map(|(t, _)| *t)
+    }
+
+    /// Sends the held acknowledgements whose ops are durable now.
+    pub fn release_acks(&mut self) {
+        let durable = self.broker.store.durable();
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|(t, _)| *t <= durable)
+        {
+            if let Some((_, packet)) = self.pending_acks.pop_front() {
+                if matches!(packet, Packet::PubAck(_)) {
+                    self.pending_pubacks -= 1;
+                }
+                self.send(&packet);
+            }
         }
     }
 }

@@ -9,30 +9,43 @@
 //! - `connection`: one connection's protocol state, close and detach
 //! - `handlers/`: one handler per packet type (`connect`, `publish`, `ack`, `subscribe`,
 //!   `unsubscribe`, `disconnect`, `deliver` for outgoing messages) and the dispatch
+//! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
 //! - `session`: sessions, their outbox and in-flight window
 //! - `message`: messages, deliveries, the broker clock
+//! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay and session expiry
+//! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
+//! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
+//! - `admin`: views and actions for the REST API, and the REST bridge hook
 //! - `auth`: the authentication hook
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
 //! - `metrics`: counters and gauges
 //! - `config`: the broker's settings as plain data
 
+pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod close;
 pub mod config;
 pub mod connection;
+mod events;
+pub mod filter;
 mod handlers;
 pub mod message;
 pub mod metrics;
+mod persist;
+mod restore;
 pub mod session;
 pub mod timers;
 
+pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
 pub use auth::{Anonymous, Authenticator, Credentials, Principal};
-pub use broker::{Broker, Namespace, SubEntry};
+pub use broker::{Broker, Namespace, Routed, SubEntry};
 pub use close::CloseReason;
 pub use config::BrokerConfig;
 pub use connection::Connection;
-pub use message::{Cid, Clock, Delivery, Message, Micros, SessionId};
+pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
+pub use restore::Restored;
 pub use session::{Session, SessionKey, Subscription};

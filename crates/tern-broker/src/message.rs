@@ -4,51 +4,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use bytestring::ByteString;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS};
+use tern_codec::QoS;
+pub use tern_store::{Cid, Message, Micros, SessionId};
 
-/// An account id (flespi `cid`).
-pub type Cid = u64;
-
-/// A broker-wide session identifier, used in event topics and the REST API.
-pub type SessionId = u64;
-
-/// Microseconds since the Unix epoch. Broker timestamps are unique and strictly increasing.
-pub type Micros = u64;
-
-/// One published message, shared by every delivery of it (`Arc<Message>`): the payload and the
-/// topic are reference-counted slices of the publisher's receive buffer, never copied.
-#[derive(Debug)]
-pub struct Message {
-    pub topic: ByteString,
-    pub payload: Bytes,
-    /// QoS as published (already capped by the broker's maximum QoS).
-    pub qos: QoS,
-    /// Retain flag as published.
-    pub retain: bool,
-    /// The v5 properties to forward: no Topic Alias and no Subscription Identifiers (both are
-    /// per connection).
-    pub properties: PublishProperties,
-    /// The publisher's account.
-    pub cid: Cid,
-    /// Publication time, unique per broker (spec §3 `timestamp`).
-    pub timestamp: Micros,
-    /// Absolute expiry time from the Message Expiry Interval.
-    pub expires_at: Option<Micros>,
-    /// The publishing session, for No Local. `None` for broker-generated messages.
-    pub origin: Option<SessionId>,
+/// Broker-side helpers on a [`Message`].
+pub trait MessageExt {
+    fn is_expired(&self, now: Micros) -> bool;
+    fn remaining_expiry(&self, now: Micros) -> Option<u32>;
+    fn cost(&self) -> usize;
+    fn timestamp_string(&self) -> String;
 }
 
-impl Message {
+impl MessageExt for Message {
     /// Whether the message expired at `now`.
-    pub fn is_expired(&self, now: Micros) -> bool {
+    fn is_expired(&self, now: Micros) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
     /// Seconds left until expiry, rounded up, for the Message Expiry Interval of a delivery.
-    pub fn remaining_expiry(&self, now: Micros) -> Option<u32> {
+    fn remaining_expiry(&self, now: Micros) -> Option<u32> {
         self.expires_at.map(|at| {
             let left = at.saturating_sub(now);
             u32::try_from(left.div_ceil(1_000_000))
@@ -58,7 +33,7 @@ impl Message {
     }
 
     /// Rough memory cost of the message, for queue budgets.
-    pub fn cost(&self) -> usize {
+    fn cost(&self) -> usize {
         const OVERHEAD: usize = 96;
         let props: usize = self
             .properties
@@ -70,7 +45,7 @@ impl Message {
     }
 
     /// The `timestamp` user property value: unix seconds with a fraction.
-    pub fn timestamp_string(&self) -> String {
+    fn timestamp_string(&self) -> String {
         format_timestamp(self.timestamp)
     }
 }
@@ -92,6 +67,22 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription of the session that has one.
     pub sub_ids: SmallVec<[u32; 2]>,
+    /// Position in the session's stored queue; 0 when the delivery is not stored (QoS 0, or a
+    /// session that does not persist).
+    pub seq: u64,
+}
+
+impl Delivery {
+    /// A delivery not (yet) stored.
+    pub fn new(msg: Arc<Message>, qos: QoS, retain: bool, sub_ids: SmallVec<[u32; 2]>) -> Delivery {
+        Delivery {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            seq: 0,
+        }
+    }
 }
 
 impl Delivery {
@@ -111,6 +102,12 @@ impl Clock {
     /// Current wall time, without the uniqueness guarantee.
     pub fn now(&self) -> Micros {
         wall_micros()
+    }
+
+    /// Makes every future stamp greater than `ts` (after loading stored messages, so that
+    /// timestamps keep increasing across a restart even if the wall clock went back).
+    pub fn advance_to(&self, ts: Micros) {
+        self.last.fetch_max(ts, Ordering::AcqRel);
     }
 
     /// A fresh timestamp, greater than every one handed out before.

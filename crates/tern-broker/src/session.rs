@@ -14,34 +14,119 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use tern_codec::{PacketId, QoS, SubscriptionOptions};
+use tern_store::{Op, QueuedRecord, Store, Ticket};
+use tern_topic::ShareMode;
 use tokio::sync::Notify;
 
+use crate::accounts::AclRules;
 use crate::close::CloseReason;
 use crate::config::BrokerConfig;
+use crate::filter::{self, Conditions, FilterError};
 use crate::message::{Cid, Delivery, Message, Micros, SessionId};
 
-/// Sessions are identified by account and client id (spec §2): the same client id in two
-/// accounts are two unrelated sessions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
-    pub cid: Cid,
-    pub client_id: ByteString,
-}
+pub use tern_store::SessionKey;
 
-/// One subscription of a session, keyed by its full filter string (prefixes included).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One subscription of a session, keyed by its identity: the full subscription string, plus
+/// `\0cid=<n>` when the SUBSCRIBE carried a `cid` user property (spec §5: the string with its
+/// prefixes and the `cid` property identifies the subscription).
+#[derive(Debug, Clone)]
 pub struct Subscription {
-    /// The filter exactly as subscribed; it identifies the subscription for UNSUBSCRIBE.
+    /// The identity (see above); UNSUBSCRIBE names it.
     pub filter: ByteString,
-    /// The topic filter the index matches (without `$share/<group>/`).
+    /// The topic filter the index matches (without `$share/<group>/` and `$filter/<params>/`).
     pub topic_filter: ByteString,
-    /// The shared subscription group, if any.
+    /// The shared group's identity in the index (`<group>`, or `<group>/$filter/<params>`), if
+    /// shared.
     pub share_group: Option<ByteString>,
+    /// How the shared group picks a member.
+    pub share_mode: ShareMode,
     /// Options with the QoS as granted.
     pub options: SubscriptionOptions,
     /// Subscription Identifier (v5).
     pub id: Option<u32>,
+    /// `$filter` and `cid` conditions.
+    pub conditions: Option<Arc<Conditions>>,
 }
+
+impl Subscription {
+    /// Builds a subscription from its identity string (as stored): the subscription string and
+    /// an optional `\0cid=<n>` suffix.
+    pub fn parse(
+        identity: ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<Subscription, FilterError> {
+        let (full, cid_prop) = match identity.split_once('\0') {
+            Some((full, suffix)) => {
+                let cid = suffix
+                    .strip_prefix("cid=")
+                    .and_then(|n| n.parse::<Cid>().ok())
+                    .ok_or_else(|| FilterError(format!("bad subscription suffix `{suffix}`")))?;
+                (full, Some(cid))
+            }
+            None => (&*identity, None),
+        };
+        let parsed = filter::parse(full)?;
+        let mut conditions = parsed.conditions;
+        if let Some(cid) = cid_prop {
+            conditions
+                .get_or_insert_with(Conditions::default)
+                .cids
+                .push(cid);
+        }
+        let share_group = parsed.share_group.map(|g| {
+            // The group's identity includes its conditions: members that filter differently are
+            // different groups.
+            let prefix_end = full.len() - parsed.topic_filter.len();
+            let key = full[SHARE_PREFIX_LEN..prefix_end].trim_end_matches('/');
+            if key.len() == g.len() {
+                g
+            } else {
+                ByteString::from(key)
+            }
+        });
+        Ok(Subscription {
+            filter: identity.clone(),
+            topic_filter: parsed.topic_filter,
+            share_group,
+            share_mode: parsed.share_mode,
+            options,
+            id,
+            conditions: conditions.filter(|c| !c.is_empty()).map(Arc::new),
+        })
+    }
+
+    /// Limits deliveries to the grants of an ACL token.
+    pub fn restrict(&mut self, rules: Arc<AclRules>) {
+        let mut c = self.conditions.as_deref().cloned().unwrap_or_default();
+        c.acl = Some(rules);
+        self.conditions = Some(Arc::new(c));
+    }
+
+    /// Lifts an ACL restriction.
+    pub fn unrestrict(&mut self) {
+        if let Some(c) = self.conditions.as_deref().filter(|c| c.acl.is_some()) {
+            let mut c = c.clone();
+            c.acl = None;
+            self.conditions = (!c.is_empty()).then(|| Arc::new(c));
+        }
+    }
+
+    /// The identity of a subscription string with an optional `cid` property.
+    pub fn identity(filter: &ByteString, cid_prop: Option<Cid>) -> ByteString {
+        match cid_prop {
+            None => filter.clone(),
+            Some(cid) => ByteString::from(format!("{filter}\0cid={cid}")),
+        }
+    }
+
+    /// The subscription string as the client sent it (without the `cid` suffix).
+    pub fn topic_string(&self) -> &str {
+        self.filter.split('\0').next().unwrap_or(&self.filter)
+    }
+}
+
+const SHARE_PREFIX_LEN: usize = "$share/".len();
 
 /// What a QoS 1/2 message in flight towards the client waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +283,17 @@ pub struct SessionState {
     pub ended: bool,
     /// Counters for events and the REST view.
     pub stats: SessionStats,
+    /// Whether the session is in the store: its QoS 1/2 deliveries, subscriptions and state
+    /// changes are submitted as ops, and its end deletes it there.
+    pub stored: bool,
+    /// Next sequence number of a stored delivery (1-based; 0 means "not stored").
+    pub next_seq: u64,
+    /// When the session was created (unix micros).
+    pub created: Micros,
+    /// Address of the current or last connection.
+    pub last_peer: String,
+    /// Protocol level of the current or last connection (3, 4 or 5).
+    pub last_protocol: u8,
 }
 
 /// Counters kept per session.
@@ -238,9 +334,31 @@ impl Session {
                 will: None,
                 ended: false,
                 stats: SessionStats::default(),
+                stored: false,
+                next_seq: 1,
+                created: crate::message::wall_micros(),
+                last_peer: String::new(),
+                last_protocol: 0,
             }),
             wake: Notify::new(),
         }
+    }
+
+    /// A stable identifier derived from the session key (the same across restarts and safe
+    /// as a JSON number): the `<session id>` of event topics and the REST API.
+    pub fn public_id(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .key
+            .cid
+            .to_be_bytes()
+            .iter()
+            .chain(self.key.client_id.as_bytes())
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h & ((1 << 53) - 1)).max(1)
     }
 
     /// Locks the session state for a short synchronous step.
@@ -248,13 +366,14 @@ impl Session {
         self.state.lock()
     }
 
-    /// Pushes a delivery into the outbox and wakes the owning connection.
-    pub fn push(&self, delivery: Delivery, config: &BrokerConfig) -> Push {
+    /// Pushes a delivery into the outbox and wakes the owning connection. For a stored session
+    /// a QoS 1/2 delivery is also submitted to the store; the ticket says when it is durable.
+    pub fn push(&self, delivery: Delivery, config: &BrokerConfig, store: &Store) -> (Push, Ticket) {
         let mut st = self.state.lock();
-        let outcome = st.push(delivery, config);
+        let outcome = st.push(&self.key, delivery, config, store);
         let connected = st.conn.is_some();
         drop(st);
-        if outcome == Push::Queued && connected {
+        if outcome.0 == Push::Queued && connected {
             self.wake.notify_one();
         }
         outcome
@@ -277,33 +396,60 @@ impl Session {
 }
 
 impl SessionState {
-    fn push(&mut self, delivery: Delivery, config: &BrokerConfig) -> Push {
+    fn push(
+        &mut self,
+        key: &SessionKey,
+        mut delivery: Delivery,
+        config: &BrokerConfig,
+        store: &Store,
+    ) -> (Push, Ticket) {
         if self.ended {
-            return Push::DroppedEnded;
+            return (Push::DroppedEnded, 0);
         }
         if delivery.qos == QoS::AtMostOnce {
             if self.conn.is_none() && !config.queue_qos0_offline {
                 self.stats.dropped += 1;
-                return Push::DroppedOffline;
+                return (Push::DroppedOffline, 0);
             }
             if self.queue.len() >= config.max_queued_messages {
                 self.stats.dropped += 1;
-                return Push::DroppedQos0Overflow;
+                return (Push::DroppedQos0Overflow, 0);
             }
         }
         let cost = delivery.cost();
         if self.queued_bytes + cost > config.max_queued_bytes {
             self.stats.dropped += self.queue.len() as u64 + 1;
-            self.queue.clear();
+            let dropped = std::mem::take(&mut self.queue);
             self.queued_bytes = 0;
+            let ticket =
+                store.submit_all(dropped.iter().filter(|d| d.seq != 0).map(|d| Op::Dequeue {
+                    key: key.clone(),
+                    seq: d.seq,
+                }));
             if let Some(link) = &self.conn {
                 link.kick.kick(CloseReason::SlowConsumer);
             }
-            return Push::Overflow;
+            return (Push::Overflow, ticket);
+        }
+        let mut ticket = 0;
+        if self.stored && delivery.qos != QoS::AtMostOnce {
+            delivery.seq = self.next_seq;
+            self.next_seq += 1;
+            ticket = store.submit(Op::Enqueue {
+                key: key.clone(),
+                entry: QueuedRecord {
+                    seq: delivery.seq,
+                    msg: delivery.msg.clone(),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    sub_ids: delivery.sub_ids.clone(),
+                    inflight: None,
+                },
+            });
         }
         self.queued_bytes += cost;
         self.queue.push_back(delivery);
-        Push::Queued
+        (Push::Queued, ticket)
     }
 
     /// The next free packet id for an outgoing message. Ids are handed out in increasing order
@@ -338,19 +484,15 @@ impl SessionState {
         self.inflight.remove(pos)
     }
 
-    /// Moves the in-flight entry with `packet_id` from `from` to `to`; false if not found.
-    pub fn advance_inflight(&mut self, packet_id: PacketId, from: Phase, to: Phase) -> bool {
-        match self
+    /// Moves the in-flight entry with `packet_id` from `from` to `to`; returns its store
+    /// sequence number (0 if not stored), `None` if there is no such entry.
+    pub fn advance_inflight(&mut self, packet_id: PacketId, from: Phase, to: Phase) -> Option<u64> {
+        let f = self
             .inflight
             .iter_mut()
-            .find(|f| f.packet_id == packet_id && f.phase == from)
-        {
-            Some(f) => {
-                f.phase = to;
-                true
-            }
-            None => false,
-        }
+            .find(|f| f.packet_id == packet_id && f.phase == from)?;
+        f.phase = to;
+        Some(f.delivery.seq)
     }
 
     /// Drops the whole outbox and in-flight state (clean start, or a session taken over with a
@@ -385,8 +527,8 @@ mod tests {
     use smallvec::SmallVec;
 
     fn delivery(qos: QoS, size: usize) -> Delivery {
-        Delivery {
-            msg: Arc::new(Message {
+        Delivery::new(
+            Arc::new(Message {
                 topic: ByteString::from_static("t"),
                 payload: Bytes::from(vec![0u8; size]),
                 qos,
@@ -398,8 +540,14 @@ mod tests {
                 origin: None,
             }),
             qos,
-            retain: false,
-            sub_ids: SmallVec::new(),
+            false,
+            SmallVec::new(),
+        )
+    }
+
+    impl Session {
+        fn push_test(&self, d: Delivery, cfg: &BrokerConfig) -> Push {
+            self.push(d, cfg, &Store::disabled()).0
         }
     }
 
@@ -420,15 +568,21 @@ mod tests {
         let s = session();
         let cfg = BrokerConfig::default();
         assert_eq!(
-            s.push(delivery(QoS::AtMostOnce, 10), &cfg),
+            s.push_test(delivery(QoS::AtMostOnce, 10), &cfg),
             Push::DroppedOffline
         );
-        assert_eq!(s.push(delivery(QoS::AtLeastOnce, 10), &cfg), Push::Queued);
+        assert_eq!(
+            s.push_test(delivery(QoS::AtLeastOnce, 10), &cfg),
+            Push::Queued
+        );
         let cfg = BrokerConfig {
             queue_qos0_offline: true,
             ..BrokerConfig::default()
         };
-        assert_eq!(s.push(delivery(QoS::AtMostOnce, 10), &cfg), Push::Queued);
+        assert_eq!(
+            s.push_test(delivery(QoS::AtMostOnce, 10), &cfg),
+            Push::Queued
+        );
         assert_eq!(s.lock().queue.len(), 2);
     }
 
@@ -440,10 +594,13 @@ mod tests {
             ..BrokerConfig::default()
         };
         for _ in 0..3 {
-            assert_eq!(s.push(delivery(QoS::AtLeastOnce, 200), &cfg), Push::Queued);
+            assert_eq!(
+                s.push_test(delivery(QoS::AtLeastOnce, 200), &cfg),
+                Push::Queued
+            );
         }
         assert_eq!(
-            s.push(delivery(QoS::AtLeastOnce, 200), &cfg),
+            s.push_test(delivery(QoS::AtLeastOnce, 200), &cfg),
             Push::Overflow
         );
         let st = s.lock();
@@ -459,13 +616,22 @@ mod tests {
             queue_qos0_offline: true,
             ..BrokerConfig::default()
         };
-        assert_eq!(s.push(delivery(QoS::AtMostOnce, 1), &cfg), Push::Queued);
-        assert_eq!(s.push(delivery(QoS::AtMostOnce, 1), &cfg), Push::Queued);
         assert_eq!(
-            s.push(delivery(QoS::AtMostOnce, 1), &cfg),
+            s.push_test(delivery(QoS::AtMostOnce, 1), &cfg),
+            Push::Queued
+        );
+        assert_eq!(
+            s.push_test(delivery(QoS::AtMostOnce, 1), &cfg),
+            Push::Queued
+        );
+        assert_eq!(
+            s.push_test(delivery(QoS::AtMostOnce, 1), &cfg),
             Push::DroppedQos0Overflow
         );
-        assert_eq!(s.push(delivery(QoS::AtLeastOnce, 1), &cfg), Push::Queued);
+        assert_eq!(
+            s.push_test(delivery(QoS::AtLeastOnce, 1), &cfg),
+            Push::Queued
+        );
     }
 
     #[test]

@@ -126,7 +126,12 @@ impl Broker {
             if st.conn.is_some() || st.disconnected_at != Some(disconnected_at) {
                 return;
             }
-            st.will.take()
+            let will = st.will.take();
+            if will.is_some() && st.stored {
+                // The stored record must not carry a will that was already sent.
+                self.persist_session(session, &mut st);
+            }
+            will
         };
         if let Some(will) = will {
             self.publish(will.message);
@@ -147,5 +152,6 @@ impl Broker {
         if let Some(will) = will {
             self.publish(will.message);
         }
+        self.session_event(session, "expired", None);
     }
 }

@@ -24,7 +24,7 @@ use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 use crate::filter::comma_level_matches;
-use crate::shared::SharedGroup;
+use crate::shared::{ShareMode, SharedGroup};
 use crate::trie::{LevelMap, TrieNode, dismantle, prune};
 
 /// Receives the subscriptions matching a topic, from [`SubscriptionIndex::for_each_match`].
@@ -130,12 +130,27 @@ impl<K: Eq + Hash + Clone, V> SubscriptionIndex<K, V> {
     /// (the inner filter, without `$share/<group>/`). If it is already a member, replaces its
     /// value in place (keeping its position, so sticky assignments stay) and returns the old one.
     pub fn insert_shared(&mut self, group: &str, filter: &str, key: K, value: V) -> Option<V> {
+        self.insert_shared_with_mode(group, ShareMode::from_group(group), filter, key, value)
+    }
+
+    /// Like [`insert_shared`](Self::insert_shared), with the member choice given explicitly
+    /// instead of read from the group string: for a group whose identity string carries more
+    /// than its name (the broker's `$share/<group>/$filter/<params>/...` groups). The mode is
+    /// fixed when the group is created.
+    pub fn insert_shared_with_mode(
+        &mut self,
+        group: &str,
+        mode: ShareMode,
+        filter: &str,
+        key: K,
+        value: V,
+    ) -> Option<V> {
         let node = self.root.path_or_insert(filter);
         let rare = node.rare.get_or_insert_with(Box::default);
         let i = match rare.shared.iter().position(|g| g.name() == group) {
             Some(i) => i,
             None => {
-                rare.shared.push(SharedGroup::new(group, filter));
+                rare.shared.push(SharedGroup::new(group, filter, mode));
                 rare.shared.len() - 1
             }
         };

@@ -136,11 +136,11 @@ impl<K, V> std::fmt::Debug for SharedGroup<K, V> {
 }
 
 impl<K, V> SharedGroup<K, V> {
-    pub(crate) fn new(name: &str, filter: &str) -> Self {
+    pub(crate) fn new(name: &str, filter: &str, mode: ShareMode) -> Self {
         SharedGroup {
             name: name.into(),
             filter: filter.into(),
-            mode: ShareMode::from_group(name),
+            mode,
             members: Vec::new(),
         }
     }
@@ -283,7 +283,7 @@ mod tests {
     use super::*;
 
     fn group(name: &str, members: &[u32]) -> SharedGroup<u32, ()> {
-        let mut g = SharedGroup::new(name, "t/#");
+        let mut g = SharedGroup::new(name, "t/#", ShareMode::from_group(name));
         g.members.extend(members.iter().map(|&m| (m, ())));
         g
     }

@@ -1,6 +1,7 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP: the QoS 1 and QoS 2 acknowledgement flows.
 
 use tern_codec::{AckProperties, Packet, PubAck, ReasonCode};
+use tern_store::{InflightPhase, Op};
 
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
@@ -19,8 +20,11 @@ impl Connection {
     }
 
     /// PUBREC: the client has the QoS 2 message; answer PUBREL. A PUBREC with an error reason
-    /// ends the flow ([MQTT-4.3.3-4] v5: no PUBREL is sent).
+    /// ends the flow (MQTT 5 4.3.3: no PUBREL is sent).
     pub(crate) fn handle_pubrec(&mut self, ack: PubAck) -> Result<(), CloseReason> {
+        if ack.reason.is_error() {
+            return self.complete(ack.packet_id, Phase::AwaitPubRec);
+        }
         let Some(session) = self.session.clone() else {
             return Ok(());
         };
@@ -29,22 +33,24 @@ impl Connection {
             if !owns(&st, self.id) {
                 return Err(CloseReason::SessionTakenOver);
             }
-            if ack.reason.is_error() {
-                if st
-                    .take_inflight(ack.packet_id, Phase::AwaitPubRec)
-                    .is_some()
-                {
-                    Metrics::gauge(&self.broker.metrics.inflight, -1);
+            match st.advance_inflight(ack.packet_id, Phase::AwaitPubRec, Phase::AwaitPubComp) {
+                Some(seq) => {
+                    if seq != 0 {
+                        self.broker.store.submit(Op::SetInflight {
+                            key: session.key.clone(),
+                            seq,
+                            packet_id: ack.packet_id,
+                            phase: InflightPhase::Released,
+                        });
+                    }
+                    true
                 }
-                drop(st);
-                session.wake();
-                return Ok(());
-            }
-            st.advance_inflight(ack.packet_id, Phase::AwaitPubRec, Phase::AwaitPubComp)
-                || st
+                // A repeated PUBREC for a message already released: answer PUBREL again.
+                None => st
                     .inflight
                     .iter()
-                    .any(|f| f.packet_id == ack.packet_id && f.phase == Phase::AwaitPubComp)
+                    .any(|f| f.packet_id == ack.packet_id && f.phase == Phase::AwaitPubComp),
+            }
         };
         let reason = if found || !self.protocol.is_v5() {
             ReasonCode::SUCCESS
@@ -59,28 +65,41 @@ impl Connection {
         Ok(())
     }
 
-    /// PUBREL: the client releases a QoS 2 message it sent us; answer PUBCOMP.
+    /// PUBREL: the client releases a QoS 2 message it sent us; answer PUBCOMP once the release
+    /// is durable.
     pub(crate) fn handle_pubrel(&mut self, ack: PubAck) -> Result<(), CloseReason> {
         let Some(session) = self.session.clone() else {
             return Ok(());
         };
-        let found = {
+        let (found, ticket) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 return Err(CloseReason::SessionTakenOver);
             }
-            st.incoming_qos2.remove(&ack.packet_id)
+            let found = st.incoming_qos2.remove(&ack.packet_id);
+            let ticket = if found && st.stored {
+                self.broker.store.submit(Op::DelIncoming {
+                    key: session.key.clone(),
+                    packet_id: ack.packet_id,
+                })
+            } else {
+                0
+            };
+            (found, ticket)
         };
         let reason = if found || !self.protocol.is_v5() {
             ReasonCode::SUCCESS
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(PubAck {
-            packet_id: ack.packet_id,
-            reason,
-            properties: AckProperties::default(),
-        }));
+        self.send_after(
+            ticket,
+            Packet::PubComp(PubAck {
+                packet_id: ack.packet_id,
+                reason,
+                properties: AckProperties::default(),
+            }),
+        );
         Ok(())
     }
 
@@ -94,8 +113,16 @@ impl Connection {
             if !owns(&st, self.id) {
                 return Err(CloseReason::SessionTakenOver);
             }
-            let done = st.take_inflight(packet_id, phase).is_some();
-            (done, !st.queue.is_empty())
+            let done = st.take_inflight(packet_id, phase);
+            if let Some(f) = &done
+                && f.delivery.seq != 0
+            {
+                self.broker.store.submit(Op::Dequeue {
+                    key: session.key.clone(),
+                    seq: f.delivery.seq,
+                });
+            }
+            (done.is_some(), !st.queue.is_empty())
         };
         // An unknown packet id is ignored: it may be a late duplicate.
         if done {

@@ -6,10 +6,10 @@ use bytestring::ByteString;
 use tern_codec::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
 
 use crate::auth::Credentials;
+use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
-use crate::metrics::Metrics;
 use crate::session::{ConnLink, Session, SessionKey, WillSpec};
 
 /// Outcome of attaching a connection to its session.
@@ -135,6 +135,10 @@ impl Connection {
             cid: principal.cid,
             client_id: client_id.clone(),
         };
+        // Spec §2: a full `mqtt_sessions` quota refuses new sessions (0x97).
+        if self.broker.session(&key).is_none() && self.broker.session_quota_full(principal.cid) {
+            return self.refuse(ReasonCode::QUOTA_EXCEEDED);
+        }
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),
@@ -144,7 +148,7 @@ impl Connection {
         };
         let attached = self.attach(key, connect.clean_start, expiry, link, will);
         if let Some(old) = &attached.replaced {
-            self.broker.discard_session(old);
+            self.broker.discard_session(old, false);
         }
         if let Some(will) = attached.will {
             self.broker.publish(will);
@@ -177,12 +181,30 @@ impl Connection {
                 properties.topic_alias_maximum = Some(config.topic_alias_maximum);
             }
             properties.server_keep_alive = server_keep_alive;
+            // flespi's CONNACK user properties (spec §2): the token and the resumed session's
+            // subscriptions (MQTT Board restores its panels from them).
+            let token = self.principal.as_ref().and_then(|p| p.token_json.clone()).unwrap_or_else(|| {
+                serde_json::json!({"id": 0, "cid": self.principal.as_ref().map_or(0, |p| p.cid), "access": {"type": 0}}).to_string()
+            });
+            properties
+                .user_properties
+                .push((ByteString::from_static("token"), ByteString::from(token)));
+            let subscriptions = subscriptions_json(&attached.session);
+            properties.user_properties.push((
+                ByteString::from_static("subscriptions"),
+                ByteString::from(subscriptions),
+            ));
         }
         self.send(&Packet::ConnAck(ConnAck {
             session_present: attached.present,
             code: ReasonCode::SUCCESS,
             properties,
         }));
+        if attached.present {
+            self.reapply_rights(&attached.session);
+        }
+        self.broker
+            .session_event(&attached.session, "connected", None);
         // Re-send what was in flight, then whatever queued while offline.
         attached.session.wake();
         Ok(())
@@ -209,6 +231,7 @@ impl Connection {
         will: Option<WillSpec>,
     ) -> Attached {
         let broker = &self.broker;
+        let key_cid = key.cid;
         broker.with_registry(|reg| {
             let existing = reg.get(&key).cloned();
             if let Some(existing) = existing {
@@ -217,14 +240,24 @@ impl Connection {
                     old.kick.kick(CloseReason::SessionTakenOver);
                 }
                 let old_will = st.will.take();
+                if clean_start && st.stored {
+                    // Delete the old session's stored state before the new one is written.
+                    broker
+                        .store
+                        .submit(tern_store::Op::DelSession { key: key.clone() });
+                    st.stored = false;
+                }
                 if !clean_start && !st.ended {
                     // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
+                    st.last_peer = link.peer.clone();
+                    st.last_protocol = link.protocol.level();
                     st.conn = Some(link);
                     st.disconnected_at = None;
                     st.expiry_interval = expiry;
                     st.clean = false;
                     st.resend = st.inflight.len();
                     st.will = will;
+                    broker.persist_session(&existing, &mut st);
                     drop(st);
                     return Attached {
                         session: existing.clone(),
@@ -240,9 +273,9 @@ impl Connection {
                     clean_start,
                     expiry,
                 ));
-                attach_new(&session, link, will);
+                attach_new(broker, &session, link, will);
                 reg.insert(key, session.clone());
-                Metrics::gauge(&broker.metrics.sessions, 1);
+                broker.session_added(key_cid);
                 // The old session ends, so its will goes out whatever its delay.
                 return Attached {
                     session,
@@ -257,9 +290,9 @@ impl Connection {
                 clean_start,
                 expiry,
             ));
-            attach_new(&session, link, will);
+            attach_new(broker, &session, link, will);
             reg.insert(key, session.clone());
-            Metrics::gauge(&broker.metrics.sessions, 1);
+            broker.session_added(key_cid);
             Attached {
                 session,
                 present: false,
@@ -270,8 +303,36 @@ impl Connection {
     }
 }
 
-fn attach_new(session: &Session, link: ConnLink, will: Option<WillSpec>) {
+fn attach_new(broker: &Broker, session: &Session, link: ConnLink, will: Option<WillSpec>) {
     let mut st = session.lock();
+    st.last_peer = link.peer.clone();
+    st.last_protocol = link.protocol.level();
     st.conn = Some(link);
     st.will = will;
+    broker.persist_session(session, &mut st);
+}
+
+/// The session's subscriptions as the CONNACK `subscriptions` user property: a JSON array of
+/// `{"topic","qos","no_local","rap","retain_handling","subscription_id"}`.
+fn subscriptions_json(session: &Session) -> String {
+    let st = session.lock();
+    let mut subs: Vec<&crate::session::Subscription> = st.subscriptions.values().collect();
+    subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+    let items: Vec<serde_json::Value> = subs
+        .into_iter()
+        .map(|s| {
+            let mut item = serde_json::json!({
+                "topic": s.topic_string(),
+                "qos": s.options.qos as u8,
+                "no_local": s.options.no_local,
+                "rap": s.options.retain_as_published,
+                "retain_handling": s.options.retain_handling as u8,
+            });
+            if let Some(id) = s.id {
+                item["subscription_id"] = id.into();
+            }
+            item
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
 }

@@ -6,8 +6,10 @@
 use bytestring::ByteString;
 use tern_codec::{Packet, PubAck, Publish, PublishProperties, QoS};
 
+use tern_store::{InflightPhase, Op};
+
 use crate::connection::{Connection, Outgoing, first_phase, owns};
-use crate::message::{Delivery, Micros};
+use crate::message::{Delivery, MessageExt, Micros};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Inflight, Phase};
 
@@ -43,7 +45,14 @@ impl Connection {
             while budget > 0 {
                 let Some(front) = st.queue.front() else { break };
                 if front.msg.is_expired(now) {
-                    st.pop();
+                    if let Some(gone) = st.pop()
+                        && gone.seq != 0
+                    {
+                        broker.store.submit(Op::Dequeue {
+                            key: session.key.clone(),
+                            seq: gone.seq,
+                        });
+                    }
                     expired += 1;
                     continue;
                 }
@@ -56,6 +65,14 @@ impl Connection {
                     None
                 } else {
                     let id = st.next_packet_id();
+                    if delivery.seq != 0 {
+                        broker.store.submit(Op::SetInflight {
+                            key: session.key.clone(),
+                            seq: delivery.seq,
+                            packet_id: id,
+                            phase: InflightPhase::Sent,
+                        });
+                    }
                     st.inflight.push_back(Inflight {
                         packet_id: id,
                         delivery: delivery.clone(),
@@ -186,16 +203,22 @@ impl Connection {
     /// A delivery was too large for the client: count it and free its in-flight slot.
     fn drop_too_large(&mut self, packet_id: Option<u16>) {
         self.broker.metrics.dropped(DropReason::TooLarge);
-        if let (Some(id), Some(session)) = (packet_id, self.session.clone()) {
-            let mut st = session.lock();
-            let removed = st
-                .inflight
-                .iter()
-                .position(|f| f.packet_id == id)
-                .map(|pos| st.inflight.remove(pos));
-            st.stats.dropped += 1;
-            if removed.is_some() {
-                Metrics::gauge(&self.broker.metrics.inflight, -1);
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let mut st = session.lock();
+        st.stats.dropped += 1;
+        let Some(id) = packet_id else { return };
+        let Some(pos) = st.inflight.iter().position(|f| f.packet_id == id) else {
+            return;
+        };
+        if let Some(gone) = st.inflight.remove(pos) {
+            Metrics::gauge(&self.broker.metrics.inflight, -1);
+            if gone.delivery.seq != 0 {
+                self.broker.store.submit(Op::Dequeue {
+                    key: session.key.clone(),
+                    seq: gone.delivery.seq,
+                });
             }
         }
     }

@@ -4,10 +4,14 @@ use std::sync::Arc;
 
 use tern_codec::{AckProperties, Packet, PubAck, Publish, QoS, ReasonCode};
 
+use tern_store::{Op, Ticket};
+
+use crate::admin::RestCall;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::session::Session;
 
 impl Connection {
     pub(crate) fn handle_publish(&mut self, mut p: Publish) -> Result<(), CloseReason> {
@@ -51,10 +55,14 @@ impl Connection {
                 // A re-sent QoS 2 PUBLISH whose PUBREL has not arrived: acknowledge again, do not
                 // deliver twice.
                 drop(st);
-                self.send(&Packet::PubRec(PubAck::new(pid)));
+                self.send_after(0, Packet::PubRec(PubAck::new(pid)));
                 return Ok(());
             }
-            if st.incoming_qos2.len() >= usize::from(broker.config.receive_maximum) {
+            // Unacknowledged inbound QoS 1/2 messages: QoS 2 awaiting PUBREL, and PUBACKs held
+            // until the store has the message.
+            if st.incoming_qos2.len() + self.pending_pubacks
+                >= usize::from(broker.config.receive_maximum)
+            {
                 return Err(CloseReason::ReceiveMaximumExceeded);
             }
             st.stats.published += 1;
@@ -68,8 +76,39 @@ impl Connection {
         {
             return self.reject_publish(&p, ReasonCode::PAYLOAD_FORMAT_INVALID);
         }
-
+        // REST over MQTT (spec §8): the bridge answers `flespi/rest/<method>/<uri>`.
+        if p.topic.starts_with("flespi/rest/")
+            && let (Some(bridge), Some(principal)) = (broker.rest_bridge(), self.principal.clone())
+        {
+            let (qos, pid) = (p.qos, p.packet_id);
+            bridge.call(RestCall {
+                principal,
+                session: session.clone(),
+                topic: p.topic,
+                payload: p.payload,
+                properties: p.properties,
+                v5: self.protocol.is_v5(),
+                max_packet_size: self.limits.maximum_packet_size,
+            });
+            self.acknowledge(&session, qos, pid, 0);
+            return Ok(());
+        }
+        // `flespi/` is reserved for the MQTT API (spec §4).
+        if p.topic.starts_with("flespi/") {
+            return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
+        }
         let cid = self.principal.as_ref().map_or(0, |pr| pr.cid);
+        if self
+            .principal
+            .as_ref()
+            .is_some_and(|pr| !pr.rights.can_publish(&p.topic))
+        {
+            return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
+        }
+        if p.retain && broker.retained_quota_exceeded(cid, &p.topic, p.payload.len()) {
+            return self.reject_publish(&p, ReasonCode::QUOTA_EXCEEDED);
+        }
+
         let timestamp = broker.clock.stamp();
         let expires_at = p
             .properties
@@ -88,17 +127,34 @@ impl Connection {
             expires_at,
             origin: Some(session.id),
         };
-        broker.publish(Arc::new(msg));
+        let routed = broker.publish(Arc::new(msg));
+        self.acknowledge(&session, qos, pid, routed.ticket);
+        Ok(())
+    }
 
+    /// Acknowledges an accepted PUBLISH once every stored copy is durable (`ticket`): never
+    /// lose an acknowledged message.
+    fn acknowledge(&mut self, session: &Arc<Session>, qos: QoS, pid: Option<u16>, ticket: Ticket) {
         match (qos, pid) {
-            (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(PubAck::new(pid))),
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.send_after(ticket, Packet::PubAck(PubAck::new(pid)))
+            }
             (QoS::ExactlyOnce, Some(pid)) => {
-                session.lock().incoming_qos2.insert(pid);
-                self.send(&Packet::PubRec(PubAck::new(pid)));
+                let mut ticket = ticket;
+                {
+                    let mut st = session.lock();
+                    st.incoming_qos2.insert(pid);
+                    if st.stored {
+                        ticket = self.broker.store.submit(Op::PutIncoming {
+                            key: session.key.clone(),
+                            packet_id: pid,
+                        });
+                    }
+                }
+                self.send_after(ticket, Packet::PubRec(PubAck::new(pid)));
             }
             _ => {}
         }
-        Ok(())
     }
 
     /// Replaces a topic alias by its topic, or records a new alias (spec 3.3.2.3.4).
@@ -152,8 +208,12 @@ impl Connection {
         if !self.protocol.is_v5() {
             // 3.x has no way to refuse: acknowledge so the client does not resend forever.
             match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(PubAck::new(pid))),
-                (QoS::ExactlyOnce, Some(pid)) => self.send(&Packet::PubRec(PubAck::new(pid))),
+                (QoS::AtLeastOnce, Some(pid)) => {
+                    self.send_after(0, Packet::PubAck(PubAck::new(pid)))
+                }
+                (QoS::ExactlyOnce, Some(pid)) => {
+                    self.send_after(0, Packet::PubRec(PubAck::new(pid)))
+                }
                 _ => {}
             }
             return Ok(());
@@ -164,8 +224,8 @@ impl Connection {
             properties: AckProperties::default(),
         };
         match (p.qos, p.packet_id) {
-            (QoS::AtLeastOnce, Some(pid)) => self.send(&Packet::PubAck(ack(pid))),
-            (QoS::ExactlyOnce, Some(pid)) => self.send(&Packet::PubRec(ack(pid))),
+            (QoS::AtLeastOnce, Some(pid)) => self.send_after(0, Packet::PubAck(ack(pid))),
+            (QoS::ExactlyOnce, Some(pid)) => self.send_after(0, Packet::PubRec(ack(pid))),
             _ => {}
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! SUBSCRIBE: validate each filter, record it in the session and the index, send SUBACK, then
-//! the retained messages it asks for.
+//! SUBSCRIBE: take each subscription string apart (`$share`, `$filter`, the `cid` property),
+//! record it in the session and the index, send SUBACK, then the retained messages it asks
+//! for.
 
 use std::sync::Arc;
 
@@ -8,10 +9,13 @@ use smallvec::SmallVec;
 use tern_codec::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
 };
+use tern_store::Op;
 
+use crate::accounts::SubscribeRight;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
-use crate::message::{Delivery, Micros};
+use crate::filter::LazyPayload;
+use crate::message::{Cid, Delivery, Micros};
 use crate::session::{Session, Subscription};
 
 /// Why one filter of a SUBSCRIBE failed.
@@ -28,11 +32,40 @@ impl Connection {
             return Ok(());
         };
         let sub_id = s.properties.subscription_identifier;
+        // Spec §5: a `cid` user property restricts the subscription to that publisher account.
+        let cid_prop = match s
+            .properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == "cid")
+        {
+            Some((_, v)) => match v.parse::<Cid>() {
+                Ok(cid) => Some(cid),
+                Err(_) => {
+                    let reasons = vec![ReasonCode::TOPIC_FILTER_INVALID; s.filters.len()];
+                    self.send(&Packet::SubAck(SubAck {
+                        packet_id: s.packet_id,
+                        properties: AckProperties::default(),
+                        reasons,
+                    }));
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
         let now = self.broker.clock.now();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in s.filters {
-            match self.subscribe_one(&session, filter, options, sub_id, now, &mut retained) {
+            match self.subscribe_one(
+                &session,
+                &filter,
+                cid_prop,
+                options,
+                sub_id,
+                now,
+                &mut retained,
+            ) {
                 Ok(code) => reasons.push(code),
                 Err(Refusal::Code(code)) => reasons.push(code),
                 Err(Refusal::Close(reason)) => return Err(reason),
@@ -49,53 +82,64 @@ impl Connection {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn subscribe_one(
         &mut self,
         session: &Arc<Session>,
-        filter: ByteString,
+        filter: &ByteString,
+        cid_prop: Option<Cid>,
         options: SubscriptionOptions,
         sub_id: Option<u32>,
         now: Micros,
         retained: &mut Vec<Delivery>,
     ) -> Result<ReasonCode, Refusal> {
-        let (share_group, topic_filter) =
-            split_shared(&filter).ok_or(Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID))?;
-        if tern_topic::validate_topic_filter(&topic_filter).is_err() {
-            return Err(Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID));
+        let granted = options.qos.min(self.broker.config.max_qos);
+        let identity = Subscription::identity(filter, cid_prop);
+        let mut sub = Subscription::parse(
+            identity,
+            SubscriptionOptions {
+                qos: granted,
+                ..options
+            },
+            sub_id,
+        )
+        .map_err(|err| {
+            tracing::debug!(conn = self.id, %filter, %err, "subscription refused");
+            Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID)
+        })?;
+        // Token rights (spec §2, ACL tokens): refuse a filter outside every grant; restrict one
+        // that only overlaps them.
+        let rights = self.principal.as_ref().map_or(SubscribeRight::All, |p| {
+            p.rights.subscribe(&sub.topic_filter)
+        });
+        match rights {
+            SubscribeRight::All => {}
+            SubscribeRight::Restricted(rules) => sub.restrict(rules),
+            SubscribeRight::Denied => return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED)),
         }
-        if share_group.is_some() && options.no_local {
+        if sub.share_group.is_some() && options.no_local {
             return Err(Refusal::Close(CloseReason::protocol(
                 "MQTT-3.8.3-4",
                 "No Local on a shared subscription",
             )));
         }
-        let granted = options.qos.min(self.broker.config.max_qos);
-        let sub = Subscription {
-            filter: filter.clone(),
-            topic_filter,
-            share_group,
-            options: SubscriptionOptions {
-                qos: granted,
-                ..options
-            },
-            id: sub_id,
-        };
         let is_new = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 return Err(Refusal::Close(CloseReason::SessionTakenOver));
             }
-            if !st.subscriptions.contains_key(&filter)
-                && st.subscriptions.len() >= self.broker.config.max_subscriptions_per_session
-            {
+            let max = (self.broker.config.max_subscriptions_per_session as u64)
+                .min(self.broker.auth.max_subscriptions(session.key.cid));
+            if !st.subscriptions.contains_key(&sub.filter) && st.subscriptions.len() as u64 >= max {
                 return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
             }
-            st.subscriptions.insert(filter, sub.clone()).is_none()
+            self.broker.record_subscription(session, &mut st, &sub)
         };
         self.broker.index(session, &sub);
 
-        // Retained messages: never for shared subscriptions (MQTT 5 4.8.2), else as
-        // Retain Handling says ([MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
+        // Retained messages: never for shared subscriptions (MQTT 5 4.8.2), else as Retain
+        // Handling says ([MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]); they pass the same
+        // `$filter` conditions as live messages.
         let send_retained = sub.share_group.is_none()
             && match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -104,31 +148,71 @@ impl Connection {
             };
         if send_retained {
             let ids: SmallVec<[u32; 2]> = sub_id.into_iter().collect();
+            let now_secs = now as f64 / 1e6;
             for msg in self
                 .broker
                 .retained_matching(session.key.cid, &sub.topic_filter, now)
             {
+                if let Some(c) = &sub.conditions
+                    && !c.matches(&msg, &LazyPayload::new(&msg.payload), now_secs)
+                {
+                    continue;
+                }
                 let qos = msg.qos.min(granted);
-                retained.push(Delivery {
-                    msg,
-                    qos,
-                    retain: true,
-                    sub_ids: ids.clone(),
-                });
+                retained.push(Delivery::new(msg, qos, true, ids.clone()));
             }
         }
         Ok(ReasonCode(granted as u8))
     }
 }
 
-/// Splits `$share/<group>/<filter>` into its group and filter; `None` if the shared form is
-/// malformed.
-fn split_shared(filter: &ByteString) -> Option<(Option<ByteString>, ByteString)> {
-    match tern_topic::parse_shared(filter) {
-        Ok(None) => Some((None, filter.clone())),
-        Ok(Some((spec, inner))) => {
-            Some((Some(ByteString::from(spec.group)), ByteString::from(inner)))
+impl Connection {
+    /// Re-checks a resumed session's subscriptions against the rights of the token that
+    /// connected now (it may not be the token that subscribed): restrictions follow the new
+    /// rights, and subscriptions it may no longer hold are removed.
+    pub(crate) fn reapply_rights(&self, session: &Arc<Session>) {
+        let Some(principal) = &self.principal else {
+            return;
+        };
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut st = session.lock();
+            let filters: Vec<ByteString> = st.subscriptions.keys().cloned().collect();
+            for f in filters {
+                let Some(sub) = st.subscriptions.get_mut(&f) else {
+                    continue;
+                };
+                let before = sub.conditions.clone();
+                match principal.rights.subscribe(&sub.topic_filter) {
+                    SubscribeRight::All => sub.unrestrict(),
+                    SubscribeRight::Restricted(rules) => sub.restrict(rules),
+                    SubscribeRight::Denied => {
+                        if let Some(sub) = st.subscriptions.remove(&f) {
+                            if st.stored {
+                                self.broker.store.submit(Op::DelSubscription {
+                                    key: session.key.clone(),
+                                    filter: f.clone(),
+                                });
+                            }
+                            removed.push(sub);
+                        }
+                        continue;
+                    }
+                }
+                let same = match (&before, &sub.conditions) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if !same {
+                    changed.push(sub.clone());
+                }
+            }
         }
-        Err(_) => None,
+        self.broker.unindex(session, &removed);
+        for sub in &changed {
+            self.broker.index(session, sub);
+        }
     }
 }

@@ -1,15 +1,24 @@
-//! UNSUBSCRIBE: remove each subscription by its full filter string, answer UNSUBACK.
+//! UNSUBSCRIBE: remove each subscription by its full string, answer UNSUBACK.
 
 use tern_codec::{AckProperties, Packet, ReasonCode, UnsubAck, Unsubscribe};
+use tern_store::Op;
 
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
+use crate::message::Cid;
+use crate::session::Subscription;
 
 impl Connection {
     pub(crate) fn handle_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), CloseReason> {
         let Some(session) = self.session.clone() else {
             return Ok(());
         };
+        let cid_prop = u
+            .properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == "cid")
+            .and_then(|(_, v)| v.parse::<Cid>().ok());
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
         {
@@ -18,13 +27,37 @@ impl Connection {
                 return Err(CloseReason::SessionTakenOver);
             }
             for filter in &u.filters {
-                match st.subscriptions.remove(filter) {
-                    Some(sub) => {
-                        removed.push(sub);
-                        reasons.push(ReasonCode::SUCCESS);
+                let identity = Subscription::identity(filter, cid_prop);
+                let before = removed.len();
+                if let Some(sub) = st.subscriptions.remove(&identity) {
+                    removed.push(sub);
+                } else if cid_prop.is_none() {
+                    // Without the `cid` property, the string removes its variants with any `cid`.
+                    let variants: Vec<_> = st
+                        .subscriptions
+                        .keys()
+                        .filter(|k| k.split('\0').next() == Some(&**filter))
+                        .cloned()
+                        .collect();
+                    for k in variants {
+                        if let Some(sub) = st.subscriptions.remove(&k) {
+                            removed.push(sub);
+                        }
                     }
-                    None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
                 }
+                if st.stored {
+                    for sub in &removed[before..] {
+                        self.broker.store.submit(Op::DelSubscription {
+                            key: session.key.clone(),
+                            filter: sub.filter.clone(),
+                        });
+                    }
+                }
+                reasons.push(if removed.len() > before {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                });
             }
         }
         self.broker.unindex(&session, &removed);

@@ -1,0 +1,327 @@
+//! What the REST API (and the CLI) may see and change: views of sessions, subscriptions and
+//! retained messages, and administrative actions on them. Also the hook through which a publish
+//! to `flespi/rest/...` reaches the REST bridge.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::Serialize;
+use smallvec::SmallVec;
+use tern_codec::{PublishProperties, QoS, SubscriptionOptions, UserProperties};
+use tern_store::Op;
+
+use crate::auth::Principal;
+use crate::broker::{Broker, Routed};
+use crate::close::CloseReason;
+use crate::message::{Cid, Delivery, Message, MessageExt};
+use crate::session::{Session, Subscription};
+
+/// A session as the REST API shows it (spec §7 `/mqtt/sessions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: u64,
+    pub client_id: String,
+    pub cid: Cid,
+    pub connected: bool,
+    pub clean: bool,
+    pub ip: String,
+    /// When an offline session expires (unix seconds); null while connected or never.
+    pub expires: Option<f64>,
+    /// Session Expiry Interval, seconds.
+    pub expiry_interval: u32,
+    /// Bytes of queued messages.
+    pub size: u64,
+    /// Queued and in-flight messages.
+    pub queued: u64,
+    pub protocol_version: u8,
+    pub subscriptions: u64,
+}
+
+/// A subscription as the REST API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionView {
+    /// Stable id derived from the subscription string.
+    pub id: u64,
+    pub topic: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub rap: bool,
+    pub retain_handling: u8,
+    pub subscription_id: Option<u32>,
+    /// The `cid` the subscription is restricted to by its user property, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<Cid>,
+}
+
+/// A publish to `flespi/rest/<method>/<uri>` handed to the REST bridge.
+#[derive(Debug, Clone)]
+pub struct RestCall {
+    pub principal: Principal,
+    /// The requesting session: responses on the request topic go only to it.
+    pub session: Arc<Session>,
+    /// The request topic.
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub properties: PublishProperties,
+    /// Whether the requester speaks v5 (response topic, correlation data, chunking by its
+    /// Maximum Packet Size).
+    pub v5: bool,
+    /// The requester's Maximum Packet Size.
+    pub max_packet_size: u32,
+}
+
+/// The REST bridge (tern-api) answers `flespi/rest/...` publishes.
+pub trait RestBridge: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts the call; the bridge publishes the response itself (see
+    /// [`Broker::deliver_to`] and [`Broker::publish_as`]). Must not block.
+    fn call(&self, call: RestCall);
+}
+
+fn public_id(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & ((1 << 53) - 1)).max(1)
+}
+
+impl Subscription {
+    /// The REST view of this subscription.
+    pub fn view(&self) -> SubscriptionView {
+        SubscriptionView {
+            id: public_id(&self.filter),
+            topic: self.topic_string().to_string(),
+            qos: self.options.qos as u8,
+            no_local: self.options.no_local,
+            rap: self.options.retain_as_published,
+            retain_handling: self.options.retain_handling as u8,
+            subscription_id: self.id,
+            cid: self
+                .filter
+                .split_once('\0')
+                .and_then(|(_, s)| s.strip_prefix("cid="))
+                .and_then(|n| n.parse().ok()),
+        }
+    }
+}
+
+impl Session {
+    /// The REST view of this session.
+    pub fn view(&self) -> SessionView {
+        let st = self.lock();
+        let ip = st
+            .last_peer
+            .rsplit_once(':')
+            .map_or(st.last_peer.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_string();
+        let expires = match (st.conn.is_some(), st.disconnected_at) {
+            (false, Some(at)) if st.expiry_interval != u32::MAX => {
+                Some((at + u64::from(st.expiry_interval) * 1_000_000) as f64 / 1e6)
+            }
+            _ => None,
+        };
+        SessionView {
+            id: self.public_id(),
+            client_id: self.key.client_id.to_string(),
+            cid: self.key.cid,
+            connected: st.conn.is_some(),
+            clean: st.clean,
+            ip,
+            expires,
+            expiry_interval: st.expiry_interval,
+            size: st.queued_bytes as u64,
+            queued: (st.queue.len() + st.inflight.len()) as u64,
+            protocol_version: st.last_protocol,
+            subscriptions: st.subscriptions.len() as u64,
+        }
+    }
+
+    /// The REST views of this session's subscriptions, ordered by their string.
+    pub fn subscription_views(&self) -> Vec<SubscriptionView> {
+        let st = self.lock();
+        let mut subs: Vec<&Subscription> = st.subscriptions.values().collect();
+        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        subs.into_iter().map(Subscription::view).collect()
+    }
+}
+
+impl Broker {
+    /// Installs the REST bridge (once; later calls are ignored).
+    pub fn set_rest_bridge(&self, bridge: Arc<dyn RestBridge>) {
+        let _ = self.rest.set(bridge);
+    }
+
+    pub(crate) fn rest_bridge(&self) -> Option<&Arc<dyn RestBridge>> {
+        self.rest.get()
+    }
+
+    /// Sessions of the given accounts.
+    pub fn sessions_of(&self, cids: &[Cid]) -> Vec<Arc<Session>> {
+        let mut v: Vec<Arc<Session>> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| cids.contains(&s.key.cid))
+            .collect();
+        v.sort_by_key(|s| s.public_id());
+        v
+    }
+
+    /// Removes a session, disconnecting it first if connected (DISCONNECT 0x98 in v5).
+    pub fn remove_session(&self, session: &Arc<Session>) {
+        let kick = session.lock().conn.as_ref().map(|l| l.kick.clone());
+        self.end_session(session);
+        if let Some(kick) = kick {
+            kick.kick(CloseReason::AdministrativeAction);
+        }
+    }
+
+    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed.
+    /// No retained messages are sent. Returns whether it is new.
+    pub fn add_subscription(&self, session: &Arc<Session>, sub: Subscription) -> bool {
+        let is_new = {
+            let mut st = session.lock();
+            if st.ended {
+                return false;
+            }
+            self.record_subscription(session, &mut st, &sub)
+        };
+        self.index(session, &sub);
+        is_new
+    }
+
+    /// Removes a subscription of a session by its identity; false if there was none.
+    pub fn remove_subscription(&self, session: &Arc<Session>, identity: &ByteString) -> bool {
+        let removed = {
+            let mut st = session.lock();
+            let removed = st.subscriptions.remove(identity);
+            if removed.is_some() && st.stored {
+                self.store.submit(Op::DelSubscription {
+                    key: session.key.clone(),
+                    filter: identity.clone(),
+                });
+            }
+            removed
+        };
+        match removed {
+            Some(sub) => {
+                self.unindex(session, std::slice::from_ref(&sub));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Retained messages of the given accounts whose topic matches `filter`.
+    pub fn retained_of(&self, cids: &[Cid], filter: &str) -> Vec<Arc<Message>> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for cid in cids {
+            out.extend(self.retained_matching(*cid, filter, now));
+        }
+        out.sort_by(|a, b| (a.cid, &a.topic).cmp(&(b.cid, &b.topic)));
+        out
+    }
+
+    /// Deletes one retained message; false if there was none.
+    pub fn delete_retained(&self, cid: Cid, topic: &str) -> bool {
+        let Some(ns) = self.namespace(cid) else {
+            return false;
+        };
+        let removed = ns.retained.write().remove(topic);
+        match removed {
+            Some(old) => {
+                crate::metrics::Metrics::gauge(&self.metrics.retained, -1);
+                ns.retained_bytes.fetch_sub(
+                    crate::broker::retained_cost(&old),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.store.submit(Op::DelRetained {
+                    cid,
+                    topic: ByteString::from(topic),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publishes a message as account `cid` (the REST API's `POST /mqtt/messages`, responses
+    /// of the REST bridge).
+    pub fn publish_as(
+        &self,
+        cid: Cid,
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> Routed {
+        let mut msg = self.message(cid, topic, payload, qos, retain);
+        msg.expires_at = properties
+            .message_expiry_interval
+            .map(|s| msg.timestamp + u64::from(s) * 1_000_000);
+        msg.properties = properties;
+        self.publish(Arc::new(msg))
+    }
+
+    /// Delivers a message to one session only, bypassing subscriptions (REST bridge responses
+    /// on the request topic, spec §8).
+    pub fn deliver_to(&self, session: &Session, msg: Message, qos: QoS) -> bool {
+        let msg = Arc::new(msg);
+        if msg.is_expired(self.clock.now()) {
+            return false;
+        }
+        self.push(session, Delivery::new(msg, qos, false, SmallVec::new()))
+            .0
+    }
+
+    /// Removes everything of deleted accounts: their sessions (disconnecting live ones) and
+    /// retained messages.
+    pub fn purge_accounts(&self, cids: &[Cid]) {
+        for session in self.sessions_of(cids) {
+            self.remove_session(&session);
+        }
+        for cid in cids {
+            if let Some(ns) = self.namespace(*cid) {
+                let topics: Vec<ByteString> = {
+                    let tree = ns.retained.read();
+                    tree.iter().map(|(t, _)| ByteString::from(t)).collect()
+                };
+                for topic in topics {
+                    self.delete_retained(*cid, &topic);
+                }
+            }
+        }
+    }
+
+    /// A message with user properties, built like the broker's own.
+    pub fn message_with(
+        &self,
+        cid: Cid,
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        user_properties: UserProperties,
+    ) -> Message {
+        let mut m = self.message(cid, topic, payload, qos, false);
+        m.properties.user_properties = user_properties;
+        m
+    }
+}
+
+/// A subscription made by the REST API: parsed like a client's.
+pub fn parse_subscription(
+    topic: &str,
+    cid_prop: Option<Cid>,
+    options: SubscriptionOptions,
+    id: Option<u32>,
+) -> Result<Subscription, crate::filter::FilterError> {
+    Subscription::parse(
+        Subscription::identity(&ByteString::from(topic), cid_prop),
+        options,
+        id,
+    )
+}

@@ -1,0 +1,62 @@
+//! Events the broker publishes about sessions (spec §9):
+//! `flespi/log/mqtt/sessions/<session id>/<event>` for `connected`, `disconnected` and
+//! `expired`, in the session's account (so its ancestors see them too), not retained.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use tern_codec::QoS;
+
+use crate::broker::Broker;
+use crate::close::CloseReason;
+use crate::message::format_timestamp;
+use crate::session::Session;
+
+impl Broker {
+    /// Publishes a session event, if events are on.
+    pub(crate) fn session_event(
+        &self,
+        session: &Session,
+        event: &'static str,
+        reason: Option<&CloseReason>,
+    ) {
+        if !self.config.session_events {
+            return;
+        }
+        let (ip, protocol, clean, stats) = {
+            let st = session.lock();
+            (st.last_peer.clone(), st.last_protocol, st.clean, st.stats)
+        };
+        let ip = ip
+            .rsplit_once(':')
+            .map_or(ip.as_str(), |(host, _)| host)
+            .trim_matches(['[', ']'])
+            .to_string();
+        let timestamp = self.clock.stamp();
+        let payload = serde_json::json!({
+            "timestamp": format_timestamp(timestamp).parse::<f64>().unwrap_or(0.0),
+            "event": event,
+            "session_id": session.public_id(),
+            "client_id": &*session.key.client_id,
+            "cid": session.key.cid,
+            "ip": ip,
+            "protocol_version": protocol,
+            "clean": clean,
+            "published": stats.published,
+            "received": stats.received,
+            "rejected": stats.rejected,
+            "reason": reason.map_or("", |r| r.label()),
+        });
+        let topic = format!("flespi/log/mqtt/sessions/{}/{event}", session.public_id());
+        let mut msg = self.message(
+            session.key.cid,
+            ByteString::from(topic),
+            Bytes::from(payload.to_string()),
+            QoS::AtMostOnce,
+            false,
+        );
+        msg.timestamp = timestamp;
+        self.publish(Arc::new(msg));
+    }
+}

@@ -1,0 +1,262 @@
+//! Restart without sockets: a broker mirrors its state into an in-memory store, a second
+//! broker restores from it, and the client finds its session, subscriptions, queued and
+//! in-flight messages (re-sent with DUP and the same packet id) and retained messages.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tern_broker::{Anonymous, Broker, BrokerConfig, CloseReason, Connection};
+use tern_codec::*;
+use tern_store::{FsyncPolicy, MemoryBackend, Store, Writer};
+
+fn broker(backend: &MemoryBackend) -> (Arc<Broker>, Store, Writer) {
+    let (store, writer) = Store::start(Box::new(backend.clone()), FsyncPolicy::Always);
+    let broker = Broker::with_store(
+        BrokerConfig::default(),
+        Box::new(Anonymous { cid: 1 }),
+        store.clone(),
+    );
+    (broker, store, writer)
+}
+
+fn connect(broker: &Arc<Broker>, id: &str, clean: bool) -> (Connection, ConnAck) {
+    let mut conn = Connection::new(broker.clone(), "127.0.0.1:1".parse().unwrap(), "test");
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: clean,
+        keep_alive: 0,
+        client_id: ByteString::from(id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..Default::default()
+        },
+    };
+    conn.handle(Packet::Connect(Box::new(connect))).unwrap();
+    let ack = match drain(&mut conn).remove(0) {
+        Packet::ConnAck(a) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    (conn, ack)
+}
+
+/// Decodes everything the connection wrote.
+fn drain(conn: &mut Connection) -> Vec<Packet> {
+    let mut out = Vec::new();
+    let buf: &mut BytesMut = conn.out();
+    while let Some(p) = decode(buf, u32::MAX >> 4, ProtocolVersion::V5).unwrap() {
+        out.push(p);
+    }
+    out
+}
+
+fn publish(
+    conn: &mut Connection,
+    topic: &str,
+    payload: &'static [u8],
+    qos: QoS,
+    retain: bool,
+    id: u16,
+) {
+    conn.handle(Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: ByteString::from(topic),
+        packet_id: (qos != QoS::AtMostOnce).then_some(id),
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(payload),
+    }))
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
+    let backend = MemoryBackend::new();
+    let (b1, store1, writer1) = broker(&backend);
+
+    let (mut sub, _) = connect(&b1, "sub", true);
+    sub.handle(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: SubscribeProperties {
+            subscription_identifier: Some(7),
+            user_properties: vec![],
+        },
+        filters: vec![(
+            ByteString::from_static("t/#"),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    }))
+    .unwrap();
+    assert!(matches!(drain(&mut sub)[0], Packet::SubAck(_)));
+
+    let (mut publ, _) = connect(&b1, "pub", true);
+    publish(&mut publ, "t/a", b"one", QoS::AtLeastOnce, false, 1);
+    // The subscriber receives "one" but never acknowledges it: it stays in flight.
+    sub.fill(1 << 20);
+    let first = match drain(&mut sub).remove(0) {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    sub.close(&CloseReason::ConnectionLost);
+    drop(sub);
+    publish(&mut publ, "t/b", b"two", QoS::AtLeastOnce, false, 2);
+    publish(&mut publ, "t/c", b"three", QoS::ExactlyOnce, false, 3);
+    publish(&mut publ, "r/x", b"kept", QoS::AtMostOnce, true, 0);
+    // The publisher's acknowledgements wait for the store.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            store1.wait(publ.ack_wait().unwrap_or(0))
+        )
+        .await
+        .is_ok()
+    );
+    publ.release_acks();
+    let acks = drain(&mut publ);
+    assert!(
+        acks.iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id == 2))
+    );
+    assert!(
+        acks.iter()
+            .any(|p| matches!(p, Packet::PubRec(a) if a.packet_id == 3))
+    );
+    assert!(store1.flush(Duration::from_secs(5)).await);
+    drop(publ);
+    store1.close();
+    writer1.join();
+
+    // "Restart".
+    let snapshot = backend.load();
+    let (b2, store2, writer2) = broker(&backend);
+    let restored = b2.restore(&snapshot);
+    assert_eq!(restored.sessions, 2, "{restored:?}");
+    assert_eq!(restored.subscriptions, 1);
+    assert_eq!(restored.inflight, 1);
+    assert_eq!(restored.queued, 2);
+    assert_eq!(restored.retained, 1);
+
+    let (mut sub, ack) = connect(&b2, "sub", false);
+    assert!(ack.session_present);
+    sub.fill(1 << 20);
+    let got: Vec<Publish> = drain(&mut sub)
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(got.len(), 3);
+    assert!(got[0].dup, "the in-flight message is re-sent with DUP");
+    assert_eq!(got[0].packet_id, first.packet_id, "with the same packet id");
+    assert_eq!(&got[0].payload[..], b"one");
+    assert_eq!(&got[1].payload[..], b"two");
+    assert_eq!(&got[2].payload[..], b"three");
+    assert_eq!(got[2].qos, QoS::AtLeastOnce, "granted QoS 1");
+    for p in &got {
+        assert_eq!(p.properties.subscription_identifiers.to_vec(), vec![7]);
+    }
+    // Acknowledge everything; the store's queue empties.
+    for p in &got {
+        sub.handle(Packet::PubAck(PubAck::new(p.packet_id.unwrap())))
+            .unwrap();
+    }
+    assert!(store2.flush(Duration::from_secs(5)).await);
+    let after = backend.load();
+    let stored_sub = after
+        .sessions
+        .iter()
+        .find(|s| &*s.record.key.client_id == "sub")
+        .unwrap();
+    assert!(stored_sub.queue.is_empty(), "{:?}", stored_sub.queue);
+    assert_eq!(after.retained.len(), 1);
+
+    // Retained message comes back on subscribe.
+    let (mut other, _) = connect(&b2, "other", true);
+    other
+        .handle(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: SubscribeProperties::default(),
+            filters: vec![(
+                ByteString::from_static("r/#"),
+                SubscriptionOptions::default(),
+            )],
+        }))
+        .unwrap();
+    other.fill(1 << 20);
+    let packets = drain(&mut other);
+    assert!(
+        packets
+            .iter()
+            .any(|p| matches!(p, Packet::Publish(m) if m.retain && &m.payload[..] == b"kept"))
+    );
+    store2.close();
+    writer2.join();
+}
+
+#[tokio::test]
+async fn clean_sessions_are_never_stored() {
+    let backend = MemoryBackend::new();
+    let (b, store, writer) = broker(&backend);
+    let mut conn = Connection::new(b.clone(), "127.0.0.1:1".parse().unwrap(), "test");
+    let mut c = Connect {
+        protocol: ProtocolVersion::V311,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: ByteString::from_static("clean"),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    };
+    conn.handle(Packet::Connect(Box::new(c.clone()))).unwrap();
+    assert!(store.flush(Duration::from_secs(5)).await);
+    assert!(backend.load().sessions.is_empty());
+    conn.close(&CloseReason::ClientDisconnect);
+    // A persistent 3.1.1 session is.
+    c.clean_start = false;
+    c.client_id = ByteString::from_static("kept");
+    let mut conn = Connection::new(b.clone(), "127.0.0.1:1".parse().unwrap(), "test");
+    conn.handle(Packet::Connect(Box::new(c))).unwrap();
+    assert!(store.flush(Duration::from_secs(5)).await);
+    assert_eq!(backend.load().sessions.len(), 1);
+    store.close();
+    writer.join();
+}
+
+#[tokio::test]
+async fn expired_sessions_are_dropped_at_restore() {
+    let backend = MemoryBackend::new();
+    {
+        let mut st = backend.state.lock();
+        st.apply(&tern_store::Op::PutSession {
+            record: tern_store::SessionRecord {
+                key: tern_store::SessionKey {
+                    cid: 1,
+                    client_id: ByteString::from_static("old"),
+                },
+                expiry_interval: 10,
+                disconnected_at: Some(1_000_000),
+                will: None,
+                created: 0,
+            },
+        });
+    }
+    let (b, store, writer) = broker(&backend);
+    let restored = b.restore(&backend.load());
+    assert_eq!(restored.sessions, 0);
+    assert_eq!(restored.expired_sessions, 1);
+    assert!(store.flush(Duration::from_secs(5)).await);
+    assert!(backend.load().sessions.is_empty());
+    store.close();
+    writer.join();
+}
