@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the black-box tests drive besides Rust: Debian's mosquitto-clients
-# (mosquitto_pub/mosquitto_sub) and PyPI's paho-mqtt. Idempotent; quick when all is present.
+# (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt, and MQTT.js from npm (tests/node, pinned by
+# its package-lock.json). Idempotent; quick when all is present.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -16,4 +18,13 @@ fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "installing paho-mqtt"
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+fi
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "node and npm are needed for the MQTT.js tests (tests/node)" >&2
+  exit 1
+fi
+if [ ! -d tests/node/node_modules ]; then
+  echo "installing MQTT.js (tests/node)"
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -1,25 +1,35 @@
 //! Black-box tests: a real broker over real sockets, one module per feature area.
 //!
 //! Most tests run for MQTT 3.1.1 and 5.0 (and a few for 3.1). Raw-packet exchanges use the
-//! client in `support::client`; real clients are rumqttc (Rust), mosquitto_pub/sub and
-//! paho-mqtt (Python) in `clients`.
+//! client in `support::client`, over TCP, TLS or WebSocket (`support::transport`); real clients
+//! are rumqttc (Rust), mosquitto_pub/sub and paho-mqtt (Python) in `clients`, and MQTT.js
+//! (Node) and paho-mqtt over WebSocket in `websocket`.
 
 // Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used, clippy::large_enum_variant, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::large_enum_variant,
+    clippy::type_complexity
+)]
 
 mod support;
 
 mod clients;
+mod config;
 mod connect;
+mod filter;
 mod flow_control;
 mod limits;
 mod malformed;
+mod metrics;
 mod publish_subscribe;
 mod qos;
 mod retained;
 mod sessions;
 mod shared;
 mod shutdown;
+mod tls;
 mod topic_alias;
 mod v5_properties;
+mod websocket;
 mod wills;

@@ -1,11 +1,15 @@
 //! The connection driver: one task per connection, reading, decoding, handing packets to the
 //! broker's [`Connection`], and writing what it encodes.
 //!
-//! Every branch of the `select!` is cancel-safe: `read_buf` and `write_buf` move bytes only
-//! when they complete, the buffers live outside the futures, and the session and kick waits
-//! keep their wake-ups. Writes are batched: deliveries accumulate in the connection's output
-//! buffer and go out in as few syscalls as the socket allows.
+//! The same driver runs every listener: it takes any reader and writer, so TCP, TLS and
+//! WebSocket connections behave identically. Every branch of the `select!` is cancel-safe:
+//! `read_buf`, `write_buf` and `flush` move bytes only when they complete, the buffers live
+//! outside the futures, and the session and kick waits keep their wake-ups. Writes are batched:
+//! deliveries accumulate in the connection's output buffer and go out in as few syscalls (TLS
+//! records, WebSocket frames) as the transport allows. Transports that buffer (TLS, WebSocket)
+//! are flushed once the output buffer is empty.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +17,9 @@ use bytes::BytesMut;
 use tern_broker::{Broker, CloseReason, Connection, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until};
+
+use crate::accept::Listener;
+use crate::metrics::{ConnectedGuard, NetMetrics};
 
 /// Bytes read per syscall at most.
 const READ_CHUNK: usize = 16 * 1024;
@@ -23,19 +30,52 @@ const OUT_FILL_LIMIT: usize = 64 * 1024;
 const OUT_READ_LIMIT: usize = 1024 * 1024;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// How long the server keeps reading (and discarding) after it closed its side; see `linger`.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Where a connection came from, for logs and metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: std::net::SocketAddr,
-    /// The listener's name (`mqtt`, `mqtts`, `ws`, `wss`).
-    pub listener: &'static str,
+    /// The listener it arrived on (MQTT over WebSocket arrives on `http`/`https`).
+    pub listener: Listener,
+}
+
+/// A transport-level reason to close a connection, carried inside an `io::Error` from a
+/// transport adapter (a WebSocket text frame, an over-size frame) so that the driver can close
+/// with the right [`CloseReason`] instead of a plain lost connection.
+#[derive(Debug)]
+pub struct TransportClose(pub CloseReason);
+
+impl std::fmt::Display for TransportClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for TransportClose {}
+
+impl TransportClose {
+    /// An `io::Error` that makes the driver close with `reason`.
+    pub fn error(reason: CloseReason) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, TransportClose(reason))
+    }
+}
+
+/// The close reason for a failed read or write.
+fn io_close_reason(peer: &Peer, err: &io::Error, what: &str) -> CloseReason {
+    if let Some(TransportClose(reason)) = err.get_ref().and_then(|e| e.downcast_ref()) {
+        return reason.clone();
+    }
+    tracing::debug!(peer = %peer.addr, listener = peer.listener.name(), %err, "{what} failed");
+    CloseReason::ConnectionLost
 }
 
 /// Runs one MQTT connection to completion over a reader and a writer, and returns why it
 /// ended.
 pub async fn run_connection<R, W>(
     broker: Arc<Broker>,
+    metrics: Arc<NetMetrics>,
     peer: Peer,
     mut reader: R,
     mut writer: W,
@@ -45,11 +85,15 @@ where
     W: AsyncWrite + Unpin,
 {
     let shutdown = broker.shutdown_token().clone();
-    let mut conn = Connection::new(broker.clone(), peer.addr, peer.listener);
+    let mut conn = Connection::new(broker.clone(), peer.addr, peer.listener.name());
     let kick = conn.kick().clone();
     let mut session: Option<Arc<Session>> = None;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut deadline = Instant::now() + broker.config.connect_timeout;
+    // Bytes handed to the writer that a buffering transport may still hold.
+    let mut unflushed = false;
+    // Counts this client under its listener and protocol version once CONNECT is accepted.
+    let mut counted: Option<ConnectedGuard<'_>> = None;
 
     let reason = 'conn: loop {
         let read_open = conn.out().len() < OUT_READ_LIMIT;
@@ -60,27 +104,32 @@ where
         tokio::select! {
             reason = kick.kicked() => break 'conn reason,
             _ = shutdown.cancelled() => break 'conn CloseReason::ServerShuttingDown,
-            res = writer.write_buf(conn.out()), if !conn.out().is_empty() => {
-                if let Err(err) = res {
-                    tracing::debug!(peer = %peer.addr, %err, "write failed");
-                    break 'conn CloseReason::ConnectionLost;
+            // Acknowledgements held until the store has what they acknowledge.
+            _ = broker.store().wait(conn.ack_wait().unwrap_or(0)), if conn.ack_wait().is_some() => {
+                conn.release_acks();
+            }
+            res = write_or_flush(&mut writer, conn.out()), if unflushed || !conn.out().is_empty() => {
+                match res {
+                    Ok(Written::Bytes(0)) => break 'conn CloseReason::ConnectionLost,
+                    Ok(Written::Bytes(_)) => unflushed = true,
+                    Ok(Written::Flushed) => unflushed = false,
+                    Err(err) => break 'conn io_close_reason(&peer, &err, "write"),
                 }
             }
             res = reader.read_buf(&mut rbuf), if read_open => {
                 match res {
                     Ok(0) => break 'conn CloseReason::ConnectionLost,
                     Ok(_) => {}
-                    Err(err) => {
-                        tracing::debug!(peer = %peer.addr, %err, "read failed");
-                        break 'conn CloseReason::ConnectionLost;
-                    }
+                    Err(err) => break 'conn io_close_reason(&peer, &err, "read"),
                 }
                 let was_connected = conn.is_connected();
-                if let Err(reason) = process(&mut conn, &mut rbuf) {
-                    break 'conn reason;
-                }
+                let processed = process(&mut conn, &mut rbuf);
                 if !was_connected && conn.is_connected() {
                     session = conn.session().cloned();
+                    counted = Some(ConnectedGuard::new(&metrics, peer.listener, conn.protocol()));
+                }
+                if let Err(reason) = processed {
+                    break 'conn reason;
                 }
                 deadline = match conn.idle_timeout() {
                     Some(idle) => Instant::now() + idle,
@@ -106,8 +155,51 @@ where
         let _ = tokio::time::timeout(CLOSE_FLUSH, writer.write_all_buf(out)).await;
     }
     let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
+    if reason.server_sends_disconnect() || matches!(reason, CloseReason::ConnectRefused(_)) {
+        linger(&mut reader, &mut rbuf).await;
+    }
     log_close(&peer, &conn, &reason);
+    drop(counted);
     reason
+}
+
+/// After the server closed its side, reads and discards what the client still sends until it
+/// closes too, for at most [`LINGER`]: closing a socket with unread input makes the kernel send
+/// a reset, and a reset can destroy the DISCONNECT (or CONNACK) the client has not read yet.
+async fn linger<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) {
+    let drain = async {
+        loop {
+            buf.clear();
+            if buf.capacity() < 1024 {
+                buf.reserve(READ_CHUNK);
+            }
+            match reader.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// What one call of [`write_or_flush`] did.
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// Writes what waits in `out`, or, when nothing does, flushes what the transport may still
+/// buffer (TLS records, WebSocket frames; a no-op on TCP). Cancel-safe: each call does one
+/// cancel-safe operation.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+) -> io::Result<Written> {
+    if out.is_empty() {
+        writer.flush().await.map(|()| Written::Flushed)
+    } else {
+        writer.write_buf(out).await.map(Written::Bytes)
+    }
 }
 
 /// Decodes and handles every complete packet in `rbuf`.
@@ -141,10 +233,10 @@ fn log_close(peer: &Peer, conn: &Connection, reason: &CloseReason) {
         CloseReason::ClientDisconnect
         | CloseReason::ConnectionLost
         | CloseReason::ServerShuttingDown => {
-            tracing::debug!(peer = %peer.addr, listener = peer.listener, client_id = %client, reason = reason.label(), "connection closed");
+            tracing::debug!(peer = %peer.addr, listener = peer.listener.name(), client_id = %client, reason = reason.label(), "connection closed");
         }
         _ => {
-            tracing::info!(peer = %peer.addr, listener = peer.listener, client_id = %client, reason = %reason, "connection closed");
+            tracing::info!(peer = %peer.addr, listener = peer.listener.name(), client_id = %client, reason = %reason, "connection closed");
         }
     }
 }

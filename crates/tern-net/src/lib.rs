@@ -1,11 +1,29 @@
 //! tern-net: listeners and the connection driver. This crate owns every socket.
 //!
+//! MQTT behaves identically on every listener: each one ends in the same driver, over a TCP
+//! stream, a TLS stream or a WebSocket turned into a byte stream.
+//!
 //! Layout:
+//! - `accept`: listener names, the connection limit shared by all listeners, the accept loop
 //! - `driver`: one task per connection: read, decode, hand to the broker, write
-//! - `tcp`: the TCP listener, the connection limit
+//! - `tcp`: the `mqtt` listener
+//! - `tls`: rustls configuration (PEM files, client certificates, reload) and `mqtts`
+//! - `http`: the `http`/`https` listeners: hyper, the router from above, WebSocket upgrades
+//! - `ws`: MQTT over WebSocket: subprotocols and the byte-stream adapter
+//! - `metrics`: counters by listener and protocol version
 
+pub mod accept;
 pub mod driver;
+pub mod http;
+pub mod metrics;
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
-pub use driver::{Peer, run_connection};
-pub use tcp::{Acceptor, ConnectionLimit, serve_tcp};
+pub use accept::{Acceptor, ConnectionLimit, Listener};
+pub use driver::{Peer, TransportClose, run_connection};
+pub use http::{HttpOptions, serve_http};
+pub use metrics::NetMetrics;
+pub use tcp::serve_tcp;
+pub use tls::{ClientAuth, TlsContext, TlsError, TlsFiles, serve_tls};
+pub use ws::WsSettings;

@@ -1,14 +1,28 @@
-//! The daemon's configuration: TOML file, embedded defaults, and the mapping onto the crates'
-//! plain settings. Errors name the file, the line and the key.
+//! The daemon's configuration: embedded defaults, the TOML file, `TERN_*` environment
+//! overrides and command-line overrides, in that order (each later layer wins), then the
+//! mapping onto the crates' plain settings.
+//!
+//! Every error names where the bad value came from and the key: the file and line
+//! (`tern.toml:12: key `mqtt.max_qos`: ...`), the environment variable or the command-line
+//! option. A configuration that names a certificate file checks that the file loads.
+//!
+//! Environment overrides: `TERN_<SECTION>_<KEY>=value`, e.g. `TERN_LISTENERS_MQTT=0.0.0.0:1883`,
+//! `TERN_TLS_CERT=/certs/server.pem`, `TERN_MQTT_MAX_QOS=1`. A value is read as a TOML value
+//! when it is one (numbers, booleans) and as a string otherwise. Variables whose first word is
+//! not a section are ignored (container platforms set `TERN_PORT` and the like); an unknown key
+//! inside a known section is an error. `TERN_LOG` (a tracing filter) and `TERN_CONFIG` (the
+//! file) are not overrides.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use tern_broker::BrokerConfig;
 use tern_codec::QoS;
+use tern_net::{ClientAuth, TlsError, TlsFiles, WsSettings};
 
 /// The whole configuration file. Every key is optional; missing keys take the defaults below,
 /// which are also what `tern` runs with when given no file.
@@ -16,19 +30,32 @@ use tern_codec::QoS;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listeners: Listeners,
+    pub tls: Tls,
+    pub websocket: Websocket,
     pub mqtt: Mqtt,
     pub session: SessionSection,
     pub auth: Auth,
     pub store: Store,
     pub log: Log,
+    pub metrics: Metrics,
 }
 
-/// `[listeners]`: where tern accepts connections.
+/// `[listeners]`: where tern accepts connections (spec §1). `"off"` disables a listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
     /// MQTT over TCP.
+    #[serde(deserialize_with = "listen_addr")]
     pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS; on only when a certificate is configured.
+    #[serde(deserialize_with = "listen_addr")]
+    pub mqtts: Option<SocketAddr>,
+    /// HTTP: `/health`, `/metrics`, the REST API, and MQTT over WebSocket on any path.
+    #[serde(deserialize_with = "listen_addr")]
+    pub http: Option<SocketAddr>,
+    /// The same over TLS; on only when a certificate is configured.
+    #[serde(deserialize_with = "listen_addr")]
+    pub https: Option<SocketAddr>,
     /// Cap on live connections over every listener.
     pub max_connections: usize,
 }
@@ -37,8 +64,127 @@ impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            mqtts: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            https: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
             max_connections: 100_000,
         }
+    }
+}
+
+/// Parses a listen address: `IP:PORT`, or `"off"` (or empty) for none.
+pub fn parse_listen_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| {
+        format!(
+            "`{t}` is not a listen address such as \"0.0.0.0:1883\" or \"[::]:1883\" (\"off\" disables the listener)"
+        )
+    })
+}
+
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen_addr(&s).map_err(serde::de::Error::custom)
+}
+
+/// A path where an empty string means "not set".
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// `[tls]`: the certificate for `mqtts` and `https`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first. Setting it turns `mqtts` and `https` on.
+    #[serde(deserialize_with = "opt_path")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[serde(deserialize_with = "opt_path")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates.
+    #[serde(deserialize_with = "opt_path")]
+    pub client_ca: Option<PathBuf>,
+    /// `off`, `optional` or `required`; unset: `required` when `client_ca` is set, else `off`.
+    pub client_auth: Option<ClientAuthMode>,
+    /// Seconds a client has to complete the TLS handshake.
+    pub handshake_timeout: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_auth: None,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+/// `tls.client_auth`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Off,
+    Optional,
+    Required,
+}
+
+impl Tls {
+    /// The client certificate policy in force.
+    pub fn client_auth(&self) -> ClientAuth {
+        match (self.client_auth, &self.client_ca) {
+            (Some(ClientAuthMode::Off), _) | (None, None) => ClientAuth::Off,
+            (Some(ClientAuthMode::Optional), _) => ClientAuth::Optional,
+            (Some(ClientAuthMode::Required), _) | (None, Some(_)) => ClientAuth::Required,
+        }
+    }
+
+    /// The files to load, when a certificate is configured.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth(),
+        })
+    }
+}
+
+/// `[websocket]`: MQTT over WebSocket on the HTTP listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Websocket {
+    /// Largest WebSocket message (all its frames) accepted, bytes; larger closes the client
+    /// (packet too large). At least `mqtt.max_packet_size`.
+    pub max_message_size: usize,
+}
+
+impl Default for Websocket {
+    fn default() -> Self {
+        Websocket {
+            max_message_size: WsSettings::default().max_message_size,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve Prometheus metrics at `/metrics` on the HTTP listeners.
+    pub enabled: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true }
     }
 }
 
@@ -163,9 +309,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// A configuration error, located in its file.
+/// A configuration error, located where the bad value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file, or `environment variable NAME`, or `command line option --flag`.
     pub file: String,
     pub line: Option<usize>,
     pub key: Option<String>,
@@ -187,58 +334,221 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl Config {
-    /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Config::parse(&src, &file)
+/// Where an override came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An environment variable (its name).
+    Env(String),
+    /// A command-line option (e.g. `--mqtt`).
+    Cli(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Cli(flag) => write!(f, "command line option {flag}"),
+        }
+    }
+}
+
+/// One value set over the file: `key` is `section.key`, `value` the raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    pub origin: Origin,
+}
+
+impl Override {
+    /// A command-line override.
+    pub fn cli(flag: &'static str, key: &str, value: impl Into<String>) -> Override {
+        Override {
+            key: key.to_string(),
+            value: value.into(),
+            origin: Origin::Cli(flag),
+        }
     }
 
-    /// Parses and checks configuration text; `file` names it in errors.
+    /// The values to try, in order: the text as a TOML value when it is one, then as a string.
+    fn candidates(&self) -> Vec<toml::Value> {
+        let mut out = Vec::with_capacity(2);
+        if let Ok(mut t) = toml::from_str::<toml::Table>(&format!("v = {}", self.value))
+            && let Some(v) = t.remove("v")
+            && !v.is_str()
+        {
+            out.push(v);
+        }
+        out.push(toml::Value::String(self.value.clone()));
+        out
+    }
+}
+
+/// The sections of the file (the fields of [`Config`]), read from its `Deserialize`
+/// implementation so that the list cannot drift.
+pub fn sections() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct Fields(Option<&'static [&'static str]>);
+    impl<'de> Deserializer<'de> for &mut Fields {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("fields only"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = Some(fields);
+            Err(de::Error::custom("fields only"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    static SECTIONS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    SECTIONS.get_or_init(|| {
+        let mut f = Fields(None);
+        let _ = Config::deserialize(&mut f);
+        f.0.unwrap_or(&[])
+    })
+}
+
+/// The overrides among environment variables: `TERN_<SECTION>_<KEY>`, sorted by name.
+pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
+    let mut out: Vec<Override> = vars
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix("TERN_")?.to_ascii_lowercase();
+            let section = sections().iter().find(|s| {
+                rest.len() > s.len() + 1 && rest.starts_with(*s) && rest.as_bytes()[s.len()] == b'_'
+            })?;
+            let key = format!("{section}.{}", &rest[section.len() + 1..]);
+            Some(Override {
+                key,
+                value,
+                origin: Origin::Env(name),
+            })
+        })
+        .collect();
+    out.sort_by_key(|o| o.origin.to_string());
+    out
+}
+
+/// The layers a configuration came from, to say where a bad value was set.
+#[derive(Debug)]
+struct Layers<'a> {
+    file: &'a str,
+    src: &'a str,
+    origins: HashMap<String, Origin>,
+}
+
+impl Layers<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        if let Some(origin) = self.origins.get(key) {
+            return ConfigError {
+                file: origin.to_string(),
+                line: None,
+                key: Some(key.to_string()),
+                message,
+            };
+        }
+        let (section, name) = key.split_once('.').unwrap_or(("", key));
+        ConfigError {
+            file: self.file.to_string(),
+            line: find_key_line(self.src, section, name),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+
+    /// Whether `key` was set anywhere (file or override).
+    fn is_set(&self, key: &str) -> bool {
+        let (section, name) = key.split_once('.').unwrap_or(("", key));
+        self.origins.contains_key(key) || find_key_line(self.src, section, name).is_some()
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file (certificate files included).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::resolve(Some(path), &[])
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors. Files it names are
+    /// not read.
     pub fn parse(src: &str, file: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(src).map_err(|e| locate_toml_error(src, file, &e))?;
-        config.validate(src, file)?;
+        let layers = Layers {
+            file,
+            src,
+            origins: HashMap::new(),
+        };
+        config.validate(&layers)?;
         Ok(config)
     }
 
-    fn validate(&self, src: &str, file: &str) -> Result<(), ConfigError> {
-        let fail = |section: &str, key: &str, message: String| {
-            let line = find_key_line(src, section, key);
-            Err(ConfigError {
-                file: file.to_string(),
-                line,
-                key: Some(format!("{section}.{key}")),
-                message,
-            })
+    /// The configuration tern runs with: the defaults, then `path` when given, then the
+    /// `overrides` in order (environment first, command line last). Checks every value and
+    /// loads the certificate files it names.
+    pub fn resolve(path: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let (file, src) = match path {
+            Some(p) => {
+                let file = p.display().to_string();
+                let src = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read: {e}"),
+                })?;
+                (file, src)
+            }
+            None => ("(defaults)".to_string(), String::new()),
         };
+        let mut config: Config =
+            toml::from_str(&src).map_err(|e| locate_toml_error(&src, &file, &e))?;
+        let mut layers = Layers {
+            file: &file,
+            src: &src,
+            origins: HashMap::new(),
+        };
+        if !overrides.is_empty() {
+            let mut table: toml::Table =
+                toml::from_str(&src).map_err(|e| locate_toml_error(&src, &file, &e))?;
+            for o in overrides {
+                config = apply_override(&mut table, o)?;
+                layers.origins.insert(o.key.clone(), o.origin.clone());
+            }
+        }
+        config.validate(&layers)?;
+        config.check_files(&layers)?;
+        Ok(config)
+    }
+
+    fn validate(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String| Err(layers.error(key, message));
         if self.mqtt.max_qos > 2 {
             return fail(
-                "mqtt",
-                "max_qos",
+                "mqtt.max_qos",
                 format!("must be 0, 1 or 2, not {}", self.mqtt.max_qos),
             );
         }
         if self.mqtt.max_packet_size < 64 {
-            return fail(
-                "mqtt",
-                "max_packet_size",
-                "must be at least 64 bytes".into(),
-            );
+            return fail("mqtt.max_packet_size", "must be at least 64 bytes".into());
         }
         if self.mqtt.receive_maximum == 0 {
-            return fail("mqtt", "receive_maximum", "must be at least 1".into());
+            return fail("mqtt.receive_maximum", "must be at least 1".into());
         }
         if self.mqtt.max_inflight == 0 {
-            return fail("mqtt", "max_inflight", "must be at least 1".into());
+            return fail("mqtt.max_inflight", "must be at least 1".into());
         }
         if self.listeners.max_connections == 0 {
-            return fail("listeners", "max_connections", "must be at least 1".into());
+            return fail("listeners.max_connections", "must be at least 1".into());
         }
         if !matches!(
             self.log.level.as_str(),
@@ -246,12 +556,137 @@ impl Config {
         ) && tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
         {
             return fail(
-                "log",
-                "level",
+                "log.level",
                 format!("`{}` is not a log level or filter", self.log.level),
             );
         }
+        if (self.websocket.max_message_size as u64) < u64::from(self.mqtt.max_packet_size) {
+            return fail(
+                "websocket.max_message_size",
+                format!(
+                    "must be at least mqtt.max_packet_size ({}), not {}",
+                    self.mqtt.max_packet_size, self.websocket.max_message_size
+                ),
+            );
+        }
+        self.validate_tls(layers)?;
+        self.validate_listeners(layers)
+    }
+
+    fn validate_tls(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => return Err(layers.error("tls.cert", "needs tls.key too")),
+            (None, Some(_)) => return Err(layers.error("tls.key", "needs tls.cert too")),
+            _ => {}
+        }
+        if tls.client_auth() != ClientAuth::Off && tls.client_ca.is_none() {
+            return Err(layers.error(
+                "tls.client_auth",
+                format!(
+                    "\"{}\" needs tls.client_ca (the CA that signs client certificates)",
+                    tls.client_auth().name()
+                ),
+            ));
+        }
+        if tls.handshake_timeout == 0 {
+            return Err(layers.error("tls.handshake_timeout", "must be at least 1 second"));
+        }
+        if tls.cert.is_none() {
+            // A TLS listener asked for on the command line without a certificate is a mistake;
+            // in a file it is the documented default that waits for a certificate.
+            for key in ["listeners.mqtts", "listeners.https"] {
+                if matches!(layers.origins.get(key), Some(Origin::Cli(_))) && self.tls_listener(key)
+                {
+                    return Err(layers.error(key, "needs a certificate: set tls.cert and tls.key"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn tls_listener(&self, key: &str) -> bool {
+        match key {
+            "listeners.mqtts" => self.listeners.mqtts.is_some(),
+            _ => self.listeners.https.is_some(),
+        }
+    }
+
+    fn validate_listeners(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let active = self.active_listeners();
+        for (i, (name, addr)) in active.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = active[..i].iter().find(|(_, a)| a == addr) {
+                let key = format!("listeners.{name}");
+                let key = if layers.is_set(&key) {
+                    key
+                } else {
+                    format!("listeners.{other}")
+                };
+                return Err(layers.error(
+                    &key,
+                    format!("{addr} is used by both listeners.{other} and listeners.{name}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners that will run, by name, with their configured addresses.
+    pub fn active_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let tls = self.tls.cert.is_some();
+        [
+            ("mqtt", self.listeners.mqtt),
+            ("mqtts", self.listeners.mqtts.filter(|_| tls)),
+            ("http", self.listeners.http),
+            ("https", self.listeners.https.filter(|_| tls)),
+        ]
+        .into_iter()
+        .filter_map(|(name, addr)| Some((name, addr?)))
+        .collect()
+    }
+
+    /// Loads the certificate files, so that a missing or unusable file stops tern at start.
+    fn check_files(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let Some(files) = self.tls.files() else {
+            return Ok(());
+        };
+        tern_net::tls::server_config(&files)
+            .map(|_| ())
+            .map_err(|err| {
+                let key = match &err {
+                    TlsError::Read { path, .. }
+                    | TlsError::NoCertificate { path }
+                    | TlsError::NoKey { path }
+                    | TlsError::Pem { path, .. }
+                    | TlsError::ClientCa { path, .. } => {
+                        if *path == files.cert {
+                            "tls.cert"
+                        } else if *path == files.key {
+                            "tls.key"
+                        } else {
+                            "tls.client_ca"
+                        }
+                    }
+                    TlsError::MissingClientCa { .. } => "tls.client_auth",
+                    TlsError::Unusable { .. } => "tls.key",
+                };
+                layers.error(key, err.to_string())
+            })
+    }
+
+    /// The TLS handshake timeout.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls.handshake_timeout.max(1))
+    }
+
+    /// The WebSocket transport's limits.
+    pub fn websocket(&self) -> WsSettings {
+        WsSettings {
+            max_message_size: self.websocket.max_message_size,
+        }
     }
 
     /// The broker core's settings.
@@ -272,8 +707,50 @@ impl Config {
             connect_timeout: Duration::from_secs(self.mqtt.connect_timeout.max(1)),
             max_subscriptions_per_session: self.session.max_subscriptions,
             echo_client_id: self.mqtt.echo_client_id,
+            // Broker settings that have no key in the file yet keep the broker's defaults.
+            ..BrokerConfig::default()
         }
     }
+}
+
+/// Sets one override in the table and deserializes the result; on failure the error names the
+/// override. Each candidate value is tried; the last failure is reported.
+fn apply_override(table: &mut toml::Table, o: &Override) -> Result<Config, ConfigError> {
+    let fail = |message: String| ConfigError {
+        file: o.origin.to_string(),
+        line: None,
+        key: Some(o.key.clone()),
+        message,
+    };
+    let (section, key) = o
+        .key
+        .split_once('.')
+        .ok_or_else(|| fail("not a `section.key` name".into()))?;
+    let mut last = String::new();
+    for value in o.candidates() {
+        let mut t = table.clone();
+        let entry = t
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(sec) = entry.as_table_mut() else {
+            return Err(fail(format!("`{section}` is not a table in the file")));
+        };
+        sec.insert(key.to_string(), value);
+        match toml::Value::Table(t.clone()).try_into::<Config>() {
+            Ok(config) => {
+                *table = t;
+                return Ok(config);
+            }
+            Err(err) => last = clean_message(err.message()),
+        }
+    }
+    Err(fail(last))
+}
+
+/// A serde message without toml's location suffix.
+fn clean_message(message: &str) -> String {
+    let m = message.trim();
+    m.split("\nin `").next().unwrap_or(m).trim().to_string()
 }
 
 /// Turns a toml/serde error into file, line and key.
@@ -340,12 +817,47 @@ fn find_key_line(src: &str, section: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<Override> {
+        env_overrides(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
     #[test]
     fn empty_file_is_the_defaults() {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.listeners.mqtt, Some("0.0.0.0:1883".parse().unwrap()));
+        assert_eq!(c.listeners.http, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(c.mqtt.max_qos, 2);
         assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+        assert!(c.metrics.enabled);
+        // No certificate: the TLS listeners stay off.
+        let names: Vec<_> = c.active_listeners().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["mqtt", "http"]);
+    }
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        let src = include_str!("../../../config/tern.toml");
+        let c = Config::parse(src, "config/tern.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn sections_are_the_config_fields() {
+        assert_eq!(
+            sections(),
+            [
+                "listeners",
+                "tls",
+                "websocket",
+                "mqtt",
+                "session",
+                "auth",
+                "store",
+                "log",
+                "metrics"
+            ]
+        );
     }
 
     #[test]
@@ -374,6 +886,17 @@ mod tests {
         let err = Config::parse("[listeners]\nmqtt = \"localhost\"\n", "x.toml").unwrap_err();
         assert_eq!(err.line, Some(2));
         assert_eq!(err.key.as_deref(), Some("listeners.mqtt"));
+        assert!(
+            err.message.contains("`localhost` is not a listen address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn off_disables_a_listener() {
+        let c = Config::parse("[listeners]\nmqtt = \"off\"\nhttp = \"\"\n", "x.toml").unwrap();
+        assert_eq!(c.listeners.mqtt, None);
+        assert_eq!(c.listeners.http, None);
     }
 
     #[test]
@@ -381,5 +904,148 @@ mod tests {
         let err = Config::parse("[mqtt]\nmax_qos = 3\n", "x.toml").unwrap_err();
         assert_eq!(err.line, Some(2));
         assert_eq!(err.key.as_deref(), Some("mqtt.max_qos"));
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let err = Config::parse("[tls]\ncert = \"a.pem\"\n", "x.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.toml:2: key `tls.cert`: needs tls.key too"
+        );
+        let err = Config::parse("[tls]\nclient_auth = \"required\"\n", "x.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.toml:2: key `tls.client_auth`: \"required\" needs tls.client_ca (the CA that signs client certificates)"
+        );
+    }
+
+    #[test]
+    fn client_auth_defaults_to_required_with_a_ca() {
+        let c = Config::parse("[tls]\nclient_ca = \"ca.pem\"\n", "x.toml").unwrap();
+        assert_eq!(c.tls.client_auth(), ClientAuth::Required);
+        let c = Config::parse(
+            "[tls]\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.tls.client_auth(), ClientAuth::Optional);
+        assert_eq!(Tls::default().client_auth(), ClientAuth::Off);
+    }
+
+    #[test]
+    fn two_listeners_on_one_address() {
+        let err = Config::parse(
+            "[listeners]\nmqtt = \"127.0.0.1:7000\"\nhttp = \"127.0.0.1:7000\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.toml:3: key `listeners.http`: 127.0.0.1:7000 is used by both listeners.mqtt and listeners.http"
+        );
+    }
+
+    #[test]
+    fn websocket_message_must_hold_a_packet() {
+        let err = Config::parse("[mqtt]\nmax_packet_size = 4194304\n", "x.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.toml: key `websocket.max_message_size`: must be at least mqtt.max_packet_size (4194304), not 2097152"
+        );
+    }
+
+    #[test]
+    fn env_names_map_to_keys() {
+        let o = env(&[
+            ("TERN_LISTENERS_MQTT", "127.0.0.1:1"),
+            ("TERN_MQTT_MAX_QOS", "1"),
+            ("TERN_LOG", "debug"),
+            ("TERN_CONFIG", "/etc/tern.toml"),
+            ("TERN_PORT", "tcp://10.0.0.1:1883"),
+            ("TERN_SERVICE_HOST", "10.0.0.1"),
+            ("HOME", "/root"),
+        ]);
+        let keys: Vec<_> = o.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["listeners.mqtt", "mqtt.max_qos"]);
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_cli_overrides_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[mqtt]\nmax_qos = 2\n[log]\nlevel = \"warn\"\n").unwrap();
+        let mut o = env(&[
+            ("TERN_MQTT_MAX_QOS", "1"),
+            ("TERN_LOG_LEVEL", "debug"),
+            ("TERN_AUTH_ANONYMOUS", "true"),
+            ("TERN_STORE_DATA_DIR", "/var/lib/tern"),
+        ]);
+        o.push(Override::cli("--log-level", "log.level", "error"));
+        let c = Config::resolve(Some(&path), &o).unwrap();
+        assert_eq!(c.mqtt.max_qos, 1);
+        assert_eq!(c.log.level, "error");
+        assert!(c.auth.anonymous);
+        assert_eq!(c.store.data_dir, PathBuf::from("/var/lib/tern"));
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = Config::resolve(None, &env(&[("TERN_MQTT_MAX_QOS", "7")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable TERN_MQTT_MAX_QOS: key `mqtt.max_qos`: must be 0, 1 or 2, not 7"
+        );
+        let err = Config::resolve(None, &env(&[("TERN_MQTT_BOGUS", "1")])).unwrap_err();
+        assert_eq!(err.file, "environment variable TERN_MQTT_BOGUS");
+        assert!(err.message.contains("unknown field `bogus`"), "{err}");
+        let err = Config::resolve(None, &env(&[("TERN_LISTENERS_MQTT", "nowhere")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "environment variable TERN_LISTENERS_MQTT: key `listeners.mqtt`: `nowhere` is not a listen address"
+            ),
+            "{err}"
+        );
+        let err = Config::resolve(None, &env(&[("TERN_MQTT_MAX_QOS", "high")])).unwrap_err();
+        assert!(
+            err.message.contains("invalid type: string \"high\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cli_tls_listener_without_certificate() {
+        let err = Config::resolve(
+            None,
+            &[Override::cli(
+                "--mqtts",
+                "listeners.mqtts",
+                "127.0.0.1:8883",
+            )],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command line option --mqtts: key `listeners.mqtts`: needs a certificate: set tls.cert and tls.key"
+        );
+    }
+
+    #[test]
+    fn missing_certificate_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"/nonexistent/server.pem\"\nkey = \"/nonexistent/server.key\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2: key `tls.cert`: cannot read /nonexistent/server.pem: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
     }
 }

@@ -1,32 +1,54 @@
 //! The `tern` daemon binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tern::config::{Override, env_overrides};
 use tern::{Config, Server, ServerOptions, logging};
 
 /// tern: a self-hosted MQTT broker that speaks the flespi MQTT API.
 ///
-/// Without arguments it runs on its embedded defaults: MQTT on 0.0.0.0:1883, data in ./data.
+/// Without arguments it runs on its embedded defaults: MQTT on 0.0.0.0:1883, HTTP and MQTT
+/// over WebSocket on 0.0.0.0:8080, data in ./data. Settings come from the defaults, then the
+/// configuration file, then TERN_<SECTION>_<KEY> environment variables, then these options.
+/// Listen addresses take "off" to disable a listener.
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about)]
+#[command(name = "tern", version, about, args_override_self = true)]
 struct Cli {
     /// Configuration file (TOML); see config/tern.toml for every key.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", env = "TERN_CONFIG")]
     config: Option<PathBuf>,
-    /// MQTT over TCP listen address (overrides listeners.mqtt).
+    /// MQTT over TCP listen address (listeners.mqtt).
     #[arg(long, value_name = "ADDR")]
-    mqtt: Option<SocketAddr>,
-    /// Data directory (overrides store.data_dir).
+    mqtt: Option<String>,
+    /// MQTT over TLS listen address (listeners.mqtts); needs a certificate.
+    #[arg(long, value_name = "ADDR")]
+    mqtts: Option<String>,
+    /// HTTP listen address: /health, /metrics, MQTT over WebSocket (listeners.http).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// HTTPS listen address (listeners.https); needs a certificate.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<String>,
+    /// PEM certificate chain for mqtts and https (tls.cert).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (tls.key).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates; clients must then present one (tls.client_ca).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Data directory (store.data_dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Log level or tracing filter (overrides log.level).
+    /// Log level or tracing filter (log.level).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Let clients without credentials in (overrides auth.anonymous).
+    /// Let clients without credentials in (auth.anonymous).
     #[arg(long)]
     anonymous: bool,
     #[command(subcommand)]
@@ -35,10 +57,45 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a configuration file and exit (0 if it is valid).
+    /// Check a configuration file (with TERN_* variables and options applied) and exit: 0 if
+    /// it is valid, 2 with the file, line and key named if not.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+    },
+    /// Certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Ask a running tern for /health on its HTTP listener: exit 0 on 200, 1 otherwise. For
+    /// container health checks.
+    Health {
+        /// Address of the HTTP listener; by default listeners.http of the configuration, with
+        /// 0.0.0.0 as 127.0.0.1.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<SocketAddr>,
+        /// Seconds to wait for the answer.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a development CA (ca.pem), a server certificate for localhost, 127.0.0.1 and ::1
+    /// (server.pem, server.key) and a client certificate (client.pem, client.key). Not for
+    /// production.
+    Dev {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Another host name or IP address for the server certificate (repeatable).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -47,19 +104,137 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        return match Config::load(file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&cli, file),
+        Some(Command::Certs {
+            command: CertsCommand::Dev { out, sans, force },
+        }) => certs_dev(out, sans, *force),
+        Some(Command::Health { addr, timeout }) => health(&cli, *addr, *timeout),
+        None => daemon(&cli),
+    }
+}
+
+/// The command-line options as overrides, applied after the environment.
+fn cli_overrides(cli: &Cli) -> Vec<Override> {
+    let mut out = Vec::new();
+    let addrs = [
+        ("--mqtt", "listeners.mqtt", &cli.mqtt),
+        ("--mqtts", "listeners.mqtts", &cli.mqtts),
+        ("--http", "listeners.http", &cli.http),
+        ("--https", "listeners.https", &cli.https),
+        ("--log-level", "log.level", &cli.log_level),
+    ];
+    for (flag, key, value) in addrs {
+        if let Some(v) = value {
+            out.push(Override::cli(flag, key, v.clone()));
+        }
+    }
+    let paths = [
+        ("--tls-cert", "tls.cert", &cli.tls_cert),
+        ("--tls-key", "tls.key", &cli.tls_key),
+        ("--tls-client-ca", "tls.client_ca", &cli.tls_client_ca),
+        ("--data-dir", "store.data_dir", &cli.data_dir),
+    ];
+    for (flag, key, value) in paths {
+        if let Some(p) = value {
+            out.push(Override::cli(flag, key, p.display().to_string()));
+        }
+    }
+    if cli.anonymous {
+        out.push(Override::cli("--anonymous", "auth.anonymous", "true"));
+    }
+    out
+}
+
+/// File, then `TERN_*`, then options.
+fn resolve(cli: &Cli, file: Option<&Path>) -> Result<Config, tern::config::ConfigError> {
+    let mut overrides = env_overrides(std::env::vars());
+    overrides.extend(cli_overrides(cli));
+    Config::resolve(file, &overrides)
+}
+
+fn check_config(cli: &Cli, file: &Path) -> ExitCode {
+    match resolve(cli, Some(file)) {
+        Ok(config) => {
+            println!("{}: ok", file.display());
+            for (name, addr) in config.active_listeners() {
+                println!("  {name:<6} {addr}");
             }
+            if config.tls.cert.is_none() {
+                println!("  mqtts and https off: no certificate");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn certs_dev(out: &Path, sans: &[String], force: bool) -> ExitCode {
+    match tern::certs::write(out, sans, force) {
+        Ok(files) => {
+            println!("wrote {}", files.ca.display());
+            println!(
+                "wrote {} and {}",
+                files.server_cert.display(),
+                files.server_key.display()
+            );
+            println!(
+                "wrote {} and {}",
+                files.client_cert.display(),
+                files.client_key.display()
+            );
+            println!(
+                "run: tern --tls-cert {} --tls-key {}",
+                files.server_cert.display(),
+                files.server_key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(cli: &Cli, addr: Option<SocketAddr>, timeout: u64) -> ExitCode {
+    let addr = match addr {
+        Some(a) => a,
+        None => match resolve(cli, cli.config.as_deref()) {
+            Ok(config) => match tern::health::probe_addr(&config) {
+                Some(a) => a,
+                None => {
+                    eprintln!("error: the HTTP listener is off; pass --addr");
+                    return ExitCode::FAILURE;
+                }
+            },
             Err(err) => {
                 eprintln!("error: {err}");
-                ExitCode::from(2)
+                return ExitCode::FAILURE;
             }
-        };
+        },
+    };
+    match tern::health::check(addr, "/health", Duration::from_secs(timeout.max(1))) {
+        Ok(200) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("unhealthy: /health answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("unhealthy: {err}");
+            ExitCode::FAILURE
+        }
     }
-    let config = match load_config(&cli) {
+}
+
+fn daemon(cli: &Cli) -> ExitCode {
+    let config = match resolve(cli, cli.config.as_deref()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("error: {err}");
@@ -87,41 +262,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config, tern::config::ConfigError> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(addr) = cli.mqtt {
-        config.listeners.mqtt = Some(addr);
-    }
-    if let Some(dir) = &cli.data_dir {
-        config.store.data_dir = dir.clone();
-    }
-    if let Some(level) = &cli.log_level {
-        config.log.level = level.clone();
-    }
-    if cli.anonymous {
-        config.auth.anonymous = true;
-    }
-    Ok(config)
-}
-
 async fn run(config: Config) -> anyhow::Result<()> {
-    let server = Server::start(&config, ServerOptions::default()).await?;
-    wait_for_signal().await?;
-    server.shutdown(SHUTDOWN_DEADLINE).await;
-    Ok(())
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a SIGHUP that arrives while starting must not kill the process.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let server = Server::start(&config, ServerOptions::default()).await?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "tern started");
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                break;
+            }
+            _ = hup.recv() => match server.reload_tls() {
+                None => tracing::info!("SIGHUP: no certificate configured, nothing to reload"),
+                Some(Ok(())) => tracing::info!("SIGHUP: certificate reloaded; new connections use it"),
+                Some(Err(err)) => tracing::error!(%err, "SIGHUP: certificate reload failed; the previous certificate stays in use"),
+            },
+        }
     }
+    server.shutdown(SHUTDOWN_DEADLINE).await;
     Ok(())
 }

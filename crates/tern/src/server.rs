@@ -1,72 +1,191 @@
-//! Wiring: a broker, its timers and its listeners, and one shutdown tree for all of them.
+//! Wiring: a broker, its timers and its listeners (mqtt, mqtts, http, https), and one shutdown
+//! tree for all of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
 use tern_broker::{Anonymous, Authenticator, Broker};
-use tern_net::{Acceptor, ConnectionLimit, serve_tcp};
+use tern_net::{
+    Acceptor, HttpOptions, NetMetrics, TlsContext, TlsError, serve_http, serve_tcp, serve_tls,
+};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::metrics::Exporter;
+use crate::routes;
 
 /// Options that do not come from the configuration file.
 #[derive(Debug, Default, Clone)]
-pub struct ServerOptions {}
+pub struct ServerOptions {
+    /// Routes served on the HTTP listeners besides `/health` and `/metrics` (the REST API).
+    /// They must not define those two paths.
+    pub routes: Option<Router>,
+}
+
+/// The bound address of each running listener (useful with port 0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenerAddrs {
+    pub mqtt: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+}
 
 /// A running broker with its listeners.
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
     tracker: TaskTracker,
-    mqtt_addr: Option<SocketAddr>,
+    net: Arc<NetMetrics>,
+    tls: Option<Arc<TlsContext>>,
+    exporter: Arc<Exporter>,
+    addrs: ListenerAddrs,
+}
+
+async fn bind(name: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (listeners.{name})"))?;
+    Ok(Some(listener))
+}
+
+fn local(listener: &Option<TcpListener>) -> anyhow::Result<Option<SocketAddr>> {
+    listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(Into::into)
 }
 
 impl Server {
-    /// Binds every configured listener and starts serving.
-    pub async fn start(config: &Config, _options: ServerOptions) -> anyhow::Result<Server> {
+    /// Loads the certificate, binds every configured listener, and starts serving. Nothing is
+    /// started unless everything could be bound.
+    pub async fn start(config: &Config, options: ServerOptions) -> anyhow::Result<Server> {
+        let tls = match config.tls.files() {
+            Some(files) => {
+                let ctx = TlsContext::load(files, config.tls_handshake_timeout())
+                    .context("cannot load the TLS certificate")?;
+                Some(Arc::new(ctx))
+            }
+            None => None,
+        };
+        let tls_addr = |addr: Option<SocketAddr>| addr.filter(|_| tls.is_some());
+        let mqtt = bind("mqtt", config.listeners.mqtt).await?;
+        let mqtts = bind("mqtts", tls_addr(config.listeners.mqtts)).await?;
+        let http = bind("http", config.listeners.http).await?;
+        let https = bind("https", tls_addr(config.listeners.https)).await?;
+        let addrs = ListenerAddrs {
+            mqtt: local(&mqtt)?,
+            mqtts: local(&mqtts)?,
+            http: local(&http)?,
+            https: local(&https)?,
+        };
+
         let auth: Box<dyn Authenticator> = Box::new(Anonymous {
             cid: config.auth.anonymous_cid,
         });
         let broker = Broker::new(config.broker(), auth);
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
-        let acceptor = Acceptor {
-            broker: broker.clone(),
-            limit: ConnectionLimit::new(config.listeners.max_connections),
-            tracker: tracker.clone(),
-        };
+        let acceptor = Acceptor::new(
+            broker.clone(),
+            config.listeners.max_connections,
+            tracker.clone(),
+        );
+        let net = acceptor.metrics.clone();
+        let exporter = Arc::new(Exporter::new(broker.clone(), net.clone(), tls.clone()));
 
-        let mut mqtt_addr = None;
-        if let Some(addr) = config.listeners.mqtt {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
-            let local = listener.local_addr()?;
-            tracing::info!(listener = "mqtt", addr = %local, "listening");
-            mqtt_addr = Some(local);
-            tracker.spawn(serve_tcp(listener, "mqtt", acceptor.clone()));
+        if let Some(listener) = mqtt {
+            tracing::info!(listener = "mqtt", addr = ?addrs.mqtt, "listening");
+            tracker.spawn(serve_tcp(listener, acceptor.clone()));
+        }
+        if let (Some(listener), Some(tls)) = (mqtts, &tls) {
+            tracing::info!(listener = "mqtts", addr = ?addrs.mqtts, cert = %tls.files().cert.display(), client_auth = tls.files().client_auth.name(), "listening");
+            tracker.spawn(serve_tls(listener, tls.clone(), acceptor.clone()));
+        }
+        if http.is_some() || https.is_some() {
+            let mut router = routes::routes(
+                broker.clone(),
+                config.metrics.enabled.then(|| exporter.clone()),
+            );
+            if let Some(extra) = options.routes {
+                router = router.merge(extra);
+            }
+            let mut http_options = HttpOptions::new(router);
+            http_options.websocket = config.websocket();
+            if let Some(listener) = http {
+                tracing::info!(listener = "http", addr = ?addrs.http, "listening (HTTP, MQTT over WebSocket on any path)");
+                tracker.spawn(serve_http(
+                    listener,
+                    None,
+                    acceptor.clone(),
+                    http_options.clone(),
+                ));
+            }
+            if let (Some(listener), Some(tls)) = (https, &tls) {
+                tracing::info!(listener = "https", addr = ?addrs.https, "listening (HTTPS, MQTT over secure WebSocket on any path)");
+                tracker.spawn(serve_http(
+                    listener,
+                    Some(tls.clone()),
+                    acceptor.clone(),
+                    http_options,
+                ));
+            }
+        }
+        if tls.is_none() && (config.listeners.mqtts.is_some() || config.listeners.https.is_some()) {
+            tracing::info!("mqtts and https are off: no certificate (tls.cert, tls.key)");
         }
         Ok(Server {
             broker,
             tracker,
-            mqtt_addr,
+            net,
+            tls,
+            exporter,
+            addrs,
         })
     }
 
     /// The bound MQTT/TCP address (useful with port 0).
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
+        self.addrs.mqtt
+    }
+
+    /// Every bound address.
+    pub fn addrs(&self) -> ListenerAddrs {
+        self.addrs
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
 
-    /// Stops accepting, sends DISCONNECT 0x8B to every v5 client, closes every connection and
-    /// waits for them, at most `deadline`. Returns false if the deadline passed first.
+    /// The listeners' counters.
+    pub fn net_metrics(&self) -> &Arc<NetMetrics> {
+        &self.net
+    }
+
+    /// The metrics exporter behind `/metrics`.
+    pub fn exporter(&self) -> &Arc<Exporter> {
+        &self.exporter
+    }
+
+    /// Reads the certificate files again (SIGHUP). New handshakes use the new certificate;
+    /// live connections keep theirs. `None` when TLS is not configured; on error the previous
+    /// certificate stays in use.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        self.tls.as_ref().map(|tls| tls.reload())
+    }
+
+    /// Stops accepting, sends DISCONNECT 0x8B to every v5 client (on every listener), closes
+    /// every connection and waits for them, at most `deadline`. Returns false if the deadline
+    /// passed first.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         tracing::info!("shutting down");
         self.broker.shutdown_token().cancel();

@@ -1,4 +1,5 @@
-//! A raw MQTT client: encodes and decodes with tern-codec, so tests control every byte.
+//! A raw MQTT client: encodes and decodes with tern-codec, so tests control every byte. It runs
+//! over any transport (TCP, TLS, WebSocket; see `transport`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,11 +9,12 @@ use tern_codec::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::transport::Io;
 use super::{QUIET, WAIT};
 
-/// A raw-packet MQTT client over TCP.
+/// A raw-packet MQTT client.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     pub version: ProtocolVersion,
     next_id: u16,
@@ -66,11 +68,36 @@ impl Client {
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Client {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).ok();
+        Client::over(Box::new(stream), version)
+    }
+
+    /// A client over an open transport, without sending anything.
+    pub fn over(stream: Box<dyn Io>, version: ProtocolVersion) -> Client {
         Client {
             stream,
             buf: BytesMut::new(),
             version,
             next_id: 0,
+        }
+    }
+
+    /// Connects over an open transport and expects a successful CONNACK.
+    pub async fn connect_over(
+        stream: Box<dyn Io>,
+        version: ProtocolVersion,
+        client_id: &str,
+    ) -> Client {
+        let mut c = Client::over(stream, version);
+        c.send(Packet::Connect(Box::new(connect_packet(
+            version, client_id, true,
+        ))))
+        .await;
+        match c.recv().await {
+            Packet::ConnAck(ack) => {
+                assert_eq!(ack.code, ReasonCode::SUCCESS, "CONNACK refused: {ack:?}");
+                c
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -101,11 +128,46 @@ impl Client {
         let mut out = BytesMut::new();
         encode(&packet, self.version, &mut out).expect("encode");
         self.stream.write_all(&out).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    /// Sends a packet; returns false when the write failed.
+    pub async fn try_send(&mut self, packet: Packet) -> bool {
+        let mut out = BytesMut::new();
+        encode(&packet, self.version, &mut out).expect("encode");
+        self.stream.write_all(&out).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
+    /// Reads until the broker closes the connection, acknowledging QoS 1 deliveries on the
+    /// way (so traffic keeps flowing); returns the DISCONNECT the broker sent, if any.
+    pub async fn drain_until_closed(&mut self, wait: Duration) -> Option<Disconnect> {
+        let mut disconnect = None;
+        loop {
+            match self.read(wait).await {
+                Read::Closed => return disconnect,
+                Read::Timeout => panic!("the broker did not close the connection"),
+                Read::Packet(Packet::Disconnect(d)) => disconnect = Some(d),
+                Read::Packet(Packet::Publish(p)) => {
+                    if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+                        self.send_unchecked(Packet::PubAck(PubAck::new(id))).await;
+                    }
+                }
+                Read::Packet(_) => {}
+            }
+        }
+    }
+
+    /// Sends a packet; a write error is ignored (the broker may already have closed).
+    pub async fn send_unchecked(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        encode(&packet, self.version, &mut out).expect("encode");
+        self.send_raw(&out).await;
     }
 
     /// Sends raw bytes; a write error is ignored (the broker may already have closed).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
     }
 
     /// Reads the next packet, waiting at most `wait`.

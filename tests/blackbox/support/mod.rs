@@ -1,17 +1,22 @@
-//! Test support: an in-process broker on an ephemeral port, the real binary for process-level
-//! tests, and a raw MQTT client built on tern-codec that sends exactly the bytes a test wants.
+//! Test support: an in-process broker on ephemeral ports, the real binary for process-level
+//! tests, a raw MQTT client built on tern-codec that sends exactly the bytes a test wants, and
+//! the transports it can run over (TCP, TLS, WebSocket, secure WebSocket).
 
 #![allow(dead_code)]
 
 pub mod client;
+pub mod http;
 pub mod process;
+pub mod transport;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::Client;
-use tern::{Config, Server, ServerOptions};
+use tern::certs::DevCertFiles;
+use tern::{Config, ListenerAddrs, Server, ServerOptions};
 use tern_broker::Broker;
 
 /// Default time a test waits for something that should happen.
@@ -19,37 +24,117 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Time a test waits to be sure something does NOT happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-/// A broker running in the test's runtime, on 127.0.0.1 with an ephemeral port.
+/// A fresh development CA, server and client certificate in a temporary directory (removed on
+/// drop).
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+    pub files: DevCertFiles,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tern::certs::write(dir.path(), &[], false).expect("dev certificates");
+        TestCerts { dir, files }
+    }
+
+    /// Replaces the files with a new set (a new CA too), as an operator renewing them would.
+    pub fn renew(&self) {
+        tern::certs::write(self.dir.path(), &[], true).expect("dev certificates");
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.files.ca.clone()
+    }
+}
+
+/// A broker running in the test's runtime, on 127.0.0.1 with ephemeral ports.
 pub struct TestBroker {
     server: Option<Server>,
+    /// The MQTT/TCP listener.
     pub addr: SocketAddr,
+    /// Every listener that runs (`http` is off unless a test turns it on; `mqtts` and `https`
+    /// run when a certificate is configured).
+    pub addrs: ListenerAddrs,
+    /// The certificates of [`TestBroker::with_listeners`].
+    pub certs: Option<Arc<TestCerts>>,
 }
 
 impl TestBroker {
-    /// Starts a broker with the defaults (anonymous clients allowed).
+    /// Starts a broker with the defaults (anonymous clients allowed) and only the MQTT/TCP
+    /// listener.
     pub async fn start() -> TestBroker {
         TestBroker::with(|_| {}).await
     }
 
-    /// Starts a broker after `tweak` adjusted the configuration.
+    /// Starts a broker after `tweak` adjusted the configuration. Listeners not turned on by
+    /// `tweak` stay off, except MQTT/TCP.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        TestBroker::start_with(None, tweak).await
+    }
+
+    /// Starts a broker with all four listeners on 127.0.0.1 (mqtt, mqtts, http, https) and a
+    /// fresh development certificate.
+    pub async fn with_listeners(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        TestBroker::start_with(Some(Arc::new(TestCerts::new())), |c| {
+            c.listeners.http = Some(loopback());
+            tweak(c)
+        })
+        .await
+    }
+
+    /// Starts a broker whose TLS listeners use `certs` (shared, e.g. for a reload test).
+    pub async fn start_with(
+        certs: Option<Arc<TestCerts>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let mut config = Config::default();
-        config.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
+        config.listeners.mqtt = Some(loopback());
+        config.listeners.mqtts = Some(loopback());
+        config.listeners.http = None;
+        config.listeners.https = Some(loopback());
         config.auth.anonymous = true;
         config.log.level = "warn".into();
+        if let Some(c) = &certs {
+            config.tls.cert = Some(c.files.server_cert.clone());
+            config.tls.key = Some(c.files.server_key.clone());
+        }
         tweak(&mut config);
         let server = Server::start(&config, ServerOptions::default())
             .await
             .expect("broker starts");
-        let addr = server.mqtt_addr().expect("mqtt listener");
+        let addrs = server.addrs();
         TestBroker {
             server: Some(server),
-            addr,
+            addr: addrs.mqtt.expect("mqtt listener"),
+            addrs,
+            certs,
         }
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
         self.server.as_ref().expect("running").broker()
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn mqtts(&self) -> SocketAddr {
+        self.addrs.mqtts.expect("mqtts listener")
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.addrs.http.expect("http listener")
+    }
+
+    pub fn https(&self) -> SocketAddr {
+        self.addrs.https.expect("https listener")
+    }
+
+    /// The certificates (of a broker started with them).
+    pub fn test_certs(&self) -> &TestCerts {
+        self.certs.as_deref().expect("started with certificates")
     }
 
     /// Shuts down gracefully; returns whether it finished within the deadline.
@@ -67,6 +152,11 @@ impl Drop for TestBroker {
             s.broker().shutdown_token().cancel();
         }
     }
+}
+
+/// 127.0.0.1 on an ephemeral port.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// Polls `f` until it returns true or `WAIT` passes.

@@ -1,0 +1,148 @@
+//! Accepting connections: the listener names, the connection limit shared by every listener,
+//! and the accept loop each listener runs.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_broker::{Broker, CloseReason};
+use tern_codec::ReasonCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::NetMetrics;
+
+/// The four listeners of spec §1, named as in the configuration file. MQTT over WebSocket
+/// arrives on `http` and `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// MQTT over TCP (default 1883).
+    Mqtt,
+    /// MQTT over TLS (default 8883).
+    Mqtts,
+    /// HTTP: the REST router and MQTT over WebSocket (default 8080).
+    Http,
+    /// HTTPS: the same over TLS (default 8443).
+    Https,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 4] = [
+        Listener::Mqtt,
+        Listener::Mqtts,
+        Listener::Http,
+        Listener::Https,
+    ];
+
+    /// The configuration key and metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Listener::Mqtt => "mqtt",
+            Listener::Mqtts => "mqtts",
+            Listener::Http => "http",
+            Listener::Https => "https",
+        }
+    }
+
+    /// Whether connections are wrapped in TLS.
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Listener::Mqtts | Listener::Https)
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Caps the number of live connections across every listener (MQTT, TLS, HTTP and WebSocket
+/// alike: each holds a socket).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// A permit for one connection, or `None` when the broker is full.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Everything an accept loop needs: the broker, the shared connection limit, the task tracker
+/// of the shutdown tree and the listeners' counters.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    pub broker: Arc<Broker>,
+    pub limit: ConnectionLimit,
+    pub tracker: TaskTracker,
+    pub metrics: Arc<NetMetrics>,
+}
+
+impl Acceptor {
+    pub fn new(broker: Arc<Broker>, max_connections: usize, tracker: TaskTracker) -> Acceptor {
+        Acceptor {
+            broker,
+            limit: ConnectionLimit::new(max_connections),
+            tracker,
+            metrics: Arc::new(NetMetrics::default()),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the broker shuts down. Each accepted socket that
+/// fits under the connection limit is handed to `handle` in a task of the tracker, together
+/// with its permit (released when the task drops it).
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    kind: Listener,
+    acceptor: Acceptor,
+    mut handle: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shutdown = acceptor.broker.shutdown_token().clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!(listener = kind.name(), %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        acceptor.metrics.accepted(kind);
+        let Some(permit) = acceptor.limit.try_acquire() else {
+            tracing::warn!(listener = kind.name(), peer = %addr, "connection refused: max connections reached");
+            acceptor.metrics.refused(kind);
+            acceptor
+                .broker
+                .metrics
+                .closed(&CloseReason::ConnectRefused(ReasonCode::SERVER_BUSY));
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        acceptor.tracker.spawn(handle(stream, addr, permit));
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP and HTTPS listeners (`http`, default 8080; `https`, default 8443): HTTP/1.1 served
+//! by hyper, one task per connection. A WebSocket upgrade on any path carries MQTT (see `ws`);
+//! every other request goes to the router handed in from above (the daemon's `/health` and
+//! `/metrics`, later the REST API), with the client's address as
+//! `axum::extract::ConnectInfo<SocketAddr>` and the [`Listener`] in the request extensions.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::ServiceExt;
+
+use crate::accept::{Acceptor, Listener, accept_loop};
+use crate::tls::TlsContext;
+use crate::ws::{self, WsSettings};
+
+/// How long a request in progress may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What an HTTP listener serves besides MQTT over WebSocket.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Requests that are not WebSocket upgrades.
+    pub routes: Router,
+    pub websocket: WsSettings,
+    /// A client must send a request's headers within this time; an idle keep-alive connection
+    /// is closed after it too.
+    pub header_timeout: Duration,
+}
+
+impl HttpOptions {
+    pub fn new(routes: Router) -> HttpOptions {
+        HttpOptions {
+            routes,
+            websocket: WsSettings::default(),
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    listener: Listener,
+    acceptor: Acceptor,
+    options: HttpOptions,
+}
+
+/// Serves HTTP (`tls` = `None`) or HTTPS on `listener` until the broker shuts down.
+pub async fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<TlsContext>>,
+    acceptor: Acceptor,
+    options: HttpOptions,
+) {
+    let kind = if tls.is_some() {
+        Listener::Https
+    } else {
+        Listener::Http
+    };
+    let shared = Arc::new(Shared {
+        listener: kind,
+        acceptor: acceptor.clone(),
+        options,
+    });
+    accept_loop(listener, kind, acceptor, |stream, addr, permit| {
+        let shared = shared.clone();
+        let tls = tls.clone();
+        async move {
+            let permit = Arc::new(permit);
+            match tls {
+                None => serve_connection(stream, addr, permit, shared).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.handshake(stream, addr, kind, &shared.acceptor).await
+                    {
+                        serve_connection(stream, addr, permit, shared).await;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves one HTTP connection. The permit is shared with a WebSocket connection upgraded from
+/// it, which outlives this function.
+async fn serve_connection<I>(
+    io: I,
+    addr: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = shared.acceptor.broker.shutdown_token().clone();
+    let header_timeout = shared.options.header_timeout;
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(shared.handle(req, addr, permit).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %addr, %err, "HTTP connection ended with an error");
+    }
+}
+
+impl Shared {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        addr: SocketAddr,
+        permit: Arc<OwnedSemaphorePermit>,
+    ) -> Response<axum::body::Body> {
+        if ws::is_upgrade_request(&req) {
+            return ws::upgrade(
+                req,
+                addr,
+                self.listener,
+                &self.acceptor,
+                self.options.websocket,
+                permit,
+            );
+        }
+        req.extensions_mut().insert(ConnectInfo(addr));
+        req.extensions_mut().insert(self.listener);
+        let req = req.map(axum::body::Body::new);
+        match self.options.routes.clone().oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
+    }
+}

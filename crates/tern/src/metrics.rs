@@ -1,0 +1,327 @@
+//! Prometheus metrics: a collector that reads the broker's and the listeners' atomics at scrape
+//! time (nothing is counted twice), encoded by `prometheus-client` as OpenMetrics or the
+//! Prometheus text format, whichever the scraper asks for.
+//!
+//! Families (counters get `_total` appended by the encoder):
+//! - `tern_connections{listener, protocol}`: MQTT clients connected now (CONNECT accepted);
+//!   `tern_connects{listener, protocol}`: CONNECTs accepted
+//! - `tern_network_connections`: MQTT network connections open, connected or not
+//! - `tern_listener_accepted{listener}`, `tern_listener_refused{listener}` (connection limit),
+//!   `tern_tls_handshake_failures{listener}`, `tern_tls_reloads{result}`
+//! - `tern_sessions`, `tern_subscriptions`, `tern_retained_messages`
+//! - `tern_messages_received`, `tern_messages_sent`, `tern_payload_bytes_received`,
+//!   `tern_payload_bytes_sent`, `tern_publishes_rejected`
+//! - `tern_messages_dropped{reason}`, `tern_connections_closed{reason}`
+//! - `tern_messages_queued`, `tern_messages_inflight`
+//! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
+//!   `process_open_fds`
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tern_broker::{Broker, DropReason};
+use tern_net::metrics::{PROTOCOL_VERSIONS, version_label};
+use tern_net::{Listener, NetMetrics, TlsContext};
+
+/// The `Content-Type` of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of the Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Renders the metrics of one server.
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    pub fn new(
+        broker: Arc<Broker>,
+        net: Arc<NetMetrics>,
+        tls: Option<Arc<TlsContext>>,
+    ) -> Exporter {
+        let mut registry = Registry::default();
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        registry.register_collector(Box::new(TernCollector {
+            broker,
+            net,
+            tls,
+            started,
+        }));
+        Exporter { registry }
+    }
+
+    /// The metrics as text: OpenMetrics when `openmetrics`, else Prometheus 0.0.4.
+    pub fn render(&self, openmetrics: bool) -> Result<String, fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct TernCollector {
+    broker: Arc<Broker>,
+    net: Arc<NetMetrics>,
+    tls: Option<Arc<TlsContext>>,
+    started: f64,
+}
+
+fn load_u(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn load_i(g: &AtomicI64) -> i64 {
+    g.load(Ordering::Relaxed)
+}
+
+fn gauge<N>(enc: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let g = ConstGauge::new(value);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    series: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in series {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for TernCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let b = &self.broker.metrics;
+        let net = &self.net;
+        let by_listener_version = || {
+            Listener::ALL.into_iter().flat_map(|l| {
+                PROTOCOL_VERSIONS.into_iter().map(move |v| {
+                    (
+                        l,
+                        v,
+                        [("listener", l.name()), ("protocol", version_label(v))],
+                    )
+                })
+            })
+        };
+        family(
+            &mut enc,
+            "tern_connections",
+            "MQTT clients connected (CONNECT accepted), by listener and protocol version",
+            MetricType::Gauge,
+            by_listener_version()
+                .map(|(l, v, labels)| (labels, ConstGauge::new(net.connected(l, v)))),
+        )?;
+        family(
+            &mut enc,
+            "tern_connects",
+            "CONNECTs accepted, by listener and protocol version",
+            MetricType::Counter,
+            by_listener_version()
+                .map(|(l, v, labels)| (labels, ConstCounter::new(net.connects_total(l, v)))),
+        )?;
+        gauge(
+            &mut enc,
+            "tern_network_connections",
+            "MQTT network connections open, connected or not yet",
+            load_i(&b.connections),
+        )?;
+        family(
+            &mut enc,
+            "tern_listener_accepted",
+            "Sockets accepted, by listener",
+            MetricType::Counter,
+            Listener::ALL.map(|l| {
+                (
+                    [("listener", l.name())],
+                    ConstCounter::new(net.accepted_total(l)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "tern_listener_refused",
+            "Sockets closed at once because listeners.max_connections was reached",
+            MetricType::Counter,
+            Listener::ALL.map(|l| {
+                (
+                    [("listener", l.name())],
+                    ConstCounter::new(net.refused_total(l)),
+                )
+            }),
+        )?;
+        if let Some(tls) = &self.tls {
+            family(
+                &mut enc,
+                "tern_tls_handshake_failures",
+                "TLS handshakes that failed or timed out, by listener",
+                MetricType::Counter,
+                [Listener::Mqtts, Listener::Https].map(|l| {
+                    (
+                        [("listener", l.name())],
+                        ConstCounter::new(net.tls_failures_total(l)),
+                    )
+                }),
+            )?;
+            let (ok, failed) = tls.reload_counts();
+            family(
+                &mut enc,
+                "tern_tls_reloads",
+                "Certificate reloads (SIGHUP), by result",
+                MetricType::Counter,
+                [
+                    ([("result", "ok")], ConstCounter::new(ok)),
+                    ([("result", "error")], ConstCounter::new(failed)),
+                ],
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "tern_sessions",
+            "MQTT sessions, connected or not",
+            load_i(&b.sessions),
+        )?;
+        gauge(
+            &mut enc,
+            "tern_subscriptions",
+            "Subscriptions over every session",
+            load_i(&b.subscriptions),
+        )?;
+        gauge(
+            &mut enc,
+            "tern_retained_messages",
+            "Retained messages",
+            load_i(&b.retained),
+        )?;
+        counter(
+            &mut enc,
+            "tern_messages_received",
+            "PUBLISH packets received from clients",
+            load_u(&b.messages_in),
+        )?;
+        counter(
+            &mut enc,
+            "tern_messages_sent",
+            "PUBLISH packets sent to clients",
+            load_u(&b.messages_out),
+        )?;
+        counter(
+            &mut enc,
+            "tern_payload_bytes_received",
+            "Payload bytes of PUBLISH packets received",
+            load_u(&b.bytes_in),
+        )?;
+        counter(
+            &mut enc,
+            "tern_payload_bytes_sent",
+            "Payload bytes of PUBLISH packets sent",
+            load_u(&b.bytes_out),
+        )?;
+        counter(
+            &mut enc,
+            "tern_publishes_rejected",
+            "Publishes refused (reserved topic, access rights, invalid)",
+            load_u(&b.publishes_rejected),
+        )?;
+        family(
+            &mut enc,
+            "tern_messages_dropped",
+            "Messages not delivered to a subscriber, by reason",
+            MetricType::Counter,
+            DropReason::ALL.map(|r| ([("reason", r.label())], ConstCounter::new(b.drops(r)))),
+        )?;
+        family(
+            &mut enc,
+            "tern_connections_closed",
+            "Connections closed, by reason",
+            MetricType::Counter,
+            b.closes()
+                .map(|(label, n)| ([("reason", label)], ConstCounter::new(n))),
+        )?;
+        gauge(
+            &mut enc,
+            "tern_messages_queued",
+            "Deliveries waiting in session outboxes",
+            load_i(&b.queued),
+        )?;
+        gauge(
+            &mut enc,
+            "tern_messages_inflight",
+            "QoS 1/2 deliveries sent and not yet acknowledged",
+            load_i(&b.inflight),
+        )?;
+        family(
+            &mut enc,
+            "tern_build_info",
+            "The running version of tern",
+            MetricType::Gauge,
+            [(
+                [("version", env!("CARGO_PKG_VERSION"))],
+                ConstGauge::new(1i64),
+            )],
+        )?;
+        gauge(
+            &mut enc,
+            "tern_start_time_seconds",
+            "When the server started, unix seconds",
+            self.started,
+        )?;
+        if let Some(rss) = resident_memory_bytes() {
+            gauge(
+                &mut enc,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss,
+            )?;
+        }
+        if let Some(fds) = open_fds() {
+            gauge(&mut enc, "process_open_fds", "Open file descriptors", fds)?;
+        }
+        Ok(())
+    }
+}
+
+/// VmRSS from /proc (Linux); `None` elsewhere.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Entries of /proc/self/fd (Linux); `None` elsewhere.
+fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
