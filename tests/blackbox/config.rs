@@ -184,7 +184,7 @@ async fn file_then_environment_then_options() {
     assert!(tokio::net::TcpStream::connect(from_file).await.is_err());
     let mut c = Client::connect(from_env, ProtocolVersion::V5, "env").await;
     c.ping().await;
-    drop(d);
+    d.kill().await;
     // An option wins over the environment.
     let cli_addr = from_cli.to_string();
     let d = Daemon::spawn_raw(

@@ -14,6 +14,7 @@
 
 mod support;
 
+mod accounts;
 mod clients;
 mod config;
 mod connect;
@@ -22,6 +23,7 @@ mod flow_control;
 mod limits;
 mod malformed;
 mod metrics;
+mod persistence;
 mod publish_subscribe;
 mod qos;
 mod retained;

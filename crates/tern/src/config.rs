@@ -38,6 +38,89 @@ pub struct Config {
     pub store: Store,
     pub log: Log,
     pub metrics: Metrics,
+    pub quotas: Quotas,
+    /// Accounts to create at start if missing (`[[accounts]]`).
+    pub accounts: Vec<AccountSpec>,
+    /// Tokens to create (or update) at start, by key (`[[tokens]]`).
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// `[quotas]`: per-account limits (an account's own `limits` override them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// MQTT sessions per account (0x97 past it).
+    pub mqtt_sessions: u64,
+    /// Subscriptions per session.
+    pub mqtt_subscriptions: u64,
+    /// Bytes of retained messages (topic + payload) per account.
+    pub retained_bytes: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        let d = tern_broker::accounts::QuotaDefaults::default();
+        Quotas {
+            mqtt_sessions: d.mqtt_sessions,
+            mqtt_subscriptions: d.mqtt_subscriptions,
+            retained_bytes: d.retained_bytes,
+        }
+    }
+}
+
+/// One `[[accounts]]` entry: created at start if no account has this id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpec {
+    pub id: u64,
+    pub name: String,
+    /// The parent account; the top account by default.
+    #[serde(default)]
+    pub parent: Option<u64>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub mqtt_sessions: Option<u64>,
+    #[serde(default)]
+    pub retained_bytes: Option<u64>,
+}
+
+/// One `[[tokens]]` entry: created at start, or updated if a token with this key exists.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// 64 letters and digits.
+    pub key: String,
+    /// The account; the top account by default.
+    #[serde(default)]
+    pub cid: Option<u64>,
+    #[serde(default)]
+    pub info: String,
+    /// `standard` (default), `master` or `acl`.
+    #[serde(default = "standard")]
+    pub access: String,
+    /// For `acl` tokens: `[{ topic = "a/#", actions = ["publish", "subscribe"] }]`.
+    #[serde(default)]
+    pub acl: Vec<AclSpec>,
+    #[serde(default)]
+    pub expire: u64,
+    #[serde(default)]
+    pub ttl: u64,
+    #[serde(default)]
+    pub ips: String,
+}
+
+/// One MQTT grant of an `acl` token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclSpec {
+    pub topic: String,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+fn standard() -> String {
+    "standard".into()
 }
 
 /// `[listeners]`: where tern accepts connections (spec §1). `"off"` disables a listener.
@@ -205,6 +288,8 @@ pub struct Mqtt {
     pub retain_available: bool,
     /// Echo the client's own id as Assigned Client Identifier in every v5 CONNACK (flespi).
     pub echo_client_id: bool,
+    /// Publish session events on `flespi/log/mqtt/sessions/<id>/<event>` (spec §9).
+    pub session_events: bool,
 }
 
 impl Default for Mqtt {
@@ -221,6 +306,7 @@ impl Default for Mqtt {
             max_client_id_len: b.max_client_id_len,
             retain_available: b.retain_available,
             echo_client_id: b.echo_client_id,
+            session_events: b.session_events,
         }
     }
 }
@@ -257,6 +343,14 @@ pub struct Auth {
     /// Let clients without credentials in, as account `anonymous_cid`.
     pub anonymous: bool,
     pub anonymous_cid: u64,
+    /// The id of the top account created on the first start.
+    pub top_cid: u64,
+    /// The master token's key (64 letters and digits). When unset, tern generates one on the
+    /// first start, prints it once and writes it to `<data_dir>/master-token`.
+    pub master_token: Option<String>,
+    /// Failed logins allowed from one address in a burst, then per second.
+    pub failed_login_burst: u32,
+    pub failed_login_per_sec: f64,
 }
 
 impl Default for Auth {
@@ -264,6 +358,10 @@ impl Default for Auth {
         Auth {
             anonymous: false,
             anonymous_cid: 1,
+            top_cid: 1,
+            master_token: None,
+            failed_login_burst: 20,
+            failed_login_per_sec: 2.0,
         }
     }
 }
@@ -273,12 +371,19 @@ impl Default for Auth {
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     pub data_dir: PathBuf,
+    /// Keep sessions, queues, retained messages, accounts and tokens on disk. Off: nothing
+    /// survives a restart (the master token is then new at every start unless configured).
+    pub enabled: bool,
+    /// `always` (every batch synced before it is acknowledged), `interval:<ms>` or `never`.
+    pub fsync: String,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store {
             data_dir: PathBuf::from("./data"),
+            enabled: true,
+            fsync: "always".into(),
         }
     }
 }
@@ -569,8 +674,80 @@ impl Config {
                 ),
             );
         }
+        if let Err(e) = self.store.fsync.parse::<tern_store::FsyncPolicy>() {
+            return fail("store.fsync", e);
+        }
+        if let Some(key) = &self.auth.master_token
+            && let Err(e) = tern_broker::accounts::check_key(key)
+        {
+            return fail("auth.master_token", e.to_string());
+        }
+        self.validate_accounts(layers)?;
         self.validate_tls(layers)?;
         self.validate_listeners(layers)
+    }
+
+    fn validate_accounts(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let mut ids = vec![self.auth.top_cid];
+        for (i, a) in self.accounts.iter().enumerate() {
+            if ids.contains(&a.id) {
+                return Err(layers.error(
+                    &format!("accounts.{i}.id"),
+                    format!("account {} is defined twice (or is the top account)", a.id),
+                ));
+            }
+            if let Some(p) = a.parent
+                && !ids.contains(&p)
+            {
+                return Err(layers.error(
+                    &format!("accounts.{i}.parent"),
+                    format!("account {p} is not defined before account {}", a.id),
+                ));
+            }
+            ids.push(a.id);
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            if let Err(e) = tern_broker::accounts::check_key(&t.key) {
+                return Err(layers.error(&format!("tokens.{i}.key"), e.to_string()));
+            }
+            if !matches!(t.access.as_str(), "standard" | "master" | "acl") {
+                return Err(layers.error(
+                    &format!("tokens.{i}.access"),
+                    format!("`{}` is not standard, master or acl", t.access),
+                ));
+            }
+            if let Some(cid) = t.cid
+                && !ids.contains(&cid)
+            {
+                return Err(layers.error(
+                    &format!("tokens.{i}.cid"),
+                    format!("account {cid} is not defined"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fsync policy of the store.
+    pub fn fsync(&self) -> tern_store::FsyncPolicy {
+        self.store
+            .fsync
+            .parse()
+            .unwrap_or(tern_store::FsyncPolicy::Always)
+    }
+
+    /// How the accounts directory authenticates.
+    pub fn directory(&self) -> tern_broker::accounts::DirectoryConfig {
+        tern_broker::accounts::DirectoryConfig {
+            anonymous: self.auth.anonymous.then_some(self.auth.anonymous_cid),
+            quotas: tern_broker::accounts::QuotaDefaults {
+                mqtt_sessions: self.quotas.mqtt_sessions,
+                mqtt_subscriptions: self.quotas.mqtt_subscriptions,
+                retained_bytes: self.quotas.retained_bytes,
+            },
+            failed_login_burst: self.auth.failed_login_burst,
+            failed_login_per_sec: self.auth.failed_login_per_sec,
+        }
     }
 
     fn validate_tls(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
@@ -707,8 +884,7 @@ impl Config {
             connect_timeout: Duration::from_secs(self.mqtt.connect_timeout.max(1)),
             max_subscriptions_per_session: self.session.max_subscriptions,
             echo_client_id: self.mqtt.echo_client_id,
-            // Broker settings that have no key in the file yet keep the broker's defaults.
-            ..BrokerConfig::default()
+            session_events: self.mqtt.session_events,
         }
     }
 }
@@ -855,7 +1031,10 @@ mod tests {
                 "auth",
                 "store",
                 "log",
-                "metrics"
+                "metrics",
+                "quotas",
+                "accounts",
+                "tokens"
             ]
         );
     }

@@ -51,6 +51,15 @@ struct Cli {
     /// Let clients without credentials in (auth.anonymous).
     #[arg(long)]
     anonymous: bool,
+    /// The master token's key, 64 letters and digits (auth.master_token). Without it, the
+    /// first start generates one, prints it and writes it to <data-dir>/master-token.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "TERN_MASTER_TOKEN",
+        hide_env_values = true
+    )]
+    master_token: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -62,6 +71,21 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+    },
+    /// Tokens in the data directory (while tern is stopped).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Accounts in the data directory (while tern is stopped).
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Backups and migrations of the data directory (while tern is stopped).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Certificates.
     Certs {
@@ -78,6 +102,72 @@ enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, value_name = "SECS", default_value_t = 5)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (as JSON, key included).
+    Create {
+        /// The account (the top account by default).
+        #[arg(long)]
+        cid: Option<u64>,
+        /// A description.
+        #[arg(long, default_value = "")]
+        info: String,
+        /// standard, master or acl.
+        #[arg(long, default_value = "standard")]
+        access: String,
+        /// A grant of an acl token: TOPIC or TOPIC:publish,subscribe (repeatable).
+        #[arg(long = "acl", value_name = "GRANT")]
+        acl: Vec<String>,
+        /// Absolute expiry, unix seconds (0 never).
+        #[arg(long, default_value_t = 0)]
+        expire: u64,
+        /// Seconds valid after the last use (0 no limit).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Allowed client addresses, comma-separated masks with * and ?.
+        #[arg(long, default_value = "")]
+        ips: String,
+    },
+    /// List tokens (JSON lines).
+    List,
+    /// Delete a token.
+    Revoke {
+        /// The token id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create a sub-account and print it.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The parent account (the top account by default).
+        #[arg(long)]
+        parent: Option<u64>,
+        /// The new account's id (the next free one by default).
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// List accounts (JSON lines).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Write the whole state as JSON Lines (to stdout, or --out).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Load an export into an empty data directory.
+    Import {
+        /// The export file.
+        file: PathBuf,
     },
 }
 
@@ -110,6 +200,40 @@ fn main() -> ExitCode {
             command: CertsCommand::Dev { out, sans, force },
         }) => certs_dev(out, sans, *force),
         Some(Command::Health { addr, timeout }) => health(&cli, *addr, *timeout),
+        Some(Command::Token { command }) => offline(&cli, |c| match command {
+            TokenCommand::Create {
+                cid,
+                info,
+                access,
+                acl,
+                expire,
+                ttl,
+                ips,
+            } => tern::offline::token_create(
+                c,
+                tern::offline::NewToken {
+                    cid: *cid,
+                    info: info.clone(),
+                    access: access.clone(),
+                    acl: acl.clone(),
+                    expire: *expire,
+                    ttl: *ttl,
+                    ips: ips.clone(),
+                },
+            ),
+            TokenCommand::List => tern::offline::token_list(c),
+            TokenCommand::Revoke { id } => tern::offline::token_revoke(c, *id),
+        }),
+        Some(Command::Account { command }) => offline(&cli, |c| match command {
+            AccountCommand::Create { name, parent, id } => {
+                tern::offline::account_create(c, name, *parent, *id)
+            }
+            AccountCommand::List => tern::offline::account_list(c),
+        }),
+        Some(Command::Store { command }) => offline(&cli, |c| match command {
+            StoreCommand::Export { out } => tern::offline::store_export(c, out.as_deref()),
+            StoreCommand::Import { file } => tern::offline::store_import(c, file),
+        }),
         None => daemon(&cli),
     }
 }
@@ -143,6 +267,13 @@ fn cli_overrides(cli: &Cli) -> Vec<Override> {
     if cli.anonymous {
         out.push(Override::cli("--anonymous", "auth.anonymous", "true"));
     }
+    if let Some(key) = &cli.master_token {
+        out.push(Override::cli(
+            "--master-token",
+            "auth.master_token",
+            key.clone(),
+        ));
+    }
     out
 }
 
@@ -168,6 +299,24 @@ fn check_config(cli: &Cli, file: &Path) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a command on the data directory of the resolved configuration.
+fn offline(cli: &Cli, f: impl FnOnce(&Config) -> anyhow::Result<()>) -> ExitCode {
+    let config = match resolve(cli, cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match f(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -270,6 +419,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let server = Server::start(&config, ServerOptions::default()).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "tern started");
+    if let Some((key, file)) = server.new_master_token() {
+        // Shown once, on the first start of this data directory.
+        println!("master token: {key}");
+        if let Some(file) = file {
+            println!(
+                "(also written to {}, readable by this user only)",
+                file.display()
+            );
+        }
+    }
     loop {
         tokio::select! {
             _ = term.recv() => {

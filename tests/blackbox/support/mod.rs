@@ -58,6 +58,9 @@ pub struct TestBroker {
     pub addrs: ListenerAddrs,
     /// The certificates of [`TestBroker::with_listeners`].
     pub certs: Option<Arc<TestCerts>>,
+    /// The data directory (a fresh temporary one unless the test chose one).
+    pub data_dir: PathBuf,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -95,6 +98,8 @@ impl TestBroker {
         config.listeners.https = Some(loopback());
         config.auth.anonymous = true;
         config.log.level = "warn".into();
+        let data = tempfile::tempdir().expect("tempdir");
+        config.store.data_dir = data.path().to_path_buf();
         if let Some(c) = &certs {
             config.tls.cert = Some(c.files.server_cert.clone());
             config.tls.key = Some(c.files.server_key.clone());
@@ -104,11 +109,14 @@ impl TestBroker {
             .await
             .expect("broker starts");
         let addrs = server.addrs();
+        let own_data = config.store.data_dir == data.path();
         TestBroker {
             server: Some(server),
             addr: addrs.mqtt.expect("mqtt listener"),
             addrs,
             certs,
+            data_dir: config.store.data_dir.clone(),
+            _data: own_data.then_some(data),
         }
     }
 

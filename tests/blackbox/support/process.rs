@@ -39,6 +39,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Kills the process (SIGKILL) and waits until it is gone, so that its data directory and
+    /// ports are free again.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Starts `tern` with MQTT on a free port, the HTTP listener off, data in `data_dir`, plus
     /// `args` (which win over these); waits until the MQTT port accepts connections.
     pub async fn spawn(data_dir: &Path, args: &[&str]) -> Daemon {

@@ -1,0 +1,186 @@
+//! `/mqtt/sessions/{sel}/subscriptions`: POST adds subscriptions to the selected sessions (live
+//! or offline, as if they had subscribed; no retained messages are sent), and
+//! `/{subscription_sel}` GETs or DELETEs them.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytestring::ByteString;
+use serde_json::Value;
+use tern_broker::accounts::SubscribeRight;
+use tern_broker::admin::parse_subscription;
+use tern_broker::{Session, Subscription};
+use tern_codec::{QoS, RetainHandling, SubscriptionOptions};
+use utoipa::IntoParams;
+
+use super::sessions::selected as selected_sessions;
+use super::{FieldsQuery, ListQuery, ResultOf, check};
+use crate::ApiState;
+use crate::call::Call;
+use crate::error::{ApiError, ErrorEnvelope, ErrorItem};
+use crate::items::{NoData, SubscriptionInput, SubscriptionItem, to_value};
+use crate::reply::Reply;
+
+/// The session and subscription selectors (for the OpenAPI description).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only described: `selector` parses them from the raw path
+pub(crate) struct SubSel {
+    /// Selects sessions (as `/mqtt/sessions/{sel}`).
+    pub sel: String,
+    /// Selects their subscriptions: `all`, ids, `topic=a/*`, `{qos > 0}`...
+    pub subscription_sel: String,
+}
+
+/// The session selector (for the OpenAPI description).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only described
+pub(crate) struct SessionSel {
+    /// Selects sessions (as `/mqtt/sessions/{sel}`).
+    pub sel: String,
+}
+
+/// Adds subscriptions to the selected sessions.
+#[utoipa::path(
+    post, path = "/mqtt/sessions/{sel}/subscriptions", tag = "mqtt", params(SessionSel, FieldsQuery),
+    request_body(content = Vec<SubscriptionInput>, description = "An array of subscriptions, or one"),
+    security(("FlespiToken" = [])),
+    responses(
+        (status = 200, description = "The subscriptions, one per session and item", body = ResultOf<SubscriptionItem>),
+        (status = 400, description = "Invalid items; nothing added", body = ErrorEnvelope),
+        (status = 404, description = "No session matches the selector", body = ErrorEnvelope),
+    )
+)]
+pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
+    let inputs = call.items::<SubscriptionInput>()?;
+    let mut subs = Vec::with_capacity(inputs.len());
+    let mut errors = Vec::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        match subscription(&api, &call, input) {
+            Ok(s) => subs.push(s),
+            Err(e) => errors.push(e.at(i)),
+        }
+    }
+    check(errors)?;
+    let sessions = selected_sessions(&api, &call, 1)?;
+    if sessions.is_empty() {
+        return Err(ApiError::not_found("no session matches the selector"));
+    }
+    let mut done = Vec::new();
+    for (session, _) in &sessions {
+        for sub in &subs {
+            if api.broker.add_subscription(session, sub.clone())
+                || session.lock().subscriptions.contains_key(&sub.filter)
+            {
+                done.push(to_value(&SubscriptionItem::new(
+                    sub.view(),
+                    session.public_id(),
+                )));
+            }
+        }
+    }
+    Ok(Reply::changed(&call, done, Vec::new()))
+}
+
+/// Checks one subscription item and builds it as a client's SUBSCRIBE would.
+fn subscription(
+    api: &ApiState,
+    call: &Call,
+    input: SubscriptionInput,
+) -> Result<Subscription, ErrorItem> {
+    let bad = |reason: String| ErrorItem::new(StatusCode::BAD_REQUEST, reason);
+    let qos =
+        QoS::from_u8(input.qos.unwrap_or(0)).ok_or_else(|| bad("qos must be 0, 1 or 2".into()))?;
+    let retain_handling = match input.retain_handling.unwrap_or(0) {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(bad("retain_handling must be 0, 1 or 2".into())),
+    };
+    if input
+        .subscription_id
+        .is_some_and(|id| id == 0 || id > 268_435_455)
+    {
+        return Err(bad("subscription_id must be within 1..=268435455".into()));
+    }
+    let options = SubscriptionOptions {
+        qos: qos.min(api.broker.config.max_qos),
+        no_local: input.no_local.unwrap_or(false),
+        retain_as_published: input.rap.unwrap_or(false),
+        retain_handling,
+    };
+    let mut sub = parse_subscription(&input.topic, input.cid, options, input.subscription_id)
+        .map_err(|e| bad(format!("topic `{}`: {e}", input.topic)))?;
+    match call.caller.rights.subscribe(&sub.topic_filter) {
+        SubscribeRight::All => {}
+        SubscribeRight::Restricted(rules) => sub.restrict(rules),
+        SubscribeRight::Denied => {
+            return Err(ErrorItem::new(
+                StatusCode::FORBIDDEN,
+                format!("the token may not subscribe to `{}`", input.topic),
+            ));
+        }
+    }
+    Ok(sub)
+}
+
+/// The subscriptions of the selected sessions that the last selector picks.
+fn selected(
+    api: &ApiState,
+    call: &Call,
+) -> Result<Vec<(std::sync::Arc<Session>, Value)>, ApiError> {
+    let sel = call.selector(0)?;
+    let now = api.now_secs();
+    let mut out = Vec::new();
+    for (session, _) in selected_sessions(api, call, 2)? {
+        let sid = session.public_id();
+        for view in session.subscription_views() {
+            let item = to_value(&SubscriptionItem::new(view, sid));
+            if sel.matches(&item, now) {
+                out.push((session.clone(), item));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lists subscriptions of sessions.
+#[utoipa::path(
+    get, path = "/mqtt/sessions/{sel}/subscriptions/{subscription_sel}", tag = "mqtt", params(SubSel, ListQuery),
+    security(("FlespiToken" = [])),
+    responses(
+        (status = 200, description = "The selected subscriptions", body = ResultOf<SubscriptionItem>),
+        (status = 400, description = "Bad selector or parameters", body = ErrorEnvelope),
+    )
+)]
+pub(crate) async fn list(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
+    call.data::<NoData>()?;
+    let items = selected(&api, &call)?.into_iter().map(|(_, v)| v).collect();
+    Ok(Reply::list(&call, items))
+}
+
+/// Removes subscriptions from sessions.
+#[utoipa::path(
+    delete, path = "/mqtt/sessions/{sel}/subscriptions/{subscription_sel}", tag = "mqtt", params(SubSel, FieldsQuery),
+    security(("FlespiToken" = [])),
+    responses(
+        (status = 200, description = "The removed subscriptions", body = ResultOf<SubscriptionItem>),
+        (status = 400, description = "Bad selector", body = ErrorEnvelope),
+    )
+)]
+pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
+    call.data::<NoData>()?;
+    let mut done = Vec::new();
+    for (session, item) in selected(&api, &call)? {
+        let topic = item
+            .get("topic")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let cid = item.get("cid").and_then(Value::as_u64);
+        let identity = Subscription::identity(&ByteString::from(topic), cid);
+        if api.broker.remove_subscription(&session, &identity) {
+            done.push(item);
+        }
+    }
+    Ok(Reply::changed(&call, done, Vec::new()))
+}

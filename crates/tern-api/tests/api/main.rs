@@ -1,0 +1,10 @@
+//! The REST API and REST over MQTT against a running broker over real sockets (issue 8).
+
+mod bad_input;
+mod bridge;
+mod curl;
+mod messages;
+mod openapi;
+mod platform;
+mod sessions;
+mod support;
