@@ -606,3 +606,63 @@ async fn token_and_account_commands_work_on_the_data_dir() {
     assert_eq!(ack.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
     d.kill().await;
 }
+
+#[tokio::test]
+async fn an_acl_restriction_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let b = TestBroker::with({
+        let dir = dir.clone();
+        move |c| c.store.data_dir = dir
+    })
+    .await;
+    let grant = tern_broker::accounts::AclEntry {
+        uri: "mqtt".into(),
+        topic: Some("allowed/#".into()),
+        actions: vec!["subscribe".into()],
+        rest: Default::default(),
+    };
+    let token = b
+        .server()
+        .directory()
+        .create_token(Token {
+            id: 0,
+            key: String::new(),
+            info: "acl".into(),
+            enabled: true,
+            expire: 0,
+            ttl: 0,
+            created: 0,
+            accessed: 0,
+            ips: String::new(),
+            cid: 1,
+            metadata: serde_json::json!({}),
+            access: Access {
+                kind: Access::ACL,
+                acl: vec![grant],
+            },
+        })
+        .unwrap();
+    let mut c = persistent(ProtocolVersion::V5, "acl-sess", 3600);
+    c.username = Some(ByteString::from(token.key.as_str()));
+    let (mut s, _) = Client::connect_with(b.addr, c.clone()).await;
+    assert_eq!(
+        s.subscribe("#", QoS::AtLeastOnce).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    s.disconnect().await;
+    let b = restart(b, &dir).await;
+    // Offline, after the restart: only granted topics are queued.
+    let mut p = Client::connect(b.addr, ProtocolVersion::V5, "acl-pub").await;
+    p.publish("secret/1", b"no", QoS::AtLeastOnce, false).await;
+    p.publish("allowed/1", b"yes", QoS::AtLeastOnce, false)
+        .await;
+    let (mut s, ack) = Client::connect_with(b.addr, c).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while let Read::Packet(Packet::Publish(m)) = s.read(QUIET).await {
+        got.push(m.topic.to_string());
+        s.ack(&m).await;
+    }
+    assert_eq!(got, vec!["allowed/1"]);
+}

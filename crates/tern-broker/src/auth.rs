@@ -64,6 +64,12 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
         vec![cid]
     }
 
+    /// The rights of a token by id (a session restored after a restart keeps the rights of
+    /// the token that last owned it); `None` when rights do not depend on tokens.
+    fn token_rights(&self, _token_id: u64) -> Option<Rights> {
+        None
+    }
+
     /// Sessions the account may have.
     fn max_sessions(&self, _cid: Cid) -> u64 {
         u64::MAX

@@ -90,6 +90,7 @@ impl Broker {
                 let mut st = session.lock();
                 st.stored = true;
                 st.created = rec.created;
+                st.token_id = rec.token_id;
                 st.disconnected_at = Some(disconnected_at);
                 for sub in &stored.subscriptions {
                     let s = match Subscription::parse(sub.filter.clone(), sub.options, sub.id) {
@@ -172,6 +173,11 @@ impl Broker {
             }
             for sub in &subs {
                 self.index(&session, sub);
+            }
+            // The rights of the token that last owned the session keep restricting it until a
+            // client connects again.
+            if let Some(rights) = rec.token_id.and_then(|id| self.auth.token_rights(id)) {
+                self.apply_rights(&session, &rights);
             }
             out.subscriptions += subs.len();
             if let Some(at) = expires {

@@ -168,6 +168,8 @@ pub struct ConnLink {
     pub protocol: tern_codec::ProtocolVersion,
     /// The client's address.
     pub peer: String,
+    /// The token the client presented.
+    pub token_id: Option<u64>,
 }
 
 /// A request to close one connection, with the reason it will be told.
@@ -294,6 +296,8 @@ pub struct SessionState {
     pub last_peer: String,
     /// Protocol level of the current or last connection (3, 4 or 5).
     pub last_protocol: u8,
+    /// The token of the current or last connection.
+    pub token_id: Option<u64>,
 }
 
 /// Counters kept per session.
@@ -339,6 +343,7 @@ impl Session {
                 created: crate::message::wall_micros(),
                 last_peer: String::new(),
                 last_protocol: 0,
+                token_id: None,
             }),
             wake: Notify::new(),
         }

@@ -248,6 +248,7 @@ async fn expired_sessions_are_dropped_at_restore() {
                 disconnected_at: Some(1_000_000),
                 will: None,
                 created: 0,
+                token_id: None,
             },
         });
     }

@@ -60,6 +60,7 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             expiry_interval: r.expiry_interval,
             disconnected_at: r.disconnected_at,
             created: r.created,
+            token_id: r.token_id,
             will: r.will.as_ref().map(|(m, delay)| WillJson {
                 delay: *delay,
                 msg: MessageJson::of(m),
@@ -221,6 +222,8 @@ enum Line {
         disconnected_at: Option<u64>,
         created: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         will: Option<WillJson>,
     },
     Subscription {
@@ -287,6 +290,7 @@ impl Line {
                 expiry_interval,
                 disconnected_at,
                 created,
+                token_id,
                 will,
             } => {
                 let key = SessionKey {
@@ -305,6 +309,7 @@ impl Line {
                         disconnected_at,
                         will,
                         created,
+                        token_id,
                     },
                 }
             }

@@ -308,6 +308,11 @@ impl Reader {
     fn rest_str(&mut self, what: &str) -> Result<ByteString, FormatError> {
         ByteString::try_from(self.rest()).or_else(|_| err(what, "not UTF-8"))
     }
+    /// Whether everything was read.
+    fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
     /// Checks that the whole record was read.
     pub fn finish(self, what: &str) -> Result<(), FormatError> {
         let left = self.buf.len() - self.pos;
@@ -476,6 +481,10 @@ pub fn encode_session(s: &SessionRecord) -> Result<Vec<u8>, FormatError> {
             put_message(&mut w, m)?;
         }
     }
+    // Optional trailing field: records without it (older writers) read as `None`.
+    if s.token_id.is_some() {
+        w.opt_u64(s.token_id);
+    }
     Ok(w.buf)
 }
 
@@ -490,6 +499,11 @@ pub fn decode_session(key: SessionKey, value: Bytes) -> Result<SessionRecord, Fo
     } else {
         None
     };
+    let token_id = if r.at_end() {
+        None
+    } else {
+        r.opt_u64("session token id")?
+    };
     r.finish("session record")?;
     Ok(SessionRecord {
         key,
@@ -497,6 +511,7 @@ pub fn decode_session(key: SessionKey, value: Bytes) -> Result<SessionRecord, Fo
         disconnected_at,
         will,
         created,
+        token_id,
     })
 }
 
@@ -694,6 +709,7 @@ mod tests {
             disconnected_at: Some(5),
             will: Some((Arc::new(m), 30)),
             created: 4,
+            token_id: Some(7),
         };
         assert_eq!(
             decode_session(key, encode_session(&s).expect("encode").into()),

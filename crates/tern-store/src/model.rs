@@ -63,6 +63,9 @@ pub struct SessionRecord {
     pub will: Option<(Arc<Message>, u32)>,
     /// When the session was created.
     pub created: Micros,
+    /// The token of the connection that last owned the session: after a restart its rights
+    /// (ACL grants) still restrict the session's subscriptions until a client connects again.
+    pub token_id: Option<u64>,
 }
 
 /// One subscription of a persistent session.

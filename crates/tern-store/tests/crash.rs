@@ -62,6 +62,7 @@ fn crash_child() {
             disconnected_at: None,
             will: None,
             created: round,
+            token_id: None,
         };
         store.wait(store.submit(Op::PutSession { record })).await;
         let started = Instant::now();

@@ -21,6 +21,7 @@ fn session(cid: u64, id: &str) -> Op {
             disconnected_at: None,
             will: None,
             created: 1,
+            token_id: None,
         },
     }
 }

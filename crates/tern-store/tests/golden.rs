@@ -113,6 +113,7 @@ fn v1_ops() -> Vec<Op> {
                 disconnected_at: Some(1_700_000_000_000_300),
                 will: Some((will, 30)),
                 created: 1_700_000_000_000_000,
+                token_id: None,
             },
         },
         Op::PutSubscription {
@@ -180,6 +181,7 @@ fn v1_ops() -> Vec<Op> {
                 disconnected_at: None,
                 will: None,
                 created: 1_700_000_000_000_400,
+                token_id: None,
             },
         },
     ]

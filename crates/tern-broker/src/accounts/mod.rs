@@ -571,6 +571,14 @@ impl Authenticator for Arc<Directory> {
         Directory::descendants(self, cid)
     }
 
+    fn token_rights(&self, token_id: u64) -> Option<Rights> {
+        // A deleted token grants nothing.
+        Some(self.token(token_id).map_or_else(
+            || Rights::Acl(Arc::new(AclRules::default())),
+            |t| Rights::of(&t.access),
+        ))
+    }
+
     fn max_sessions(&self, cid: Cid) -> u64 {
         self.quotas(cid).mqtt_sessions
     }

@@ -145,6 +145,7 @@ impl Connection {
             receive_maximum: self.limits.receive_maximum,
             protocol: connect.protocol,
             peer: self.peer.to_string(),
+            token_id: principal.token_id,
         };
         let attached = self.attach(key, connect.clean_start, expiry, link, will);
         if let Some(old) = &attached.replaced {
@@ -251,6 +252,7 @@ impl Connection {
                     // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
                     st.last_peer = link.peer.clone();
                     st.last_protocol = link.protocol.level();
+                    st.token_id = link.token_id;
                     st.conn = Some(link);
                     st.disconnected_at = None;
                     st.expiry_interval = expiry;
@@ -307,6 +309,7 @@ fn attach_new(broker: &Broker, session: &Session, link: ConnLink, will: Option<W
     let mut st = session.lock();
     st.last_peer = link.peer.clone();
     st.last_protocol = link.protocol.level();
+    st.token_id = link.token_id;
     st.conn = Some(link);
     st.will = will;
     broker.persist_session(session, &mut st);

@@ -9,7 +9,6 @@ use smallvec::SmallVec;
 use tern_codec::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
 };
-use tern_store::Op;
 
 use crate::accounts::SubscribeRight;
 use crate::close::CloseReason;
@@ -168,51 +167,10 @@ impl Connection {
 
 impl Connection {
     /// Re-checks a resumed session's subscriptions against the rights of the token that
-    /// connected now (it may not be the token that subscribed): restrictions follow the new
-    /// rights, and subscriptions it may no longer hold are removed.
+    /// connected now (it may not be the token that subscribed).
     pub(crate) fn reapply_rights(&self, session: &Arc<Session>) {
-        let Some(principal) = &self.principal else {
-            return;
-        };
-        let mut changed = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut st = session.lock();
-            let filters: Vec<ByteString> = st.subscriptions.keys().cloned().collect();
-            for f in filters {
-                let Some(sub) = st.subscriptions.get_mut(&f) else {
-                    continue;
-                };
-                let before = sub.conditions.clone();
-                match principal.rights.subscribe(&sub.topic_filter) {
-                    SubscribeRight::All => sub.unrestrict(),
-                    SubscribeRight::Restricted(rules) => sub.restrict(rules),
-                    SubscribeRight::Denied => {
-                        if let Some(sub) = st.subscriptions.remove(&f) {
-                            if st.stored {
-                                self.broker.store.submit(Op::DelSubscription {
-                                    key: session.key.clone(),
-                                    filter: f.clone(),
-                                });
-                            }
-                            removed.push(sub);
-                        }
-                        continue;
-                    }
-                }
-                let same = match (&before, &sub.conditions) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                };
-                if !same {
-                    changed.push(sub.clone());
-                }
-            }
-        }
-        self.broker.unindex(session, &removed);
-        for sub in &changed {
-            self.broker.index(session, sub);
+        if let Some(principal) = &self.principal {
+            self.broker.apply_rights(session, &principal.rights);
         }
     }
 }

@@ -202,6 +202,7 @@ pub mod arb {
                     disconnected_at,
                     will,
                     created,
+                    token_id: None,
                 }
             })
     }
