@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Runs the same tern-bench scenarios against tern and Mosquitto on loopback, one broker after the
+# other for each scenario, and prints Markdown tables: absolute figures and the ratio
+# tern/mosquitto, then tern with its durable store on against tern with it off. Every JSON line
+# and broker log is kept in $OUT.
+#
+#   benches/compare.sh                          # 10 s per scenario, ~5 minutes on 2 cores
+#   DURATION=3 benches/compare.sh               # shorter
+#   TERN_BIN=/path/to/tern benches/compare.sh   # measure a prebuilt tern instead of building
+#
+# Settings (environment): DURATION (s per publishing scenario, 10), CLIENTS (the N of fan-in,
+# fan-out and pairs, 8), PAYLOAD (bytes, 64), INFLIGHT (QoS 1 publisher window, 100),
+# CONNECTIONS (connect storm, 5000), RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
+# 1000), THREADS (generator threads, default every core), TERN_PORT/MOSQ_PORT (18831/18832),
+# OUT (target/bench), STORE_TABLE (0 skips the second table).
+#
+# Equivalent settings: both brokers listen on 127.0.0.1 with anonymous access, keep nothing on
+# disk (Mosquitto: persistence false; tern: store.enabled = false where tern has a store), cap
+# unacknowledged QoS 1/2 messages towards a client at 1024 (tern's mqtt.max_inflight, Mosquitto's
+# max_inflight_messages) and queue up to 1 GiB per client (tern's session.max_queued_bytes;
+# Mosquitto's max_queued_bytes, with max_queued_messages raised from 1000 to 1,000,000 so its
+# message count is not the limit). Each keeps its own default for TCP_NODELAY: tern sets it and
+# writes many packets per syscall; Mosquitto writes one packet per syscall and leaves Nagle on,
+# which on this machine doubles its QoS 0 throughput over `set_tcp_nodelay true` at no cost in
+# latency at 1k msg/s. Each scenario gets a freshly started broker.
+#
+# The second table needs a tern with a durable store (`[store] enabled` and `fsync`, probed with
+# `tern check-config`): store on with fsync always against store off, subscribers keeping their
+# sessions (`tern-bench --persistent`) so that QoS 1 messages are stored before PUBACK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-8}
+PAYLOAD=${PAYLOAD:-64}
+INFLIGHT=${INFLIGHT:-100}
+CONNECTIONS=${CONNECTIONS:-5000}
+RETAINED=${RETAINED:-100000}
+LATENCY_RATE=${LATENCY_RATE:-1000}
+TERN_PORT=${TERN_PORT:-18831}
+MOSQ_PORT=${MOSQ_PORT:-18832}
+OUT=${OUT:-target/bench}
+STORE_TABLE=${STORE_TABLE:-1}
+THREADS_ARG=()
+[[ -n "${THREADS:-}" ]] && THREADS_ARG=(--threads "$THREADS")
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+need() { # command package
+    command -v "$1" >/dev/null 2>&1 && return
+    echo "== installing $2" >&2
+    if ! apt-get install -y "$2" >/dev/null 2>&1; then
+        apt-get update >/dev/null && apt-get install -y "$2" >/dev/null
+    fi
+}
+need mosquitto mosquitto
+need jq jq
+
+if [[ -z "${TERN_BIN:-}" ]]; then
+    echo "== building tern and tern-bench (release)" >&2
+    cargo build --release -p tern -p tern-bench >&2
+    TERN_BIN=target/release/tern
+else
+    cargo build --release -p tern-bench >&2
+fi
+BENCH=target/release/tern-bench
+
+# Only the MQTT listener: newer tern also serves HTTP/WebSocket on :8080 by default.
+TERN_ARGS=()
+if "$TERN_BIN" --help 2>/dev/null | grep -q -- '--http '; then TERN_ARGS+=(--http off); fi
+
+# The durable store, where this tern has one: off for the first table, on for the second.
+printf '[store]\nenabled = false\n' >"$OUT/tern-store-off.toml"
+printf '[store]\nenabled = true\nfsync = "always"\n' >"$OUT/tern-store-on.toml"
+HAS_STORE=
+if "$TERN_BIN" check-config "$OUT/tern-store-on.toml" >/dev/null 2>&1 &&
+    "$TERN_BIN" check-config "$OUT/tern-store-off.toml" >/dev/null 2>&1; then
+    HAS_STORE=1
+fi
+
+# The storm holds thousands of sockets in the generator and in the broker.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+BROKER_PID=
+# On disk (not tmpfs), so that fsync costs what it costs.
+DATA_DIR="$OUT/data"
+cleanup() {
+    if [[ -n "$BROKER_PID" ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$DATA_DIR"
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "broker did not open port $1" >&2
+    return 1
+}
+
+cat >"$OUT/mosquitto.conf" <<EOF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 1024
+max_queued_messages 1000000
+max_queued_bytes 1073741824
+log_dest stderr
+log_type error
+log_type warning
+EOF
+
+start_broker() { # name: tern (store off), tern-store (store on), mosquitto
+    local name=$1
+    case $name in
+    tern*)
+        local config=()
+        if [[ -n "$HAS_STORE" && $name == tern-store ]]; then
+            config=(--config "$OUT/tern-store-on.toml")
+        elif [[ -n "$HAS_STORE" ]]; then
+            config=(--config "$OUT/tern-store-off.toml")
+        fi
+        rm -rf "$DATA_DIR" && mkdir -p "$DATA_DIR"
+        "$TERN_BIN" "${config[@]}" --anonymous --mqtt "127.0.0.1:$TERN_PORT" \
+            --data-dir "$DATA_DIR" --log-level warn "${TERN_ARGS[@]}" >>"$OUT/$name.log" 2>&1 &
+        BROKER_PID=$!
+        PORT=$TERN_PORT
+        ;;
+    mosquitto)
+        mosquitto -c "$OUT/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
+        BROKER_PID=$!
+        PORT=$MOSQ_PORT
+        ;;
+    esac
+    wait_port "$PORT"
+}
+
+stop_broker() {
+    kill "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=
+}
+
+run() { # key broker tern-bench-args...
+    local key=$1 name=$2
+    shift 2
+    start_broker "$name"
+    echo "== $key against $name" >&2
+    local line
+    line=$("$BENCH" --broker "127.0.0.1:$PORT" --broker-pid "$BROKER_PID" --label "$name" \
+        --payload "$PAYLOAD" "${THREADS_ARG[@]}" "$@" 2>>"$OUT/tern-bench.log") || true
+    if [[ -z "$line" ]]; then line='{"error":"tern-bench printed nothing"}'; fi
+    echo "$line" | jq -c --arg key "$key" --arg name "$name" '. + {key: $key, label: $name}' >>"$RESULTS"
+    echo "$line" | jq -c '{delivered_per_s, lost, acked_per_s, conn_per_s, deliver_s,
+        p99_us: .latency_us.p99_us, error, errors}' >&2 || true
+    stop_broker
+    sleep 0.5
+}
+
+# A broker may still be delivering its backlog when the publishers stop: give it 20 s.
+FLOW=(--duration "$DURATION" --inflight "$INFLIGHT" --drain 20)
+scenario() { # key brokers args...: against each broker of the comma-separated list in turn
+    local key=$1 brokers=$2
+    shift 2
+    for b in ${brokers//,/ }; do run "$key" "$b" "$@"; done
+}
+
+LOAD_BEFORE=$(uptime)
+STARTED=$(date +%s)
+B=tern,mosquitto
+scenario fanin-q0 $B --scenario fan-in --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
+scenario fanin-q1 $B --scenario fan-in --qos 1 --clients "$CLIENTS" "${FLOW[@]}"
+scenario fanout-q0 $B --scenario fan-out --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
+scenario fanout-q1 $B --scenario fan-out --qos 1 --clients "$CLIENTS" "${FLOW[@]}"
+scenario pairs-q0 $B --scenario pairs --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
+scenario latency-q1 $B --scenario latency --qos 1 --rate "$LATENCY_RATE" "${FLOW[@]}"
+scenario storm $B --scenario connect-storm --connections "$CONNECTIONS"
+scenario retained $B --scenario retained-flood --qos 1 --messages "$RETAINED" --inflight "$INFLIGHT"
+
+if [[ -n "$HAS_STORE" && "$STORE_TABLE" != 0 ]]; then
+    B=tern-store,tern
+    P=(--persistent --qos 1 "${FLOW[@]}")
+    scenario durable-fanin $B --scenario fan-in --clients "$CLIENTS" "${P[@]}"
+    scenario durable-fanout $B --scenario fan-out --clients "$CLIENTS" "${P[@]}"
+    scenario durable-latency $B --scenario latency --rate "$LATENCY_RATE" "${P[@]}"
+    scenario durable-retained $B --scenario retained-flood --qos 1 --messages "$RETAINED" \
+        --inflight "$INFLIGHT"
+fi
+ELAPSED=$(($(date +%s) - STARTED))
+LOAD_AFTER=$(uptime)
+
+# ---- the tables
+
+val() { # key broker jq-expression -> value or "-"
+    jq -r --arg k "$1" --arg b "$2" "select(.key == \$k and .label == \$b) | (try ($3) catch null) // \"-\"" \
+        "$RESULTS" | head -1
+}
+fmt() { # a number with thousands separators, or as is
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /^-?[0-9]+(\.[0-9]+)?$/) {
+            if (v >= 1000 || v <= -1000) {
+                s = sprintf("%.0f", v); out = ""
+                while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
+                print s out
+            } else if (v == int(v)) { print v } else { printf "%.1f\n", v }
+        } else { print v }
+    }'
+}
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/ && b + 0 != 0) printf "%.2f\n", a / b; else print "-"
+    }'
+}
+labels() { # rows: substitute the run's settings into the labels
+    local r=$1
+    r=${r//8→1/$CLIENTS→1}
+    r=${r//1→8/1→$CLIENTS}
+    r=${r//8×/$CLIENTS×}
+    r=${r//1k msg\/s/$LATENCY_RATE msg\/s}
+    r=${r//connect storm|/connect storm, $CONNECTIONS conns|}
+    r=${r//retained flood|/retained flood, $RETAINED topics|}
+    echo "$r"
+}
+
+# key | label | metric | jq expression
+ROWS=$(labels "$(
+    cat <<'EOF'
+fanin-q0|fan-in 8→1 QoS 0|delivered msg/s|.delivered_per_s
+fanin-q0|fan-in 8→1 QoS 0|sent msg/s|.sent_per_s
+fanin-q0|fan-in 8→1 QoS 0|lost|.lost
+fanin-q0|fan-in 8→1 QoS 0|latency p50 µs|.latency_us.p50_us
+fanin-q0|fan-in 8→1 QoS 0|drain after the window, s|.drain_s
+fanin-q0|fan-in 8→1 QoS 0|broker RSS max MiB|(.rss.max_kib / 1024 | floor)
+fanin-q1|fan-in 8→1 QoS 1|delivered msg/s|.delivered_per_s
+fanin-q1|fan-in 8→1 QoS 1|acked msg/s|.acked_per_s
+fanin-q1|fan-in 8→1 QoS 1|acked but lost|.lost_acked
+fanin-q1|fan-in 8→1 QoS 1|latency p50 µs|.latency_us.p50_us
+fanin-q1|fan-in 8→1 QoS 1|broker RSS max MiB|(.rss.max_kib / 1024 | floor)
+fanout-q0|fan-out 1→8 QoS 0|deliveries/s|.delivered_per_s
+fanout-q0|fan-out 1→8 QoS 0|lost|.lost
+fanout-q0|fan-out 1→8 QoS 0|latency p50 µs|.latency_us.p50_us
+fanout-q0|fan-out 1→8 QoS 0|broker RSS max MiB|(.rss.max_kib / 1024 | floor)
+fanout-q1|fan-out 1→8 QoS 1|deliveries/s|.delivered_per_s
+fanout-q1|fan-out 1→8 QoS 1|acked msg/s|.acked_per_s
+fanout-q1|fan-out 1→8 QoS 1|acked but lost|.lost_acked
+fanout-q1|fan-out 1→8 QoS 1|broker RSS max MiB|(.rss.max_kib / 1024 | floor)
+pairs-q0|pairs 8×(1→1) QoS 0|delivered msg/s|.delivered_per_s
+pairs-q0|pairs 8×(1→1) QoS 0|lost|.lost
+pairs-q0|pairs 8×(1→1) QoS 0|latency p50 µs|.latency_us.p50_us
+latency-q1|latency QoS 1 @ 1k msg/s|p50 µs|.latency_us.p50_us
+latency-q1|latency QoS 1 @ 1k msg/s|p90 µs|.latency_us.p90_us
+latency-q1|latency QoS 1 @ 1k msg/s|p99 µs|.latency_us.p99_us
+latency-q1|latency QoS 1 @ 1k msg/s|max µs|.latency_us.max_us
+latency-q1|latency QoS 1 @ 1k msg/s|PUBACK p99 µs|.ack_latency_us.p99_us
+latency-q1|latency QoS 1 @ 1k msg/s|lost|.lost
+storm|connect storm|connections/s|.conn_per_s
+storm|connect storm|failed|.failed
+storm|connect storm|broker RSS per connection KiB|.rss_per_conn_kib
+retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
+retained|retained flood|`#` subscriber: all received, ms|(.deliver_s * 1000 | floor)
+retained|retained flood|`#` subscriber msg/s|.delivered_per_s
+retained|retained flood|lost|.lost
+EOF
+)")
+DURABLE_ROWS=$(labels "$(
+    cat <<'EOF'
+durable-fanin|fan-in 8→1 QoS 1|acked msg/s|.acked_per_s
+durable-fanin|fan-in 8→1 QoS 1|delivered msg/s|.delivered_per_s
+durable-fanin|fan-in 8→1 QoS 1|PUBACK p50 µs|.ack_latency_us.p50_us
+durable-fanin|fan-in 8→1 QoS 1|PUBACK p99 µs|.ack_latency_us.p99_us
+durable-fanin|fan-in 8→1 QoS 1|acked but lost|.lost_acked
+durable-fanout|fan-out 1→8 QoS 1|acked msg/s|.acked_per_s
+durable-fanout|fan-out 1→8 QoS 1|deliveries/s|.delivered_per_s
+durable-fanout|fan-out 1→8 QoS 1|PUBACK p99 µs|.ack_latency_us.p99_us
+durable-fanout|fan-out 1→8 QoS 1|acked but lost|.lost_acked
+durable-latency|latency QoS 1 @ 1k msg/s|PUBACK p50 µs|.ack_latency_us.p50_us
+durable-latency|latency QoS 1 @ 1k msg/s|PUBACK p99 µs|.ack_latency_us.p99_us
+durable-latency|latency QoS 1 @ 1k msg/s|delivery p50 µs|.latency_us.p50_us
+durable-latency|latency QoS 1 @ 1k msg/s|delivery p99 µs|.latency_us.p99_us
+durable-retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
+durable-retained|retained flood|`#` subscriber: all received, ms|(.deliver_s * 1000 | floor)
+EOF
+)")
+
+table() { # broker-a broker-b rows
+    echo "| scenario | metric | $1 | $2 | ratio $1/$2 |"
+    echo "|---|---|---:|---:|---:|"
+    while IFS='|' read -r key label metric expr; do
+        local a b
+        a=$(val "$key" "$1" "$expr")
+        b=$(val "$key" "$2" "$expr")
+        [[ -z "$a" && -z "$b" ]] && continue
+        echo "| $label | $metric | $(fmt "${a:--}") | $(fmt "${b:--}") | $(ratio "${a:--}" "${b:--}") |"
+    done <<<"$3"
+}
+
+{
+    echo "### tern vs Mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
+    echo
+    echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr);" \
+        "${PAYLOAD}-byte payloads, ${DURATION} s per scenario, MQTT 3.1.1, QoS 1 window ${INFLIGHT}," \
+        "generator and broker on the same machine; $ELAPSED s in all."
+    echo "Load before: \`${LOAD_BEFORE#*load }\`; after: \`${LOAD_AFTER#*load }\`."
+    echo
+    table tern mosquitto "$ROWS"
+    echo
+    echo "Broker RSS at the end of each scenario, MiB (the storm: with every connection open):"
+    echo
+    echo "| scenario | tern | mosquitto |"
+    echo "|---|---:|---:|"
+    for key in fanin-q0 fanin-q1 fanout-q0 fanout-q1 pairs-q0 latency-q1 storm retained; do
+        expr='((.rss.end_kib // .rss_after_kib) / 1024 * 10 | floor) / 10'
+        echo "| $key | $(val "$key" tern "$expr") | $(val "$key" mosquitto "$expr") |"
+    done
+    echo
+    echo "### tern with its durable store on"
+    echo
+    if [[ -z "$HAS_STORE" ]]; then
+        echo "Skipped: \`$TERN_BIN check-config\` does not know \`[store] enabled\` and \`fsync\`:" \
+            "this tern has no durable store."
+    elif [[ "$STORE_TABLE" == 0 ]]; then
+        echo "Skipped (STORE_TABLE=0)."
+    else
+        echo "Store on with \`fsync = \"always\"\` (tern-store) against store off (tern), data in" \
+            "\`$OUT\`; subscribers keep their sessions (\`--persistent\`), so every QoS 1 message" \
+            "is stored before its PUBACK."
+        echo
+        table tern-store tern "$DURABLE_ROWS"
+    fi
+    echo
+    # Anything that went wrong, from the JSON lines.
+    problems=$(jq -r 'select((.error // "") != "" or ((.errors // []) | length) > 0)
+        | "- \(.key) against \(.label // "?"): \(.error // (.errors | join("; ")))"' "$RESULTS")
+    if [[ -n "$problems" ]]; then
+        echo "Errors:"
+        echo "$problems"
+    fi
+} | tee "$OUT/table.md"
+echo >&2
+echo "JSON lines: $RESULTS; broker logs: $OUT/*.log" >&2
