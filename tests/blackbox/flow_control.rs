@@ -164,3 +164,94 @@ async fn qos0_beyond_the_message_budget_is_dropped_and_counted() {
     }
     s.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn backpressure_instead_of_loss_for_a_slow_but_reading_subscriber() {
+    let b = TestBroker::with(|c| {
+        c.session.max_queued_messages = 1_000;
+        c.session.backpressure_messages = 200;
+        c.session.backpressure_timeout_ms = 5_000;
+    })
+    .await;
+    let mut s = Client::connect(b.addr, ProtocolVersion::V311, "bp-sub").await;
+    s.subscribe("bp/t", QoS::AtMostOnce).await;
+    let mut p = Client::connect(b.addr, ProtocolVersion::V311, "bp-pub").await;
+    let total = 20_000u32;
+    let payload = vec![b'x'; 1024];
+    // Publish 20 MB of QoS 0 while the subscriber does not read for a while: far more than the
+    // socket buffers and the 1,000-message budget hold.
+    let publisher = tokio::spawn(async move {
+        for i in 0..total {
+            let mut body = i.to_be_bytes().to_vec();
+            body.extend_from_slice(&payload);
+            p.send(Packet::Publish(publish_packet(
+                "bp/t",
+                &body,
+                QoS::AtMostOnce,
+                false,
+                None,
+            )))
+            .await;
+        }
+        p.ping().await;
+        p
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut next = 0u32;
+    while next < total {
+        let m = s.recv_publish().await;
+        let n = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+        assert_eq!(n, next, "in order, none lost");
+        next += 1;
+    }
+    publisher.await.unwrap();
+    assert_eq!(
+        b.broker()
+            .metrics
+            .drops(tern_broker::DropReason::Qos0Overflow),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_subscriber_holds_publishers_back_only_briefly() {
+    let b = TestBroker::with(|c| {
+        c.session.max_queued_messages = 1_000;
+        c.session.backpressure_messages = 200;
+        c.session.backpressure_timeout_ms = 300;
+    })
+    .await;
+    let mut stuck = Client::connect(b.addr, ProtocolVersion::V311, "stuck").await;
+    stuck.subscribe("st/t", QoS::AtMostOnce).await;
+    let mut fine = Client::connect(b.addr, ProtocolVersion::V311, "fine").await;
+    fine.subscribe("st/other", QoS::AtMostOnce).await;
+    let mut p = Client::connect(b.addr, ProtocolVersion::V311, "st-pub").await;
+    let payload = vec![b'x'; 1024];
+    let started = tokio::time::Instant::now();
+    for _ in 0..20_000 {
+        p.send(Packet::Publish(publish_packet(
+            "st/t",
+            &payload,
+            QoS::AtMostOnce,
+            false,
+            None,
+        )))
+        .await;
+    }
+    p.publish("st/other", b"still flowing", QoS::AtMostOnce, false)
+        .await;
+    assert_eq!(&fine.recv_publish().await.payload[..], b"still flowing");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stuck subscriber's budget decided: QoS 0 beyond it was dropped and counted.
+    assert!(
+        b.broker()
+            .metrics
+            .drops(tern_broker::DropReason::Qos0Overflow)
+            > 0
+    );
+    drop(stuck);
+}

@@ -76,12 +76,15 @@ impl SubEntry {
 }
 
 /// What routing one message did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Routed {
     /// Sessions the message was queued for.
     pub sessions: usize,
     /// The store ticket after which every stored copy is durable (0: nothing stored).
     pub ticket: Ticket,
+    /// Connected sessions whose outbox is over the backpressure mark: the publisher should
+    /// pause reading until they drained.
+    pub pressure: SmallVec<[Arc<Session>; 1]>,
 }
 
 /// One account's topic namespace.
@@ -318,6 +321,7 @@ impl Broker {
                 return;
             }
             st.ended = true;
+            session.relieve();
             if st.stored && unstore {
                 self.store.submit(Op::DelSession {
                     key: session.key.clone(),
@@ -405,8 +409,8 @@ impl Broker {
             let routed = self.push_targets(&msg, &mut targets);
             targets.clear();
             Routed {
-                sessions: routed.sessions,
                 ticket: routed.ticket.max(ticket),
+                ..routed
             }
         })
     }
@@ -433,6 +437,7 @@ impl Broker {
         }
         let mut pushed = 0;
         let mut ticket = 0;
+        let mut pressure = SmallVec::new();
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
@@ -454,21 +459,31 @@ impl Broker {
                 }
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, sub_ids);
-            let (queued, t) = self.push(&targets[i].session, delivery);
+            let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery);
             pushed += usize::from(queued);
             ticket = ticket.max(t);
+            if congested {
+                pressure.push(targets[i].session.clone());
+            }
             i = j;
         }
         Routed {
             sessions: pushed,
             ticket,
+            pressure,
         }
     }
 
     /// Pushes one delivery into a session and accounts for the outcome. Returns whether it was
     /// queued and the store ticket that makes it durable (0: nothing to wait for).
     pub(crate) fn push(&self, session: &Session, delivery: Delivery) -> (bool, Ticket) {
-        let (outcome, ticket) = session.push(delivery, &self.config, &self.store);
+        let (queued, ticket, _) = self.push_pressure(session, delivery);
+        (queued, ticket)
+    }
+
+    /// Like [`Broker::push`], and also says whether the session is congested.
+    fn push_pressure(&self, session: &Session, delivery: Delivery) -> (bool, Ticket, bool) {
+        let (outcome, ticket, congested) = session.push(delivery, &self.config, &self.store);
         let queued = match outcome {
             Push::Queued => {
                 Metrics::gauge(&self.metrics.queued, 1);
@@ -492,7 +507,7 @@ impl Broker {
                 false
             }
         };
-        (queued, ticket)
+        (queued, ticket, congested)
     }
 
     // ---- retained ------------------------------------------------------------------------

@@ -45,6 +45,13 @@ pub struct BrokerConfig {
     pub echo_client_id: bool,
     /// Whether session events are published (`flespi/log/mqtt/sessions/...`, spec §9).
     pub session_events: bool,
+    /// A connected session with this many queued messages (or `backpressure_bytes`) makes its
+    /// publishers pause reading until it drained half of them: backpressure instead of loss.
+    pub backpressure_messages: usize,
+    pub backpressure_bytes: usize,
+    /// How long a publisher waits for one congested session before that session is treated
+    /// as a slow consumer (left to the queue budgets) until it catches up.
+    pub backpressure_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -66,6 +73,9 @@ impl Default for BrokerConfig {
             max_subscriptions_per_session: 10_000,
             echo_client_id: true,
             session_events: true,
+            backpressure_messages: 10_000,
+            backpressure_bytes: 16 * 1024 * 1024,
+            backpressure_timeout: Duration::from_secs(1),
         }
     }
 }

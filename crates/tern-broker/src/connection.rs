@@ -50,6 +50,15 @@ impl Default for ClientLimits {
     }
 }
 
+/// The topic aliases of one connection (spec 3.3.2.3.4).
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    /// Set by the client (alias → topic).
+    pub incoming: HashMap<u16, ByteString>,
+    /// Assigned by the broker (topic → alias).
+    pub outgoing: HashMap<ByteString, u16>,
+}
+
 /// A delivery taken from the session, about to be encoded.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -70,14 +79,13 @@ pub struct Connection {
     pub(crate) protocol: ProtocolVersion,
     pub(crate) kick: Arc<Kick>,
     pub(crate) session: Option<Arc<Session>>,
-    pub(crate) principal: Option<Principal>,
+    /// Boxed: kept small for the many idle connections.
+    pub(crate) principal: Option<Box<Principal>>,
     /// Keep alive in seconds as agreed (0 = none).
     pub(crate) keep_alive: u16,
     pub(crate) limits: ClientLimits,
-    /// Topic aliases the client set (alias → topic).
-    pub(crate) aliases_in: HashMap<u16, ByteString>,
-    /// Topic aliases the broker assigned (topic → alias).
-    pub(crate) aliases_out: HashMap<ByteString, u16>,
+    /// Topic aliases both ways, created on first use.
+    pub(crate) aliases: Option<Box<Aliases>>,
     /// Encoded packets waiting to be written.
     pub(crate) out: BytesMut,
     pub(crate) closed: bool,
@@ -86,6 +94,9 @@ pub struct Connection {
     pub(crate) pending_acks: VecDeque<(Ticket, Packet)>,
     /// How many of `pending_acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
     pub(crate) pending_pubacks: usize,
+    /// Congested sessions this connection's publishes went to: reading pauses until they
+    /// drained (backpressure).
+    pub(crate) pressure: Vec<Arc<Session>>,
 }
 
 impl Connection {
@@ -105,13 +116,13 @@ impl Connection {
             principal: None,
             keep_alive: 0,
             limits: ClientLimits::default(),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
-            out: BytesMut::with_capacity(4096),
+            aliases: None,
+            out: BytesMut::new(),
             closed: false,
             batch: Vec::new(),
             pending_acks: VecDeque::new(),
             pending_pubacks: 0,
+            pressure: Vec::new(),
         }
     }
 
@@ -246,6 +257,8 @@ impl Connection {
                 return;
             }
             st.conn = None;
+            // Nobody waits for an offline session: its queue budgets decide.
+            session.relieve();
             if st.ended {
                 // Removed while connected (REST, account deletion): nothing left to keep.
                 return;
@@ -308,6 +321,24 @@ impl Connection {
             self.pending_pubacks += 1;
         }
         self.pending_acks.push_back((ticket, packet));
+    }
+
+    /// A congested session this connection's publishes went to, if any: the driver stops
+    /// reading until it drained ([`Session::drained`]), or gives up after
+    /// [`BrokerConfig::backpressure_timeout`] and calls [`Connection::give_up_on`].
+    ///
+    /// [`BrokerConfig::backpressure_timeout`]: crate::BrokerConfig::backpressure_timeout
+    pub fn pressure(&mut self) -> Option<Arc<Session>> {
+        self.pressure.retain(|s| s.is_congested());
+        self.pressure.first().cloned()
+    }
+
+    /// The publisher waited too long for `session`: it no longer holds publishers back until
+    /// it catches up (its queue budgets decide meanwhile).
+    pub fn give_up_on(&mut self, session: &Arc<Session>) {
+        tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
+        session.exempt_from_backpressure();
+        self.pressure.retain(|s| !Arc::ptr_eq(s, session));
     }
 
     /// The store ticket the oldest held acknowledgement waits for.

@@ -26,13 +26,9 @@ impl Broker {
         }
         let (ip, protocol, clean, stats) = {
             let st = session.lock();
-            (st.last_peer.clone(), st.last_protocol, st.clean, st.stats)
+            (st.last_peer, st.last_protocol, st.clean, st.stats)
         };
-        let ip = ip
-            .rsplit_once(':')
-            .map_or(ip.as_str(), |(host, _)| host)
-            .trim_matches(['[', ']'])
-            .to_string();
+        let ip = ip.map(|a| a.ip().to_string()).unwrap_or_default();
         let timestamp = self.clock.stamp();
         let payload = serde_json::json!({
             "timestamp": format_timestamp(timestamp).parse::<f64>().unwrap_or(0.0),

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
@@ -167,7 +168,7 @@ pub struct ConnLink {
     /// Whether that connection speaks v5 (for the REST view).
     pub protocol: tern_codec::ProtocolVersion,
     /// The client's address.
-    pub peer: String,
+    pub peer: std::net::SocketAddr,
     /// The token the client presented.
     pub token_id: Option<u64>,
 }
@@ -213,6 +214,13 @@ pub struct Session {
     pub(crate) state: Mutex<SessionState>,
     /// Woken when deliveries were queued for the owning connection.
     pub(crate) wake: Notify,
+    /// Set while the outbox is over the backpressure mark: publishers pause reading.
+    congested: AtomicBool,
+    /// Set when a publisher gave up waiting for this session: it no longer holds publishers
+    /// back until its outbox drained (then the queue budgets decide).
+    exempt: AtomicBool,
+    /// Woken (all waiters) when the outbox drained below half the backpressure mark.
+    drained: Notify,
 }
 
 impl fmt::Debug for Session {
@@ -293,7 +301,7 @@ pub struct SessionState {
     /// When the session was created (unix micros).
     pub created: Micros,
     /// Address of the current or last connection.
-    pub last_peer: String,
+    pub last_peer: Option<std::net::SocketAddr>,
     /// Protocol level of the current or last connection (3, 4 or 5).
     pub last_protocol: u8,
     /// The token of the current or last connection.
@@ -341,11 +349,14 @@ impl Session {
                 stored: false,
                 next_seq: 1,
                 created: crate::message::wall_micros(),
-                last_peer: String::new(),
+                last_peer: None,
                 last_protocol: 0,
                 token_id: None,
             }),
             wake: Notify::new(),
+            congested: AtomicBool::new(false),
+            exempt: AtomicBool::new(false),
+            drained: Notify::new(),
         }
     }
 
@@ -373,15 +384,69 @@ impl Session {
 
     /// Pushes a delivery into the outbox and wakes the owning connection. For a stored session
     /// a QoS 1/2 delivery is also submitted to the store; the ticket says when it is durable.
-    pub fn push(&self, delivery: Delivery, config: &BrokerConfig, store: &Store) -> (Push, Ticket) {
+    /// The third value says whether the session is now congested (see [`Session::drained`]).
+    pub fn push(
+        &self,
+        delivery: Delivery,
+        config: &BrokerConfig,
+        store: &Store,
+    ) -> (Push, Ticket, bool) {
         let mut st = self.state.lock();
-        let outcome = st.push(&self.key, delivery, config, store);
+        let (outcome, ticket) = st.push(&self.key, delivery, config, store);
         let connected = st.conn.is_some();
+        let over = connected
+            && (st.queue.len() >= config.backpressure_messages
+                || st.queued_bytes >= config.backpressure_bytes);
         drop(st);
-        if outcome.0 == Push::Queued && connected {
+        let mut congested = false;
+        if outcome == Push::Queued && connected {
             self.wake.notify_one();
+            if over && !self.exempt.load(Ordering::Relaxed) {
+                self.congested.store(true, Ordering::Relaxed);
+                congested = true;
+            }
         }
-        outcome
+        (outcome, ticket, congested)
+    }
+
+    /// Whether publishers should pause for this session.
+    pub fn is_congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the session is no longer congested. Cancel-safe.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_congested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A publisher waited too long: stop holding publishers back for this session until it
+    /// catches up.
+    pub fn exempt_from_backpressure(&self) {
+        self.exempt.store(true, Ordering::Relaxed);
+        self.relieve();
+    }
+
+    /// Called as the outbox shrinks: below half the mark, publishers may go on.
+    pub(crate) fn drained_to(&self, queued: usize, bytes: usize, config: &BrokerConfig) {
+        if queued <= config.backpressure_messages / 2 && bytes <= config.backpressure_bytes / 2 {
+            self.exempt.store(false, Ordering::Relaxed);
+            self.relieve();
+        }
+    }
+
+    /// Releases every publisher waiting for this session.
+    pub(crate) fn relieve(&self) {
+        if self.congested.swap(false, Ordering::Relaxed) {
+            self.drained.notify_waiters();
+        }
     }
 
     /// Wakes the owning connection (after state changes that may let it send more).

@@ -10,19 +10,24 @@
 //! are flushed once the output buffer is empty.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_broker::{Broker, CloseReason, Connection, Session};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 
 use crate::accept::Listener;
 use crate::metrics::{ConnectedGuard, NetMetrics};
 
+/// The read buffer starts this small, so that idle connections cost little memory, and grows
+/// (doubling, up to `READ_CHUNK`) while reads keep filling it.
+const READ_FIRST: usize = 512;
 /// Bytes read per syscall at most.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// Deliveries are pulled from the session while fewer than this many bytes wait to be written.
 const OUT_FILL_LIMIT: usize = 64 * 1024;
 /// Reading stops while more than this many bytes wait to be written (the client is not reading
@@ -88,19 +93,34 @@ where
     let mut conn = Connection::new(broker.clone(), peer.addr, peer.listener.name());
     let kick = conn.kick().clone();
     let mut session: Option<Arc<Session>> = None;
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::new();
+    let mut read_size = READ_FIRST;
     let mut deadline = Instant::now() + broker.config.connect_timeout;
     // Bytes handed to the writer that a buffering transport may still hold.
     let mut unflushed = false;
     // Counts this client under its listener and protocol version once CONNECT is accepted.
     let mut counted: Option<ConnectedGuard<'_>> = None;
+    // The congested session being waited for, and until when.
+    let mut pressure_deadline: Option<(tern_broker::SessionId, Instant)> = None;
 
     let reason = 'conn: loop {
         let read_open = conn.out().len() < OUT_READ_LIMIT;
         let fill_open = session.is_some() && conn.out().len() < OUT_FILL_LIMIT;
-        if read_open && rbuf.capacity() - rbuf.len() < 1024 {
-            rbuf.reserve(READ_CHUNK);
+        // Backpressure: while a subscriber this client publishes to is congested, stop
+        // reading from it (instead of dropping), for at most `backpressure_timeout` per
+        // subscriber.
+        let pressure = conn.pressure();
+        match &pressure {
+            Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
+                pressure_deadline =
+                    Some((s.id, Instant::now() + broker.config.backpressure_timeout));
+            }
+            None => pressure_deadline = None,
+            _ => {}
         }
+        let read_open = read_open && pressure.is_none();
+        // One timer for both the keep-alive (or CONNECT) deadline and the backpressure wait.
+        let wake_at = pressure_deadline.map_or(deadline, |(_, at)| at.min(deadline));
         tokio::select! {
             reason = kick.kicked() => break 'conn reason,
             _ = shutdown.cancelled() => break 'conn CloseReason::ServerShuttingDown,
@@ -116,14 +136,21 @@ where
                     Err(err) => break 'conn io_close_reason(&peer, &err, "write"),
                 }
             }
-            res = reader.read_buf(&mut rbuf), if read_open => {
+            res = read_some(&mut reader, &mut rbuf, read_size), if read_open => {
                 match res {
-                    Ok(0) => break 'conn CloseReason::ConnectionLost,
+                    Ok(Read { bytes: 0, .. }) => break 'conn CloseReason::ConnectionLost,
+                    // A read that filled the buffer: the client sends a lot, read more at once.
+                    Ok(Read { filled: true, .. }) => read_size = (read_size * 2).min(READ_CHUNK),
                     Ok(_) => {}
                     Err(err) => break 'conn io_close_reason(&peer, &err, "read"),
                 }
                 let was_connected = conn.is_connected();
                 let processed = process(&mut conn, &mut rbuf);
+                // A quiet connection gives its read buffer back between reads: idle
+                // connections then hold no buffer at all.
+                if rbuf.is_empty() && read_size == READ_FIRST {
+                    rbuf = BytesMut::new();
+                }
                 if !was_connected && conn.is_connected() {
                     session = conn.session().cloned();
                     counted = Some(ConnectedGuard::new(&metrics, peer.listener, conn.protocol()));
@@ -137,14 +164,21 @@ where
                     None => deadline,
                 };
             }
+            _ = wait_drained(pressure.as_deref()), if pressure.is_some() => {}
             _ = wait_session(&session), if fill_open => {
                 if conn.fill(OUT_FILL_LIMIT) && let Some(s) = &session {
                     // More is ready than fitted: come back after writing.
                     s.wake();
                 }
             }
-            _ = sleep_until(deadline) => {
-                break 'conn if conn.is_connected() { CloseReason::KeepAliveTimeout } else { CloseReason::ConnectTimeout };
+            _ = sleep_until(wake_at) => {
+                if Instant::now() >= deadline {
+                    break 'conn if conn.is_connected() { CloseReason::KeepAliveTimeout } else { CloseReason::ConnectTimeout };
+                }
+                // The backpressure wait timed out.
+                if let Some(s) = &pressure {
+                    conn.give_up_on(s);
+                }
             }
         }
     };
@@ -171,7 +205,7 @@ async fn linger<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) {
         loop {
             buf.clear();
             if buf.capacity() < 1024 {
-                buf.reserve(READ_CHUNK);
+                buf.reserve(READ_FIRST);
             }
             match reader.read_buf(buf).await {
                 Ok(0) | Err(_) => break,
@@ -211,6 +245,59 @@ fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), CloseReason
             Err(err) => return Err(conn.decode_error(&err)),
         }
     }
+}
+
+/// Waits until `session` drained.
+async fn wait_drained(session: Option<&Session>) {
+    match session {
+        Some(s) => s.drained().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one read did.
+struct Read {
+    bytes: usize,
+    /// The read filled all the room there was: more is probably waiting.
+    filled: bool,
+}
+
+/// Reads what the client sent into `buf`. A connection whose buffer is empty waits on a
+/// buffer on the stack of the poll (not in the task), so that an idle connection holds no
+/// read buffer at all; a busy one reads straight into `buf`, grown to `size`. Cancel-safe: bytes
+/// are only taken when the read completes.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    size: usize,
+) -> io::Result<Read> {
+    std::future::poll_fn(|cx| {
+        if buf.is_empty() && size <= READ_FIRST {
+            let mut stack = [0u8; READ_FIRST];
+            let mut rb = ReadBuf::new(&mut stack);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            buf.extend_from_slice(rb.filled());
+            return Poll::Ready(Ok(Read {
+                bytes: n,
+                filled: n == READ_FIRST,
+            }));
+        }
+        if buf.capacity() - buf.len() < READ_FIRST / 2 {
+            buf.reserve(size);
+        }
+        let room = buf.capacity() - buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *reader),
+            cx,
+            buf
+        ))?;
+        Poll::Ready(Ok(Read {
+            bytes: n,
+            filled: n == room,
+        }))
+    })
+    .await
 }
 
 async fn wait_session(session: &Option<Arc<Session>>) {

@@ -321,6 +321,13 @@ pub struct SessionSection {
     pub max_queued_bytes: usize,
     pub queue_qos0_offline: bool,
     pub max_subscriptions: usize,
+    /// Queued messages (or bytes) of a connected session at which its publishers pause
+    /// reading until it drained half (backpressure instead of loss).
+    pub backpressure_messages: usize,
+    pub backpressure_bytes: usize,
+    /// Milliseconds a publisher waits for one congested session before treating it as a slow
+    /// consumer (left to the queue budgets) until it catches up.
+    pub backpressure_timeout_ms: u64,
 }
 
 impl Default for SessionSection {
@@ -332,6 +339,9 @@ impl Default for SessionSection {
             max_queued_bytes: b.max_queued_bytes,
             queue_qos0_offline: b.queue_qos0_offline,
             max_subscriptions: b.max_subscriptions_per_session,
+            backpressure_messages: b.backpressure_messages,
+            backpressure_bytes: b.backpressure_bytes,
+            backpressure_timeout_ms: b.backpressure_timeout.as_millis() as u64,
         }
     }
 }
@@ -885,6 +895,9 @@ impl Config {
             max_subscriptions_per_session: self.session.max_subscriptions,
             echo_client_id: self.mqtt.echo_client_id,
             session_events: self.mqtt.session_events,
+            backpressure_messages: self.session.backpressure_messages.max(2),
+            backpressure_bytes: self.session.backpressure_bytes.max(2),
+            backpressure_timeout: Duration::from_millis(self.session.backpressure_timeout_ms),
         }
     }
 }

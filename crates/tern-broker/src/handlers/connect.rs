@@ -34,7 +34,9 @@ impl Connection {
         }
 
         // Client identifier rules (spec §2, MQTT 3.1.3-6..9).
-        let mut client_id = connect.client_id.clone();
+        // A copy: the session outlives the read buffer the CONNECT arrived in, which it would
+        // otherwise keep alive.
+        let mut client_id = ByteString::from(&*connect.client_id);
         let assigned = client_id.is_empty();
         if assigned {
             let may_assign = match connect.protocol {
@@ -144,7 +146,7 @@ impl Connection {
             kick: self.kick.clone(),
             receive_maximum: self.limits.receive_maximum,
             protocol: connect.protocol,
-            peer: self.peer.to_string(),
+            peer: self.peer,
             token_id: principal.token_id,
         };
         let attached = self.attach(key, connect.clean_start, expiry, link, will);
@@ -155,7 +157,7 @@ impl Connection {
             self.broker.publish(will);
         }
         self.session = Some(attached.session.clone());
-        self.principal = Some(principal);
+        self.principal = Some(Box::new(principal));
 
         let mut properties = ConnAckProperties::default();
         if v5 {
@@ -250,7 +252,7 @@ impl Connection {
                 }
                 if !clean_start && !st.ended {
                     // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
-                    st.last_peer = link.peer.clone();
+                    st.last_peer = Some(link.peer);
                     st.last_protocol = link.protocol.level();
                     st.token_id = link.token_id;
                     st.conn = Some(link);
@@ -307,7 +309,7 @@ impl Connection {
 
 fn attach_new(broker: &Broker, session: &Session, link: ConnLink, will: Option<WillSpec>) {
     let mut st = session.lock();
-    st.last_peer = link.peer.clone();
+    st.last_peer = Some(link.peer);
     st.last_protocol = link.protocol.level();
     st.token_id = link.token_id;
     st.conn = Some(link);

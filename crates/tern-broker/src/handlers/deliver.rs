@@ -89,6 +89,7 @@ impl Connection {
             }
             let sent = batch.iter().filter(|o| !o.dup).count();
             st.stats.received += sent as u64;
+            session.drained_to(st.queue.len(), st.queued_bytes, &broker.config);
             !st.queue.is_empty()
                 && (st.inflight.len() < window
                     || st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce))
@@ -187,15 +188,16 @@ impl Connection {
     /// Replaces the topic by an alias the client already knows, or assigns a new one while the
     /// client's Topic Alias Maximum allows.
     fn apply_topic_alias(&mut self, publish: &mut Publish) {
-        if let Some(&alias) = self.aliases_out.get(&publish.topic) {
+        let aliases = self.aliases.get_or_insert_with(Box::default);
+        if let Some(&alias) = aliases.outgoing.get(&publish.topic) {
             publish.properties.topic_alias = Some(alias);
             publish.topic = ByteString::new();
             return;
         }
-        let next = self.aliases_out.len() + 1;
+        let next = aliases.outgoing.len() + 1;
         if next <= usize::from(self.limits.topic_alias_maximum) {
             let alias = next as u16;
-            self.aliases_out.insert(publish.topic.clone(), alias);
+            aliases.outgoing.insert(publish.topic.clone(), alias);
             publish.properties.topic_alias = Some(alias);
         }
     }

@@ -78,7 +78,8 @@ impl Connection {
         }
         // REST over MQTT (spec §8): the bridge answers `flespi/rest/<method>/<uri>`.
         if p.topic.starts_with("flespi/rest/")
-            && let (Some(bridge), Some(principal)) = (broker.rest_bridge(), self.principal.clone())
+            && let (Some(bridge), Some(principal)) =
+                (broker.rest_bridge(), self.principal.as_deref().cloned())
         {
             let (qos, pid) = (p.qos, p.packet_id);
             bridge.call(RestCall {
@@ -129,6 +130,11 @@ impl Connection {
         };
         let routed = broker.publish(Arc::new(msg));
         self.acknowledge(&session, qos, pid, routed.ticket);
+        for s in routed.pressure {
+            if !self.pressure.iter().any(|p| Arc::ptr_eq(p, &s)) {
+                self.pressure.push(s);
+            }
+        }
         Ok(())
     }
 
@@ -179,7 +185,7 @@ impl Connection {
             ));
         }
         if p.topic.is_empty() {
-            match self.aliases_in.get(&alias) {
+            match self.aliases.as_ref().and_then(|a| a.incoming.get(&alias)) {
                 Some(topic) => p.topic = topic.clone(),
                 None => {
                     return Err(CloseReason::protocol(
@@ -189,7 +195,10 @@ impl Connection {
                 }
             }
         } else {
-            self.aliases_in.insert(alias, p.topic.clone());
+            self.aliases
+                .get_or_insert_with(Box::default)
+                .incoming
+                .insert(alias, p.topic.clone());
         }
         Ok(())
     }
