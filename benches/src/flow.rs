@@ -70,6 +70,11 @@ pub struct FlowConfig {
     pub tag: u32,
     /// Subscribers keep their sessions (clean start off, MQTT 5 expiry 5 minutes).
     pub persistent: bool,
+    /// Payloads are JSON objects (`{"s":"<stamp>","v":42,"p":"…"}`), for `$filter` runs.
+    pub json: bool,
+    /// Subscribers subscribe with a persistent session and stay away while the publishers
+    /// run, then reconnect and drain what was queued (fan-in to offline sessions).
+    pub offline: bool,
 }
 
 /// One publisher.
@@ -330,6 +335,7 @@ async fn publisher(
         spec.retain,
         cfg.payload,
         cfg.connect.version,
+        cfg.json,
     ) {
         Ok(t) => client::connect(&cfg.connect, &spec.client_id, None)
             .await
@@ -696,14 +702,38 @@ async fn subscriber(
 ) -> SubResult {
     let mut result = SubResult::new(spec.publishers.clone());
     let mut opts = cfg.connect.clone();
-    if cfg.persistent {
+    if cfg.persistent || cfg.offline {
         opts.clean_start = false;
         opts.session_expiry = 300;
+    }
+    let mut ready = Some(ready);
+    if cfg.offline {
+        // Subscribe, go offline while the publishers run (the broker queues for the session),
+        // then come back and drain.
+        match subscribe_then_leave(&cfg, &opts, &spec).await {
+            Ok(()) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(())).await;
+                }
+            }
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(format!("{e:#}"))).await;
+                }
+                result.error = Some(format!("{e:#}"));
+                return result;
+            }
+        }
+        while !shared.all_done() {
+            sleep(Duration::from_millis(20)).await;
+        }
     }
     let mut conn = match client::connect(&opts, &spec.client_id, None).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!("{e:#}"))).await;
+            if let Some(ready) = ready {
+                let _ = ready.send(Err(format!("{e:#}"))).await;
+            }
             result.error = Some(format!("{e:#}"));
             return result;
         }
@@ -714,7 +744,7 @@ async fn subscriber(
         v5: conn.version.is_v5(),
         wbuf: Vec::with_capacity(16 * 1024),
         wpos: 0,
-        ready: Some(ready),
+        ready,
         result,
     };
     if let Err(e) = s.run(&mut conn, &spec).await {
@@ -726,6 +756,38 @@ async fn subscriber(
     }
     let _ = conn.stream.try_write(&wire::DISCONNECT);
     s.result
+}
+
+/// Connects with a persistent session, subscribes, waits for SUBACK and disconnects.
+async fn subscribe_then_leave(
+    cfg: &FlowConfig,
+    opts: &ConnectOptions,
+    spec: &SubSpec,
+) -> Result<()> {
+    let mut conn = client::connect(opts, &spec.client_id, None).await?;
+    let subscribe =
+        client::subscribe_packet(std::slice::from_ref(&spec.filter), cfg.qos, conn.version)?;
+    let mut wbuf = subscribe;
+    let mut wpos = 0;
+    flush(&conn.stream, &mut wbuf, &mut wpos)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            r = conn.stream.readable() => r?,
+            _ = tokio::time::sleep_until(deadline) => bail!("no SUBACK"),
+        }
+        read_some(&mut conn)?;
+        if let Some(f) = wire::frame(&conn.rbuf)?
+            && conn.rbuf.len() >= f.len
+        {
+            match tern_codec::decode(&mut conn.rbuf, u32::MAX, conn.version)? {
+                Some(Packet::SubAck(ack)) if ack.reasons.iter().all(|r| r.0 < 0x80) => break,
+                other => bail!("expected SUBACK, got {other:?}"),
+            }
+        }
+    }
+    let _ = conn.stream.try_write(&wire::DISCONNECT);
+    Ok(())
 }
 
 struct Subscriber<'a> {

@@ -106,6 +106,19 @@ struct Cli {
     /// after the run (MQTT 3.1.1: until it discards them).
     #[arg(long)]
     persistent: bool,
+    /// Subscribers subscribe with a persistent session, disconnect while the publishers run,
+    /// then reconnect and drain what the broker queued (offline sessions; implies
+    /// --persistent).
+    #[arg(long)]
+    offline: bool,
+    /// Payloads are JSON objects `{"s":"<stamp in hex>","v":42,"p":"xx…"}` (at least 70
+    /// bytes), so that `$filter/payload=` subscriptions have something to evaluate.
+    #[arg(long)]
+    json: bool,
+    /// Put in front of every subscriber's topic filter, e.g. `$filter/payload=v%3E10/` or
+    /// `$share/g/`; `{i}` is replaced by the subscriber's index (distinct filters).
+    #[arg(long, default_value = "")]
+    sub_prefix: String,
     /// Keep alive in CONNECT, seconds (0: none, so idle clients need no PINGREQ).
     #[arg(long, default_value_t = 0)]
     keep_alive: u16,
@@ -236,6 +249,8 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
         idle: secs(cli.idle, "idle")?,
         tag,
         persistent: cli.persistent,
+        json: cli.json,
+        offline: cli.offline,
     };
     let line = match cli.scenario {
         Scenario::ConnectStorm => serde_json::to_string(
@@ -307,7 +322,11 @@ async fn run_flow(
     let subs: Vec<SubSpec> = (0..subscribers)
         .map(|i| SubSpec {
             client_id: format!("tb-{tag:08x}-sub-{i}"),
-            filter: topic(i),
+            filter: format!(
+                "{}{}",
+                cli.sub_prefix.replace("{i}", &i.to_string()),
+                topic(i)
+            ),
             publishers: match scenario {
                 Scenario::Pairs => i..i + 1,
                 _ => 0..publishers,

@@ -153,8 +153,26 @@ pub struct Stamp {
     pub sent_ns: u64,
 }
 
+/// The start of a JSON payload (`--json`): `{"s":"<48 hex digits: the stamp>","v":42,"p":"xx…"}`.
+pub const JSON_HEAD: &[u8] = b"{\"s\":\"";
+const JSON_MID: &[u8] = b"\",\"v\":42,\"p\":\"";
+const JSON_TAIL: &[u8] = b"\"}";
+/// The smallest JSON payload.
+pub const JSON_MIN: usize = 6 + 48 + 14 + 2;
+
 impl Stamp {
     pub const LEN: usize = 24;
+
+    /// Writes the stamp as 48 lowercase hex digits (JSON payloads).
+    pub fn write_hex(self, out: &mut [u8]) {
+        let mut raw = [0u8; Stamp::LEN];
+        self.write(&mut raw);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in raw.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    }
 
     pub fn write(self, out: &mut [u8]) {
         out[0..4].copy_from_slice(&self.tag.to_le_bytes());
@@ -164,6 +182,15 @@ impl Stamp {
     }
 
     pub fn read(payload: &[u8]) -> Option<Stamp> {
+        if let Some(hex) = payload.strip_prefix(JSON_HEAD) {
+            let hex = hex.get(..2 * Stamp::LEN)?;
+            let mut raw = [0u8; Stamp::LEN];
+            for (i, pair) in hex.chunks_exact(2).enumerate() {
+                let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+                raw[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+            }
+            return Stamp::read(&raw);
+        }
         let tag = u32::from_le_bytes(payload.get(0..4)?.try_into().ok()?);
         let publisher = u32::from_le_bytes(payload.get(4..8)?.try_into().ok()?);
         let seq = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
@@ -185,6 +212,8 @@ pub struct Template {
     packet_id_at: Option<usize>,
     topic_end: usize,
     payload_at: usize,
+    /// The payload is JSON with the stamp in hex (`--json`).
+    json: bool,
 }
 
 impl Template {
@@ -194,12 +223,28 @@ impl Template {
         retain: bool,
         payload_len: usize,
         version: ProtocolVersion,
+        json: bool,
     ) -> Result<Template> {
         ensure!(
             payload_len >= Stamp::LEN,
             "payload must be at least {} bytes (the stamp), not {payload_len}",
             Stamp::LEN
         );
+        ensure!(
+            !json || payload_len >= JSON_MIN,
+            "a JSON payload needs at least {JSON_MIN} bytes, not {payload_len}"
+        );
+        let payload = if json {
+            let mut p = Vec::with_capacity(payload_len);
+            p.extend_from_slice(JSON_HEAD);
+            p.resize(JSON_HEAD.len() + 2 * Stamp::LEN, b'0');
+            p.extend_from_slice(JSON_MID);
+            p.resize(payload_len - JSON_TAIL.len(), b'x');
+            p.extend_from_slice(JSON_TAIL);
+            p
+        } else {
+            vec![b'x'; payload_len]
+        };
         let with_id = qos != QoS::AtMostOnce;
         let publish = Publish {
             dup: false,
@@ -208,7 +253,7 @@ impl Template {
             topic: ByteString::from(topic),
             packet_id: with_id.then_some(1),
             properties: PublishProperties::default(),
-            payload: Bytes::from(vec![b'x'; payload_len]),
+            payload: Bytes::from(payload),
         };
         let mut buf = BytesMut::new();
         tern_codec::encode_publish(&publish, version, &mut buf)?;
@@ -227,6 +272,7 @@ impl Template {
             packet_id_at,
             topic_end,
             payload_at,
+            json,
         })
     }
 
@@ -243,7 +289,11 @@ impl Template {
         if let Some(at) = self.packet_id_at {
             p[at..at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
-        stamp.write(&mut p[self.payload_at..]);
+        if self.json {
+            stamp.write_hex(&mut p[self.payload_at + JSON_HEAD.len()..]);
+        } else {
+            stamp.write(&mut p[self.payload_at..]);
+        }
     }
 
     /// Like [`append`](Self::append), and writes `index` as zero-padded decimal over the last
@@ -269,11 +319,43 @@ impl Template {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn json_payload_carries_the_stamp() {
+        let t = Template::new(
+            "bench/j",
+            QoS::AtMostOnce,
+            false,
+            100,
+            ProtocolVersion::V311,
+            true,
+        )
+        .expect("template");
+        let stamp = Stamp {
+            tag: 7,
+            publisher: 3,
+            seq: 123_456,
+            sent_ns: 99,
+        };
+        let mut out = Vec::new();
+        t.append(&mut out, 0, stamp);
+        let mut buf = BytesMut::from(&out[..]);
+        let Some(Packet::Publish(p)) =
+            tern_codec::decode(&mut buf, u32::MAX >> 4, ProtocolVersion::V311).expect("decodes")
+        else {
+            panic!("not a PUBLISH")
+        };
+        let json: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+        assert_eq!(json["v"], 42);
+        assert_eq!(p.payload.len(), 100);
+        assert_eq!(Stamp::read(&p.payload), Some(stamp));
+    }
+
     use super::*;
     use tern_codec::Packet;
 
     fn roundtrip(qos: QoS, version: ProtocolVersion) {
-        let t = Template::new("bench/abc/000000", qos, true, 64, version).expect("template");
+        let t = Template::new("bench/abc/000000", qos, true, 64, version, false).expect("template");
         let stamp = Stamp {
             tag: 7,
             publisher: 3,

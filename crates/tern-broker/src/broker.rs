@@ -126,6 +126,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     pub(crate) store: Store,
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::admin::RestBridge>>,
+    /// Conditions in use by the index, by key, so that equal ones are one object.
+    conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
 }
 
 /// One matching subscription found while routing.
@@ -143,14 +145,25 @@ struct Collector<'a> {
     /// Unix seconds, for `now()` in filter expressions.
     now: f64,
     out: &'a mut Vec<Target>,
+    /// Results of the conditions evaluated for this message, by object identity: the
+    /// subscriptions that share conditions evaluate them once.
+    memo: SmallVec<[(usize, bool); 4]>,
 }
 
 impl Collector<'_> {
-    fn passes(&self, entry: &SubEntry) -> bool {
-        entry
-            .conditions
-            .as_ref()
-            .is_none_or(|c| c.matches(self.msg, &self.payload, self.now))
+    fn passes(&mut self, entry: &SubEntry) -> bool {
+        let Some(c) = &entry.conditions else {
+            return true;
+        };
+        let id = Arc::as_ptr(c) as usize;
+        if let Some((_, result)) = self.memo.iter().find(|(k, _)| *k == id) {
+            return *result;
+        }
+        let result = c.matches(self.msg, &self.payload, self.now);
+        if self.memo.len() < 16 {
+            self.memo.push((id, result));
+        }
+        result
     }
 
     fn push(&mut self, key: &SubKey, entry: &SubEntry, shared: bool) {
@@ -221,6 +234,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             store,
             rest: std::sync::OnceLock::new(),
+            conditions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -344,6 +358,19 @@ impl Broker {
         self.unindex(session, &subs);
     }
 
+    /// One shared copy of equal conditions (see [`Conditions::key`]).
+    fn intern_conditions(&self, c: &Arc<Conditions>) -> Arc<Conditions> {
+        let mut map = self.conditions.lock();
+        if let Some(shared) = map.get(&c.key).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(c.key.clone(), Arc::downgrade(c));
+        c.clone()
+    }
+
     /// Removes subscriptions of `session` from its namespace's index.
     pub(crate) fn unindex(&self, session: &Arc<Session>, subs: &[Subscription]) {
         if subs.is_empty() {
@@ -371,7 +398,10 @@ impl Broker {
     /// Adds (or replaces) one subscription of `session` in its namespace's index.
     pub(crate) fn index(&self, session: &Arc<Session>, sub: &Subscription) {
         let ns = self.namespace_or_create(session.key.cid);
-        let entry = SubEntry::of(sub);
+        let mut entry = SubEntry::of(sub);
+        if let Some(c) = &entry.conditions {
+            entry.conditions = Some(self.intern_conditions(c));
+        }
         let key = SubKey {
             session: session.clone(),
             identity: sub.filter.clone(),
@@ -421,6 +451,7 @@ impl Broker {
             payload: LazyPayload::new(&msg.payload),
             now: self.clock.now() as f64 / 1e6,
             out: targets,
+            memo: SmallVec::new(),
         };
         for cid in self.auth.ancestors(msg.cid) {
             if let Some(ns) = self.namespace(cid) {

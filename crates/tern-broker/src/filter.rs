@@ -66,6 +66,10 @@ pub struct Conditions {
     /// The grants of an ACL token whose subscription only overlaps them: every delivery must
     /// be inside them.
     pub acl: Option<Arc<AclRules>>,
+    /// What the conditions were made from (the `$filter` parameters, the `cid` property, the
+    /// ACL rules' identity): equal keys are equal conditions, so the broker keeps one copy and
+    /// evaluates it once per message however many subscriptions use it.
+    pub key: String,
 }
 
 impl Conditions {
@@ -177,7 +181,10 @@ pub fn parse(full: &str) -> Result<ParsedFilter, FilterError> {
 
 /// Parses the `&`-joined parameters of `$filter/<params>/`.
 fn parse_params(params: &str) -> Result<Conditions, FilterError> {
-    let mut c = Conditions::default();
+    let mut c = Conditions {
+        key: params.to_string(),
+        ..Conditions::default()
+    };
     if params.is_empty() {
         return Err(FilterError("$filter without parameters".into()));
     }

@@ -34,7 +34,11 @@ impl MessageExt for Message {
 
     /// Rough memory cost of the message, for queue budgets.
     fn cost(&self) -> usize {
-        const OVERHEAD: usize = 96;
+        // What one queued delivery really holds: the shared message (counted in full for each
+        // session that holds it, as a bound), its Arc, the delivery in the queue (which may be
+        // twice its length), and the allocator's share.
+        const OVERHEAD: usize =
+            std::mem::size_of::<Message>() + 2 * std::mem::size_of::<Delivery>() + 48;
         let props: usize = self
             .properties
             .user_properties

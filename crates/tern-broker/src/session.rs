@@ -70,10 +70,9 @@ impl Subscription {
         let parsed = filter::parse(full)?;
         let mut conditions = parsed.conditions;
         if let Some(cid) = cid_prop {
-            conditions
-                .get_or_insert_with(Conditions::default)
-                .cids
-                .push(cid);
+            let c = conditions.get_or_insert_with(Conditions::default);
+            c.cids.push(cid);
+            c.key.push_str(&format!("\0cid={cid}"));
         }
         let share_group = parsed.share_group.map(|g| {
             // The group's identity includes its conditions: members that filter differently are
@@ -100,6 +99,7 @@ impl Subscription {
     /// Limits deliveries to the grants of an ACL token.
     pub fn restrict(&mut self, rules: Arc<AclRules>) {
         let mut c = self.conditions.as_deref().cloned().unwrap_or_default();
+        c.key.push_str(&format!("\0acl={:p}", Arc::as_ptr(&rules)));
         c.acl = Some(rules);
         self.conditions = Some(Arc::new(c));
     }
@@ -109,6 +109,9 @@ impl Subscription {
         if let Some(c) = self.conditions.as_deref().filter(|c| c.acl.is_some()) {
             let mut c = c.clone();
             c.acl = None;
+            if let Some(at) = c.key.find("\0acl=") {
+                c.key.truncate(at);
+            }
             self.conditions = (!c.is_empty()).then(|| Arc::new(c));
         }
     }
@@ -659,8 +662,9 @@ mod tests {
     #[test]
     fn byte_budget_drops_the_queue() {
         let s = session();
+        let one = delivery(QoS::AtLeastOnce, 200).cost();
         let cfg = BrokerConfig {
-            max_queued_bytes: 1000,
+            max_queued_bytes: 3 * one + one / 2,
             ..BrokerConfig::default()
         };
         for _ in 0..3 {
