@@ -41,6 +41,9 @@ TERN_PORT=${TERN_PORT:-18831}
 MOSQ_PORT=${MOSQ_PORT:-18832}
 OUT=${OUT:-target/bench}
 STORE_TABLE=${STORE_TABLE:-1}
+FILTER_TABLE=${FILTER_TABLE:-1}
+FILTER_SUBS=${FILTER_SUBS:-1000}
+OFFLINE_MESSAGES=${OFFLINE_MESSAGES:-150000}
 THREADS_ARG=()
 [[ -n "${THREADS:-}" ]] && THREADS_ARG=(--threads "$THREADS")
 
@@ -192,6 +195,21 @@ if [[ -n "$HAS_STORE" && "$STORE_TABLE" != 0 ]]; then
     scenario durable-latency $B --scenario latency --rate "$LATENCY_RATE" "${P[@]}"
     scenario durable-retained $B --scenario retained-flood --qos 1 --messages "$RETAINED" \
         --inflight "$INFLIGHT"
+    # Fan-in to an offline persistent session: every message stored (and, with the store on,
+    # synced) before its PUBACK; the session then reconnects and drains. Bounded in count so
+    # that the queue stays inside its 1 GiB budget.
+    scenario durable-offline $B --scenario fan-in --clients "$CLIENTS" --offline --qos 1 \
+        --messages "$OFFLINE_MESSAGES" --duration 60 --inflight "$INFLIGHT" --drain 60
+fi
+
+# \$filter: fan-out to FILTER_SUBS subscribers without a filter, all with the same payload
+# filter, and each with its own (distinct) payload filter.
+if [[ "$FILTER_TABLE" != 0 ]]; then
+    # JSON payloads need 70 bytes at least: 100 for these runs.
+    FF=(--scenario fan-out --qos 0 --clients "$FILTER_SUBS" --json "${FLOW[@]}")
+    PAYLOAD=100 scenario filter-none tern "${FF[@]}"
+    PAYLOAD=100 scenario filter-same tern "${FF[@]}" --sub-prefix '$filter/payload=v%3E10/'
+    PAYLOAD=100 scenario filter-distinct tern "${FF[@]}" --sub-prefix '$filter/payload=v%3E-{i}/'
 fi
 ELAPSED=$(($(date +%s) - STARTED))
 LOAD_AFTER=$(uptime)
@@ -286,6 +304,10 @@ durable-latency|latency QoS 1 @ 1k msg/s|delivery p50 µs|.latency_us.p50_us
 durable-latency|latency QoS 1 @ 1k msg/s|delivery p99 µs|.latency_us.p99_us
 durable-retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
 durable-retained|retained flood|`#` subscriber: all received, ms|(.deliver_s * 1000 | floor)
+durable-offline|fan-in 8→1 QoS 1, offline session|acked msg/s|.acked_per_s
+durable-offline|fan-in 8→1 QoS 1, offline session|PUBACK p99 µs|.ack_latency_us.p99_us
+durable-offline|fan-in 8→1 QoS 1, offline session|delivered after reconnect|.delivered
+durable-offline|fan-in 8→1 QoS 1, offline session|acked but lost|.lost_acked
 EOF
 )")
 
@@ -333,6 +355,23 @@ table() { # broker-a broker-b rows
             "is stored before its PUBACK."
         echo
         table tern-store tern "$DURABLE_ROWS"
+    fi
+    echo
+    echo "### \$filter subscriptions"
+    echo
+    if [[ "$FILTER_TABLE" == 0 ]]; then
+        echo "Skipped (FILTER_TABLE=0)."
+    else
+        echo "Fan-out 1→$FILTER_SUBS QoS 0, 100-byte JSON payloads; each subscriber without a filter," \
+            "with the same \`\$filter/payload=v>10\`, or with its own \`\$filter/payload=v>-i\`."
+        echo
+        echo "| subscribers' filter | deliveries/s | lost | ratio to no filter |"
+        echo "|---|---:|---:|---:|"
+        none=$(val filter-none tern .delivered_per_s)
+        for key in filter-none filter-same filter-distinct; do
+            d=$(val "$key" tern .delivered_per_s)
+            echo "| ${key#filter-} | $(fmt "$d") | $(fmt "$(val "$key" tern .lost)") | $(ratio "$d" "$none") |"
+        done
     fi
     echo
     # Anything that went wrong, from the JSON lines.

@@ -128,6 +128,8 @@ pub struct Broker {
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::admin::RestBridge>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
+    /// Every live connection's signals, by connection id: shutdown kicks them all.
+    connections: Mutex<HashMap<u64, std::sync::Weak<crate::session::Kick>>>,
 }
 
 /// One matching subscription found while routing.
@@ -235,6 +237,7 @@ impl Broker {
             store,
             rest: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,9 +246,36 @@ impl Broker {
         &self.store
     }
 
-    /// Cancelled when the broker shuts down; every connection watches a child of it.
+    /// Cancelled when the broker shuts down (the accept loops and the timers watch it).
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// Shuts down: cancels the token and asks every connection to close (v5 clients are told
+    /// 0x8B).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        let kicks: Vec<Arc<crate::session::Kick>> = self
+            .connections
+            .lock()
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for kick in kicks {
+            kick.kick(crate::close::CloseReason::ServerShuttingDown);
+        }
+    }
+
+    /// Registers a connection's signals for shutdown.
+    pub(crate) fn register_connection(&self, id: u64, kick: &Arc<crate::session::Kick>) {
+        self.connections.lock().insert(id, Arc::downgrade(kick));
+        if self.shutdown.is_cancelled() {
+            kick.kick(crate::close::CloseReason::ServerShuttingDown);
+        }
+    }
+
+    pub(crate) fn unregister_connection(&self, id: u64) {
+        self.connections.lock().remove(&id);
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

@@ -103,6 +103,8 @@ impl Connection {
     /// A new connection from `peer` on the listener named `listener`.
     pub fn new(broker: Arc<Broker>, peer: SocketAddr, listener: &'static str) -> Connection {
         let id = broker.next_conn_id();
+        let kick = Arc::new(Kick::default());
+        broker.register_connection(id, &kick);
         Metrics::gauge(&broker.metrics.connections, 1);
         Metrics::inc(&broker.metrics.connections_total);
         Connection {
@@ -111,7 +113,7 @@ impl Connection {
             peer,
             listener,
             protocol: ProtocolVersion::V5,
-            kick: Arc::new(Kick::default()),
+            kick,
             session: None,
             principal: None,
             keep_alive: 0,
@@ -370,6 +372,7 @@ impl Drop for Connection {
             self.close(&CloseReason::ConnectionLost);
         }
         Metrics::gauge(&self.broker.metrics.connections, -1);
+        self.broker.unregister_connection(self.id);
     }
 }
 

@@ -48,4 +48,4 @@ pub use connection::Connection;
 pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
-pub use session::{Session, SessionKey, Subscription};
+pub use session::{Kick, Session, SessionKey, Signal, Subscription};

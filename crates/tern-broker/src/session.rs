@@ -164,23 +164,28 @@ pub struct WillSpec {
 pub struct ConnLink {
     /// Unique id of the owning connection.
     pub conn_id: u64,
-    /// Cancelled to close that connection (takeover, administrative action, slow consumer).
+    /// That connection's signals: closing it (takeover, administrative action, slow
+    /// consumer) and waking it for deliveries.
     pub kick: Arc<Kick>,
-    /// The owner's limits for outgoing messages.
-    pub receive_maximum: u16,
-    /// Whether that connection speaks v5 (for the REST view).
-    pub protocol: tern_codec::ProtocolVersion,
-    /// The client's address.
-    pub peer: std::net::SocketAddr,
-    /// The token the client presented.
-    pub token_id: Option<u64>,
 }
 
-/// A request to close one connection, with the reason it will be told.
+/// The signals one connection waits for: a request to close it (takeover, administrative
+/// action, slow consumer, shutdown) and deliveries queued for its session. One waiter per
+/// connection, so one small future in its driver.
 #[derive(Debug, Default)]
 pub struct Kick {
     reason: Mutex<Option<CloseReason>>,
+    deliveries: AtomicBool,
     notify: Notify,
+}
+
+/// What woke a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Close, telling the client this.
+    Kicked(CloseReason),
+    /// Deliveries were queued for the session.
+    Deliveries,
 }
 
 impl Kick {
@@ -194,16 +199,27 @@ impl Kick {
         }
     }
 
+    /// Tells the connection that deliveries are waiting.
+    pub fn deliveries(&self) {
+        if !self.deliveries.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
     /// The pending reason, if the connection was asked to close.
     pub fn reason(&self) -> Option<CloseReason> {
         self.reason.lock().clone()
     }
 
-    /// Waits until the connection is asked to close; cancel-safe.
-    pub async fn kicked(&self) -> CloseReason {
+    /// Waits for the next signal; a kick wins over deliveries. Cancel-safe: a signal that
+    /// arrives while nobody waits is kept.
+    pub async fn signalled(&self) -> Signal {
         loop {
             if let Some(r) = self.reason() {
-                return r;
+                return Signal::Kicked(r);
+            }
+            if self.deliveries.swap(false, Ordering::AcqRel) {
+                return Signal::Deliveries;
             }
             self.notify.notified().await;
         }
@@ -215,8 +231,6 @@ pub struct Session {
     pub id: SessionId,
     pub key: SessionKey,
     pub(crate) state: Mutex<SessionState>,
-    /// Woken when deliveries were queued for the owning connection.
-    pub(crate) wake: Notify,
     /// Set while the outbox is over the backpressure mark: publishers pause reading.
     congested: AtomicBool,
     /// Set when a publisher gave up waiting for this session: it no longer holds publishers
@@ -311,6 +325,24 @@ pub struct SessionState {
     pub token_id: Option<u64>,
 }
 
+/// Where the connection that attaches to a session comes from (kept in the session for the
+/// REST view, events and the store).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub peer: std::net::SocketAddr,
+    pub protocol: tern_codec::ProtocolVersion,
+    pub token_id: Option<u64>,
+}
+
+impl SessionState {
+    /// Records where the owning connection comes from.
+    pub(crate) fn set_origin(&mut self, origin: Origin) {
+        self.last_peer = Some(origin.peer);
+        self.last_protocol = origin.protocol.level();
+        self.token_id = origin.token_id;
+    }
+}
+
 /// Counters kept per session.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SessionStats {
@@ -356,7 +388,6 @@ impl Session {
                 last_protocol: 0,
                 token_id: None,
             }),
-            wake: Notify::new(),
             congested: AtomicBool::new(false),
             exempt: AtomicBool::new(false),
             drained: Notify::new(),
@@ -400,14 +431,16 @@ impl Session {
         let over = connected
             && (st.queue.len() >= config.backpressure_messages
                 || st.queued_bytes >= config.backpressure_bytes);
+        if outcome == Push::Queued
+            && let Some(link) = &st.conn
+        {
+            link.kick.deliveries();
+        }
         drop(st);
         let mut congested = false;
-        if outcome == Push::Queued && connected {
-            self.wake.notify_one();
-            if over && !self.exempt.load(Ordering::Relaxed) {
-                self.congested.store(true, Ordering::Relaxed);
-                congested = true;
-            }
+        if outcome == Push::Queued && connected && over && !self.exempt.load(Ordering::Relaxed) {
+            self.congested.store(true, Ordering::Relaxed);
+            congested = true;
         }
         (outcome, ticket, congested)
     }
@@ -454,12 +487,9 @@ impl Session {
 
     /// Wakes the owning connection (after state changes that may let it send more).
     pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Waits for deliveries; cancel-safe (a wake-up that arrives while not waiting is kept).
-    pub async fn woken(&self) {
-        self.wake.notified().await
+        if let Some(link) = &self.state.lock().conn {
+            link.kick.deliveries();
+        }
     }
 
     /// Whether a connection currently owns the session.

@@ -16,9 +16,10 @@ use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern_broker::{Broker, CloseReason, Connection, Session};
+use tern_broker::{Broker, CloseReason, Connection, SessionId, Signal};
+use tern_store::Ticket;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::accept::Listener;
 use crate::metrics::{ConnectedGuard, NetMetrics};
@@ -89,10 +90,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let shutdown = broker.shutdown_token().clone();
     let mut conn = Connection::new(broker.clone(), peer.addr, peer.listener.name());
+    // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one signal.
     let kick = conn.kick().clone();
-    let mut session: Option<Arc<Session>> = None;
     let mut rbuf = BytesMut::new();
     let mut read_size = READ_FIRST;
     let mut deadline = Instant::now() + broker.config.connect_timeout;
@@ -101,11 +101,21 @@ where
     // Counts this client under its listener and protocol version once CONNECT is accepted.
     let mut counted: Option<ConnectedGuard<'_>> = None;
     // The congested session being waited for, and until when.
-    let mut pressure_deadline: Option<(tern_broker::SessionId, Instant)> = None;
+    let mut pressure_deadline: Option<(SessionId, Instant)> = None;
+    // Deliveries are ready that did not fit the output buffer yet.
+    let mut fill_pending = false;
+    // Waits that exist only while needed, boxed so that an idle connection does not carry
+    // them: held acknowledgements (until the store is durable) and backpressure.
+    let mut acks_wait: Option<(Ticket, Wait)> = None;
+    let mut drained_wait: Option<(SessionId, Wait)> = None;
+    // One timer for the keep-alive (or CONNECT) deadline and the backpressure wait.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
 
     let reason = 'conn: loop {
-        let read_open = conn.out().len() < OUT_READ_LIMIT;
-        let fill_open = session.is_some() && conn.out().len() < OUT_FILL_LIMIT;
+        if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
+            fill_pending = conn.fill(OUT_FILL_LIMIT);
+        }
         // Backpressure: while a subscriber this client publishes to is congested, stop
         // reading from it (instead of dropping), for at most `backpressure_timeout` per
         // subscriber.
@@ -114,18 +124,36 @@ where
             Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
                 pressure_deadline =
                     Some((s.id, Instant::now() + broker.config.backpressure_timeout));
+                let waiting = s.clone();
+                drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
             }
-            None => pressure_deadline = None,
+            None => {
+                pressure_deadline = None;
+                drained_wait = None;
+            }
             _ => {}
         }
-        let read_open = read_open && pressure.is_none();
-        // One timer for both the keep-alive (or CONNECT) deadline and the backpressure wait.
+        match conn.ack_wait() {
+            Some(t) if acks_wait.as_ref().is_none_or(|(w, _)| *w != t) => {
+                let store = broker.store().clone();
+                acks_wait = Some((t, Box::pin(async move { store.wait(t).await })));
+            }
+            None => acks_wait = None,
+            _ => {}
+        }
+        let read_open = conn.out().len() < OUT_READ_LIMIT && pressure.is_none();
         let wake_at = pressure_deadline.map_or(deadline, |(_, at)| at.min(deadline));
+        if timer.deadline() != wake_at {
+            timer.as_mut().reset(wake_at);
+        }
         tokio::select! {
-            reason = kick.kicked() => break 'conn reason,
-            _ = shutdown.cancelled() => break 'conn CloseReason::ServerShuttingDown,
+            signal = kick.signalled() => match signal {
+                Signal::Kicked(reason) => break 'conn reason,
+                Signal::Deliveries => fill_pending = true,
+            },
             // Acknowledgements held until the store has what they acknowledge.
-            _ = broker.store().wait(conn.ack_wait().unwrap_or(0)), if conn.ack_wait().is_some() => {
+            _ = wait_on(&mut acks_wait), if acks_wait.is_some() => {
+                acks_wait = None;
                 conn.release_acks();
             }
             res = write_or_flush(&mut writer, conn.out()), if unflushed || !conn.out().is_empty() => {
@@ -152,7 +180,6 @@ where
                     rbuf = BytesMut::new();
                 }
                 if !was_connected && conn.is_connected() {
-                    session = conn.session().cloned();
                     counted = Some(ConnectedGuard::new(&metrics, peer.listener, conn.protocol()));
                 }
                 if let Err(reason) = processed {
@@ -164,14 +191,10 @@ where
                     None => deadline,
                 };
             }
-            _ = wait_drained(pressure.as_deref()), if pressure.is_some() => {}
-            _ = wait_session(&session), if fill_open => {
-                if conn.fill(OUT_FILL_LIMIT) && let Some(s) = &session {
-                    // More is ready than fitted: come back after writing.
-                    s.wake();
-                }
+            _ = wait_on(&mut drained_wait), if drained_wait.is_some() => {
+                drained_wait = None;
             }
-            _ = sleep_until(wake_at) => {
+            _ = &mut timer => {
                 if Instant::now() >= deadline {
                     break 'conn if conn.is_connected() { CloseReason::KeepAliveTimeout } else { CloseReason::ConnectTimeout };
                 }
@@ -247,10 +270,13 @@ fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), CloseReason
     }
 }
 
-/// Waits until `session` drained.
-async fn wait_drained(session: Option<&Session>) {
-    match session {
-        Some(s) => s.drained().await,
+/// A boxed wait (see `acks_wait` and `drained_wait`).
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Waits on the boxed future in `slot`; never ready when there is none.
+async fn wait_on<K>(slot: &mut Option<(K, Wait)>) {
+    match slot {
+        Some((_, wait)) => wait.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -298,13 +324,6 @@ async fn read_some<R: AsyncRead + Unpin>(
         }))
     })
     .await
-}
-
-async fn wait_session(session: &Option<Arc<Session>>) {
-    match session {
-        Some(s) => s.woken().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn far_future() -> Instant {

@@ -232,7 +232,7 @@ impl Server {
     /// passed first.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         tracing::info!("shutting down");
-        self.broker.shutdown_token().cancel();
+        self.broker.shut_down();
         self.tracker.close();
         let done = tokio::time::timeout(deadline, self.tracker.wait())
             .await

@@ -157,7 +157,7 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(s) = &self.server {
-            s.broker().shutdown_token().cancel();
+            s.broker().shut_down();
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
-use crate::session::{ConnLink, Session, SessionKey, WillSpec};
+use crate::session::{ConnLink, Origin, Session, SessionKey, WillSpec};
 
 /// Outcome of attaching a connection to its session.
 struct Attached {
@@ -144,12 +144,13 @@ impl Connection {
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),
-            receive_maximum: self.limits.receive_maximum,
-            protocol: connect.protocol,
+        };
+        let origin = Origin {
             peer: self.peer,
+            protocol: connect.protocol,
             token_id: principal.token_id,
         };
-        let attached = self.attach(key, connect.clean_start, expiry, link, will);
+        let attached = self.attach(key, connect.clean_start, expiry, (link, origin), will);
         if let Some(old) = &attached.replaced {
             self.broker.discard_session(old, false);
         }
@@ -230,7 +231,7 @@ impl Connection {
         key: SessionKey,
         clean_start: bool,
         expiry: u32,
-        link: ConnLink,
+        (link, origin): (ConnLink, Origin),
         will: Option<WillSpec>,
     ) -> Attached {
         let broker = &self.broker;
@@ -252,9 +253,7 @@ impl Connection {
                 }
                 if !clean_start && !st.ended {
                     // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
-                    st.last_peer = Some(link.peer);
-                    st.last_protocol = link.protocol.level();
-                    st.token_id = link.token_id;
+                    st.set_origin(origin);
                     st.conn = Some(link);
                     st.disconnected_at = None;
                     st.expiry_interval = expiry;
@@ -277,7 +276,7 @@ impl Connection {
                     clean_start,
                     expiry,
                 ));
-                attach_new(broker, &session, link, will);
+                attach_new(broker, &session, (link, origin), will);
                 reg.insert(key, session.clone());
                 broker.session_added(key_cid);
                 // The old session ends, so its will goes out whatever its delay.
@@ -294,7 +293,7 @@ impl Connection {
                 clean_start,
                 expiry,
             ));
-            attach_new(broker, &session, link, will);
+            attach_new(broker, &session, (link, origin), will);
             reg.insert(key, session.clone());
             broker.session_added(key_cid);
             Attached {
@@ -307,11 +306,14 @@ impl Connection {
     }
 }
 
-fn attach_new(broker: &Broker, session: &Session, link: ConnLink, will: Option<WillSpec>) {
+fn attach_new(
+    broker: &Broker,
+    session: &Session,
+    (link, origin): (ConnLink, Origin),
+    will: Option<WillSpec>,
+) {
     let mut st = session.lock();
-    st.last_peer = Some(link.peer);
-    st.last_protocol = link.protocol.level();
-    st.token_id = link.token_id;
+    st.set_origin(origin);
     st.conn = Some(link);
     st.will = will;
     broker.persist_session(session, &mut st);
