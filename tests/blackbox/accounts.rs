@@ -583,3 +583,112 @@ async fn bad_credentials_and_a_login_flood_do_not_disturb_others() {
             > 9_000
     );
 }
+
+/// `[[accounts]]`, `[[tokens]]` and `auth.master_token` provision a fresh data directory; the
+/// master token also comes from `--master-token` and `TERN_MASTER_TOKEN`.
+#[tokio::test]
+async fn accounts_and_tokens_from_the_configuration() {
+    use crate::support::process::{Daemon, free_addr};
+    let dir = tempfile::tempdir().unwrap();
+    let master = "M".repeat(64);
+    let gateway = "G".repeat(64);
+    let file = dir.path().join("tern.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[auth]
+master_token = "{master}"
+
+[[accounts]]
+id = 1000
+name = "fleet"
+
+[[tokens]]
+key = "{gateway}"
+cid = 1000
+info = "gateway"
+access = "acl"
+acl = [{{ topic = "fleet/#", actions = ["publish", "subscribe"] }}]
+"#
+        ),
+    )
+    .unwrap();
+    let addr = free_addr();
+    let data = dir.path().join("data");
+    let d = Daemon::spawn_raw(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--mqtt",
+            &addr.to_string(),
+            "--http",
+            "off",
+        ],
+        &[],
+        addr,
+    )
+    .await;
+    let connect = |id: &str, key: &str| {
+        let mut c = connect_packet(ProtocolVersion::V5, id, true);
+        c.username = Some(ByteString::from(key));
+        c
+    };
+    let (mut m, ack) = Client::connect_with(addr, connect("master", &master)).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    let token: serde_json::Value =
+        serde_json::from_str(user_property(&ack.properties.user_properties, "token").unwrap())
+            .unwrap();
+    assert_eq!(
+        token["access"]["type"], 1,
+        "the configured key is the master token"
+    );
+    m.subscribe("fleet/#", QoS::AtMostOnce).await;
+    let (mut g, ack) = Client::connect_with(addr, connect("gw", &gateway)).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    assert_eq!(
+        g.subscribe("other/#", QoS::AtMostOnce).await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+    g.publish("fleet/1", b"from the sub-account", QoS::AtMostOnce, false)
+        .await;
+    // The top account sees its sub-account's traffic.
+    assert_eq!(&m.recv_publish().await.payload[..], b"from the sub-account");
+    assert!(
+        !data.join("master-token").exists(),
+        "a configured master token is not written out"
+    );
+    d.kill().await;
+
+    // --master-token and TERN_MASTER_TOKEN on a fresh data directory.
+    for from_flag in [true, false] {
+        let key = if from_flag {
+            "F".repeat(64)
+        } else {
+            "E".repeat(64)
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let addr_s = addr.to_string();
+        let mut args = vec![
+            "--data-dir",
+            fresh.path().to_str().unwrap(),
+            "--mqtt",
+            &addr_s,
+            "--http",
+            "off",
+        ];
+        let mut env = vec![];
+        if from_flag {
+            args.extend(["--master-token", key.as_str()]);
+        } else {
+            env.push(("TERN_MASTER_TOKEN", key.as_str()));
+        }
+        let d = Daemon::spawn_raw(&args, &env, addr).await;
+        let (_c, ack) = Client::connect_with(addr, connect("m2", &key)).await;
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
+        d.kill().await;
+    }
+}

@@ -96,6 +96,16 @@ async fn metrics_are_scraped_and_move_with_traffic() {
     assert_eq!(after.get("tern_retained_messages", &[]), 2.0);
     assert_eq!(after.get("tern_subscriptions", &[]), 1.0);
     assert_eq!(after.get("tern_sessions", &[]), 3.0);
+    // Anonymous clients present no token: no token check ran.
+    assert_eq!(after.get("tern_auth_total", &[("result", "ok")]), 0.0);
+    assert_eq!(
+        after.get("tern_auth_total", &[("result", "rate_limited")]),
+        0.0
+    );
+    assert!(
+        after.get("tern_store_syncs_total", &[]) >= 1.0,
+        "the store is on in tests"
+    );
     for (listener, protocol) in [("mqtt", "5"), ("http", "3.1.1"), ("mqtts", "3.1")] {
         let labels = [("listener", listener), ("protocol", protocol)];
         assert_eq!(after.get("tern_connections", &labels), 1.0, "{labels:?}");

@@ -3,6 +3,7 @@
 Usage: paho_roundtrip.py HOST PORT VERSION(311|5)
 Exits 0 when every check passed; prints what failed otherwise.
 """
+import json
 import sys
 import threading
 
@@ -68,6 +69,16 @@ if payloads != [b"q0", b"q1", b"q2"]:
 if v5:
     if "AssignedClientIdentifier" not in connack["props"].json():
         failures.append("CONNACK without Assigned Client Identifier")
+    # flespi's CONNACK user properties (spec §2): the token and the resumed subscriptions.
+    connack_user = dict(getattr(connack["props"], "UserProperty", []))
+    try:
+        token = json.loads(connack_user["token"])
+        if not all(k in token for k in ("id", "cid", "access")):
+            failures.append(f"CONNACK token lacks id/cid/access: {token}")
+        if json.loads(connack_user["subscriptions"]) != []:
+            failures.append(f"a new session has subscriptions: {connack_user['subscriptions']}")
+    except (KeyError, ValueError) as e:
+        failures.append(f"CONNACK user properties token/subscriptions: {e!r} in {connack_user}")
     for m in received:
         user = dict(m.properties.UserProperty)
         if "timestamp" not in user or "cid" not in user:

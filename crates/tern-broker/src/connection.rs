@@ -61,7 +61,7 @@ pub(crate) struct Aliases {
 
 /// A delivery taken from the session, about to be encoded.
 #[derive(Debug)]
-pub(crate) struct Outgoing {
+pub(crate) struct Taken {
     pub delivery: Delivery,
     pub packet_id: Option<PacketId>,
     pub dup: bool,
@@ -89,7 +89,7 @@ pub struct Connection {
     /// Encoded packets waiting to be written.
     pub(crate) out: BytesMut,
     pub(crate) closed: bool,
-    pub(crate) batch: Vec<Outgoing>,
+    pub(crate) batch: Vec<Taken>,
     /// Acknowledgements waiting for their store ticket to become durable, in arrival order.
     pub(crate) pending_acks: VecDeque<(Ticket, Packet)>,
     /// How many of `pending_acks` are PUBACKs (unacknowledged inbound QoS 1 messages).

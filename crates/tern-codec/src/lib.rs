@@ -26,7 +26,9 @@ mod wire;
 pub use bytes::{Bytes, BytesMut};
 pub use bytestring::ByteString;
 pub use decode::decode;
-pub use encode::{encode, encode_publish, encoded_len, publish_len};
+pub use encode::{
+    Outgoing, encode, encode_outgoing, encode_publish, encoded_len, outgoing_len, publish_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::*;

@@ -13,6 +13,8 @@
 //!   `tern_payload_bytes_sent`, `tern_publishes_rejected`
 //! - `tern_messages_dropped{reason}`, `tern_connections_closed{reason}`
 //! - `tern_messages_queued`, `tern_messages_inflight`
+//! - `tern_auth{result}` (ok, failed, rate_limited)
+//! - `tern_store_batches`, `tern_store_syncs`, `tern_store_queued_ops` (with the store on)
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -27,6 +29,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use tern_broker::accounts::Directory;
 use tern_broker::{Broker, DropReason};
 use tern_net::metrics::{PROTOCOL_VERSIONS, version_label};
 use tern_net::{Listener, NetMetrics, TlsContext};
@@ -49,6 +52,7 @@ impl Exporter {
         broker: Arc<Broker>,
         net: Arc<NetMetrics>,
         tls: Option<Arc<TlsContext>>,
+        directory: Arc<Directory>,
     ) -> Exporter {
         let mut registry = Registry::default();
         let started = SystemTime::now()
@@ -59,6 +63,7 @@ impl Exporter {
             broker,
             net,
             tls,
+            directory,
             started,
         }));
         Exporter { registry }
@@ -81,6 +86,7 @@ struct TernCollector {
     broker: Arc<Broker>,
     net: Arc<NetMetrics>,
     tls: Option<Arc<TlsContext>>,
+    directory: Arc<Directory>,
     started: f64,
 }
 
@@ -255,6 +261,41 @@ impl Collector for TernCollector {
             "Publishes refused (reserved topic, access rights, invalid)",
             load_u(&b.publishes_rejected),
         )?;
+        let auth = &self.directory.metrics;
+        family(
+            &mut enc,
+            "tern_auth",
+            "Token checks of CONNECT, by result (rate_limited: refused unchecked, too many failures from that address)",
+            MetricType::Counter,
+            [
+                ("ok", &auth.successes),
+                ("failed", &auth.failures),
+                ("rate_limited", &auth.rate_limited),
+            ]
+            .map(|(result, c)| ([("result", result)], ConstCounter::new(load_u(c)))),
+        )?;
+        let store = self.broker.store();
+        if store.enabled() {
+            let (batches, syncs) = store.stats();
+            counter(
+                &mut enc,
+                "tern_store_batches",
+                "Group commits written by the store",
+                batches,
+            )?;
+            counter(
+                &mut enc,
+                "tern_store_syncs",
+                "fsyncs done by the store",
+                syncs,
+            )?;
+            gauge(
+                &mut enc,
+                "tern_store_queued_ops",
+                "Changes waiting for the store's writer",
+                store.queued() as i64,
+            )?;
+        }
         family(
             &mut enc,
             "tern_messages_dropped",

@@ -126,7 +126,12 @@ impl Server {
             tracker.clone(),
         );
         let net = acceptor.metrics.clone();
-        let exporter = Arc::new(Exporter::new(broker.clone(), net.clone(), tls.clone()));
+        let exporter = Arc::new(Exporter::new(
+            broker.clone(),
+            net.clone(),
+            tls.clone(),
+            directory.clone(),
+        ));
 
         if let Some(listener) = mqtt {
             tracing::info!(listener = "mqtt", addr = ?addrs.mqtt, "listening");

@@ -4,11 +4,11 @@
 //! flight; encoding happens after it is released. Payloads are shared `Bytes`, never copied.
 
 use bytestring::ByteString;
-use tern_codec::{Packet, PubAck, Publish, PublishProperties, QoS};
+use tern_codec::{Packet, PubAck, QoS};
 
 use tern_store::{InflightPhase, Op};
 
-use crate::connection::{Connection, Outgoing, first_phase, owns};
+use crate::connection::{Connection, Taken, first_phase, owns};
 use crate::message::{Delivery, MessageExt, Micros};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Inflight, Phase};
@@ -35,7 +35,7 @@ impl Connection {
             // First re-send what was in flight when the last connection ended ([MQTT-4.4.0-1]).
             let resend = std::mem::take(&mut st.resend);
             for f in st.inflight.iter().take(resend) {
-                batch.push(Outgoing {
+                batch.push(Taken {
                     delivery: f.delivery.clone(),
                     packet_id: Some(f.packet_id),
                     dup: true,
@@ -80,7 +80,7 @@ impl Connection {
                     });
                     Some(id)
                 };
-                batch.push(Outgoing {
+                batch.push(Taken {
                     delivery,
                     packet_id,
                     dup: false,
@@ -128,32 +128,55 @@ impl Connection {
         now: Micros,
     ) -> bool {
         let msg = &d.msg;
-        let properties = if self.protocol.is_v5() {
-            self.delivery_properties(d, now)
-        } else {
-            PublishProperties::default()
-        };
-        let mut publish = Publish {
+        let v5 = self.protocol.is_v5();
+        // The broker-stamped `cid` and `timestamp` user properties (spec §3), formatted on the
+        // stack: a delivery allocates nothing.
+        let mut cid_buf = [0u8; 20];
+        let mut ts_buf = [0u8; 28];
+        let stamp = [
+            ("cid", format_u64(msg.cid, &mut cid_buf)),
+            (
+                "timestamp",
+                format_timestamp_into(msg.timestamp, &mut ts_buf),
+            ),
+        ];
+        let mut out = tern_codec::Outgoing {
             dup,
             qos: d.qos,
             retain: d.retain,
-            topic: msg.topic.clone(),
+            topic: &msg.topic,
             packet_id,
-            properties,
-            payload: msg.payload.clone(),
+            properties: &msg.properties,
+            // Retained messages keep their interval as published (spec §4); queued ones count
+            // down ([MQTT-3.3.2-6]).
+            message_expiry_interval: if d.retain {
+                msg.properties.message_expiry_interval
+            } else {
+                msg.remaining_expiry(now)
+            },
+            topic_alias: None,
+            subscription_identifiers: &d.sub_ids,
+            extra_user_properties: if v5 { &stamp } else { &[] },
+            payload: &msg.payload,
         };
         // [MQTT-3.1.2-25]: never send a packet larger than the client's Maximum Packet Size.
         // Checked with the full topic, before an alias is assigned, so that an alias is only
         // ever used after the client saw it with its topic.
-        if tern_codec::publish_len(&publish, self.protocol)
-            > self.limits.maximum_packet_size as usize
+        if tern_codec::outgoing_len(&out, self.protocol) > self.limits.maximum_packet_size as usize
         {
             return false;
         }
-        if self.protocol.is_v5() && self.limits.topic_alias_maximum > 0 {
-            self.apply_topic_alias(&mut publish);
+        if v5 && self.limits.topic_alias_maximum > 0 {
+            match self.topic_alias(&msg.topic) {
+                Alias::Known(alias) => {
+                    out.topic = "";
+                    out.topic_alias = Some(alias);
+                }
+                Alias::New(alias) => out.topic_alias = Some(alias),
+                Alias::None => {}
+            }
         }
-        if let Err(err) = tern_codec::encode_publish(&publish, self.protocol, &mut self.out) {
+        if let Err(err) = tern_codec::encode_outgoing(&out, self.protocol, &mut self.out) {
             tracing::error!(conn = self.id, %err, "could not encode a delivery");
             return false;
         }
@@ -162,44 +185,20 @@ impl Connection {
         true
     }
 
-    /// The v5 properties of one delivery: the publisher's, plus subscription identifiers, the
-    /// remaining expiry, and the broker-stamped `cid` and `timestamp` user properties (spec §3).
-    fn delivery_properties(&self, d: &Delivery, now: Micros) -> PublishProperties {
-        let msg = &d.msg;
-        let mut p = msg.properties.clone();
-        p.subscription_identifiers = d.sub_ids.clone();
-        // Retained messages keep their interval as published (spec §4); queued ones count down
-        // ([MQTT-3.3.2-6]).
-        if !d.retain {
-            p.message_expiry_interval = msg.remaining_expiry(now);
-        }
-        p.user_properties.reserve(2);
-        p.user_properties.push((
-            ByteString::from_static("cid"),
-            ByteString::from(msg.cid.to_string()),
-        ));
-        p.user_properties.push((
-            ByteString::from_static("timestamp"),
-            ByteString::from(msg.timestamp_string()),
-        ));
-        p
-    }
-
-    /// Replaces the topic by an alias the client already knows, or assigns a new one while the
-    /// client's Topic Alias Maximum allows.
-    fn apply_topic_alias(&mut self, publish: &mut Publish) {
+    /// The alias to use for `topic`: one the client already knows, a new one while the
+    /// client's Topic Alias Maximum allows, or none.
+    fn topic_alias(&mut self, topic: &ByteString) -> Alias {
         let aliases = self.aliases.get_or_insert_with(Box::default);
-        if let Some(&alias) = aliases.outgoing.get(&publish.topic) {
-            publish.properties.topic_alias = Some(alias);
-            publish.topic = ByteString::new();
-            return;
+        if let Some(&alias) = aliases.outgoing.get(topic) {
+            return Alias::Known(alias);
         }
         let next = aliases.outgoing.len() + 1;
         if next <= usize::from(self.limits.topic_alias_maximum) {
             let alias = next as u16;
-            aliases.outgoing.insert(publish.topic.clone(), alias);
-            publish.properties.topic_alias = Some(alias);
+            aliases.outgoing.insert(topic.clone(), alias);
+            return Alias::New(alias);
         }
+        Alias::None
     }
 
     /// A delivery was too large for the client: count it and free its in-flight slot.
@@ -223,5 +222,62 @@ impl Connection {
                 });
             }
         }
+    }
+}
+
+/// What [`Connection::topic_alias`] decided.
+enum Alias {
+    /// The client knows it: send the alias without the topic.
+    Known(u16),
+    /// Assigned now: send both.
+    New(u16),
+    None,
+}
+
+/// `n` in decimal, in `buf`.
+fn format_u64(n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+/// Microseconds as `seconds.micros` (the `timestamp` user property), in `buf`.
+fn format_timestamp_into(ts: Micros, buf: &mut [u8; 28]) -> &str {
+    let mut secs = [0u8; 20];
+    let s = format_u64(ts / 1_000_000, &mut secs).as_bytes();
+    let micros = ts % 1_000_000;
+    buf[..s.len()].copy_from_slice(s);
+    buf[s.len()] = b'.';
+    let mut m = micros;
+    for k in (0..6).rev() {
+        buf[s.len() + 1 + k] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    std::str::from_utf8(&buf[..s.len() + 7]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_on_the_stack() {
+        let mut b = [0u8; 20];
+        assert_eq!(format_u64(0, &mut b), "0");
+        assert_eq!(format_u64(u64::MAX, &mut b), "18446744073709551615");
+        let mut t = [0u8; 28];
+        assert_eq!(
+            format_timestamp_into(1_700_000_000_000_001, &mut t),
+            crate::message::format_timestamp(1_700_000_000_000_001)
+        );
+        assert_eq!(format_timestamp_into(5, &mut t), "0.000005");
     }
 }

@@ -65,32 +65,32 @@ fn name(id: u8) -> &'static str {
 }
 
 impl Writer<'_> {
-    fn byte(&mut self, id: u8, v: Option<u8>) {
+    pub(super) fn byte(&mut self, id: u8, v: Option<u8>) {
         if let Some(v) = v {
             self.0.put_u8(id);
             self.0.put_u8(v);
         }
     }
 
-    fn flag(&mut self, id: u8, v: Option<bool>) {
+    pub(super) fn flag(&mut self, id: u8, v: Option<bool>) {
         self.byte(id, v.map(u8::from));
     }
 
-    fn u16(&mut self, id: u8, v: Option<u16>) {
+    pub(super) fn u16(&mut self, id: u8, v: Option<u16>) {
         if let Some(v) = v {
             self.0.put_u8(id);
             self.0.put_u16(v);
         }
     }
 
-    fn u32(&mut self, id: u8, v: Option<u32>) {
+    pub(super) fn u32(&mut self, id: u8, v: Option<u32>) {
         if let Some(v) = v {
             self.0.put_u8(id);
             self.0.put_u32(v);
         }
     }
 
-    fn var_int(&mut self, id: u8, v: u32) -> Result<(), EncodeError> {
+    pub(super) fn var_int(&mut self, id: u8, v: u32) -> Result<(), EncodeError> {
         if v > VAR_INT_MAX {
             return Err(EncodeError::VarIntOutOfRange {
                 field: name(id),
@@ -102,35 +102,39 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn str(&mut self, id: u8, v: &Option<ByteString>) -> Result<(), EncodeError> {
+    pub(super) fn str(&mut self, id: u8, v: &Option<ByteString>) -> Result<(), EncodeError> {
         match v {
             Some(s) => self.field(id, s.as_bytes()),
             None => Ok(()),
         }
     }
 
-    fn bin(&mut self, id: u8, v: &Option<Bytes>) -> Result<(), EncodeError> {
+    pub(super) fn bin(&mut self, id: u8, v: &Option<Bytes>) -> Result<(), EncodeError> {
         match v {
             Some(b) => self.field(id, b),
             None => Ok(()),
         }
     }
 
-    fn field(&mut self, id: u8, bytes: &[u8]) -> Result<(), EncodeError> {
+    pub(super) fn field(&mut self, id: u8, bytes: &[u8]) -> Result<(), EncodeError> {
         check_field(bytes.len(), name(id))?;
         self.0.put_u8(id);
         put_field(self.0, bytes, name(id))
     }
 
-    fn users(&mut self, v: &UserProperties) -> Result<(), EncodeError> {
+    pub(super) fn users(&mut self, v: &UserProperties) -> Result<(), EncodeError> {
         for (k, v) in v {
-            check_field(k.len(), "User Property name")?;
-            check_field(v.len(), "User Property value")?;
-            self.0.put_u8(USER_PROPERTY);
-            put_field(self.0, k.as_bytes(), "User Property name")?;
-            put_field(self.0, v.as_bytes(), "User Property value")?;
+            self.user(k, v)?;
         }
         Ok(())
+    }
+
+    pub(super) fn user(&mut self, k: &str, v: &str) -> Result<(), EncodeError> {
+        check_field(k.len(), "User Property name")?;
+        check_field(v.len(), "User Property value")?;
+        self.0.put_u8(USER_PROPERTY);
+        put_field(self.0, k.as_bytes(), "User Property name")?;
+        put_field(self.0, v.as_bytes(), "User Property value")
     }
 }
 
