@@ -173,6 +173,35 @@ impl Broker {
         }
     }
 
+    /// Disconnects every live connection that authorized with token `id` (DISCONNECT 0x87 in
+    /// v5): the token was deleted, disabled or its rights changed. Sessions stay; a reconnect
+    /// is checked against the token as it is now. Returns how many were disconnected.
+    pub fn revoke_token(&self, id: u64) -> usize {
+        self.revoke(|_, st| st.token_id == Some(id))
+    }
+
+    /// Disconnects every live connection of the given (disabled) accounts (DISCONNECT 0x87 in
+    /// v5). Returns how many were disconnected.
+    pub fn revoke_accounts(&self, cids: &[Cid]) -> usize {
+        self.revoke(|session, _| cids.contains(&session.key.cid))
+    }
+
+    fn revoke(&self, pick: impl Fn(&Session, &crate::session::SessionState) -> bool) -> usize {
+        let mut kicks = Vec::new();
+        for session in self.sessions() {
+            let st = session.lock();
+            if let Some(link) = st.conn.as_ref()
+                && pick(&session, &st)
+            {
+                kicks.push(link.kick.clone());
+            }
+        }
+        for kick in &kicks {
+            kick.kick(CloseReason::AccessRevoked);
+        }
+        kicks.len()
+    }
+
     /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed.
     /// No retained messages are sent. Returns whether it is new.
     pub fn add_subscription(&self, session: &Arc<Session>, sub: Subscription) -> bool {

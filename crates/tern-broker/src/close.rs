@@ -29,6 +29,9 @@ pub enum CloseReason {
     ServerShuttingDown,
     /// An administrator (or REST call) removed the session (0x98).
     AdministrativeAction,
+    /// The connection's token was deleted, disabled or narrowed, or its account disabled
+    /// (0x87 not authorized); a reconnect is checked against the token as it is now.
+    AccessRevoked,
     /// The session's outbox went past its budget (0x97 quota exceeded).
     SlowConsumer,
     /// The client sent more unacknowledged QoS 1/2 PUBLISH packets than Receive Maximum (0x93).
@@ -81,6 +84,7 @@ impl CloseReason {
             CloseReason::SessionTakenOver => ReasonCode::SESSION_TAKEN_OVER,
             CloseReason::ServerShuttingDown => ReasonCode::SERVER_SHUTTING_DOWN,
             CloseReason::AdministrativeAction => ReasonCode::ADMINISTRATIVE_ACTION,
+            CloseReason::AccessRevoked => ReasonCode::NOT_AUTHORIZED,
             CloseReason::SlowConsumer => ReasonCode::QUOTA_EXCEEDED,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
@@ -101,6 +105,7 @@ impl CloseReason {
             CloseReason::SessionTakenOver => "session_taken_over",
             CloseReason::ServerShuttingDown => "server_shutting_down",
             CloseReason::AdministrativeAction => "administrative_action",
+            CloseReason::AccessRevoked => "access_revoked",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ReceiveMaximumExceeded => "receive_maximum_exceeded",
             CloseReason::PacketTooLarge => "packet_too_large",
@@ -129,6 +134,7 @@ impl CloseReason {
         "session_taken_over",
         "server_shutting_down",
         "administrative_action",
+        "access_revoked",
         "slow_consumer",
         "receive_maximum_exceeded",
         "packet_too_large",

@@ -168,9 +168,14 @@ fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for mut a in targets {
+        let was_enabled = a.enabled;
         apply(&mut a, &changes, raw.get("limits"), merge);
         match api.directory.update_account(a) {
             Ok(a) => {
+                if was_enabled && !a.enabled {
+                    // Disabling an account disables everything below it.
+                    api.broker.revoke_accounts(&api.directory.descendants(a.id));
+                }
                 state::account_changed(&api, &a);
                 done.push(to_value(&AccountItem::from(&a)));
             }

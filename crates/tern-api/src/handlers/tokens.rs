@@ -202,13 +202,29 @@ fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for mut t in targets {
+        let before = t.clone();
         apply(&mut t, &changes, access.clone(), merge);
         match api.directory.update_token(t) {
-            Ok(t) => done.push(to_value(&TokenItem::from(&t))),
+            Ok(t) => {
+                if narrows(&before, &t, api.now_secs()) {
+                    api.broker.revoke_token(t.id);
+                }
+                done.push(to_value(&TokenItem::from(&t)));
+            }
             Err(e) => failed.push(ErrorItem::new(StatusCode::NOT_FOUND, e.to_string())),
         }
     }
     Ok(Reply::changed(&call, done, failed))
+}
+
+/// Whether a change takes rights away from connections already authorized with the token:
+/// they are disconnected (0x87) and a reconnect is checked against the token as it is now.
+/// ACL rules are fixed for a connection's lifetime, so any change of `access` counts.
+fn narrows(before: &Token, after: &Token, now: f64) -> bool {
+    (before.enabled && !after.enabled)
+        || before.access != after.access
+        || before.ips != after.ips
+        || (after.expire != 0 && after.expire as f64 <= now && after.expire != before.expire)
 }
 
 fn apply(t: &mut Token, c: &TokenChanges, access: Option<Access>, merge: bool) {
@@ -253,6 +269,7 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
     let mut done = Vec::new();
     for t in selected(&api, &call)? {
         if let Ok(t) = api.directory.delete_token(t.id) {
+            api.broker.revoke_token(t.id);
             done.push(to_value(&TokenItem::from(&t)));
         }
     }

@@ -2,7 +2,9 @@
 //! selectors, `fields`, `x-flespi-cid`, who may call what, cascading deletes, state topics.
 
 use serde_json::json;
-use tern_codec::{ConnectProperties, ProtocolVersion};
+use tern_codec::{
+    ConnectProperties, Packet, ProtocolVersion, ReasonCode, Subscribe, SubscriptionOptions,
+};
 
 use crate::support::*;
 
@@ -590,4 +592,139 @@ async fn deleting_a_subaccount_cascades() {
         .collect();
     assert_eq!(ids, vec!["flespi/state/platform/subaccounts/1003"]);
     drop(survivor);
+}
+
+#[tokio::test]
+async fn revoking_a_token_disconnects_its_connections() {
+    let env = Env::start().await;
+    let disabled = env.token(json!({"info": "to disable"})).await;
+    let deleted = env.token(json!({"info": "to delete"})).await;
+    let narrowed = env.token(json!({"info": "to narrow"})).await;
+    let renamed = env.token(json!({"info": "to rename"})).await;
+    let mut ids = Vec::new();
+    for key in [&disabled, &deleted, &narrowed, &renamed] {
+        let r = env
+            .master("GET", &format!("/platform/tokens/key={key}"), None)
+            .await;
+        assert_eq!(r.ids().len(), 1, "{}", r.text());
+        ids.push(r.ids()[0]);
+    }
+    let (disabled_id, deleted_id, narrowed_id, renamed_id) = (ids[0], ids[1], ids[2], ids[3]);
+    let mut c_disabled = env.mqtt(ProtocolVersion::V5, "c-disabled", &disabled).await;
+    let mut c_deleted = env.mqtt(ProtocolVersion::V311, "c-deleted", &deleted).await;
+    let mut c_narrowed = env.mqtt(ProtocolVersion::V5, "c-narrowed", &narrowed).await;
+    let mut c_renamed = env.mqtt(ProtocolVersion::V5, "c-renamed", &renamed).await;
+
+    // A change that takes no rights away leaves the connection alone.
+    let r = env
+        .master(
+            "PUT",
+            &format!("/platform/tokens/{renamed_id}"),
+            Some(json!({"info": "renamed"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = env
+        .master(
+            "PUT",
+            &format!("/platform/tokens/{disabled_id}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        c_disabled.closed().await,
+        Some(ReasonCode::NOT_AUTHORIZED),
+        "v5 connection told why"
+    );
+    assert_eq!(
+        Mqtt::connack_code(
+            env.mqtt,
+            connect_packet(ProtocolVersion::V5, "c-disabled", &disabled)
+        )
+        .await,
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+
+    let r = env
+        .master("DELETE", &format!("/platform/tokens/{deleted_id}"), None)
+        .await;
+    assert_eq!(r.ids(), vec![deleted_id], "{}", r.text());
+    assert_eq!(c_deleted.closed().await, None, "v3.1.1 is just closed");
+
+    let r = env
+        .master(
+            "PUT",
+            &format!("/platform/tokens/{narrowed_id}"),
+            Some(json!({"access": {"type": 2, "acl": [
+                {"uri": "mqtt", "topic": "only/#", "actions": ["subscribe"]}
+            ]}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c_narrowed.closed().await, Some(ReasonCode::NOT_AUTHORIZED));
+    // The reconnect gets the new rules: `other/#` is refused.
+    let mut again = env.mqtt(ProtocolVersion::V5, "c-narrowed", &narrowed).await;
+    again
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("other/#".into(), SubscriptionOptions::default())],
+            properties: Default::default(),
+        }))
+        .await;
+    match again.recv().await {
+        Some(Packet::SubAck(ack)) => assert_eq!(ack.reasons, vec![ReasonCode::NOT_AUTHORIZED]),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+
+    c_renamed.expect_nothing().await;
+    c_renamed.subscribe("still/here").await;
+}
+
+#[tokio::test]
+async fn disabling_a_subaccount_disconnects_it_and_its_children() {
+    let env = Env::start().await;
+    env.subaccount(1001, TOP, "parent").await;
+    env.subaccount(1002, 1001, "child").await;
+    env.subaccount(1003, TOP, "sibling").await;
+    let key1 = env.token(json!({"cid": 1001})).await;
+    let key2 = env.token(json!({"cid": 1002})).await;
+    let key3 = env.token(json!({"cid": 1003})).await;
+    let mut parent = env.mqtt(ProtocolVersion::V5, "p", &key1).await;
+    let mut child = env.mqtt(ProtocolVersion::V5, "c", &key2).await;
+    let mut sibling = env.mqtt(ProtocolVersion::V5, "s", &key3).await;
+
+    let r = env
+        .master(
+            "PUT",
+            "/platform/subaccounts/1001",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(parent.closed().await, Some(ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(child.closed().await, Some(ReasonCode::NOT_AUTHORIZED));
+    for (id, key) in [("p", &key1), ("c", &key2)] {
+        assert_eq!(
+            Mqtt::connack_code(env.mqtt, connect_packet(ProtocolVersion::V5, id, key)).await,
+            ReasonCode::BANNED,
+            "{id}"
+        );
+    }
+    sibling.expect_nothing().await;
+    sibling.subscribe("still/here").await;
+
+    let r = env
+        .master(
+            "PUT",
+            "/platform/subaccounts/1001",
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    env.mqtt(ProtocolVersion::V5, "c", &key2)
+        .await
+        .disconnect()
+        .await;
 }

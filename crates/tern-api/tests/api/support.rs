@@ -274,6 +274,23 @@ impl Mqtt {
         c
     }
 
+    /// Sends `connect` and returns the CONNACK's code, whatever it is.
+    pub async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
+        let stream = TcpStream::connect(addr).await.expect("connect mqtt");
+        let mut c = Mqtt {
+            stream,
+            buf: BytesMut::new(),
+            version: connect.protocol,
+            next_id: 0,
+            pending: Default::default(),
+        };
+        c.send(Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(ack)) => ack.code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
     /// A clean DISCONNECT, then waits for the broker to close.
     pub async fn disconnect(mut self) {
         self.send(Packet::Disconnect(Disconnect::default())).await;

@@ -439,10 +439,21 @@ impl Directory {
         {
             return Err(ReasonCode::NOT_AUTHORIZED);
         }
-        match st.accounts.get(&t.cid) {
-            Some(a) if a.enabled => {}
-            Some(_) => return Err(ReasonCode::BANNED),
-            None => return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+        // The token's account and every account above it must be enabled: disabling an
+        // account disables its sub-accounts too.
+        let mut cur = Some(t.cid);
+        let mut depth = 0;
+        while let Some(c) = cur {
+            match st.accounts.get(&c) {
+                Some(a) if a.enabled => cur = a.parent,
+                Some(_) => return Err(ReasonCode::BANNED),
+                None if c == t.cid => return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+                None => break,
+            }
+            depth += 1;
+            if depth > 64 {
+                break;
+            }
         }
         let mut token = t.clone();
         // `accessed` is kept to the second; writing it at most once a second per token keeps a

@@ -149,6 +149,27 @@ fn refusals_have_their_codes() {
         d.authenticate(&creds(Some(&t.key), None, "10.0.0.2")).err(),
         Some(ReasonCode::BANNED)
     );
+    // A disabled parent bans its sub-accounts' tokens too; enabling it again lifts the ban.
+    let parent = d
+        .create_account(1, None, "parent", serde_json::json!({}))
+        .unwrap();
+    let child = d
+        .create_account(parent.id, None, "child", serde_json::json!({}))
+        .unwrap();
+    let t = token(&d, child.id);
+    let mut acc = d.account(parent.id).unwrap();
+    acc.enabled = false;
+    d.update_account(acc.clone()).unwrap();
+    assert_eq!(
+        d.authenticate(&creds(Some(&t.key), None, "10.0.0.2")).err(),
+        Some(ReasonCode::BANNED)
+    );
+    acc.enabled = true;
+    d.update_account(acc).unwrap();
+    assert!(
+        d.authenticate(&creds(Some(&t.key), None, "10.0.0.2"))
+            .is_ok()
+    );
 }
 
 #[test]
