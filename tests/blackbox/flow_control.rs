@@ -205,12 +205,13 @@ async fn backpressure_instead_of_loss_for_a_slow_but_reading_subscriber() {
         next += 1;
     }
     publisher.await.unwrap();
-    assert_eq!(
-        b.broker()
-            .metrics
-            .drops(tern_broker::DropReason::Qos0Overflow),
-        0
+    let m = &b.broker().metrics;
+    assert_eq!(m.drops(tern_broker::DropReason::Qos0Overflow), 0);
+    assert!(
+        tern_broker::Metrics::get(&m.backpressure_pauses) > 0,
+        "the publisher was paused"
     );
+    assert_eq!(tern_broker::Metrics::get(&m.backpressure_timeouts), 0);
 }
 
 #[tokio::test]
@@ -227,7 +228,6 @@ async fn a_stuck_subscriber_holds_publishers_back_only_briefly() {
     fine.subscribe("st/other", QoS::AtMostOnce).await;
     let mut p = Client::connect(b.addr, ProtocolVersion::V311, "st-pub").await;
     let payload = vec![b'x'; 1024];
-    let started = tokio::time::Instant::now();
     for _ in 0..20_000 {
         p.send(Packet::Publish(publish_packet(
             "st/t",
@@ -241,11 +241,8 @@ async fn a_stuck_subscriber_holds_publishers_back_only_briefly() {
     p.publish("st/other", b"still flowing", QoS::AtMostOnce, false)
         .await;
     assert_eq!(&fine.recv_publish().await.payload[..], b"still flowing");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    // The publisher waited for the stuck subscriber, then gave up on it.
+    assert!(tern_broker::Metrics::get(&b.broker().metrics.backpressure_timeouts) >= 1);
     // The stuck subscriber's budget decided: QoS 0 beyond it was dropped and counted.
     assert!(
         b.broker()

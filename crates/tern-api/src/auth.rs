@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 use tern_broker::Cid;
 use tern_broker::accounts::{Access, Rights, Token};
 use tern_codec::ReasonCode;
@@ -49,11 +49,25 @@ pub(crate) fn authenticate(api: &ApiState, parts: &Parts) -> Result<Caller, ApiE
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip());
-            let found = api
+            // Failed logins share MQTT's per-address limit: a key-guessing client is refused
+            // unchecked (429) until its bucket refills, and nobody else notices.
+            if let Some(ip) = peer
+                && !api.directory.login_allowed(ip)
+            {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed logins from this address; retry later",
+                ));
+            }
+            let checked = api
                 .directory
                 .token_by_key(key)
-                .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
-            api.directory.check_token(found.id, peer).map_err(refusal)?
+                .ok_or_else(|| ApiError::unauthorized("invalid token"))
+                .and_then(|found| api.directory.check_token(found.id, peer).map_err(refusal));
+            if let Some(ip) = peer {
+                api.directory.login_checked(ip, checked.is_ok());
+            }
+            checked?
         }
     };
     authorize(&token, &parts.method, parts.uri.path())?;

@@ -340,6 +340,7 @@ impl Connection {
     pub fn give_up_on(&mut self, session: &Arc<Session>) {
         tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
         session.exempt_from_backpressure();
+        Metrics::inc(&self.broker.metrics.backpressure_timeouts);
         self.pressure.retain(|s| !Arc::ptr_eq(s, session));
     }
 

@@ -62,6 +62,11 @@ pub struct Metrics {
     pub queued: AtomicI64,
     /// Messages in flight towards clients.
     pub inflight: AtomicI64,
+    /// Times a publisher stopped reading because a subscriber it publishes to was congested.
+    pub backpressure_pauses: AtomicU64,
+    /// Pauses that ran out (`session.backpressure_timeout_ms`): the subscriber's queue budgets
+    /// decide from then on.
+    pub backpressure_timeouts: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     closes: Vec<AtomicU64>,
 }
@@ -81,6 +86,8 @@ impl Default for Metrics {
             publishes_rejected: AtomicU64::new(0),
             queued: AtomicI64::new(0),
             inflight: AtomicI64::new(0),
+            backpressure_pauses: AtomicU64::new(0),
+            backpressure_timeouts: AtomicU64::new(0),
             drops: Default::default(),
             closes: CloseReason::LABELS
                 .iter()

@@ -124,6 +124,10 @@ where
             Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
                 pressure_deadline =
                     Some((s.id, Instant::now() + broker.config.backpressure_timeout));
+                broker
+                    .metrics
+                    .backpressure_pauses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let waiting = s.clone();
                 drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
             }

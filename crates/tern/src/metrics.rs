@@ -13,6 +13,7 @@
 //!   `tern_payload_bytes_sent`, `tern_publishes_rejected`
 //! - `tern_messages_dropped{reason}`, `tern_connections_closed{reason}`
 //! - `tern_messages_queued`, `tern_messages_inflight`
+//! - `tern_backpressure_pauses`, `tern_backpressure_timeouts`
 //! - `tern_auth{result}` (ok, failed, rate_limited)
 //! - `tern_store_batches`, `tern_store_syncs`, `tern_store_queued_ops` (with the store on)
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
@@ -265,7 +266,7 @@ impl Collector for TernCollector {
         family(
             &mut enc,
             "tern_auth",
-            "Token checks of CONNECT, by result (rate_limited: refused unchecked, too many failures from that address)",
+            "Token checks of MQTT CONNECT and REST calls, by result (rate_limited: refused unchecked, too many failures from that address)",
             MetricType::Counter,
             [
                 ("ok", &auth.successes),
@@ -316,6 +317,18 @@ impl Collector for TernCollector {
             "tern_messages_queued",
             "Deliveries waiting in session outboxes",
             load_i(&b.queued),
+        )?;
+        counter(
+            &mut enc,
+            "tern_backpressure_pauses",
+            "Times a publisher stopped reading because a subscriber it publishes to was congested",
+            load_u(&b.backpressure_pauses),
+        )?;
+        counter(
+            &mut enc,
+            "tern_backpressure_timeouts",
+            "Publisher pauses that ran out (session.backpressure_timeout_ms); the subscriber's queue budgets decide from then on",
+            load_u(&b.backpressure_timeouts),
         )?;
         gauge(
             &mut enc,

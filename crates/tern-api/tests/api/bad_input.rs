@@ -208,3 +208,60 @@ async fn a_10_mib_body_is_refused() {
         "nothing published"
     );
 }
+
+#[tokio::test]
+async fn guessing_keys_is_rate_limited_per_address() {
+    let env = Env::start().await;
+    let guesser: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let other: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let wrong = "x".repeat(64);
+    let mut statuses = Vec::new();
+    // The default burst is 20 failures, refilled at 2 a second.
+    for _ in 0..40 {
+        let r = env
+            .call_from(Some(guesser), "GET", "/auth/info", Some(&wrong), &[], None)
+            .await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            r.expect_error(429, "too many failed logins");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses.len() >= 20 && statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    // Refused unchecked: even the right key from that address waits for the bucket.
+    env.call_from(
+        Some(guesser),
+        "GET",
+        "/auth/info",
+        Some(&env.master),
+        &[],
+        None,
+    )
+    .await
+    .expect_error(429, "too many");
+    // The limit is shared with MQTT CONNECT from the same address...
+    assert_eq!(
+        Mqtt::connack_code(
+            env.mqtt,
+            connect_packet(tern_codec::ProtocolVersion::V5, "probe", &env.master)
+        )
+        .await,
+        tern_codec::ReasonCode::CONNECTION_RATE_EXCEEDED
+    );
+    // ...and nobody else notices.
+    let r = env
+        .call_from(
+            Some(other),
+            "GET",
+            "/auth/info",
+            Some(&env.master),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

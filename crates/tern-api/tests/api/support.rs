@@ -98,7 +98,27 @@ impl Env {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
-        let stream = TcpStream::connect(self.http).await.expect("connect http");
+        self.call_from(None, method, path, key, headers, body).await
+    }
+
+    /// Like `call`, from a chosen loopback source address.
+    pub async fn call_from(
+        &self,
+        source: Option<std::net::IpAddr>,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let stream = match source {
+            None => TcpStream::connect(self.http).await.expect("connect http"),
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.bind(SocketAddr::new(ip, 0)).expect("bind source");
+                socket.connect(self.http).await.expect("connect http")
+            }
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("handshake");

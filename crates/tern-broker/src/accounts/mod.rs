@@ -466,6 +466,26 @@ impl Directory {
         Ok(token)
     }
 
+    /// Whether a login from `ip` may be checked at all, for logins other than MQTT CONNECT
+    /// (REST calls): the same per-address limit on failures applies to both.
+    pub fn login_allowed(&self, ip: IpAddr) -> bool {
+        let allowed = self.limiter.lock().allow(ip);
+        if !allowed {
+            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// Records the outcome of a login checked outside MQTT CONNECT.
+    pub fn login_checked(&self, ip: IpAddr, ok: bool) {
+        if ok {
+            self.metrics.successes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+            self.limiter.lock().failed(ip);
+        }
+    }
+
     fn persist_account(&self, a: &Account) {
         if self.store.enabled()
             && let Ok(json) = serde_json::to_vec(a)
