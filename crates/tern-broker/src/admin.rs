@@ -8,7 +8,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS, SubscriptionOptions, UserProperties};
+use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions, UserProperties};
 use tern_store::Op;
 
 use crate::auth::Principal;
@@ -202,18 +202,28 @@ impl Broker {
         kicks.len()
     }
 
-    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed.
-    /// No retained messages are sent. Returns whether it is new.
-    pub fn add_subscription(&self, session: &Arc<Session>, sub: Subscription) -> bool {
+    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed:
+    /// the same per-session and account quota applies (`Err(QUOTA_EXCEEDED)`). No retained
+    /// messages are sent. Returns whether it is new; `Ok(false)` also when the session ended.
+    pub fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        sub: Subscription,
+    ) -> Result<bool, ReasonCode> {
         let is_new = {
             let mut st = session.lock();
             if st.ended {
-                return false;
+                return Ok(false);
+            }
+            let max = (self.config.max_subscriptions_per_session as u64)
+                .min(self.auth.max_subscriptions(session.key.cid));
+            if !st.subscriptions.contains_key(&sub.filter) && st.subscriptions.len() as u64 >= max {
+                return Err(ReasonCode::QUOTA_EXCEEDED);
             }
             self.record_subscription(session, &mut st, &sub)
         };
         self.index(session, &sub);
-        is_new
+        Ok(is_new)
     }
 
     /// Removes a subscription of a session by its identity; false if there was none.

@@ -67,19 +67,33 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
         return Err(ApiError::not_found("no session matches the selector"));
     }
     let mut done = Vec::new();
+    let mut failed = Vec::new();
     for (session, _) in &sessions {
-        for sub in &subs {
-            if api.broker.add_subscription(session, sub.clone())
-                || session.lock().subscriptions.contains_key(&sub.filter)
-            {
-                done.push(to_value(&SubscriptionItem::new(
-                    sub.view(),
-                    session.public_id(),
-                )));
+        for (i, sub) in subs.iter().enumerate() {
+            match api.broker.add_subscription(session, sub.clone()) {
+                Err(_) => failed.push(
+                    ErrorItem::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "session {}: subscriptions quota exceeded, `{}` not added",
+                            session.public_id(),
+                            sub.filter
+                        ),
+                    )
+                    .at(i),
+                ),
+                Ok(is_new) => {
+                    if is_new || session.lock().subscriptions.contains_key(&sub.filter) {
+                        done.push(to_value(&SubscriptionItem::new(
+                            sub.view(),
+                            session.public_id(),
+                        )));
+                    }
+                }
             }
         }
     }
-    Ok(Reply::changed(&call, done, Vec::new()))
+    Ok(Reply::changed(&call, done, failed))
 }
 
 /// Checks one subscription item and builds it as a client's SUBSCRIBE would.

@@ -239,3 +239,61 @@ async fn subscriptions_of_live_and_offline_sessions() {
         "nothing added"
     );
 }
+
+#[tokio::test]
+async fn subscriptions_added_over_rest_count_against_the_quota() {
+    let env = Env::start().await;
+    env.subaccount(1001, TOP, "small").await;
+    let r = env
+        .master(
+            "PUT",
+            "/platform/subaccounts/1001",
+            Some(json!({"limits": {"mqtt_subscriptions": 2}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let key = env.token(json!({"cid": 1001})).await;
+    let mut connect = connect_packet(ProtocolVersion::V5, "q1", &key);
+    connect.clean_start = false;
+    connect.properties = ConnectProperties {
+        session_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    let mut c = Mqtt::open(env.mqtt, connect).await;
+    c.subscribe("mine/1").await;
+
+    let r = env
+        .master(
+            "POST",
+            "/mqtt/sessions/client_id=q1,cid=1001/subscriptions",
+            Some(json!([{"topic": "rest/1"}, {"topic": "rest/2"}, {"topic": "mine/1"}])),
+        )
+        .await;
+    // One fits, the second is over the quota; re-adding an existing one is always allowed.
+    assert_eq!(r.status, 400, "partial success: {}", r.text());
+    let topics: Vec<_> = r
+        .result()
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(topics, vec!["rest/1", "mine/1"], "{}", r.text());
+    let errors = r.json()["errors"].clone();
+    assert_eq!(errors.as_array().map(Vec::len), Some(1), "{}", r.text());
+    assert_eq!(errors[0]["index"], 1, "{}", r.text());
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("quota")),
+        "{}",
+        r.text()
+    );
+    let r = env
+        .master(
+            "GET",
+            "/mqtt/sessions/client_id=q1,cid=1001/subscriptions/all",
+            None,
+        )
+        .await;
+    assert_eq!(r.result().len(), 2, "{}", r.text());
+    c.disconnect().await;
+}
