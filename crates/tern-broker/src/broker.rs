@@ -9,6 +9,7 @@
 //! A session's state lock is never held while taking the registry or an index lock.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -118,7 +119,7 @@ pub struct Broker {
     pub clock: Clock,
     pub metrics: Metrics,
     pub(crate) auth: Box<dyn Authenticator>,
-    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    sessions: Mutex<Registry>,
     namespaces: RwLock<HashMap<Cid, Arc<Namespace>>>,
     next_session_id: AtomicU64,
     next_conn_id: AtomicU64,
@@ -130,6 +131,59 @@ pub struct Broker {
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
     connections: Mutex<HashMap<u64, std::sync::Weak<crate::session::Kick>>>,
+}
+
+/// Every session by its key. A table of the sessions themselves, hashed by the key each
+/// session carries, rather than a map from a second copy of the key: one word per session.
+#[derive(Default)]
+pub(crate) struct Registry {
+    table: hashbrown::HashTable<Arc<Session>>,
+    hasher: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("sessions", &self.table.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    pub fn get(&self, key: &SessionKey) -> Option<&Arc<Session>> {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |s| s.key == *key)
+    }
+
+    /// Adds `session` under its key, replacing (and returning) the one there was.
+    pub fn insert(&mut self, session: Arc<Session>) -> Option<Arc<Session>> {
+        let hash = self.hasher.hash_one(&session.key);
+        let hasher = &self.hasher;
+        match self
+            .table
+            .entry(hash, |s| s.key == session.key, |s| hasher.hash_one(&s.key))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), session))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(session);
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &SessionKey) -> Option<Arc<Session>> {
+        let hash = self.hasher.hash_one(key);
+        match self.table.find_entry(hash, |s| s.key == *key) {
+            Ok(e) => Some(e.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.table.iter()
+    }
 }
 
 /// One matching subscription found while routing.
@@ -228,7 +282,7 @@ impl Broker {
             clock: Clock::default(),
             metrics: Metrics::default(),
             auth,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Registry::default()),
             namespaces: RwLock::new(HashMap::new()),
             next_session_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
@@ -333,10 +387,7 @@ impl Broker {
     }
 
     /// Runs `f` with the registry locked (the connect handler's takeover step).
-    pub(crate) fn with_registry<R>(
-        &self,
-        f: impl FnOnce(&mut HashMap<SessionKey, Arc<Session>>) -> R,
-    ) -> R {
+    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         f(&mut self.sessions.lock())
     }
 

@@ -89,14 +89,21 @@ pub struct Connection {
     /// Encoded packets waiting to be written.
     pub(crate) out: BytesMut,
     pub(crate) closed: bool,
-    pub(crate) batch: Vec<Taken>,
+    /// What a publishing connection holds back; created on first use, so that connections
+    /// that only subscribe (or idle) do not carry it.
+    pub(crate) held: Option<Box<Held>>,
+}
+
+/// Acknowledgements and reads a publishing connection holds back.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
     /// Acknowledgements waiting for their store ticket to become durable, in arrival order.
-    pub(crate) pending_acks: VecDeque<(Ticket, Packet)>,
-    /// How many of `pending_acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
-    pub(crate) pending_pubacks: usize,
+    pub acks: VecDeque<(Ticket, Packet)>,
+    /// How many of `acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
+    pub pubacks: usize,
     /// Congested sessions this connection's publishes went to: reading pauses until they
     /// drained (backpressure).
-    pub(crate) pressure: Vec<Arc<Session>>,
+    pub pressure: Vec<Arc<Session>>,
 }
 
 impl Connection {
@@ -121,10 +128,7 @@ impl Connection {
             aliases: None,
             out: BytesMut::new(),
             closed: false,
-            batch: Vec::new(),
-            pending_acks: VecDeque::new(),
-            pending_pubacks: 0,
-            pressure: Vec::new(),
+            held: None,
         }
     }
 
@@ -133,6 +137,11 @@ impl Connection {
     }
 
     /// The name of the listener the connection came in on.
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn listener(&self) -> &'static str {
         self.listener
     }
@@ -314,15 +323,30 @@ impl Connection {
     /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
     /// keeping acknowledgements in the order their packets arrived.
     pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
-        if self.pending_acks.is_empty() && ticket <= self.broker.store.durable() {
+        let none_held = self.held.as_ref().is_none_or(|h| h.acks.is_empty());
+        if none_held && ticket <= self.broker.store.durable() {
             self.send(&packet);
             return;
         }
-        let ticket = ticket.max(self.pending_acks.back().map_or(0, |(t, _)| *t));
+        let held = self.held.get_or_insert_with(Default::default);
+        let ticket = ticket.max(held.acks.back().map_or(0, |(t, _)| *t));
         if matches!(packet, Packet::PubAck(_)) {
-            self.pending_pubacks += 1;
+            held.pubacks += 1;
         }
-        self.pending_acks.push_back((ticket, packet));
+        held.acks.push_back((ticket, packet));
+    }
+
+    /// Unacknowledged inbound QoS 1 messages: PUBACKs held until the store has the message.
+    pub(crate) fn held_pubacks(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.pubacks)
+    }
+
+    /// Remembers that a publish went to a congested session.
+    pub(crate) fn pressed_by(&mut self, session: Arc<Session>) {
+        let held = self.held.get_or_insert_with(Default::default);
+        if !held.pressure.iter().any(|p| Arc::ptr_eq(p, &session)) {
+            held.pressure.push(session);
+        }
     }
 
     /// A congested session this connection's publishes went to, if any: the driver stops
@@ -331,8 +355,9 @@ impl Connection {
     ///
     /// [`BrokerConfig::backpressure_timeout`]: crate::BrokerConfig::backpressure_timeout
     pub fn pressure(&mut self) -> Option<Arc<Session>> {
-        self.pressure.retain(|s| s.is_congested());
-        self.pressure.first().cloned()
+        let held = self.held.as_mut()?;
+        held.pressure.retain(|s| s.is_congested());
+        held.pressure.first().cloned()
     }
 
     /// The publisher waited too long for `session`: it no longer holds publishers back until
@@ -341,29 +366,31 @@ impl Connection {
         tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
         session.exempt_from_backpressure();
         Metrics::inc(&self.broker.metrics.backpressure_timeouts);
-        self.pressure.retain(|s| !Arc::ptr_eq(s, session));
+        if let Some(held) = self.held.as_mut() {
+            held.pressure.retain(|s| !Arc::ptr_eq(s, session));
+        }
     }
 
     /// The store ticket the oldest held acknowledgement waits for.
     pub fn ack_wait(&self) -> Option<Ticket> {
-        self.pending_acks.front().map(|(t, _)| *t)
+        self.held.as_ref()?.acks.front().map(|(t, _)| *t)
     }
 
     /// Sends the held acknowledgements whose ops are durable now.
     pub fn release_acks(&mut self) {
         let durable = self.broker.store.durable();
-        while self
-            .pending_acks
-            .front()
-            .is_some_and(|(t, _)| *t <= durable)
-        {
-            if let Some((_, packet)) = self.pending_acks.pop_front() {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        while held.acks.front().is_some_and(|(t, _)| *t <= durable) {
+            if let Some((_, packet)) = held.acks.pop_front() {
                 if matches!(packet, Packet::PubAck(_)) {
-                    self.pending_pubacks -= 1;
+                    held.pubacks -= 1;
                 }
                 self.send(&packet);
             }
         }
+        self.held = Some(held);
     }
 }
 

@@ -95,7 +95,7 @@ impl Broker {
                     sub: sub_record(sub),
                 });
             }
-            for id in &st.incoming_qos2 {
+            for id in st.incoming_qos2.iter() {
                 ticket = self.store.submit(Op::PutIncoming {
                     key: session.key.clone(),
                     packet_id: *id,

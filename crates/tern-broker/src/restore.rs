@@ -184,7 +184,7 @@ impl Broker {
                 self.timers
                     .schedule(at, TimerKind::Expiry, session.clone(), disconnected_at);
             }
-            self.with_registry(|reg| reg.insert(rec.key.clone(), session.clone()));
+            self.with_registry(|reg| reg.insert(session.clone()));
             self.session_added(rec.key.cid);
             out.sessions += 1;
         }

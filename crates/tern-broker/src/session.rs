@@ -11,7 +11,9 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use tern_codec::{PacketId, QoS, SubscriptionOptions};
@@ -171,12 +173,13 @@ pub struct ConnLink {
 
 /// The signals one connection waits for: a request to close it (takeover, administrative
 /// action, slow consumer, shutdown) and deliveries queued for its session. One waiter per
-/// connection, so one small future in its driver.
+/// connection, registered as a waker: the driver polls it without keeping a future.
 #[derive(Debug, Default)]
 pub struct Kick {
-    reason: Mutex<Option<CloseReason>>,
+    /// Boxed: set once, at the end of a connection's life, and small until then.
+    reason: Mutex<Option<Box<CloseReason>>>,
     deliveries: AtomicBool,
-    notify: Notify,
+    waker: AtomicWaker,
 }
 
 /// What woke a connection.
@@ -193,36 +196,41 @@ impl Kick {
     pub fn kick(&self, reason: CloseReason) {
         let mut slot = self.reason.lock();
         if slot.is_none() {
-            *slot = Some(reason);
+            *slot = Some(Box::new(reason));
             drop(slot);
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
     /// Tells the connection that deliveries are waiting.
     pub fn deliveries(&self) {
         if !self.deliveries.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
     /// The pending reason, if the connection was asked to close.
     pub fn reason(&self) -> Option<CloseReason> {
-        self.reason.lock().clone()
+        self.reason.lock().as_deref().cloned()
     }
 
-    /// Waits for the next signal; a kick wins over deliveries. Cancel-safe: a signal that
-    /// arrives while nobody waits is kept.
-    pub async fn signalled(&self) -> Signal {
-        loop {
-            if let Some(r) = self.reason() {
-                return Signal::Kicked(r);
-            }
-            if self.deliveries.swap(false, Ordering::AcqRel) {
-                return Signal::Deliveries;
-            }
-            self.notify.notified().await;
+    /// The next signal, if one is pending; otherwise `cx` is woken when one arrives. A kick
+    /// wins over deliveries. A signal that arrives while nobody polls is kept.
+    pub fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<Signal> {
+        // Register first, then look: a signal set after the look wakes the registered waker.
+        self.waker.register(cx.waker());
+        if let Some(r) = self.reason() {
+            return Poll::Ready(Signal::Kicked(r));
         }
+        if self.deliveries.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Signal::Deliveries);
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next signal (see [`Kick::poll_signalled`]). Cancel-safe.
+    pub async fn signalled(&self) -> Signal {
+        std::future::poll_fn(|cx| self.poll_signalled(cx)).await
     }
 }
 
@@ -291,7 +299,7 @@ pub struct SessionState {
     /// Whether the session was started clean (for the REST view).
     pub clean: bool,
     /// Subscriptions by full filter string.
-    pub subscriptions: HashMap<ByteString, Subscription>,
+    pub subscriptions: Subscriptions,
     /// Deliveries not yet sent (the outbox).
     pub queue: VecDeque<Delivery>,
     /// Sum of `Delivery::cost` over `queue`.
@@ -301,7 +309,7 @@ pub struct SessionState {
     /// How many of the first `inflight` entries must be re-sent (after a reconnect).
     pub resend: usize,
     /// Packet ids of QoS 2 messages received from the client whose PUBREL has not arrived.
-    pub incoming_qos2: HashSet<PacketId>,
+    pub incoming_qos2: PacketIds,
     /// Last packet id assigned to an outgoing message.
     pub last_packet_id: PacketId,
     /// The will of the current or last connection.
@@ -323,6 +331,114 @@ pub struct SessionState {
     pub last_protocol: u8,
     /// The token of the current or last connection.
     pub token_id: Option<u64>,
+}
+
+/// A session's subscriptions by full filter string. The map is allocated with the first
+/// subscription and freed with the last: many clients (trackers, sensors) only publish, and
+/// every session of an idle client is memory the broker holds.
+// Boxed on purpose: an empty `Option<Box<_>>` is one word, an empty `HashMap` six.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub struct Subscriptions(Option<Box<HashMap<ByteString, Subscription>>>);
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, filter: &str) -> Option<&Subscription> {
+        self.0.as_ref()?.get(filter)
+    }
+
+    pub fn get_mut(&mut self, filter: &str) -> Option<&mut Subscription> {
+        self.0.as_mut()?.get_mut(filter)
+    }
+
+    pub fn contains_key(&self, filter: &str) -> bool {
+        self.0.as_ref().is_some_and(|m| m.contains_key(filter))
+    }
+
+    /// Adds or replaces; returns the replaced subscription.
+    pub fn insert(&mut self, filter: ByteString, sub: Subscription) -> Option<Subscription> {
+        self.0.get_or_insert_default().insert(filter, sub)
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<Subscription> {
+        let map = self.0.as_mut()?;
+        let removed = map.remove(filter);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ByteString> {
+        self.0.iter().flat_map(|m| m.keys())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Subscription> {
+        self.0.iter().flat_map(|m| m.values())
+    }
+
+    /// Removes and yields every subscription.
+    pub fn drain(&mut self) -> impl Iterator<Item = (ByteString, Subscription)> + use<> {
+        self.0.take().into_iter().flat_map(|m| m.into_iter())
+    }
+}
+
+/// Packet ids of a session's inbound QoS 2 messages awaiting PUBREL; allocated while there are
+/// any (most clients never publish QoS 2).
+#[allow(clippy::box_collection)] // one word while empty, as `Subscriptions`
+#[derive(Debug, Default)]
+pub struct PacketIds(Option<Box<HashSet<PacketId>>>);
+
+impl PacketIds {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: &PacketId) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(id))
+    }
+
+    /// True if the id was not there yet.
+    pub fn insert(&mut self, id: PacketId) -> bool {
+        self.0.get_or_insert_default().insert(id)
+    }
+
+    pub fn remove(&mut self, id: &PacketId) -> bool {
+        let Some(set) = self.0.as_mut() else {
+            return false;
+        };
+        let removed = set.remove(id);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PacketId> {
+        self.0.iter().flat_map(|s| s.iter())
+    }
+}
+
+impl FromIterator<PacketId> for PacketIds {
+    fn from_iter<I: IntoIterator<Item = PacketId>>(iter: I) -> PacketIds {
+        let set: HashSet<PacketId> = iter.into_iter().collect();
+        PacketIds((!set.is_empty()).then(|| Box::new(set)))
+    }
 }
 
 /// Where the connection that attaches to a session comes from (kept in the session for the
@@ -371,12 +487,12 @@ impl Session {
                 expiry_interval,
                 disconnected_at: None,
                 clean,
-                subscriptions: HashMap::new(),
+                subscriptions: Subscriptions::default(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
                 resend: 0,
-                incoming_qos2: HashSet::new(),
+                incoming_qos2: PacketIds::default(),
                 last_packet_id: 0,
                 will: None,
                 ended: false,

@@ -1,7 +1,7 @@
 //! The connection driver: one task per connection, reading, decoding, handing packets to the
 //! broker's [`Connection`], and writing what it encodes.
 //!
-//! The same driver runs every listener: it takes any reader and writer, so TCP, TLS and
+//! The same driver runs every listener: it takes any byte stream, so TCP, TLS and
 //! WebSocket connections behave identically. Every branch of the `select!` is cancel-safe:
 //! `read_buf`, `write_buf` and `flush` move bytes only when they complete, the buffers live
 //! outside the futures, and the session and kick waits keep their wake-ups. Writes are batched:
@@ -12,7 +12,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -69,159 +69,246 @@ impl TransportClose {
 }
 
 /// The close reason for a failed read or write.
-fn io_close_reason(peer: &Peer, err: &io::Error, what: &str) -> CloseReason {
+fn io_close_reason(conn: &Connection, err: &io::Error, what: &str) -> CloseReason {
     if let Some(TransportClose(reason)) = err.get_ref().and_then(|e| e.downcast_ref()) {
         return reason.clone();
     }
-    tracing::debug!(peer = %peer.addr, listener = peer.listener.name(), %err, "{what} failed");
+    tracing::debug!(peer = %conn.peer(), listener = conn.listener(), %err, "{what} failed");
     CloseReason::ConnectionLost
 }
 
-/// Runs one MQTT connection to completion over a reader and a writer, and returns why it
+/// What woke the driver (see `run_connection`'s wait).
+enum Event {
+    Kicked(CloseReason),
+    /// Deliveries wait and the output buffer has room: fill it.
+    Fill,
+    AcksDurable,
+    Wrote(io::Result<Written>),
+    Read(io::Result<Read>),
+    Drained,
+    Timer,
+}
+
+/// Runs one MQTT connection to completion over a byte stream, and returns why it
 /// ended.
-pub async fn run_connection<R, W>(
+///
+/// The connection's task is what an idle client costs, so its state is kept small: the wait
+/// polls the socket, the kick signal (a registered waker) and the timer directly instead of
+/// holding a future per source, the waits that exist only while needed (held
+/// acknowledgements, backpressure) are boxed, and the closing steps run boxed.
+pub fn run_connection<S>(
     broker: Arc<Broker>,
     metrics: Arc<NetMetrics>,
     peer: Peer,
-    mut reader: R,
-    mut writer: W,
-) -> CloseReason
+    stream: S,
+) -> impl Future<Output = CloseReason>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = Connection::new(broker.clone(), peer.addr, peer.listener.name());
-    // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one signal.
-    let kick = conn.kick().clone();
-    let mut rbuf = BytesMut::new();
-    let mut read_size = READ_FIRST;
-    let mut deadline = Instant::now() + broker.config.connect_timeout;
-    // Bytes handed to the writer that a buffering transport may still hold.
-    let mut unflushed = false;
-    // Counts this client under its listener and protocol version once CONNECT is accepted.
-    let mut counted: Option<ConnectedGuard<'_>> = None;
-    // The congested session being waited for, and until when.
-    let mut pressure_deadline: Option<(SessionId, Instant)> = None;
-    // Deliveries are ready that did not fit the output buffer yet.
-    let mut fill_pending = false;
-    // Waits that exist only while needed, boxed so that an idle connection does not carry
-    // them: held acknowledgements (until the store is durable) and backpressure.
-    let mut acks_wait: Option<(Ticket, Wait)> = None;
-    let mut drained_wait: Option<(SessionId, Wait)> = None;
-    // One timer for the keep-alive (or CONNECT) deadline and the backpressure wait.
-    let timer = tokio::time::sleep_until(deadline);
-    tokio::pin!(timer);
+    let listener = peer.listener;
+    let mut conn = Connection::new(broker, peer.addr, listener.name());
+    let mut stream = stream;
+    // An async block, not an async fn: an async fn keeps its arguments twice (as arguments
+    // and as the locals they are moved into), and this state is what every idle client costs.
+    async move {
+        let mut rbuf = BytesMut::new();
+        let mut read_size = READ_FIRST;
+        let mut deadline = Instant::now() + conn.broker().config.connect_timeout;
+        // Bytes handed to the writer that a buffering transport may still hold.
+        let mut unflushed = false;
+        // Counts this client under its listener and protocol version once CONNECT is accepted.
+        let mut counted: Option<ConnectedGuard<'_>> = None;
+        // The congested session being waited for, and until when.
+        let mut pressure_deadline: Option<(SessionId, Instant)> = None;
+        // Deliveries are ready that did not fit the output buffer yet.
+        let mut fill_pending = false;
+        // Waits that exist only while needed, boxed so that an idle connection does not carry
+        // them: held acknowledgements (until the store is durable) and backpressure.
+        let mut acks_wait: Option<(Ticket, Wait)> = None;
+        let mut drained_wait: Option<(SessionId, Wait)> = None;
+        // One timer for the keep-alive (or CONNECT) deadline and the backpressure wait.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        // Reads and writes take turns at being looked at first, so neither starves the other.
+        let mut read_first = false;
 
-    let reason = 'conn: loop {
-        if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
-            fill_pending = conn.fill(OUT_FILL_LIMIT);
-        }
-        // Backpressure: while a subscriber this client publishes to is congested, stop
-        // reading from it (instead of dropping), for at most `backpressure_timeout` per
-        // subscriber.
-        let pressure = conn.pressure();
-        match &pressure {
-            Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
-                pressure_deadline =
-                    Some((s.id, Instant::now() + broker.config.backpressure_timeout));
-                broker
-                    .metrics
-                    .backpressure_pauses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let waiting = s.clone();
-                drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
+        let reason = 'conn: loop {
+            if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
+                fill_pending = conn.fill(OUT_FILL_LIMIT);
             }
-            None => {
-                pressure_deadline = None;
-                drained_wait = None;
+            // Backpressure: while a subscriber this client publishes to is congested, stop
+            // reading from it (instead of dropping), for at most `backpressure_timeout` per
+            // subscriber.
+            let pressure = conn.pressure();
+            match &pressure {
+                Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
+                    let broker = conn.broker();
+                    pressure_deadline =
+                        Some((s.id, Instant::now() + broker.config.backpressure_timeout));
+                    broker
+                        .metrics
+                        .backpressure_pauses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let waiting = s.clone();
+                    drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
+                }
+                None => {
+                    pressure_deadline = None;
+                    drained_wait = None;
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        match conn.ack_wait() {
-            Some(t) if acks_wait.as_ref().is_none_or(|(w, _)| *w != t) => {
-                let store = broker.store().clone();
-                acks_wait = Some((t, Box::pin(async move { store.wait(t).await })));
+            match conn.ack_wait() {
+                Some(t) if acks_wait.as_ref().is_none_or(|(w, _)| *w != t) => {
+                    let store = conn.broker().store().clone();
+                    acks_wait = Some((t, Box::pin(async move { store.wait(t).await })));
+                }
+                None => acks_wait = None,
+                _ => {}
             }
-            None => acks_wait = None,
-            _ => {}
-        }
-        let read_open = conn.out().len() < OUT_READ_LIMIT && pressure.is_none();
-        let wake_at = pressure_deadline.map_or(deadline, |(_, at)| at.min(deadline));
-        if timer.deadline() != wake_at {
-            timer.as_mut().reset(wake_at);
-        }
-        tokio::select! {
-            signal = kick.signalled() => match signal {
-                Signal::Kicked(reason) => break 'conn reason,
-                Signal::Deliveries => fill_pending = true,
-            },
-            // Acknowledgements held until the store has what they acknowledge.
-            _ = wait_on(&mut acks_wait), if acks_wait.is_some() => {
-                acks_wait = None;
-                conn.release_acks();
+            let read_open = conn.out().len() < OUT_READ_LIMIT && pressure.is_none();
+            let wake_at = pressure_deadline.map_or(deadline, |(_, at)| at.min(deadline));
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
             }
-            res = write_or_flush(&mut writer, conn.out()), if unflushed || !conn.out().is_empty() => {
-                match res {
+            read_first = !read_first;
+            // Every source is polled in place; each poll is cancel-safe (bytes move only when a
+            // read or write completes, signals are kept until taken).
+            let event = std::future::poll_fn(|cx| {
+                // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one
+                // signal. A kick wins over everything; deliveries only mark the outbox for
+                // filling, and wake the loop by themselves only when nothing else is ready:
+                // under load publishers signal again faster than this client is written to,
+                // and its writes must not wait behind that.
+                match conn.kick().poll_signalled(cx) {
+                    Poll::Ready(Signal::Kicked(reason)) => {
+                        return Poll::Ready(Event::Kicked(reason));
+                    }
+                    Poll::Ready(Signal::Deliveries) => fill_pending = true,
+                    Poll::Pending => {}
+                }
+                // Acknowledgements held until the store has what they acknowledge.
+                if let Some((_, wait)) = &mut acks_wait
+                    && wait.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::AcksDurable);
+                }
+                let write = unflushed || !conn.out().is_empty();
+                for turn in [read_first, !read_first] {
+                    if turn && read_open {
+                        if let Poll::Ready(r) =
+                            poll_read_some(&mut stream, &mut rbuf, read_size, cx)
+                        {
+                            return Poll::Ready(Event::Read(r));
+                        }
+                    } else if !turn
+                        && write
+                        && let Poll::Ready(r) = poll_write_or_flush(&mut stream, conn.out(), cx)
+                    {
+                        return Poll::Ready(Event::Wrote(r));
+                    }
+                }
+                if let Some((_, wait)) = &mut drained_wait
+                    && wait.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::Drained);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
+                    return Poll::Ready(Event::Fill);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Kicked(reason) => break 'conn reason,
+                Event::Fill => {}
+                Event::AcksDurable => {
+                    acks_wait = None;
+                    conn.release_acks();
+                }
+                Event::Wrote(res) => match res {
                     Ok(Written::Bytes(0)) => break 'conn CloseReason::ConnectionLost,
                     Ok(Written::Bytes(_)) => unflushed = true,
                     Ok(Written::Flushed) => unflushed = false,
-                    Err(err) => break 'conn io_close_reason(&peer, &err, "write"),
+                    Err(err) => break 'conn io_close_reason(&conn, &err, "write"),
+                },
+                Event::Read(res) => {
+                    match res {
+                        Ok(Read { bytes: 0, .. }) => break 'conn CloseReason::ConnectionLost,
+                        // A read that filled the buffer: the client sends a lot, read more at once.
+                        Ok(Read { filled: true, .. }) => {
+                            read_size = (read_size * 2).min(READ_CHUNK)
+                        }
+                        Ok(_) => {}
+                        Err(err) => break 'conn io_close_reason(&conn, &err, "read"),
+                    }
+                    let was_connected = conn.is_connected();
+                    let processed = process(&mut conn, &mut rbuf);
+                    // A quiet connection gives its read buffer back between reads: idle
+                    // connections then hold no buffer at all.
+                    if rbuf.is_empty() && read_size == READ_FIRST {
+                        rbuf = BytesMut::new();
+                    }
+                    if !was_connected && conn.is_connected() {
+                        counted = Some(ConnectedGuard::new(&metrics, listener, conn.protocol()));
+                    }
+                    if let Err(reason) = processed {
+                        break 'conn reason;
+                    }
+                    deadline = match conn.idle_timeout() {
+                        Some(idle) => Instant::now() + idle,
+                        None if conn.is_connected() => far_future(),
+                        None => deadline,
+                    };
+                }
+                Event::Drained => drained_wait = None,
+                Event::Timer => {
+                    if Instant::now() >= deadline {
+                        break 'conn if conn.is_connected() {
+                            CloseReason::KeepAliveTimeout
+                        } else {
+                            CloseReason::ConnectTimeout
+                        };
+                    }
+                    // The backpressure wait timed out.
+                    if let Some(s) = &pressure {
+                        conn.give_up_on(s);
+                    }
                 }
             }
-            res = read_some(&mut reader, &mut rbuf, read_size), if read_open => {
-                match res {
-                    Ok(Read { bytes: 0, .. }) => break 'conn CloseReason::ConnectionLost,
-                    // A read that filled the buffer: the client sends a lot, read more at once.
-                    Ok(Read { filled: true, .. }) => read_size = (read_size * 2).min(READ_CHUNK),
-                    Ok(_) => {}
-                    Err(err) => break 'conn io_close_reason(&peer, &err, "read"),
-                }
-                let was_connected = conn.is_connected();
-                let processed = process(&mut conn, &mut rbuf);
-                // A quiet connection gives its read buffer back between reads: idle
-                // connections then hold no buffer at all.
-                if rbuf.is_empty() && read_size == READ_FIRST {
-                    rbuf = BytesMut::new();
-                }
-                if !was_connected && conn.is_connected() {
-                    counted = Some(ConnectedGuard::new(&metrics, peer.listener, conn.protocol()));
-                }
-                if let Err(reason) = processed {
-                    break 'conn reason;
-                }
-                deadline = match conn.idle_timeout() {
-                    Some(idle) => Instant::now() + idle,
-                    None if conn.is_connected() => far_future(),
-                    None => deadline,
-                };
-            }
-            _ = wait_on(&mut drained_wait), if drained_wait.is_some() => {
-                drained_wait = None;
-            }
-            _ = &mut timer => {
-                if Instant::now() >= deadline {
-                    break 'conn if conn.is_connected() { CloseReason::KeepAliveTimeout } else { CloseReason::ConnectTimeout };
-                }
-                // The backpressure wait timed out.
-                if let Some(s) = &pressure {
-                    conn.give_up_on(s);
-                }
-            }
-        }
-    };
+        };
 
-    conn.close(&reason);
+        // The closing steps run boxed: their timers and futures would otherwise take room in
+        // every connection's task for its whole life.
+        Box::pin(close_out(&mut conn, &mut stream, &mut rbuf, &reason)).await;
+        log_close(&conn, listener, &reason);
+        drop(counted);
+        reason
+    }
+}
+
+/// Closes the connection: the broker's side, the last packets flushed, the socket shut down,
+/// and a short linger when the server told the client why.
+async fn close_out<S>(
+    conn: &mut Connection,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    reason: &CloseReason,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.close(reason);
     if !conn.out().is_empty() {
         let out = conn.out();
-        let _ = tokio::time::timeout(CLOSE_FLUSH, writer.write_all_buf(out)).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, stream.write_all_buf(out)).await;
     }
-    let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_FLUSH, stream.shutdown()).await;
     if reason.server_sends_disconnect() || matches!(reason, CloseReason::ConnectRefused(_)) {
-        linger(&mut reader, &mut rbuf).await;
+        linger(stream, rbuf).await;
     }
-    log_close(&peer, &conn, &reason);
-    drop(counted);
-    reason
 }
 
 /// After the server closed its side, reads and discards what the client still sends until it
@@ -250,16 +337,19 @@ enum Written {
 }
 
 /// Writes what waits in `out`, or, when nothing does, flushes what the transport may still
-/// buffer (TLS records, WebSocket frames; a no-op on TCP). Cancel-safe: each call does one
-/// cancel-safe operation.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
+/// buffer (TLS records, WebSocket frames; a no-op on TCP). Cancel-safe: bytes leave `out`
+/// only when a write completes.
+fn poll_write_or_flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
     out: &mut BytesMut,
-) -> io::Result<Written> {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Written>> {
     if out.is_empty() {
-        writer.flush().await.map(|()| Written::Flushed)
+        Pin::new(writer)
+            .poll_flush(cx)
+            .map_ok(|()| Written::Flushed)
     } else {
-        writer.write_buf(out).await.map(Written::Bytes)
+        tokio_util::io::poll_write_buf(Pin::new(writer), cx, out).map_ok(Written::Bytes)
     }
 }
 
@@ -277,14 +367,6 @@ fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), CloseReason
 /// A boxed wait (see `acks_wait` and `drained_wait`).
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Waits on the boxed future in `slot`; never ready when there is none.
-async fn wait_on<K>(slot: &mut Option<(K, Wait)>) {
-    match slot {
-        Some((_, wait)) => wait.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What one read did.
 struct Read {
     bytes: usize,
@@ -292,61 +374,56 @@ struct Read {
     filled: bool,
 }
 
-/// Reads what the client sent into `buf`. A connection whose buffer is empty waits on a
+/// Reads what the client sent into `buf`. A connection whose buffer is empty reads into a
 /// buffer on the stack of the poll (not in the task), so that an idle connection holds no
-/// read buffer at all; a busy one reads straight into `buf`, grown to `size`. Cancel-safe: bytes
-/// are only taken when the read completes.
-async fn read_some<R: AsyncRead + Unpin>(
+/// read buffer at all; a busy one reads straight into `buf`, grown to `size`. Cancel-safe:
+/// bytes are only taken when the read completes.
+fn poll_read_some<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     size: usize,
-) -> io::Result<Read> {
-    std::future::poll_fn(|cx| {
-        if buf.is_empty() && size <= READ_FIRST {
-            let mut stack = [0u8; READ_FIRST];
-            let mut rb = ReadBuf::new(&mut stack);
-            ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            buf.extend_from_slice(rb.filled());
-            return Poll::Ready(Ok(Read {
-                bytes: n,
-                filled: n == READ_FIRST,
-            }));
-        }
-        if buf.capacity() - buf.len() < READ_FIRST / 2 {
-            buf.reserve(size);
-        }
-        let room = buf.capacity() - buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *reader),
-            cx,
-            buf
-        ))?;
-        Poll::Ready(Ok(Read {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Read>> {
+    if buf.is_empty() && size <= READ_FIRST {
+        let mut stack = [0u8; READ_FIRST];
+        let mut rb = ReadBuf::new(&mut stack);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        buf.extend_from_slice(rb.filled());
+        return Poll::Ready(Ok(Read {
             bytes: n,
-            filled: n == room,
-        }))
-    })
-    .await
+            filled: n == READ_FIRST,
+        }));
+    }
+    if buf.capacity() - buf.len() < READ_FIRST / 2 {
+        buf.reserve(size);
+    }
+    let room = buf.capacity() - buf.len();
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf))?;
+    Poll::Ready(Ok(Read {
+        bytes: n,
+        filled: n == room,
+    }))
 }
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-fn log_close(peer: &Peer, conn: &Connection, reason: &CloseReason) {
+fn log_close(conn: &Connection, listener: Listener, reason: &CloseReason) {
     let client = conn
         .session()
         .map(|s| s.key.client_id.to_string())
         .unwrap_or_default();
+    let peer = conn.peer();
     match reason {
         CloseReason::ClientDisconnect
         | CloseReason::ConnectionLost
         | CloseReason::ServerShuttingDown => {
-            tracing::debug!(peer = %peer.addr, listener = peer.listener.name(), client_id = %client, reason = reason.label(), "connection closed");
+            tracing::debug!(peer = %peer, listener = listener.name(), client_id = %client, reason = reason.label(), "connection closed");
         }
         _ => {
-            tracing::info!(peer = %peer.addr, listener = peer.listener.name(), client_id = %client, reason = %reason, "connection closed");
+            tracing::info!(peer = %peer, listener = listener.name(), client_id = %client, reason = %reason, "connection closed");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The plain TCP listener (`mqtt`, default 1883).
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 
 use crate::accept::{Acceptor, Listener, accept_loop};
@@ -14,17 +15,14 @@ pub async fn serve_tcp(listener: TcpListener, acceptor: Acceptor) {
         Listener::Mqtt,
         acceptor,
         |stream, addr, permit| {
-            let broker = broker.clone();
-            let metrics = metrics.clone();
-            async move {
-                let (reader, writer) = stream.into_split();
-                let peer = Peer {
-                    addr,
-                    listener: Listener::Mqtt,
-                };
-                run_connection(broker, metrics, peer, reader, writer).await;
-                drop(permit);
-            }
+            // The connection's future is built here, outside the task's async block, so that
+            // the task holds it and the permit and nothing else.
+            let peer = Peer {
+                addr,
+                listener: Listener::Mqtt,
+            };
+            // `map`, not an async block: awaiting a captured future would store it twice.
+            run_connection(broker.clone(), metrics.clone(), peer, stream).map(move |_| drop(permit))
         },
     )
     .await;

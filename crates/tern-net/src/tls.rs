@@ -264,12 +264,11 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<TlsContext>, acceptor: Ac
                 let Some(stream) = tls.handshake(stream, addr, Listener::Mqtts, &ctx).await else {
                     return;
                 };
-                let (reader, writer) = tokio::io::split(stream);
                 let peer = Peer {
                     addr,
                     listener: Listener::Mqtts,
                 };
-                run_connection(ctx.broker, ctx.metrics, peer, reader, writer).await;
+                run_connection(ctx.broker, ctx.metrics, peer, stream).await;
                 drop(permit);
             }
         },

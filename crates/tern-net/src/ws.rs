@@ -162,8 +162,8 @@ pub(crate) fn upgrade(
             Some(settings.tungstenite()),
         )
         .await;
-        let (reader, writer) = tokio::io::split(WsStream::new(ws, addr));
-        run_connection(broker, metrics, Peer { addr, listener }, reader, writer).await;
+        let stream = WsStream::new(ws, addr);
+        run_connection(broker, metrics, Peer { addr, listener }, stream).await;
         drop(permit);
     });
 

@@ -6,6 +6,7 @@ use bytestring::ByteString;
 use tern_codec::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
 
 use crate::auth::Credentials;
+use crate::auth::Principal;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
@@ -158,7 +159,19 @@ impl Connection {
             self.broker.publish(will);
         }
         self.session = Some(attached.session.clone());
-        self.principal = Some(Box::new(principal));
+        // The token document is for the v5 CONNACK only: not kept for the connection's life.
+        let Principal {
+            cid,
+            token_id,
+            rights,
+            token_json,
+        } = principal;
+        self.principal = Some(Box::new(Principal {
+            cid,
+            token_id,
+            rights,
+            token_json: None,
+        }));
 
         let mut properties = ConnAckProperties::default();
         if v5 {
@@ -187,7 +200,7 @@ impl Connection {
             properties.server_keep_alive = server_keep_alive;
             // flespi's CONNACK user properties (spec §2): the token and the resumed session's
             // subscriptions (MQTT Board restores its panels from them).
-            let token = self.principal.as_ref().and_then(|p| p.token_json.clone()).unwrap_or_else(|| {
+            let token = token_json.unwrap_or_else(|| {
                 serde_json::json!({"id": 0, "cid": self.principal.as_ref().map_or(0, |p| p.cid), "access": {"type": 0}}).to_string()
             });
             properties
@@ -277,7 +290,7 @@ impl Connection {
                     expiry,
                 ));
                 attach_new(broker, &session, (link, origin), will);
-                reg.insert(key, session.clone());
+                reg.insert(session.clone());
                 broker.session_added(key_cid);
                 // The old session ends, so its will goes out whatever its delay.
                 return Attached {
@@ -294,7 +307,7 @@ impl Connection {
                 expiry,
             ));
             attach_new(broker, &session, (link, origin), will);
-            reg.insert(key, session.clone());
+            reg.insert(session.clone());
             broker.session_added(key_cid);
             Attached {
                 session,

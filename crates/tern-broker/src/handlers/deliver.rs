@@ -1,7 +1,8 @@
 //! Deliveries to the client: take what the session's window allows, encode it.
 //!
 //! The session lock is held only to move deliveries out of the queue and record them in
-//! flight; encoding happens after it is released. Payloads are shared `Bytes`, never copied.
+//! flight; encoding happens after it is released. Messages are shared (`Arc`) up to here;
+//! encoding copies each into the connection's write buffer, allocating nothing.
 
 use bytestring::ByteString;
 use tern_codec::{Packet, PubAck, QoS};
@@ -13,6 +14,11 @@ use crate::message::{Delivery, MessageExt, Micros};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Inflight, Phase};
 
+thread_local! {
+    /// The deliveries of one `fill`, between the session lock and encoding.
+    static BATCH: std::cell::RefCell<Vec<Taken>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Connection {
     /// Moves deliveries from the session into the output buffer until about `limit` bytes are
     /// buffered or the in-flight window is full. Returns true if more may be ready.
@@ -23,13 +29,14 @@ impl Connection {
         let broker = self.broker.clone();
         let now = broker.clock.now();
         let window = usize::from(self.limits.receive_maximum.min(broker.config.max_inflight));
-        let mut batch = std::mem::take(&mut self.batch);
+        // One batch vector per worker thread, not per connection: taken here, given back below.
+        let mut batch = BATCH.with_borrow_mut(std::mem::take);
         let mut budget = limit.saturating_sub(self.out.len());
         let mut expired = 0u64;
         let more = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
-                self.batch = batch;
+                BATCH.set(batch);
                 return false;
             }
             // First re-send what was in flight when the last connection ended ([MQTT-4.4.0-1]).
@@ -115,7 +122,7 @@ impl Connection {
                 self.drop_too_large(o.packet_id);
             }
         }
-        self.batch = batch;
+        BATCH.set(batch);
         more
     }
 

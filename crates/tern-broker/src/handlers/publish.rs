@@ -60,7 +60,7 @@ impl Connection {
             }
             // Unacknowledged inbound QoS 1/2 messages: QoS 2 awaiting PUBREL, and PUBACKs held
             // until the store has the message.
-            if st.incoming_qos2.len() + self.pending_pubacks
+            if st.incoming_qos2.len() + self.held_pubacks()
                 >= usize::from(broker.config.receive_maximum)
             {
                 return Err(CloseReason::ReceiveMaximumExceeded);
@@ -131,9 +131,7 @@ impl Connection {
         let routed = broker.publish(Arc::new(msg));
         self.acknowledge(&session, qos, pid, routed.ticket);
         for s in routed.pressure {
-            if !self.pressure.iter().any(|p| Arc::ptr_eq(p, &s)) {
-                self.pressure.push(s);
-            }
+            self.pressed_by(s);
         }
         Ok(())
     }
