@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use bytestring::ByteString;
 use tern_codec::{
     ConnAck, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
@@ -24,6 +23,7 @@ use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
+use crate::out::OutBuf;
 use crate::session::{Kick, Phase, Session, SessionState};
 use crate::timers::TimerKind;
 
@@ -87,7 +87,7 @@ pub struct Connection {
     /// Topic aliases both ways, created on first use.
     pub(crate) aliases: Option<Box<Aliases>>,
     /// Encoded packets waiting to be written.
-    pub(crate) out: BytesMut,
+    pub(crate) out: OutBuf,
     pub(crate) closed: bool,
     /// What a publishing connection holds back; created on first use, so that connections
     /// that only subscribe (or idle) do not carry it.
@@ -126,7 +126,7 @@ impl Connection {
             keep_alive: 0,
             limits: ClientLimits::default(),
             aliases: None,
-            out: BytesMut::new(),
+            out: OutBuf::default(),
             closed: false,
             held: None,
         }
@@ -181,13 +181,13 @@ impl Connection {
     }
 
     /// Encoded bytes waiting to be written. The driver writes and consumes them.
-    pub fn out(&mut self) -> &mut BytesMut {
+    pub fn out(&mut self) -> &mut OutBuf {
         &mut self.out
     }
 
     /// Encodes a packet into the output buffer.
     pub(crate) fn send(&mut self, packet: &Packet) {
-        if let Err(err) = tern_codec::encode(packet, self.protocol, &mut self.out) {
+        if let Err(err) = tern_codec::encode(packet, self.protocol, self.out.tail()) {
             tracing::error!(conn = self.id, %err, "could not encode an outgoing packet");
         }
     }

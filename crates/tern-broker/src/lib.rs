@@ -34,6 +34,7 @@ pub mod filter;
 mod handlers;
 pub mod message;
 pub mod metrics;
+pub mod out;
 mod persist;
 mod restore;
 pub mod session;

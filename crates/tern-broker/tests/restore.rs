@@ -48,8 +48,8 @@ fn connect(broker: &Arc<Broker>, id: &str, clean: bool) -> (Connection, ConnAck)
 /// Decodes everything the connection wrote.
 fn drain(conn: &mut Connection) -> Vec<Packet> {
     let mut out = Vec::new();
-    let buf: &mut BytesMut = conn.out();
-    while let Some(p) = decode(buf, u32::MAX >> 4, ProtocolVersion::V5).unwrap() {
+    let mut buf: BytesMut = conn.out().take_all();
+    while let Some(p) = decode(&mut buf, u32::MAX >> 4, ProtocolVersion::V5).unwrap() {
         out.push(p);
     }
     out

@@ -27,7 +27,7 @@ use crate::reason::ReasonCode;
 use crate::types::ProtocolVersion;
 use crate::wire::{VAR_INT_MAX, put_var_int, var_int_len};
 
-pub use self::outgoing::{Outgoing, encode_outgoing, outgoing_len};
+pub use self::outgoing::{Outgoing, encode_outgoing, encode_outgoing_head, outgoing_len};
 use self::properties::{list_len, put_list};
 
 /// Appends `packet`, encoded for a connection of `version`, to `buf`. CONNECT is encoded for

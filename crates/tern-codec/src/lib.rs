@@ -27,7 +27,8 @@ pub use bytes::{Bytes, BytesMut};
 pub use bytestring::ByteString;
 pub use decode::decode;
 pub use encode::{
-    Outgoing, encode, encode_outgoing, encode_publish, encoded_len, outgoing_len, publish_len,
+    Outgoing, encode, encode_outgoing, encode_outgoing_head, encode_publish, encoded_len,
+    outgoing_len, publish_len,
 };
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

@@ -16,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tern_broker::out::OutBuf;
 use tern_broker::{Broker, CloseReason, Connection, SessionId, Signal};
 use tern_store::Ticket;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -341,7 +342,7 @@ enum Written {
 /// only when a write completes.
 fn poll_write_or_flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    out: &mut BytesMut,
+    out: &mut OutBuf,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Written>> {
     if out.is_empty() {

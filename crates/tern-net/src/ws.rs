@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -321,6 +321,39 @@ where
             .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(ws_io_error)?;
         Poll::Ready(Ok(n))
+    }
+
+    /// Gathers the slices into one frame (up to `MAX_OUT_FRAME`): the connection's output
+    /// comes in segments (large payloads are shared, not copied), and a frame per segment
+    /// would be a frame per packet.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(ws_io_error)?;
+        let n = total.min(MAX_OUT_FRAME);
+        let mut frame = BytesMut::with_capacity(n);
+        for b in bufs {
+            let room = n - frame.len();
+            if room == 0 {
+                break;
+            }
+            frame.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        Pin::new(&mut this.ws)
+            .start_send(Message::Binary(frame.freeze()))
+            .map_err(ws_io_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -2,7 +2,8 @@
 //!
 //! The session lock is held only to move deliveries out of the queue and record them in
 //! flight; encoding happens after it is released. Messages are shared (`Arc`) up to here;
-//! encoding copies each into the connection's write buffer, allocating nothing.
+//! encoding allocates nothing: small payloads are copied into the connection's write buffer,
+//! large ones (from `SHARE_PAYLOAD_FROM`) are written from the message's own bytes.
 
 use bytestring::ByteString;
 use tern_codec::{Packet, PubAck, QoS};
@@ -12,6 +13,7 @@ use tern_store::{InflightPhase, Op};
 use crate::connection::{Connection, Taken, first_phase, owns};
 use crate::message::{Delivery, MessageExt, Micros};
 use crate::metrics::{DropReason, Metrics};
+use crate::out::SHARE_PAYLOAD_FROM;
 use crate::session::{Inflight, Phase};
 
 thread_local! {
@@ -183,9 +185,19 @@ impl Connection {
                 Alias::None => {}
             }
         }
-        if let Err(err) = tern_codec::encode_outgoing(&out, self.protocol, &mut self.out) {
+        // A large payload goes out as a shared segment of the write, not copied per receiver.
+        let shared = msg.payload.len() >= SHARE_PAYLOAD_FROM;
+        let encoded = if shared {
+            tern_codec::encode_outgoing_head(&out, self.protocol, self.out.tail())
+        } else {
+            tern_codec::encode_outgoing(&out, self.protocol, self.out.tail())
+        };
+        if let Err(err) = encoded {
             tracing::error!(conn = self.id, %err, "could not encode a delivery");
             return false;
+        }
+        if shared {
+            self.out.push_shared(msg.payload.clone());
         }
         Metrics::inc(&self.broker.metrics.messages_out);
         Metrics::add(&self.broker.metrics.bytes_out, msg.payload.len() as u64);

@@ -10,7 +10,7 @@ use crate::packet::PacketType;
 use crate::properties::PublishProperties;
 use crate::properties::id::*;
 use crate::types::{PacketId, ProtocolVersion, QoS};
-use crate::wire::{check_field, field_len, put_field, var_int_len};
+use crate::wire::{VAR_INT_MAX, check_field, field_len, put_field, put_var_int, var_int_len};
 
 /// One receiver's PUBLISH of a message.
 #[derive(Debug, Clone, Copy)]
@@ -104,11 +104,33 @@ pub fn encode_outgoing(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    buf.reserve(outgoing_len(o, version));
+    encode_outgoing_head(o, version, buf)?;
+    buf.put_slice(o.payload);
+    Ok(())
+}
+
+/// Appends the PUBLISH to `buf` up to its payload: the caller sends the `o.payload.len()`
+/// payload bytes right after (say, as a shared buffer in a vectored write, so that a large
+/// payload is never copied per receiver). Nothing is appended on error.
+pub fn encode_outgoing_head(
+    o: &Outgoing<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let remaining = body_len(o, version);
+    if remaining > VAR_INT_MAX as usize {
+        return Err(EncodeError::PacketTooLarge { remaining });
+    }
     let first = (PacketType::Publish as u8) << 4
         | u8::from(o.dup) << 3
         | (o.qos as u8) << 1
         | u8::from(o.retain);
-    super::frame(buf, first, body_len(o, version), |buf| {
+    let start = buf.len();
+    buf.reserve(1 + var_int_len(remaining) + remaining - o.payload.len());
+    buf.put_u8(first);
+    put_var_int(buf, remaining);
+    let result = (|| {
         check_field(o.topic.len(), "topic name")?;
         put_field(buf, o.topic.as_bytes(), "topic name")?;
         match (o.qos, o.packet_id) {
@@ -119,9 +141,12 @@ pub fn encode_outgoing(
         if version.is_v5() {
             put_list(&Props(o), buf)?;
         }
-        buf.put_slice(o.payload);
         Ok(())
-    })
+    })();
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -188,6 +213,10 @@ mod tests {
             crate::encode_publish(&p, version, &mut b).unwrap();
             assert_eq!(a, b, "{version}");
             assert_eq!(outgoing_len(&o, version), a.len());
+            let mut head = BytesMut::new();
+            encode_outgoing_head(&o, version, &mut head).unwrap();
+            head.extend_from_slice(o.payload);
+            assert_eq!(head, a, "head and payload: {version}");
             let decoded = decode(&mut a, u32::MAX >> 4, version).unwrap().unwrap();
             assert_eq!(decoded, crate::Packet::Publish(p));
         }
