@@ -188,6 +188,9 @@ impl Registry {
 
 /// One matching subscription found while routing.
 struct Target {
+    /// The session's id and whether this is a shared subscription (low bit), copied here so
+    /// that sorting the targets reads no session.
+    order: u64,
     session: Arc<Session>,
     qos: QoS,
     retain_as_published: bool,
@@ -201,29 +204,21 @@ struct Collector<'a> {
     /// Unix seconds, for `now()` in filter expressions.
     now: f64,
     out: &'a mut Vec<Target>,
-    /// Results of the conditions evaluated for this message, by object identity: the
-    /// subscriptions that share conditions evaluate them once.
-    memo: SmallVec<[(usize, bool); 4]>,
 }
 
 impl Collector<'_> {
     fn passes(&mut self, entry: &SubEntry) -> bool {
-        let Some(c) = &entry.conditions else {
-            return true;
-        };
-        let id = Arc::as_ptr(c) as usize;
-        if let Some((_, result)) = self.memo.iter().find(|(k, _)| *k == id) {
-            return *result;
-        }
-        let result = c.matches(self.msg, &self.payload, self.now);
-        if self.memo.len() < 16 {
-            self.memo.push((id, result));
-        }
-        result
+        // Equal conditions are one interned object, which remembers its verdict on this
+        // message: subscriptions that share them evaluate them once.
+        entry
+            .conditions
+            .as_ref()
+            .is_none_or(|c| c.verdict(self.msg, &self.payload, self.now))
     }
 
     fn push(&mut self, key: &SubKey, entry: &SubEntry, shared: bool) {
         self.out.push(Target {
+            order: key.session.id << 1 | u64::from(shared),
             session: key.session.clone(),
             qos: entry.qos,
             retain_as_published: entry.retain_as_published,
@@ -532,7 +527,6 @@ impl Broker {
             payload: LazyPayload::new(&msg.payload),
             now: self.clock.now() as f64 / 1e6,
             out: targets,
-            memo: SmallVec::new(),
         };
         for cid in self.auth.ancestors(msg.cid) {
             if let Some(ns) = self.namespace(cid) {
@@ -545,7 +539,8 @@ impl Broker {
     /// highest granted QoS, spec §5) and pushes the deliveries.
     fn push_targets(&self, msg: &Arc<Message>, targets: &mut [Target]) -> Routed {
         if targets.len() > 1 {
-            targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
+            // Deliveries of one session (overlapping subscriptions) become adjacent.
+            targets.sort_unstable_by_key(|t| t.order);
         }
         let mut pushed = 0;
         let mut ticket = 0;

@@ -18,6 +18,7 @@
 use std::cell::OnceCell;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytestring::ByteString;
 use percent_encoding::percent_decode_str;
@@ -70,6 +71,20 @@ pub struct Conditions {
     /// ACL rules' identity): equal keys are equal conditions, so the broker keeps one copy and
     /// evaluates it once per message however many subscriptions use it.
     pub key: String,
+    /// The last verdict: the message's timestamp (unique per message, from the broker clock)
+    /// shifted left once, plus the result. Routing asks this first, so the subscriptions that
+    /// share these conditions evaluate them once per message.
+    memo: Memo,
+}
+
+/// See [`Conditions::verdict`]; a clone starts empty.
+#[derive(Debug, Default)]
+struct Memo(AtomicU64);
+
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
 }
 
 impl Conditions {
@@ -80,6 +95,20 @@ impl Conditions {
             && self.payload.is_none()
             && self.message.is_none()
             && self.acl.is_none()
+    }
+
+    /// Whether `msg` passes, evaluated at most once per message (see `memo`); for messages
+    /// routed by the broker, which stamps each with a unique timestamp.
+    pub fn verdict(&self, msg: &Message, payload: &LazyPayload<'_>, now: f64) -> bool {
+        let seen = self.memo.0.load(Ordering::Relaxed);
+        if seen >> 1 == msg.timestamp && seen != 0 {
+            return seen & 1 == 1;
+        }
+        let result = self.matches(msg, payload, now);
+        self.memo
+            .0
+            .store(msg.timestamp << 1 | u64::from(result), Ordering::Relaxed);
+        result
     }
 
     /// Whether `msg` passes. `payload` caches the parsed payload across the subscriptions that
@@ -275,6 +304,28 @@ mod tests {
         p.conditions
             .unwrap()
             .matches(m, &LazyPayload::new(&m.payload), 0.0)
+    }
+
+    #[test]
+    fn the_verdict_is_evaluated_once_per_message() {
+        let c = parse("$filter/payload=v%3E10/t")
+            .unwrap()
+            .conditions
+            .unwrap();
+        let high = msg("t", br#"{"v": 11}"#, 1, 100);
+        let low = msg("t", br#"{"v": 1}"#, 1, 101);
+        let verdict = |m: &Message| c.verdict(m, &LazyPayload::new(&m.payload), 0.0);
+        assert!(verdict(&high));
+        assert!(!verdict(&low), "another message is evaluated again");
+        assert!(!verdict(&low), "and remembered");
+        // The memo is keyed by the message's unique timestamp: a different payload under the
+        // same stamp (which the broker never produces) gets the remembered verdict.
+        assert!(!verdict(&msg("t", br#"{"v": 99}"#, 1, 101)));
+        assert!(verdict(&msg("t", br#"{"v": 99}"#, 1, 102)));
+        assert!(
+            !c.clone()
+                .verdict(&low, &LazyPayload::new(&low.payload), 0.0)
+        );
     }
 
     #[test]

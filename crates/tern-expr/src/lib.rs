@@ -67,6 +67,8 @@ pub struct Expr {
 struct Inner {
     root: Node,
     source: Box<str>,
+    /// Set when the whole expression is a name compared with a literal.
+    shortcut: Option<eval::Shortcut>,
 }
 
 impl Expr {
@@ -76,6 +78,7 @@ impl Expr {
         let root = parser::parse(src)?;
         Ok(Expr {
             inner: Arc::new(Inner {
+                shortcut: eval::Shortcut::of(&root),
                 root,
                 source: src.into(),
             }),
@@ -91,7 +94,10 @@ impl Expr {
     /// The predicate rule (spec §6): `true`, non-zero numbers and "true" strings pass
     /// ([`truthy_str`]); `false`, `0`, `null`, arrays, objects and any evaluation error fail.
     pub fn matches<C: Context + ?Sized>(&self, ctx: &C) -> bool {
-        eval::matches(&self.inner.root, ctx)
+        match &self.inner.shortcut {
+            Some(shortcut) => shortcut.matches(ctx),
+            None => eval::matches(&self.inner.root, ctx),
+        }
     }
 
     /// The source as given to [`Expr::parse`]; error spans index into it.
