@@ -7,11 +7,14 @@
 #   benches/compare.sh                          # 10 s per scenario, ~5 minutes on 2 cores
 #   DURATION=3 benches/compare.sh               # shorter
 #   TERN_BIN=/path/to/tern benches/compare.sh   # measure a prebuilt tern instead of building
+#   RUMQTTD=/path/to/rumqttd benches/compare.sh # also against rumqttd (a third table)
+#   RUMQTTD=install benches/compare.sh          # the same, building rumqttd 0.20 first
 #
 # Settings (environment): DURATION (s per publishing scenario, 10), CLIENTS (the N of fan-in,
 # fan-out and pairs, 8), PAYLOAD (bytes, 64), INFLIGHT (QoS 1 publisher window, 100),
 # CONNECTIONS (connect storm, 5000), RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
-# 1000), THREADS (generator threads, default every core), TERN_PORT/MOSQ_PORT (18831/18832),
+# 1000), THREADS (generator threads, default every core), TERN_PORT/MOSQ_PORT/RUMQ_PORT
+# (18831/18832/18833),
 # OUT (target/bench), STORE_TABLE (0 skips the second table).
 #
 # Equivalent settings: both brokers listen on 127.0.0.1 with anonymous access, keep nothing on
@@ -22,7 +25,10 @@
 # message count is not the limit). Each keeps its own default for TCP_NODELAY: tern sets it and
 # writes many packets per syscall; Mosquitto writes one packet per syscall and leaves Nagle on,
 # which on this machine doubles its QoS 0 throughput over `set_tcp_nodelay true` at no cost in
-# latency at 1k msg/s. Each scenario gets a freshly started broker.
+# latency at 1k msg/s. Each scenario gets a freshly started broker. rumqttd (optional) gets
+# its sample configuration's router and a v4 listener with 1024 inflight messages per client and
+# 1 MiB payloads; it keeps nothing on disk. Clients connect with a keep alive of 600 s (rumqttd
+# refuses 0, which MQTT allows), more than any run lasts, so none sends PINGREQ.
 #
 # The second table needs a tern with a durable store (`[store] enabled` and `fsync`, probed with
 # `tern check-config`): store on with fsync always against store off, subscribers keeping their
@@ -39,6 +45,8 @@ RETAINED=${RETAINED:-100000}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 TERN_PORT=${TERN_PORT:-18831}
 MOSQ_PORT=${MOSQ_PORT:-18832}
+RUMQ_PORT=${RUMQ_PORT:-18833}
+RUMQTTD=${RUMQTTD:-}
 OUT=${OUT:-target/bench}
 STORE_TABLE=${STORE_TABLE:-1}
 FILTER_TABLE=${FILTER_TABLE:-1}
@@ -70,6 +78,12 @@ else
     cargo build --release -p tern-bench >&2
 fi
 BENCH=target/release/tern-bench
+
+if [[ "$RUMQTTD" == install ]]; then
+    echo "== building rumqttd 0.20 (cargo install, a few minutes)" >&2
+    cargo install rumqttd --version 0.20.0 --locked --root "$OUT/rumqttd" >&2
+    RUMQTTD="$OUT/rumqttd/bin/rumqttd"
+fi
 
 # Only the MQTT listener: newer tern also serves HTTP/WebSocket on :8080 by default.
 TERN_ARGS=()
@@ -120,7 +134,26 @@ log_type error
 log_type warning
 EOF
 
-start_broker() { # name: tern (store off), tern-store (store on), mosquitto
+cat >"$OUT/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$RUMQ_PORT"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 1024
+    dynamic_filters = true
+EOF
+
+start_broker() { # name: tern (store off), tern-store (store on), mosquitto, rumqttd
     local name=$1
     case $name in
     tern*)
@@ -141,6 +174,11 @@ start_broker() { # name: tern (store off), tern-store (store on), mosquitto
         BROKER_PID=$!
         PORT=$MOSQ_PORT
         ;;
+    rumqttd)
+        "$RUMQTTD" -q -c "$OUT/rumqttd.toml" >>"$OUT/rumqttd.log" 2>&1 &
+        BROKER_PID=$!
+        PORT=$RUMQ_PORT
+        ;;
     esac
     wait_port "$PORT"
 }
@@ -158,7 +196,7 @@ run() { # key broker tern-bench-args...
     echo "== $key against $name" >&2
     local line
     line=$("$BENCH" --broker "127.0.0.1:$PORT" --broker-pid "$BROKER_PID" --label "$name" \
-        --payload "$PAYLOAD" "${THREADS_ARG[@]}" "$@" 2>>"$OUT/tern-bench.log") || true
+        --payload "$PAYLOAD" --keep-alive 600 "${THREADS_ARG[@]}" "$@" 2>>"$OUT/tern-bench.log") || true
     if [[ -z "$line" ]]; then line='{"error":"tern-bench printed nothing"}'; fi
     echo "$line" | jq -c --arg key "$key" --arg name "$name" '. + {key: $key, label: $name}' >>"$RESULTS"
     echo "$line" | jq -c '{delivered_per_s, lost, acked_per_s, conn_per_s, deliver_s,
@@ -178,6 +216,7 @@ scenario() { # key brokers args...: against each broker of the comma-separated l
 LOAD_BEFORE=$(uptime)
 STARTED=$(date +%s)
 B=tern,mosquitto
+if [[ -n "$RUMQTTD" ]]; then B=tern,mosquitto,rumqttd; fi
 scenario fanin-q0 $B --scenario fan-in --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
 scenario fanin-q1 $B --scenario fan-in --qos 1 --clients "$CLIENTS" "${FLOW[@]}"
 scenario fanout-q0 $B --scenario fan-out --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
@@ -341,6 +380,15 @@ table() { # broker-a broker-b rows
         expr='((.rss.end_kib // .rss_after_kib) / 1024 * 10 | floor) / 10'
         echo "| $key | $(val "$key" tern "$expr") | $(val "$key" mosquitto "$expr") |"
     done
+    if [[ -n "$RUMQTTD" ]]; then
+        echo
+        echo "### tern vs rumqttd $("$RUMQTTD" -V 2>/dev/null | awk '{print $2}')"
+        echo
+        echo "The same runs; rumqttd with its sample router settings and a v4 listener" \
+            "(1024 inflight messages per client, 1 MiB payloads)."
+        echo
+        table tern rumqttd "$ROWS"
+    fi
     echo
     echo "### tern with its durable store on"
     echo
