@@ -321,7 +321,7 @@ storm|connect storm|connections/s|.conn_per_s
 storm|connect storm|failed|.failed
 storm|connect storm|broker RSS per connection KiB|.rss_per_conn_kib
 retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
-retained|retained flood|`#` subscriber: all received, ms|(.deliver_s * 1000 | floor)
+retained|retained flood|`#` subscriber: all received, ms|(if .lost == 0 then (.deliver_s * 1000 | floor) else "not all (\(.delivered) received)" end)
 retained|retained flood|`#` subscriber msg/s|.delivered_per_s
 retained|retained flood|lost|.lost
 EOF
