@@ -113,6 +113,10 @@ impl Connection {
         if expired > 0 {
             broker.metrics.dropped_n(DropReason::Expired, expired);
         }
+        // Counted once per batch: the counters are shared by every worker thread, and an
+        // atomic add per delivery kept their cache line bouncing between cores (perf: ~5% of
+        // a QoS 0 fan-out).
+        let (mut out_messages, mut out_bytes) = (0u64, 0u64);
         for o in batch.drain(..) {
             if o.pubrel {
                 if let Some(id) = o.packet_id {
@@ -120,9 +124,16 @@ impl Connection {
                 }
                 continue;
             }
-            if !self.encode_delivery(&o.delivery, o.packet_id, o.dup, now) {
+            if self.encode_delivery(&o.delivery, o.packet_id, o.dup, now) {
+                out_messages += 1;
+                out_bytes += o.delivery.msg.payload.len() as u64;
+            } else {
                 self.drop_too_large(o.packet_id);
             }
+        }
+        if out_messages > 0 {
+            Metrics::add(&broker.metrics.messages_out, out_messages);
+            Metrics::add(&broker.metrics.bytes_out, out_bytes);
         }
         BATCH.set(batch);
         more
@@ -140,15 +151,20 @@ impl Connection {
         let v5 = self.protocol.is_v5();
         // The broker-stamped `cid` and `timestamp` user properties (spec §3), formatted on the
         // stack: a delivery allocates nothing.
+        // Formatted for v5 clients only; earlier versions have no user properties.
         let mut cid_buf = [0u8; 20];
         let mut ts_buf = [0u8; 28];
-        let stamp = [
-            ("cid", format_u64(msg.cid, &mut cid_buf)),
-            (
-                "timestamp",
-                format_timestamp_into(msg.timestamp, &mut ts_buf),
-            ),
-        ];
+        let stamp = if v5 {
+            [
+                ("cid", format_u64(msg.cid, &mut cid_buf)),
+                (
+                    "timestamp",
+                    format_timestamp_into(msg.timestamp, &mut ts_buf),
+                ),
+            ]
+        } else {
+            [("", ""); 2]
+        };
         let mut out = tern_codec::Outgoing {
             dup,
             qos: d.qos,
@@ -199,8 +215,6 @@ impl Connection {
         if shared {
             self.out.push_shared(msg.payload.clone());
         }
-        Metrics::inc(&self.broker.metrics.messages_out);
-        Metrics::add(&self.broker.metrics.bytes_out, msg.payload.len() as u64);
         true
     }
 
