@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the black-box tests drive besides Rust: Debian's mosquitto-clients
-# (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt, and MQTT.js from npm (tests/node, pinned by
+# (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt and gmqtt, and MQTT.js from npm (tests/node, pinned by
 # its package-lock.json). Idempotent; quick when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,11 @@ fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "installing paho-mqtt"
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+fi
+
+if ! python3 -c 'import gmqtt' >/dev/null 2>&1; then
+  echo "installing gmqtt"
+  python3 -m pip install --quiet --disable-pip-version-check 'gmqtt==0.8.0'
 fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
-//! Real clients against tern: rumqttc (3.1.1 and 5), mosquitto_pub/sub (3.1, 3.1.1, 5) and
-//! paho-mqtt (Python, 3.1.1 and 5).
+//! Real clients against tern: rumqttc (3.1.1 and 5), mosquitto_pub/sub (3.1, 3.1.1, 5),
+//! paho-mqtt (Python, 3.1.1 and 5) and gmqtt (Python, 5, with a token).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -244,4 +244,41 @@ async fn paho_mqtt_v311() {
 async fn paho_mqtt_v5() {
     let b = TestBroker::start().await;
     paho(&b, "5").await;
+}
+
+/// gmqtt (Gurtam's Python client, MQTT 5) with the master token as its bare user name: CONNACK
+/// properties, QoS 2, overlapping subscriptions with both identifiers, `$share`, wills on
+/// DISCONNECT 0x04 only, and an unknown token refused (tests/python/gmqtt_flows.py).
+#[tokio::test]
+async fn gmqtt_flows_with_a_token() {
+    let b = TestBroker::with(|c| c.auth.anonymous = false).await;
+    let master = b
+        .server()
+        .directory()
+        .tokens()
+        .into_iter()
+        .find(|t| t.access.kind == tern_broker::accounts::Access::MASTER)
+        .expect("a first start creates the master token");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/gmqtt_flows.py"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("python3")
+            .args([script, "127.0.0.1", &b.addr.port().to_string(), &master.key])
+            .output(),
+    )
+    .await
+    .expect("gmqtt script finishes")
+    .expect("python3 runs");
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with("ok"),
+        "gmqtt: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
