@@ -530,3 +530,37 @@ async fn large_and_small_payloads_interleave_intact_on_every_listener() {
         c.expect_nothing().await;
     }
 }
+
+/// MQTT.js as flespi-io-js and MQTT Board use it, on one HTTP port for REST and MQTT over
+/// WebSocket with `FlespiToken <key>`: routing by Subscription Identifier, the resumed session's
+/// subscriptions in CONNACK, REST over HTTP and over MQTT (tests/node/flespi_style.js).
+#[tokio::test]
+async fn mqttjs_like_flespi_io_js_and_mqtt_board() {
+    let b = TestBroker::with_listeners(|c| c.auth.anonymous = false).await;
+    let master = b
+        .server()
+        .directory()
+        .tokens()
+        .into_iter()
+        .find(|t| t.access.kind == tern_broker::accounts::Access::MASTER)
+        .expect("a first start creates the master token");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/node/flespi_style.js"
+    );
+    let mut cmd = Command::new("node");
+    cmd.args([script, &b.http().port().to_string(), &master.key]);
+    let out = tokio::time::timeout(Duration::from_secs(40), cmd.kill_on_drop(true).output())
+        .await
+        .expect("flespi_style.js finishes")
+        .expect("node runs (scripts/test-deps.sh installs tests/node)");
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with("ok"),
+        "flespi-style MQTT.js: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
