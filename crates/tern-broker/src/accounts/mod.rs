@@ -367,6 +367,18 @@ impl Directory {
         bool::from(t.key.as_bytes().ct_eq(key.as_bytes())).then(|| t.clone())
     }
 
+    /// `(id, expire)` of every token whose absolute `expire` (unix seconds) is at or before
+    /// `now`: the tokens whose live connections must end.
+    pub fn expired_tokens(&self, now: u64) -> Vec<(u64, u64)> {
+        self.state
+            .read()
+            .tokens
+            .values()
+            .filter(|t| t.expire != 0 && t.expire <= now)
+            .map(|t| (t.id, t.expire))
+            .collect()
+    }
+
     pub fn tokens(&self) -> Vec<Token> {
         let mut v: Vec<Token> = self.state.read().tokens.values().cloned().collect();
         v.sort_by_key(|t| t.id);
