@@ -134,6 +134,10 @@ impl Subscription {
 
 const SHARE_PREFIX_LEN: usize = "$share/".len();
 
+/// Outbox capacity (deliveries) a session keeps however empty its queue; above it, a drained
+/// queue gives its memory back (`release_queue_memory`).
+const QUEUE_KEEP: usize = 1024;
+
 /// What a QoS 1/2 message in flight towards the client waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -729,6 +733,17 @@ impl SessionState {
         let d = self.queue.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(d.cost());
         Some(d)
+    }
+
+    /// Gives memory back after a burst: a queue that grew past `QUEUE_KEEP` entries and has
+    /// drained to an eighth of its capacity is reallocated to twice its length. Without this a
+    /// session would hold its largest backlog's allocation for life (1,000 subscribers that
+    /// once lagged by 10,000 messages: 650 MiB).
+    pub fn release_queue_memory(&mut self) {
+        let cap = self.queue.capacity();
+        if cap > QUEUE_KEEP && self.queue.len() < cap / 8 {
+            self.queue.shrink_to((self.queue.len() * 2).max(QUEUE_KEEP / 4));
+        }
     }
 
     /// Puts a delivery back at the front (it could not be sent yet).

@@ -96,6 +96,7 @@ impl Connection {
                     pubrel: false,
                 });
             }
+            st.release_queue_memory();
             let sent = batch.iter().filter(|o| !o.dup).count();
             st.stats.received += sent as u64;
             session.drained_to(st.queue.len(), st.queued_bytes, &broker.config);
