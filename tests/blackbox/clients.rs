@@ -7,6 +7,7 @@ use std::time::Duration;
 use tern_codec::{ProtocolVersion, QoS};
 use tokio::process::Command;
 
+use crate::support::process::client_script;
 use crate::support::{Client, TestBroker, WAIT};
 
 #[tokio::test]
@@ -213,25 +214,9 @@ async fn mosquitto_sub_gets_retained_and_raw_client_sees_its_publish() {
 }
 
 async fn paho(b: &TestBroker, version: &str) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/paho_roundtrip.py"
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new("python3")
-            .args([script, "127.0.0.1", &b.addr.port().to_string(), version])
-            .output(),
-    )
-    .await
-    .expect("paho script finishes")
-    .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho-mqtt {version}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let port = b.addr.port().to_string();
+    let args = ["127.0.0.1", port.as_str(), version];
+    client_script("python3", "tests/python/paho_roundtrip.py", &args, WAIT * 6).await;
 }
 
 #[tokio::test]
@@ -252,33 +237,8 @@ async fn paho_mqtt_v5() {
 #[tokio::test]
 async fn gmqtt_flows_with_a_token() {
     let b = TestBroker::with(|c| c.auth.anonymous = false).await;
-    let master = b
-        .server()
-        .directory()
-        .tokens()
-        .into_iter()
-        .find(|t| t.access.kind == tern_broker::accounts::Access::MASTER)
-        .expect("a first start creates the master token");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/gmqtt_flows.py"
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new("python3")
-            .args([script, "127.0.0.1", &b.addr.port().to_string(), &master.key])
-            .output(),
-    )
-    .await
-    .expect("gmqtt script finishes")
-    .expect("python3 runs");
-    assert!(
-        out.status.success()
-            && String::from_utf8_lossy(&out.stdout)
-                .trim_end()
-                .ends_with("ok"),
-        "gmqtt: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (port, master) = (b.addr.port().to_string(), b.master_key());
+    let args = ["127.0.0.1", port.as_str(), master.as_str()];
+    let out = client_script("python3", "tests/python/gmqtt_flows.py", &args, WAIT * 12).await;
+    assert!(out.trim_end().ends_with("ok"), "gmqtt: {out}");
 }

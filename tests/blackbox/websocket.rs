@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::client::{connect_packet, publish_packet, user_property};
-use crate::support::process::Daemon;
+use crate::support::process::{Daemon, client_script};
 use crate::support::transport::{self, Transport};
 use crate::support::{Client, TestBroker, TestCerts, WAIT, eventually, http};
 
@@ -335,25 +335,10 @@ async fn http_requests_and_websockets_share_the_port() {
 }
 
 async fn mqttjs(url: &str, version: &str, ca: Option<&std::path::Path>) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/node/mqttjs_roundtrip.js"
-    );
-    let mut cmd = Command::new("node");
-    cmd.args([script, url, version]);
-    if let Some(ca) = ca {
-        cmd.arg(ca);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.kill_on_drop(true).output())
-        .await
-        .expect("MQTT.js script finishes")
-        .expect("node runs (scripts/test-deps.sh installs tests/node)");
-    assert!(
-        out.status.success(),
-        "MQTT.js {url} v{version}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ca = ca.map(|p| p.display().to_string());
+    let mut args = vec![url, version];
+    args.extend(ca.as_deref());
+    client_script("node", "tests/node/mqttjs_roundtrip.js", &args, WAIT * 6).await;
 }
 
 #[tokio::test]
@@ -537,30 +522,11 @@ async fn large_and_small_payloads_interleave_intact_on_every_listener() {
 #[tokio::test]
 async fn mqttjs_like_flespi_io_js_and_mqtt_board() {
     let b = TestBroker::with_listeners(|c| c.auth.anonymous = false).await;
-    let master = b
-        .server()
-        .directory()
-        .tokens()
-        .into_iter()
-        .find(|t| t.access.kind == tern_broker::accounts::Access::MASTER)
-        .expect("a first start creates the master token");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/node/flespi_style.js"
-    );
-    let mut cmd = Command::new("node");
-    cmd.args([script, &b.http().port().to_string(), &master.key]);
-    let out = tokio::time::timeout(Duration::from_secs(40), cmd.kill_on_drop(true).output())
-        .await
-        .expect("flespi_style.js finishes")
-        .expect("node runs (scripts/test-deps.sh installs tests/node)");
+    let (port, master) = (b.http().port().to_string(), b.master_key());
+    let args = [port.as_str(), master.as_str()];
+    let out = client_script("node", "tests/node/flespi_style.js", &args, WAIT * 8).await;
     assert!(
-        out.status.success()
-            && String::from_utf8_lossy(&out.stdout)
-                .trim_end()
-                .ends_with("ok"),
-        "flespi-style MQTT.js: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.trim_end().ends_with("ok"),
+        "flespi-style MQTT.js: {out}"
     );
 }

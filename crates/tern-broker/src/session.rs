@@ -742,7 +742,8 @@ impl SessionState {
     pub fn release_queue_memory(&mut self) {
         let cap = self.queue.capacity();
         if cap > QUEUE_KEEP && self.queue.len() < cap / 8 {
-            self.queue.shrink_to((self.queue.len() * 2).max(QUEUE_KEEP / 4));
+            self.queue
+                .shrink_to((self.queue.len() * 2).max(QUEUE_KEEP / 4));
         }
     }
 

@@ -128,6 +128,17 @@ impl TestBroker {
         self.server.as_ref().expect("running")
     }
 
+    /// The key of the master token the first start created.
+    pub fn master_key(&self) -> String {
+        self.server()
+            .directory()
+            .tokens()
+            .into_iter()
+            .find(|t| t.access.kind == tern_broker::accounts::Access::MASTER)
+            .expect("a first start creates the master token")
+            .key
+    }
+
     pub fn mqtts(&self) -> SocketAddr {
         self.addrs.mqtts.expect("mqtts listener")
     }

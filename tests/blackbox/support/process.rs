@@ -203,3 +203,31 @@ pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs one of the external client scripts (`tests/python`, `tests/node`) with `program`
+/// (`python3`, `node`): the script's path is relative to the repository, `args` follow it.
+/// Fails the test unless it exits 0 within `wait`, showing what it printed; returns its
+/// standard output.
+pub async fn client_script(program: &str, script: &str, args: &[&str], wait: Duration) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(script);
+    let out = tokio::time::timeout(
+        wait,
+        Command::new(program)
+            .arg(&path)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} did not finish within {wait:?}"))
+    .unwrap_or_else(|e| panic!("{program} runs (scripts/test-deps.sh installs it): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
