@@ -2,7 +2,7 @@
 
 use tern_codec::*;
 
-use crate::support::client::{Read, connect_packet, publish_packet};
+use crate::support::client::{Read, connect_packet, publish_packet, user_property};
 use crate::support::{Client, TestBroker};
 
 #[tokio::test]
@@ -74,6 +74,40 @@ async fn oversized_outgoing_messages_are_dropped_for_that_client_only() {
     assert_eq!(m.payload.len(), 1000);
     big.ack(&m).await;
     assert_eq!(&big.recv_publish().await.payload[..], b"small");
+}
+
+/// A message that fits the client's Maximum Packet Size only without the broker's `cid` and
+/// `timestamp` user properties is delivered without them (its own properties intact), not
+/// dropped; one that does not fit either way is dropped.
+#[tokio::test]
+async fn stamps_give_way_to_the_maximum_packet_size() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(ProtocolVersion::V5, "mps-stamps", true);
+    c.properties.maximum_packet_size = Some(64);
+    let (mut sub, _) = Client::connect_with(b.addr, c).await;
+    sub.subscribe("mps/s", QoS::AtMostOnce).await;
+    let mut p = Client::connect(b.addr, ProtocolVersion::V5, "mps-stamps-p").await;
+    let mut with_props = publish_packet("mps/s", &[1u8; 20], QoS::AtMostOnce, false, None);
+    with_props
+        .properties
+        .user_properties
+        .push(("a".into(), "2".into()));
+    p.send(Packet::Publish(with_props)).await;
+    // 2 + 7 + 1 + 60 bytes: too large with or without stamps.
+    p.publish("mps/s", &[2u8; 60], QoS::AtMostOnce, false).await;
+    p.publish("mps/s", &[3u8; 4], QoS::AtMostOnce, false).await;
+    let m = sub.recv_publish().await;
+    assert_eq!(&m.payload[..], &[1u8; 20]);
+    let props: Vec<_> = m
+        .properties
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(props, [("a".to_string(), "2".to_string())]);
+    let m = sub.recv_publish().await;
+    assert_eq!(&m.payload[..], &[3u8; 4], "the 60-byte one was dropped");
+    assert!(user_property(&m.properties.user_properties, "timestamp").is_some());
 }
 
 #[tokio::test]

@@ -187,10 +187,15 @@ impl Connection {
         };
         // [MQTT-3.1.2-25]: never send a packet larger than the client's Maximum Packet Size.
         // Checked with the full topic, before an alias is assigned, so that an alias is only
-        // ever used after the client saw it with its topic.
-        if tern_codec::outgoing_len(&out, self.protocol) > self.limits.maximum_packet_size as usize
-        {
-            return false;
+        // ever used after the client saw it with its topic. The broker's own stamps (about 40
+        // bytes) give way before the message does: a message that fits without them is sent
+        // without them.
+        let max = self.limits.maximum_packet_size as usize;
+        if tern_codec::outgoing_len(&out, self.protocol) > max {
+            out.extra_user_properties = &[];
+            if tern_codec::outgoing_len(&out, self.protocol) > max {
+                return false;
+            }
         }
         if v5 && self.limits.topic_alias_maximum > 0 {
             match self.topic_alias(&msg.topic) {
