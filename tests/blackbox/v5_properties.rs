@@ -45,6 +45,43 @@ async fn publish_properties_are_forwarded() {
     );
 }
 
+/// Stamps follow the publisher's user properties by default; `mqtt.stamp_properties = false`
+/// forwards them exactly as published, retained and live deliveries alike.
+#[tokio::test]
+async fn stamp_properties_can_be_turned_off() {
+    for stamped in [true, false] {
+        let b = TestBroker::with(|c| c.mqtt.stamp_properties = stamped).await;
+        let mut p = Client::connect(b.addr, ProtocolVersion::V5, "stamp-p").await;
+        let mut pkt = publish_packet("stamp/r", b"kept", QoS::AtLeastOnce, true, Some(1));
+        pkt.properties.user_properties =
+            vec![(ByteString::from_static("a"), ByteString::from_static("2"))];
+        p.send(Packet::Publish(pkt.clone())).await;
+        p.recv().await;
+        let mut s = Client::connect(b.addr, ProtocolVersion::V5, "stamp-s").await;
+        s.subscribe("stamp/+", QoS::AtMostOnce).await;
+        let retained = s.recv_publish().await;
+        pkt.topic = ByteString::from_static("stamp/live");
+        pkt.retain = false;
+        pkt.packet_id = Some(2);
+        p.send(Packet::Publish(pkt)).await;
+        let live = s.recv_publish().await;
+        for m in [retained, live] {
+            let keys: Vec<&str> = m
+                .properties
+                .user_properties
+                .iter()
+                .map(|(k, _)| &**k)
+                .collect();
+            let want: &[&str] = if stamped {
+                &["a", "cid", "timestamp"]
+            } else {
+                &["a"]
+            };
+            assert_eq!(keys, want, "stamp_properties = {stamped}, {}", m.topic);
+        }
+    }
+}
+
 #[tokio::test]
 async fn v5_properties_reach_v311_subscribers_as_plain_messages() {
     let b = TestBroker::start().await;

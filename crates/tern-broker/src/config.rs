@@ -43,6 +43,10 @@ pub struct BrokerConfig {
     /// Whether every v5 CONNACK echoes the client's own id as Assigned Client Identifier, as
     /// flespi does (spec §2). When false, only generated ids are sent.
     pub echo_client_id: bool,
+    /// Whether every v5 delivery carries the broker's `cid` and `timestamp` user properties
+    /// after the publisher's own (spec §3). When false, user properties reach subscribers
+    /// exactly as published.
+    pub stamp_properties: bool,
     /// Whether session events are published (`flespi/log/mqtt/sessions/...`, spec §9).
     pub session_events: bool,
     /// A connected session with this many queued messages (or `backpressure_bytes`) makes its
@@ -72,6 +76,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_subscriptions_per_session: 10_000,
             echo_client_id: true,
+            stamp_properties: true,
             session_events: true,
             backpressure_messages: 10_000,
             backpressure_bytes: 16 * 1024 * 1024,

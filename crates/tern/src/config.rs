@@ -288,6 +288,8 @@ pub struct Mqtt {
     pub retain_available: bool,
     /// Echo the client's own id as Assigned Client Identifier in every v5 CONNACK (flespi).
     pub echo_client_id: bool,
+    /// Add the `cid` and `timestamp` user properties to every v5 delivery (flespi, spec §3).
+    pub stamp_properties: bool,
     /// Publish session events on `flespi/log/mqtt/sessions/<id>/<event>` (spec §9).
     pub session_events: bool,
 }
@@ -306,6 +308,7 @@ impl Default for Mqtt {
             max_client_id_len: b.max_client_id_len,
             retain_available: b.retain_available,
             echo_client_id: b.echo_client_id,
+            stamp_properties: b.stamp_properties,
             session_events: b.session_events,
         }
     }
@@ -894,6 +897,7 @@ impl Config {
             connect_timeout: Duration::from_secs(self.mqtt.connect_timeout.max(1)),
             max_subscriptions_per_session: self.session.max_subscriptions,
             echo_client_id: self.mqtt.echo_client_id,
+            stamp_properties: self.mqtt.stamp_properties,
             session_events: self.mqtt.session_events,
             backpressure_messages: self.session.backpressure_messages.max(2),
             backpressure_bytes: self.session.backpressure_bytes.max(2),

@@ -152,10 +152,12 @@ impl Connection {
         let v5 = self.protocol.is_v5();
         // The broker-stamped `cid` and `timestamp` user properties (spec §3), formatted on the
         // stack: a delivery allocates nothing.
-        // Formatted for v5 clients only; earlier versions have no user properties.
+        // Formatted for v5 clients only (earlier versions have no user properties), unless
+        // `mqtt.stamp_properties` is off.
+        let stamped = v5 && self.broker.config.stamp_properties;
         let mut cid_buf = [0u8; 20];
         let mut ts_buf = [0u8; 28];
-        let stamp = if v5 {
+        let stamp = if stamped {
             [
                 ("cid", format_u64(msg.cid, &mut cid_buf)),
                 (
@@ -182,7 +184,7 @@ impl Connection {
             },
             topic_alias: None,
             subscription_identifiers: &d.sub_ids,
-            extra_user_properties: if v5 { &stamp } else { &[] },
+            extra_user_properties: if stamped { &stamp } else { &[] },
             payload: &msg.payload,
         };
         // [MQTT-3.1.2-25]: never send a packet larger than the client's Maximum Packet Size.
