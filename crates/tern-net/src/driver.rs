@@ -132,8 +132,44 @@ where
         tokio::pin!(timer);
         // Reads and writes take turns at being looked at first, so neither starves the other.
         let mut read_first = false;
+        // Bytes were read and wait to be processed; true if they woke this task and the client
+        // is not streaming (then a PUBLISH among them lets other woken tasks go first).
+        let mut received: Option<bool> = None;
+        // Only tokio's multi-thread scheduler polls the last-woken task first (its LIFO slot);
+        // the current-thread one keeps wake-up order by itself.
+        let lifo = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
 
         let reason = 'conn: loop {
+            if let Some(woken) = received.take() {
+                // A PUBLISH that woke this task waits one scheduling round: the tasks woken by
+                // the same batch of socket events run first. tokio polls the last-woken task
+                // first (its LIFO slot), which would otherwise reverse the kernel's order
+                // between, say, a SUBSCRIBE on another connection and this PUBLISH sent right
+                // after it, and the new subscriber would miss it. (Here, at the top of the
+                // loop, the wait adds nothing to the task's size.)
+                if woken && rbuf.first().is_some_and(|b| b >> 4 == 3) {
+                    tokio::task::yield_now().await;
+                }
+                let was_connected = conn.is_connected();
+                let processed = process(&mut conn, &mut rbuf);
+                // A quiet connection gives its read buffer back between reads: idle
+                // connections then hold no buffer at all.
+                if rbuf.is_empty() && read_size == READ_FIRST {
+                    rbuf = BytesMut::new();
+                }
+                if !was_connected && conn.is_connected() {
+                    counted = Some(ConnectedGuard::new(&metrics, listener, conn.protocol()));
+                }
+                if let Err(reason) = processed {
+                    break 'conn reason;
+                }
+                deadline = match conn.idle_timeout() {
+                    Some(idle) => Instant::now() + idle,
+                    None if conn.is_connected() => far_future(),
+                    None => deadline,
+                };
+            }
             if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
                 fill_pending = conn.fill(OUT_FILL_LIMIT);
             }
@@ -173,9 +209,13 @@ where
                 timer.as_mut().reset(wake_at);
             }
             read_first = !read_first;
+            // How many times the wait below was polled: more than once means this task slept
+            // and was woken.
+            let mut polls = 0u8;
             // Every source is polled in place; each poll is cancel-safe (bytes move only when a
             // read or write completes, signals are kept until taken).
             let event = std::future::poll_fn(|cx| {
+                polls = polls.saturating_add(1);
                 // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one
                 // signal. A kick wins over everything; deliveries only mark the outbox for
                 // filling, and wake the loop by themselves only when nothing else is ready:
@@ -246,24 +286,10 @@ where
                         Ok(_) => {}
                         Err(err) => break 'conn io_close_reason(&conn, &err, "read"),
                     }
-                    let was_connected = conn.is_connected();
-                    let processed = process(&mut conn, &mut rbuf);
-                    // A quiet connection gives its read buffer back between reads: idle
-                    // connections then hold no buffer at all.
-                    if rbuf.is_empty() && read_size == READ_FIRST {
-                        rbuf = BytesMut::new();
-                    }
-                    if !was_connected && conn.is_connected() {
-                        counted = Some(ConnectedGuard::new(&metrics, listener, conn.protocol()));
-                    }
-                    if let Err(reason) = processed {
-                        break 'conn reason;
-                    }
-                    deadline = match conn.idle_timeout() {
-                        Some(idle) => Instant::now() + idle,
-                        None if conn.is_connected() => far_future(),
-                        None => deadline,
-                    };
+                    // Processed at the top of the loop (see `received`). A client whose reads
+                    // never filled the first buffer is not streaming: it is the one whose
+                    // PUBLISH may race a SUBSCRIBE sent just before it.
+                    received = Some(lifo && polls > 1 && read_size == READ_FIRST);
                 }
                 Event::Drained => drained_wait = None,
                 Event::Timer => {
