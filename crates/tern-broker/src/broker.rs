@@ -521,6 +521,31 @@ impl Broker {
         })
     }
 
+    /// Whether any subscription of account `cid` or of an account above it matches `topic`
+    /// (before `$filter` and `cid` conditions): lets the broker skip building a message that
+    /// nobody can receive, such as the session events of every connect and disconnect.
+    pub(crate) fn has_subscribers(&self, cid: Cid, topic: &str) -> bool {
+        struct Any(bool);
+        impl<K, V> Visitor<K, V> for Any {
+            fn visit(&mut self, _: &K, _: &V) {
+                self.0 = true;
+            }
+            fn visit_shared(&mut self, _: &SharedGroup<K, V>, _: &str) {
+                self.0 = true;
+            }
+        }
+        let mut any = Any(false);
+        for cid in self.auth.ancestors(cid) {
+            if let Some(ns) = self.namespace(cid) {
+                ns.subs.read().for_each_match(topic, &mut any);
+                if any.0 {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn collect_targets(&self, msg: &Message, targets: &mut Vec<Target>) {
         let mut collector = Collector {
             msg,

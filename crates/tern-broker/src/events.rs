@@ -24,6 +24,11 @@ impl Broker {
         if !self.config.session_events {
             return;
         }
+        let topic = format!("flespi/log/mqtt/sessions/{}/{event}", session.public_id());
+        // Nobody listening (the usual case): no JSON built, nothing routed.
+        if !self.has_subscribers(session.key.cid, &topic) {
+            return;
+        }
         let (ip, protocol, clean, stats) = {
             let st = session.lock();
             (st.last_peer, st.last_protocol, st.clean, st.stats)
@@ -44,7 +49,6 @@ impl Broker {
             "rejected": stats.rejected,
             "reason": reason.map_or("", |r| r.label()),
         });
-        let topic = format!("flespi/log/mqtt/sessions/{}/{event}", session.public_id());
         let mut msg = self.message(
             session.key.cid,
             ByteString::from(topic),
