@@ -111,7 +111,7 @@ impl Session {
     /// The REST view of this session.
     pub fn view(&self) -> SessionView {
         let st = self.lock();
-        let ip = st.last_peer.map(|a| a.ip().to_string()).unwrap_or_default();
+        let ip = st.last_ip();
         let expires = match (st.conn.is_some(), st.disconnected_at) {
             (false, Some(at)) if st.expiry_interval != u32::MAX => {
                 Some((at + u64::from(st.expiry_interval) * 1_000_000) as f64 / 1e6)

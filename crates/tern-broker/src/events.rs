@@ -10,7 +10,6 @@ use tern_codec::QoS;
 
 use crate::broker::Broker;
 use crate::close::CloseReason;
-use crate::message::format_timestamp;
 use crate::session::Session;
 
 impl Broker {
@@ -31,12 +30,12 @@ impl Broker {
         }
         let (ip, protocol, clean, stats) = {
             let st = session.lock();
-            (st.last_peer, st.last_protocol, st.clean, st.stats)
+            (st.last_ip(), st.last_protocol, st.clean, st.stats)
         };
-        let ip = ip.map(|a| a.ip().to_string()).unwrap_or_default();
         let timestamp = self.clock.stamp();
         let payload = serde_json::json!({
-            "timestamp": format_timestamp(timestamp).parse::<f64>().unwrap_or(0.0),
+            // Exact: microseconds below 2^53 divide by 10^6 to the nearest double.
+            "timestamp": timestamp as f64 / 1e6,
             "event": event,
             "session_id": session.public_id(),
             "client_id": &*session.key.client_id,

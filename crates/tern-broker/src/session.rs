@@ -455,6 +455,13 @@ pub struct Origin {
 }
 
 impl SessionState {
+    /// The IP address of the current or last connection, as text ("" if none).
+    pub fn last_ip(&self) -> String {
+        self.last_peer
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+    }
+
     /// Records where the owning connection comes from.
     pub(crate) fn set_origin(&mut self, origin: Origin) {
         self.last_peer = Some(origin.peer);

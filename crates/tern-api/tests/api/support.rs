@@ -275,6 +275,18 @@ impl Mqtt {
 
     /// Sends `connect` and expects a successful CONNACK.
     pub async fn open(addr: SocketAddr, connect: Connect) -> Mqtt {
+        let (c, code) = Mqtt::handshake(addr, connect).await;
+        assert_eq!(code, ReasonCode::SUCCESS, "CONNACK {code:?}");
+        c
+    }
+
+    /// Sends `connect` and returns the CONNACK's code, whatever it is.
+    pub async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
+        Mqtt::handshake(addr, connect).await.1
+    }
+
+    /// Opens a connection, sends `connect` and reads the CONNACK.
+    async fn handshake(addr: SocketAddr, connect: Connect) -> (Mqtt, ReasonCode) {
         let stream = TcpStream::connect(addr).await.expect("connect mqtt");
         stream.set_nodelay(true).ok();
         let mut c = Mqtt {
@@ -286,27 +298,7 @@ impl Mqtt {
         };
         c.send(Packet::Connect(Box::new(connect))).await;
         match c.recv().await {
-            Some(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.code, ReasonCode::SUCCESS, "CONNACK {ack:?}")
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        c
-    }
-
-    /// Sends `connect` and returns the CONNACK's code, whatever it is.
-    pub async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
-        let stream = TcpStream::connect(addr).await.expect("connect mqtt");
-        let mut c = Mqtt {
-            stream,
-            buf: BytesMut::new(),
-            version: connect.protocol,
-            next_id: 0,
-            pending: Default::default(),
-        };
-        c.send(Packet::Connect(Box::new(connect))).await;
-        match c.recv().await {
-            Some(Packet::ConnAck(ack)) => ack.code,
+            Some(Packet::ConnAck(ack)) => (c, ack.code),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
