@@ -173,8 +173,9 @@ async fn mosquitto_round_trip(
 
 #[tokio::test]
 async fn mosquitto_clients_every_version() {
-    // libmosquitto refuses an Assigned Client Identifier it did not ask for.
-    let b = TestBroker::with(|c| c.mqtt.echo_client_id = false).await;
+    // libmosquitto refuses an Assigned Client Identifier it did not ask for: the defaults
+    // (mqtt.echo_client_id = false) send it only for generated ids.
+    let b = TestBroker::start().await;
     for (sub_v, pub_v, qos) in [
         ("mqttv31", "mqttv311", "1"),
         ("mqttv311", "mqttv31", "2"),
@@ -184,6 +185,86 @@ async fn mosquitto_clients_every_version() {
         let line = mosquitto_round_trip(&b, sub_v, pub_v, qos).await;
         assert_eq!(line, format!("mosq/{sub_v}/{pub_v}/{qos} hello mosquitto"));
     }
+}
+
+/// `mosquitto_sub -V 5 -i ID -c` with the defaults: libmosquitto accepts the CONNACK (no echoed
+/// Assigned Client Identifier), and the persistent session keeps a QoS 1 message published
+/// while it was away.
+#[tokio::test]
+async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
+    let b = TestBroker::start().await;
+    let port = b.addr.port().to_string();
+    let sub_args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "5",
+        "-i",
+        "mosq-v5-own",
+        "-c",
+        "-q",
+        "1",
+        "-t",
+        "mosq/v5/own",
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ];
+    // First visit: creates the session and its subscription, then leaves with -W.
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-i",
+            "mosq-v5-own",
+            "-c",
+        ])
+        .args(["-q", "1", "-t", "mosq/v5/own", "-W", "1"])
+        .output()
+        .await
+        .expect("mosquitto_sub is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("rotocol error"),
+        "mosquitto_sub -V 5 -i ID -c: {stderr}"
+    );
+    let key = tern_broker::SessionKey {
+        cid: 1,
+        client_id: "mosq-v5-own".into(),
+    };
+    let kept = b
+        .broker()
+        .session(&key)
+        .is_some_and(|s| s.lock().subscriptions.keys().any(|f| &**f == "mosq/v5/own"));
+    assert!(kept, "the persistent session and its subscription are kept");
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "5", "-q", "1"])
+        .args(["-t", "mosq/v5/own", "-m", "while away"])
+        .status()
+        .await
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    // Second visit: the queued message arrives.
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        Command::new("mosquitto_sub").args(sub_args).output(),
+    )
+    .await
+    .expect("mosquitto_sub exits")
+    .expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "while away",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

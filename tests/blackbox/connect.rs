@@ -24,8 +24,8 @@ async fn every_version_connects() {
 }
 
 #[tokio::test]
-async fn v5_connack_carries_assigned_client_identifier_even_for_own_id() {
-    let b = TestBroker::start().await;
+async fn echo_client_id_true_echoes_the_own_id_as_flespi_does() {
+    let b = TestBroker::with(|c| c.mqtt.echo_client_id = true).await;
     let (_c, ack) =
         Client::connect_with(b.addr, connect_packet(ProtocolVersion::V5, "my-id", true)).await;
     assert_eq!(
@@ -183,8 +183,8 @@ async fn connect_timeout_closes_silent_connections() {
 }
 
 #[tokio::test]
-async fn echo_client_id_false_sends_only_generated_ids() {
-    let b = TestBroker::with(|c| c.mqtt.echo_client_id = false).await;
+async fn by_default_only_generated_ids_are_assigned() {
+    let b = TestBroker::start().await;
     let (_c, ack) =
         Client::connect_with(b.addr, connect_packet(ProtocolVersion::V5, "own", true)).await;
     assert_eq!(ack.properties.assigned_client_identifier, None);

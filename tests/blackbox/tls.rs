@@ -230,7 +230,7 @@ async fn optional_client_certificate() {
 
 #[tokio::test]
 async fn mosquitto_over_tls_with_the_generated_ca() {
-    let b = TestBroker::with_listeners(|c| c.mqtt.echo_client_id = false).await;
+    let b = TestBroker::with_listeners(|_| {}).await;
     let port = b.mqtts().port().to_string();
     let ca = b.test_certs().ca().display().to_string();
     // mosquitto_sub over TLS receives what a TCP client publishes.

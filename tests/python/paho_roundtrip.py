@@ -67,8 +67,9 @@ payloads = sorted(m.payload for m in received)
 if payloads != [b"q0", b"q1", b"q2"]:
     failures.append(f"payloads {payloads}")
 if v5:
-    if "AssignedClientIdentifier" not in connack["props"].json():
-        failures.append("CONNACK without Assigned Client Identifier")
+    # mqtt.echo_client_id defaults to false: the client's own id is not echoed back.
+    if "AssignedClientIdentifier" in connack["props"].json():
+        failures.append("CONNACK echoes the client's own id as Assigned Client Identifier")
     # flespi's CONNACK user properties (spec §2): the token and the resumed subscriptions.
     connack_user = dict(getattr(connack["props"], "UserProperty", []))
     try:

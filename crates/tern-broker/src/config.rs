@@ -75,7 +75,7 @@ impl Default for BrokerConfig {
             max_client_id_len: 256,
             connect_timeout: Duration::from_secs(10),
             max_subscriptions_per_session: 10_000,
-            echo_client_id: true,
+            echo_client_id: false,
             stamp_properties: true,
             session_events: true,
             backpressure_messages: 10_000,

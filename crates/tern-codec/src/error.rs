@@ -124,7 +124,7 @@ pub enum DecodeError {
     #[error("[MQTT-4.7.3-1] empty topic filter in {packet}")]
     EmptyTopicFilter { packet: PacketType },
     /// Subscription options with QoS 3.
-    #[error("[MQTT-3-8.3-4] subscription options with QoS 3")]
+    #[error("[MQTT-3.8.3-4] subscription options with QoS 3")]
     InvalidSubscriptionQoS,
     /// Reserved bits of the subscription options set (bits 7-2 in 3.x, 7-6 in 5.0).
     #[error("[{}] reserved bits set in subscription options {options:#04x}", reserved_bits_rule(.version))]
@@ -198,7 +198,7 @@ fn reserved_bits_rule(version: &ProtocolVersion) -> &'static str {
     if version.is_v5() {
         "MQTT-3.8.3-5"
     } else {
-        "MQTT-3-8.3-4"
+        "MQTT-3.8.3-4"
     }
 }
 
@@ -253,7 +253,7 @@ impl DecodeError {
     /// The normative statement the error breaks, as the spec numbers it (`"MQTT-2.1.3-1"`);
     /// `None` for rules the spec states without a number (the Display text then names the
     /// section). Numbers are MQTT 5.0's, except [MQTT-3.1.2-22] and [MQTT-3.1.3-8] (3.1.1 only)
-    /// and [MQTT-3-8.3-4] (3.1.1, spelled as the spec spells it).
+    /// and [MQTT-3.8.3-4] (3.1.1).
     pub fn rule(&self) -> Option<&'static str> {
         use DecodeError::*;
         Some(match self {
@@ -276,7 +276,7 @@ impl DecodeError {
             WildcardInTopicName { .. } => "MQTT-3.3.2-2",
             EmptyTopicName { .. } | EmptyTopicFilter { .. } => "MQTT-4.7.3-1",
             NoTopicFilters { packet } => no_filters_rule(packet),
-            InvalidSubscriptionQoS => "MQTT-3-8.3-4",
+            InvalidSubscriptionQoS => "MQTT-3.8.3-4",
             SubscriptionReservedBits { version, .. } => reserved_bits_rule(version),
             ZeroPacketId { .. } => "MQTT-2.2.1-3",
             ReservedPacketType { .. }

@@ -265,7 +265,7 @@ mod tests {
         // QoS 3, reserved bits, retain handling 3.
         let e = decode_err(&subscribe(false, 0x03), v3);
         assert_eq!(e, DecodeError::InvalidSubscriptionQoS);
-        assert_eq!(e.rule(), Some("MQTT-3-8.3-4"));
+        assert_eq!(e.rule(), Some("MQTT-3.8.3-4"));
         let e = decode_err(&subscribe(false, 0x04), v3);
         assert_eq!(
             e,
@@ -274,7 +274,7 @@ mod tests {
                 version: v3
             }
         );
-        assert_eq!(e.rule(), Some("MQTT-3-8.3-4"));
+        assert_eq!(e.rule(), Some("MQTT-3.8.3-4"));
         assert_eq!(e.reason_code(), ReasonCode::MALFORMED_PACKET);
         let e = decode_err(&subscribe(true, 0x40), v5);
         assert_eq!(
