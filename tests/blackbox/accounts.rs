@@ -17,11 +17,11 @@ async fn broker() -> TestBroker {
     TestBroker::with(|c| c.auth.anonymous = false).await
 }
 
-fn dir(b: &TestBroker) -> &Arc<Directory> {
+pub(crate) fn dir(b: &TestBroker) -> &Arc<Directory> {
     b.server().directory()
 }
 
-fn new_token(d: &Directory, cid: u64, kind: u8, acl: Vec<AclEntry>) -> Token {
+pub(crate) fn new_token(d: &Directory, cid: u64, kind: u8, acl: Vec<AclEntry>) -> Token {
     d.create_token(Token {
         id: 0,
         key: String::new(),

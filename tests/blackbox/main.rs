@@ -32,6 +32,7 @@ mod shared;
 mod shutdown;
 mod tls;
 mod topic_alias;
+mod trust;
 mod v5_properties;
 mod websocket;
 mod wills;

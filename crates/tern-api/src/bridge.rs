@@ -8,7 +8,9 @@
 //! - The answer is the HTTP answer's body, with user property `http_code`. It goes to the v5
 //!   Response Topic when given (routed normally, as the requester's account); otherwise to the
 //!   request topic, delivered only to the requesting session (v3.1.1 clients always get it
-//!   there). Correlation Data is echoed on every message.
+//!   there). Correlation Data is echoed on every message. A Response Topic outside the
+//!   requester's publish grants, or under `flespi/` other than the request topic itself, is
+//!   refused by the broker before anything runs (v5 PUBACK 0x87).
 //! - `response_cid=<n>` (a master token, n its account or below) publishes the answer as account
 //!   n: to the Response Topic, or without one to the request topic, routed normally in n's
 //!   namespace (and seen by its ancestors' subscribers, as any message of n).
@@ -16,9 +18,9 @@
 //!   [`ApiOptions::chunk_size`](crate::ApiOptions) bytes and at most the client's Maximum Packet
 //!   Size minus the packet's overhead; only the last carries `http_code`.
 //! - Every failure is answered with the error envelope: an unknown method (405), an unknown URI
-//!   (404), malformed JSON (400), a refused `response_cid` (403), a Response Topic under
-//!   `flespi/` other than `flespi/rest/` (400), an unchunked answer larger than the client's
-//!   Maximum Packet Size (413), too many calls in progress (429, beyond
+//!   (404), malformed JSON (400), a refused `response_cid` (403), an unchunked answer larger
+//!   than the client's Maximum Packet Size (413, with an empty body when even the envelope
+//!   does not fit), too many calls in progress (429, beyond
 //!   [`ApiOptions::bridge_max_calls`](crate::ApiOptions)).
 //! - Answers are published at QoS 1 (capped by the broker's maximum QoS): the request's QoS
 //!   does not reach the bridge.
@@ -31,6 +33,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use bytestring::ByteString;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tern_broker::rules::RESERVED_PREFIX;
 use tern_broker::{Broker, Cid, RestBridge, RestCall};
 use tern_codec::{ProtocolVersion, Publish, PublishProperties, QoS};
 use tokio::sync::Semaphore;
@@ -220,12 +223,14 @@ fn route(state: &ApiState, call: &RestCall) -> Result<Route, ApiError> {
         Some(text) => Some(response_account(state, call, text)?),
     };
     let response_topic = props.response_topic.clone().filter(|_| call.v5);
+    // The broker refuses these before the call runs (PUBACK 0x87); kept here so no answer
+    // can land under `flespi/` or outside the requester's grants whoever calls the bridge.
     if let Some(topic) = &response_topic
-        && topic.starts_with("flespi/")
-        && !topic.starts_with("flespi/rest/")
+        && *topic != call.topic
+        && (topic.starts_with(RESERVED_PREFIX) || !call.principal.rights.can_publish(topic))
     {
-        return Err(ApiError::bad_request(format!(
-            "response topic `{topic}`: flespi/ is reserved"
+        return Err(ApiError::forbidden(format!(
+            "response topic `{topic}`: not a topic this token may publish to"
         )));
     }
     Ok(match (response_topic, response_cid) {
@@ -272,10 +277,9 @@ fn respond(state: &ApiState, call: &RestCall, status: StatusCode, body: Bytes) {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     let max = call.max_packet_size as usize;
     let overhead = overhead(&topic, &call.properties, call.v5);
-    let (status, body) = if !chunked
-        && matches!(route, Route::Requester)
-        && body.len() + overhead > max
-    {
+    // Too large and not chunked: a small 413 envelope instead, wherever the answer goes (a
+    // routed answer over the requester's Maximum Packet Size would be dropped on delivery).
+    let (status, body) = if !chunked && body.len() + overhead > max {
         let err = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -286,6 +290,12 @@ fn respond(state: &ApiState, call: &RestCall, status: StatusCode, body: Bytes) {
         (err.status, envelope(&err))
     } else {
         (status, body)
+    };
+    // An envelope that does not fit either: the status alone, in `http_code`.
+    let body = if !chunked && body.len() + overhead > max {
+        Bytes::new()
+    } else {
+        body
     };
     let chunk = state.options.chunk_size.min(max.saturating_sub(overhead));
     if chunk == 0 {

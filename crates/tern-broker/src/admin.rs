@@ -297,8 +297,9 @@ impl Broker {
         payload: Bytes,
         qos: QoS,
         retain: bool,
-        properties: PublishProperties,
+        mut properties: PublishProperties,
     ) -> Routed {
+        self.strip_forged_stamps(&mut properties);
         let mut msg = self.message(cid, topic, payload, qos, retain);
         msg.expires_at = properties
             .message_expiry_interval

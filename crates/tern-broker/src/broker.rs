@@ -709,6 +709,37 @@ impl Broker {
         out
     }
 
+    /// Retained messages matching `filter` that a subscription of account `cid` receives on
+    /// subscribe: its own and its sub-accounts' at any depth (spec §3: a parent sees its
+    /// children's traffic), skipping expired ones. Only namespaces holding retained messages
+    /// are visited, each checked by its (short) ancestor chain.
+    pub fn retained_for_subscriber(
+        &self,
+        cid: Cid,
+        filter: &str,
+        now: Micros,
+    ) -> Vec<Arc<Message>> {
+        let mut out = self.retained_matching(cid, filter, now);
+        let below: Vec<Arc<Namespace>> = self
+            .namespaces
+            .read()
+            .values()
+            .filter(|ns| ns.cid != cid && ns.retained_bytes.load(Ordering::Relaxed) > 0)
+            .cloned()
+            .collect();
+        for ns in below {
+            if !self.auth.ancestors(ns.cid).contains(&cid) {
+                continue;
+            }
+            ns.retained.read().for_each_match(filter, |_, msg| {
+                if !msg.is_expired(now) {
+                    out.push(msg.clone());
+                }
+            });
+        }
+        out
+    }
+
     /// Removes expired retained messages from every namespace.
     pub fn sweep_retained(&self, now: Micros) {
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.read().values().cloned().collect();

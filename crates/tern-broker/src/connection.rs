@@ -297,7 +297,7 @@ impl Connection {
         }
         broker.session_event(session, "disconnected", Some(reason));
         if let Some(w) = will_now {
-            broker.publish(w.message);
+            broker.publish_will(w);
         }
         if end {
             return;

@@ -14,6 +14,7 @@
 //! - `message`: messages, deliveries, the broker clock
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay and session expiry
+//! - `rules`: the checks every message from a client passes (PUBLISH, will, REST publish)
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
 //! - `admin`: views and actions for the REST API, and the REST bridge hook
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod out;
 mod persist;
 mod restore;
+pub mod rules;
 pub mod session;
 pub mod timers;
 

@@ -6,7 +6,7 @@ use tern_store::{InflightPhase, Op, Snapshot};
 
 use crate::broker::{Broker, retained_cost};
 use crate::connection::first_phase;
-use crate::message::{Delivery, Message, MessageExt};
+use crate::message::{Delivery, MessageExt};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Phase, Session, Subscription, WillSpec};
 use crate::timers::TimerKind;
@@ -33,7 +33,7 @@ impl Broker {
         let now = self.clock.now();
         let mut out = Restored::default();
         let mut max_ts = 0;
-        let mut due_wills: Vec<Arc<Message>> = Vec::new();
+        let mut due_wills: Vec<WillSpec> = Vec::new();
 
         for msg in &snapshot.retained {
             max_ts = max_ts.max(msg.timestamp);
@@ -72,8 +72,12 @@ impl Broker {
                 self.store.submit(Op::DelSession {
                     key: rec.key.clone(),
                 });
-                if let Some((msg, _)) = &rec.will {
-                    due_wills.push(msg.clone());
+                if let Some((msg, delay)) = &rec.will {
+                    due_wills.push(WillSpec {
+                        message: msg.clone(),
+                        delay: *delay,
+                        token_id: rec.token_id,
+                    });
                 }
                 out.expired_sessions += 1;
                 continue;
@@ -150,13 +154,15 @@ impl Broker {
                 st.incoming_qos2 = stored.incoming_qos2.iter().copied().collect();
                 if let Some((message, delay)) = &rec.will {
                     let will_at = disconnected_at + u64::from(*delay) * 1_000_000;
+                    let will = WillSpec {
+                        message: message.clone(),
+                        delay: *delay,
+                        token_id: rec.token_id,
+                    };
                     if will_at <= now {
-                        due_wills.push(message.clone());
+                        due_wills.push(will);
                     } else {
-                        st.will = Some(WillSpec {
-                            message: message.clone(),
-                            delay: *delay,
-                        });
+                        st.will = Some(will);
                         self.timers.schedule(
                             will_at,
                             TimerKind::Will,
@@ -191,7 +197,7 @@ impl Broker {
 
         self.clock.advance_to(max_ts);
         for will in due_wills {
-            self.publish(will);
+            self.publish_will(will);
         }
         out
     }

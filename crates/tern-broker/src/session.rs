@@ -163,6 +163,9 @@ pub struct WillSpec {
     pub message: Arc<Message>,
     /// Will Delay Interval in seconds (v5).
     pub delay: u32,
+    /// The token of the connection that set it: the will is checked against that token's
+    /// rights as they are when it fires (a revoked token publishes nothing).
+    pub token_id: Option<u64>,
 }
 
 /// The link between a session and the connection that owns it.

@@ -134,7 +134,7 @@ impl Broker {
             will
         };
         if let Some(will) = will {
-            self.publish(will.message);
+            self.publish_will(will);
         }
     }
 
@@ -150,7 +150,7 @@ impl Broker {
         self.end_session(session);
         // The will is sent when the session ends, if its delay has not passed yet.
         if let Some(will) = will {
-            self.publish(will.message);
+            self.publish_will(will);
         }
         self.session_event(session, "expired", None);
     }

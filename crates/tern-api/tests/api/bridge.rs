@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::{Value, json};
-use tern_codec::{ConnectProperties, ProtocolVersion, PublishProperties};
+use tern_codec::{ConnectProperties, ProtocolVersion, PublishProperties, ReasonCode};
 
 use crate::support::*;
 
@@ -321,4 +321,116 @@ async fn response_cid_answers_inside_a_subaccount() {
     assert_eq!(user_property(&r, "http_code"), Some("403"));
     target.expect_nothing().await;
     sibling.expect_nothing().await;
+}
+
+/// Issue 12 item 2: an answer goes only where the requester may publish. A Response Topic
+/// under `flespi/` (other than the request topic) or outside an ACL token's publish grants is
+/// refused with PUBACK 0x87, and the call does not run.
+#[tokio::test]
+async fn response_topics_outside_the_requesters_rights_are_refused_unexecuted() {
+    let env = Env::start().await;
+    let standard = env.token(json!({})).await;
+    let acl = env
+        .token(json!({"access": {"type": 2, "acl": [
+            {"uri": "mqtt", "topic": "a/#", "actions": ["publish", "subscribe"]}
+        ]}}))
+        .await;
+    let mut spy = env.mqtt(ProtocolVersion::V5, "spy", &env.master).await;
+    spy.subscribe("kept/#").await;
+
+    // A standard token cannot make the bridge write the broker's own topics.
+    let mut s = env.mqtt(ProtocolVersion::V5, "std", &standard).await;
+    let item = json!({"topic": "kept/1", "payload": "v", "retained": true}).to_string();
+    for forged in [
+        "flespi/state/platform/customer",
+        "flespi/log/mqtt/sessions/1/connected",
+        "flespi/rest/get/auth/info",
+    ] {
+        let reason = s
+            .publish_reason(
+                "flespi/rest/post/mqtt/messages",
+                item.as_bytes(),
+                false,
+                props(Some(forged), None, &[]),
+            )
+            .await;
+        assert_eq!(reason, ReasonCode::NOT_AUTHORIZED, "{forged}");
+    }
+    // Nothing ran: the message was never published.
+    let kept = env.master("GET", "/mqtt/messages/kept%2F1", None).await;
+    assert_eq!(kept.result(), Vec::<Value>::new(), "{}", kept.text());
+    spy.expect_nothing().await;
+    s.expect_nothing().await;
+    // The request topic itself stays allowed.
+    let reason = s
+        .publish_reason(
+            "flespi/rest/get/auth/info",
+            b"",
+            false,
+            props(Some("flespi/rest/get/auth/info"), None, &[]),
+        )
+        .await;
+    assert_eq!(reason, ReasonCode::SUCCESS);
+
+    // An ACL token: only inside its publish grants.
+    let mut a = env.mqtt(ProtocolVersion::V5, "acl", &acl).await;
+    a.subscribe("a/#").await;
+    let reason = a
+        .publish_reason(
+            "flespi/rest/get/auth/info",
+            b"",
+            false,
+            props(Some("b/answer"), None, &[]),
+        )
+        .await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    let reason = a
+        .publish_reason(
+            "flespi/rest/get/auth/info",
+            b"",
+            false,
+            props(Some("a/answer"), None, &[]),
+        )
+        .await;
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let r = a.next_publish().await;
+    assert_eq!(&*r.topic, "a/answer");
+    assert!(user_property(&r, "http_code").is_some());
+}
+
+/// Issue 12 item 2: an unchunked answer too large for the requester's Maximum Packet Size
+/// comes back as a small 413 envelope on its Response Topic too, never dropped.
+#[tokio::test]
+async fn a_too_large_answer_on_a_response_topic_is_a_413_envelope() {
+    let env = Env::start().await;
+    let big = "x".repeat(4000);
+    let item = json!({"topic": "big/1", "payload": big, "retained": true});
+    assert_eq!(
+        env.master("POST", "/mqtt/messages", Some(item))
+            .await
+            .status,
+        200
+    );
+    let small = ConnectProperties {
+        maximum_packet_size: Some(1024),
+        ..Default::default()
+    };
+    let mut c = Mqtt::connect(env.mqtt, ProtocolVersion::V5, "small", &env.master, small).await;
+    c.subscribe("answers/#").await;
+    c.publish(
+        "flespi/rest/get/mqtt/messages/big%2F1",
+        b"",
+        false,
+        props(Some("answers/1"), Some(b"k"), &[]),
+    )
+    .await;
+    let p = c.next_publish().await;
+    assert_eq!(&*p.topic, "answers/1");
+    assert_eq!(user_property(&p, "http_code"), Some("413"));
+    assert_eq!(p.properties.correlation_data.as_deref(), Some(&b"k"[..]));
+    assert!(
+        body(&p)["errors"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("response_chunked"))
+    );
 }

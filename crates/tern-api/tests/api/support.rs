@@ -406,6 +406,18 @@ impl Mqtt {
         retain: bool,
         properties: PublishProperties,
     ) {
+        self.publish_reason(topic, payload, retain, properties)
+            .await;
+    }
+
+    /// Publishes at QoS 1 and returns the PUBACK's reason code.
+    pub async fn publish_reason(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        properties: PublishProperties,
+    ) -> ReasonCode {
         self.next_id += 1;
         let id = self.next_id;
         let p = Publish {
@@ -420,7 +432,7 @@ impl Mqtt {
         self.send(Packet::Publish(p)).await;
         loop {
             match self.recv().await {
-                Some(Packet::PubAck(a)) if a.packet_id == id => return,
+                Some(Packet::PubAck(a)) if a.packet_id == id => return a.reason,
                 Some(Packet::Publish(p)) => {
                     if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
                         self.send(Packet::PubAck(PubAck::new(id))).await;

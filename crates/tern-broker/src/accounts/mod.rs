@@ -436,36 +436,11 @@ impl Directory {
     pub fn check_token(&self, id: u64, peer: Option<IpAddr>) -> Result<Token, ReasonCode> {
         let now = now_secs();
         let mut st = self.state.write();
-        let t = st
-            .tokens
-            .get(&id)
-            .ok_or(ReasonCode::BAD_USER_NAME_OR_PASSWORD)?;
-        if !t.enabled
-            || (t.expire != 0 && now >= t.expire)
-            || (t.ttl != 0 && t.accessed != 0 && now > t.accessed + t.ttl)
-        {
-            return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
-        }
+        let t = in_force(&st, id, now)?;
         if let Some(ip) = peer
             && !ip_allowed(&t.ips, ip)
         {
             return Err(ReasonCode::NOT_AUTHORIZED);
-        }
-        // The token's account and every account above it must be enabled: disabling an
-        // account disables its sub-accounts too.
-        let mut cur = Some(t.cid);
-        let mut depth = 0;
-        while let Some(c) = cur {
-            match st.accounts.get(&c) {
-                Some(a) if a.enabled => cur = a.parent,
-                Some(_) => return Err(ReasonCode::BANNED),
-                None if c == t.cid => return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
-                None => break,
-            }
-            depth += 1;
-            if depth > 64 {
-                break;
-            }
         }
         let mut token = t.clone();
         // `accessed` is kept to the second; writing it at most once a second per token keeps a
@@ -615,9 +590,10 @@ impl Authenticator for Arc<Directory> {
     }
 
     fn token_rights(&self, token_id: u64) -> Option<Rights> {
-        // A deleted token grants nothing.
-        Some(self.token(token_id).map_or_else(
-            || Rights::Acl(Arc::new(AclRules::default())),
+        // A deleted, disabled or expired token, or one of a disabled account, grants nothing.
+        let st = self.state.read();
+        Some(in_force(&st, token_id, now_secs()).map_or_else(
+            |_| Rights::Acl(Arc::new(AclRules::default())),
             |t| Rights::of(&t.access),
         ))
     }
@@ -633,6 +609,37 @@ impl Authenticator for Arc<Directory> {
     fn max_retained_bytes(&self, cid: Cid) -> u64 {
         self.quotas(cid).retained_bytes
     }
+}
+
+/// Token `id` if it may be used now: it exists, is enabled and not expired (`expire`, `ttl`),
+/// and its account and every account above it are enabled (disabling an account disables its
+/// sub-accounts too). `Err` is the CONNACK reason code.
+fn in_force(st: &State, id: u64, now: u64) -> Result<&Token, ReasonCode> {
+    let t = st
+        .tokens
+        .get(&id)
+        .ok_or(ReasonCode::BAD_USER_NAME_OR_PASSWORD)?;
+    if !t.enabled
+        || (t.expire != 0 && now >= t.expire)
+        || (t.ttl != 0 && t.accessed != 0 && now > t.accessed + t.ttl)
+    {
+        return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    }
+    let mut cur = Some(t.cid);
+    let mut depth = 0;
+    while let Some(c) = cur {
+        match st.accounts.get(&c) {
+            Some(a) if a.enabled => cur = a.parent,
+            Some(_) => return Err(ReasonCode::BANNED),
+            None if c == t.cid => return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+            None => break,
+        }
+        depth += 1;
+        if depth > 64 {
+            break;
+        }
+    }
+    Ok(t)
 }
 
 fn descendants_of(accounts: &HashMap<Cid, Account>, cid: Cid) -> Vec<Cid> {

@@ -20,7 +20,7 @@ struct Attached {
     /// A previous session replaced because of Clean Start: discard it.
     replaced: Option<Arc<Session>>,
     /// The will of a connection that was taken over, due now.
-    will: Option<Arc<Message>>,
+    will: Option<WillSpec>,
 }
 
 impl Connection {
@@ -73,6 +73,11 @@ impl Connection {
             Ok(p) => p,
             Err(code) => return self.refuse(code),
         };
+        if let Some(will) = &connect.will
+            && let Err(code) = self.check_will(will, &principal)
+        {
+            return self.refuse(code);
+        }
 
         // Keep alive: the broker may impose its own maximum (Server Keep Alive, v5 only).
         let mut server_keep_alive = None;
@@ -105,25 +110,29 @@ impl Connection {
         let expiry = requested_expiry.min(config.max_session_expiry);
 
         let will = connect.will.as_ref().map(|w| {
+            // Stamped again when it is published (`Broker::publish_will`).
             let timestamp = self.broker.clock.stamp();
             let wp = &w.properties;
+            let mut properties = tern_codec::PublishProperties {
+                payload_format_indicator: wp.payload_format_indicator,
+                message_expiry_interval: wp.message_expiry_interval,
+                topic_alias: None,
+                response_topic: wp.response_topic.clone(),
+                correlation_data: wp.correlation_data.clone(),
+                user_properties: wp.user_properties.clone(),
+                subscription_identifiers: Default::default(),
+                content_type: wp.content_type.clone(),
+            };
+            self.broker.strip_forged_stamps(&mut properties);
             WillSpec {
                 delay: wp.will_delay_interval.unwrap_or(0),
+                token_id: principal.token_id,
                 message: Arc::new(Message {
                     topic: w.topic.clone(),
                     payload: w.payload.clone(),
                     qos: w.qos.min(config.max_qos),
                     retain: w.retain,
-                    properties: tern_codec::PublishProperties {
-                        payload_format_indicator: wp.payload_format_indicator,
-                        message_expiry_interval: wp.message_expiry_interval,
-                        topic_alias: None,
-                        response_topic: wp.response_topic.clone(),
-                        correlation_data: wp.correlation_data.clone(),
-                        user_properties: wp.user_properties.clone(),
-                        subscription_identifiers: Default::default(),
-                        content_type: wp.content_type.clone(),
-                    },
+                    properties,
                     cid: principal.cid,
                     timestamp,
                     expires_at: wp
@@ -156,7 +165,7 @@ impl Connection {
             self.broker.discard_session(old, false);
         }
         if let Some(will) = attached.will {
-            self.broker.publish(will);
+            self.broker.publish_will(will);
         }
         self.session = Some(attached.session.clone());
         // The token document is for the v5 CONNACK only: not kept for the connection's life.
@@ -227,6 +236,36 @@ impl Connection {
         Ok(())
     }
 
+    /// A will passes every check a PUBLISH passes, against the connecting token (spec §4):
+    /// the reserved prefix, the token's publish grants, the retained quota, a UTF-8 payload
+    /// when it says so, and the broker's maximum QoS (v5 [MQTT-3.2.2-12]; 3.x clients get
+    /// their will downgraded, as their publishes are). 3.x has one code for all: not
+    /// authorized (5).
+    fn check_will(&self, will: &tern_codec::Will, principal: &Principal) -> Result<(), ReasonCode> {
+        let v5 = self.protocol.is_v5();
+        let refused = |code: ReasonCode| {
+            if v5 { code } else { ReasonCode::NOT_AUTHORIZED }
+        };
+        self.broker
+            .check_publish(
+                principal.cid,
+                &principal.rights,
+                &will.topic,
+                will.retain,
+                will.payload.len(),
+            )
+            .map_err(refused)?;
+        if will.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Err(refused(ReasonCode::PAYLOAD_FORMAT_INVALID));
+        }
+        if v5 && will.qos > self.broker.config.max_qos {
+            return Err(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        Ok(())
+    }
+
     /// Answers CONNACK with a refusal and closes.
     fn refuse(&mut self, code: ReasonCode) -> Result<(), CloseReason> {
         self.send(&Packet::ConnAck(ConnAck {
@@ -279,7 +318,7 @@ impl Connection {
                         session: existing.clone(),
                         present: true,
                         replaced: None,
-                        will: old_will.filter(|w| w.delay == 0).map(|w| w.message),
+                        will: old_will.filter(|w| w.delay == 0),
                     };
                 }
                 drop(st);
@@ -297,7 +336,7 @@ impl Connection {
                     session,
                     present: false,
                     replaced: Some(existing),
-                    will: old_will.map(|w| w.message),
+                    will: old_will,
                 };
             }
             let session = Arc::new(Session::new(

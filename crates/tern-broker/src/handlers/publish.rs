@@ -11,6 +11,7 @@ use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::rules::RESERVED_PREFIX;
 use crate::session::Session;
 
 impl Connection {
@@ -81,6 +82,15 @@ impl Connection {
             && let (Some(bridge), Some(principal)) =
                 (broker.rest_bridge(), self.principal.as_deref().cloned())
         {
+            // The answer goes only where the requester may publish: nothing is executed for a
+            // Response Topic outside its grants or under `flespi/` (but the request topic).
+            if self.protocol.is_v5()
+                && let Some(rt) = &p.properties.response_topic
+                && *rt != p.topic
+                && (rt.starts_with(RESERVED_PREFIX) || !principal.rights.can_publish(rt))
+            {
+                return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
+            }
             let (qos, pid) = (p.qos, p.packet_id);
             bridge.call(RestCall {
                 principal,
@@ -94,21 +104,17 @@ impl Connection {
             self.acknowledge(&session, qos, pid, 0);
             return Ok(());
         }
-        // `flespi/` is reserved for the MQTT API (spec §4).
-        if p.topic.starts_with("flespi/") {
-            return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
-        }
-        let cid = self.principal.as_ref().map_or(0, |pr| pr.cid);
-        if self
-            .principal
-            .as_ref()
-            .is_some_and(|pr| !pr.rights.can_publish(&p.topic))
+        // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota (spec §4).
+        let Some(principal) = self.principal.as_deref() else {
+            return Ok(());
+        };
+        let cid = principal.cid;
+        if let Err(reason) =
+            broker.check_publish(cid, &principal.rights, &p.topic, p.retain, p.payload.len())
         {
-            return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
+            return self.reject_publish(&p, reason);
         }
-        if p.retain && broker.retained_quota_exceeded(cid, &p.topic, p.payload.len()) {
-            return self.reject_publish(&p, ReasonCode::QUOTA_EXCEEDED);
-        }
+        broker.strip_forged_stamps(&mut p.properties);
 
         let timestamp = broker.clock.stamp();
         let expires_at = p

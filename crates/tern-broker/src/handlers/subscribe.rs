@@ -150,7 +150,7 @@ impl Connection {
             let now_secs = now as f64 / 1e6;
             for msg in self
                 .broker
-                .retained_matching(session.key.cid, &sub.topic_filter, now)
+                .retained_for_subscriber(session.key.cid, &sub.topic_filter, now)
             {
                 if let Some(c) = &sub.conditions
                     && !c.matches(&msg, &LazyPayload::new(&msg.payload), now_secs)
