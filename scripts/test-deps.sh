@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the black-box tests drive besides Rust: Debian's mosquitto-clients
-# (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt and gmqtt, and MQTT.js from npm (tests/node, pinned by
-# its package-lock.json). Idempotent; quick when all is present.
+# Installs what the tests need besides Rust itself: the test runner cargo-nextest (built from
+# crates.io), Debian's mosquitto-clients (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt and
+# gmqtt, and MQTT.js from npm (tests/node, pinned by its package-lock.json). Idempotent; quick
+# when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (cargo install, a few minutes)"
+  cargo install --locked cargo-nextest
+fi
 
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
   echo "installing mosquitto-clients"

@@ -273,3 +273,22 @@ async fn certs_dev_writes_a_usable_set() {
     c.ping().await;
     d.child.kill().await.ok();
 }
+
+/// Logs to a pipe (journald, `docker logs`) carry no colour codes, and listen addresses read as
+/// addresses.
+#[tokio::test]
+async fn logs_to_a_pipe_are_plain_text_with_plain_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = crate::support::process::Daemon::spawn(dir.path(), &[]).await;
+    let log = d.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(
+        log.contains(&format!("addr={}", d.mqtt)),
+        "the MQTT address as an address: {log}"
+    );
+    assert!(!log.contains("Some("), "{log}");
+    d.kill().await;
+}

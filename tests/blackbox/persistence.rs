@@ -588,16 +588,29 @@ async fn token_and_account_commands_work_on_the_data_dir() {
         conn.subscribe("other", QoS::AtMostOnce).await,
         ReasonCode::NOT_AUTHORIZED
     );
-    // While tern runs, the commands refuse (the data directory is in use) and change nothing.
+    // While tern runs, the commands refuse (the data directory is in use), say why, and
+    // change nothing. Global options work after the subcommand too.
     let busy = tokio::process::Command::new(tern_bin())
-        .arg("--data-dir")
+        .args(["token", "list", "--data-dir"])
         .arg(data.path())
-        .args(["token", "list"])
         .output()
         .await
         .unwrap();
     assert!(!busy.status.success());
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        stderr.contains("a running tern holds this data directory"),
+        "{stderr}"
+    );
     d.kill().await;
+    let after = tokio::process::Command::new(tern_bin())
+        .args(["token", "list", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(after.status.success(), "{after:?}");
+    assert!(String::from_utf8_lossy(&after.stdout).contains(&key));
 
     let id = token["id"].to_string();
     tern_cli(data.path(), &["token", "revoke", &id]).await;

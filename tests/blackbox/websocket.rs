@@ -530,3 +530,33 @@ async fn mqttjs_like_flespi_io_js_and_mqtt_board() {
         "flespi-style MQTT.js: {out}"
     );
 }
+
+/// A REST path typed as the seed writes selectors, unencoded (`curl -g`), reaches the API: it
+/// answers as for the encoded path, and a selector that does not parse gets the JSON error
+/// envelope, never hyper's bare 400.
+#[tokio::test]
+async fn unencoded_selectors_reach_the_rest_api() {
+    let b = TestBroker::with_listeners(|c| c.auth.anonymous = false).await;
+    let auth = format!("Authorization: FlespiToken {}", b.master_key());
+    let encoded = http::get(
+        b.http(),
+        "/platform/tokens/%7Bid%20%3E%200%7D?fields=id",
+        &[&auth],
+    )
+    .await;
+    assert_eq!(encoded.status, 200, "{}", encoded.body);
+    let raw = http::get(b.http(), "/platform/tokens/{id > 0}?fields=id", &[&auth]).await;
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    assert_eq!(raw.body, encoded.body);
+    let less = http::get(
+        b.http(),
+        "/platform/tokens/{id < 1000000}?fields=id",
+        &[&auth],
+    )
+    .await;
+    assert_eq!(less.body, encoded.body);
+    let bad = http::get(b.http(), "/platform/tokens/{id <}", &[&auth]).await;
+    assert_eq!(bad.status, 400);
+    let v: serde_json::Value = serde_json::from_str(&bad.body).expect("a JSON envelope");
+    assert!(v["errors"][0]["reason"].is_string(), "{v}");
+}

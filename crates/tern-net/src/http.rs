@@ -16,6 +16,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::request_line::RequestLineFix;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
@@ -112,7 +114,7 @@ async fn serve_connection<I>(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(RequestLineFix::new(io)), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {

@@ -10,12 +10,14 @@
 //! - `tls`: rustls configuration (PEM files, client certificates, reload) and `mqtts`
 //! - `http`: the `http`/`https` listeners: hyper, the router from above, WebSocket upgrades
 //! - `ws`: MQTT over WebSocket: subprotocols and the byte-stream adapter
+//! - `request_line`: percent-encoding what a client left raw in the first request line
 //! - `metrics`: counters by listener and protocol version
 
 pub mod accept;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+mod request_line;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

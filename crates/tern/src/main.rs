@@ -19,37 +19,45 @@ use tern::{Config, Server, ServerOptions, logging};
 #[command(name = "tern", version, about, args_override_self = true)]
 struct Cli {
     /// Configuration file (TOML); see config/tern.toml for every key.
-    #[arg(long, short = 'c', value_name = "FILE", env = "TERN_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "TERN_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// MQTT over TCP listen address (listeners.mqtt).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     mqtt: Option<String>,
     /// MQTT over TLS listen address (listeners.mqtts); needs a certificate.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     mqtts: Option<String>,
-    /// HTTP listen address: /health, /metrics, MQTT over WebSocket (listeners.http).
-    #[arg(long, value_name = "ADDR")]
+    /// HTTP listen address: the REST API, MQTT over WebSocket, /health, /metrics
+    /// (listeners.http).
+    #[arg(long, value_name = "ADDR", global = true)]
     http: Option<String>,
-    /// HTTPS listen address (listeners.https); needs a certificate.
-    #[arg(long, value_name = "ADDR")]
+    /// HTTPS listen address: the REST API and MQTT over secure WebSocket (listeners.https);
+    /// needs a certificate.
+    #[arg(long, value_name = "ADDR", global = true)]
     https: Option<String>,
     /// PEM certificate chain for mqtts and https (tls.cert).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     tls_cert: Option<PathBuf>,
     /// PEM private key of the certificate (tls.key).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     tls_key: Option<PathBuf>,
     /// PEM CA of client certificates; clients must then present one (tls.client_ca).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     tls_client_ca: Option<PathBuf>,
     /// Data directory (store.data_dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Log level or tracing filter (log.level).
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
     /// Let clients without credentials in (auth.anonymous).
-    #[arg(long)]
+    #[arg(long, global = true)]
     anonymous: bool,
     /// The master token's key, 64 letters and digits (auth.master_token). Without it, the
     /// first start generates one, prints it and writes it to <data-dir>/master-token.
@@ -57,7 +65,8 @@ struct Cli {
         long,
         value_name = "KEY",
         env = "TERN_MASTER_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     master_token: Option<String>,
     #[command(subcommand)]
@@ -144,6 +153,7 @@ enum TokenCommand {
 enum AccountCommand {
     /// Create a sub-account and print it.
     Create {
+        /// The new account's name.
         #[arg(long)]
         name: String,
         /// The parent account (the top account by default).
@@ -161,6 +171,7 @@ enum AccountCommand {
 enum StoreCommand {
     /// Write the whole state as JSON Lines (to stdout, or --out).
     Export {
+        /// The file to write (stdout by default).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

@@ -26,7 +26,7 @@ impl Offline {
     /// Opens the store of `config` and loads accounts and tokens (bootstrapping the top
     /// account and master token as a first start would).
     pub fn open(config: &Config) -> anyhow::Result<Offline> {
-        let state = crate::state::open(config)?;
+        let state = crate::state::open(config).map_err(in_use_hint)?;
         let writer = state.writer.ok_or_else(|| {
             anyhow!("the store is disabled (store.enabled = false): nothing to manage")
         })?;
@@ -200,7 +200,8 @@ pub fn store_import(config: &Config, file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a tern export", file.display()))?;
     let dir = &config.store.data_dir;
     let (mut backend, snapshot) = DiskBackend::open(dir)
-        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
+        .map_err(in_use_hint)?;
     if snapshot != tern_store::Snapshot::default() {
         bail!(
             "the store in {} is not empty: import into a new data directory",
@@ -211,4 +212,17 @@ pub fn store_import(config: &Config, file: &Path) -> anyhow::Result<()> {
     backend.sync()?;
     println!("imported {} records into {}", ops.len(), dir.display());
     Ok(())
+}
+
+/// Offline commands work on a stopped tern's data directory: when a running one holds it,
+/// say so and what to do instead.
+fn in_use_hint(err: anyhow::Error) -> anyhow::Error {
+    if format!("{err:#}").contains("in use by another process") {
+        err.context(
+            "a running tern holds this data directory: stop it first, or make the change over \
+             the REST API while it runs (see the README's REST API section)",
+        )
+    } else {
+        err
+    }
 }

@@ -37,6 +37,11 @@ pub struct ListenerAddrs {
     pub https: Option<SocketAddr>,
 }
 
+/// A listen address for logs: `127.0.0.1:1883`, not `Some(127.0.0.1:1883)`.
+fn show(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+}
+
 /// A running broker with its listeners.
 #[derive(Debug)]
 pub struct Server {
@@ -135,11 +140,11 @@ impl Server {
         ));
 
         if let Some(listener) = mqtt {
-            tracing::info!(listener = "mqtt", addr = ?addrs.mqtt, "listening");
+            tracing::info!(listener = "mqtt", addr = %show(addrs.mqtt), "listening");
             tracker.spawn(serve_tcp(listener, acceptor.clone()));
         }
         if let (Some(listener), Some(tls)) = (mqtts, &tls) {
-            tracing::info!(listener = "mqtts", addr = ?addrs.mqtts, cert = %tls.files().cert.display(), client_auth = tls.files().client_auth.name(), "listening");
+            tracing::info!(listener = "mqtts", addr = %show(addrs.mqtts), cert = %tls.files().cert.display(), client_auth = tls.files().client_auth.name(), "listening");
             tracker.spawn(serve_tls(listener, tls.clone(), acceptor.clone()));
         }
         if http.is_some() || https.is_some() {
@@ -155,7 +160,7 @@ impl Server {
             let mut http_options = HttpOptions::new(router);
             http_options.websocket = config.websocket();
             if let Some(listener) = http {
-                tracing::info!(listener = "http", addr = ?addrs.http, "listening (HTTP, MQTT over WebSocket on any path)");
+                tracing::info!(listener = "http", addr = %show(addrs.http), "listening (HTTP, MQTT over WebSocket on any path)");
                 tracker.spawn(serve_http(
                     listener,
                     None,
@@ -164,7 +169,7 @@ impl Server {
                 ));
             }
             if let (Some(listener), Some(tls)) = (https, &tls) {
-                tracing::info!(listener = "https", addr = ?addrs.https, "listening (HTTPS, MQTT over secure WebSocket on any path)");
+                tracing::info!(listener = "https", addr = %show(addrs.https), "listening (HTTPS, MQTT over secure WebSocket on any path)");
                 tracker.spawn(serve_http(
                     listener,
                     Some(tls.clone()),
