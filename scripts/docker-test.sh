@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Builds the `FROM scratch` image and checks it as a user would (CI runs this):
+#   - a Docker Engine: started (and installed from Debian's docker.io) when none runs;
+#   - the image from the static binary (scripts/docker-image.sh);
+#   - a container starts, `docker logs` shows the master token, mosquitto_pub/sub work over
+#     1883 and MQTT 5 over WebSocket over the HTTP port, the health check reaches `healthy`;
+#   - a REST token, a retained message and a persistent session with a queued QoS 1 message
+#     survive into a second container on the same volume; `tern token list` runs one-off on it;
+#   - `docker stop` ends the container with exit code 0 within the grace period, and a v5
+#     client gets DISCONNECT 0x8B;
+#   - docker/compose.yaml comes up on the same image (Debian's docker-compose or the compose
+#     plugin), serves, and goes down with its volume.
+# Everything created (containers, volumes, the image, a dockerd it started) is removed on exit.
+# It skips, saying so and exiting 0, only where no Docker Engine can run at all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run_id="ternci$$"
+image="tern-ci:$run_id"
+vol="$run_id-data"
+tmp=$(mktemp -d)
+started_dockerd=""
+containers=()
+compose=()
+
+log() { echo "docker-test: $*"; }
+fail() {
+  echo "docker-test: FAILED: $*" >&2
+  for c in "${containers[@]}"; do
+    echo "--- docker logs $c" >&2
+    docker logs "$c" 2>&1 | tail -30 >&2 || true
+  done
+  exit 1
+}
+skip() {
+  echo "docker-test: SKIPPED: $*"
+  exit 0
+}
+
+cleanup() {
+  set +e
+  for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1; done
+  if [ "${#compose[@]}" -gt 0 ]; then "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1; fi
+  docker volume rm -f "$vol" >/dev/null 2>&1
+  docker image rm -f "$image" >/dev/null 2>&1
+  if [ -n "$started_dockerd" ]; then
+    kill "$started_dockerd" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.2; done
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif sudo -n true 2>/dev/null; then sudo "$@"; else return 1; fi
+}
+
+# --- a Docker Engine ---------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  if ! command -v dockerd >/dev/null 2>&1; then
+    log "installing Debian's docker.io"
+    as_root apt-get update -qq || skip "no Docker Engine, and no root to install one"
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker.io >/dev/null \
+      || skip "docker.io could not be installed"
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || skip "no Docker Engine runs and starting dockerd needs root"
+    log "starting dockerd"
+    dockerd >"$tmp/dockerd.log" 2>&1 &
+    started_dockerd=$!
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      kill -0 "$started_dockerd" 2>/dev/null || break
+      sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || skip "dockerd cannot run here: $(tail -3 "$tmp/dockerd.log")"
+  fi
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  log "installing Debian's docker-compose"
+  as_root apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker-compose >/dev/null \
+    || fail "no docker compose and docker-compose could not be installed"
+fi
+for tool in mosquitto_pub mosquitto_sub python3; do
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing (scripts/test-deps.sh installs it)"
+done
+
+# --- the image ---------------------------------------------------------------------------
+scripts/docker-image.sh "$image"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until container $1 is healthy (the image's HEALTHCHECK runs `tern health`).
+wait_healthy() {
+  local status=""
+  for _ in $(seq 1 120); do
+    status=$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null || echo gone)
+    [ "$status" = healthy ] && return 0
+    [ "$status" = gone ] && break
+    sleep 0.5
+  done
+  fail "$1 is not healthy (last status: $status)"
+}
+
+# Starts a container on the volume with its MQTT and HTTP ports on loopback; the health
+# check every second instead of every 30 s, so the test need not wait.
+start() {
+  local name=$1
+  docker run -d --name "$name" \
+    -p "127.0.0.1:$mqtt_port:1883" -p "127.0.0.1:$http_port:8080" \
+    -v "$vol:/data" --stop-timeout 15 \
+    --health-interval 1s --health-start-period 10s --health-retries 3 \
+    "$image" >/dev/null
+  containers+=("$name")
+  wait_healthy "$name"
+}
+
+sub_one() { # TOPIC KEY [extra mosquitto_sub options]: prints one message
+  local topic=$1 key=$2
+  shift 2
+  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -u "$key" -t "$topic" -C 1 -W 10 "$@"
+}
+
+mqtt_port=$(free_port)
+http_port=$(free_port)
+docker volume create "$vol" >/dev/null
+
+# --- first container ---------------------------------------------------------------------
+start "$run_id-a"
+key=$(docker logs "$run_id-a" 2>&1 | sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' | head -1)
+[ -n "$key" ] || fail "docker logs shows no master token"
+log "container healthy; docker logs shows the master token"
+
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -u "$key" -q 1 -r -t ci/retained -m kept
+[ "$(sub_one ci/retained "$key")" = kept ] || fail "mosquitto_sub did not get the retained message"
+sub_one ci/live "$key" -q 1 >"$tmp/live" &
+sub_pid=$!
+sleep 1
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -u "$key" -q 1 -t ci/live -m hello
+wait "$sub_pid" || true
+[ "$(cat "$tmp/live")" = hello ] || fail "mosquitto_sub did not get a live message"
+log "mosquitto_pub/mosquitto_sub over 1883 ok"
+
+python3 tests/python/deploy_probe.py ws 127.0.0.1 "$http_port" "$key" || fail "MQTT over WebSocket"
+
+# State that must survive: a token made over REST, a persistent session with a queued message.
+python3 tests/python/deploy_probe.py http POST "http://127.0.0.1:$http_port/platform/tokens" "$key" \
+  '[{"info": "ci-token"}]' >"$tmp/token" || fail "REST token create: $(cat "$tmp/token")"
+token=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().split("\n",1)[1])["result"][0]["key"])' "$tmp/token")
+mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -u "$key" -V 5 -i ci-persist -c -q 1 -t ci/persist -W 1 >/dev/null 2>&1 || true
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -u "$key" -V 5 -q 1 -t ci/persist -m queued
+
+# docker stop: a v5 client gets DISCONNECT 0x8B, the container exits 0 within the grace period.
+python3 tests/python/deploy_probe.py shutdown 127.0.0.1 "$mqtt_port" "$key" >"$tmp/shutdown" 2>&1 &
+probe=$!
+for _ in $(seq 1 50); do grep -qs connected "$tmp/shutdown" && break; sleep 0.2; done
+t0=$(date +%s%N)
+docker stop -t 15 "$run_id-a" >/dev/null
+elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
+wait "$probe" || fail "v5 client at docker stop: $(cat "$tmp/shutdown")"
+code=$(docker inspect -f '{{.State.ExitCode}}' "$run_id-a")
+[ "$code" = 0 ] || fail "the container exited with $code after docker stop"
+[ "$elapsed_ms" -lt 15000 ] || fail "docker stop took ${elapsed_ms} ms"
+log "docker stop: exit 0 in ${elapsed_ms} ms, the v5 client got DISCONNECT 0x8B"
+
+# A one-off command on the volume (tern is stopped, the store is free).
+docker run --rm -v "$vol:/data" "$image" token list >"$tmp/tokens" || fail "tern token list on the volume"
+grep -q '"ci-token"' "$tmp/tokens" || fail "token list does not show ci-token: $(cat "$tmp/tokens")"
+log "docker run ... token list ok"
+
+# --- second container on the same volume -------------------------------------------------
+start "$run_id-b"
+if docker logs "$run_id-b" 2>&1 | grep -q '^master token:'; then
+  fail "the second container made a new master token"
+fi
+[ "$(sub_one ci/retained "$key")" = kept ] || fail "the retained message did not survive"
+[ "$(sub_one ci/persist "$key" -V 5 -i ci-persist -c -q 1)" = queued ] \
+  || fail "the persistent session's queued message did not survive"
+[ "$(sub_one ci/retained "$token")" = kept ] || fail "the REST-made token did not survive"
+log "second container: token, retained message and session kept"
+docker stop -t 15 "$run_id-b" >/dev/null
+
+# --- compose -----------------------------------------------------------------------------
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose -p "$run_id" -f docker/compose.yaml)
+else
+  compose=(docker-compose -p "$run_id" -f docker/compose.yaml)
+fi
+export TERN_IMAGE="$image" TERN_PUBLISH_ADDR=127.0.0.1
+TERN_MQTT_PORT=$(free_port)
+TERN_MQTTS_PORT=$(free_port)
+TERN_HTTP_PORT=$(free_port)
+TERN_HTTPS_PORT=$(free_port)
+export TERN_MQTT_PORT TERN_MQTTS_PORT TERN_HTTP_PORT TERN_HTTPS_PORT
+"${compose[@]}" up -d >"$tmp/compose" 2>&1 || fail "compose up: $(cat "$tmp/compose")"
+ccid=$("${compose[@]}" ps -q tern)
+[ -n "$ccid" ] || fail "compose started no tern container"
+containers+=("$ccid")
+# compose.yaml keeps the image's 30 s health interval: ask `tern health` directly.
+ok=""
+for _ in $(seq 1 100); do
+  if docker exec "$ccid" /tern health >/dev/null 2>&1; then ok=yes; break; fi
+  sleep 0.2
+done
+[ -n "$ok" ] || fail "the compose service did not answer tern health"
+ckey=$(docker logs "$ccid" 2>&1 | sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' | head -1)
+[ -n "$ckey" ] || fail "compose: no master token in the logs"
+mosquitto_pub -h 127.0.0.1 -p "$TERN_MQTT_PORT" -u "$ckey" -q 1 -r -t ci/compose -m up
+[ "$(mosquitto_sub -h 127.0.0.1 -p "$TERN_MQTT_PORT" -u "$ckey" -t ci/compose -C 1 -W 10)" = up ] \
+  || fail "compose: MQTT on the published port"
+python3 tests/python/deploy_probe.py ws 127.0.0.1 "$TERN_HTTP_PORT" "$ckey" || fail "compose: WebSocket"
+"${compose[@]}" down -v >/dev/null 2>&1 || fail "compose down"
+compose=()
+log "compose: up, serving on the published ports, down with its volume"
+
+log "ok"
