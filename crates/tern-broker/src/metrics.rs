@@ -67,6 +67,9 @@ pub struct Metrics {
     /// Pauses that ran out (`session.backpressure_timeout_ms`): the subscriber's queue budgets
     /// decide from then on.
     pub backpressure_timeouts: AtomicU64,
+    /// Connections closed at their keep-alive or CONNECT deadline with part of a packet read
+    /// and the rest missing (a client trickling bytes is not kept alive by them).
+    pub incomplete_packet_timeouts: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     closes: Vec<AtomicU64>,
 }
@@ -88,6 +91,7 @@ impl Default for Metrics {
             inflight: AtomicI64::new(0),
             backpressure_pauses: AtomicU64::new(0),
             backpressure_timeouts: AtomicU64::new(0),
+            incomplete_packet_timeouts: AtomicU64::new(0),
             drops: Default::default(),
             closes: CloseReason::LABELS
                 .iter()

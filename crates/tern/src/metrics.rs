@@ -14,6 +14,7 @@
 //! - `tern_messages_dropped{reason}`, `tern_connections_closed{reason}`
 //! - `tern_messages_queued`, `tern_messages_inflight`
 //! - `tern_backpressure_pauses`, `tern_backpressure_timeouts`
+//! - `tern_incomplete_packet_timeouts`: closed at the keep-alive or CONNECT deadline mid-packet
 //! - `tern_auth{result}` (ok, failed, rate_limited)
 //! - `tern_store_batches`, `tern_store_syncs`, `tern_store_queued_ops` (with the store on)
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
@@ -329,6 +330,12 @@ impl Collector for TernCollector {
             "tern_backpressure_timeouts",
             "Publisher pauses that ran out (session.backpressure_timeout_ms); the subscriber's queue budgets decide from then on",
             load_u(&b.backpressure_timeouts),
+        )?;
+        counter(
+            &mut enc,
+            "tern_incomplete_packet_timeouts",
+            "Connections closed at their keep-alive or CONNECT deadline with part of a packet received and the rest missing",
+            load_u(&b.incomplete_packet_timeouts),
         )?;
         gauge(
             &mut enc,
