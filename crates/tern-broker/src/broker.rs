@@ -5,6 +5,8 @@
 //! `.await`):
 //! - `sessions` (registry) → a session's state
 //! - a namespace's `subs` or `retained` → a session's state
+//! - the queue budget's `shedding` → `sessions` → a session's state (taken only by a delivery
+//!   that does not fit the budget, with no other lock held)
 //!
 //! A session's state lock is never held while taking the registry or an index lock.
 
@@ -22,6 +24,7 @@ use tern_topic::{RetainedTree, SharedGroup, SubscriptionIndex, Visitor};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::budget::QueueBudget;
 use crate::config::BrokerConfig;
 use crate::filter::{Conditions, LazyPayload};
 use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
@@ -118,6 +121,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Bytes queued in every outbox, against `config.max_total_queued_bytes`.
+    pub queue_budget: QueueBudget,
     pub(crate) auth: Box<dyn Authenticator>,
     sessions: Mutex<Registry>,
     namespaces: RwLock<HashMap<Cid, Arc<Namespace>>>,
@@ -273,6 +278,7 @@ impl Broker {
         store: Store,
     ) -> Arc<Broker> {
         Arc::new(Broker {
+            queue_budget: QueueBudget::new(config.max_total_queued_bytes),
             config,
             clock: Clock::default(),
             metrics: Metrics::default(),
@@ -420,6 +426,7 @@ impl Broker {
             st.stored = false;
             let dropped = st.queue.len() as i64;
             Metrics::gauge(&self.metrics.queued, -dropped);
+            self.queue_budget.release(st.queued_bytes);
             Metrics::gauge(&self.metrics.inflight, -(st.inflight.len() as i64));
             self.metrics
                 .dropped_n(DropReason::SessionEnded, dropped as u64);
@@ -615,7 +622,21 @@ impl Broker {
 
     /// Like [`Broker::push`], and also says whether the session is congested.
     fn push_pressure(&self, session: &Session, delivery: Delivery) -> (bool, Ticket, bool) {
-        let (outcome, ticket, congested) = session.push(delivery, &self.config, &self.store);
+        // Room in the broker-wide budget first: one atomic, unless it is full.
+        let cost = delivery.cost();
+        if !self.queue_budget.reserve(cost) {
+            self.shed_queues(cost);
+            if !self.queue_budget.reserve(cost) {
+                self.metrics.dropped(DropReason::TotalOverflow);
+                session.lock().stats.dropped += 1;
+                return (false, 0, false);
+            }
+        }
+        let (outcome, ticket, congested) =
+            session.push(delivery, &self.config, &self.store, &self.queue_budget);
+        if outcome != Push::Queued {
+            self.queue_budget.release(cost);
+        }
         let queued = match outcome {
             Push::Queued => {
                 Metrics::gauge(&self.metrics.queued, 1);
@@ -633,13 +654,67 @@ impl Broker {
                 self.metrics.dropped(DropReason::SessionEnded);
                 false
             }
-            Push::Overflow => {
+            Push::Overflow(dropped) => {
                 tracing::warn!(session = %session.key.client_id, cid = session.key.cid, "session queue over its byte budget: queue dropped");
-                self.metrics.dropped(DropReason::QueueOverflow);
+                Metrics::gauge(&self.metrics.queued, -(dropped as i64));
+                self.metrics
+                    .dropped_n(DropReason::QueueOverflow, dropped as u64 + 1);
                 false
             }
         };
         (queued, ticket, congested)
+    }
+
+    /// Makes room for `need` bytes when every queue together is at the broker's budget: drops
+    /// the largest queues first, their clients closed as slow consumers, until the total is a
+    /// margin below the budget. Runs only for a delivery that does not fit (one scan of the
+    /// sessions, one at a time), never for the deliveries that do.
+    fn shed_queues(&self, need: usize) {
+        let budget = &self.queue_budget;
+        let _one_at_a_time = budget.shedding.lock();
+        if budget.fits(need) {
+            // Another delivery shed while this one waited.
+            return;
+        }
+        let target = budget.shed_target();
+        let mut largest: Vec<(usize, Arc<Session>)> = self
+            .sessions()
+            .into_iter()
+            .filter_map(|s| {
+                let bytes = s.lock().queued_bytes;
+                (bytes > 0).then_some((bytes, s))
+            })
+            .collect();
+        largest.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (_, session) in largest {
+            if budget.queued().saturating_add(need) <= target {
+                break;
+            }
+            let (dropped, connected) = {
+                let mut st = session.lock();
+                let dropped = st.drop_queue(&session.key, &self.store);
+                (dropped, st.conn.is_some())
+            };
+            if dropped.count == 0 {
+                continue;
+            }
+            // Publishers held back by this session may go on: its outbox is empty.
+            session.relieve();
+            budget.release(dropped.bytes);
+            Metrics::gauge(&self.metrics.queued, -(dropped.count as i64));
+            self.metrics
+                .dropped_n(DropReason::TotalOverflow, dropped.count as u64);
+            Metrics::inc(&self.metrics.budget_evictions);
+            tracing::warn!(
+                session = %session.key.client_id,
+                cid = session.key.cid,
+                bytes = dropped.bytes,
+                messages = dropped.count,
+                connected,
+                total_limit = budget.limit(),
+                "queued bytes over the broker's budget (session.max_total_queued_bytes): the largest queue dropped, its client closed as a slow consumer"
+            );
+        }
     }
 
     // ---- retained ------------------------------------------------------------------------
