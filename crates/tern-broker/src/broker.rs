@@ -625,7 +625,11 @@ impl Broker {
         // Room in the broker-wide budget first: one atomic, unless it is full.
         let cost = delivery.cost();
         if !self.queue_budget.reserve(cost) {
-            self.shed_queues(cost);
+            // A delivery larger than the margin shedding leaves could never fit: it does not
+            // get to empty every queue first.
+            if cost <= self.queue_budget.shed_target() {
+                self.shed_queues(cost);
+            }
             if !self.queue_budget.reserve(cost) {
                 self.metrics.dropped(DropReason::TotalOverflow);
                 session.lock().stats.dropped += 1;
@@ -834,4 +838,85 @@ impl Broker {
 /// What a retained message counts against its account's quota.
 pub(crate) fn retained_cost(msg: &Message) -> u64 {
     (msg.topic.len() + msg.payload.len()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Anonymous;
+
+    fn delivery(payload: usize) -> Delivery {
+        Delivery::new(
+            Arc::new(Message {
+                topic: ByteString::from_static("t"),
+                payload: bytes::Bytes::from(vec![0u8; payload]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                cid: 1,
+                timestamp: 1,
+                expires_at: None,
+                origin: None,
+            }),
+            QoS::AtLeastOnce,
+            false,
+            SmallVec::new(),
+        )
+    }
+
+    /// Ten sessions that never take their QoS 1 messages: the total never passes the budget,
+    /// and the largest queue goes first.
+    #[test]
+    fn the_total_budget_drops_the_largest_queues_first() {
+        let small = delivery(100).cost();
+        let large = delivery(1_000).cost();
+        let limit = 40 * large;
+        let broker = Broker::new(
+            BrokerConfig {
+                max_total_queued_bytes: limit,
+                ..BrokerConfig::default()
+            },
+            Box::new(Anonymous { cid: 1 }),
+        );
+        let sessions: Vec<Arc<Session>> = (0..10)
+            .map(|i| {
+                let s = Arc::new(Session::new(
+                    broker.next_session_id(),
+                    SessionKey {
+                        cid: 1,
+                        client_id: ByteString::from(format!("s{i}")),
+                    },
+                    false,
+                    u32::MAX,
+                ));
+                broker.with_registry(|reg| reg.insert(s.clone()));
+                s
+            })
+            .collect();
+        let mut first_eviction = None;
+        for round in 1..=200 {
+            // Session 0 takes large messages, the others small ones.
+            broker.push(&sessions[0], delivery(1_000));
+            for s in &sessions[1..] {
+                broker.push(s, delivery(100));
+            }
+            let total = broker.queue_budget.queued();
+            assert!(total <= limit, "round {round}: {total} > {limit}");
+            let sum: usize = sessions.iter().map(|s| s.lock().queued_bytes).sum();
+            assert_eq!(sum, total, "the counter is the sum of the queues");
+            if first_eviction.is_none() && Metrics::get(&broker.metrics.budget_evictions) > 0 {
+                first_eviction = Some(round);
+                // The largest queue went, and only it: the small ones hold every round's.
+                assert_eq!(Metrics::get(&broker.metrics.budget_evictions), 1);
+                assert!(sessions[0].lock().queue.len() <= 1);
+                for s in &sessions[1..] {
+                    assert_eq!(s.lock().queue.len(), round);
+                }
+            }
+        }
+        assert!(first_eviction.is_some(), "{small} {large}");
+        assert!(broker.metrics.drops(DropReason::TotalOverflow) > 0);
+        let queued: usize = sessions.iter().map(|s| s.lock().queue.len()).sum();
+        assert_eq!(broker.metrics.queued.load(Ordering::Relaxed), queued as i64);
+    }
 }

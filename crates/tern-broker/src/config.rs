@@ -57,8 +57,9 @@ pub struct BrokerConfig {
     /// publishers pause reading until it drained half of them: backpressure instead of loss.
     pub backpressure_messages: usize,
     pub backpressure_bytes: usize,
-    /// How long a publisher waits for one congested session before that session is treated
-    /// as a slow consumer (left to the queue budgets) until it catches up.
+    /// How long a publisher waits for congested sessions, in all however many there are,
+    /// before they are treated as slow consumers (left to the queue budgets) until they catch
+    /// up.
     pub backpressure_timeout: Duration,
 }
 

@@ -332,8 +332,8 @@ pub struct SessionSection {
     /// reading until it drained half (backpressure instead of loss).
     pub backpressure_messages: usize,
     pub backpressure_bytes: usize,
-    /// Milliseconds a publisher waits for one congested session before treating it as a slow
-    /// consumer (left to the queue budgets) until it catches up.
+    /// Milliseconds a publisher waits for congested sessions (in all, however many) before
+    /// treating them as slow consumers (left to the queue budgets) until they catch up.
     pub backpressure_timeout_ms: u64,
 }
 
