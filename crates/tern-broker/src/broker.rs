@@ -577,6 +577,17 @@ impl Broker {
         let mut pushed = 0;
         let mut ticket = 0;
         let mut pressure = SmallVec::new();
+        // Room in the broker-wide budget for every delivery of the message at once (they all
+        // cost the same): one atomic for the whole fan-out, what merged targets did not use
+        // given back at the end. When the budget is short, each delivery takes its own.
+        let cost = msg.cost();
+        let mut prepaid = targets.len();
+        if !cost
+            .checked_mul(prepaid)
+            .is_some_and(|all| self.queue_budget.reserve(all))
+        {
+            prepaid = 0;
+        }
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
@@ -598,7 +609,9 @@ impl Broker {
                 }
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, sub_ids);
-            let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery);
+            let paid = prepaid > 0;
+            prepaid -= usize::from(paid);
+            let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery, paid);
             pushed += usize::from(queued);
             ticket = ticket.max(t);
             if congested {
@@ -606,6 +619,9 @@ impl Broker {
             }
             i = j;
         }
+        self.queue_budget.release(prepaid * cost);
+        // Counted once per message, not per delivery (see `fill`).
+        Metrics::gauge(&self.metrics.queued, pushed as i64);
         Routed {
             sessions: pushed,
             ticket,
@@ -616,15 +632,25 @@ impl Broker {
     /// Pushes one delivery into a session and accounts for the outcome. Returns whether it was
     /// queued and the store ticket that makes it durable (0: nothing to wait for).
     pub(crate) fn push(&self, session: &Session, delivery: Delivery) -> (bool, Ticket) {
-        let (queued, ticket, _) = self.push_pressure(session, delivery);
+        let (queued, ticket, _) = self.push_pressure(session, delivery, false);
+        if queued {
+            Metrics::gauge(&self.metrics.queued, 1);
+        }
         (queued, ticket)
     }
 
-    /// Like [`Broker::push`], and also says whether the session is congested.
-    fn push_pressure(&self, session: &Session, delivery: Delivery) -> (bool, Ticket, bool) {
+    /// Like [`Broker::push`], and also says whether the session is congested; `prepaid`: the
+    /// caller already took room for the delivery in the budget. The caller counts a queued
+    /// delivery in the `queued` gauge.
+    fn push_pressure(
+        &self,
+        session: &Session,
+        delivery: Delivery,
+        prepaid: bool,
+    ) -> (bool, Ticket, bool) {
         // Room in the broker-wide budget first: one atomic, unless it is full.
         let cost = delivery.cost();
-        if !self.queue_budget.reserve(cost) {
+        if !prepaid && !self.queue_budget.reserve(cost) {
             // A delivery larger than the margin shedding leaves could never fit: it does not
             // get to empty every queue first.
             if cost <= self.queue_budget.shed_target() {
@@ -642,10 +668,7 @@ impl Broker {
             self.queue_budget.release(cost);
         }
         let queued = match outcome {
-            Push::Queued => {
-                Metrics::gauge(&self.metrics.queued, 1);
-                true
-            }
+            Push::Queued => true,
             Push::DroppedQos0Overflow => {
                 self.metrics.dropped(DropReason::Qos0Overflow);
                 false
