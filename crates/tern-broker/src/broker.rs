@@ -5,6 +5,8 @@
 //! `.await`):
 //! - `sessions` (registry) → a session's state
 //! - a namespace's `subs` or `retained` → a session's state
+//! - the queue budget's `shedding` → `sessions` → a session's state (taken only by a delivery
+//!   that does not fit the budget, with no other lock held)
 //!
 //! A session's state lock is never held while taking the registry or an index lock.
 
@@ -22,6 +24,7 @@ use tern_topic::{RetainedTree, SharedGroup, SubscriptionIndex, Visitor};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::budget::QueueBudget;
 use crate::config::BrokerConfig;
 use crate::filter::{Conditions, LazyPayload};
 use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
@@ -118,6 +121,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Bytes queued in every outbox, against `config.max_total_queued_bytes`.
+    pub queue_budget: QueueBudget,
     pub(crate) auth: Box<dyn Authenticator>,
     sessions: Mutex<Registry>,
     namespaces: RwLock<HashMap<Cid, Arc<Namespace>>>,
@@ -273,6 +278,7 @@ impl Broker {
         store: Store,
     ) -> Arc<Broker> {
         Arc::new(Broker {
+            queue_budget: QueueBudget::new(config.max_total_queued_bytes),
             config,
             clock: Clock::default(),
             metrics: Metrics::default(),
@@ -420,6 +426,7 @@ impl Broker {
             st.stored = false;
             let dropped = st.queue.len() as i64;
             Metrics::gauge(&self.metrics.queued, -dropped);
+            self.queue_budget.release(st.queued_bytes);
             Metrics::gauge(&self.metrics.inflight, -(st.inflight.len() as i64));
             self.metrics
                 .dropped_n(DropReason::SessionEnded, dropped as u64);
@@ -570,6 +577,17 @@ impl Broker {
         let mut pushed = 0;
         let mut ticket = 0;
         let mut pressure = SmallVec::new();
+        // Room in the broker-wide budget for every delivery of the message at once (they all
+        // cost the same): one atomic for the whole fan-out, what merged targets did not use
+        // given back at the end. When the budget is short, each delivery takes its own.
+        let cost = msg.cost();
+        let mut prepaid = targets.len();
+        if !cost
+            .checked_mul(prepaid)
+            .is_some_and(|all| self.queue_budget.reserve(all))
+        {
+            prepaid = 0;
+        }
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
@@ -591,7 +609,9 @@ impl Broker {
                 }
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, sub_ids);
-            let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery);
+            let paid = prepaid > 0;
+            prepaid -= usize::from(paid);
+            let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery, paid);
             pushed += usize::from(queued);
             ticket = ticket.max(t);
             if congested {
@@ -599,6 +619,9 @@ impl Broker {
             }
             i = j;
         }
+        self.queue_budget.release(prepaid * cost);
+        // Counted once per message, not per delivery (see `fill`).
+        Metrics::gauge(&self.metrics.queued, pushed as i64);
         Routed {
             sessions: pushed,
             ticket,
@@ -609,18 +632,43 @@ impl Broker {
     /// Pushes one delivery into a session and accounts for the outcome. Returns whether it was
     /// queued and the store ticket that makes it durable (0: nothing to wait for).
     pub(crate) fn push(&self, session: &Session, delivery: Delivery) -> (bool, Ticket) {
-        let (queued, ticket, _) = self.push_pressure(session, delivery);
+        let (queued, ticket, _) = self.push_pressure(session, delivery, false);
+        if queued {
+            Metrics::gauge(&self.metrics.queued, 1);
+        }
         (queued, ticket)
     }
 
-    /// Like [`Broker::push`], and also says whether the session is congested.
-    fn push_pressure(&self, session: &Session, delivery: Delivery) -> (bool, Ticket, bool) {
-        let (outcome, ticket, congested) = session.push(delivery, &self.config, &self.store);
-        let queued = match outcome {
-            Push::Queued => {
-                Metrics::gauge(&self.metrics.queued, 1);
-                true
+    /// Like [`Broker::push`], and also says whether the session is congested; `prepaid`: the
+    /// caller already took room for the delivery in the budget. The caller counts a queued
+    /// delivery in the `queued` gauge.
+    fn push_pressure(
+        &self,
+        session: &Session,
+        delivery: Delivery,
+        prepaid: bool,
+    ) -> (bool, Ticket, bool) {
+        // Room in the broker-wide budget first: one atomic, unless it is full.
+        let cost = delivery.cost();
+        if !prepaid && !self.queue_budget.reserve(cost) {
+            // A delivery larger than the margin shedding leaves could never fit: it does not
+            // get to empty every queue first.
+            if cost <= self.queue_budget.shed_target() {
+                self.shed_queues(cost);
             }
+            if !self.queue_budget.reserve(cost) {
+                self.metrics.dropped(DropReason::TotalOverflow);
+                session.lock().stats.dropped += 1;
+                return (false, 0, false);
+            }
+        }
+        let (outcome, ticket, congested) =
+            session.push(delivery, &self.config, &self.store, &self.queue_budget);
+        if outcome != Push::Queued {
+            self.queue_budget.release(cost);
+        }
+        let queued = match outcome {
+            Push::Queued => true,
             Push::DroppedQos0Overflow => {
                 self.metrics.dropped(DropReason::Qos0Overflow);
                 false
@@ -633,13 +681,67 @@ impl Broker {
                 self.metrics.dropped(DropReason::SessionEnded);
                 false
             }
-            Push::Overflow => {
+            Push::Overflow(dropped) => {
                 tracing::warn!(session = %session.key.client_id, cid = session.key.cid, "session queue over its byte budget: queue dropped");
-                self.metrics.dropped(DropReason::QueueOverflow);
+                Metrics::gauge(&self.metrics.queued, -(dropped as i64));
+                self.metrics
+                    .dropped_n(DropReason::QueueOverflow, dropped as u64 + 1);
                 false
             }
         };
         (queued, ticket, congested)
+    }
+
+    /// Makes room for `need` bytes when every queue together is at the broker's budget: drops
+    /// the largest queues first, their clients closed as slow consumers, until the total is a
+    /// margin below the budget. Runs only for a delivery that does not fit (one scan of the
+    /// sessions, one at a time), never for the deliveries that do.
+    fn shed_queues(&self, need: usize) {
+        let budget = &self.queue_budget;
+        let _one_at_a_time = budget.shedding.lock();
+        if budget.fits(need) {
+            // Another delivery shed while this one waited.
+            return;
+        }
+        let target = budget.shed_target();
+        let mut largest: Vec<(usize, Arc<Session>)> = self
+            .sessions()
+            .into_iter()
+            .filter_map(|s| {
+                let bytes = s.lock().queued_bytes;
+                (bytes > 0).then_some((bytes, s))
+            })
+            .collect();
+        largest.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (_, session) in largest {
+            if budget.queued().saturating_add(need) <= target {
+                break;
+            }
+            let (dropped, connected) = {
+                let mut st = session.lock();
+                let dropped = st.drop_queue(&session.key, &self.store);
+                (dropped, st.conn.is_some())
+            };
+            if dropped.count == 0 {
+                continue;
+            }
+            // Publishers held back by this session may go on: its outbox is empty.
+            session.relieve();
+            budget.release(dropped.bytes);
+            Metrics::gauge(&self.metrics.queued, -(dropped.count as i64));
+            self.metrics
+                .dropped_n(DropReason::TotalOverflow, dropped.count as u64);
+            Metrics::inc(&self.metrics.budget_evictions);
+            tracing::warn!(
+                session = %session.key.client_id,
+                cid = session.key.cid,
+                bytes = dropped.bytes,
+                messages = dropped.count,
+                connected,
+                total_limit = budget.limit(),
+                "queued bytes over the broker's budget (session.max_total_queued_bytes): the largest queue dropped, its client closed as a slow consumer"
+            );
+        }
     }
 
     // ---- retained ------------------------------------------------------------------------
@@ -790,4 +892,85 @@ impl Broker {
 /// What a retained message counts against its account's quota.
 pub(crate) fn retained_cost(msg: &Message) -> u64 {
     (msg.topic.len() + msg.payload.len()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Anonymous;
+
+    fn delivery(payload: usize) -> Delivery {
+        Delivery::new(
+            Arc::new(Message {
+                topic: ByteString::from_static("t"),
+                payload: bytes::Bytes::from(vec![0u8; payload]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                cid: 1,
+                timestamp: 1,
+                expires_at: None,
+                origin: None,
+            }),
+            QoS::AtLeastOnce,
+            false,
+            SmallVec::new(),
+        )
+    }
+
+    /// Ten sessions that never take their QoS 1 messages: the total never passes the budget,
+    /// and the largest queue goes first.
+    #[test]
+    fn the_total_budget_drops_the_largest_queues_first() {
+        let small = delivery(100).cost();
+        let large = delivery(1_000).cost();
+        let limit = 40 * large;
+        let broker = Broker::new(
+            BrokerConfig {
+                max_total_queued_bytes: limit,
+                ..BrokerConfig::default()
+            },
+            Box::new(Anonymous { cid: 1 }),
+        );
+        let sessions: Vec<Arc<Session>> = (0..10)
+            .map(|i| {
+                let s = Arc::new(Session::new(
+                    broker.next_session_id(),
+                    SessionKey {
+                        cid: 1,
+                        client_id: ByteString::from(format!("s{i}")),
+                    },
+                    false,
+                    u32::MAX,
+                ));
+                broker.with_registry(|reg| reg.insert(s.clone()));
+                s
+            })
+            .collect();
+        let mut first_eviction = None;
+        for round in 1..=200 {
+            // Session 0 takes large messages, the others small ones.
+            broker.push(&sessions[0], delivery(1_000));
+            for s in &sessions[1..] {
+                broker.push(s, delivery(100));
+            }
+            let total = broker.queue_budget.queued();
+            assert!(total <= limit, "round {round}: {total} > {limit}");
+            let sum: usize = sessions.iter().map(|s| s.lock().queued_bytes).sum();
+            assert_eq!(sum, total, "the counter is the sum of the queues");
+            if first_eviction.is_none() && Metrics::get(&broker.metrics.budget_evictions) > 0 {
+                first_eviction = Some(round);
+                // The largest queue went, and only it: the small ones hold every round's.
+                assert_eq!(Metrics::get(&broker.metrics.budget_evictions), 1);
+                assert!(sessions[0].lock().queue.len() <= 1);
+                for s in &sessions[1..] {
+                    assert_eq!(s.lock().queue.len(), round);
+                }
+            }
+        }
+        assert!(first_eviction.is_some(), "{small} {large}");
+        assert!(broker.metrics.drops(DropReason::TotalOverflow) > 0);
+        let queued: usize = sessions.iter().map(|s| s.lock().queue.len()).sum();
+        assert_eq!(broker.metrics.queued.load(Ordering::Relaxed), queued as i64);
+    }
 }

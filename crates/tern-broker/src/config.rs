@@ -30,6 +30,10 @@ pub struct BrokerConfig {
     /// Bytes queued for one session before the session is closed as a slow consumer and its
     /// queue dropped (hard budget; spec §4, 1 GiB as flespi).
     pub max_queued_bytes: usize,
+    /// Bytes queued in every session together (the broker's memory budget for outboxes).
+    /// Past it, the largest queues are dropped first and their clients closed as slow
+    /// consumers. The daemon defaults it to a quarter of the machine's memory.
+    pub max_total_queued_bytes: usize,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_offline: bool,
     /// Whether retained messages are supported (Retain Available).
@@ -53,8 +57,9 @@ pub struct BrokerConfig {
     /// publishers pause reading until it drained half of them: backpressure instead of loss.
     pub backpressure_messages: usize,
     pub backpressure_bytes: usize,
-    /// How long a publisher waits for one congested session before that session is treated
-    /// as a slow consumer (left to the queue budgets) until it catches up.
+    /// How long a publisher waits for congested sessions, in all however many there are,
+    /// before they are treated as slow consumers (left to the queue budgets) until they catch
+    /// up.
     pub backpressure_timeout: Duration,
 }
 
@@ -70,6 +75,7 @@ impl Default for BrokerConfig {
             max_session_expiry: u32::MAX,
             max_queued_messages: 100_000,
             max_queued_bytes: 1024 * 1024 * 1024,
+            max_total_queued_bytes: 1024 * 1024 * 1024,
             queue_qos0_offline: false,
             retain_available: true,
             max_client_id_len: 256,

@@ -350,8 +350,9 @@ impl Connection {
     }
 
     /// A congested session this connection's publishes went to, if any: the driver stops
-    /// reading until it drained ([`Session::drained`]), or gives up after
-    /// [`BrokerConfig::backpressure_timeout`] and calls [`Connection::give_up_on`].
+    /// reading until every such session drained ([`Session::drained`]), or gives up after
+    /// [`BrokerConfig::backpressure_timeout`] (for the whole pause, not per session) and calls
+    /// [`Connection::give_up_on_congested`].
     ///
     /// [`BrokerConfig::backpressure_timeout`]: crate::BrokerConfig::backpressure_timeout
     pub fn pressure(&mut self) -> Option<Arc<Session>> {
@@ -360,15 +361,20 @@ impl Connection {
         held.pressure.first().cloned()
     }
 
-    /// The publisher waited too long for `session`: it no longer holds publishers back until
-    /// it catches up (its queue budgets decide meanwhile).
-    pub fn give_up_on(&mut self, session: &Arc<Session>) {
-        tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
-        session.exempt_from_backpressure();
-        Metrics::inc(&self.broker.metrics.backpressure_timeouts);
-        if let Some(held) = self.held.as_mut() {
-            held.pressure.retain(|s| !Arc::ptr_eq(s, session));
+    /// The publisher's pause ran out: every session still congested no longer holds
+    /// publishers back until it catches up (its queue budgets decide meanwhile).
+    pub fn give_up_on_congested(&mut self) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        if held.pressure.is_empty() {
+            return;
         }
+        for session in held.pressure.drain(..) {
+            tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
+            session.exempt_from_backpressure();
+        }
+        Metrics::inc(&self.broker.metrics.backpressure_timeouts);
     }
 
     /// The store ticket the oldest held acknowledgement waits for.

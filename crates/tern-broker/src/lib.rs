@@ -11,6 +11,7 @@
 //!   `unsubscribe`, `disconnect`, `deliver` for outgoing messages) and the dispatch
 //! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
 //! - `session`: sessions, their outbox and in-flight window
+//! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay and session expiry
@@ -27,6 +28,7 @@ pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -45,6 +47,7 @@ pub mod timers;
 pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
 pub use auth::{Anonymous, Authenticator, Credentials, Principal};
 pub use broker::{Broker, Namespace, Routed, SubEntry};
+pub use budget::QueueBudget;
 pub use close::CloseReason;
 pub use config::BrokerConfig;
 pub use connection::Connection;

@@ -20,16 +20,20 @@ pub enum DropReason {
     QueueOverflow,
     /// The session ended while the message was queued.
     SessionEnded,
+    /// Dropped with one of the largest queues when every queue together went past the
+    /// broker's budget (`max_total_queued_bytes`), or not queued because it did not fit.
+    TotalOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Qos0Overflow,
         DropReason::Offline,
         DropReason::TooLarge,
         DropReason::Expired,
         DropReason::QueueOverflow,
         DropReason::SessionEnded,
+        DropReason::TotalOverflow,
     ];
 
     pub fn label(self) -> &'static str {
@@ -40,6 +44,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::QueueOverflow => "queue_overflow",
             DropReason::SessionEnded => "session_ended",
+            DropReason::TotalOverflow => "total_overflow",
         }
     }
 }
@@ -67,6 +72,12 @@ pub struct Metrics {
     /// Pauses that ran out (`session.backpressure_timeout_ms`): the subscriber's queue budgets
     /// decide from then on.
     pub backpressure_timeouts: AtomicU64,
+    /// Connections closed at their keep-alive or CONNECT deadline with part of a packet read
+    /// and the rest missing (a client trickling bytes is not kept alive by them).
+    pub incomplete_packet_timeouts: AtomicU64,
+    /// Queues dropped (their clients closed as slow consumers) because every queue together
+    /// went past the broker's budget (`max_total_queued_bytes`).
+    pub budget_evictions: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     closes: Vec<AtomicU64>,
 }
@@ -88,6 +99,8 @@ impl Default for Metrics {
             inflight: AtomicI64::new(0),
             backpressure_pauses: AtomicU64::new(0),
             backpressure_timeouts: AtomicU64::new(0),
+            incomplete_packet_timeouts: AtomicU64::new(0),
+            budget_evictions: AtomicU64::new(0),
             drops: Default::default(),
             closes: CloseReason::LABELS
                 .iter()

@@ -175,6 +175,7 @@ impl Broker {
                     self.persist_session(&session, &mut st);
                 }
                 Metrics::gauge(&self.metrics.queued, st.queue.len() as i64);
+                self.queue_budget.force(st.queued_bytes);
                 Metrics::gauge(&self.metrics.inflight, st.inflight.len() as i64);
             }
             for sub in &subs {

@@ -22,6 +22,7 @@ use tern_topic::ShareMode;
 use tokio::sync::Notify;
 
 use crate::accounts::AclRules;
+use crate::budget::QueueBudget;
 use crate::close::CloseReason;
 use crate::config::BrokerConfig;
 use crate::filter::{self, Conditions, FilterError};
@@ -288,9 +289,20 @@ pub enum Push {
     DroppedOffline,
     /// Dropped: the session ended.
     DroppedEnded,
-    /// The hard byte budget was exceeded: the queue was dropped and the owning connection, if
-    /// any, was kicked as a slow consumer.
-    Overflow,
+    /// The hard byte budget was exceeded: the queue (this many deliveries, plus the one
+    /// pushed) was dropped and the owning connection, if any, was kicked as a slow consumer.
+    Overflow(usize),
+}
+
+/// What dropping a session's outbox removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DroppedQueue {
+    /// Deliveries dropped.
+    pub count: usize,
+    /// Their bytes (`Delivery::cost`), given back to the broker-wide budget.
+    pub bytes: usize,
+    /// The store ticket of their `Dequeue` ops (0: none stored).
+    pub ticket: Ticket,
 }
 
 /// The mutable part of a session.
@@ -549,14 +561,17 @@ impl Session {
     /// Pushes a delivery into the outbox and wakes the owning connection. For a stored session
     /// a QoS 1/2 delivery is also submitted to the store; the ticket says when it is durable.
     /// The third value says whether the session is now congested (see [`Session::drained`]).
+    /// The caller has taken room for the delivery in `budget` (given back unless it is
+    /// queued); a queue dropped here gives its bytes back.
     pub fn push(
         &self,
         delivery: Delivery,
         config: &BrokerConfig,
         store: &Store,
+        budget: &QueueBudget,
     ) -> (Push, Ticket, bool) {
         let mut st = self.state.lock();
-        let (outcome, ticket) = st.push(&self.key, delivery, config, store);
+        let (outcome, ticket) = st.push(&self.key, delivery, config, store, budget);
         let connected = st.conn.is_some();
         let over = connected
             && (st.queue.len() >= config.backpressure_messages
@@ -635,6 +650,7 @@ impl SessionState {
         mut delivery: Delivery,
         config: &BrokerConfig,
         store: &Store,
+        budget: &QueueBudget,
     ) -> (Push, Ticket) {
         if self.ended {
             return (Push::DroppedEnded, 0);
@@ -651,18 +667,10 @@ impl SessionState {
         }
         let cost = delivery.cost();
         if self.queued_bytes + cost > config.max_queued_bytes {
-            self.stats.dropped += self.queue.len() as u64 + 1;
-            let dropped = std::mem::take(&mut self.queue);
-            self.queued_bytes = 0;
-            let ticket =
-                store.submit_all(dropped.iter().filter(|d| d.seq != 0).map(|d| Op::Dequeue {
-                    key: key.clone(),
-                    seq: d.seq,
-                }));
-            if let Some(link) = &self.conn {
-                link.kick.kick(CloseReason::SlowConsumer);
-            }
-            return (Push::Overflow, ticket);
+            self.stats.dropped += 1;
+            let dropped = self.drop_queue(key, store);
+            budget.release(dropped.bytes);
+            return (Push::Overflow(dropped.count), dropped.ticket);
         }
         let mut ticket = 0;
         if self.stored && delivery.qos != QoS::AtMostOnce {
@@ -738,6 +746,28 @@ impl SessionState {
         self.incoming_qos2.clear();
     }
 
+    /// Drops the whole outbox (a slow consumer: over its own byte budget, or among the largest
+    /// when the broker's is exceeded) and kicks the owning connection, if any, as a slow
+    /// consumer. Stored deliveries are dequeued in the store. The caller gives the bytes back
+    /// to the broker-wide budget.
+    pub fn drop_queue(&mut self, key: &SessionKey, store: &Store) -> DroppedQueue {
+        let dropped = std::mem::take(&mut self.queue);
+        let bytes = std::mem::take(&mut self.queued_bytes);
+        self.stats.dropped += dropped.len() as u64;
+        let ticket = store.submit_all(dropped.iter().filter(|d| d.seq != 0).map(|d| Op::Dequeue {
+            key: key.clone(),
+            seq: d.seq,
+        }));
+        if let Some(link) = &self.conn {
+            link.kick.kick(CloseReason::SlowConsumer);
+        }
+        DroppedQueue {
+            count: dropped.len(),
+            bytes,
+            ticket,
+        }
+    }
+
     /// Pops the next queued delivery.
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
@@ -755,12 +785,6 @@ impl SessionState {
             self.queue
                 .shrink_to((self.queue.len() * 2).max(QUEUE_KEEP / 4));
         }
-    }
-
-    /// Puts a delivery back at the front (it could not be sent yet).
-    pub fn unpop(&mut self, d: Delivery) {
-        self.queued_bytes += d.cost();
-        self.queue.push_front(d);
     }
 }
 
@@ -791,8 +815,12 @@ mod tests {
     }
 
     impl Session {
+        /// Pushes as the broker does: what the session holds and the new delivery are
+        /// counted in the broker-wide budget.
         fn push_test(&self, d: Delivery, cfg: &BrokerConfig) -> Push {
-            self.push(d, cfg, &Store::disabled()).0
+            let budget = QueueBudget::new(usize::MAX);
+            budget.force(self.lock().queued_bytes + d.cost());
+            self.push(d, cfg, &Store::disabled(), &budget).0
         }
     }
 
@@ -847,7 +875,7 @@ mod tests {
         }
         assert_eq!(
             s.push_test(delivery(QoS::AtLeastOnce, 200), &cfg),
-            Push::Overflow
+            Push::Overflow(3)
         );
         let st = s.lock();
         assert!(st.queue.is_empty());

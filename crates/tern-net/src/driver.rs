@@ -119,8 +119,9 @@ where
         let mut unflushed = false;
         // Counts this client under its listener and protocol version once CONNECT is accepted.
         let mut counted: Option<ConnectedGuard<'_>> = None;
-        // The congested session being waited for, and until when.
-        let mut pressure_deadline: Option<(SessionId, Instant)> = None;
+        // Until when a pause for congested subscribers may last: one deadline for the whole
+        // pause, whichever and however many subscribers cause it.
+        let mut pressure_deadline: Option<Instant> = None;
         // Deliveries are ready that did not fit the output buffer yet.
         let mut fill_pending = false;
         // Waits that exist only while needed, boxed so that an idle connection does not carry
@@ -161,31 +162,41 @@ where
                 if !was_connected && conn.is_connected() {
                     counted = Some(ConnectedGuard::new(&metrics, listener, conn.protocol()));
                 }
-                if let Err(reason) = processed {
-                    break 'conn reason;
+                // Keep alive counts whole packets, not bytes (MQTT 5 [MQTT-3.1.2-22]: "does not
+                // receive an MQTT Control Packet"): a client trickling a packet that never
+                // completes is not kept alive by it, and the CONNECT deadline stands until a
+                // CONNECT is accepted.
+                match processed {
+                    Err(reason) => break 'conn reason,
+                    Ok(false) => {}
+                    Ok(true) => {
+                        deadline = match conn.idle_timeout() {
+                            Some(idle) => Instant::now() + idle,
+                            None if conn.is_connected() => far_future(),
+                            None => deadline,
+                        };
+                    }
                 }
-                deadline = match conn.idle_timeout() {
-                    Some(idle) => Instant::now() + idle,
-                    None if conn.is_connected() => far_future(),
-                    None => deadline,
-                };
             }
             if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
                 fill_pending = conn.fill(OUT_FILL_LIMIT);
             }
-            // Backpressure: while a subscriber this client publishes to is congested, stop
-            // reading from it (instead of dropping), for at most `backpressure_timeout` per
-            // subscriber.
+            // Backpressure: while subscribers this client publishes to are congested, stop
+            // reading from it (instead of dropping), for at most `backpressure_timeout` in
+            // all: the pause waits for each of them in turn, against one deadline, so that N
+            // congested subscribers do not hold the publisher N times as long.
             let pressure = conn.pressure();
             match &pressure {
-                Some(s) if pressure_deadline.is_none_or(|(id, _)| id != s.id) => {
-                    let broker = conn.broker();
-                    pressure_deadline =
-                        Some((s.id, Instant::now() + broker.config.backpressure_timeout));
-                    broker
-                        .metrics
-                        .backpressure_pauses
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(s) if drained_wait.as_ref().is_none_or(|(id, _)| *id != s.id) => {
+                    if pressure_deadline.is_none() {
+                        let broker = conn.broker();
+                        pressure_deadline =
+                            Some(Instant::now() + broker.config.backpressure_timeout);
+                        broker
+                            .metrics
+                            .backpressure_pauses
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let waiting = s.clone();
                     drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
                 }
@@ -204,7 +215,7 @@ where
                 _ => {}
             }
             let read_open = conn.out().len() < OUT_READ_LIMIT && pressure.is_none();
-            let wake_at = pressure_deadline.map_or(deadline, |(_, at)| at.min(deadline));
+            let wake_at = pressure_deadline.map_or(deadline, |at| at.min(deadline));
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
             }
@@ -294,15 +305,24 @@ where
                 Event::Drained => drained_wait = None,
                 Event::Timer => {
                     if Instant::now() >= deadline {
+                        if !rbuf.is_empty() {
+                            // Part of a packet arrived and the rest did not in time (a
+                            // trickling client, or one that stopped mid-packet).
+                            conn.broker()
+                                .metrics
+                                .incomplete_packet_timeouts
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         break 'conn if conn.is_connected() {
                             CloseReason::KeepAliveTimeout
                         } else {
                             CloseReason::ConnectTimeout
                         };
                     }
-                    // The backpressure wait timed out.
-                    if let Some(s) = &pressure {
-                        conn.give_up_on(s);
+                    // The pause ran out: every subscriber still congested is left to its
+                    // queue budgets until it catches up.
+                    if pressure_deadline.is_some_and(|at| Instant::now() >= at) {
+                        conn.give_up_on_congested();
                     }
                 }
             }
@@ -380,12 +400,16 @@ fn poll_write_or_flush<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Decodes and handles every complete packet in `rbuf`.
-fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), CloseReason> {
+/// Decodes and handles every complete packet in `rbuf`; true if there was at least one.
+fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<bool, CloseReason> {
+    let mut any = false;
     loop {
         match tern_codec::decode(rbuf, conn.max_packet_size(), conn.protocol()) {
-            Ok(Some(packet)) => conn.handle(packet)?,
-            Ok(None) => return Ok(()),
+            Ok(Some(packet)) => {
+                any = true;
+                conn.handle(packet)?
+            }
+            Ok(None) => return Ok(any),
             Err(err) => return Err(conn.decode_error(&err)),
         }
     }

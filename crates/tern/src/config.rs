@@ -322,14 +322,18 @@ pub struct SessionSection {
     pub max_expiry: u32,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// Bytes queued in every session together; past it the largest queues are dropped first
+    /// and their clients closed as slow consumers (0x97). Unset: a quarter of the memory
+    /// available to tern (see [`default_total_queued_bytes`]).
+    pub max_total_queued_bytes: Option<usize>,
     pub queue_qos0_offline: bool,
     pub max_subscriptions: usize,
     /// Queued messages (or bytes) of a connected session at which its publishers pause
     /// reading until it drained half (backpressure instead of loss).
     pub backpressure_messages: usize,
     pub backpressure_bytes: usize,
-    /// Milliseconds a publisher waits for one congested session before treating it as a slow
-    /// consumer (left to the queue budgets) until it catches up.
+    /// Milliseconds a publisher waits for congested sessions (in all, however many) before
+    /// treating them as slow consumers (left to the queue budgets) until they catch up.
     pub backpressure_timeout_ms: u64,
 }
 
@@ -340,6 +344,7 @@ impl Default for SessionSection {
             max_expiry: b.max_session_expiry,
             max_queued_messages: b.max_queued_messages,
             max_queued_bytes: b.max_queued_bytes,
+            max_total_queued_bytes: None,
             queue_qos0_offline: b.queue_qos0_offline,
             max_subscriptions: b.max_subscriptions_per_session,
             backpressure_messages: b.backpressure_messages,
@@ -665,6 +670,17 @@ impl Config {
         if self.mqtt.max_inflight == 0 {
             return fail("mqtt.max_inflight", "must be at least 1".into());
         }
+        if let Some(total) = self.session.max_total_queued_bytes
+            && total < self.mqtt.max_packet_size as usize
+        {
+            return fail(
+                "session.max_total_queued_bytes",
+                format!(
+                    "must be at least mqtt.max_packet_size ({}), not {total}",
+                    self.mqtt.max_packet_size
+                ),
+            );
+        }
         if self.listeners.max_connections == 0 {
             return fail("listeners.max_connections", "must be at least 1".into());
         }
@@ -891,6 +907,10 @@ impl Config {
             max_session_expiry: self.session.max_expiry,
             max_queued_messages: self.session.max_queued_messages,
             max_queued_bytes: self.session.max_queued_bytes,
+            max_total_queued_bytes: self
+                .session
+                .max_total_queued_bytes
+                .unwrap_or_else(default_total_queued_bytes),
             queue_qos0_offline: self.session.queue_qos0_offline,
             retain_available: self.mqtt.retain_available,
             max_client_id_len: self.mqtt.max_client_id_len,
@@ -903,6 +923,38 @@ impl Config {
             backpressure_bytes: self.session.backpressure_bytes.max(2),
             backpressure_timeout: Duration::from_millis(self.session.backpressure_timeout_ms),
         }
+    }
+}
+
+/// Used when `session.max_total_queued_bytes` is unset: a quarter of the memory tern may use,
+/// the smaller of the machine's (`MemTotal` in `/proc/meminfo`) and its cgroup's limit
+/// (`/sys/fs/cgroup/memory.max`, cgroup v2: a container's memory limit); 1 GiB where neither
+/// can be read. Queue accounting counts a message once per session that holds it, so the
+/// memory really used stays below this.
+pub fn default_total_queued_bytes() -> usize {
+    const FALLBACK: usize = 1 << 30;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    available_memory(meminfo.as_deref(), cgroup.as_deref()).map_or(FALLBACK, |m| (m / 4).max(1))
+}
+
+/// Bytes of memory from `/proc/meminfo` (`MemTotal: N kB`) and a cgroup v2 `memory.max`
+/// (a number, or `max` for none): the smaller one known.
+fn available_memory(meminfo: Option<&str>, cgroup_max: Option<&str>) -> Option<usize> {
+    let total = meminfo.and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<usize>()
+            .ok()?
+            .checked_mul(1024)
+    });
+    let limit = cgroup_max.and_then(|c| c.trim().parse::<usize>().ok());
+    match (total, limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
     }
 }
 
@@ -1100,6 +1152,45 @@ mod tests {
         let err = Config::parse("[mqtt]\nmax_qos = 3\n", "x.toml").unwrap_err();
         assert_eq!(err.line, Some(2));
         assert_eq!(err.key.as_deref(), Some("mqtt.max_qos"));
+    }
+
+    #[test]
+    fn total_queue_budget() {
+        let c = Config::parse("[session]\nmax_total_queued_bytes = 1048576\n", "x.toml").unwrap();
+        assert_eq!(c.broker().max_total_queued_bytes, 1 << 20);
+        let err = Config::parse(
+            "[mqtt]\nmax_packet_size = 4096\n\n[session]\nmax_total_queued_bytes = 100\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.file, "x.toml");
+        assert_eq!(err.line, Some(5));
+        assert_eq!(err.key.as_deref(), Some("session.max_total_queued_bytes"));
+        let err =
+            Config::parse("[session]\nmax_total_queued_bytes = \"lots\"\n", "x.toml").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(err.key.as_deref(), Some("session.max_total_queued_bytes"));
+        // Unset: a quarter of the memory, whatever the machine.
+        assert!(Config::default().broker().max_total_queued_bytes > 0);
+    }
+
+    #[test]
+    fn available_memory_is_the_smaller_of_ram_and_cgroup() {
+        let meminfo = "MemTotal:        8038288 kB\nMemFree:  123 kB\n";
+        assert_eq!(
+            available_memory(Some(meminfo), None),
+            Some(8_038_288 * 1024)
+        );
+        assert_eq!(
+            available_memory(Some(meminfo), Some("max\n")),
+            Some(8_038_288 * 1024)
+        );
+        assert_eq!(
+            available_memory(Some(meminfo), Some("536870912\n")),
+            Some(536_870_912)
+        );
+        assert_eq!(available_memory(None, Some("536870912")), Some(536_870_912));
+        assert_eq!(available_memory(Some("garbage"), None), None);
     }
 
     #[test]

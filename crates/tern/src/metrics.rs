@@ -13,7 +13,10 @@
 //!   `tern_payload_bytes_sent`, `tern_publishes_rejected`
 //! - `tern_messages_dropped{reason}`, `tern_connections_closed{reason}`
 //! - `tern_messages_queued`, `tern_messages_inflight`
+//! - `tern_queued_bytes`, `tern_queued_bytes_limit` (`session.max_total_queued_bytes`),
+//!   `tern_queue_budget_evictions`
 //! - `tern_backpressure_pauses`, `tern_backpressure_timeouts`
+//! - `tern_incomplete_packet_timeouts`: closed at the keep-alive or CONNECT deadline mid-packet
 //! - `tern_auth{result}` (ok, failed, rate_limited)
 //! - `tern_store_batches`, `tern_store_syncs`, `tern_store_queued_ops` (with the store on)
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
@@ -318,6 +321,24 @@ impl Collector for TernCollector {
             "Deliveries waiting in session outboxes",
             load_i(&b.queued),
         )?;
+        gauge(
+            &mut enc,
+            "tern_queued_bytes",
+            "Bytes queued in every session outbox together",
+            self.broker.queue_budget.queued() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "tern_queued_bytes_limit",
+            "The broker-wide budget of queued bytes (session.max_total_queued_bytes)",
+            self.broker.queue_budget.limit() as i64,
+        )?;
+        counter(
+            &mut enc,
+            "tern_queue_budget_evictions",
+            "Queues dropped, largest first, and their clients closed as slow consumers because every queue together went past session.max_total_queued_bytes",
+            load_u(&b.budget_evictions),
+        )?;
         counter(
             &mut enc,
             "tern_backpressure_pauses",
@@ -329,6 +350,12 @@ impl Collector for TernCollector {
             "tern_backpressure_timeouts",
             "Publisher pauses that ran out (session.backpressure_timeout_ms); the subscriber's queue budgets decide from then on",
             load_u(&b.backpressure_timeouts),
+        )?;
+        counter(
+            &mut enc,
+            "tern_incomplete_packet_timeouts",
+            "Connections closed at their keep-alive or CONNECT deadline with part of a packet received and the rest missing",
+            load_u(&b.incomplete_packet_timeouts),
         )?;
         gauge(
             &mut enc,

@@ -105,6 +105,11 @@ impl Server {
             Box::new(directory.clone()),
             state.store.clone(),
         );
+        tracing::info!(
+            max_total_queued_bytes = broker.queue_budget.limit(),
+            configured = config.session.max_total_queued_bytes.is_some(),
+            "queue budget for every session together"
+        );
         let restored = broker.restore(&state.snapshot);
         if restored != Default::default() {
             tracing::info!(

@@ -35,12 +35,14 @@ impl Connection {
         let mut batch = BATCH.with_borrow_mut(std::mem::take);
         let mut budget = limit.saturating_sub(self.out.len());
         let mut expired = 0u64;
-        let more = {
+        // What left the outbox here goes back to the broker-wide budget: once per batch.
+        let (more, freed) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 BATCH.set(batch);
                 return false;
             }
+            let queued_before = st.queued_bytes;
             // First re-send what was in flight when the last connection ended ([MQTT-4.4.0-1]).
             let resend = std::mem::take(&mut st.resend);
             for f in st.inflight.iter().take(resend) {
@@ -100,9 +102,10 @@ impl Connection {
             let sent = batch.iter().filter(|o| !o.dup).count();
             st.stats.received += sent as u64;
             session.drained_to(st.queue.len(), st.queued_bytes, &broker.config);
-            !st.queue.is_empty()
+            let more = !st.queue.is_empty()
                 && (st.inflight.len() < window
-                    || st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce))
+                    || st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce));
+            (more, queued_before.saturating_sub(st.queued_bytes))
         };
         let new_inflight = batch
             .iter()
@@ -110,6 +113,7 @@ impl Connection {
             .count() as i64;
         let taken = batch.iter().filter(|o| !o.dup).count() as i64;
         Metrics::gauge(&broker.metrics.queued, -(taken + expired as i64));
+        broker.queue_budget.release(freed);
         Metrics::gauge(&broker.metrics.inflight, new_inflight);
         if expired > 0 {
             broker.metrics.dropped_n(DropReason::Expired, expired);
