@@ -64,7 +64,8 @@ free_port() {
 mqtt_port=$(free_port)
 http_port=$(free_port)
 exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
-(cd /var/lib/tern && exec runuser -u tern -- env TERN_LISTENERS_MQTT="127.0.0.1:$mqtt_port" \
+# setpriv execs (runuser would stay as a parent and turn SIGTERM into its own exit status).
+(cd /var/lib/tern && exec setpriv --reuid=tern --regid=tern --init-groups env TERN_LISTENERS_MQTT="127.0.0.1:$mqtt_port" \
   TERN_LISTENERS_HTTP="127.0.0.1:$http_port" $exec_start) >"$tmp/tern.log" 2>&1 &
 pid=$!
 ok=""

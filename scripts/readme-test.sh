@@ -19,7 +19,10 @@ done
 work=$(mktemp -d)
 pid=""
 cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+  if [ -n "$pid" ]; then
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
