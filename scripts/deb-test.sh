@@ -27,7 +27,7 @@ cleanup() {
   dpkg-query -W tern >/dev/null 2>&1 && dpkg --purge tern >/dev/null 2>&1
   rm -rf "$tmp"
 }
-trap cleanup EXIT
+trap 'rc=$?; cleanup; exit $rc' EXIT
 
 if dpkg-query -W -f '${Status}' tern 2>/dev/null | grep -q installed; then
   fail "a tern package is already installed here; remove it first (dpkg --purge tern)"

@@ -49,7 +49,7 @@ cleanup() {
   fi
   rm -rf "$tmp"
 }
-trap cleanup EXIT
+trap 'rc=$?; cleanup; exit $rc' EXIT
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif sudo -n true 2>/dev/null; then sudo "$@"; else return 1; fi

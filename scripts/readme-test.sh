@@ -25,7 +25,7 @@ cleanup() {
   fi
   rm -rf "$work"
 }
-trap cleanup EXIT
+trap 'rc=$?; cleanup; exit $rc' EXIT
 
 # The first ```sh block after the "## REST API" heading.
 python3 - README.md >"$work/rest.sh" <<'PY'
