@@ -74,6 +74,14 @@ pub struct FaultyBackend {
     switch: FaultSwitch,
 }
 
+impl std::fmt::Debug for FaultyBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyBackend")
+            .field("switch", &self.switch)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FaultyBackend {
     pub fn new(inner: Box<dyn Backend>, switch: FaultSwitch) -> FaultyBackend {
         FaultyBackend { inner, switch }
