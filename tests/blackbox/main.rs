@@ -30,6 +30,7 @@ mod retained;
 mod sessions;
 mod shared;
 mod shutdown;
+mod store_failure;
 mod tls;
 mod topic_alias;
 mod v5_properties;

@@ -34,9 +34,10 @@ pub enum CloseReason {
     AccessRevoked,
     /// The session's outbox went past its budget (0x97 quota exceeded).
     SlowConsumer,
-    /// The store cannot write (disk full, I/O error) and a 3.x client sent a QoS 1/2 PUBLISH:
-    /// 3.x has no way to refuse one, so the client is closed rather than left waiting (a v5
-    /// client gets PUBACK/PUBREC 0x97 instead and stays connected).
+    /// The store cannot write (disk full, I/O error): the connection had acknowledgements
+    /// waiting for it, or a 3.x client sent a QoS 1/2 PUBLISH (3.x has no way to refuse one; a
+    /// v5 client gets PUBACK/PUBREC 0x97 instead and stays connected). Closed rather than left
+    /// waiting (v5 DISCONNECT 0x97).
     StoreUnavailable,
     /// The client sent more unacknowledged QoS 1/2 PUBLISH packets than Receive Maximum (0x93).
     ReceiveMaximumExceeded,

@@ -247,6 +247,24 @@ impl Store {
         }
     }
 
+    /// Waits until `ticket` is durable or the store is failing, whichever comes first; true if
+    /// durable. Cancel-safe. A connection whose acknowledgements wait uses it to close rather
+    /// than leave its client waiting while the store cannot write.
+    pub async fn wait_or_failing(&self, ticket: Ticket) -> bool {
+        loop {
+            let notified = self.shared.durable_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable() >= ticket {
+                return true;
+            }
+            if self.failing() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
     /// True while a write or sync fails: nothing more becomes durable until the writer's
     /// retry succeeds.
     pub fn failing(&self) -> bool {
@@ -464,6 +482,8 @@ fn fail(shared: &Shared, err: &StoreError, kept: usize, backoff: Duration) {
     let why = err.to_string();
     *shared.failure.lock() = Some(why.clone());
     if !shared.failing.swap(true, Ordering::Relaxed) {
+        // Waiters of `wait_or_failing` learn it now.
+        shared.durable_notify.notify_waiters();
         tracing::error!(
             error = %why,
             kept,
