@@ -107,8 +107,6 @@ struct Shared {
     queued: AtomicU64,
     /// Above this many queued ops the store stops accepting new work.
     max_queued: u64,
-    /// Ticket of the last submitted op (for [`Store::submitted`]).
-    submitted: AtomicU64,
     batches: AtomicU64,
     syncs: AtomicU64,
     /// Failed write or sync attempts.
@@ -188,7 +186,6 @@ impl Store {
         let t = p.last;
         let first = p.ops.len() == 1;
         drop(p);
-        self.shared.submitted.fetch_max(t, Ordering::Relaxed);
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if first {
             self.shared.work.notify_one();
@@ -209,7 +206,6 @@ impl Store {
         let t = p.last;
         drop(p);
         if added > 0 {
-            self.shared.submitted.fetch_max(t, Ordering::Relaxed);
             self.shared.queued.fetch_add(added, Ordering::Relaxed);
             if before == 0 {
                 self.shared.work.notify_one();
@@ -227,9 +223,12 @@ impl Store {
     }
 
     /// The ticket of the last op submitted so far: waiting for it waits for everything
-    /// submitted before.
+    /// submitted before. Takes the pending lock (for REST answers, not the hot path).
     pub fn submitted(&self) -> Ticket {
-        self.shared.submitted.load(Ordering::Relaxed)
+        if !self.shared.enabled {
+            return 0;
+        }
+        self.shared.pending.lock().last
     }
 
     /// Waits until `ticket` is durable. Cancel-safe. While the store is failing this waits
@@ -354,7 +353,6 @@ impl Shared {
             enabled,
             queued: AtomicU64::new(0),
             max_queued,
-            submitted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
