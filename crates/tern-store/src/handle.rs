@@ -383,9 +383,15 @@ fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: Fsync
         let (last, closing) = {
             let mut p = shared.pending.lock();
             if broken {
-                // Back off (a close cuts the wait short), then retry with whatever came.
-                if !p.closing {
-                    shared.work.wait_for(&mut p, backoff);
+                // Back off (only a close cuts the wait short: new ops wake the condvar too),
+                // then retry with whatever came.
+                let until = Instant::now() + backoff;
+                while !p.closing {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    shared.work.wait_for(&mut p, left);
                 }
             } else {
                 while p.ops.is_empty() && !p.closing {
