@@ -479,10 +479,10 @@ fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: Fsync
     }
 }
 
-/// A write or sync failed: the first failure of a run is an ERROR naming the cause, the
-/// retries after it are WARNs.
+/// A write or sync failed: the first failure of a run is an ERROR naming the cause; while it
+/// goes on, a WARN every 30 attempts.
 fn fail(shared: &Shared, err: &StoreError, kept: usize, backoff: Duration) {
-    shared.write_failures.fetch_add(1, Ordering::Relaxed);
+    let attempts = shared.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
     let why = err.to_string();
     *shared.failure.lock() = Some(why.clone());
     if !shared.failing.swap(true, Ordering::Relaxed) {
@@ -494,8 +494,9 @@ fn fail(shared: &Shared, err: &StoreError, kept: usize, backoff: Duration) {
             "the store cannot write: nothing more is acknowledged and new QoS 1/2 messages, \
              persistent sessions and REST changes are refused until it can; retrying"
         );
-    } else {
-        tracing::warn!(error = %why, kept, retry_in = ?backoff, "the store still cannot write");
+    } else if attempts.is_multiple_of(30) {
+        // About once a minute at the longest back-off, not at every retry.
+        tracing::warn!(error = %why, kept, attempts, retry_in = ?backoff, "the store still cannot write");
     }
 }
 
