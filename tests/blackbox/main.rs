@@ -31,6 +31,7 @@ mod retained;
 mod sessions;
 mod shared;
 mod shutdown;
+mod store_failure;
 mod tls;
 mod topic_alias;
 mod trust;

@@ -67,11 +67,13 @@
 //!   `sessions`, `subscriptions`, `messages`)
 //! - `state`: the `flespi/state/platform/...` topics
 //! - `bridge`: REST over MQTT
+//! - `durable`: changes refused while the store cannot write, answered once durable
 //! - `openapi`: the router with its OpenAPI description
 
 mod auth;
 pub mod bridge;
 mod call;
+mod durable;
 mod error;
 mod handlers;
 mod items;

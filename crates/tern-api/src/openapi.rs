@@ -108,6 +108,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/auth/{*rest}", any(unknown_uri))
         .route("/platform/{*rest}", any(unknown_uri))
         .route("/mqtt/{*rest}", any(unknown_uri))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::durable::durable,
+        ))
         .with_state(state)
 }
 

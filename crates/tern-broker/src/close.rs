@@ -34,6 +34,11 @@ pub enum CloseReason {
     AccessRevoked,
     /// The session's outbox went past its budget (0x97 quota exceeded).
     SlowConsumer,
+    /// The store cannot write (disk full, I/O error): the connection had acknowledgements
+    /// waiting for it, or a 3.x client sent a QoS 1/2 PUBLISH (3.x has no way to refuse one; a
+    /// v5 client gets PUBACK/PUBREC 0x97 instead and stays connected). Closed rather than left
+    /// waiting (v5 DISCONNECT 0x97).
+    StoreUnavailable,
     /// The client sent more unacknowledged QoS 1/2 PUBLISH packets than Receive Maximum (0x93).
     ReceiveMaximumExceeded,
     /// The client sent a packet larger than the broker's Maximum Packet Size (0x95).
@@ -86,6 +91,7 @@ impl CloseReason {
             CloseReason::AdministrativeAction => ReasonCode::ADMINISTRATIVE_ACTION,
             CloseReason::AccessRevoked => ReasonCode::NOT_AUTHORIZED,
             CloseReason::SlowConsumer => ReasonCode::QUOTA_EXCEEDED,
+            CloseReason::StoreUnavailable => ReasonCode::QUOTA_EXCEEDED,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
             CloseReason::Violation { code, .. } => *code,
@@ -107,6 +113,7 @@ impl CloseReason {
             CloseReason::AdministrativeAction => "administrative_action",
             CloseReason::AccessRevoked => "access_revoked",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::StoreUnavailable => "store_unavailable",
             CloseReason::ReceiveMaximumExceeded => "receive_maximum_exceeded",
             CloseReason::PacketTooLarge => "packet_too_large",
             CloseReason::Violation { code, .. } => match code.0 {
@@ -136,6 +143,7 @@ impl CloseReason {
         "administrative_action",
         "access_revoked",
         "slow_consumer",
+        "store_unavailable",
         "receive_maximum_exceeded",
         "packet_too_large",
         "malformed_packet",

@@ -209,7 +209,12 @@ where
             match conn.ack_wait() {
                 Some(t) if acks_wait.as_ref().is_none_or(|(w, _)| *w != t) => {
                     let store = conn.broker().store().clone();
-                    acks_wait = Some((t, Box::pin(async move { store.wait(t).await })));
+                    acks_wait = Some((
+                        t,
+                        Box::pin(async move {
+                            store.wait_or_failing(t).await;
+                        }),
+                    ));
                 }
                 None => acks_wait = None,
                 _ => {}
@@ -279,6 +284,13 @@ where
                 Event::Fill => {}
                 Event::AcksDurable => {
                     acks_wait = None;
+                    // The store cannot write: close (v5 DISCONNECT 0x97) rather than leave the
+                    // client waiting for acknowledgements; what it sent is written when the
+                    // store recovers, and what was not acknowledged it sends again.
+                    let store = conn.broker().store();
+                    if store.failing() && conn.ack_wait().is_some_and(|t| t > store.durable()) {
+                        break 'conn CloseReason::StoreUnavailable;
+                    }
                     conn.release_acks();
                 }
                 Event::Wrote(res) => match res {

@@ -77,7 +77,8 @@ const MAX_NON_DURABLE: Duration = Duration::from_secs(1);
 /// The on-disk store. Holds an exclusive lock on the data directory while open.
 #[derive(Debug)]
 pub struct DiskBackend {
-    db: Database,
+    /// `None` only between a failure and a successful [`Backend::recover`].
+    db: Option<Database>,
     path: PathBuf,
     /// `flock` on the data directory (redb locks the file itself too): a second tern on the
     /// same directory is refused before it reads anything, and nothing is added to the
@@ -111,7 +112,7 @@ impl DiskBackend {
             .map_err(|e| open_error(&path, e))?;
         check_meta(&path, &db)?;
         let mut backend = DiskBackend {
-            db,
+            db: Some(db),
             path,
             _lock: lock,
             last_reclaim_check: Instant::now(),
@@ -126,6 +127,12 @@ impl DiskBackend {
         &self.path
     }
 
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))
+    }
+
     /// Compacts the file if more than half of it is free space; true if it did.
     pub fn reclaim(&mut self) -> Result<bool, StoreError> {
         self.reclaim_if(0)
@@ -137,14 +144,18 @@ impl DiskBackend {
         if len < min_file {
             return Ok(false);
         }
-        let tx = self.db.begin_write().map_err(engine)?;
+        let tx = self.db()?.begin_write().map_err(engine)?;
         let free = tx.stats().map_err(engine)?.fragmented_bytes();
         tx.abort().map_err(engine)?;
         if free.saturating_mul(2) <= len {
             return Ok(false);
         }
         let started = Instant::now();
-        while self.db.compact().map_err(engine)? {}
+        let db = self
+            .db
+            .as_mut()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
+        while db.compact().map_err(engine)? {}
         let after = fs::metadata(&self.path).map_err(io_err(&self.path))?.len();
         tracing::info!(before = len, after, took = ?started.elapsed(), "store compacted");
         Ok(true)
@@ -153,7 +164,7 @@ impl DiskBackend {
 
 impl Backend for DiskBackend {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(engine)?;
+        let mut tx = self.db()?.begin_write().map_err(engine)?;
         // Made durable by the next `sync`, as the fsync policy says (or by this commit, when
         // no sync came for a while).
         let durable = self.last_durable.elapsed() >= MAX_NON_DURABLE;
@@ -188,9 +199,30 @@ impl Backend for DiskBackend {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         // An empty durable commit persists every non-durable commit before it: one fsync.
-        let mut tx = self.db.begin_write().map_err(engine)?;
+        let mut tx = self.db()?.begin_write().map_err(engine)?;
         tx.set_durability(Durability::Immediate).map_err(engine)?;
         tx.commit().map_err(engine)?;
+        self.last_durable = Instant::now();
+        Ok(())
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        // After an I/O error redb refuses every later transaction until the database is
+        // reopened; reopening runs its recovery, back to the last durable commit. The
+        // directory lock stays held throughout.
+        drop(self.db.take());
+        let db = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .open(&self.path)
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Io(source)) => StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                },
+                other => StoreError::Engine(other.to_string()),
+            })?;
+        check_meta(&self.path, &db)?;
+        self.db = Some(db);
         self.last_durable = Instant::now();
         Ok(())
     }

@@ -4,6 +4,14 @@
 //! batch under a short mutex and returns a [`Ticket`]. A dedicated thread takes the whole
 //! pending batch, applies it in one transaction, syncs it as [`FsyncPolicy`] says, and then
 //! advances the durable ticket and wakes every waiter. Many messages share one fsync.
+//!
+//! A failing write or sync (disk full, I/O error) does not lose anything: the writer keeps
+//! every op written since the last successful sync, marks the store failing (an ERROR log
+//! line, [`Store::failing`], [`Store::failure`]), and retries with back-off: it asks the
+//! backend to [`Backend::recover`] (reopen its files), writes the kept ops again, then syncs.
+//! The durable ticket does not move meanwhile, so nothing is acknowledged that is not on disk.
+//! While failing (or while more than `max_queued` ops wait), [`Store::accepting`] is false and
+//! the broker refuses new work that would add ops; that is what keeps memory bounded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +34,8 @@ pub enum FsyncPolicy {
     Always,
     /// Batches count as durable once written; a sync runs at most this often.
     Interval(Duration),
-    /// Never sync explicitly (the OS decides).
+    /// Batches count as durable once written; a sync runs about once a second (the ops since
+    /// the last sync are what a failing store must keep for its retry).
     Never,
 }
 
@@ -53,7 +62,27 @@ pub trait Backend: Send + 'static {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError>;
     /// Makes everything applied so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// Makes the backend usable again after `apply` or `sync` failed, rolled back to its last
+    /// successful sync; the writer then applies every op since that sync again. Ops are
+    /// idempotent when applied again in order, so a rollback to a later point is harmless.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+/// Ops that may wait for the writer before [`Store::accepting`] turns false (the broker then
+/// refuses new QoS 1/2 messages, persistent sessions and REST changes until the writer caught
+/// up).
+pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
+
+/// First and longest wait between two attempts of a failing store.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How many attempts a failing store makes after it was asked to close, before it gives up.
+const RETRIES_AT_CLOSE: u32 = 3;
+/// With `fsync = never`, kept ops are synced at least this often, so that what the writer must
+/// keep for a retry stays small (and a crash loses at most about this much).
+const NEVER_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Pending {
@@ -69,12 +98,23 @@ struct Shared {
     work: Condvar,
     durable: AtomicU64,
     durable_notify: Notify,
-    failed: AtomicBool,
+    /// A write or sync failed and has not succeeded since.
+    failing: AtomicBool,
+    /// Why, while failing (for `/health` and logs).
+    failure: Mutex<Option<String>>,
     enabled: bool,
-    /// Ops waiting to be written (a gauge for metrics).
+    /// Ops submitted and not yet written successfully (a gauge for metrics).
     queued: AtomicU64,
+    /// Above this many queued ops the store stops accepting new work.
+    max_queued: u64,
     batches: AtomicU64,
     syncs: AtomicU64,
+    /// Failed write or sync attempts.
+    write_failures: AtomicU64,
+    /// Times the store went from failing back to working.
+    recoveries: AtomicU64,
+    /// Work refused because the store was not accepting.
+    refused: AtomicU64,
 }
 
 /// The broker's handle on the store. Cheap to clone.
@@ -103,13 +143,24 @@ impl Store {
     /// broker checks [`Store::enabled`] and skips building ops entirely.
     pub fn disabled() -> Store {
         Store {
-            shared: Arc::new(Shared::new(false)),
+            shared: Arc::new(Shared::new(false, DEFAULT_MAX_QUEUED)),
         }
     }
 
-    /// Starts the writer thread over `backend`.
+    /// Starts the writer thread over `backend`, accepting new work while at most
+    /// [`DEFAULT_MAX_QUEUED`] ops wait.
     pub fn start(backend: Box<dyn Backend>, policy: FsyncPolicy) -> (Store, Writer) {
-        let shared = Arc::new(Shared::new(true));
+        Store::start_with(backend, policy, DEFAULT_MAX_QUEUED)
+    }
+
+    /// Starts the writer thread over `backend`; [`Store::accepting`] turns false while more
+    /// than `max_queued` ops wait.
+    pub fn start_with(
+        backend: Box<dyn Backend>,
+        policy: FsyncPolicy,
+        max_queued: u64,
+    ) -> (Store, Writer) {
+        let shared = Arc::new(Shared::new(true, max_queued));
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tern-store".into())
@@ -171,8 +222,18 @@ impl Store {
         self.shared.durable.load(Ordering::Acquire)
     }
 
-    /// Waits until `ticket` is durable. Cancel-safe. Never returns if the store failed (the
-    /// broker stops acknowledging rather than lose messages).
+    /// The ticket of the last op submitted so far: waiting for it waits for everything
+    /// submitted before. Takes the pending lock (for REST answers, not the hot path).
+    pub fn submitted(&self) -> Ticket {
+        if !self.shared.enabled {
+            return 0;
+        }
+        self.shared.pending.lock().last
+    }
+
+    /// Waits until `ticket` is durable. Cancel-safe. While the store is failing this waits
+    /// until the writer's retry succeeds (the broker stops acknowledging rather than lose
+    /// messages).
     pub async fn wait(&self, ticket: Ticket) {
         loop {
             let notified = self.shared.durable_notify.notified();
@@ -185,9 +246,64 @@ impl Store {
         }
     }
 
-    /// True once a write failed: nothing more is acknowledged.
+    /// Waits until `ticket` is durable or the store is failing, whichever comes first; true if
+    /// durable. Cancel-safe. A connection whose acknowledgements wait uses it to close rather
+    /// than leave its client waiting while the store cannot write.
+    pub async fn wait_or_failing(&self, ticket: Ticket) -> bool {
+        loop {
+            let notified = self.shared.durable_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable() >= ticket {
+                return true;
+            }
+            if self.failing() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
+    /// True while a write or sync fails: nothing more becomes durable until the writer's
+    /// retry succeeds.
+    pub fn failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Store::failing`] (kept for the offline commands).
     pub fn failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Relaxed)
+        self.failing()
+    }
+
+    /// Why the store is failing (`None` while it works).
+    pub fn failure(&self) -> Option<String> {
+        if !self.failing() {
+            return None;
+        }
+        self.shared.failure.lock().clone()
+    }
+
+    /// Whether new work that adds ops (a QoS 1/2 message, a persistent session, a REST change)
+    /// may be accepted: false while the store is failing or more than `max_queued` ops wait.
+    /// Two atomic loads; a disabled store always accepts.
+    pub fn accepting(&self) -> bool {
+        !self.shared.enabled
+            || (!self.shared.failing.load(Ordering::Relaxed)
+                && self.shared.queued.load(Ordering::Relaxed) <= self.shared.max_queued)
+    }
+
+    /// Counts one piece of work refused because the store was not accepting.
+    pub fn note_refused(&self) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed write or sync attempts, recoveries, and refused work so far.
+    pub fn failure_stats(&self) -> (u64, u64, u64) {
+        (
+            self.shared.write_failures.load(Ordering::Relaxed),
+            self.shared.recoveries.load(Ordering::Relaxed),
+            self.shared.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Ops submitted and not yet written.
@@ -222,7 +338,7 @@ impl Store {
 }
 
 impl Shared {
-    fn new(enabled: bool) -> Shared {
+    fn new(enabled: bool, max_queued: u64) -> Shared {
         Shared {
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
@@ -232,73 +348,162 @@ impl Shared {
             work: Condvar::new(),
             durable: AtomicU64::new(0),
             durable_notify: Notify::new(),
-            failed: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(None),
             enabled,
             queued: AtomicU64::new(0),
+            max_queued,
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 }
 
 fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: FsyncPolicy) {
+    // Every op written since the last successful sync (and, while failing, every op taken
+    // since): what a retry writes again. A successful sync empties it.
+    let mut kept: Vec<Op> = Vec::new();
     let mut batch: Vec<Op> = Vec::new();
     let mut last_sync = Instant::now();
-    let mut unsynced = false;
+    // The backend failed and must recover before anything else is written.
+    let mut broken = false;
+    let mut backoff = RETRY_MIN;
+    let mut retries_at_close = 0u32;
+    // Ops taken from the pending queue and not yet written successfully (still `queued`).
+    let mut unwritten = 0u64;
+    let sync_every = match policy {
+        FsyncPolicy::Always => None,
+        FsyncPolicy::Interval(every) => Some(every),
+        FsyncPolicy::Never => Some(NEVER_SYNC_EVERY),
+    };
     loop {
         let (last, closing) = {
             let mut p = shared.pending.lock();
-            while p.ops.is_empty() && !p.closing {
-                match policy {
-                    FsyncPolicy::Interval(every) if unsynced => {
-                        let left = every.saturating_sub(last_sync.elapsed());
-                        if shared.work.wait_for(&mut p, left).timed_out() {
-                            break;
-                        }
+            if broken {
+                // Back off (only a close cuts the wait short: new ops wake the condvar too),
+                // then retry with whatever came.
+                let until = Instant::now() + backoff;
+                while !p.closing {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
-                    _ => shared.work.wait(&mut p),
+                    shared.work.wait_for(&mut p, left);
+                }
+            } else {
+                while p.ops.is_empty() && !p.closing {
+                    match sync_every {
+                        Some(every) if !kept.is_empty() => {
+                            let left = every.saturating_sub(last_sync.elapsed());
+                            if shared.work.wait_for(&mut p, left).timed_out() {
+                                break;
+                            }
+                        }
+                        _ => shared.work.wait(&mut p),
+                    }
                 }
             }
             std::mem::swap(&mut batch, &mut p.ops);
             (p.last, p.closing)
         };
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            if let Err(err) = backend.apply(&batch) {
-                fail(&shared, &err);
-                return;
+        let fresh = kept.len();
+        unwritten += batch.len() as u64;
+        kept.append(&mut batch);
+        let result = (|| -> Result<bool, StoreError> {
+            if broken {
+                backend.recover()?;
+                broken = false;
+                if !kept.is_empty() {
+                    backend.apply(&kept)?;
+                }
+            } else if kept.len() > fresh {
+                backend.apply(&kept[fresh..])?;
             }
-            shared.batches.fetch_add(1, Ordering::Relaxed);
-            shared.queued.fetch_sub(n, Ordering::Relaxed);
-            batch.clear();
-            unsynced = true;
-        }
-        let sync_now = match policy {
-            FsyncPolicy::Always => unsynced,
-            FsyncPolicy::Interval(every) => unsynced && (closing || last_sync.elapsed() >= every),
-            FsyncPolicy::Never => closing && unsynced,
-        };
-        if sync_now {
-            if let Err(err) = backend.sync() {
-                fail(&shared, &err);
-                return;
+            if kept.len() > fresh {
+                shared.batches.fetch_add(1, Ordering::Relaxed);
             }
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
-            last_sync = Instant::now();
-            unsynced = false;
+            let sync_now = !kept.is_empty()
+                && match sync_every {
+                    None => true,
+                    Some(every) => closing || last_sync.elapsed() >= every,
+                };
+            if sync_now {
+                backend.sync()?;
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                last_sync = Instant::now();
+            }
+            Ok(sync_now)
+        })();
+        match result {
+            Ok(synced) => {
+                shared.queued.fetch_sub(unwritten, Ordering::Relaxed);
+                unwritten = 0;
+                if synced {
+                    kept.clear();
+                }
+                if shared.failing.load(Ordering::Relaxed) {
+                    recovered(&shared);
+                    backoff = RETRY_MIN;
+                }
+                // With `always`, only synced ops count; otherwise written ones do.
+                if kept.is_empty() || policy != FsyncPolicy::Always {
+                    shared.durable.store(last, Ordering::Release);
+                    shared.durable_notify.notify_waiters();
+                }
+            }
+            Err(err) => {
+                broken = true;
+                fail(&shared, &err, kept.len(), backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+                if closing {
+                    retries_at_close += 1;
+                    if retries_at_close > RETRIES_AT_CLOSE {
+                        tracing::error!(
+                            ops = kept.len(),
+                            "the store is closing while failing: {} changes were not written",
+                            kept.len()
+                        );
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                }
+                continue;
+            }
         }
-        // With `always`, only synced batches count; otherwise written ones do.
-        if !unsynced || policy != FsyncPolicy::Always {
-            shared.durable.store(last, Ordering::Release);
-            shared.durable_notify.notify_waiters();
-        }
-        if closing && shared.pending.lock().ops.is_empty() {
+        if closing && kept.is_empty() && shared.pending.lock().ops.is_empty() {
             return;
         }
     }
 }
 
-fn fail(shared: &Shared, err: &StoreError) {
-    tracing::error!(%err, "the store failed: nothing more is acknowledged");
-    shared.failed.store(true, Ordering::Relaxed);
+/// A write or sync failed: the first failure of a run is an ERROR naming the cause; while it
+/// goes on, a WARN every 30 attempts.
+fn fail(shared: &Shared, err: &StoreError, kept: usize, backoff: Duration) {
+    let attempts = shared.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let why = err.to_string();
+    *shared.failure.lock() = Some(why.clone());
+    if !shared.failing.swap(true, Ordering::Relaxed) {
+        // Waiters of `wait_or_failing` learn it now.
+        shared.durable_notify.notify_waiters();
+        tracing::error!(
+            error = %why,
+            kept,
+            "the store cannot write: nothing more is acknowledged and new QoS 1/2 messages, \
+             persistent sessions and REST changes are refused until it can; retrying"
+        );
+    } else if attempts.is_multiple_of(30) {
+        // About once a minute at the longest back-off, not at every retry.
+        tracing::warn!(error = %why, kept, attempts, retry_in = ?backoff, "the store still cannot write");
+    }
+}
+
+/// A retry succeeded after failures.
+fn recovered(shared: &Shared) {
+    shared.failing.store(false, Ordering::Relaxed);
+    *shared.failure.lock() = None;
+    shared.recoveries.fetch_add(1, Ordering::Relaxed);
+    tracing::info!("the store writes again: recovered");
 }

@@ -13,12 +13,14 @@
 //! - `memory`: the in-memory backend (reference model, used by tests)
 //! - `disk`: the on-disk backend (redb): open, verify, load, apply, sync
 //! - `format`: the on-disk format: key layouts and record encodings (version 1)
+//! - `fault`: a backend wrapper that fails on demand (tests of a failing disk)
 //! - `export`: the JSON Lines export and import (`tern store export` / `import`)
 //! - `error`: store errors
 
 mod disk;
 mod error;
 mod export;
+mod fault;
 mod format;
 mod handle;
 mod memory;
@@ -28,8 +30,9 @@ mod op;
 pub use disk::{DiskBackend, STORE_FILE, load};
 pub use error::StoreError;
 pub use export::{EXPORT_VERSION, export, import};
+pub use fault::{FaultSwitch, FaultyBackend};
 pub use format::FORMAT_VERSION;
-pub use handle::{Backend, FsyncPolicy, Store, Ticket, Writer};
+pub use handle::{Backend, DEFAULT_MAX_QUEUED, FsyncPolicy, Store, Ticket, Writer};
 pub use memory::{MemoryBackend, MemorySession, MemoryState};
 pub use model::*;
 pub use op::Op;
@@ -78,5 +81,161 @@ mod tests {
         );
         assert!("interval:0".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    fn token(id: u64) -> Op {
+        Op::PutToken {
+            id,
+            json: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// Polls `f` for up to 5 s.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    async fn failing_store_keeps_and_retries(sync_only: bool, policy: FsyncPolicy) {
+        let backend = MemoryBackend::new();
+        let switch = FaultSwitch::new();
+        let faulty = FaultyBackend::new(Box::new(backend.clone()), switch.clone());
+        let (store, writer) = Store::start_with(Box::new(faulty), policy, 50);
+        let first = store.submit(token(1));
+        tokio::time::timeout(Duration::from_secs(5), store.wait(first))
+            .await
+            .expect("durable before the failure");
+        assert!(store.accepting());
+
+        if sync_only {
+            switch.fail_syncs();
+        } else {
+            switch.fail();
+        }
+        let mut last = 0;
+        for id in 2..=40 {
+            last = store.submit(token(id));
+        }
+        assert!(eventually(|| store.failing()).await, "the failure is seen");
+        assert!(!store.accepting(), "a failing store accepts no new work");
+        assert!(store.failure().is_some_and(|w| w.contains("space")));
+        if policy == FsyncPolicy::Always {
+            // Nothing after the failure counts as durable.
+            assert!(store.durable() < last);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), store.wait(last))
+                    .await
+                    .is_err()
+            );
+        }
+        // The writer keeps retrying, with back-off.
+        let before = switch.failures();
+        assert!(eventually(|| switch.failures() > before + 1).await);
+
+        switch.heal();
+        tokio::time::timeout(Duration::from_secs(10), store.wait(last))
+            .await
+            .expect("durable after recovery");
+        assert!(eventually(|| !store.failing()).await);
+        assert!(store.accepting());
+        assert_eq!(store.failure(), None);
+        let (failures, recoveries, _) = store.failure_stats();
+        assert!(failures >= 2 && recoveries == 1);
+        assert_eq!(backend.load().tokens.len(), 40, "no op was dropped");
+        assert!(eventually(|| store.queued() == 0).await);
+        store.close();
+        writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_kept_and_retried_until_it_succeeds() {
+        failing_store_keeps_and_retries(false, FsyncPolicy::Always).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_sync_is_kept_and_retried_until_it_succeeds() {
+        failing_store_keeps_and_retries(true, FsyncPolicy::Always).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_with_fsync_interval_recovers() {
+        failing_store_keeps_and_retries(true, FsyncPolicy::Interval(Duration::from_millis(20)))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_backlog_over_the_limit_stops_accepting() {
+        let switch = FaultSwitch::new();
+        let faulty = FaultyBackend::new(Box::new(MemoryBackend::new()), switch.clone());
+        let (store, writer) = Store::start_with(Box::new(faulty), FsyncPolicy::Always, 10);
+        switch.fail();
+        for id in 0..5 {
+            store.submit(token(id));
+        }
+        assert!(eventually(|| store.failing()).await);
+        switch.heal();
+        assert!(eventually(|| !store.failing() && store.queued() == 0).await);
+        assert!(store.accepting());
+        // Ops over the limit while the writer cannot keep up turn acceptance off.
+        switch.fail();
+        let last = store.submit_all((100..120).map(token));
+        assert!(!store.accepting());
+        assert!(store.queued() <= 25);
+        switch.heal();
+        tokio::time::timeout(Duration::from_secs(10), store.wait(last))
+            .await
+            .expect("durable after recovery");
+        assert!(eventually(|| store.accepting()).await);
+        store.close();
+        writer.join();
+    }
+
+    #[tokio::test]
+    async fn closing_a_store_that_keeps_failing_ends() {
+        let switch = FaultSwitch::new();
+        let faulty = FaultyBackend::new(Box::new(MemoryBackend::new()), switch.clone());
+        let (store, writer) = Store::start(Box::new(faulty), FsyncPolicy::Always);
+        switch.fail();
+        store.submit(token(1));
+        assert!(eventually(|| store.failing()).await);
+        store.close();
+        // The writer gives up after a few attempts instead of blocking shutdown forever.
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        tokio::time::timeout(Duration::from_secs(30), joined)
+            .await
+            .expect("the writer ends")
+            .expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_disk_store_recovers_by_reopening_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+        let switch = FaultSwitch::new();
+        let faulty = FaultyBackend::new(Box::new(disk), switch.clone());
+        let (store, writer) = Store::start(Box::new(faulty), FsyncPolicy::Always);
+        let t = store.submit(token(1));
+        store.wait(t).await;
+        // A write that goes through and a sync that fails: redb must be reopened (rolled back
+        // to the last sync) and the batch written again.
+        switch.fail_syncs();
+        let mut last = 0;
+        for id in 2..=30 {
+            last = store.submit(token(id));
+        }
+        assert!(eventually(|| store.failing()).await);
+        switch.heal();
+        tokio::time::timeout(Duration::from_secs(10), store.wait(last))
+            .await
+            .expect("durable after recovery");
+        store.close();
+        writer.join();
+        let snapshot = load(dir.path()).expect("load");
+        assert_eq!(snapshot.tokens.len(), 30);
     }
 }

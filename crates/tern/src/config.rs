@@ -394,6 +394,10 @@ pub struct Store {
     pub enabled: bool,
     /// `always` (every batch synced before it is acknowledged), `interval:<ms>` or `never`.
     pub fsync: String,
+    /// Changes waiting for the store's writer beyond which new work that adds changes (QoS 1/2
+    /// messages, persistent sessions, subscriptions of stored sessions, REST changes) is
+    /// refused until it caught up; a failing store refuses it anyway.
+    pub max_queued_ops: u64,
 }
 
 impl Default for Store {
@@ -402,6 +406,7 @@ impl Default for Store {
             data_dir: PathBuf::from("./data"),
             enabled: true,
             fsync: "always".into(),
+            max_queued_ops: tern_store::DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -705,6 +710,9 @@ impl Config {
         }
         if let Err(e) = self.store.fsync.parse::<tern_store::FsyncPolicy>() {
             return fail("store.fsync", e);
+        }
+        if self.store.max_queued_ops == 0 {
+            return fail("store.max_queued_ops", "must be at least 1".into());
         }
         if let Some(key) = &self.auth.master_token
             && let Err(e) = tern_broker::accounts::check_key(key)

@@ -299,6 +299,32 @@ impl Collector for TernCollector {
                 "Changes waiting for the store's writer",
                 store.queued() as i64,
             )?;
+            let (failures, recoveries, refused) = store.failure_stats();
+            gauge(
+                &mut enc,
+                "tern_store_failing",
+                "1 while the store cannot write (disk full, I/O error) and retries, else 0",
+                i64::from(store.failing()),
+            )?;
+            counter(
+                &mut enc,
+                "tern_store_write_failures",
+                "Store writes or syncs that failed (each retry counts)",
+                failures,
+            )?;
+            counter(
+                &mut enc,
+                "tern_store_recoveries",
+                "Times the store wrote again after failing",
+                recoveries,
+            )?;
+            counter(
+                &mut enc,
+                "tern_store_refused",
+                "QoS 1/2 messages, persistent sessions, subscriptions and REST changes refused \
+                 because the store was failing or too far behind",
+                refused,
+            )?;
         }
         family(
             &mut enc,

@@ -33,23 +33,37 @@ pub fn routes(broker: Arc<Broker>, exporter: Option<Arc<Exporter>>) -> Router {
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// 200 `{"status":"ok"}` while serving; 503 `{"status":"stopping"}` once shutdown began.
+/// 200 `{"status":"ok"}` while serving; 503 `{"status":"stopping"}` once shutdown began, and
+/// 503 `{"status":"store_failing","store":"<why>"}` while the store cannot write (disk full, I/O
+/// error): nothing is acknowledged then, so a load balancer should send clients elsewhere.
 async fn health(State(r): State<Routes>) -> Response {
     if r.broker.shutdown_token().is_cancelled() {
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, JSON)],
             "{\"status\":\"stopping\"}\n",
         )
-            .into_response()
-    } else {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, JSON)],
-            "{\"status\":\"ok\"}\n",
-        )
-            .into_response()
+            .into_response();
     }
+    let store = r.broker.store();
+    if store.failing() {
+        let why = store
+            .failure()
+            .unwrap_or_else(|| "the store cannot write".into());
+        let body = serde_json::json!({"status": "store_failing", "store": why});
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, JSON)],
+            format!("{body}\n"),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, JSON)],
+        "{\"status\":\"ok\"}\n",
+    )
+        .into_response()
 }
 
 /// OpenMetrics when the scraper accepts it (Prometheus does), else the Prometheus text format.

@@ -26,6 +26,8 @@ pub struct ServerOptions {
     /// Routes served on the HTTP listeners besides `/health` and `/metrics` (the REST API).
     /// They must not define those two paths.
     pub routes: Option<Router>,
+    /// Tests of a failing disk: the store's writes and syncs fail while this switch is on.
+    pub store_faults: Option<tern_store::FaultSwitch>,
 }
 
 /// The bound address of each running listener (useful with port 0).
@@ -98,7 +100,7 @@ impl Server {
             https: local(&https)?,
         };
 
-        let state = crate::state::open(config)?;
+        let state = crate::state::open_with(config, options.store_faults.clone())?;
         let directory = state.directory.clone();
         let broker = Broker::with_store(
             config.broker(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tern_broker::accounts::{Access, AclEntry, Directory, Limits, Token};
-use tern_store::{DiskBackend, Snapshot, Store, Writer};
+use tern_store::{DiskBackend, FaultSwitch, FaultyBackend, Snapshot, Store, Writer};
 
 use crate::config::{Config, TokenSpec};
 
@@ -30,11 +30,21 @@ pub struct State {
 
 /// Opens the store in the data directory (unless disabled) and loads accounts and tokens.
 pub fn open(config: &Config) -> anyhow::Result<State> {
+    open_with(config, None)
+}
+
+/// [`open`], with the store's writes failing while `faults` is on (tests of a failing disk).
+pub fn open_with(config: &Config, faults: Option<FaultSwitch>) -> anyhow::Result<State> {
     let (store, writer, snapshot) = if config.store.enabled {
         let dir = &config.store.data_dir;
         let (backend, snapshot) = DiskBackend::open(dir)
             .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-        let (store, writer) = Store::start(Box::new(backend), config.fsync());
+        let backend: Box<dyn tern_store::Backend> = match faults {
+            Some(switch) => Box::new(FaultyBackend::new(Box::new(backend), switch)),
+            None => Box::new(backend),
+        };
+        let (store, writer) =
+            Store::start_with(backend, config.fsync(), config.store.max_queued_ops);
         (store, Some(writer), snapshot)
     } else {
         (Store::disabled(), None, Snapshot::default())

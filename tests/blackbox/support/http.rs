@@ -63,6 +63,47 @@ pub async fn get(addr: SocketAddr, path: &str, extra: &[&str]) -> HttpResponse {
     raw(addr, &head, false).await
 }
 
+/// `method path` with `Connection: close`, optional extra header lines and a body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+    body: &str,
+) -> HttpResponse {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}",
+        body.len()
+    );
+    for h in extra {
+        head.push_str("\r\n");
+        head.push_str(h);
+    }
+    head.push_str("\r\n\r\n");
+    head.push_str(body);
+    raw_exact(addr, &head).await
+}
+
+/// Sends `bytes` as they are and reads the response until the server closes.
+async fn raw_exact(addr: SocketAddr, bytes: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("response in time");
+    parse(&buf)
+}
+
 /// A WebSocket upgrade request to `path`; `protocols` is the raw `Sec-WebSocket-Protocol`
 /// value, if any. Returns the answer's head.
 pub async fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> HttpResponse {

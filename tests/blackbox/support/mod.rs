@@ -91,6 +91,15 @@ impl TestBroker {
         certs: Option<Arc<TestCerts>>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestBroker {
+        TestBroker::start_opts(certs, ServerOptions::default(), tweak).await
+    }
+
+    /// Like [`TestBroker::start_with`], with server options (e.g. a store fault switch).
+    pub async fn start_opts(
+        certs: Option<Arc<TestCerts>>,
+        options: ServerOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let mut config = Config::default();
         config.listeners.mqtt = Some(loopback());
         config.listeners.mqtts = Some(loopback());
@@ -105,7 +114,7 @@ impl TestBroker {
             config.tls.key = Some(c.files.server_key.clone());
         }
         tweak(&mut config);
-        let server = Server::start(&config, ServerOptions::default())
+        let server = Server::start(&config, options)
             .await
             .expect("broker starts");
         let addrs = server.addrs();

@@ -151,6 +151,12 @@ impl Connection {
         if self.broker.session(&key).is_none() && self.broker.session_quota_full(principal.cid) {
             return self.refuse(ReasonCode::QUOTA_EXCEEDED);
         }
+        // A store that cannot write (disk full) takes no new persistent session: it could not
+        // be kept (v5 0x97; 3.x return code 3, server unavailable).
+        if expiry > 0 && !self.broker.store.accepting() && self.broker.session(&key).is_none() {
+            self.broker.store.note_refused();
+            return self.refuse(ReasonCode::QUOTA_EXCEEDED);
+        }
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),

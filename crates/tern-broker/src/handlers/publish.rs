@@ -14,6 +14,11 @@ use crate::metrics::Metrics;
 use crate::rules::RESERVED_PREFIX;
 use crate::session::Session;
 
+/// Whether a PUBLISH of this QoS is acknowledged only once durable.
+fn qos_stored(qos: QoS) -> bool {
+    qos != QoS::AtMostOnce
+}
+
 impl Connection {
     pub(crate) fn handle_publish(&mut self, mut p: Publish) -> Result<(), CloseReason> {
         let broker = self.broker.clone();
@@ -113,6 +118,18 @@ impl Connection {
             broker.check_publish(cid, &principal.rights, &p.topic, p.retain, p.payload.len())
         {
             return self.reject_publish(&p, reason);
+        }
+        // A store that cannot write (disk full) or is far behind takes no new work: a QoS 1/2
+        // message would never be acknowledged, a retained one never kept. v5 is told 0x97;
+        // 3.x cannot be told, so a QoS 1/2 publisher is closed rather than left waiting, and a
+        // retained QoS 0 message is dropped.
+        if (qos_stored(p.qos) || p.retain) && !broker.store.accepting() {
+            broker.store.note_refused();
+            if !self.protocol.is_v5() && qos_stored(p.qos) {
+                Metrics::inc(&broker.metrics.publishes_rejected);
+                return Err(CloseReason::StoreUnavailable);
+            }
+            return self.reject_publish(&p, ReasonCode::QUOTA_EXCEEDED);
         }
         broker.strip_forged_stamps(&mut p.properties);
 

@@ -132,6 +132,12 @@ impl Connection {
             if !st.subscriptions.contains_key(&sub.filter) && st.subscriptions.len() as u64 >= max {
                 return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
             }
+            // A stored session's subscription is a store op: none while the store cannot
+            // write (v5 0x97, 3.x 0x80).
+            if (st.expiry_interval > 0 || st.stored) && !self.broker.store.accepting() {
+                self.broker.store.note_refused();
+                return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
+            }
             self.broker.record_subscription(session, &mut st, &sub)
         };
         self.broker.index(session, &sub);
