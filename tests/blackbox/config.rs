@@ -280,6 +280,9 @@ async fn certs_dev_writes_a_usable_set() {
 async fn logs_to_a_pipe_are_plain_text_with_plain_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let d = crate::support::process::Daemon::spawn(dir.path(), &[]).await;
+    // The log is drained in the background: wait for the line.
+    let line = format!("addr={}", d.mqtt);
+    crate::support::eventually(|| d.log().contains(&line)).await;
     let log = d.log();
     assert!(
         !log.contains('\u{1b}'),
