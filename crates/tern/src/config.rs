@@ -1060,6 +1060,17 @@ mod tests {
     }
 
     #[test]
+    fn the_anonymous_account_is_never_the_top_account() {
+        let err = Config::parse("[auth]\nanonymous = true\nanonymous_cid = 1\n", "tern.toml")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("auth.anonymous_cid"));
+        assert!(err.message.contains("top account"), "{err}");
+        let c = Config::parse("[auth]\nanonymous_cid = 5\n", "tern.toml").unwrap();
+        assert_eq!(c.auth.anonymous_cid, Some(5));
+        assert_eq!(Config::default().auth.anonymous_cid, None);
+    }
+
+    #[test]
     fn sections_are_the_config_fields() {
         assert_eq!(
             sections(),
