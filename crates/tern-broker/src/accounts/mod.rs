@@ -187,6 +187,13 @@ struct State {
     below: HashMap<Cid, Below>,
 }
 
+/// What the directory counts against quotas.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Subaccount,
+    Token,
+}
+
 /// The accounts strictly below an account, and the tokens of it and of every account below it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Below {
@@ -271,25 +278,25 @@ impl State {
         Ok(())
     }
 
-    /// Refuses one more account below `parent` (`accounts`) or one more token in `cid`
-    /// when it would take it or an ancestor over its quota.
+    /// Refuses one more sub-account or token in `cid` when it would take `cid` or an
+    /// ancestor over its quota.
     fn check_room(
         &self,
         cid: Cid,
-        what: &'static str,
+        what: Counted,
         defaults: &QuotaDefaults,
     ) -> Result<(), DirectoryError> {
         for c in self.chain(cid) {
             let q = self.quotas(c, defaults);
             let below = self.below.get(&c).copied().unwrap_or_default();
-            let (used, limit) = match what {
-                "subaccounts" => (below.accounts, q.subaccounts),
-                _ => (below.tokens, q.tokens),
+            let (used, limit, quota) = match what {
+                Counted::Subaccount => (below.accounts, q.subaccounts, "subaccounts"),
+                Counted::Token => (below.tokens, q.tokens, "tokens"),
             };
             if used >= limit {
                 return Err(DirectoryError::QuotaExceeded {
                     cid: c,
-                    quota: what,
+                    quota,
                     limit,
                 });
             }
@@ -486,7 +493,7 @@ impl Directory {
         };
         let defaults = self.config.quotas;
         st.check_limits(new.parent, &new.limits, &Limits::default(), &defaults)?;
-        st.check_room(new.parent, "subaccounts", &defaults)?;
+        st.check_room(new.parent, Counted::Subaccount, &defaults)?;
         let account = Account {
             id,
             name: new.name,
@@ -681,7 +688,7 @@ impl Directory {
         if st.by_key.contains_key(&token.key) {
             return Err(DirectoryError::DuplicateKey);
         }
-        st.check_room(token.cid, "tokens", &self.config.quotas)?;
+        st.check_room(token.cid, Counted::Token, &self.config.quotas)?;
         token.id = next_id(st.tokens.keys());
         token.created = now_secs();
         self.persist_token(&token);
