@@ -537,7 +537,17 @@ impl Directory {
             return Err(DirectoryError::TopAccount);
         }
         let gone = descendants_of(&st.accounts, cid);
+        // What goes, counted off every account above it.
+        let above: SmallVec<[Cid; 4]> = st.chain(cid).into_iter().skip(1).collect();
+        let removed = st.below.get(&cid).copied().unwrap_or_default();
+        for c in above {
+            if let Some(b) = st.below.get_mut(&c) {
+                b.accounts = b.accounts.saturating_sub(removed.accounts + 1);
+                b.tokens = b.tokens.saturating_sub(removed.tokens);
+            }
+        }
         for id in &gone {
+            st.below.remove(id);
             st.accounts.remove(id);
             self.store.submit(Op::DelAccount { cid: *id });
         }
@@ -553,7 +563,6 @@ impl Directory {
             }
             self.store.submit(Op::DelToken { id });
         }
-        st.recount();
         Ok(gone)
     }
 

@@ -303,6 +303,8 @@ fn subaccounts_and_tokens_count_against_every_ancestor() {
     assert_eq!(d.usage(p.id), (2, 1));
     d.delete_account(c.id).unwrap();
     assert_eq!(d.usage(p.id), (0, 0));
+    // The top account: p, and the master token.
+    assert_eq!(d.usage(1), (1, 1));
     d.create_account(p.id, None, "c3", serde_json::json!({}))
         .unwrap();
     token(&d, p.id);
