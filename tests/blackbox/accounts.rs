@@ -474,7 +474,13 @@ async fn account_quotas_refuse_with_0x97() {
         c.quotas.retained_bytes = 100;
     })
     .await;
-    // A sub-account: the top account already keeps the broker's own state topics.
+    // The `[quotas]` defaults apply to every account, the top one included, and the top
+    // account's bound everything below it: give the top account (which keeps the broker's
+    // own state topics) room of its own, and try the defaults on a sub-account.
+    set_limits(&b, 1, |l| {
+        l.mqtt_sessions = Some(10);
+        l.retained_bytes = Some(1 << 20);
+    });
     let acc = dir(&b)
         .create_account(1, None, "quota", serde_json::json!({}))
         .unwrap();
@@ -727,4 +733,240 @@ async fn a_token_expiring_mid_connection_disconnects_its_clients() {
     .await;
     assert_eq!(ack.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
     other.ping().await;
+}
+
+/// The quotas of account `cid` set at run time (the top account's limits are otherwise the
+/// `[quotas]` defaults).
+fn set_limits(b: &TestBroker, cid: u64, f: impl FnOnce(&mut tern_broker::accounts::Limits)) {
+    let mut a = dir(b).account(cid).unwrap();
+    f(&mut a.limits);
+    dir(b).update_account(a).unwrap();
+}
+
+async fn publish_retained(c: &mut Client, topic: &str, size: usize, id: u16) -> ReasonCode {
+    c.send(Packet::Publish(publish_packet(
+        topic,
+        &vec![b'x'; size],
+        QoS::AtLeastOnce,
+        true,
+        Some(id),
+    )))
+    .await;
+    match c.recv().await {
+        Packet::PubAck(a) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn quotas_count_across_the_tree() {
+    let b = broker().await;
+    // top (1) → a → a1: the sub-sub-account's use counts against the top account's quotas,
+    // though a1's own (defaults) and a's have room.
+    let a = dir(&b)
+        .create_account(1, None, "a", serde_json::json!({}))
+        .unwrap();
+    let a1 = dir(&b)
+        .create_account(a.id, None, "a1", serde_json::json!({}))
+        .unwrap();
+    let retained_before = b.broker().namespace(1).map_or(0, |ns| {
+        ns.usage
+            .retained_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    set_limits(&b, 1, |l| {
+        l.mqtt_sessions = Some(2);
+        l.mqtt_subscriptions = Some(2);
+        // The broker's own state topics already use some of the top account's bytes.
+        l.retained_bytes = Some(retained_before + 150);
+    });
+    let t1 = new_token(dir(&b), a1.id, Access::STANDARD, vec![]);
+    let ta = new_token(dir(&b), a.id, Access::STANDARD, vec![]);
+    let top = new_token(dir(&b), 1, Access::STANDARD, vec![]);
+
+    // Sessions.
+    let mut c1 = connect_token(&b, ProtocolVersion::V5, "s1", &t1.key).await;
+    let c2 = connect_token(&b, ProtocolVersion::V5, "s2", &t1.key).await;
+    for (id, key) in [("s3", &t1.key), ("sa", &ta.key), ("stop", &top.key)] {
+        let (_c, ack) =
+            Client::connect_with(b.addr, with_user(ProtocolVersion::V5, id, Some(key), None)).await;
+        assert_eq!(ack.code, ReasonCode::QUOTA_EXCEEDED, "{id}");
+    }
+    // An ended session gives its place back in every account of the chain.
+    c2.disconnect().await;
+    let mut again = None;
+    for _ in 0..50 {
+        let (c, ack) = Client::connect_with(
+            b.addr,
+            with_user(ProtocolVersion::V5, "stop", Some(&top.key), None),
+        )
+        .await;
+        if ack.code == ReasonCode::SUCCESS {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut top_client = again.expect("the top account has room again");
+
+    // Subscriptions: two in a1, then a third anywhere in the tree is over the top's quota.
+    assert_eq!(
+        c1.subscribe("q/1", QoS::AtMostOnce).await,
+        ReasonCode::GRANTED_QOS_0
+    );
+    assert_eq!(
+        c1.subscribe("q/2", QoS::AtMostOnce).await,
+        ReasonCode::GRANTED_QOS_0
+    );
+    assert_eq!(
+        c1.subscribe("q/3", QoS::AtMostOnce).await,
+        ReasonCode::QUOTA_EXCEEDED
+    );
+    assert_eq!(
+        top_client.subscribe("q/4", QoS::AtMostOnce).await,
+        ReasonCode::QUOTA_EXCEEDED
+    );
+    // Resubscribing to a filter it has is no new subscription.
+    assert_eq!(
+        c1.subscribe("q/1", QoS::AtLeastOnce).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+
+    // Retained bytes (topic + payload): 63 + 63 fit in 150, a third does not, in a1 or top.
+    assert_eq!(
+        publish_retained(&mut c1, "r/1", 60, 1).await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish_retained(&mut c1, "r/2", 60, 2).await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish_retained(&mut c1, "r/3", 60, 3).await,
+        ReasonCode::QUOTA_EXCEEDED
+    );
+    assert_eq!(
+        publish_retained(&mut top_client, "r/4", 60, 4).await,
+        ReasonCode::QUOTA_EXCEEDED
+    );
+    // Replacing one of a1's within the quota is fine; deleting one frees its bytes above too.
+    assert_eq!(
+        publish_retained(&mut c1, "r/1", 50, 5).await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish_retained(&mut c1, "r/2", 0, 6).await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish_retained(&mut top_client, "r/4", 60, 7).await,
+        ReasonCode::SUCCESS
+    );
+}
+
+#[tokio::test]
+async fn anonymous_clients_land_in_the_anonymous_account() {
+    let b = TestBroker::with_listeners(|_| {}).await;
+    let anon = dir(&b).anonymous().expect("an anonymous account");
+    assert_ne!(anon, 1, "never the top account");
+    // REST shows it: a sub-account of the top account named `anonymous`.
+    let auth = format!("Authorization: FlespiToken {}", b.master_key());
+    let r = crate::support::http::get(
+        b.http(),
+        "/platform/subaccounts/name=anonymous?fields=id,cid,name",
+        &[&auth],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        v["result"],
+        serde_json::json!([{"id": anon, "cid": 1, "name": "anonymous"}])
+    );
+
+    let mut top = connect_token(&b, ProtocolVersion::V5, "top", &b.master_key()).await;
+    top.subscribe("#", QoS::AtMostOnce).await;
+    let mut anon_sub = Client::connect(b.addr, ProtocolVersion::V5, "anon-sub").await;
+    anon_sub.subscribe("#", QoS::AtMostOnce).await;
+    // Skip what the subscriptions brought along (retained state topics).
+    while let Read::Packet(_) = top.read(QUIET).await {}
+    while let Read::Packet(_) = anon_sub.read(QUIET).await {}
+
+    // The top account's publish does not reach the anonymous subscriber...
+    top.publish("secret/top", b"t", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(publishes(&mut top).await, ["secret/top"]);
+    assert!(publishes(&mut anon_sub).await.is_empty());
+    // ... while an anonymous publish reaches the top account (a parent sees its children's
+    // traffic), stamped with the anonymous account's cid.
+    let mut anon_pub = Client::connect(b.addr, ProtocolVersion::V5, "anon-pub").await;
+    anon_pub
+        .publish("open/a", b"a", QoS::AtLeastOnce, false)
+        .await;
+    // (The top account also sees the anonymous account's session events.)
+    let mut m = top.recv_publish().await;
+    while m.topic.starts_with("flespi/") {
+        m = top.recv_publish().await;
+    }
+    assert_eq!(&m.topic[..], "open/a");
+    assert_eq!(
+        user_property(&m.properties.user_properties, "cid"),
+        Some(anon.to_string().as_str())
+    );
+    assert_eq!(publishes(&mut anon_sub).await, ["open/a"]);
+    // REST lists the anonymous sessions in their account.
+    let r = crate::support::http::get(
+        b.http(),
+        "/mqtt/sessions/client_id=anon-*?fields=client_id,cid",
+        &[&auth],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let cids: Vec<u64> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["cid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cids, [anon, anon], "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_anonymous_account_is_created_once_and_kept() {
+    let data = tempfile::tempdir().unwrap();
+    let dir_path = data.path().to_path_buf();
+    let b = TestBroker::with(|c| c.store.data_dir = dir_path.clone()).await;
+    let anon = dir(&b).anonymous().unwrap();
+    assert!(b.shutdown(std::time::Duration::from_secs(5)).await);
+    let b = TestBroker::with(|c| c.store.data_dir = dir_path.clone()).await;
+    assert_eq!(
+        dir(&b).anonymous(),
+        Some(anon),
+        "the stored one is found again"
+    );
+    let named: Vec<_> = dir(&b)
+        .accounts()
+        .into_iter()
+        .filter(|a| a.name == "anonymous")
+        .collect();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].parent, Some(1));
+    // Pinned by `auth.anonymous_cid`: that account, created if missing.
+    assert!(b.shutdown(std::time::Duration::from_secs(5)).await);
+    let b = TestBroker::with(|c| {
+        c.store.data_dir = dir_path.clone();
+        c.auth.anonymous_cid = Some(4242);
+    })
+    .await;
+    assert_eq!(dir(&b).anonymous(), Some(4242));
+    let mut c = Client::connect(b.addr, ProtocolVersion::V5, "pinned").await;
+    c.subscribe("p/#", QoS::AtMostOnce).await;
+    assert!(
+        b.broker()
+            .session(&tern_broker::SessionKey {
+                cid: 4242,
+                client_id: "pinned".into(),
+            })
+            .is_some()
+    );
 }

@@ -109,8 +109,13 @@ async fn mosquitto_round_trip(
         .spawn()
         .expect("mosquitto_sub is installed (Debian mosquitto-clients)");
     // Wait until the subscription exists: the broker counts it.
+    // mosquitto_sub connects anonymously: its session is in the anonymous account.
     let key = tern_broker::SessionKey {
-        cid: 1,
+        cid: b
+            .server()
+            .directory()
+            .anonymous()
+            .expect("anonymous account"),
         client_id: client_id.as_str().into(),
     };
     let subscribed = crate::support::eventually(|| {

@@ -117,10 +117,17 @@ async fn bare_number_payload_and_user_properties() {
 #[tokio::test]
 async fn cid_and_modified_since() {
     let b = TestBroker::start().await;
+    // Anonymous clients publish as the anonymous account, a sub-account of the top (1).
+    let anon = b
+        .server()
+        .directory()
+        .anonymous()
+        .expect("anonymous account");
     let mut own = Client::connect(b.addr, ProtocolVersion::V311, "cid-own").await;
-    own.subscribe("$filter/cid=1/c/t", QoS::AtMostOnce).await;
+    own.subscribe(&format!("$filter/cid={anon}/c/t"), QoS::AtMostOnce)
+        .await;
     let mut other = Client::connect(b.addr, ProtocolVersion::V311, "cid-other").await;
-    other.subscribe("$filter/cid=2/c/t", QoS::AtMostOnce).await;
+    other.subscribe("$filter/cid=1/c/t", QoS::AtMostOnce).await;
     let mut future = Client::connect(b.addr, ProtocolVersion::V311, "ms-future").await;
     future
         .subscribe("$filter/modified_since=4000000000/c/t", QoS::AtMostOnce)
@@ -130,7 +137,6 @@ async fn cid_and_modified_since() {
         .await;
     let mut p = Client::connect(b.addr, ProtocolVersion::V311, "cid-p").await;
     p.publish("c/t", b"x", QoS::AtMostOnce, false).await;
-    // Anonymous clients publish as account 1.
     assert_eq!(payloads(&mut own).await, vec!["x"]);
     assert!(payloads(&mut other).await.is_empty());
     assert!(payloads(&mut future).await.is_empty());

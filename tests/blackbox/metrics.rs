@@ -92,8 +92,10 @@ async fn metrics_are_scraped_and_move_with_traffic() {
     assert_eq!(after.get("tern_messages_received_total", &[]), 11.0);
     assert_eq!(after.get("tern_messages_sent_total", &[]), 11.0);
     assert_eq!(after.get("tern_payload_bytes_received_total", &[]), 51.0);
-    // m/retained, and the broker's own flespi/state/platform/customer.
-    assert_eq!(after.get("tern_retained_messages", &[]), 2.0);
+    // m/retained, and the broker's own state topics: flespi/state/platform/customer of the
+    // top and of the anonymous account, and the anonymous account's
+    // flespi/state/platform/subaccounts/<id> in the top account.
+    assert_eq!(after.get("tern_retained_messages", &[]), 4.0);
     assert_eq!(after.get("tern_subscriptions", &[]), 1.0);
     assert_eq!(after.get("tern_sessions", &[]), 3.0);
     // Anonymous clients present no token: no token check ran.

@@ -253,7 +253,11 @@ async fn mosquitto_over_tls_with_the_generated_ca() {
         .spawn()
         .expect("mosquitto_sub is installed (Debian mosquitto-clients)");
     let key = tern_broker::SessionKey {
-        cid: 1,
+        cid: b
+            .server()
+            .directory()
+            .anonymous()
+            .expect("anonymous account"),
         client_id: "mosq-tls-sub".into(),
     };
     assert!(

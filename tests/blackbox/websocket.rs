@@ -287,6 +287,13 @@ async fn tcp_to_websocket_and_back() {
 #[tokio::test]
 async fn mqtt_behaves_the_same_on_every_listener() {
     let b = TestBroker::with_listeners(|_| {}).await;
+    // The clients are anonymous: they publish as the anonymous account.
+    let anon = b
+        .server()
+        .directory()
+        .anonymous()
+        .expect("anonymous account")
+        .to_string();
     for t in Transport::ALL {
         let id = format!("same-{t:?}");
         let mut c =
@@ -306,7 +313,7 @@ async fn mqtt_behaves_the_same_on_every_listener() {
             assert!(user_property(&p.properties.user_properties, "timestamp").is_some());
             assert_eq!(
                 user_property(&p.properties.user_properties, "cid"),
-                Some("1")
+                Some(anon.as_str())
             );
             c.ack(&p).await;
 

@@ -100,7 +100,8 @@ pub(crate) struct AccountItem {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub enabled: bool,
-    /// Quotas of this account; absent fields take the broker's defaults.
+    /// Quotas of this account together with every account below it; absent fields take the
+    /// broker's defaults. Never above the parent's.
     pub limits: LimitsItem,
 }
 
@@ -114,6 +115,12 @@ pub(crate) struct LimitsItem {
     pub mqtt_subscriptions: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_bytes: Option<u64>,
+    /// Accounts below this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subaccounts: Option<u64>,
+    /// Tokens of this account and of the accounts below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
 impl From<&Account> for AccountItem {
@@ -128,6 +135,8 @@ impl From<&Account> for AccountItem {
                 mqtt_sessions: a.limits.mqtt_sessions,
                 mqtt_subscriptions: a.limits.mqtt_subscriptions,
                 retained_bytes: a.limits.retained_bytes,
+                subaccounts: a.limits.subaccounts,
+                tokens: a.limits.tokens,
             },
         }
     }
@@ -139,6 +148,8 @@ impl From<LimitsItem> for Limits {
             mqtt_sessions: l.mqtt_sessions,
             mqtt_subscriptions: l.mqtt_subscriptions,
             retained_bytes: l.retained_bytes,
+            subaccounts: l.subaccounts,
+            tokens: l.tokens,
         }
     }
 }

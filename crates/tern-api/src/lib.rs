@@ -16,6 +16,14 @@
 //!   which subscriptions it adds. `/auth/info` takes any valid token. `x-flespi-cid: <n>` makes
 //!   the call act inside account n, which must be the token's account or below it (403
 //!   otherwise); only master tokens may name another account than their own.
+//! - **Limits.** A sub-account's `limits` (`mqtt_sessions`, `mqtt_subscriptions`,
+//!   `retained_bytes`, `subaccounts`, `tokens`) bound it together with everything below it, and
+//!   each ancestor's bound it too. They are set only from above: `/platform/subaccounts` never
+//!   lists the acting account itself and `/platform/customer` changes only `name` and
+//!   `metadata`, so no token changes its own account's limits. A limit above the parent's
+//!   (the lowest of the parent's and its ancestors') is refused (400); a new sub-account or
+//!   token past the `subaccounts` or `tokens` quota of its parent or an account above it
+//!   fails as an item with 403 (POST answers 400 with `result` and `errors`).
 //! - **Scope.** Lists cover the acting account and every account below it (items carry `cid`, so
 //!   `,cid=N` picks one account): tokens, sub-accounts (the acting account itself excluded),
 //!   sessions, and retained messages (`data={"recursive": false}` limits them to the acting

@@ -221,9 +221,11 @@ impl Broker {
             if st.ended {
                 return Ok(false);
             }
-            let max = (self.config.max_subscriptions_per_session as u64)
-                .min(self.auth.max_subscriptions(session.key.cid));
-            if !st.subscriptions.contains_key(&sub.filter) && st.subscriptions.len() as u64 >= max {
+            let new = !st.subscriptions.contains_key(&sub.filter);
+            if new
+                && (st.subscriptions.len() >= self.config.max_subscriptions_per_session
+                    || self.subscription_quota_full(session.key.cid))
+            {
                 return Err(ReasonCode::QUOTA_EXCEEDED);
             }
             self.record_subscription(session, &mut st, &sub)
@@ -274,9 +276,9 @@ impl Broker {
         match removed {
             Some(old) => {
                 crate::metrics::Metrics::gauge(&self.metrics.retained, -1);
-                ns.retained_bytes.fetch_sub(
-                    crate::broker::retained_cost(&old),
-                    std::sync::atomic::Ordering::Relaxed,
+                ns.count(
+                    |u| &u.retained_bytes,
+                    -(crate::broker::retained_cost(&old) as i64),
                 );
                 self.store.submit(Op::DelRetained {
                     cid,
@@ -336,6 +338,7 @@ impl Broker {
                 }
             }
         }
+        self.drop_namespaces(cids);
     }
 
     /// A message with user properties, built like the broker's own.

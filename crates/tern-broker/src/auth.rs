@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use smallvec::{SmallVec, smallvec};
 use tern_codec::{ProtocolVersion, ReasonCode};
 
-use crate::accounts::Rights;
+use crate::accounts::{QuotaChain, Rights};
 use crate::message::Cid;
 
 /// The credentials of a CONNECT.
@@ -70,19 +70,11 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
-    /// Sessions the account may have.
-    fn max_sessions(&self, _cid: Cid) -> u64 {
-        u64::MAX
-    }
-
-    /// Subscriptions one session of the account may hold.
-    fn max_subscriptions(&self, _cid: Cid) -> u64 {
-        u64::MAX
-    }
-
-    /// Bytes of retained messages the account may keep.
-    fn max_retained_bytes(&self, _cid: Cid) -> u64 {
-        u64::MAX
+    /// The quotas of the account and of each ancestor, nearest first: a session, subscription
+    /// or retained byte of `cid` counts against every one (hierarchical quotas). Empty: no
+    /// limits.
+    fn quota_chain(&self, _cid: Cid) -> QuotaChain {
+        QuotaChain::new()
     }
 }
 

@@ -23,6 +23,7 @@ use tern_store::{Op, Store, Ticket};
 use tern_topic::{RetainedTree, SharedGroup, SubscriptionIndex, Visitor};
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::{QuotaChain, QuotaDefaults};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
 use crate::config::BrokerConfig;
@@ -97,21 +98,76 @@ pub struct Namespace {
     pub cid: Cid,
     pub(crate) subs: RwLock<SubscriptionIndex<SubKey, SubEntry>>,
     pub(crate) retained: RwLock<RetainedTree<Arc<Message>>>,
-    /// Bytes of retained messages (topic + payload), for the account's quota.
-    pub retained_bytes: std::sync::atomic::AtomicU64,
-    /// Sessions of the account, for its quota.
-    pub sessions: std::sync::atomic::AtomicU64,
+    /// What the account and every account below it use, for the hierarchical quotas.
+    pub usage: Usage,
+    /// The namespaces of the ancestor accounts, nearest first (an account never changes its
+    /// parent), so that counting a use in every ancestor takes no lookup.
+    up: SmallVec<[Arc<Namespace>; 3]>,
+}
+
+/// Uses counted against quotas: of one account together with every account below it.
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub sessions: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Bytes of retained messages (topic + payload).
+    pub retained_bytes: AtomicU64,
 }
 
 impl Namespace {
-    fn new(cid: Cid) -> Namespace {
+    fn new(cid: Cid, up: SmallVec<[Arc<Namespace>; 3]>) -> Namespace {
         Namespace {
             cid,
             subs: RwLock::new(SubscriptionIndex::new()),
             retained: RwLock::new(RetainedTree::new()),
-            retained_bytes: Default::default(),
-            sessions: Default::default(),
+            usage: Usage::default(),
+            up,
         }
+    }
+
+    /// This namespace and its ancestors', nearest first.
+    pub fn chain(&self) -> impl Iterator<Item = &Namespace> {
+        std::iter::once(self).chain(self.up.iter().map(|n| &**n))
+    }
+
+    /// Counts `delta` of one use (`pick` chooses the counter) in this account and every
+    /// ancestor.
+    pub(crate) fn count(&self, pick: fn(&Usage) -> &AtomicU64, delta: i64) {
+        for ns in self.chain() {
+            let c = pick(&ns.usage);
+            if delta >= 0 {
+                c.fetch_add(delta as u64, Ordering::Relaxed);
+            } else {
+                // Saturating: a counter never wraps below zero.
+                let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(delta.unsigned_abs()))
+                });
+            }
+        }
+    }
+
+    /// Whether `add` more of one use (`pick`, whose quota `quota` picks) in this account
+    /// would take it or an ancestor over its quota. `chain` comes from
+    /// [`Authenticator::quota_chain`] for this account; accounts without a namespace use
+    /// nothing yet.
+    pub(crate) fn over_quota(
+        &self,
+        chain: &QuotaChain,
+        pick: fn(&Usage) -> &AtomicU64,
+        quota: fn(&QuotaDefaults) -> u64,
+        add: u64,
+    ) -> bool {
+        chain.iter().any(|(cid, q)| {
+            let max = quota(q);
+            if max == u64::MAX {
+                return false;
+            }
+            let used = self
+                .chain()
+                .find(|ns| ns.cid == *cid)
+                .map_or(0, |ns| pick(&ns.usage).load(Ordering::Relaxed));
+            used.saturating_add(add) > max
+        })
     }
 }
 
@@ -346,35 +402,72 @@ impl Broker {
         self.namespaces.read().get(&cid).cloned()
     }
 
-    /// The namespace of `cid`, created on first use.
+    /// The namespace of `cid`, created on first use (with its ancestors' namespaces).
     pub fn namespace_or_create(&self, cid: Cid) -> Arc<Namespace> {
         if let Some(ns) = self.namespace(cid) {
             return ns;
         }
-        self.namespaces
-            .write()
-            .entry(cid)
-            .or_insert_with(|| Arc::new(Namespace::new(cid)))
-            .clone()
+        // Outside the namespaces lock: the directory's lock is never taken under it.
+        let chain = self.auth.ancestors(cid);
+        let mut map = self.namespaces.write();
+        // From the top down, so each namespace finds its ancestors' already made.
+        let mut up: SmallVec<[Arc<Namespace>; 3]> = SmallVec::new();
+        for c in chain.iter().rev() {
+            let ns = map
+                .entry(*c)
+                .or_insert_with(|| Arc::new(Namespace::new(*c, up.clone())))
+                .clone();
+            up.insert(0, ns);
+        }
+        match up.first() {
+            Some(ns) if ns.cid == cid => ns.clone(),
+            _ => map
+                .entry(cid)
+                .or_insert_with(|| Arc::new(Namespace::new(cid, SmallVec::new())))
+                .clone(),
+        }
+    }
+
+    /// Forgets the namespaces of deleted accounts (after their sessions and retained
+    /// messages were removed), so that a new account with a reused id starts afresh.
+    pub(crate) fn drop_namespaces(&self, cids: &[Cid]) {
+        let mut map = self.namespaces.write();
+        for cid in cids {
+            map.remove(cid);
+        }
     }
 
     // ---- sessions ------------------------------------------------------------------------
 
-    /// Counts a new session in the metrics and its account's quota.
+    /// Counts a new session in the metrics and in the quotas of its account and ancestors.
     pub(crate) fn session_added(&self, cid: Cid) {
         Metrics::gauge(&self.metrics.sessions, 1);
-        self.namespace_or_create(cid)
-            .sessions
-            .fetch_add(1, Ordering::Relaxed);
+        self.namespace_or_create(cid).count(|u| &u.sessions, 1);
     }
 
-    /// Whether the account may not open another session.
+    /// Whether the account, or an account above it, may not have another session.
     pub(crate) fn session_quota_full(&self, cid: Cid) -> bool {
-        let max = self.auth.max_sessions(cid);
-        max != u64::MAX
-            && self
-                .namespace(cid)
-                .is_some_and(|ns| ns.sessions.load(Ordering::Relaxed) >= max)
+        let chain = self.auth.quota_chain(cid);
+        !chain.is_empty()
+            && self.namespace_or_create(cid).over_quota(
+                &chain,
+                |u| &u.sessions,
+                |q| q.mqtt_sessions,
+                1,
+            )
+    }
+
+    /// Whether one more subscription of account `cid` would take it, or an account above it,
+    /// over its `mqtt_subscriptions` quota.
+    pub(crate) fn subscription_quota_full(&self, cid: Cid) -> bool {
+        let chain = self.auth.quota_chain(cid);
+        !chain.is_empty()
+            && self.namespace_or_create(cid).over_quota(
+                &chain,
+                |u| &u.subscriptions,
+                |q| q.mqtt_subscriptions,
+                1,
+            )
     }
 
     /// The session with this key, if any.
@@ -436,7 +529,7 @@ impl Broker {
         };
         Metrics::gauge(&self.metrics.sessions, -1);
         if let Some(ns) = self.namespace(session.key.cid) {
-            ns.sessions.fetch_sub(1, Ordering::Relaxed);
+            ns.count(|u| &u.sessions, -1);
         }
         self.unindex(session, &subs);
     }
@@ -474,6 +567,7 @@ impl Broker {
             };
             if removed.is_some() {
                 Metrics::gauge(&self.metrics.subscriptions, -1);
+                ns.count(|u| &u.subscriptions, -1);
             }
         }
     }
@@ -504,6 +598,7 @@ impl Broker {
         };
         if old.is_none() {
             Metrics::gauge(&self.metrics.subscriptions, 1);
+            ns.count(|u| &u.subscriptions, 1);
         }
     }
 
@@ -753,8 +848,7 @@ impl Broker {
         if msg.payload.is_empty() {
             if let Some(old) = tree.remove(&msg.topic) {
                 Metrics::gauge(&self.metrics.retained, -1);
-                ns.retained_bytes
-                    .fetch_sub(retained_cost(&old), Ordering::Relaxed);
+                ns.count(|u| &u.retained_bytes, -(retained_cost(&old) as i64));
                 return self.store.submit(Op::DelRetained {
                     cid: msg.cid,
                     topic: msg.topic.clone(),
@@ -762,12 +856,10 @@ impl Broker {
             }
             0
         } else {
-            ns.retained_bytes
-                .fetch_add(retained_cost(msg), Ordering::Relaxed);
+            ns.count(|u| &u.retained_bytes, retained_cost(msg) as i64);
             match tree.insert(&msg.topic, msg.clone()) {
                 Some(old) => {
-                    ns.retained_bytes
-                        .fetch_sub(retained_cost(&old), Ordering::Relaxed);
+                    ns.count(|u| &u.retained_bytes, -(retained_cost(&old) as i64));
                 }
                 None => Metrics::gauge(&self.metrics.retained, 1),
             }
@@ -778,24 +870,32 @@ impl Broker {
         }
     }
 
-    /// Whether a retained message of `payload_len` bytes on `topic` would take account `cid`
-    /// over its retained quota.
+    /// Whether a retained message of `payload_len` bytes on `topic` would take account `cid`,
+    /// or an account above it, over its retained quota. On the publish path of retained
+    /// messages: walks the account's chain without allocating.
     pub fn retained_quota_exceeded(&self, cid: Cid, topic: &str, payload_len: usize) -> bool {
-        let max = self.auth.max_retained_bytes(cid);
-        if max == u64::MAX || payload_len == 0 {
+        if payload_len == 0 {
+            return false;
+        }
+        let chain = self.auth.quota_chain(cid);
+        if chain.iter().all(|(_, q)| q.retained_bytes == u64::MAX) {
             return false;
         }
         let cost = (topic.len() + payload_len) as u64;
-        let Some(ns) = self.namespace(cid) else {
-            return cost > max;
-        };
-        let current = ns.retained_bytes.load(Ordering::Relaxed);
+        let ns = self.namespace_or_create(cid);
+        // The message it replaces frees its bytes in every account of the chain.
         let replaced = ns
             .retained
             .read()
             .get(topic)
             .map_or(0, |m| retained_cost(m));
-        current.saturating_sub(replaced) + cost > max
+        chain.iter().any(|(c, q)| {
+            let used = ns
+                .chain()
+                .find(|n| n.cid == *c)
+                .map_or(0, |n| n.usage.retained_bytes.load(Ordering::Relaxed));
+            used.saturating_sub(replaced).saturating_add(cost) > q.retained_bytes
+        })
     }
 
     /// Retained messages of `cid`'s namespace matching `filter`, skipping expired ones.
@@ -852,8 +952,7 @@ impl Broker {
                 let keep = !msg.is_expired(now);
                 if !keep {
                     removed += 1;
-                    ns.retained_bytes
-                        .fetch_sub(retained_cost(msg), Ordering::Relaxed);
+                    ns.count(|u| &u.retained_bytes, -(retained_cost(msg) as i64));
                     expired.push(msg.topic.clone());
                 }
                 keep

@@ -53,8 +53,7 @@ impl Broker {
                 .is_none()
             {
                 Metrics::gauge(&self.metrics.retained, 1);
-                ns.retained_bytes
-                    .fetch_add(retained_cost(msg), std::sync::atomic::Ordering::Relaxed);
+                ns.count(|u| &u.retained_bytes, retained_cost(msg) as i64);
                 out.retained += 1;
             }
         }

@@ -45,16 +45,21 @@ pub struct Config {
     pub tokens: Vec<TokenSpec>,
 }
 
-/// `[quotas]`: per-account limits (an account's own `limits` override them).
+/// `[quotas]`: per-account limits (an account's own `limits` override them). Each bounds an
+/// account together with every account below it, the top account included.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
-    /// MQTT sessions per account (0x97 past it).
+    /// MQTT sessions (0x97 past it).
     pub mqtt_sessions: u64,
-    /// Subscriptions per session.
+    /// Subscriptions of all sessions together (`session.max_subscriptions` bounds each one).
     pub mqtt_subscriptions: u64,
-    /// Bytes of retained messages (topic + payload) per account.
+    /// Bytes of retained messages (topic + payload).
     pub retained_bytes: u64,
+    /// Accounts below the account.
+    pub subaccounts: u64,
+    /// Tokens.
+    pub tokens: u64,
 }
 
 impl Default for Quotas {
@@ -64,6 +69,8 @@ impl Default for Quotas {
             mqtt_sessions: d.mqtt_sessions,
             mqtt_subscriptions: d.mqtt_subscriptions,
             retained_bytes: d.retained_bytes,
+            subaccounts: d.subaccounts,
+            tokens: d.tokens,
         }
     }
 }
@@ -358,9 +365,12 @@ impl Default for SessionSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// Let clients without credentials in, as account `anonymous_cid`.
+    /// Let clients without credentials in, with standard rights, into the anonymous account:
+    /// the top account's sub-account named `anonymous`, created on the first start.
     pub anonymous: bool,
-    pub anonymous_cid: u64,
+    /// Pins the anonymous account's id instead (created as above with this id if missing);
+    /// never the top account.
+    pub anonymous_cid: Option<u64>,
     /// The id of the top account created on the first start.
     pub top_cid: u64,
     /// The master token's key (64 letters and digits). When unset, tern generates one on the
@@ -375,7 +385,7 @@ impl Default for Auth {
     fn default() -> Self {
         Auth {
             anonymous: false,
-            anonymous_cid: 1,
+            anonymous_cid: None,
             top_cid: 1,
             master_token: None,
             failed_login_burst: 20,
@@ -719,6 +729,18 @@ impl Config {
         {
             return fail("auth.master_token", e.to_string());
         }
+        match self.auth.anonymous_cid {
+            Some(0) => return fail("auth.anonymous_cid", "must not be 0".into()),
+            Some(cid) if cid == self.auth.top_cid => {
+                return fail(
+                    "auth.anonymous_cid",
+                    format!(
+                        "must not be the top account ({cid}): anonymous clients get an account of their own"
+                    ),
+                );
+            }
+            _ => {}
+        }
         self.validate_accounts(layers)?;
         self.validate_tls(layers)?;
         self.validate_listeners(layers)
@@ -776,11 +798,13 @@ impl Config {
     /// How the accounts directory authenticates.
     pub fn directory(&self) -> tern_broker::accounts::DirectoryConfig {
         tern_broker::accounts::DirectoryConfig {
-            anonymous: self.auth.anonymous.then_some(self.auth.anonymous_cid),
+            anonymous: self.auth.anonymous,
             quotas: tern_broker::accounts::QuotaDefaults {
                 mqtt_sessions: self.quotas.mqtt_sessions,
                 mqtt_subscriptions: self.quotas.mqtt_subscriptions,
                 retained_bytes: self.quotas.retained_bytes,
+                subaccounts: self.quotas.subaccounts,
+                tokens: self.quotas.tokens,
             },
             failed_login_burst: self.auth.failed_login_burst,
             failed_login_per_sec: self.auth.failed_login_per_sec,
@@ -1093,6 +1117,17 @@ mod tests {
         let c = Config::parse(src, "config/tern.toml").unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn the_anonymous_account_is_never_the_top_account() {
+        let err = Config::parse("[auth]\nanonymous = true\nanonymous_cid = 1\n", "tern.toml")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("auth.anonymous_cid"));
+        assert!(err.message.contains("top account"), "{err}");
+        let c = Config::parse("[auth]\nanonymous_cid = 5\n", "tern.toml").unwrap();
+        assert_eq!(c.auth.anonymous_cid, Some(5));
+        assert_eq!(Config::default().auth.anonymous_cid, None);
     }
 
     #[test]

@@ -56,7 +56,8 @@ struct Cli {
     /// Log level or tracing filter (log.level).
     #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
-    /// Let clients without credentials in (auth.anonymous).
+    /// Let clients without credentials in, into the sub-account `anonymous` of the top account
+    /// (auth.anonymous).
     #[arg(long, global = true)]
     anonymous: bool,
     /// The master token's key, 64 letters and digits (auth.master_token). Without it, the

@@ -54,6 +54,17 @@ pub fn open_with(config: &Config, faults: Option<FaultSwitch>) -> anyhow::Result
         .bootstrap(config.auth.top_cid, config.auth.master_token.as_deref())
         .map_err(|e| anyhow::anyhow!("auth.master_token: {e}"))?;
     provision(config, &directory)?;
+    if config.auth.anonymous {
+        let account = directory
+            .anonymous_account(config.auth.anonymous_cid)
+            .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))?;
+        tracing::info!(
+            cid = account.id,
+            "clients without credentials land in account {} ({})",
+            account.id,
+            account.name
+        );
+    }
     let mut master_file = None;
     if let Some(token) = &new_master
         && config.auth.master_token.is_none()
@@ -89,7 +100,7 @@ fn provision(config: &Config, directory: &Directory) -> anyhow::Result<()> {
             account.limits = Limits {
                 mqtt_sessions: a.mqtt_sessions,
                 retained_bytes: a.retained_bytes,
-                mqtt_subscriptions: None,
+                ..Limits::default()
             };
             directory
                 .update_account(account)

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tern_broker::Cid;
-use tern_broker::accounts::Account;
+use tern_broker::accounts::{Account, DirectoryError};
 
 use super::{FieldsQuery, ListQuery, ResultOf, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
@@ -49,7 +49,7 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
     for (i, new) in checked.into_iter().enumerate() {
         match add(&api, new) {
             Ok(a) => done.push(to_value(&AccountItem::from(&a))),
-            Err(reason) => failed.push(ErrorItem::new(StatusCode::BAD_REQUEST, reason).at(i)),
+            Err(e) => failed.push(directory_error(&e).at(i)),
         }
     }
     Ok(Reply::changed(&call, done, failed))
@@ -69,23 +69,33 @@ fn check_new(api: &ApiState, call: &Call, input: SubaccountInput) -> Result<NewA
     Ok(NewAccount { parent, input })
 }
 
-fn add(api: &ApiState, new: NewAccount) -> Result<Account, String> {
+/// Creates one sub-account: refused (nothing created) past the `subaccounts` quota of the
+/// parent or an account above it, or with limits above the parent's.
+fn add(api: &ApiState, new: NewAccount) -> Result<Account, DirectoryError> {
     let NewAccount { parent, input } = new;
-    let metadata = input.metadata.unwrap_or_else(|| json!({}));
-    let mut account = api
+    let account = api
         .directory
-        .create_account(parent, input.id, &input.name, metadata)
-        .map_err(|e| e.to_string())?;
-    if input.enabled.is_some() || input.limits.is_some() {
-        account.enabled = input.enabled.unwrap_or(true);
-        account.limits = input.limits.unwrap_or_default().into();
-        account = api
-            .directory
-            .update_account(account)
-            .map_err(|e| e.to_string())?;
-    }
+        .add_account(tern_broker::accounts::NewAccount {
+            parent,
+            id: input.id,
+            name: input.name,
+            metadata: input.metadata.unwrap_or_else(|| json!({})),
+            enabled: input.enabled.unwrap_or(true),
+            limits: input.limits.unwrap_or_default().into(),
+        })?;
     state::account_changed(api, &account);
     Ok(account)
+}
+
+/// The error item of a refused directory change: 403 for a quota, 404 for an account that is
+/// gone, 400 otherwise.
+pub(crate) fn directory_error(e: &DirectoryError) -> ErrorItem {
+    let status = match e {
+        DirectoryError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+        DirectoryError::NoAccount(_) | DirectoryError::NoToken(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ErrorItem::new(status, e.to_string())
 }
 
 /// Every account below the acting one, as items.
@@ -179,7 +189,7 @@ fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
                 state::account_changed(&api, &a);
                 done.push(to_value(&AccountItem::from(&a)));
             }
-            Err(e) => failed.push(ErrorItem::new(StatusCode::NOT_FOUND, e.to_string())),
+            Err(e) => failed.push(directory_error(&e)),
         }
     }
     Ok(Reply::changed(&call, done, failed))

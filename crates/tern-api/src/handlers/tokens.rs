@@ -44,7 +44,7 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
     for (i, token) in tokens.into_iter().enumerate() {
         match api.directory.create_token(token) {
             Ok(t) => done.push(to_value(&TokenItem::from(&t))),
-            Err(e) => failed.push(ErrorItem::new(StatusCode::BAD_REQUEST, e.to_string()).at(i)),
+            Err(e) => failed.push(super::subaccounts::directory_error(&e).at(i)),
         }
     }
     Ok(Reply::changed(&call, done, failed))

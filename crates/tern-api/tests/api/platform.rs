@@ -728,3 +728,179 @@ async fn disabling_a_subaccount_disconnects_it_and_its_children() {
         .disconnect()
         .await;
 }
+
+#[tokio::test]
+async fn a_subaccount_master_cannot_raise_its_limits_or_outgrow_its_quotas() {
+    let env = Env::start().await;
+    let r = env
+        .master(
+            "POST",
+            "/platform/subaccounts",
+            Some(json!({"id": 2000, "name": "tenant",
+                "limits": {"mqtt_sessions": 10, "subaccounts": 2, "tokens": 3}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tenant = env
+        .token(json!({"cid": 2000, "access": {"type": 1}, "info": "tenant master"}))
+        .await;
+    let limits = |env: &Env| env.directory.account(2000).unwrap().limits;
+
+    // Its own account is not among the accounts it manages, by selector or by its own cid...
+    let r = call_as(
+        &env,
+        &tenant,
+        "PUT",
+        "/platform/subaccounts/2000",
+        Some(json!({"limits": {"mqtt_sessions": 1_000_000_000_000_000u64}})),
+    )
+    .await;
+    assert_eq!((r.status, r.ids()), (200, vec![]), "{}", r.text());
+    let r = env
+        .call(
+            "PATCH",
+            "/platform/subaccounts/all",
+            Some(&tenant),
+            &[("x-flespi-cid", "2000")],
+            Some(
+                json!({"limits": {"mqtt_sessions": 1_000_000u64}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!((r.status, r.ids()), (200, vec![]), "{}", r.text());
+    // ... and /platform/customer changes only name and metadata.
+    call_as(
+        &env,
+        &tenant,
+        "PUT",
+        "/platform/customer",
+        Some(json!({"limits": {"mqtt_sessions": 1_000_000u64}})),
+    )
+    .await
+    .expect_error(400, "limits");
+    assert_eq!(limits(&env).mqtt_sessions, Some(10));
+
+    // A sub-account of its own with limits above its parent's: refused, nothing created.
+    let r = call_as(
+        &env,
+        &tenant,
+        "POST",
+        "/platform/subaccounts",
+        Some(json!({"name": "big", "limits": {"mqtt_sessions": 1_000_000_000_000_000u64}})),
+    )
+    .await;
+    r.expect_error(400, "above the parent account's mqtt_sessions (10)");
+    assert_eq!(r.json()["errors"][0]["code"], 400);
+    assert!(env.directory.accounts().iter().all(|a| a.name != "big"));
+
+    // Within its `subaccounts` quota (2): the third one of an array fails with 403 in the
+    // envelope, next to the two created.
+    let r = call_as(
+        &env,
+        &tenant,
+        "POST",
+        "/platform/subaccounts",
+        Some(json!([{"name": "s1", "limits": {"mqtt_sessions": 10}}, {"name": "s2"}, {"name": "s3"}])),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.result().len(), 2, "{}", r.text());
+    let err = &r.json()["errors"][0];
+    assert_eq!(err["code"], 403, "{}", r.text());
+    assert_eq!(err["index"], 2, "{}", r.text());
+    assert!(
+        err["reason"]
+            .as_str()
+            .unwrap()
+            .contains("subaccounts quota of account 2000 (2)"),
+        "{err}"
+    );
+    // A sub-sub-account counts against the tenant's quota too.
+    let s1 = r.result()[0]["id"].as_u64().unwrap();
+    let r = env
+        .call(
+            "POST",
+            "/platform/subaccounts",
+            Some(&tenant),
+            &[],
+            Some(json!({"name": "deep", "cid": s1}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.json()["errors"][0]["code"], 403, "{}", r.text());
+    assert_eq!(env.directory.descendants(2000).len(), 3);
+
+    // Raising a sub-account's limits over the tenant's: refused with the envelope.
+    let r = env
+        .call(
+            "PATCH",
+            &format!("/platform/subaccounts/{s1}"),
+            Some(&tenant),
+            &[],
+            Some(
+                json!({"limits": {"mqtt_sessions": 11}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    r.expect_error(400, "above the parent account's mqtt_sessions (10)");
+    assert_eq!(
+        env.directory.account(s1).unwrap().limits.mqtt_sessions,
+        Some(10)
+    );
+
+    // Tokens: the tenant master is one of 3; a token of a sub-account counts too.
+    let tok = |cid: u64| json!({"cid": cid, "info": "t"}).to_string().into_bytes();
+    let r = env
+        .call(
+            "POST",
+            "/platform/tokens",
+            Some(&tenant),
+            &[],
+            Some(tok(s1)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .call(
+            "POST",
+            "/platform/tokens",
+            Some(&tenant),
+            &[],
+            Some(tok(2000)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .call(
+            "POST",
+            "/platform/tokens",
+            Some(&tenant),
+            &[],
+            Some(tok(2000)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["errors"][0]["code"], 403, "{}", r.text());
+    r.expect_error(400, "tokens quota of account 2000 (3)");
+}
+
+/// A call with `key` and a JSON body.
+async fn call_as(
+    env: &Env,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Resp {
+    env.call(
+        method,
+        path,
+        Some(key),
+        &[],
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+}

@@ -8,6 +8,15 @@
 //! - `model`: the Account and Token documents
 //! - `acl`: topic rights of master, standard and ACL tokens
 //! - `limiter`: the per-address limit on failed logins
+//!
+//! Quotas are hierarchical: an account's limits bound it together with every account below it,
+//! so a use in account X (a session, a subscription, retained bytes, a token, a sub-account)
+//! is allowed only when X and every ancestor of X have room for it. The directory counts the
+//! accounts and tokens below each account itself; the broker counts sessions, subscriptions and
+//! retained bytes per namespace and asks [`Authenticator::quota_chain`] for the limits. A limit
+//! is never set above the parent's (effective) limit, and an account's limits are set only from
+//! above it: a token never changes its own account's limits (the REST API lets it change only
+//! accounts strictly below the one it acts in).
 
 pub mod acl;
 mod limiter;
@@ -38,30 +47,86 @@ use crate::message::Cid;
 pub const KEY_LEN: usize = 64;
 /// The shortest key prefix accepted with the token-id form.
 pub const MIN_KEY_PREFIX: usize = 16;
+/// The name of the account anonymous clients land in.
+pub const ANONYMOUS: &str = "anonymous";
 
-/// Quota defaults for accounts without their own.
+/// Quotas of one account (its own limits over the defaults); also the defaults for accounts
+/// without their own. Each bounds the account together with every account below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaDefaults {
     pub mqtt_sessions: u64,
     pub mqtt_subscriptions: u64,
     pub retained_bytes: u64,
+    pub subaccounts: u64,
+    pub tokens: u64,
 }
 
 impl Default for QuotaDefaults {
     fn default() -> Self {
         QuotaDefaults {
             mqtt_sessions: 100_000,
-            mqtt_subscriptions: 10_000,
+            mqtt_subscriptions: 1_000_000,
             retained_bytes: 1 << 30,
+            subaccounts: 10_000,
+            tokens: 100_000,
         }
     }
 }
 
+impl QuotaDefaults {
+    /// No limit at all.
+    pub const UNLIMITED: QuotaDefaults = QuotaDefaults {
+        mqtt_sessions: u64::MAX,
+        mqtt_subscriptions: u64::MAX,
+        retained_bytes: u64::MAX,
+        subaccounts: u64::MAX,
+        tokens: u64::MAX,
+    };
+
+    /// These defaults overridden by an account's own limits.
+    pub fn with(&self, l: &Limits) -> QuotaDefaults {
+        QuotaDefaults {
+            mqtt_sessions: l.mqtt_sessions.unwrap_or(self.mqtt_sessions),
+            mqtt_subscriptions: l.mqtt_subscriptions.unwrap_or(self.mqtt_subscriptions),
+            retained_bytes: l.retained_bytes.unwrap_or(self.retained_bytes),
+            subaccounts: l.subaccounts.unwrap_or(self.subaccounts),
+            tokens: l.tokens.unwrap_or(self.tokens),
+        }
+    }
+
+    /// The lower of each quota.
+    pub fn min(&self, o: &QuotaDefaults) -> QuotaDefaults {
+        QuotaDefaults {
+            mqtt_sessions: self.mqtt_sessions.min(o.mqtt_sessions),
+            mqtt_subscriptions: self.mqtt_subscriptions.min(o.mqtt_subscriptions),
+            retained_bytes: self.retained_bytes.min(o.retained_bytes),
+            subaccounts: self.subaccounts.min(o.subaccounts),
+            tokens: self.tokens.min(o.tokens),
+        }
+    }
+
+    /// Each quota by its name in [`Limits`].
+    pub fn named(&self) -> [(&'static str, u64); 5] {
+        [
+            ("mqtt_sessions", self.mqtt_sessions),
+            ("mqtt_subscriptions", self.mqtt_subscriptions),
+            ("retained_bytes", self.retained_bytes),
+            ("subaccounts", self.subaccounts),
+            ("tokens", self.tokens),
+        ]
+    }
+}
+
+/// The quotas of an account and of each ancestor, nearest first: a use in the account counts
+/// against every one of them.
+pub type QuotaChain = SmallVec<[(Cid, QuotaDefaults); 4]>;
+
 /// How the directory authenticates.
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
-    /// Clients without credentials are let in as this account with standard rights.
-    pub anonymous: Option<Cid>,
+    /// Clients without credentials are let in, with standard rights, into the anonymous
+    /// account (see [`Directory::anonymous_account`]); without one they are refused.
+    pub anonymous: bool,
     pub quotas: QuotaDefaults,
     /// Failed logins allowed per source address in a burst, and refilled per second.
     pub failed_login_burst: u32,
@@ -71,7 +136,7 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
-            anonymous: None,
+            anonymous: false,
             quotas: QuotaDefaults::default(),
             failed_login_burst: 20,
             failed_login_per_sec: 2.0,
@@ -94,6 +159,22 @@ pub enum DirectoryError {
     DuplicateAccount(Cid),
     #[error("the top account cannot be deleted")]
     TopAccount,
+    /// A new token or sub-account would take `cid` (the account or an ancestor) over a quota.
+    #[error("the {quota} quota of account {cid} ({limit}) is used up")]
+    QuotaExceeded {
+        cid: Cid,
+        quota: &'static str,
+        limit: u64,
+    },
+    /// A limit set above what the parent account may have.
+    #[error("limits.{quota} = {value} is above the parent account's {quota} ({cap})")]
+    AboveParent {
+        quota: &'static str,
+        value: u64,
+        cap: u64,
+    },
+    #[error("the anonymous account cannot be the top account")]
+    AnonymousTop,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +183,138 @@ struct State {
     tokens: HashMap<u64, Token>,
     by_key: HashMap<String, u64>,
     top: Option<Cid>,
+    /// What each account has below it, for the `subaccounts` and `tokens` quotas.
+    below: HashMap<Cid, Below>,
+}
+
+/// What the directory counts against quotas.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Subaccount,
+    Token,
+}
+
+/// The accounts strictly below an account, and the tokens of it and of every account below it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Below {
+    accounts: u64,
+    tokens: u64,
+}
+
+impl State {
+    /// `cid` and its ancestors, nearest first.
+    fn chain(&self, cid: Cid) -> SmallVec<[Cid; 4]> {
+        let mut out = SmallVec::new();
+        let mut cur = Some(cid);
+        while let Some(c) = cur {
+            if out.contains(&c) || out.len() > 64 {
+                break;
+            }
+            out.push(c);
+            cur = self.accounts.get(&c).and_then(|a| a.parent);
+        }
+        out
+    }
+
+    /// Counts the accounts and tokens below every account from scratch.
+    fn recount(&mut self) {
+        let mut below: HashMap<Cid, Below> = HashMap::new();
+        for a in self.accounts.values() {
+            for c in self.chain(a.id).into_iter().skip(1) {
+                below.entry(c).or_default().accounts += 1;
+            }
+        }
+        for t in self.tokens.values() {
+            for c in self.chain(t.cid) {
+                below.entry(c).or_default().tokens += 1;
+            }
+        }
+        self.below = below;
+    }
+
+    /// The quotas of `cid` (its own limits over the defaults).
+    fn quotas(&self, cid: Cid, defaults: &QuotaDefaults) -> QuotaDefaults {
+        match self.accounts.get(&cid) {
+            Some(a) => defaults.with(&a.limits),
+            None => *defaults,
+        }
+    }
+
+    /// The most any limit of a sub-account of `parent` may be: the lowest quota of `parent`
+    /// and its ancestors.
+    fn cap(&self, parent: Cid, defaults: &QuotaDefaults) -> QuotaDefaults {
+        self.chain(parent)
+            .into_iter()
+            .fold(QuotaDefaults::UNLIMITED, |cap, c| {
+                cap.min(&self.quotas(c, defaults))
+            })
+    }
+
+    /// Refuses limits of a sub-account of `parent` above the parent's; only the limits that
+    /// differ from `old` are checked, so lowering a parent's limit later does not make its
+    /// sub-accounts unchangeable.
+    fn check_limits(
+        &self,
+        parent: Cid,
+        new: &Limits,
+        old: &Limits,
+        defaults: &QuotaDefaults,
+    ) -> Result<(), DirectoryError> {
+        let cap = self.cap(parent, defaults).named();
+        for (i, ((quota, value), (_, before))) in
+            new.named().into_iter().zip(old.named()).enumerate()
+        {
+            if let Some(value) = value
+                && Some(value) != before
+                && value > cap[i].1
+            {
+                return Err(DirectoryError::AboveParent {
+                    quota,
+                    value,
+                    cap: cap[i].1,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses one more sub-account or token in `cid` when it would take `cid` or an
+    /// ancestor over its quota.
+    fn check_room(
+        &self,
+        cid: Cid,
+        what: Counted,
+        defaults: &QuotaDefaults,
+    ) -> Result<(), DirectoryError> {
+        for c in self.chain(cid) {
+            let q = self.quotas(c, defaults);
+            let below = self.below.get(&c).copied().unwrap_or_default();
+            let (used, limit, quota) = match what {
+                Counted::Subaccount => (below.accounts, q.subaccounts, "subaccounts"),
+                Counted::Token => (below.tokens, q.tokens, "tokens"),
+            };
+            if used >= limit {
+                return Err(DirectoryError::QuotaExceeded {
+                    cid: c,
+                    quota,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new sub-account (see [`Directory::add_account`]).
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub parent: Cid,
+    /// Chosen when `None`.
+    pub id: Option<Cid>,
+    pub name: String,
+    pub metadata: serde_json::Value,
+    pub enabled: bool,
+    pub limits: Limits,
 }
 
 /// Counters of the authentication path.
@@ -119,6 +332,8 @@ pub struct Directory {
     store: Store,
     config: DirectoryConfig,
     limiter: Mutex<FailLimiter>,
+    /// The account anonymous clients land in (0: none).
+    anonymous: AtomicU64,
     pub metrics: AuthMetrics,
 }
 
@@ -147,6 +362,7 @@ impl Directory {
                 Err(err) => tracing::error!(id, %err, "stored token does not parse; skipped"),
             }
         }
+        st.recount();
         let limiter = FailLimiter::new(
             config.failed_login_burst,
             config.failed_login_per_sec,
@@ -157,6 +373,7 @@ impl Directory {
             store,
             config,
             limiter: Mutex::new(limiter),
+            anonymous: AtomicU64::new(0),
             metrics: AuthMetrics::default(),
         })
     }
@@ -225,6 +442,7 @@ impl Directory {
         self.persist_token(&token);
         st.by_key.insert(token.key.clone(), token.id);
         st.tokens.insert(token.id, token.clone());
+        st.below.entry(top).or_default().tokens += 1;
         Ok(Some(token))
     }
 
@@ -240,7 +458,8 @@ impl Directory {
         v
     }
 
-    /// Creates a sub-account of `parent` (id chosen when `id` is `None`).
+    /// Creates a sub-account of `parent` (id chosen when `id` is `None`) with the default
+    /// limits, within the quotas (see [`Directory::add_account`]).
     pub fn create_account(
         &self,
         parent: Cid,
@@ -248,26 +467,45 @@ impl Directory {
         name: &str,
         metadata: serde_json::Value,
     ) -> Result<Account, DirectoryError> {
+        self.add_account(NewAccount {
+            parent,
+            id,
+            name: name.to_string(),
+            metadata,
+            enabled: true,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Creates a sub-account. Refused when `parent` or an ancestor has no room under its
+    /// `subaccounts` quota, or when a limit is above the parent's.
+    pub fn add_account(&self, new: NewAccount) -> Result<Account, DirectoryError> {
         let mut st = self.state.write();
-        if !st.accounts.contains_key(&parent) {
-            return Err(DirectoryError::NoAccount(parent));
+        if !st.accounts.contains_key(&new.parent) {
+            return Err(DirectoryError::NoAccount(new.parent));
         }
-        let id = match id {
+        let id = match new.id {
             Some(id) if st.accounts.contains_key(&id) => {
                 return Err(DirectoryError::DuplicateAccount(id));
             }
             Some(id) => id,
             None => next_id(st.accounts.keys()),
         };
+        let defaults = self.config.quotas;
+        st.check_limits(new.parent, &new.limits, &Limits::default(), &defaults)?;
+        st.check_room(new.parent, Counted::Subaccount, &defaults)?;
         let account = Account {
             id,
-            name: name.to_string(),
-            parent: Some(parent),
-            metadata,
-            enabled: true,
-            limits: Limits::default(),
+            name: new.name,
+            parent: Some(new.parent),
+            metadata: new.metadata,
+            enabled: new.enabled,
+            limits: new.limits,
         };
         self.persist_account(&account);
+        for c in st.chain(new.parent) {
+            st.below.entry(c).or_default().accounts += 1;
+        }
         st.accounts.insert(id, account.clone());
         Ok(account)
     }
@@ -280,6 +518,9 @@ impl Directory {
             .get(&account.id)
             .ok_or(DirectoryError::NoAccount(account.id))?;
         account.parent = old.parent;
+        if let Some(parent) = old.parent {
+            st.check_limits(parent, &account.limits, &old.limits, &self.config.quotas)?;
+        }
         self.persist_account(&account);
         st.accounts.insert(account.id, account.clone());
         Ok(account)
@@ -296,7 +537,17 @@ impl Directory {
             return Err(DirectoryError::TopAccount);
         }
         let gone = descendants_of(&st.accounts, cid);
+        // What goes, counted off every account above it.
+        let above: SmallVec<[Cid; 4]> = st.chain(cid).into_iter().skip(1).collect();
+        let removed = st.below.get(&cid).copied().unwrap_or_default();
+        for c in above {
+            if let Some(b) = st.below.get_mut(&c) {
+                b.accounts = b.accounts.saturating_sub(removed.accounts + 1);
+                b.tokens = b.tokens.saturating_sub(removed.tokens);
+            }
+        }
         for id in &gone {
+            st.below.remove(id);
             st.accounts.remove(id);
             self.store.submit(Op::DelAccount { cid: *id });
         }
@@ -317,17 +568,7 @@ impl Directory {
 
     /// `cid` and its ancestors, nearest first.
     pub fn ancestors(&self, cid: Cid) -> SmallVec<[Cid; 4]> {
-        let st = self.state.read();
-        let mut out = SmallVec::new();
-        let mut cur = Some(cid);
-        while let Some(c) = cur {
-            if out.contains(&c) || out.len() > 64 {
-                break;
-            }
-            out.push(c);
-            cur = st.accounts.get(&c).and_then(|a| a.parent);
-        }
-        out
+        self.state.read().chain(cid)
     }
 
     /// `cid` and every account below it.
@@ -340,17 +581,73 @@ impl Directory {
         self.ancestors(cid).contains(&ancestor)
     }
 
-    /// The effective quotas of an account.
+    /// The quotas of an account (its own limits over the defaults). The account and every
+    /// account below it share them, and each ancestor's quotas bound them too (see
+    /// [`Directory::quota_chain`]).
     pub fn quotas(&self, cid: Cid) -> QuotaDefaults {
-        let d = self.config.quotas;
-        match self.state.read().accounts.get(&cid) {
-            Some(a) => QuotaDefaults {
-                mqtt_sessions: a.limits.mqtt_sessions.unwrap_or(d.mqtt_sessions),
-                mqtt_subscriptions: a.limits.mqtt_subscriptions.unwrap_or(d.mqtt_subscriptions),
-                retained_bytes: a.limits.retained_bytes.unwrap_or(d.retained_bytes),
-            },
-            None => d,
+        self.state.read().quotas(cid, &self.config.quotas)
+    }
+
+    /// The quotas of `cid` and of each ancestor, nearest first.
+    pub fn quota_chain(&self, cid: Cid) -> QuotaChain {
+        let st = self.state.read();
+        st.chain(cid)
+            .into_iter()
+            .map(|c| (c, st.quotas(c, &self.config.quotas)))
+            .collect()
+    }
+
+    /// How many accounts are below `cid`, and how many tokens `cid` and the accounts below it
+    /// have.
+    pub fn usage(&self, cid: Cid) -> (u64, u64) {
+        let b = self
+            .state
+            .read()
+            .below
+            .get(&cid)
+            .copied()
+            .unwrap_or_default();
+        (b.accounts, b.tokens)
+    }
+
+    /// The account anonymous clients land in (with `auth.anonymous`), if any.
+    pub fn anonymous(&self) -> Option<Cid> {
+        match self.anonymous.load(Ordering::Relaxed) {
+            0 => None,
+            cid => Some(cid),
         }
+    }
+
+    /// Finds or creates the account anonymous clients land in, and makes it theirs: account
+    /// `id` when given, otherwise the top account's sub-account named `anonymous`. A new one
+    /// is created as a sub-account of the top account named `anonymous` (with id `id` when
+    /// given). It is never the top account: anonymous clients must not see other accounts'
+    /// traffic, while the top account sees theirs (spec §2, §3).
+    pub fn anonymous_account(&self, id: Option<Cid>) -> Result<Account, DirectoryError> {
+        let top = self
+            .top()
+            .ok_or(DirectoryError::NoAccount(id.unwrap_or(0)))?;
+        if id == Some(top) {
+            return Err(DirectoryError::AnonymousTop);
+        }
+        let found = {
+            let st = self.state.read();
+            match id {
+                Some(id) => st.accounts.get(&id).cloned(),
+                None => st
+                    .accounts
+                    .values()
+                    .filter(|a| a.parent == Some(top) && a.name == ANONYMOUS)
+                    .min_by_key(|a| a.id)
+                    .cloned(),
+            }
+        };
+        let account = match found {
+            Some(a) => a,
+            None => self.create_account(top, id, ANONYMOUS, serde_json::json!({}))?,
+        };
+        self.anonymous.store(account.id, Ordering::Relaxed);
+        Ok(account)
     }
 
     // ---- tokens ----------------------------------------------------------------------
@@ -400,9 +697,13 @@ impl Directory {
         if st.by_key.contains_key(&token.key) {
             return Err(DirectoryError::DuplicateKey);
         }
+        st.check_room(token.cid, Counted::Token, &self.config.quotas)?;
         token.id = next_id(st.tokens.keys());
         token.created = now_secs();
         self.persist_token(&token);
+        for c in st.chain(token.cid) {
+            st.below.entry(c).or_default().tokens += 1;
+        }
         st.by_key.insert(token.key.clone(), token.id);
         st.tokens.insert(token.id, token.clone());
         Ok(token)
@@ -427,6 +728,11 @@ impl Directory {
         let mut st = self.state.write();
         let t = st.tokens.remove(&id).ok_or(DirectoryError::NoToken(id))?;
         st.by_key.remove(&t.key);
+        for c in st.chain(t.cid) {
+            if let Some(b) = st.below.get_mut(&c) {
+                b.tokens = b.tokens.saturating_sub(1);
+            }
+        }
         self.store.submit(Op::DelToken { id });
         Ok(t)
     }
@@ -555,8 +861,14 @@ impl Authenticator for Arc<Directory> {
         let anonymous =
             creds.username.is_none_or(str::is_empty) && creds.password.is_none_or(<[u8]>::is_empty);
         if anonymous {
-            return match self.config.anonymous {
-                Some(cid) => Ok(Principal::anonymous(cid)),
+            let cid = self
+                .anonymous()
+                .filter(|_| self.config.anonymous)
+                .ok_or(ReasonCode::NOT_AUTHORIZED)?;
+            // The anonymous account may have been deleted or disabled since (over REST).
+            return match self.state.read().accounts.get(&cid) {
+                Some(a) if a.enabled => Ok(Principal::anonymous(cid)),
+                Some(_) => Err(ReasonCode::BANNED),
                 None => Err(ReasonCode::NOT_AUTHORIZED),
             };
         }
@@ -598,16 +910,8 @@ impl Authenticator for Arc<Directory> {
         ))
     }
 
-    fn max_sessions(&self, cid: Cid) -> u64 {
-        self.quotas(cid).mqtt_sessions
-    }
-
-    fn max_subscriptions(&self, cid: Cid) -> u64 {
-        self.quotas(cid).mqtt_subscriptions
-    }
-
-    fn max_retained_bytes(&self, cid: Cid) -> u64 {
-        self.quotas(cid).retained_bytes
+    fn quota_chain(&self, cid: Cid) -> QuotaChain {
+        Directory::quota_chain(self, cid)
     }
 }
 

@@ -24,22 +24,42 @@ pub struct Account {
     pub limits: Limits,
 }
 
-/// Per-account quotas; `None` takes the broker default.
+/// Per-account quotas; `None` takes the broker default. Each one bounds the account together
+/// with every account below it (a sub-account's use counts against each ancestor's quota too),
+/// and none may be set above the parent's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
+    /// MQTT sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt_sessions: Option<u64>,
+    /// Subscriptions of all sessions together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt_subscriptions: Option<u64>,
+    /// Bytes of retained messages (topic + payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_bytes: Option<u64>,
+    /// Accounts below this one (sub-accounts, theirs, and so on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subaccounts: Option<u64>,
+    /// Tokens of this account and of every account below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.mqtt_sessions.is_none()
-            && self.mqtt_subscriptions.is_none()
-            && self.retained_bytes.is_none()
+        self == &Limits::default()
+    }
+
+    /// Each limit by name, as set (`None`: the default).
+    pub fn named(&self) -> [(&'static str, Option<u64>); 5] {
+        [
+            ("mqtt_sessions", self.mqtt_sessions),
+            ("mqtt_subscriptions", self.mqtt_subscriptions),
+            ("retained_bytes", self.retained_bytes),
+            ("subaccounts", self.subaccounts),
+            ("tokens", self.tokens),
+        ]
     }
 }
 

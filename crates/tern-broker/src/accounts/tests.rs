@@ -179,15 +179,254 @@ fn anonymous_clients_only_when_configured() {
         d.authenticate(&creds(None, None, "10.0.0.3")).err(),
         Some(ReasonCode::NOT_AUTHORIZED)
     );
+    // Configured but the anonymous account not made yet: refused, never the top account.
     let d = dir(DirectoryConfig {
-        anonymous: Some(7),
+        anonymous: true,
         ..Default::default()
     });
     assert_eq!(
+        d.authenticate(&creds(None, None, "10.0.0.3")).err(),
+        Some(ReasonCode::NOT_AUTHORIZED)
+    );
+}
+
+#[test]
+fn anonymous_clients_land_in_their_own_account() {
+    let d = dir(DirectoryConfig {
+        anonymous: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        d.anonymous_account(Some(1)),
+        Err(DirectoryError::AnonymousTop)
+    );
+    let anon = d.anonymous_account(None).unwrap();
+    assert_eq!(anon.name, ANONYMOUS);
+    assert_eq!(anon.parent, Some(1));
+    assert_ne!(anon.id, 1);
+    assert_eq!(
         d.authenticate(&creds(None, None, "10.0.0.3"))
             .map(|p| p.cid),
-        Ok(7)
+        Ok(anon.id)
     );
+    // Found again by name (a later start), not created twice.
+    assert_eq!(d.anonymous_account(None).unwrap().id, anon.id);
+    assert_eq!(
+        d.accounts().iter().filter(|a| a.name == ANONYMOUS).count(),
+        1
+    );
+    // The operator can shut anonymous access off by disabling the account.
+    let mut a = anon.clone();
+    a.enabled = false;
+    d.update_account(a).unwrap();
+    assert_eq!(
+        d.authenticate(&creds(None, None, "10.0.0.3")).err(),
+        Some(ReasonCode::BANNED)
+    );
+    // A pinned id: created with that id if missing.
+    let pinned = d.anonymous_account(Some(500)).unwrap();
+    assert_eq!((pinned.id, pinned.parent), (500, Some(1)));
+    assert_eq!(d.anonymous(), Some(500));
+}
+
+fn limited(
+    d: &Directory,
+    parent: Cid,
+    name: &str,
+    limits: Limits,
+) -> Result<Account, DirectoryError> {
+    d.add_account(NewAccount {
+        parent,
+        id: None,
+        name: name.into(),
+        metadata: serde_json::json!({}),
+        enabled: true,
+        limits,
+    })
+}
+
+#[test]
+fn subaccounts_and_tokens_count_against_every_ancestor() {
+    let d = dir(DirectoryConfig::default());
+    let p = limited(
+        &d,
+        1,
+        "p",
+        Limits {
+            subaccounts: Some(2),
+            tokens: Some(2),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let c = d
+        .create_account(p.id, None, "c", serde_json::json!({}))
+        .unwrap();
+    // A grandchild counts against p too.
+    let g = d
+        .create_account(c.id, None, "g", serde_json::json!({}))
+        .unwrap();
+    assert_eq!(d.usage(p.id), (2, 0));
+    assert_eq!(
+        d.create_account(p.id, None, "c2", serde_json::json!({})),
+        Err(DirectoryError::QuotaExceeded {
+            cid: p.id,
+            quota: "subaccounts",
+            limit: 2
+        })
+    );
+    assert_eq!(
+        d.create_account(g.id, None, "gg", serde_json::json!({})),
+        Err(DirectoryError::QuotaExceeded {
+            cid: p.id,
+            quota: "subaccounts",
+            limit: 2
+        })
+    );
+    // Tokens of the grandchild and of p itself share p's quota.
+    token(&d, g.id);
+    let t = token(&d, p.id);
+    let refused = d.create_token(Token {
+        key: String::new(),
+        ..t.clone()
+    });
+    assert_eq!(
+        refused,
+        Err(DirectoryError::QuotaExceeded {
+            cid: p.id,
+            quota: "tokens",
+            limit: 2
+        })
+    );
+    // Deleting frees room; deleting a sub-account frees its tokens and accounts.
+    d.delete_token(t.id).unwrap();
+    assert_eq!(d.usage(p.id), (2, 1));
+    d.delete_account(c.id).unwrap();
+    assert_eq!(d.usage(p.id), (0, 0));
+    // The top account: p, and the master token.
+    assert_eq!(d.usage(1), (1, 1));
+    d.create_account(p.id, None, "c3", serde_json::json!({}))
+        .unwrap();
+    token(&d, p.id);
+    // The top account's own quota bounds everything below it.
+    let d = dir(DirectoryConfig {
+        quotas: QuotaDefaults {
+            subaccounts: 3,
+            ..QuotaDefaults::default()
+        },
+        ..Default::default()
+    });
+    let a = d
+        .create_account(1, None, "a", serde_json::json!({}))
+        .unwrap();
+    let b = d
+        .create_account(a.id, None, "b", serde_json::json!({}))
+        .unwrap();
+    d.create_account(b.id, None, "c", serde_json::json!({}))
+        .unwrap();
+    assert_eq!(
+        d.create_account(b.id, None, "d", serde_json::json!({})),
+        Err(DirectoryError::QuotaExceeded {
+            cid: 1,
+            quota: "subaccounts",
+            limit: 3
+        })
+    );
+}
+
+#[test]
+fn limits_are_never_set_above_the_parents() {
+    let d = dir(DirectoryConfig::default());
+    let p = limited(
+        &d,
+        1,
+        "p",
+        Limits {
+            mqtt_sessions: Some(10),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    // Above the parent's own limit, or above a default the parent has (the top's).
+    let over = Limits {
+        mqtt_sessions: Some(1_000_000_000_000_000),
+        ..Limits::default()
+    };
+    assert_eq!(
+        limited(&d, p.id, "c", over.clone()),
+        Err(DirectoryError::AboveParent {
+            quota: "mqtt_sessions",
+            value: 1_000_000_000_000_000,
+            cap: 10
+        })
+    );
+    assert!(
+        d.accounts().iter().all(|a| a.name != "c"),
+        "nothing created"
+    );
+    let over_default = Limits {
+        retained_bytes: Some(QuotaDefaults::default().retained_bytes + 1),
+        ..Limits::default()
+    };
+    assert!(matches!(
+        limited(&d, 1, "c", over_default),
+        Err(DirectoryError::AboveParent {
+            quota: "retained_bytes",
+            ..
+        })
+    ));
+    let mut c = limited(
+        &d,
+        p.id,
+        "c",
+        Limits {
+            mqtt_sessions: Some(10),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    c.limits = over;
+    assert!(matches!(
+        d.update_account(c.clone()),
+        Err(DirectoryError::AboveParent { cap: 10, .. })
+    ));
+    // A grandchild is capped by the lowest quota above it, not only its parent's.
+    let mut p2 = d.account(p.id).unwrap();
+    p2.limits.mqtt_sessions = Some(5);
+    d.update_account(p2).unwrap();
+    let mut g = d
+        .create_account(c.id, None, "g", serde_json::json!({}))
+        .unwrap();
+    g.limits.mqtt_sessions = Some(7);
+    assert!(matches!(
+        d.update_account(g),
+        Err(DirectoryError::AboveParent { cap: 5, .. })
+    ));
+    // c's limit (10) is now above p's (5): changing something else of c is still fine.
+    let mut c = d.account(c.id).unwrap();
+    c.name = "renamed".into();
+    d.update_account(c).unwrap();
+    // The chain of quotas, nearest first.
+    let chain = d.quota_chain(c_id(&d, "renamed"));
+    assert_eq!(
+        chain
+            .iter()
+            .map(|(cid, q)| (*cid, q.mqtt_sessions))
+            .collect::<Vec<_>>(),
+        vec![
+            (c_id(&d, "renamed"), 10),
+            (p.id, 5),
+            (1, QuotaDefaults::default().mqtt_sessions)
+        ]
+    );
+}
+
+fn c_id(d: &Directory, name: &str) -> Cid {
+    d.accounts()
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.id)
+        .unwrap()
 }
 
 #[test]

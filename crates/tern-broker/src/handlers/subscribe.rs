@@ -127,9 +127,13 @@ impl Connection {
             if !owns(&st, self.id) {
                 return Err(Refusal::Close(CloseReason::SessionTakenOver));
             }
-            let max = (self.broker.config.max_subscriptions_per_session as u64)
-                .min(self.broker.auth.max_subscriptions(session.key.cid));
-            if !st.subscriptions.contains_key(&sub.filter) && st.subscriptions.len() as u64 >= max {
+            // `session.max_subscriptions` per session, and the account's (hierarchical)
+            // `mqtt_subscriptions` quota.
+            let new = !st.subscriptions.contains_key(&sub.filter);
+            if new
+                && (st.subscriptions.len() >= self.broker.config.max_subscriptions_per_session
+                    || self.broker.subscription_quota_full(session.key.cid))
+            {
                 return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
             }
             // A stored session's subscription is a store op: none while the store cannot
