@@ -926,7 +926,7 @@ impl Broker {
             .namespaces
             .read()
             .values()
-            .filter(|ns| ns.cid != cid && ns.retained_bytes.load(Ordering::Relaxed) > 0)
+            .filter(|ns| ns.cid != cid && ns.usage.retained_bytes.load(Ordering::Relaxed) > 0)
             .cloned()
             .collect();
         for ns in below {
