@@ -110,14 +110,7 @@ async fn mosquitto_round_trip(
         .expect("mosquitto_sub is installed (Debian mosquitto-clients)");
     // Wait until the subscription exists: the broker counts it.
     // mosquitto_sub connects anonymously: its session is in the anonymous account.
-    let key = tern_broker::SessionKey {
-        cid: b
-            .server()
-            .directory()
-            .anonymous()
-            .expect("anonymous account"),
-        client_id: client_id.as_str().into(),
-    };
+    let key = b.anonymous_key(&client_id);
     let subscribed = crate::support::eventually(|| {
         b.broker()
             .session(&key)
@@ -199,7 +192,7 @@ async fn mosquitto_clients_every_version() {
 async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
     let b = TestBroker::start().await;
     let port = b.addr.port().to_string();
-    let sub_args = [
+    let session = [
         "-h",
         "127.0.0.1",
         "-p",
@@ -213,25 +206,11 @@ async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
         "1",
         "-t",
         "mosq/v5/own",
-        "-C",
-        "1",
-        "-W",
-        "5",
     ];
     // First visit: creates the session and its subscription, then leaves with -W.
     let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-V",
-            "5",
-            "-i",
-            "mosq-v5-own",
-            "-c",
-        ])
-        .args(["-q", "1", "-t", "mosq/v5/own", "-W", "1"])
+        .args(session)
+        .args(["-W", "1"])
         .output()
         .await
         .expect("mosquitto_sub is installed");
@@ -241,14 +220,7 @@ async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
         "mosquitto_sub -V 5 -i ID -c: {stderr}"
     );
     // mosquitto_sub connects anonymously: its session is in the anonymous account.
-    let key = tern_broker::SessionKey {
-        cid: b
-            .server()
-            .directory()
-            .anonymous()
-            .expect("anonymous account"),
-        client_id: "mosq-v5-own".into(),
-    };
+    let key = b.anonymous_key("mosq-v5-own");
     let kept = b
         .broker()
         .session(&key)
@@ -264,7 +236,10 @@ async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
     // Second visit: the queued message arrives.
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        Command::new("mosquitto_sub").args(sub_args).output(),
+        Command::new("mosquitto_sub")
+            .args(session)
+            .args(["-C", "1", "-W", "5"])
+            .output(),
     )
     .await
     .expect("mosquitto_sub exits")

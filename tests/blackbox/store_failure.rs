@@ -472,6 +472,21 @@ async fn a_full_disk_is_refused_loudly_and_recovers_when_space_returns() {
 const MASTER: &str = "K";
 
 /// One REST change per run, `kill -9` right after its 200, then a restart checks it stayed.
+/// A REST change that must answer 200; the id of the first item of its result (0 if none).
+async fn changed(addr: SocketAddr, key: &str, method: &str, path: &str, body: &str) -> u64 {
+    let r = rest(addr, key, method, path, body).await;
+    assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    v["result"][0]["id"].as_u64().unwrap_or(0)
+}
+
+/// How many items a REST GET finds (0 for an error answer).
+async fn found(addr: SocketAddr, key: &str, path: &str) -> usize {
+    let r = rest(addr, key, "GET", path, "").await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    v["result"].as_array().map_or(0, Vec::len)
+}
+
 #[tokio::test]
 async fn rest_changes_survive_kill_9_right_after_their_answer() {
     const RUNS: usize = 10;
@@ -493,8 +508,8 @@ async fn rest_changes_survive_kill_9_right_after_their_answer() {
         (start(addr).await, addr)
     };
     for run in 0..RUNS {
-        // A token created.
-        let r = rest(
+        // A token created, then kept.
+        let id = changed(
             http_addr,
             &key,
             "POST",
@@ -502,109 +517,43 @@ async fn rest_changes_survive_kill_9_right_after_their_answer() {
             &format!(r#"{{"info":"run {run}"}}"#),
         )
         .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let created: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        let id = created["result"][0]["id"].as_u64().expect("id");
         (daemon, http_addr) = restart(daemon).await;
-        let r = rest(
-            http_addr,
-            &key,
-            "GET",
-            &format!("/platform/tokens/{id}"),
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "run {run}: {}", r.body);
-        let found: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let path = format!("/platform/tokens/{id}");
         assert_eq!(
-            found["result"].as_array().map(Vec::len),
-            Some(1),
-            "run {run}: token {id} lost: {}",
-            r.body
+            found(http_addr, &key, &path).await,
+            1,
+            "run {run}: token {id} lost"
         );
 
-        // The same token deleted (revoked).
-        let r = rest(
-            http_addr,
-            &key,
-            "DELETE",
-            &format!("/platform/tokens/{id}"),
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
+        // The same token deleted (revoked), and still gone.
+        changed(http_addr, &key, "DELETE", &path, "").await;
         (daemon, http_addr) = restart(daemon).await;
-        let r = rest(
-            http_addr,
-            &key,
-            "GET",
-            &format!("/platform/tokens/{id}"),
-            "",
-        )
-        .await;
-        let found: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
         assert_eq!(
-            found["result"].as_array().map_or(0, Vec::len),
+            found(http_addr, &key, &path).await,
             0,
-            "run {run}: deleted token {id} is back: {}",
-            r.body
+            "run {run}: deleted token {id} is back"
         );
 
         // A sub-account created.
-        let r = rest(
-            http_addr,
-            &key,
-            "POST",
-            "/platform/subaccounts",
-            &format!(r#"{{"name":"run {run}"}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let created: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        let cid = created["result"][0]["id"].as_u64().expect("id");
+        let body = format!(r#"{{"name":"run {run}"}}"#);
+        let cid = changed(http_addr, &key, "POST", "/platform/subaccounts", &body).await;
         (daemon, http_addr) = restart(daemon).await;
-        let r = rest(
-            http_addr,
-            &key,
-            "GET",
-            &format!("/platform/subaccounts/{cid}"),
-            "",
-        )
-        .await;
-        let found: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let path = format!("/platform/subaccounts/{cid}");
         assert_eq!(
-            found["result"].as_array().map(Vec::len),
-            Some(1),
-            "run {run}: sub-account {cid} lost: {}",
-            r.body
+            found(http_addr, &key, &path).await,
+            1,
+            "run {run}: sub-account {cid} lost"
         );
 
         // A retained message.
-        let topic = format!("kept/{run}");
-        let r = rest(
-            http_addr,
-            &key,
-            "POST",
-            "/mqtt/messages",
-            &format!(r#"{{"topic":"{topic}","payload":"v{run}","retained":true}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
+        let body = format!(r#"{{"topic":"kept/{run}","payload":"v{run}","retained":true}}"#);
+        changed(http_addr, &key, "POST", "/mqtt/messages", &body).await;
         (daemon, http_addr) = restart(daemon).await;
-        let r = rest(
-            http_addr,
-            &key,
-            "GET",
-            &format!("/mqtt/messages/kept%2F{run}"),
-            "",
-        )
-        .await;
-        let found: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let path = format!("/mqtt/messages/kept%2F{run}");
         assert_eq!(
-            found["result"].as_array().map(Vec::len),
-            Some(1),
-            "run {run}: retained {topic} lost: {}",
-            r.body
+            found(http_addr, &key, &path).await,
+            1,
+            "run {run}: retained kept/{run} lost"
         );
     }
     daemon.kill().await;

@@ -252,14 +252,7 @@ async fn mosquitto_over_tls_with_the_generated_ca() {
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub is installed (Debian mosquitto-clients)");
-    let key = tern_broker::SessionKey {
-        cid: b
-            .server()
-            .directory()
-            .anonymous()
-            .expect("anonymous account"),
-        client_id: "mosq-tls-sub".into(),
-    };
+    let key = b.anonymous_key("mosq-tls-sub");
     assert!(
         eventually(|| b
             .broker()

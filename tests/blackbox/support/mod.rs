@@ -137,6 +137,19 @@ impl TestBroker {
         self.server.as_ref().expect("running")
     }
 
+    /// The session key of a client without credentials (`--anonymous`): its sessions live in
+    /// the `anonymous` account.
+    pub fn anonymous_key(&self, client_id: &str) -> tern_broker::SessionKey {
+        tern_broker::SessionKey {
+            cid: self
+                .server()
+                .directory()
+                .anonymous()
+                .expect("an anonymous account"),
+            client_id: client_id.into(),
+        }
+    }
+
     /// The key of the master token the first start created.
     pub fn master_key(&self) -> String {
         self.server()
