@@ -999,22 +999,7 @@ mod tests {
     use crate::auth::Anonymous;
 
     fn delivery(payload: usize) -> Delivery {
-        Delivery::new(
-            Arc::new(Message {
-                topic: ByteString::from_static("t"),
-                payload: bytes::Bytes::from(vec![0u8; payload]),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-                cid: 1,
-                timestamp: 1,
-                expires_at: None,
-                origin: None,
-            }),
-            QoS::AtLeastOnce,
-            false,
-            SmallVec::new(),
-        )
+        crate::session::tests::delivery(QoS::AtLeastOnce, payload)
     }
 
     /// Ten sessions that never take their QoS 1 messages: the total never passes the budget,

@@ -789,13 +789,14 @@ impl SessionState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::message::Message;
     use bytes::Bytes;
     use smallvec::SmallVec;
 
-    fn delivery(qos: QoS, size: usize) -> Delivery {
+    /// A delivery of a `size`-byte message on `t` (for tests of queues and budgets).
+    pub(crate) fn delivery(qos: QoS, size: usize) -> Delivery {
         Delivery::new(
             Arc::new(Message {
                 topic: ByteString::from_static("t"),

@@ -34,6 +34,11 @@ pub async fn raw(addr: SocketAddr, request_head: &str, until_headers: bool) -> H
         .write_all(format!("{request_head}\r\n\r\n").as_bytes())
         .await
         .expect("send");
+    read_response(&mut stream, until_headers).await
+}
+
+/// Reads a response until the server closes (or, with `until_headers`, the headers end).
+async fn read_response(stream: &mut TcpStream, until_headers: bool) -> HttpResponse {
     let mut buf = Vec::new();
     let read = async {
         let mut chunk = [0u8; 4096];
@@ -88,20 +93,7 @@ pub async fn request(
 async fn raw_exact(addr: SocketAddr, bytes: &str) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes.as_bytes()).await.expect("send");
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("response in time");
-    parse(&buf)
+    read_response(&mut stream, false).await
 }
 
 /// A WebSocket upgrade request to `path`; `protocols` is the raw `Sec-WebSocket-Protocol`
