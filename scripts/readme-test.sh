@@ -19,6 +19,7 @@ done
 work=$(mktemp -d)
 pid=""
 cleanup() {
+  set +e
   if [ -n "$pid" ]; then
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
@@ -27,15 +28,40 @@ cleanup() {
 }
 trap 'rc=$?; cleanup; exit $rc' EXIT
 
-# The first ```sh block after the "## REST API" heading.
-python3 - README.md >"$work/rest.sh" <<'PY'
+# The first ```sh block after a heading.
+block() {
+  python3 - README.md "$1" <<'PY'
 import sys
 text = open(sys.argv[1]).read()
-section = text[text.index("\n## REST API"):]
+section = text[text.index("\n" + sys.argv[2] + "\n"):]
 start = section.index("```sh\n") + len("```sh\n")
 print(section[start:section.index("```", start)])
 PY
-[ -s "$work/rest.sh" ] || { echo "readme-test: no REST API example block" >&2; exit 1; }
+}
+
+# Each block runs as written in the work directory, with `tern` the binary under test and curl
+# failing on an error status; background jobs a block starts are stopped after it.
+run_block() { # HEADING
+  local name=$1 script="$work/block.sh"
+  {
+    echo 'set -euo pipefail'
+    echo "tern() { \"$bin\" \"\$@\"; }"
+    echo 'curl() { command curl -sS -f "$@" || { echo "readme-test: FAILED: curl $*" >&2; return 1; }; echo; }'
+    block "$name"
+    echo 'sleep 1; kill $(jobs -p) 2>/dev/null || true'
+  } >"$script"
+  if ! (cd "$work" && bash "$script") >"$work/out" 2>&1; then
+    echo "readme-test: FAILED in \"$name\":"
+    cat "$work/out"
+    tail -20 "$work/tern.log" 2>/dev/null
+    exit 1
+  fi
+  echo "readme-test: \"$name\" ran as written ($(grep -cE '^(curl|tern|mosquitto|[A-Z]+=)' <(block "$name")) commands)"
+}
+
+# Offline commands first, on the new data directory while no tern runs.
+run_block "### Accounts and tokens"
+run_block "### Durability"
 
 (cd "$work" && exec "$bin" >"$work/tern.out" 2>"$work/tern.log") &
 pid=$!
@@ -44,15 +70,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-# As written, with curl failing on an error status and saying which call it was.
-cat >"$work/run.sh" <<'SH'
-set -euo pipefail
-curl() { command curl -sS -f "$@" || { echo "readme-test: FAILED: curl $*" >&2; return 1; }; echo; }
-SH
-cat "$work/rest.sh" >>"$work/run.sh"
-(cd "$work" && bash "$work/run.sh") >"$work/run.log" 2>&1 || {
-  cat "$work/run.log"
-  tail -20 "$work/tern.log"
+run_block "## REST API"
+run_block "### REST over MQTT"
+grep -q '^replies/1 {"result":' "$work/out" || {
+  echo "readme-test: FAILED: REST over MQTT printed no answer on replies/1:"
+  cat "$work/out"
   exit 1
 }
-echo "readme-test: $(grep -c '^curl' "$work/rest.sh") REST examples of the README ran as written"
