@@ -65,7 +65,7 @@ impl Subscription {
                 let cid = suffix
                     .strip_prefix("cid=")
                     .and_then(|n| n.parse::<Cid>().ok())
-                    .ok_or_else(|| FilterError(format!("bad subscription suffix `{suffix}`")))?;
+                    .ok_or_else(|| FilterError::Suffix(suffix.to_string()))?;
                 (full, Some(cid))
             }
             None => (&*identity, None),
