@@ -21,6 +21,7 @@
 //! - `admin`: views and actions for the REST API, and the REST bridge hook
 //! - `auth`: the authentication hook
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
+//! - `violation`: the protocol rules the handlers enforce, each with its reason code
 //! - `metrics`: counters and gauges
 //! - `config`: the broker's settings as plain data
 
@@ -43,6 +44,7 @@ mod restore;
 pub mod rules;
 pub mod session;
 pub mod timers;
+pub mod violation;
 
 pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
 pub use auth::{Anonymous, Authenticator, Credentials, Principal};
@@ -55,3 +57,4 @@ pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription};
+pub use violation::Violation;

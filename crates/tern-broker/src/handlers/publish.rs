@@ -13,6 +13,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::rules::RESERVED_PREFIX;
 use crate::session::Session;
+use crate::violation::Violation;
 
 /// Whether a PUBLISH of this QoS is acknowledged only once durable.
 fn qos_stored(qos: QoS) -> bool {
@@ -27,25 +28,15 @@ impl Connection {
 
         self.resolve_topic_alias(&mut p)?;
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(CloseReason::protocol(
-                "MQTT-3.3.4-6",
-                "PUBLISH from a client carries a Subscription Identifier",
-            ));
+            return Err(Violation::SubscriptionIdFromClient.into());
         }
         if let Some(rt) = &p.properties.response_topic
             && tern_topic::validate_topic_name(rt).is_err()
         {
-            return Err(CloseReason::protocol(
-                "MQTT-3.3.2-14",
-                "Response Topic is not a valid topic name",
-            ));
+            return Err(Violation::ResponseTopicInvalid.into());
         }
         if p.retain && !broker.config.retain_available {
-            return Err(CloseReason::violation(
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                Some("MQTT5 3.3.1.3"),
-                "retain is not supported",
-            ));
+            return Err(Violation::RetainNotSupported.into());
         }
 
         let Some(session) = self.session.clone() else {
@@ -188,31 +179,22 @@ impl Connection {
     fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
         let Some(alias) = p.properties.topic_alias.take() else {
             if p.topic.is_empty() {
-                return Err(CloseReason::protocol(
-                    "MQTT5 3.3.2.3.4",
-                    "PUBLISH without topic name or topic alias",
-                ));
+                return Err(Violation::NoTopic.into());
             }
             return Ok(());
         };
         if alias == 0 || alias > self.broker.config.topic_alias_maximum {
-            return Err(CloseReason::violation(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                Some("MQTT-3.3.2-9"),
-                format!(
-                    "topic alias {alias} outside 1..={}",
-                    self.broker.config.topic_alias_maximum
-                ),
-            ));
+            return Err(Violation::TopicAliasOutOfRange {
+                alias,
+                max: self.broker.config.topic_alias_maximum,
+            }
+            .into());
         }
         if p.topic.is_empty() {
             match self.aliases.as_ref().and_then(|a| a.incoming.get(&alias)) {
                 Some(topic) => p.topic = topic.clone(),
                 None => {
-                    return Err(CloseReason::protocol(
-                        "MQTT5 3.3.2.3.4",
-                        format!("topic alias {alias} was never set"),
-                    ));
+                    return Err(Violation::TopicAliasUnknown(alias).into());
                 }
             }
         } else {
