@@ -17,7 +17,7 @@ use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
 use crate::session::{Session, Subscription};
 
-/// A session as the REST API shows it (spec §7 `/mqtt/sessions`).
+/// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub id: u64,
@@ -311,7 +311,7 @@ impl Broker {
     }
 
     /// Delivers a message to one session only, bypassing subscriptions (REST bridge responses
-    /// on the request topic, spec §8).
+    /// on the request topic, docs/flespi.md#rest-over-mqtt).
     pub fn deliver_to(&self, session: &Session, msg: Message, qos: QoS) -> bool {
         let msg = Arc::new(msg);
         if msg.is_expired(self.clock.now()) {

@@ -1,6 +1,6 @@
 //! What a subscription string asks for beyond its topic filter: `$share/<group>/` (shared
-//! subscriptions), `$filter/<params>/` (flespi server-side filtering, spec §5) and the SUBSCRIBE
-//! user property `cid=<n>`.
+//! subscriptions), `$filter/<params>/` (flespi server-side filtering,
+//! docs/flespi.md#subscribing-and-filter) and the SUBSCRIBE user property `cid=<n>`.
 //!
 //! `$filter` parameters are one topic level of `&`-joined `name=value` pairs whose values are
 //! percent-decoded (clients use encodeURIComponent; `+` stays `+`):

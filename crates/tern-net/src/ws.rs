@@ -1,6 +1,6 @@
-//! MQTT over WebSocket (spec §1; MQTT 5.0 §6): the upgrade on any path, the subprotocol
-//! answer, and [`WsStream`], which turns a WebSocket into the byte stream the driver reads and
-//! writes, so MQTT behaves exactly as on TCP.
+//! MQTT over WebSocket (docs/flespi.md#listeners; MQTT 5.0 §6): the upgrade on any path, the
+//! subprotocol answer, and [`WsStream`], which turns a WebSocket into the byte stream the driver
+//! reads and writes, so MQTT behaves exactly as on TCP.
 //!
 //! - Binary frames only [MQTT-6.0.0-1]: a text frame closes the client with a protocol error.
 //! - The bytes of all binary messages form one stream: a packet may span messages and a

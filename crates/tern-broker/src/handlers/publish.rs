@@ -73,7 +73,8 @@ impl Connection {
         {
             return self.reject_publish(&p, ReasonCode::PAYLOAD_FORMAT_INVALID);
         }
-        // REST over MQTT (spec §8): the bridge answers `flespi/rest/<method>/<uri>`.
+        // REST over MQTT (docs/flespi.md#rest-over-mqtt): the bridge answers
+        // `flespi/rest/<method>/<uri>`.
         if p.topic.starts_with("flespi/rest/")
             && let (Some(bridge), Some(principal)) =
                 (broker.rest_bridge(), self.principal.as_deref().cloned())
@@ -100,7 +101,8 @@ impl Connection {
             self.acknowledge(&session, qos, pid, 0);
             return Ok(());
         }
-        // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota (spec §4).
+        // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota
+        // (docs/flespi.md#publishing).
         let Some(principal) = self.principal.as_deref() else {
             return Ok(());
         };
@@ -207,7 +209,7 @@ impl Connection {
     }
 
     /// Refuses one PUBLISH without closing: v5 QoS 1/2 get the reason code in PUBACK/PUBREC,
-    /// everything else is dropped silently (spec §4).
+    /// everything else is dropped silently (docs/flespi.md#publishing).
     pub(crate) fn reject_publish(
         &mut self,
         p: &Publish,

@@ -107,8 +107,8 @@ impl Connection {
             tracing::debug!(conn = self.id, %filter, %err, "subscription refused");
             Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID)
         })?;
-        // Token rights (spec §2, ACL tokens): refuse a filter outside every grant; restrict one
-        // that only overlaps them.
+        // Token rights (docs/flespi.md#connecting-and-authorization, ACL tokens): refuse a filter
+        // outside every grant; restrict one that only overlaps them.
         let rights = self.principal.as_ref().map_or(SubscribeRight::All, |p| {
             p.rights.subscribe(&sub.topic_filter)
         });
