@@ -3,7 +3,8 @@
 # - `*.rs` names, plain (`driver.rs`) or with folders (`handlers/publish.rs`,
 #   `tern/src/server.rs`): some file under crates/, tests/, benches/ or fuzz*/ ends with it;
 # - paths under the repository's own folders (`crates/...`, `tests/...`, `benches/...`,
-#   `docs/...`, `scripts/...`, `config/...`): that file or folder exists;
+#   `docs/...`, `scripts/...`, `config/...`): that file or folder exists, and a `#anchor` on it
+#   is declared there (`<a id="anchor">`);
 # - crate names (`tern`, `tern-broker`, ...) and the crate of a Rust path (`tern_store::Op`):
 #   crates/<name>/ exists; a module on such a path (`tern_broker::accounts::Directory`), or
 #   leading one (`driver::run_connection`), has its file.
@@ -25,7 +26,13 @@ while IFS= read -r name; do
       grep -qE "(^|/)${name//./\\.}\$" <<<"$files" || missing+=("$name")
       ;;
     crates/* | tests/* | benches/* | docs/* | scripts/* | config/* | fuzz/* | fuzz-expr/*)
-      [[ -e "${name%/}" ]] || missing+=("$name")
+      path=${name%%#*}
+      if [[ ! -e "${path%/}" ]]; then
+        missing+=("$name")
+      elif [[ "$name" == *'#'* ]] && ! grep -q "id=\"${name#*#}\"" "$path"; then
+        # `docs/flespi.md#publishing`: the page declares that anchor.
+        missing+=("$name (no anchor)")
+      fi
       ;;
     tern | tern-[a-z]*)
       [[ "$name" =~ ^tern(-[a-z]+)*$ ]] || continue

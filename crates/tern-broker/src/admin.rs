@@ -74,7 +74,7 @@ pub struct RestCall {
 /// The REST bridge (tern-api) answers `flespi/rest/...` publishes.
 pub trait RestBridge: Send + Sync + std::fmt::Debug + 'static {
     /// Starts the call; the bridge publishes the response itself (see
-    /// [`Broker::deliver_to`] and [`Broker::publish_as`]). Must not block.
+    /// [`Broker::deliver_to`], or [`Broker::publish`] of a [`Broker::message`]). Must not block.
     fn call(&self, call: RestCall);
 }
 
@@ -290,8 +290,7 @@ impl Broker {
         }
     }
 
-    /// Publishes a message as account `cid` (the REST API's `POST /mqtt/messages`, responses
-    /// of the REST bridge).
+    /// Publishes a message as account `cid` (the REST API's `POST /mqtt/messages`).
     pub fn publish_as(
         &self,
         cid: Cid,

@@ -7,8 +7,12 @@
 //! - a namespace's `subs` or `retained` → a session's state
 //! - the queue budget's `shedding` → `sessions` → a session's state (taken only by a delivery
 //!   that does not fit the budget, with no other lock held)
+//! - a session's state → `namespaces`, the directory (quota checks) and the store's pending
+//!   ops (an op is submitted under the session's lock, so the store sees changes in order)
 //!
-//! A session's state lock is never held while taking the registry or an index lock.
+//! A session's state lock is never held while taking the registry or an index lock; the
+//! directory's lock is never taken under `namespaces`. The timer queue, `connections` and
+//! `conditions` are leaves: nothing is taken under them.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

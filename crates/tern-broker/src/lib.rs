@@ -14,7 +14,8 @@
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
-//! - `timers`: will delay and session expiry
+//! - `timers`: will delay, session expiry and the retained expiry sweep
+//! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
 //! - `rules`: the checks every message from a client passes (PUBLISH, will, REST publish)
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
