@@ -8,7 +8,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions, UserProperties};
+use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use tern_store::Op;
 
 use crate::auth::Principal;
@@ -338,20 +338,6 @@ impl Broker {
             }
         }
         self.drop_namespaces(cids);
-    }
-
-    /// A message with user properties, built like the broker's own.
-    pub fn message_with(
-        &self,
-        cid: Cid,
-        topic: ByteString,
-        payload: Bytes,
-        qos: QoS,
-        user_properties: UserProperties,
-    ) -> Message {
-        let mut m = self.message(cid, topic, payload, qos, false);
-        m.properties.user_properties = user_properties;
-        m
     }
 }
 

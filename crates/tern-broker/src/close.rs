@@ -43,8 +43,9 @@ pub enum CloseReason {
     ReceiveMaximumExceeded,
     /// The client sent a packet larger than the broker's Maximum Packet Size (0x95).
     PacketTooLarge,
-    /// A malformed packet ([`DecodeError`]) or a protocol violation ([`Violation`](crate::Violation));
-    /// `code` is 0x81, 0x82 or a more specific code, `rule` the spec rule it breaks.
+    /// A malformed packet ([`DecodeError`]) or a broken protocol rule
+    /// ([`Violation`](crate::Violation)); `code` is 0x81, 0x82 or a more specific code, `rule`
+    /// the MQTT rule it breaks.
     Violation {
         code: ReasonCode,
         rule: Option<&'static str>,
@@ -148,7 +149,7 @@ impl CloseReason {
         )
     }
 
-    /// Whether the will message is published for this close (spec 3.1.2-8: the will is
+    /// Whether the will message is published for this close ([MQTT-3.1.2-8]: the will is
     /// discarded only on a normal DISCONNECT).
     pub fn publishes_will(&self) -> bool {
         !matches!(

@@ -30,7 +30,7 @@ impl Connection {
         let config = &self.broker.config;
 
         if connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported (spec 4.12).
+            // No enhanced authentication method is supported (MQTT 5 4.12).
             return self.refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
 

@@ -177,7 +177,7 @@ impl Connection {
         }
     }
 
-    /// Replaces a topic alias by its topic, or records a new alias (spec 3.3.2.3.4).
+    /// Replaces a topic alias by its topic, or records a new alias (MQTT 5 3.3.2.3.4).
     fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
         let Some(alias) = p.properties.topic_alias.take() else {
             if p.topic.is_empty() {
