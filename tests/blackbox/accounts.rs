@@ -1,4 +1,5 @@
-//! flespi accounts and tokens (spec §2, §3, §4, §9): every token form, refusals with their
+//! flespi accounts and tokens (docs/flespi.md#connecting-and-authorization,
+//! #accounts-and-namespaces, #publishing, #broker-events): every token form, refusals with their
 //! codes, namespaces with sub-accounts, ACL tokens, the reserved prefix, stamped properties,
 //! session events, quotas, and bad credentials.
 

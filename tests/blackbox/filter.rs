@@ -1,5 +1,6 @@
-//! `$filter/` subscriptions (spec §5, §6): payload and message expressions, cid,
-//! modified_since, retained messages, shared groups, bad expressions, unsubscribe.
+//! `$filter/` subscriptions (docs/flespi.md#subscribing-and-filter, docs/expressions.md): payload
+//! and message expressions, cid, modified_since, retained messages, shared groups, bad expressions,
+//! unsubscribe.
 
 use tern_codec::*;
 

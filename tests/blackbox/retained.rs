@@ -117,7 +117,8 @@ async fn retained_message_expires() {
     p.ping().await;
     let mut s = Client::connect(b.addr, ProtocolVersion::V5, "exp-s1").await;
     s.subscribe("exp/u", QoS::AtMostOnce).await;
-    // flespi does not count the interval down on delivery of a retained message (spec §4).
+    // flespi does not count the interval down on delivery of a retained message
+    // (docs/flespi.md#publishing).
     assert_eq!(
         s.recv_publish().await.properties.message_expiry_interval,
         Some(100)

@@ -1,5 +1,6 @@
-// MQTT.js used the way flespi's web tools use it (flespi-io-js, MQTT Board; spec §10), against
-// one tern HTTP port that serves both REST and MQTT over WebSocket:
+// MQTT.js used the way flespi's web tools use it (flespi-io-js, MQTT Board;
+// docs/flespi.md#what-the-real-clients-rely-on), against one tern HTTP port that serves both REST
+// and MQTT over WebSocket:
 //  - v5 over ws:// without a path, `FlespiToken <key>` as the user name, subprotocol `mqtt`;
 //  - deliveries routed by Subscription Identifier only (flespi-io-js drops the rest);
 //  - a resumed session's CONNACK lists its subscriptions (MQTT Board restores its panels);

@@ -1,4 +1,5 @@
-"""gmqtt (Gurtam's asyncio client, MQTT 5) against tern: the behaviours spec §10 says it relies on.
+"""gmqtt (Gurtam's asyncio client, MQTT 5) against tern: what it relies on
+(docs/flespi.md#what-the-real-clients-rely-on).
 
 Usage: gmqtt_flows.py HOST PORT TOKEN
 The token goes in as the bare user name, as gmqtt users pass their flespi token. Exits 0 when

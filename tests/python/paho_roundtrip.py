@@ -70,7 +70,8 @@ if v5:
     # mqtt.echo_client_id defaults to false: the client's own id is not echoed back.
     if "AssignedClientIdentifier" in connack["props"].json():
         failures.append("CONNACK echoes the client's own id as Assigned Client Identifier")
-    # flespi's CONNACK user properties (spec §2): the token and the resumed subscriptions.
+    # flespi's CONNACK user properties (docs/flespi.md#connecting-and-authorization): the token and
+    # the resumed subscriptions.
     connack_user = dict(getattr(connack["props"], "UserProperty", []))
     try:
         token = json.loads(connack_user["token"])

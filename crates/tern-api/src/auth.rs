@@ -1,4 +1,4 @@
-//! Who is calling, in which account, and whether they may (spec §7).
+//! Who is calling, in which account, and whether they may (docs/flespi.md#the-rest-api).
 //!
 //! A call carries its token in `Authorization` (`FlespiToken <key>` or the bare key), or, when
 //! it comes through the REST-over-MQTT bridge, as the session's token id in a request extension

@@ -1,5 +1,6 @@
-//! REST over MQTT (spec §8): a client's publish to `flespi/rest/<method>/<uri>[?query]` runs
-//! through the same router as HTTP, with the session's token, and the answer is published back.
+//! REST over MQTT (docs/flespi.md#rest-over-mqtt): a client's publish to
+//! `flespi/rest/<method>/<uri>[?query]` runs through the same router as HTTP, with the session's
+//! token, and the answer is published back.
 //!
 //! - The method is `get`, `post`, `put`, `patch` or `delete`; the rest of the topic is the URI
 //!   (selectors percent-encoded as over HTTP; characters a URI cannot hold, such as spaces,

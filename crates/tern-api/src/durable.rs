@@ -1,8 +1,8 @@
-//! Changes are durable before they are answered (spec §7): every request that may change
-//! something (any method but GET, HEAD and OPTIONS) is refused with 503 while the store cannot
-//! write, and otherwise answered only once every op submitted by the time its handler returned
-//! is durable: the same ticket wait an MQTT acknowledgement uses. A store that fails while the
-//! answer waits turns it into a 503: the change is made in memory and will be written when the
+//! Changes are durable before they are answered (docs/flespi.md#the-rest-api): every request that
+//! may change something (any method but GET, HEAD and OPTIONS) is refused with 503 while the store
+//! cannot write, and otherwise answered only once every op submitted by the time its handler
+//! returned is durable: the same ticket wait an MQTT acknowledgement uses. A store that fails while
+//! the answer waits turns it into a 503: the change is made in memory and will be written when the
 //! store recovers, but it was not confirmed durable.
 
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The error envelope (spec §7): an HTTP status and `{"errors": [{"code", "reason"}]}`.
+//! The error envelope (docs/flespi.md#the-rest-api): an HTTP status and `{"errors": [{"code",
+//! "reason"}]}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

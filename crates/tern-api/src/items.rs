@@ -1,5 +1,6 @@
-//! The JSON items the endpoints serve (spec §7 item fields) and the bodies they accept. The
-//! OpenAPI schemas are derived from these very types, and every answer goes through them.
+//! The JSON items the endpoints serve (docs/flespi.md#the-rest-api item fields) and the bodies they
+//! accept. The OpenAPI schemas are derived from these very types, and every answer goes through
+//! them.
 
 use std::collections::BTreeMap;
 

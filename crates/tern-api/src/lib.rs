@@ -1,5 +1,6 @@
-//! tern-api: the flespi REST API (spec §7) over HTTP, the same API over MQTT (spec §8), and the
-//! state topics that API changes publish (spec §9).
+//! tern-api: the flespi REST API (docs/flespi.md#the-rest-api) over HTTP, the same API over MQTT
+//! (docs/flespi.md#rest-over-mqtt), and the state topics that API changes publish
+//! (docs/flespi.md#broker-events).
 //!
 //! The daemon mounts [`router`] on its HTTP/HTTPS listeners and calls [`install_bridge`] so that
 //! a client's publish to `flespi/rest/<method>/<uri>` runs through the very same router.
@@ -56,9 +57,9 @@
 //! - **CSV.** `Accept: text/csv` on a successful call answers the result as CSV: columns from
 //!   `fields`, otherwise the union of the items' keys in order of appearance, nested keys dotted
 //!   (`access.type`); arrays are written as JSON. Errors stay JSON.
-//! - **State topics** (spec §9, `state`): `flespi/state/platform/customer` in an account's own
-//!   namespace and `flespi/state/platform/subaccounts/<id>` in the parent's namespace are
-//!   published retained (QoS 1) whenever the REST API changes the account; a deleted
+//! - **State topics** (docs/flespi.md#broker-events, `state`): `flespi/state/platform/customer` in
+//!   an account's own namespace and `flespi/state/platform/subaccounts/<id>` in the parent's
+//!   namespace are published retained (QoS 1) whenever the REST API changes the account; a deleted
 //!   sub-account's topic gets an empty retained message, which deletes it.
 //! - **REST over MQTT** (`bridge`): see [`bridge`].
 //! - **OpenAPI.** `GET /api.json` serves the OpenAPI 3.1 description generated (utoipa) from the

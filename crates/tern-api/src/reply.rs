@@ -1,5 +1,6 @@
-//! The success envelope (spec §7): `{"result": [...]}`, `pagination` for pages, `fields` to
-//! trim items, CSV for `Accept: text/csv`, and `result` with `errors` for a partial success.
+//! The success envelope (docs/flespi.md#the-rest-api): `{"result": [...]}`, `pagination` for pages,
+//! `fields` to trim items, CSV for `Accept: text/csv`, and `result` with `errors` for a partial
+//! success.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

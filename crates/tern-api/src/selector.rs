@@ -1,4 +1,5 @@
-//! REST selectors (spec §7): the `{sel}` path segment that picks the items a call acts on.
+//! REST selectors (docs/flespi.md#the-rest-api): the `{sel}` path segment that picks the items a
+//! call acts on.
 //!
 //! A selector is a comma-separated list; every part must hold:
 //! - `all`;

@@ -1,7 +1,8 @@
-//! The state topics of spec §9 that the REST API keeps current: `flespi/state/platform/customer`
-//! in every account's own namespace, and `flespi/state/platform/subaccounts/<id>` in the parent's
-//! namespace, each a retained JSON item as `GET` serves it. A deleted sub-account's topic gets an
-//! empty retained message, which deletes it (its own namespace is purged with it).
+//! The state topics of docs/flespi.md#broker-events that the REST API keeps current:
+//! `flespi/state/platform/customer` in every account's own namespace, and
+//! `flespi/state/platform/subaccounts/<id>` in the parent's namespace, each a retained JSON item as
+//! `GET` serves it. A deleted sub-account's topic gets an empty retained message, which deletes it
+//! (its own namespace is purged with it).
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions, UserProperties};
+use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use tern_store::Op;
 
 use crate::auth::Principal;
@@ -17,7 +17,7 @@ use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
 use crate::session::{Session, Subscription};
 
-/// A session as the REST API shows it (spec §7 `/mqtt/sessions`).
+/// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub id: u64,
@@ -74,7 +74,7 @@ pub struct RestCall {
 /// The REST bridge (tern-api) answers `flespi/rest/...` publishes.
 pub trait RestBridge: Send + Sync + std::fmt::Debug + 'static {
     /// Starts the call; the bridge publishes the response itself (see
-    /// [`Broker::deliver_to`] and [`Broker::publish_as`]). Must not block.
+    /// [`Broker::deliver_to`], or [`Broker::publish`] of a [`Broker::message`]). Must not block.
     fn call(&self, call: RestCall);
 }
 
@@ -290,8 +290,7 @@ impl Broker {
         }
     }
 
-    /// Publishes a message as account `cid` (the REST API's `POST /mqtt/messages`, responses
-    /// of the REST bridge).
+    /// Publishes a message as account `cid` (the REST API's `POST /mqtt/messages`).
     pub fn publish_as(
         &self,
         cid: Cid,
@@ -311,7 +310,7 @@ impl Broker {
     }
 
     /// Delivers a message to one session only, bypassing subscriptions (REST bridge responses
-    /// on the request topic, spec §8).
+    /// on the request topic, docs/flespi.md#rest-over-mqtt).
     pub fn deliver_to(&self, session: &Session, msg: Message, qos: QoS) -> bool {
         let msg = Arc::new(msg);
         if msg.is_expired(self.clock.now()) {
@@ -339,20 +338,6 @@ impl Broker {
             }
         }
         self.drop_namespaces(cids);
-    }
-
-    /// A message with user properties, built like the broker's own.
-    pub fn message_with(
-        &self,
-        cid: Cid,
-        topic: ByteString,
-        payload: Bytes,
-        qos: QoS,
-        user_properties: UserProperties,
-    ) -> Message {
-        let mut m = self.message(cid, topic, payload, qos, false);
-        m.properties.user_properties = user_properties;
-        m
     }
 }
 

@@ -1,9 +1,9 @@
 //! Who a client is: the hook through which CONNECT credentials become an account and rights.
 //!
 //! The broker core needs an account id, the account's ancestors (for the recursive namespaces
-//! of spec §3), the principal's topic rights and the account quotas. Token checks live behind
-//! [`Authenticator`]; the accounts layer ([`crate::accounts::Directory`]) implements it, and
-//! [`Anonymous`] lets everyone in as one account.
+//! of docs/flespi.md#accounts-and-namespaces), the principal's topic rights and the account quotas.
+//! Token checks live behind [`Authenticator`]; the accounts layer ([`crate::accounts::Directory`])
+//! implements it, and [`Anonymous`] lets everyone in as one account.
 
 use std::net::IpAddr;
 
@@ -32,7 +32,8 @@ pub struct Principal {
     pub token_id: Option<u64>,
     /// What it may do with topics.
     pub rights: Rights,
-    /// The token as a JSON document for the v5 CONNACK `token` user property (spec §2).
+    /// The token as a JSON document for the v5 CONNACK `token` user property
+    /// (docs/flespi.md#connecting-and-authorization).
     pub token_json: Option<String>,
 }
 

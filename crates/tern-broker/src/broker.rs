@@ -7,8 +7,12 @@
 //! - a namespace's `subs` or `retained` → a session's state
 //! - the queue budget's `shedding` → `sessions` → a session's state (taken only by a delivery
 //!   that does not fit the budget, with no other lock held)
+//! - a session's state → `namespaces`, the directory (quota checks) and the store's pending
+//!   ops (an op is submitted under the session's lock, so the store sees changes in order)
 //!
-//! A session's state lock is never held while taking the registry or an index lock.
+//! A session's state lock is never held while taking the registry or an index lock; the
+//! directory's lock is never taken under `namespaces`. The timer queue, `connections` and
+//! `conditions` are leaves: nothing is taken under them.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -663,7 +667,7 @@ impl Broker {
     }
 
     /// Merges the targets of one session (one delivery carrying every subscription id at the
-    /// highest granted QoS, spec §5) and pushes the deliveries.
+    /// highest granted QoS, docs/flespi.md#subscribing-and-filter) and pushes the deliveries.
     fn push_targets(&self, msg: &Arc<Message>, targets: &mut [Target]) -> Routed {
         if targets.len() > 1 {
             // Deliveries of one session (overlapping subscriptions) become adjacent.
@@ -912,9 +916,10 @@ impl Broker {
     }
 
     /// Retained messages matching `filter` that a subscription of account `cid` receives on
-    /// subscribe: its own and its sub-accounts' at any depth (spec §3: a parent sees its
-    /// children's traffic), skipping expired ones. Only namespaces holding retained messages
-    /// are visited, each checked by its (short) ancestor chain.
+    /// subscribe: its own and its sub-accounts' at any depth
+    /// (docs/flespi.md#accounts-and-namespaces: a parent sees its children's traffic), skipping
+    /// expired ones. Only namespaces holding retained messages are visited, each checked by its
+    /// (short) ancestor chain.
     pub fn retained_for_subscriber(
         &self,
         cid: Cid,

@@ -43,8 +43,9 @@ pub enum CloseReason {
     ReceiveMaximumExceeded,
     /// The client sent a packet larger than the broker's Maximum Packet Size (0x95).
     PacketTooLarge,
-    /// A malformed packet or protocol violation; `code` is 0x81, 0x82 or a more specific code,
-    /// `rule` the spec rule it breaks.
+    /// A malformed packet ([`DecodeError`]) or a broken protocol rule
+    /// ([`Violation`](crate::Violation)); `code` is 0x81, 0x82 or a more specific code, `rule`
+    /// the MQTT rule it breaks.
     Violation {
         code: ReasonCode,
         rule: Option<&'static str>,
@@ -55,28 +56,6 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// A protocol error (0x82) naming a spec rule.
-    pub fn protocol(rule: &'static str, detail: impl Into<Cow<'static, str>>) -> CloseReason {
-        CloseReason::Violation {
-            code: ReasonCode::PROTOCOL_ERROR,
-            rule: Some(rule),
-            detail: detail.into(),
-        }
-    }
-
-    /// A violation with a specific reason code.
-    pub fn violation(
-        code: ReasonCode,
-        rule: Option<&'static str>,
-        detail: impl Into<Cow<'static, str>>,
-    ) -> CloseReason {
-        CloseReason::Violation {
-            code,
-            rule,
-            detail: detail.into(),
-        }
-    }
-
     /// The reason code of the DISCONNECT the server sends for this close.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
@@ -170,7 +149,7 @@ impl CloseReason {
         )
     }
 
-    /// Whether the will message is published for this close (spec 3.1.2-8: the will is
+    /// Whether the will message is published for this close ([MQTT-3.1.2-8]: the will is
     /// discarded only on a normal DISCONNECT).
     pub fn publishes_will(&self) -> bool {
         !matches!(

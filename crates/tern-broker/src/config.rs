@@ -8,7 +8,8 @@ use tern_codec::QoS;
 /// Settings of the MQTT core. Every number here is a default, not a constant of the protocol.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Highest QoS the broker grants and delivers (spec §4: 2 by default, 1 behaves as flespi).
+    /// Highest QoS the broker grants and delivers (docs/flespi.md#publishing: 2 by default, 1
+    /// behaves as flespi).
     pub max_qos: QoS,
     /// Largest packet the broker accepts, in bytes (advertised as Maximum Packet Size).
     pub max_packet_size: u32,
@@ -28,7 +29,7 @@ pub struct BrokerConfig {
     /// Messages queued for one session before QoS 0 messages are dropped (soft budget).
     pub max_queued_messages: usize,
     /// Bytes queued for one session before the session is closed as a slow consumer and its
-    /// queue dropped (hard budget; spec §4, 1 GiB as flespi).
+    /// queue dropped (hard budget; docs/flespi.md#publishing, 1 GiB as flespi).
     pub max_queued_bytes: usize,
     /// Bytes queued in every session together (the broker's memory budget for outboxes).
     /// Past it, the largest queues are dropped first and their clients closed as slow
@@ -45,13 +46,15 @@ pub struct BrokerConfig {
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_session: usize,
     /// Whether every v5 CONNACK echoes the client's own id as Assigned Client Identifier, as
-    /// flespi does (spec §2). When false, only generated ids are sent.
+    /// flespi does (docs/flespi.md#connecting-and-authorization). When false, only generated ids
+    /// are sent.
     pub echo_client_id: bool,
     /// Whether every v5 delivery carries the broker's `cid` and `timestamp` user properties
-    /// after the publisher's own (spec §3). When false, user properties reach subscribers
-    /// exactly as published.
+    /// after the publisher's own (docs/flespi.md#accounts-and-namespaces). When false, user
+    /// properties reach subscribers exactly as published.
     pub stamp_properties: bool,
-    /// Whether session events are published (`flespi/log/mqtt/sessions/...`, spec §9).
+    /// Whether session events are published (`flespi/log/mqtt/sessions/...`,
+    /// docs/flespi.md#broker-events).
     pub session_events: bool,
     /// A connected session with this many queued messages (or `backpressure_bytes`) makes its
     /// publishers pause reading until it drained half of them: backpressure instead of loss.

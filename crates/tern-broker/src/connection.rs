@@ -50,7 +50,7 @@ impl Default for ClientLimits {
     }
 }
 
-/// The topic aliases of one connection (spec 3.3.2.3.4).
+/// The topic aliases of one connection (MQTT 5 3.3.2.3.4).
 #[derive(Debug, Default)]
 pub(crate) struct Aliases {
     /// Set by the client (alias → topic).

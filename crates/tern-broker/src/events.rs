@@ -1,4 +1,4 @@
-//! Events the broker publishes about sessions (spec §9):
+//! Events the broker publishes about sessions (docs/flespi.md#broker-events):
 //! `flespi/log/mqtt/sessions/<session id>/<event>` for `connected`, `disconnected` and
 //! `expired`, in the session's account (so its ancestors see them too), not retained.
 

@@ -1,6 +1,6 @@
 //! What a subscription string asks for beyond its topic filter: `$share/<group>/` (shared
-//! subscriptions), `$filter/<params>/` (flespi server-side filtering, spec §5) and the SUBSCRIBE
-//! user property `cid=<n>`.
+//! subscriptions), `$filter/<params>/` (flespi server-side filtering,
+//! docs/flespi.md#subscribing-and-filter) and the SUBSCRIBE user property `cid=<n>`.
 //!
 //! `$filter` parameters are one topic level of `&`-joined `name=value` pairs whose values are
 //! percent-decoded (clients use encodeURIComponent; `+` stays `+`):
@@ -16,7 +16,6 @@
 //! message however many filters look at it.
 
 use std::cell::OnceCell;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,14 +43,39 @@ pub struct ParsedFilter {
     pub conditions: Option<Conditions>,
 }
 
-/// Why a subscription string was refused (SUBACK 0x8F in v5, 0x80 in 3.1.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterError(pub String);
-
-impl fmt::Display for FilterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a subscription string was refused (SUBACK 0x8F in v5, 0x80 in 3.1.1; the REST API
+/// answers 400 with the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("shared subscription without a filter")]
+    ShareWithoutFilter,
+    /// [MQTT-4.8.2-2]: a share name is not empty and holds no wildcard.
+    #[error("[MQTT-4.8.2-2] invalid share name `{0}`")]
+    ShareName(String),
+    #[error("$filter without a topic filter")]
+    FilterWithoutTopic,
+    #[error("$filter without parameters")]
+    NoParameters,
+    #[error("$filter parameter `{0}` is not UTF-8 after percent-decoding")]
+    NotUtf8(String),
+    #[error("$filter parameter `{0}` has no value")]
+    NoValue(String),
+    #[error("$filter cid `{0}` is not an account id")]
+    Cid(String),
+    #[error("$filter modified_since `{0}` is not a time")]
+    ModifiedSince(String),
+    #[error("$filter payload: {0}")]
+    Payload(tern_expr::ParseError),
+    #[error("$filter message: {0}")]
+    Message(tern_expr::ParseError),
+    #[error("unknown $filter parameter `{0}`")]
+    UnknownParameter(String),
+    /// The topic filter itself (MQTT 4.7).
+    #[error(transparent)]
+    TopicFilter(#[from] tern_topic::TopicError),
+    /// A stored subscription identity whose `\0cid=<n>` suffix does not parse.
+    #[error("bad subscription suffix `{0}`")]
+    Suffix(String),
 }
 
 /// The conditions a message must meet to be delivered to a subscription.
@@ -181,11 +205,9 @@ pub fn parse(full: &str) -> Result<ParsedFilter, FilterError> {
     if let Some(after) = rest.strip_prefix(SHARE_PREFIX) {
         let (group, inner) = after
             .split_once('/')
-            .ok_or_else(|| FilterError("shared subscription without a filter".into()))?;
+            .ok_or(FilterError::ShareWithoutFilter)?;
         if group.is_empty() || group.contains(['+', '#']) {
-            return Err(FilterError(format!(
-                "[MQTT-4.8.2-2] invalid share name `{group}`"
-            )));
+            return Err(FilterError::ShareName(group.to_string()));
         }
         share_mode = ShareMode::from_group(group);
         share_group = Some(ByteString::from(group));
@@ -195,11 +217,11 @@ pub fn parse(full: &str) -> Result<ParsedFilter, FilterError> {
     if let Some(after) = rest.strip_prefix(FILTER_PREFIX) {
         let (params, inner) = after
             .split_once('/')
-            .ok_or_else(|| FilterError("$filter without a topic filter".into()))?;
+            .ok_or(FilterError::FilterWithoutTopic)?;
         conditions = Some(parse_params(params)?);
         rest = inner;
     }
-    tern_topic::validate_topic_filter(rest).map_err(|e| FilterError(e.to_string()))?;
+    tern_topic::validate_topic_filter(rest)?;
     Ok(ParsedFilter {
         share_group,
         share_mode,
@@ -215,18 +237,14 @@ fn parse_params(params: &str) -> Result<Conditions, FilterError> {
         ..Conditions::default()
     };
     if params.is_empty() {
-        return Err(FilterError("$filter without parameters".into()));
+        return Err(FilterError::NoParameters);
     }
     for param in params.split('&') {
         let decode = |v: &str| {
             percent_decode_str(v)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| {
-                    FilterError(format!(
-                        "$filter parameter `{param}` is not UTF-8 after percent-decoding"
-                    ))
-                })
+                .map_err(|_| FilterError::NotUtf8(param.to_string()))
         };
         // `name=value` or `modified_since>value`; a client that encoded the whole parameter
         // (`modified_since%3E...`) is understood too.
@@ -237,44 +255,28 @@ fn parse_params(params: &str) -> Result<Conditions, FilterError> {
                 match whole.find(['=', '>']) {
                     Some(i) => (whole[..i].to_string(), whole[i + 1..].to_string()),
                     None => {
-                        return Err(FilterError(format!(
-                            "$filter parameter `{param}` has no value"
-                        )));
+                        return Err(FilterError::NoValue(param.to_string()));
                     }
                 }
             }
         };
         let name = name.as_str();
         match name {
-            "cid" => {
-                c.cids.push(value.parse().map_err(|_| {
-                    FilterError(format!("$filter cid `{value}` is not an account id"))
-                })?)
-            }
+            "cid" => c
+                .cids
+                .push(value.parse().map_err(|_| FilterError::Cid(value.clone()))?),
             "modified_since" => {
-                let secs: f64 = value.parse().map_err(|_| {
-                    FilterError(format!("$filter modified_since `{value}` is not a time"))
-                })?;
+                let secs: f64 = value
+                    .parse()
+                    .map_err(|_| FilterError::ModifiedSince(value.clone()))?;
                 if !secs.is_finite() || secs < 0.0 {
-                    return Err(FilterError(format!(
-                        "$filter modified_since `{value}` is not a time"
-                    )));
+                    return Err(FilterError::ModifiedSince(value));
                 }
                 c.modified_since = Some((secs * 1e6) as Micros);
             }
-            "payload" => {
-                c.payload = Some(
-                    Expr::parse(&value)
-                        .map_err(|e| FilterError(format!("$filter payload: {e}")))?,
-                )
-            }
-            "message" => {
-                c.message = Some(
-                    Expr::parse(&value)
-                        .map_err(|e| FilterError(format!("$filter message: {e}")))?,
-                )
-            }
-            other => return Err(FilterError(format!("unknown $filter parameter `{other}`"))),
+            "payload" => c.payload = Some(Expr::parse(&value).map_err(FilterError::Payload)?),
+            "message" => c.message = Some(Expr::parse(&value).map_err(FilterError::Message)?),
+            other => return Err(FilterError::UnknownParameter(other.to_string())),
         }
     }
     Ok(c)

@@ -14,13 +14,15 @@
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
-//! - `timers`: will delay and session expiry
+//! - `timers`: will delay, session expiry and the retained expiry sweep
+//! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
 //! - `rules`: the checks every message from a client passes (PUBLISH, will, REST publish)
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
 //! - `admin`: views and actions for the REST API, and the REST bridge hook
 //! - `auth`: the authentication hook
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
+//! - `violation`: the protocol rules the handlers enforce, each with its reason code
 //! - `metrics`: counters and gauges
 //! - `config`: the broker's settings as plain data
 
@@ -43,6 +45,7 @@ mod restore;
 pub mod rules;
 pub mod session;
 pub mod timers;
+pub mod violation;
 
 pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
 pub use auth::{Anonymous, Authenticator, Credentials, Principal};
@@ -55,3 +58,4 @@ pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription};
+pub use violation::Violation;

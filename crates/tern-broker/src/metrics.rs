@@ -61,7 +61,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    /// Publishes refused (reserved prefix, ACL, invalid) - the `rejected` of spec §9.
+    /// Publishes refused (reserved prefix, ACL, invalid) - the `rejected` of
+    /// docs/flespi.md#broker-events.
     pub publishes_rejected: AtomicU64,
     /// Deliveries currently queued in session outboxes.
     pub queued: AtomicI64,

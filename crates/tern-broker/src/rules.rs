@@ -1,13 +1,13 @@
 //! The checks every message from a client passes before it is routed, whichever way it came:
 //! a PUBLISH, a will (at CONNECT and again when it fires), a REST publish. One place, so that no
-//! path gets around a token's rights (spec §4).
+//! path gets around a token's rights (docs/flespi.md#publishing).
 //!
 //! - the reserved `flespi/` prefix (the REST bridge's `flespi/rest/` is the PUBLISH handler's,
 //!   before these checks);
 //! - the token's publish grants (ACL tokens);
 //! - the account's retained quota, for retained messages;
 //! - the broker's own stamps: a publisher's `cid` and `timestamp` user properties are removed
-//!   when the broker adds its own (spec §3).
+//!   when the broker adds its own (docs/flespi.md#accounts-and-namespaces).
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::message::{Cid, Message};
 use crate::metrics::Metrics;
 use crate::session::WillSpec;
 
-/// The prefix of the MQTT API's own topics (spec §4).
+/// The prefix of the MQTT API's own topics (docs/flespi.md#publishing).
 pub const RESERVED_PREFIX: &str = "flespi/";
 
 impl Broker {
@@ -53,7 +53,7 @@ impl Broker {
 
     /// Publishes a will that came due, after the checks a PUBLISH passes, against its token as
     /// it is now. The will is stamped with the time it is published, not the time of its
-    /// CONNECT, so timestamps keep increasing per topic (spec §3).
+    /// CONNECT, so timestamps keep increasing per topic (docs/flespi.md#accounts-and-namespaces).
     pub fn publish_will(&self, will: WillSpec) {
         let msg = &will.message;
         let rights = self.will_rights(&will);

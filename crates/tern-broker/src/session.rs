@@ -31,8 +31,9 @@ use crate::message::{Cid, Delivery, Message, Micros, SessionId};
 pub use tern_store::SessionKey;
 
 /// One subscription of a session, keyed by its identity: the full subscription string, plus
-/// `\0cid=<n>` when the SUBSCRIBE carried a `cid` user property (spec §5: the string with its
-/// prefixes and the `cid` property identifies the subscription).
+/// `\0cid=<n>` when the SUBSCRIBE carried a `cid` user property
+/// (docs/flespi.md#subscribing-and-filter: the string with its prefixes and the `cid` property
+/// identifies the subscription).
 #[derive(Debug, Clone)]
 pub struct Subscription {
     /// The identity (see above); UNSUBSCRIBE names it.
@@ -65,7 +66,7 @@ impl Subscription {
                 let cid = suffix
                     .strip_prefix("cid=")
                     .and_then(|n| n.parse::<Cid>().ok())
-                    .ok_or_else(|| FilterError(format!("bad subscription suffix `{suffix}`")))?;
+                    .ok_or_else(|| FilterError::Suffix(suffix.to_string()))?;
                 (full, Some(cid))
             }
             None => (&*identity, None),

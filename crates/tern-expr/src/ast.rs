@@ -153,7 +153,7 @@ pub enum LogicalOp {
     And,
 }
 
-/// The built-in functions (spec §6).
+/// The built-in functions (docs/expressions.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Func {
     Not,
@@ -177,8 +177,8 @@ pub enum Func {
     Ceil,
 }
 
-/// Precedence levels, lowest first (spec §6). Binary levels are left-associative, the ternary is
-/// right-associative.
+/// Precedence levels, lowest first (docs/expressions.md). Binary levels are left-associative, the
+/// ternary is right-associative.
 pub(crate) mod prec {
     pub const TERNARY: u8 = 1;
     pub const OR: u8 = 2;

@@ -1,4 +1,4 @@
-//! tern-expr: the flespi expression language (spec §6), used by `$filter/payload=…` and
+//! tern-expr: the flespi expression language (docs/expressions.md), used by `$filter/payload=…` and
 //! `$filter/message=…` subscriptions and by REST `{expression}` selectors. Pure: no I/O, no
 //! clock (the caller's [`Context`] supplies `now()`).
 //!
@@ -91,7 +91,7 @@ impl Expr {
         eval::eval_value(&self.inner.root, ctx)
     }
 
-    /// The predicate rule (spec §6): `true`, non-zero numbers and "true" strings pass
+    /// The predicate rule (docs/expressions.md): `true`, non-zero numbers and "true" strings pass
     /// ([`truthy_str`]); `false`, `0`, `null`, arrays, objects and any evaluation error fail.
     pub fn matches<C: Context + ?Sized>(&self, ctx: &C) -> bool {
         match &self.inner.shortcut {

@@ -11,10 +11,10 @@ use crate::check;
 use crate::error::{ParseError, ParseErrorKind};
 use crate::lexer::{self, Token};
 
-/// The longest accepted source, in bytes (spec §6).
+/// The longest accepted source, in bytes (docs/expressions.md).
 pub const MAX_SOURCE: usize = 4096;
-/// The deepest accepted nesting (spec §6): the parser's recursion (parentheses, operators,
-/// calls, indexes) and the height of the tree are each at most this.
+/// The deepest accepted nesting (docs/expressions.md): the parser's recursion (parentheses,
+/// operators, calls, indexes) and the height of the tree are each at most this.
 pub const MAX_DEPTH: usize = 64;
 
 pub(crate) fn parse(src: &str) -> Result<Node, ParseError> {

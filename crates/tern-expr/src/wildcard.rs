@@ -2,12 +2,12 @@
 //! every other character matches itself. There is no escape: a `*` in the text is matched by the
 //! pattern's `*` (or `?`) like any other character.
 //!
-//! Used by `==`/`!=` against a string literal that contains `*` or `?` (spec §6) and by the REST
-//! layer's `field=value` selectors. The common shapes (`abc*`, `*abc`, `*abc*`) are classified
-//! when the pattern is built and matched with `starts_with`/`ends_with`/`memmem`; anything else
-//! runs the classic two-pointer glob matcher, whose work is capped by [`MATCH_BUDGET`] (per
-//! evaluation of an expression, however many patterns it has) so a pathological pattern against
-//! a long text cannot stall the broker.
+//! Used by `==`/`!=` against a string literal that contains `*` or `?` (docs/expressions.md) and by
+//! the REST layer's `field=value` selectors. The common shapes (`abc*`, `*abc`, `*abc*`) are
+//! classified when the pattern is built and matched with `starts_with`/`ends_with`/`memmem`;
+//! anything else runs the classic two-pointer glob matcher, whose work is capped by
+//! [`MATCH_BUDGET`] (per evaluation of an expression, however many patterns it has) so a
+//! pathological pattern against a long text cannot stall the broker.
 
 use std::fmt;
 

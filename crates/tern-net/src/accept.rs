@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::NetMetrics;
 
-/// The four listeners of spec §1, named as in the configuration file. MQTT over WebSocket
-/// arrives on `http` and `https`.
+/// The four listeners of docs/flespi.md#listeners, named as in the configuration file. MQTT over
+/// WebSocket arrives on `http` and `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listener {
     /// MQTT over TCP (default 1883).

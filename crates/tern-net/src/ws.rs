@@ -1,6 +1,6 @@
-//! MQTT over WebSocket (spec §1; MQTT 5.0 §6): the upgrade on any path, the subprotocol
-//! answer, and [`WsStream`], which turns a WebSocket into the byte stream the driver reads and
-//! writes, so MQTT behaves exactly as on TCP.
+//! MQTT over WebSocket (docs/flespi.md#listeners; MQTT 5.0 §6): the upgrade on any path, the
+//! subprotocol answer, and [`WsStream`], which turns a WebSocket into the byte stream the driver
+//! reads and writes, so MQTT behaves exactly as on TCP.
 //!
 //! - Binary frames only [MQTT-6.0.0-1]: a text frame closes the client with a protocol error.
 //! - The bytes of all binary messages form one stream: a packet may span messages and a
@@ -22,8 +22,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tern_broker::CloseReason;
-use tern_codec::ReasonCode;
+use tern_broker::{CloseReason, Violation};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
@@ -254,11 +253,7 @@ where
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(Message::Binary(data))) => this.pending = data,
                 Some(Ok(Message::Text(_))) => {
-                    let reason = CloseReason::violation(
-                        ReasonCode::PROTOCOL_ERROR,
-                        Some("MQTT-6.0.0-1"),
-                        "text WebSocket frame: MQTT travels in binary frames",
-                    );
+                    let reason = Violation::WebSocketText.into();
                     return Poll::Ready(Err(this.fail(
                         CloseCode::Unsupported,
                         "text frame",
@@ -281,11 +276,7 @@ where
                     )));
                 }
                 Some(Err(tungstenite::Error::Protocol(err))) => {
-                    let reason = CloseReason::violation(
-                        ReasonCode::MALFORMED_PACKET,
-                        None,
-                        format!("WebSocket protocol error: {err}"),
-                    );
+                    let reason = Violation::WebSocketProtocol(err.to_string()).into();
                     return Poll::Ready(Err(this.fail(
                         CloseCode::Protocol,
                         "WebSocket protocol error",
@@ -388,6 +379,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_codec::ReasonCode;
 
     fn offer(values: &[&'static str]) -> Option<HeaderValue> {
         let mut headers = HeaderMap::new();

@@ -33,7 +33,7 @@ pub struct Message {
     pub properties: PublishProperties,
     /// The publisher's account.
     pub cid: Cid,
-    /// Publication time, unique per broker (spec §3 `timestamp`).
+    /// Publication time, unique per broker (docs/flespi.md#accounts-and-namespaces `timestamp`).
     pub timestamp: Micros,
     /// Absolute expiry time from the Message Expiry Interval.
     pub expires_at: Option<Micros>,
@@ -42,8 +42,8 @@ pub struct Message {
     pub origin: Option<SessionId>,
 }
 
-/// Sessions are identified by account and client id (spec §2): the same client id in two
-/// accounts are two unrelated sessions.
+/// Sessions are identified by account and client id (docs/flespi.md#connecting-and-authorization):
+/// the same client id in two accounts are two unrelated sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey {
     pub cid: Cid,

@@ -130,7 +130,8 @@ fn standard() -> String {
     "standard".into()
 }
 
-/// `[listeners]`: where tern accepts connections (spec §1). `"off"` disables a listener.
+/// `[listeners]`: where tern accepts connections (docs/flespi.md#listeners). `"off"` disables a
+/// listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
@@ -295,9 +296,11 @@ pub struct Mqtt {
     pub retain_available: bool,
     /// Echo the client's own id as Assigned Client Identifier in every v5 CONNACK (flespi).
     pub echo_client_id: bool,
-    /// Add the `cid` and `timestamp` user properties to every v5 delivery (flespi, spec §3).
+    /// Add the `cid` and `timestamp` user properties to every v5 delivery (flespi,
+    /// docs/flespi.md#accounts-and-namespaces).
     pub stamp_properties: bool,
-    /// Publish session events on `flespi/log/mqtt/sessions/<id>/<event>` (spec §9).
+    /// Publish session events on `flespi/log/mqtt/sessions/<id>/<event>`
+    /// (docs/flespi.md#broker-events).
     pub session_events: bool,
 }
 

@@ -1,6 +1,6 @@
 //! The daemon's own HTTP routes, served on the `http` and `https` listeners next to MQTT over
 //! WebSocket: `/health` for load balancers and container health checks, and `/metrics` for
-//! Prometheus (unless `metrics.enabled = false`). Later issues merge the REST API in.
+//! Prometheus (unless `metrics.enabled = false`). `server.rs` merges the REST API in beside them.
 
 use std::sync::Arc;
 

@@ -125,8 +125,8 @@ impl Server {
                 "state restored"
             );
         }
-        // REST over MQTT (spec §8) and the state topics of spec §9, whether or not an HTTP
-        // listener runs.
+        // REST over MQTT (docs/flespi.md#rest-over-mqtt) and the state topics of
+        // docs/flespi.md#broker-events, whether or not an HTTP listener runs.
         let api = tern_api::ApiState::new(broker.clone(), directory.clone());
         tern_api::install_bridge(&broker, api.clone());
         tern_api::publish_state(&api);
@@ -159,7 +159,7 @@ impl Server {
                 broker.clone(),
                 config.metrics.enabled.then(|| exporter.clone()),
             );
-            // The flespi REST API (spec §7).
+            // The flespi REST API (docs/flespi.md#the-rest-api).
             router = router.merge(tern_api::router(api.clone()));
             if let Some(extra) = options.routes {
                 router = router.merge(extra);

@@ -1,6 +1,6 @@
-//! One module per resource of spec §7. Every handler takes the [`Call`](crate::call::Call) apart
-//! in two steps: validate the whole input (a failure changes nothing), then apply it item by
-//! item (failures there are reported next to what was done).
+//! One module per resource of docs/flespi.md#the-rest-api. Every handler takes the
+//! [`Call`](crate::call::Call) apart in two steps: validate the whole input (a failure changes
+//! nothing), then apply it item by item (failures there are reported next to what was done).
 //!
 //! The `#[utoipa::path]` annotation on each handler is what registers its route (see
 //! `openapi`), so the OpenAPI description cannot list a route that is not served, nor miss one.

@@ -1,5 +1,5 @@
-//! REST over MQTT (spec §8): response topic and correlation data, the request topic for the
-//! requester only, errors as envelopes, chunking, `response_cid`.
+//! REST over MQTT (docs/flespi.md#rest-over-mqtt): response topic and correlation data, the request
+//! topic for the requester only, errors as envelopes, chunking, `response_cid`.
 
 use bytes::Bytes;
 use bytestring::ByteString;

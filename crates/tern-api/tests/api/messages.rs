@@ -128,7 +128,8 @@ async fn publish_and_read_retained() {
     );
 
     // A comma inside the topic arrives as %2C; in a filter it lists alternatives that also
-    // match the literal level (spec §5). A bare comma separates selectors.
+    // match the literal level (docs/flespi.md#subscribing-and-filter). A bare comma separates
+    // selectors.
     env.master(
         "POST",
         "/mqtt/messages",

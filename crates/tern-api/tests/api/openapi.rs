@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// Every endpoint of spec §7, as the issue lists them.
+/// Every endpoint of docs/flespi.md#the-rest-api, as the issue lists them.
 const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/auth/info"),
     ("get", "/platform/customer"),

@@ -1,4 +1,5 @@
-//! Accounts and tokens (spec §2, §3): who may connect, in which namespace, with which rights.
+//! Accounts and tokens (docs/flespi.md#connecting-and-authorization, #accounts-and-namespaces): who
+//! may connect, in which namespace, with which rights.
 //!
 //! The [`Directory`] holds every account and token in memory, mirrors changes into the store
 //! as JSON documents, and authenticates CONNECTs in every form flespi accepts. It implements
@@ -622,7 +623,8 @@ impl Directory {
     /// `id` when given, otherwise the top account's sub-account named `anonymous`. A new one
     /// is created as a sub-account of the top account named `anonymous` (with id `id` when
     /// given). It is never the top account: anonymous clients must not see other accounts'
-    /// traffic, while the top account sees theirs (spec §2, §3).
+    /// traffic, while the top account sees theirs (docs/flespi.md#connecting-and-authorization,
+    /// #accounts-and-namespaces).
     pub fn anonymous_account(&self, id: Option<Cid>) -> Result<Account, DirectoryError> {
         let top = self
             .top()
@@ -801,7 +803,8 @@ impl Directory {
         }
     }
 
-    /// Finds the token a CONNECT presents, in every form of spec §2.
+    /// Finds the token a CONNECT presents, in every form of
+    /// docs/flespi.md#connecting-and-authorization.
     fn find_token(&self, creds: &Credentials<'_>) -> Option<u64> {
         let username = creds.username.unwrap_or("");
         let password = creds

@@ -1,5 +1,5 @@
-//! Accounts and tokens as flespi describes them (spec §7): the JSON the store keeps and the
-//! REST API serves.
+//! Accounts and tokens as flespi describes them (docs/flespi.md#the-rest-api): the JSON the store
+//! keeps and the REST API serves.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -30,11 +30,11 @@ impl Connection {
         let config = &self.broker.config;
 
         if connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported (spec 4.12).
+            // No enhanced authentication method is supported (MQTT 5 4.12).
             return self.refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
 
-        // Client identifier rules (spec §2, MQTT 3.1.3-6..9).
+        // Client identifier rules (docs/flespi.md#connecting-and-authorization, MQTT 3.1.3-6..9).
         // A copy: the session outlives the read buffer the CONNECT arrived in, which it would
         // otherwise keep alive.
         let mut client_id = ByteString::from(&*connect.client_id);
@@ -204,8 +204,9 @@ impl Connection {
             }
             properties.maximum_packet_size = Some(config.max_packet_size);
             // flespi sends Assigned Client Identifier in every v5 CONNACK, echoing the client's
-            // own id (spec §2); `echo_client_id = false` limits it to generated ids, for
-            // libmosquitto, which refuses an identifier it did not ask for.
+            // own id (docs/flespi.md#connecting-and-authorization); `echo_client_id = false` limits
+            // it to generated ids, for libmosquitto, which refuses an identifier it did not ask
+            // for.
             if assigned || config.echo_client_id {
                 properties.assigned_client_identifier = Some(client_id);
             }
@@ -213,8 +214,9 @@ impl Connection {
                 properties.topic_alias_maximum = Some(config.topic_alias_maximum);
             }
             properties.server_keep_alive = server_keep_alive;
-            // flespi's CONNACK user properties (spec §2): the token and the resumed session's
-            // subscriptions (MQTT Board restores its panels from them).
+            // flespi's CONNACK user properties (docs/flespi.md#connecting-and-authorization): the
+            // token and the resumed session's subscriptions (MQTT Board restores its panels from
+            // them).
             let token = token_json.unwrap_or_else(|| {
                 serde_json::json!({"id": 0, "cid": self.principal.as_ref().map_or(0, |p| p.cid), "access": {"type": 0}}).to_string()
             });
@@ -242,11 +244,11 @@ impl Connection {
         Ok(())
     }
 
-    /// A will passes every check a PUBLISH passes, against the connecting token (spec §4):
-    /// the reserved prefix, the token's publish grants, the retained quota, a UTF-8 payload
-    /// when it says so, and the broker's maximum QoS (v5 [MQTT-3.2.2-12]; 3.x clients get
-    /// their will downgraded, as their publishes are). 3.x has one code for all: not
-    /// authorized (5).
+    /// A will passes every check a PUBLISH passes, against the connecting token
+    /// (docs/flespi.md#publishing): the reserved prefix, the token's publish grants, the retained
+    /// quota, a UTF-8 payload when it says so, and the broker's maximum QoS (v5 [MQTT-3.2.2-12];
+    /// 3.x clients get their will downgraded, as their publishes are). 3.x has one code for all:
+    /// not authorized (5).
     fn check_will(&self, will: &tern_codec::Will, principal: &Principal) -> Result<(), ReasonCode> {
         let v5 = self.protocol.is_v5();
         let refused = |code: ReasonCode| {
@@ -282,8 +284,9 @@ impl Connection {
         Err(CloseReason::ConnectRefused(code))
     }
 
-    /// Finds, takes over or creates the session (spec §2: a second connection with the same
-    /// key takes the session over; the old connection gets DISCONNECT 0x8E).
+    /// Finds, takes over or creates the session (docs/flespi.md#connecting-and-authorization: a
+    /// second connection with the same key takes the session over; the old connection gets
+    /// DISCONNECT 0x8E).
     fn attach(
         &self,
         key: SessionKey,

@@ -154,9 +154,9 @@ impl Connection {
     ) -> bool {
         let msg = &d.msg;
         let v5 = self.protocol.is_v5();
-        // The broker-stamped `cid` and `timestamp` user properties (spec §3), formatted on the
-        // stack: a delivery allocates nothing.
-        // Formatted for v5 clients only (earlier versions have no user properties), unless
+        // The broker-stamped `cid` and `timestamp` user properties
+        // (docs/flespi.md#accounts-and-namespaces), formatted on the stack: a delivery allocates
+        // nothing. Formatted for v5 clients only (earlier versions have no user properties), unless
         // `mqtt.stamp_properties` is off.
         let stamped = v5 && self.broker.config.stamp_properties;
         let mut cid_buf = [0u8; 20];
@@ -179,8 +179,8 @@ impl Connection {
             topic: &msg.topic,
             packet_id,
             properties: &msg.properties,
-            // Retained messages keep their interval as published (spec §4); queued ones count
-            // down ([MQTT-3.3.2-6]).
+            // Retained messages keep their interval as published (docs/flespi.md#publishing);
+            // queued ones count down ([MQTT-3.3.2-6]).
             message_expiry_interval: if d.retain {
                 msg.properties.message_expiry_interval
             } else {

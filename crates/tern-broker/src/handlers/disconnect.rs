@@ -5,6 +5,7 @@ use tern_codec::{Disconnect, ReasonCode};
 
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
+use crate::violation::Violation;
 
 impl Connection {
     pub(crate) fn handle_disconnect(&mut self, d: Disconnect) -> Result<(), CloseReason> {
@@ -16,10 +17,7 @@ impl Connection {
                 // [MQTT-3.14.2-2]: a session that had expiry 0 cannot be given one now.
                 if st.expiry_interval == 0 && expiry != 0 {
                     drop(st);
-                    return Err(CloseReason::protocol(
-                        "MQTT-3.14.2-2",
-                        "Session Expiry Interval set on DISCONNECT after CONNECT had 0",
-                    ));
+                    return Err(Violation::SessionExpiryAfterZero.into());
                 }
                 st.expiry_interval = expiry.min(self.broker.config.max_session_expiry);
             }

@@ -12,10 +12,11 @@ mod publish;
 mod subscribe;
 mod unsubscribe;
 
-use tern_codec::{Packet, ReasonCode};
+use tern_codec::Packet;
 
 use crate::close::CloseReason;
 use crate::connection::Connection;
+use crate::violation::Violation;
 
 impl Connection {
     /// Handles one packet from the client.
@@ -23,11 +24,8 @@ impl Connection {
         if !self.is_connected() {
             return match packet {
                 Packet::Connect(c) => self.handle_connect(c),
-                // [MQTT-3.1.0-1]: the first packet must be CONNECT; close without answering.
-                other => Err(CloseReason::protocol(
-                    "MQTT-3.1.0-1",
-                    format!("{:?} before CONNECT", other.packet_type()),
-                )),
+                // The first packet must be CONNECT; close without answering.
+                other => Err(Violation::BeforeConnect(other.packet_type()).into()),
             };
         }
         match packet {
@@ -43,20 +41,9 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect(d) => self.handle_disconnect(d),
-            Packet::Auth(_) => {
-                // No enhanced authentication method is supported, so no AUTH exchange can be
-                // in progress ([MQTT-4.12.0-1]).
-                Err(CloseReason::violation(
-                    ReasonCode::BAD_AUTHENTICATION_METHOD,
-                    Some("MQTT-4.12.0-1"),
-                    "AUTH without an authentication method",
-                ))
-            }
-            Packet::Connect(_) => Err(CloseReason::protocol("MQTT-3.1.0-2", "second CONNECT")),
-            other => Err(CloseReason::protocol(
-                "MQTT-2.1.2",
-                format!("{:?} is not sent by clients", other.packet_type()),
-            )),
+            Packet::Auth(_) => Err(Violation::AuthWithoutMethod.into()),
+            Packet::Connect(_) => Err(Violation::SecondConnect.into()),
+            other => Err(Violation::ServerPacket(other.packet_type()).into()),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::rules::RESERVED_PREFIX;
 use crate::session::Session;
+use crate::violation::Violation;
 
 /// Whether a PUBLISH of this QoS is acknowledged only once durable.
 fn qos_stored(qos: QoS) -> bool {
@@ -27,25 +28,15 @@ impl Connection {
 
         self.resolve_topic_alias(&mut p)?;
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(CloseReason::protocol(
-                "MQTT-3.3.4-6",
-                "PUBLISH from a client carries a Subscription Identifier",
-            ));
+            return Err(Violation::SubscriptionIdFromClient.into());
         }
         if let Some(rt) = &p.properties.response_topic
             && tern_topic::validate_topic_name(rt).is_err()
         {
-            return Err(CloseReason::protocol(
-                "MQTT-3.3.2-14",
-                "Response Topic is not a valid topic name",
-            ));
+            return Err(Violation::ResponseTopicInvalid.into());
         }
         if p.retain && !broker.config.retain_available {
-            return Err(CloseReason::violation(
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                Some("MQTT5 3.3.1.3"),
-                "retain is not supported",
-            ));
+            return Err(Violation::RetainNotSupported.into());
         }
 
         let Some(session) = self.session.clone() else {
@@ -82,7 +73,8 @@ impl Connection {
         {
             return self.reject_publish(&p, ReasonCode::PAYLOAD_FORMAT_INVALID);
         }
-        // REST over MQTT (spec §8): the bridge answers `flespi/rest/<method>/<uri>`.
+        // REST over MQTT (docs/flespi.md#rest-over-mqtt): the bridge answers
+        // `flespi/rest/<method>/<uri>`.
         if p.topic.starts_with("flespi/rest/")
             && let (Some(bridge), Some(principal)) =
                 (broker.rest_bridge(), self.principal.as_deref().cloned())
@@ -109,7 +101,8 @@ impl Connection {
             self.acknowledge(&session, qos, pid, 0);
             return Ok(());
         }
-        // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota (spec §4).
+        // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota
+        // (docs/flespi.md#publishing).
         let Some(principal) = self.principal.as_deref() else {
             return Ok(());
         };
@@ -184,35 +177,26 @@ impl Connection {
         }
     }
 
-    /// Replaces a topic alias by its topic, or records a new alias (spec 3.3.2.3.4).
+    /// Replaces a topic alias by its topic, or records a new alias (MQTT 5 3.3.2.3.4).
     fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), CloseReason> {
         let Some(alias) = p.properties.topic_alias.take() else {
             if p.topic.is_empty() {
-                return Err(CloseReason::protocol(
-                    "MQTT5 3.3.2.3.4",
-                    "PUBLISH without topic name or topic alias",
-                ));
+                return Err(Violation::NoTopic.into());
             }
             return Ok(());
         };
         if alias == 0 || alias > self.broker.config.topic_alias_maximum {
-            return Err(CloseReason::violation(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                Some("MQTT-3.3.2-9"),
-                format!(
-                    "topic alias {alias} outside 1..={}",
-                    self.broker.config.topic_alias_maximum
-                ),
-            ));
+            return Err(Violation::TopicAliasOutOfRange {
+                alias,
+                max: self.broker.config.topic_alias_maximum,
+            }
+            .into());
         }
         if p.topic.is_empty() {
             match self.aliases.as_ref().and_then(|a| a.incoming.get(&alias)) {
                 Some(topic) => p.topic = topic.clone(),
                 None => {
-                    return Err(CloseReason::protocol(
-                        "MQTT5 3.3.2.3.4",
-                        format!("topic alias {alias} was never set"),
-                    ));
+                    return Err(Violation::TopicAliasUnknown(alias).into());
                 }
             }
         } else {
@@ -225,7 +209,7 @@ impl Connection {
     }
 
     /// Refuses one PUBLISH without closing: v5 QoS 1/2 get the reason code in PUBACK/PUBREC,
-    /// everything else is dropped silently (spec §4).
+    /// everything else is dropped silently (docs/flespi.md#publishing).
     pub(crate) fn reject_publish(
         &mut self,
         p: &Publish,

@@ -16,6 +16,7 @@ use crate::connection::{Connection, owns};
 use crate::filter::LazyPayload;
 use crate::message::{Cid, Delivery, Micros};
 use crate::session::{Session, Subscription};
+use crate::violation::Violation;
 
 /// Why one filter of a SUBSCRIBE failed.
 enum Refusal {
@@ -106,8 +107,8 @@ impl Connection {
             tracing::debug!(conn = self.id, %filter, %err, "subscription refused");
             Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID)
         })?;
-        // Token rights (spec §2, ACL tokens): refuse a filter outside every grant; restrict one
-        // that only overlaps them.
+        // Token rights (docs/flespi.md#connecting-and-authorization, ACL tokens): refuse a filter
+        // outside every grant; restrict one that only overlaps them.
         let rights = self.principal.as_ref().map_or(SubscribeRight::All, |p| {
             p.rights.subscribe(&sub.topic_filter)
         });
@@ -117,10 +118,7 @@ impl Connection {
             SubscribeRight::Denied => return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED)),
         }
         if sub.share_group.is_some() && options.no_local {
-            return Err(Refusal::Close(CloseReason::protocol(
-                "MQTT-3.8.3-4",
-                "No Local on a shared subscription",
-            )));
+            return Err(Refusal::Close(Violation::NoLocalOnShared.into()));
         }
         let is_new = {
             let mut st = session.lock();

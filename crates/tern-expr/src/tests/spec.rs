@@ -1,4 +1,5 @@
-//! The examples of spec §5–§7 and the seed document, and the ready contexts.
+//! The examples of docs/expressions.md and of the `$filter` and selector sections of
+//! docs/flespi.md (#subscribing-and-filter, #the-rest-api), and the ready contexts.
 
 use serde_json::json;
 

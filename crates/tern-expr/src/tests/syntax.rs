@@ -136,7 +136,7 @@ fn spans_are_byte_offsets() {
 
 #[test]
 fn precedence_levels() {
-    // Each line pins one pair of adjacent levels (spec §6, lowest first).
+    // Each line pins one pair of adjacent levels (docs/expressions.md, lowest first).
     assert_eq!(num("1 || 0 ? 5 : 6"), 5.0); // ?: below ||
     assert_eq!(num("0 || 1 ? 5 : 6"), 5.0);
     assert!(super::boolean("true || false && false")); // && above ||
