@@ -913,6 +913,10 @@ impl Authenticator for Arc<Directory> {
     fn quota_chain(&self, cid: Cid) -> QuotaChain {
         Directory::quota_chain(self, cid)
     }
+
+    fn expired_tokens(&self, now_secs: u64) -> Vec<(u64, u64)> {
+        Directory::expired_tokens(self, now_secs)
+    }
 }
 
 /// Token `id` if it may be used now: it exists, is enabled and not expired (`expire`, `ttl`),
