@@ -2,8 +2,6 @@
 //! broker restores from it, and the client finds its session, subscriptions, queued and
 //! in-flight messages (re-sent with DUP and the same packet id) and retained messages.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,4 +251,73 @@ async fn expired_sessions_are_dropped_at_restore() {
     assert!(backend.load().sessions.is_empty());
     store.close();
     writer.join();
+}
+
+/// Session expiry counts from the disconnect, across a restart: a session whose interval runs
+/// out after the restart ends then, a longer one stays.
+#[tokio::test]
+async fn session_expiry_runs_across_a_restart() {
+    use crate::support::{TestBroker, persistent};
+    let backend = MemoryBackend::new();
+    let b1 = TestBroker::stored(&backend, crate::support::START);
+    for (id, expiry) in [("short", 1), ("long", 3600)] {
+        let (mut s, _) = b1.connect(persistent(id, expiry));
+        s.subscribe("e/t", QoS::AtLeastOnce);
+        assert!(s.disconnect(None).is_some());
+    }
+    let stopped = b1.now();
+    b1.stop().await;
+    // Back after half a second.
+    let b2 = TestBroker::stored(&backend, stopped + 500_000);
+    b2.advance(Duration::from_millis(499));
+    let key = |id: &str| tern_broker::SessionKey {
+        cid: 1,
+        client_id: id.into(),
+    };
+    assert!(b2.broker.session(&key("short")).is_some(), "not yet");
+    b2.advance(Duration::from_millis(1));
+    assert!(b2.broker.session(&key("short")).is_none(), "expired");
+    let (_l, ack) = b2.connect(persistent("long", 3600));
+    assert!(ack.session_present);
+    b2.flush().await;
+    let stored: Vec<String> = backend
+        .load()
+        .sessions
+        .iter()
+        .map(|s| s.record.key.client_id.to_string())
+        .collect();
+    assert_eq!(stored, ["long"]);
+}
+
+/// A queued message whose Message Expiry Interval ran out while the broker was down is not
+/// delivered after the restart; the others are, in order.
+#[tokio::test]
+async fn queued_messages_expire_across_a_restart() {
+    use crate::support::{TestBroker, expiring, persistent, publish_packet};
+    let backend = MemoryBackend::new();
+    let b1 = TestBroker::stored(&backend, crate::support::START);
+    let (mut s, _) = b1.connect(persistent("keep", 3600));
+    s.subscribe("k/+", QoS::ExactlyOnce);
+    assert!(s.disconnect(None).is_some());
+    let mut p = b1.client("keep-pub");
+    p.publish(publish_packet("k/q", b"queued-0", QoS::AtLeastOnce, false));
+    p.publish(expiring("k/q", b"expires", QoS::AtLeastOnce, false, 1));
+    p.publish(publish_packet("k/q", b"queued-1", QoS::ExactlyOnce, false));
+    let stopped = b1.now();
+    b1.stop().await;
+    let b2 = TestBroker::stored(&backend, stopped + 1_100_000);
+    let (mut s, ack) = b2.connect(persistent("keep", 3600));
+    assert!(ack.session_present);
+    let got: Vec<(String, QoS)> = s
+        .publishes()
+        .iter()
+        .map(|m| (String::from_utf8_lossy(&m.payload).into_owned(), m.qos))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("queued-0".to_string(), QoS::AtLeastOnce),
+            ("queued-1".to_string(), QoS::ExactlyOnce)
+        ]
+    );
 }
