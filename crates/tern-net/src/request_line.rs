@@ -43,8 +43,10 @@ impl<I> RequestLineFix<I> {
 
 /// Whether a byte of a request target must be percent-encoded (RFC 3986: not allowed in a URI).
 fn must_encode(b: u8) -> bool {
-    matches!(b, b' ' | b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}')
-        || !(0x20..0x7f).contains(&b)
+    matches!(
+        b,
+        b' ' | b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+    ) || !(0x20..0x7f).contains(&b)
 }
 
 /// The request line (`line`, without its CRLF) with its target encoded; `None` when it needs
