@@ -42,8 +42,9 @@ pub struct Timers {
     queue: Mutex<BTreeMap<(Micros, u64), Timer>>,
     seq: AtomicU64,
     notify: Notify,
-    /// When retained messages were last swept, and tokens last checked (0: never).
+    /// When retained messages were last swept (0: never).
     last_sweep: AtomicU64,
+    /// The second (unix time) in which token `expire` was last checked.
     last_token_check: AtomicU64,
     /// `(token, expire)` already acted on: a token given a later `expire` is watched again.
     expired_tokens: Mutex<HashSet<(u64, u64)>>,
@@ -146,13 +147,15 @@ impl Broker {
     }
 
     /// Does what is due at `now`: fires the timers, sweeps expired retained messages every
-    /// 30 s, ends the connections of tokens that expired (checked every second).
+    /// 30 s, ends the connections of tokens that expired (checked once a second).
     pub fn tick(&self, now: Micros) {
         self.fire_due(now);
         if due(&self.timers.last_sweep, now, RETAINED_SWEEP) {
             self.sweep_retained(now);
         }
-        if due(&self.timers.last_token_check, now, TOKEN_CHECK) {
+        // Token `expire` is whole seconds: checked once in each second the timers run.
+        let second = now / 1_000_000;
+        if self.timers.last_token_check.swap(second, Ordering::AcqRel) != second {
             self.expire_tokens(now);
         }
     }

@@ -8,4 +8,5 @@ mod restore;
 mod retained;
 mod sessions;
 mod support;
+mod tokens;
 mod wills;

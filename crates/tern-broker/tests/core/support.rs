@@ -31,7 +31,16 @@ impl TestBroker {
     }
 
     pub fn with(config: BrokerConfig, auth: Box<dyn Authenticator>) -> TestBroker {
-        let broker = Broker::with_clock(config, auth, Store::disabled(), Clock::manual(START));
+        TestBroker::with_clock(config, auth, Clock::manual(START))
+    }
+
+    /// A broker on `clock` (a manual one: its [`Clock::share`] may drive the authenticator).
+    pub fn with_clock(
+        config: BrokerConfig,
+        auth: Box<dyn Authenticator>,
+        clock: Clock,
+    ) -> TestBroker {
+        let broker = Broker::with_clock(config, auth, Store::disabled(), clock);
         TestBroker {
             broker,
             store: Store::disabled(),
