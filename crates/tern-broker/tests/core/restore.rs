@@ -1,85 +1,25 @@
 //! Restart without sockets: a broker mirrors its state into an in-memory store, a second
 //! broker restores from it, and the client finds its session, subscriptions, queued and
-//! in-flight messages (re-sent with DUP and the same packet id) and retained messages.
+//! in-flight messages (re-sent with DUP and the same packet id) and retained messages; expiry
+//! counts across the restart.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tern_broker::{Anonymous, Broker, BrokerConfig, CloseReason, Connection};
+use tern_broker::CloseReason;
 use tern_codec::*;
-use tern_store::{FsyncPolicy, MemoryBackend, Store, Writer};
+use tern_store::MemoryBackend;
 
-fn broker(backend: &MemoryBackend) -> (Arc<Broker>, Store, Writer) {
-    let (store, writer) = Store::start(Box::new(backend.clone()), FsyncPolicy::Always);
-    let broker = Broker::with_store(
-        BrokerConfig::default(),
-        Box::new(Anonymous { cid: 1 }),
-        store.clone(),
-    );
-    (broker, store, writer)
-}
-
-fn connect(broker: &Arc<Broker>, id: &str, clean: bool) -> (Connection, ConnAck) {
-    let mut conn = Connection::new(broker.clone(), "127.0.0.1:1".parse().unwrap(), "test");
-    let connect = Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: clean,
-        keep_alive: 0,
-        client_id: ByteString::from(id),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties {
-            session_expiry_interval: Some(300),
-            ..Default::default()
-        },
-    };
-    conn.handle(Packet::Connect(Box::new(connect))).unwrap();
-    let ack = match drain(&mut conn).remove(0) {
-        Packet::ConnAck(a) => a,
-        other => panic!("expected CONNACK, got {other:?}"),
-    };
-    (conn, ack)
-}
-
-/// Decodes everything the connection wrote.
-fn drain(conn: &mut Connection) -> Vec<Packet> {
-    let mut out = Vec::new();
-    let mut buf: BytesMut = conn.out().take_all();
-    while let Some(p) = decode(&mut buf, u32::MAX >> 4, ProtocolVersion::V5).unwrap() {
-        out.push(p);
-    }
-    out
-}
-
-fn publish(
-    conn: &mut Connection,
-    topic: &str,
-    payload: &'static [u8],
-    qos: QoS,
-    retain: bool,
-    id: u16,
-) {
-    conn.handle(Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: ByteString::from(topic),
-        packet_id: (qos != QoS::AtMostOnce).then_some(id),
-        properties: PublishProperties::default(),
-        payload: Bytes::from_static(payload),
-    }))
-    .unwrap();
-}
+use crate::support::{
+    START, TestBroker, connect_packet, expiring, persistent, publish_packet, publish_with_id,
+};
 
 #[tokio::test]
 async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
     let backend = MemoryBackend::new();
-    let (b1, store1, writer1) = broker(&backend);
+    let b1 = TestBroker::stored(&backend, START);
 
-    let (mut sub, _) = connect(&b1, "sub", true);
-    sub.handle(Packet::Subscribe(Subscribe {
+    let (mut sub, _) = b1.connect(persistent("sub", 300));
+    sub.send(Packet::Subscribe(Subscribe {
         packet_id: 1,
         properties: SubscribeProperties {
             subscription_identifier: Some(7),
@@ -92,27 +32,47 @@ async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
                 ..Default::default()
             },
         )],
-    }))
-    .unwrap();
-    assert!(matches!(drain(&mut sub)[0], Packet::SubAck(_)));
+    }));
+    assert!(matches!(sub.recv_all()[0], Packet::SubAck(_)));
 
-    let (mut publ, _) = connect(&b1, "pub", true);
-    publish(&mut publ, "t/a", b"one", QoS::AtLeastOnce, false, 1);
+    let (mut publ, _) = b1.connect(persistent("pub", 300));
+    publ.send(Packet::Publish(publish_with_id(
+        "t/a",
+        b"one",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )));
     // The subscriber receives "one" but never acknowledges it: it stays in flight.
-    sub.fill(1 << 20);
-    let first = match drain(&mut sub).remove(0) {
+    let first = match sub.recv_all().remove(0) {
         Packet::Publish(p) => p,
         other => panic!("expected PUBLISH, got {other:?}"),
     };
-    sub.close(&CloseReason::ConnectionLost);
+    sub.close(CloseReason::ConnectionLost);
     drop(sub);
-    publish(&mut publ, "t/b", b"two", QoS::AtLeastOnce, false, 2);
-    publish(&mut publ, "t/c", b"three", QoS::ExactlyOnce, false, 3);
-    publish(&mut publ, "r/x", b"kept", QoS::AtMostOnce, true, 0);
+    publ.send(Packet::Publish(publish_with_id(
+        "t/b",
+        b"two",
+        QoS::AtLeastOnce,
+        false,
+        2,
+    )));
+    publ.send(Packet::Publish(publish_with_id(
+        "t/c",
+        b"three",
+        QoS::ExactlyOnce,
+        false,
+        3,
+    )));
+    publ.send(Packet::Publish(publish_packet(
+        "r/x",
+        b"kept",
+        QoS::AtMostOnce,
+        true,
+    )));
     // The publisher's acknowledgements wait for the store.
-    assert!(store1.flush(Duration::from_secs(5)).await);
-    publ.release_acks();
-    let acks = drain(&mut publ);
+    b1.flush().await;
+    let acks = publ.recv_all();
     assert!(
         acks.iter()
             .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id == 2))
@@ -121,25 +81,24 @@ async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
         acks.iter()
             .any(|p| matches!(p, Packet::PubRec(a) if a.packet_id == 3))
     );
-    assert!(store1.flush(Duration::from_secs(5)).await);
+    b1.flush().await;
     drop(publ);
-    store1.close();
-    writer1.join();
+    let stopped = b1.now();
+    b1.stop().await;
 
     // "Restart".
-    let snapshot = backend.load();
-    let (b2, store2, writer2) = broker(&backend);
-    let restored = b2.restore(&snapshot);
+    let b2 = TestBroker::stored(&backend, stopped);
+    let restored = &b2.restored;
     assert_eq!(restored.sessions, 2, "{restored:?}");
     assert_eq!(restored.subscriptions, 1);
     assert_eq!(restored.inflight, 1);
     assert_eq!(restored.queued, 2);
     assert_eq!(restored.retained, 1);
 
-    let (mut sub, ack) = connect(&b2, "sub", false);
+    let (mut sub, ack) = b2.connect(persistent("sub", 300));
     assert!(ack.session_present);
-    sub.fill(1 << 20);
-    let got: Vec<Publish> = drain(&mut sub)
+    let got: Vec<Publish> = sub
+        .recv_all()
         .into_iter()
         .map(|p| match p {
             Packet::Publish(p) => p,
@@ -158,10 +117,9 @@ async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
     }
     // Acknowledge everything; the store's queue empties.
     for p in &got {
-        sub.handle(Packet::PubAck(PubAck::new(p.packet_id.unwrap())))
-            .unwrap();
+        sub.send(Packet::PubAck(PubAck::new(p.packet_id.unwrap())));
     }
-    assert!(store2.flush(Duration::from_secs(5)).await);
+    b2.flush().await;
     let after = backend.load();
     let stored_sub = after
         .sessions
@@ -172,56 +130,29 @@ async fn a_restarted_broker_keeps_sessions_queues_inflight_and_retained() {
     assert_eq!(after.retained.len(), 1);
 
     // Retained message comes back on subscribe.
-    let (mut other, _) = connect(&b2, "other", true);
-    other
-        .handle(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: SubscribeProperties::default(),
-            filters: vec![(
-                ByteString::from_static("r/#"),
-                SubscriptionOptions::default(),
-            )],
-        }))
-        .unwrap();
-    other.fill(1 << 20);
-    let packets = drain(&mut other);
+    let mut other = b2.client("other");
+    let retained = other.subscribe("r/#", QoS::AtMostOnce);
     assert!(
-        packets
+        retained
             .iter()
-            .any(|p| matches!(p, Packet::Publish(m) if m.retain && &m.payload[..] == b"kept"))
+            .any(|m| m.retain && &m.payload[..] == b"kept")
     );
-    store2.close();
-    writer2.join();
+    b2.stop().await;
 }
 
 #[tokio::test]
 async fn clean_sessions_are_never_stored() {
     let backend = MemoryBackend::new();
-    let (b, store, writer) = broker(&backend);
-    let mut conn = Connection::new(b.clone(), "127.0.0.1:1".parse().unwrap(), "test");
-    let mut c = Connect {
-        protocol: ProtocolVersion::V311,
-        clean_start: true,
-        keep_alive: 0,
-        client_id: ByteString::from_static("clean"),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    };
-    conn.handle(Packet::Connect(Box::new(c.clone()))).unwrap();
-    assert!(store.flush(Duration::from_secs(5)).await);
+    let b = TestBroker::stored(&backend, START);
+    let (c, _) = b.connect(connect_packet(ProtocolVersion::V311, "clean", true));
+    b.flush().await;
     assert!(backend.load().sessions.is_empty());
-    conn.close(&CloseReason::ClientDisconnect);
+    assert!(c.disconnect(None).is_some());
     // A persistent 3.1.1 session is.
-    c.clean_start = false;
-    c.client_id = ByteString::from_static("kept");
-    let mut conn = Connection::new(b.clone(), "127.0.0.1:1".parse().unwrap(), "test");
-    conn.handle(Packet::Connect(Box::new(c))).unwrap();
-    assert!(store.flush(Duration::from_secs(5)).await);
+    let (_c, _) = b.connect(connect_packet(ProtocolVersion::V311, "kept", false));
+    b.flush().await;
     assert_eq!(backend.load().sessions.len(), 1);
-    store.close();
-    writer.join();
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -243,23 +174,20 @@ async fn expired_sessions_are_dropped_at_restore() {
             },
         });
     }
-    let (b, store, writer) = broker(&backend);
-    let restored = b.restore(&backend.load());
-    assert_eq!(restored.sessions, 0);
-    assert_eq!(restored.expired_sessions, 1);
-    assert!(store.flush(Duration::from_secs(5)).await);
+    let b = TestBroker::stored(&backend, START);
+    assert_eq!(b.restored.sessions, 0);
+    assert_eq!(b.restored.expired_sessions, 1);
+    b.flush().await;
     assert!(backend.load().sessions.is_empty());
-    store.close();
-    writer.join();
+    b.stop().await;
 }
 
 /// Session expiry counts from the disconnect, across a restart: a session whose interval runs
 /// out after the restart ends then, a longer one stays.
 #[tokio::test]
 async fn session_expiry_runs_across_a_restart() {
-    use crate::support::{TestBroker, persistent};
     let backend = MemoryBackend::new();
-    let b1 = TestBroker::stored(&backend, crate::support::START);
+    let b1 = TestBroker::stored(&backend, START);
     for (id, expiry) in [("short", 1), ("long", 3600)] {
         let (mut s, _) = b1.connect(persistent(id, expiry));
         s.subscribe("e/t", QoS::AtLeastOnce);
@@ -293,9 +221,8 @@ async fn session_expiry_runs_across_a_restart() {
 /// delivered after the restart; the others are, in order.
 #[tokio::test]
 async fn queued_messages_expire_across_a_restart() {
-    use crate::support::{TestBroker, expiring, persistent, publish_packet};
     let backend = MemoryBackend::new();
-    let b1 = TestBroker::stored(&backend, crate::support::START);
+    let b1 = TestBroker::stored(&backend, START);
     let (mut s, _) = b1.connect(persistent("keep", 3600));
     s.subscribe("k/+", QoS::ExactlyOnce);
     assert!(s.disconnect(None).is_some());

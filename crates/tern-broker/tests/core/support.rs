@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tern_broker::{
-    Anonymous, Authenticator, Broker, BrokerConfig, Clock, CloseReason, Connection, Micros, Signal,
+    Anonymous, Authenticator, Broker, BrokerConfig, Clock, CloseReason, Connection, Micros,
+    Restored, Signal,
 };
 use tern_codec::*;
 use tern_store::{FsyncPolicy, MemoryBackend, Store, Writer};
@@ -22,6 +23,8 @@ pub struct TestBroker {
     pub broker: Arc<Broker>,
     pub store: Store,
     writer: Option<Writer>,
+    /// What [`TestBroker::stored`] restored.
+    pub restored: Restored,
 }
 
 impl TestBroker {
@@ -45,6 +48,7 @@ impl TestBroker {
             broker,
             store: Store::disabled(),
             writer: None,
+            restored: Restored::default(),
         }
     }
 
@@ -58,11 +62,12 @@ impl TestBroker {
             store.clone(),
             Clock::manual(now),
         );
-        broker.restore(&backend.load());
+        let restored = broker.restore(&backend.load());
         TestBroker {
             broker,
             store,
             writer: Some(writer),
+            restored,
         }
     }
 
@@ -290,12 +295,17 @@ pub fn persistent(id: &str, expiry: u32) -> Connect {
 
 /// A PUBLISH (packet id 1 for QoS 1/2).
 pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Publish {
+    publish_with_id(topic, payload, qos, retain, 1)
+}
+
+/// A PUBLISH with packet id `id` for QoS 1/2.
+pub fn publish_with_id(topic: &str, payload: &[u8], qos: QoS, retain: bool, id: u16) -> Publish {
     Publish {
         dup: false,
         qos,
         retain,
         topic: ByteString::from(topic),
-        packet_id: (qos != QoS::AtMostOnce).then_some(1),
+        packet_id: (qos != QoS::AtMostOnce).then_some(id),
         properties: PublishProperties::default(),
         payload: Bytes::copy_from_slice(payload),
     }
