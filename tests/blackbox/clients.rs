@@ -240,8 +240,13 @@ async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
         !stderr.contains("rotocol error"),
         "mosquitto_sub -V 5 -i ID -c: {stderr}"
     );
+    // Clients without credentials land in the anonymous account, not the top one.
     let key = tern_broker::SessionKey {
-        cid: 1,
+        cid: b
+            .server()
+            .directory()
+            .anonymous()
+            .expect("an anonymous account"),
         client_id: "mosq-v5-own".into(),
     };
     let kept = b
