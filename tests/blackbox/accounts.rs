@@ -700,42 +700,6 @@ acl = [{{ topic = "fleet/#", actions = ["publish", "subscribe"] }}]
     }
 }
 
-/// A token that expires while its clients are connected ends their connections (DISCONNECT
-/// 0x87 for v5), and a reconnect is refused; a token without `expire` is left alone.
-#[tokio::test]
-async fn a_token_expiring_mid_connection_disconnects_its_clients() {
-    let b = broker().await;
-    let d = dir(&b);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut soon = new_token(d, 1, Access::STANDARD, vec![]);
-    soon.expire = now + 2;
-    let soon = d.update_token(soon).unwrap();
-    let forever = new_token(d, 1, Access::STANDARD, vec![]);
-    let mut v5 = connect_token(&b, ProtocolVersion::V5, "expiring-5", &soon.key).await;
-    let mut v311 = connect_token(&b, ProtocolVersion::V311, "expiring-311", &soon.key).await;
-    let mut other = connect_token(&b, ProtocolVersion::V5, "lasting", &forever.key).await;
-    // `expire` is whole seconds: the connections end within about 3 s.
-    let d5 = v5
-        .drain_until_closed(std::time::Duration::from_secs(4))
-        .await;
-    assert_eq!(d5.map(|d| d.reason), Some(ReasonCode::NOT_AUTHORIZED));
-    assert!(
-        v311.drain_until_closed(std::time::Duration::from_secs(4))
-            .await
-            .is_none()
-    );
-    let (_, ack) = Client::connect_with(
-        b.addr,
-        with_user(ProtocolVersion::V5, "expiring-5", Some(&soon.key), None),
-    )
-    .await;
-    assert_eq!(ack.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
-    other.ping().await;
-}
-
 /// The quotas of account `cid` set at run time (the top account's limits are otherwise the
 /// `[quotas]` defaults).
 fn set_limits(b: &TestBroker, cid: u64, f: impl FnOnce(&mut tern_broker::accounts::Limits)) {

@@ -1,11 +1,12 @@
-//! Overload: what congested subscribers cost a publisher, the broker-wide queue budget, and
-//! clients that send a packet so slowly that it never completes.
+//! Overload: what congested subscribers cost a publisher, and the broker-wide queue budget.
+//! Clients that send a packet so slowly that it never completes are tested in paused time:
+//! `crates/tern-net/tests/driver.rs`.
 
 use std::time::{Duration, Instant};
 
 use tern_codec::*;
 
-use crate::support::client::{Read, connect_packet};
+use crate::support::client::connect_packet;
 use crate::support::{Client, TestBroker, http, loopback};
 
 /// A v5 subscriber that takes one QoS 1 message and never acknowledges it: everything after
@@ -135,105 +136,4 @@ async fn the_total_queue_budget_drops_the_largest_queues_first() {
     assert!(metric(&res.body, "tern_queue_budget_evictions_total") >= 2.0);
     assert!(metric(&res.body, "tern_queued_bytes") <= BUDGET as f64);
     p.ping().await; // the publisher is unaffected
-}
-
-/// Sends `bytes` one at a time, `every` apart, until the broker closes the connection; returns
-/// how long that took and the DISCONNECT it sent, if any. Panics if it stays open past `limit`.
-async fn trickle(
-    c: &mut Client,
-    bytes: &[u8],
-    every: Duration,
-    limit: Duration,
-) -> (Duration, Option<Disconnect>) {
-    let started = Instant::now();
-    let mut disconnect = None;
-    for b in bytes.iter().cycle() {
-        assert!(
-            started.elapsed() < limit,
-            "still open after {:?}",
-            started.elapsed()
-        );
-        c.send_raw(&[*b]).await;
-        match c.read(every).await {
-            Read::Timeout => {}
-            Read::Packet(Packet::Disconnect(d)) => disconnect = Some(d),
-            Read::Packet(other) => panic!("unexpected {other:?}"),
-            Read::Closed => return (started.elapsed(), disconnect),
-        }
-    }
-    unreachable!("cycle never ends")
-}
-
-/// A client that trickles a packet one byte at a time is closed at 1.5 × its keep alive: bytes
-/// are not packets.
-#[tokio::test]
-async fn a_trickled_packet_does_not_keep_a_connection_alive() {
-    let b = TestBroker::start().await;
-    // Both versions at once: the test takes one keep-alive period, not two.
-    let (v311, v5) = tokio::join!(
-        trickle_publish(&b, ProtocolVersion::V311),
-        trickle_publish(&b, ProtocolVersion::V5)
-    );
-    assert!(v311.1.is_none(), "no DISCONNECT before v5");
-    assert_eq!(
-        v5.1.as_ref().expect("DISCONNECT").reason,
-        ReasonCode::KEEP_ALIVE_TIMEOUT
-    );
-    for took in [v311.0, v5.0] {
-        assert!(
-            took >= Duration::from_millis(1_200),
-            "closed early: {took:?}"
-        );
-    }
-    let m = &b.broker().metrics;
-    assert_eq!(tern_broker::Metrics::get(&m.incomplete_packet_timeouts), 2);
-    let closes: std::collections::HashMap<_, _> = m.closes().collect();
-    assert_eq!(closes["keep_alive_timeout"], 2);
-}
-
-/// Connects with a keep alive of 1 s, then trickles a PUBLISH announcing 200 bytes, its body a
-/// byte every 100 ms: it never completes before the broker closes.
-async fn trickle_publish(b: &TestBroker, v: ProtocolVersion) -> (Duration, Option<Disconnect>) {
-    let mut c = connect_packet(v, &format!("trickle-{v}"), true);
-    c.keep_alive = 1;
-    let (mut t, _) = Client::connect_with(b.addr, c).await;
-    let mut bytes = vec![0x30, 200, 1];
-    bytes.extend(std::iter::repeat_n(b'x', 197));
-    trickle(
-        &mut t,
-        &bytes,
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-    )
-    .await
-}
-
-/// A CONNECT trickled one byte at a time is closed at the connect timeout.
-#[tokio::test]
-async fn a_trickled_connect_is_closed_at_the_connect_timeout() {
-    let b = TestBroker::with(|c| c.mqtt.connect_timeout = 1).await;
-    let mut raw = bytes::BytesMut::new();
-    encode(
-        &Packet::Connect(Box::new(connect_packet(
-            ProtocolVersion::V311,
-            "trickle-connect-with-a-long-client-id",
-            true,
-        ))),
-        ProtocolVersion::V311,
-        &mut raw,
-    )
-    .expect("encode");
-    let mut t = Client::open(b.addr, ProtocolVersion::V311).await;
-    let (took, _) = trickle(
-        &mut t,
-        &raw[..raw.len() - 1],
-        Duration::from_millis(100),
-        Duration::from_secs(4),
-    )
-    .await;
-    assert!(took >= Duration::from_millis(800), "closed early: {took:?}");
-    let m = &b.broker().metrics;
-    let closes: std::collections::HashMap<_, _> = m.closes().collect();
-    assert!(closes["connect_timeout"] >= 1);
-    assert!(tern_broker::Metrics::get(&m.incomplete_packet_timeouts) >= 1);
 }

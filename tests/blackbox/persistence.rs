@@ -1,6 +1,7 @@
 //! Durable state (issue 5): sessions, subscriptions, queued and retained messages, accounts and
-//! tokens survive a restart and a SIGKILL; expiry runs across restarts; a damaged or future
-//! store is refused and left untouched; export and import.
+//! tokens survive a restart and a SIGKILL; a damaged or future store is refused and left
+//! untouched; export and import. Expiry across a restart is tested in virtual time:
+//! `crates/tern-broker/tests/core/restore.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -80,10 +81,6 @@ async fn a_restart_keeps_sessions_subscriptions_retained_accounts_and_tokens() {
         p.publish("k/q", format!("queued-{i}").as_bytes(), qos, false)
             .await;
     }
-    let mut expiring = publish_packet("k/q", b"expires", QoS::AtLeastOnce, false, Some(900));
-    expiring.properties.message_expiry_interval = Some(1);
-    p.send(Packet::Publish(expiring)).await;
-    p.finish_publish(QoS::AtLeastOnce, Some(900)).await;
     let mut retained = publish_packet(
         "s/state",
         b"{\"on\":true}",
@@ -100,7 +97,6 @@ async fn a_restart_keeps_sessions_subscriptions_retained_accounts_and_tokens() {
     p.finish_publish(QoS::AtLeastOnce, Some(901)).await;
     p.disconnect().await;
 
-    tokio::time::sleep(Duration::from_millis(1100)).await; // "expires" expires meanwhile
     let b = restart(b, &dir).await;
 
     assert_eq!(
@@ -166,35 +162,6 @@ async fn a_restart_keeps_sessions_subscriptions_retained_accounts_and_tokens() {
     c.username = Some(ByteString::from(token.key.as_str()));
     let (_t, ack) = Client::connect_with(b.addr, c).await;
     assert_eq!(ack.code, ReasonCode::SUCCESS);
-}
-
-#[tokio::test]
-async fn session_expiry_runs_across_a_restart() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().to_path_buf();
-    let b = TestBroker::with({
-        let dir = dir.clone();
-        move |c| c.store.data_dir = dir
-    })
-    .await;
-    let (mut s, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "short", 1)).await;
-    s.subscribe("e/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-    let (mut l, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "long", 3600)).await;
-    l.subscribe("e/t", QoS::AtLeastOnce).await;
-    l.disconnect().await;
-    let b = restart(b, &dir).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_s, ack) = Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "short", 1)).await;
-    assert!(
-        !ack.session_present,
-        "expired while the broker was down or after the restart"
-    );
-    let (_l, ack) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "long", 3600)).await;
-    assert!(ack.session_present);
 }
 
 /// A subscriber's persistent session, a QoS 1 stream, SIGKILL in the middle: every message

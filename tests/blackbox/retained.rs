@@ -1,7 +1,6 @@
 //! Retained messages: stored, replaced, deleted by an empty payload, sent on subscribe with the
-//! retain flag, retain handling 0/1/2, retain as published, expiry.
-
-use std::time::Duration;
+//! retain flag, retain handling 0/1/2, retain as published. Expiry is tested in virtual time:
+//! `crates/tern-broker/tests/core/retained.rs`.
 
 use tern_codec::*;
 
@@ -102,31 +101,6 @@ async fn retain_as_published_keeps_the_flag_on_live_deliveries() {
     assert!(s.recv_publish().await.retain);
     p.publish("rap/t", b"y", QoS::AtMostOnce, false).await;
     assert!(!s.recv_publish().await.retain);
-}
-
-#[tokio::test]
-async fn retained_message_expires() {
-    let b = TestBroker::start().await;
-    let mut p = Client::connect(b.addr, ProtocolVersion::V5, "exp-p").await;
-    let mut pkt = publish_packet("exp/t", b"short", QoS::AtMostOnce, true, None);
-    pkt.properties.message_expiry_interval = Some(1);
-    p.send(Packet::Publish(pkt)).await;
-    let mut long = publish_packet("exp/u", b"long", QoS::AtMostOnce, true, None);
-    long.properties.message_expiry_interval = Some(100);
-    p.send(Packet::Publish(long)).await;
-    p.ping().await;
-    let mut s = Client::connect(b.addr, ProtocolVersion::V5, "exp-s1").await;
-    s.subscribe("exp/u", QoS::AtMostOnce).await;
-    // flespi does not count the interval down on delivery of a retained message
-    // (docs/flespi.md#publishing).
-    assert_eq!(
-        s.recv_publish().await.properties.message_expiry_interval,
-        Some(100)
-    );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut s = Client::connect(b.addr, ProtocolVersion::V5, "exp-s2").await;
-    s.subscribe("exp/t", QoS::AtMostOnce).await;
-    s.expect_nothing().await;
 }
 
 #[tokio::test]

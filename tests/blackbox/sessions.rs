@@ -1,6 +1,6 @@
-//! Sessions: clean and persistent, queued messages while offline, session present, expiry.
-
-use std::time::Duration;
+//! Sessions over the wire: clean and persistent, queued messages while offline, session
+//! present, expiry 0 and the DISCONNECT rules. Expiry over time, and the expiry of queued
+//! messages, are tested in virtual time: `crates/tern-broker/tests/core/sessions.rs`.
 
 use tern_codec::*;
 
@@ -60,19 +60,6 @@ async fn clean_start_discards_the_old_session() {
 }
 
 #[tokio::test]
-async fn v5_session_expiry_ends_the_session() {
-    let b = TestBroker::start().await;
-    let (mut s, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "expiring", 1)).await;
-    s.subscribe("e/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let (_s, ack) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "expiring", 1)).await;
-    assert!(!ack.session_present, "the session expired");
-}
-
-#[tokio::test]
 async fn v5_session_expiry_zero_ends_at_disconnect() {
     let b = TestBroker::start().await;
     let (mut s, _) = Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "zero", 0)).await;
@@ -80,25 +67,6 @@ async fn v5_session_expiry_zero_ends_at_disconnect() {
     s.disconnect().await;
     let (_s, ack) = Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "zero", 0)).await;
     assert!(!ack.session_present);
-}
-
-#[tokio::test]
-async fn disconnect_may_extend_session_expiry() {
-    let b = TestBroker::start().await;
-    let (mut s, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "extend", 1)).await;
-    s.send(Packet::Disconnect(Disconnect {
-        reason: ReasonCode::NORMAL_DISCONNECTION,
-        properties: DisconnectProperties {
-            session_expiry_interval: Some(60),
-            ..Default::default()
-        },
-    }))
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_s, ack) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "extend", 60)).await;
-    assert!(ack.session_present);
 }
 
 #[tokio::test]
@@ -116,32 +84,4 @@ async fn disconnect_cannot_set_expiry_after_zero() {
     .await;
     let d = s.expect_closed().await.expect("DISCONNECT");
     assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR);
-}
-
-#[tokio::test]
-async fn queued_messages_keep_their_order_and_expire() {
-    let b = TestBroker::start().await;
-    let (mut s, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "order", 60)).await;
-    s.subscribe("o/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-    let mut p = Client::connect(b.addr, ProtocolVersion::V5, "order-pub").await;
-    let mut expiring =
-        crate::support::client::publish_packet("o/t", b"gone", QoS::AtLeastOnce, false, Some(500));
-    expiring.properties.message_expiry_interval = Some(1);
-    p.send(Packet::Publish(expiring)).await;
-    p.finish_publish(QoS::AtLeastOnce, Some(500)).await;
-    for i in 0..20 {
-        p.publish("o/t", format!("{i}").as_bytes(), QoS::AtLeastOnce, false)
-            .await;
-    }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (mut s, _) =
-        Client::connect_with(b.addr, persistent(ProtocolVersion::V5, "order", 60)).await;
-    for i in 0..20 {
-        let m = s.recv_publish().await;
-        assert_eq!(&m.payload[..], format!("{i}").as_bytes());
-        s.ack(&m).await;
-    }
-    s.expect_nothing().await;
 }

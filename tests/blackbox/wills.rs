@@ -1,5 +1,6 @@
-//! Wills: published on abnormal close, discarded on DISCONNECT, sent on DISCONNECT 0x04,
-//! delayed by Will Delay Interval and cancelled by a reconnect within it.
+//! Wills over the wire: published on abnormal close, discarded on DISCONNECT, sent on
+//! DISCONNECT 0x04, retained. Will Delay Interval (its delay, cancelled by a reconnect, sent
+//! when the session ends) is tested in virtual time: `crates/tern-broker/tests/core/wills.rs`.
 
 use std::time::Duration;
 
@@ -61,49 +62,6 @@ async fn normal_disconnect_discards_the_will_and_0x04_sends_it() {
     }))
     .await;
     assert_eq!(&s.recv_publish().await.topic[..], "wd/2");
-}
-
-#[tokio::test]
-async fn will_delay_postpones_and_reconnect_cancels() {
-    let b = TestBroker::start().await;
-    let mut s = Client::connect(b.addr, ProtocolVersion::V5, "wdl-s").await;
-    s.subscribe("wdl/#", QoS::AtMostOnce).await;
-
-    // Delayed: not at once, but after about a second.
-    let mut c = with_will(ProtocolVersion::V5, "wdl-1", "wdl/1", Some(1));
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(60);
-    let (conn, _) = Client::connect_with(b.addr, c).await;
-    drop(conn);
-    s.expect_nothing().await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(&s.recv_publish().await.topic[..], "wdl/1");
-
-    // Cancelled: the client comes back within the delay.
-    let mut c = with_will(ProtocolVersion::V5, "wdl-2", "wdl/2", Some(2));
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(60);
-    let (conn, _) = Client::connect_with(b.addr, c.clone()).await;
-    drop(conn);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    c.will = None;
-    let (_conn, ack) = Client::connect_with(b.addr, c).await;
-    assert!(ack.session_present);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    s.expect_nothing().await;
-}
-
-#[tokio::test]
-async fn will_is_sent_when_the_session_ends_before_the_delay() {
-    let b = TestBroker::start().await;
-    let mut s = Client::connect(b.addr, ProtocolVersion::V5, "wse-s").await;
-    s.subscribe("wse/#", QoS::AtMostOnce).await;
-    let mut c = with_will(ProtocolVersion::V5, "wse-1", "wse/1", Some(100));
-    c.properties.session_expiry_interval = Some(1);
-    let (conn, _) = Client::connect_with(b.addr, c).await;
-    drop(conn);
-    s.expect_nothing().await;
-    assert_eq!(&s.recv_publish().await.topic[..], "wse/1");
 }
 
 #[tokio::test]

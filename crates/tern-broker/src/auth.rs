@@ -77,6 +77,12 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
     fn quota_chain(&self, _cid: Cid) -> QuotaChain {
         QuotaChain::new()
     }
+
+    /// `(token id, expire)` of every token whose `expire` (unix seconds) is at or before
+    /// `now_secs`: the broker's timers end their live connections.
+    fn expired_tokens(&self, _now_secs: u64) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
 }
 
 /// Lets every client in as one account with standard rights.

@@ -337,10 +337,21 @@ impl Broker {
         auth: Box<dyn Authenticator>,
         store: Store,
     ) -> Arc<Broker> {
+        Broker::with_clock(config, auth, store, Clock::default())
+    }
+
+    /// A broker on `clock`: [`Clock::manual`] for tests in virtual time, moved by
+    /// [`Broker::advance`] (its [`Broker::run_timers`] then does nothing).
+    pub fn with_clock(
+        config: BrokerConfig,
+        auth: Box<dyn Authenticator>,
+        store: Store,
+        clock: Clock,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
             queue_budget: QueueBudget::new(config.max_total_queued_bytes),
             config,
-            clock: Clock::default(),
+            clock,
             metrics: Metrics::default(),
             auth,
             sessions: Mutex::new(Registry::default()),

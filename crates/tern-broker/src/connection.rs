@@ -261,6 +261,10 @@ impl Connection {
     fn detach(&mut self, session: &Arc<Session>, reason: &CloseReason) {
         let broker = self.broker.clone();
         let now = broker.clock.now();
+        // The disconnect's identity for its timers is a stamp, not just the time: unique, so
+        // the timers of an earlier disconnect never match a later one, even within one
+        // microsecond (or one step of a manual clock). Deadlines count from `now`.
+        let disconnected_at = broker.clock.stamp();
         let (will_now, delayed_will, end, expiry) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
@@ -274,7 +278,7 @@ impl Connection {
                 // Removed while connected (REST, account deletion): nothing left to keep.
                 return;
             }
-            st.disconnected_at = Some(now);
+            st.disconnected_at = Some(disconnected_at);
             st.resend = st.inflight.len();
             let will = st.will.take().filter(|_| reason.publishes_will());
             let end = st.expiry_interval == 0;
@@ -307,7 +311,7 @@ impl Connection {
                 now + u64::from(delay) * 1_000_000,
                 TimerKind::Will,
                 session.clone(),
-                now,
+                disconnected_at,
             );
         }
         if expiry != u32::MAX {
@@ -315,7 +319,7 @@ impl Connection {
                 now + u64::from(expiry) * 1_000_000,
                 TimerKind::Expiry,
                 session.clone(),
-                now,
+                disconnected_at,
             );
         }
     }

@@ -12,9 +12,9 @@
 //! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
 //! - `session`: sessions, their outbox and in-flight window
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
-//! - `message`: messages, deliveries, the broker clock
+//! - `message`: messages, deliveries, the broker clock (wall or manual)
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
-//! - `timers`: will delay, session expiry and the retained expiry sweep
+//! - `timers`: will delay, session expiry, the retained sweep and token expiry, on the clock
 //! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
 //! - `rules`: the checks every message from a client passes (PUBLISH, will, REST publish)
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start

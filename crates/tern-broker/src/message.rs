@@ -97,15 +97,58 @@ impl Delivery {
 
 /// The broker clock: wall time in microseconds, made strictly increasing so that every message
 /// gets a unique timestamp (flespi clients drop messages whose timestamp does not increase).
+///
+/// Every deadline of the broker (will delay, session expiry, message and retained expiry, token
+/// expiry) is measured against [`Clock::now`]. A manual clock ([`Clock::manual`]) stands still
+/// until [`Clock::advance`] moves it, so tests run whole exchanges in virtual time; the broker's
+/// [`Broker::advance`](crate::Broker::advance) moves it and fires what fell due. Reading the
+/// wall clock costs one branch more (the manual time is `None`).
 #[derive(Debug, Default)]
 pub struct Clock {
     last: AtomicU64,
+    /// The manual time, shared by [`Clock::share`]; `None` reads the wall clock.
+    manual: Option<Arc<AtomicU64>>,
 }
 
 impl Clock {
-    /// Current wall time, without the uniqueness guarantee.
+    /// A manual clock standing at `start` (microseconds since the epoch).
+    pub fn manual(start: Micros) -> Clock {
+        Clock {
+            last: AtomicU64::new(0),
+            manual: Some(Arc::new(AtomicU64::new(start))),
+        }
+    }
+
+    /// A clock reading the same time as this one (a manual one moves with it), with stamps of
+    /// its own: the account directory's clock.
+    pub fn share(&self) -> Clock {
+        Clock {
+            last: AtomicU64::new(0),
+            manual: self.manual.clone(),
+        }
+    }
+
+    /// Whether this clock only moves by [`Clock::advance`].
+    pub fn is_manual(&self) -> bool {
+        self.manual.is_some()
+    }
+
+    /// Moves a manual clock forward by `by` and returns the new time; the wall clock cannot be
+    /// moved (it returns the current time).
+    pub fn advance(&self, by: std::time::Duration) -> Micros {
+        let by = by.as_micros() as u64;
+        match &self.manual {
+            Some(t) => t.fetch_add(by, Ordering::AcqRel).saturating_add(by),
+            None => wall_micros(),
+        }
+    }
+
+    /// Current time, without the uniqueness guarantee.
     pub fn now(&self) -> Micros {
-        wall_micros()
+        match &self.manual {
+            None => wall_micros(),
+            Some(t) => t.load(Ordering::Acquire),
+        }
     }
 
     /// Makes every future stamp greater than `ts` (after loading stored messages, so that
@@ -116,7 +159,7 @@ impl Clock {
 
     /// A fresh timestamp, greater than every one handed out before.
     pub fn stamp(&self) -> Micros {
-        let now = wall_micros();
+        let now = self.now();
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
@@ -152,6 +195,21 @@ mod tests {
             assert!(ts > prev);
             prev = ts;
         }
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_advanced() {
+        let clock = Clock::manual(1_000_000);
+        let shared = clock.share();
+        assert!(clock.is_manual());
+        assert_eq!(clock.now(), 1_000_000);
+        assert_eq!(clock.advance(std::time::Duration::from_secs(2)), 3_000_000);
+        assert_eq!(clock.now(), 3_000_000);
+        assert_eq!(shared.now(), 3_000_000);
+        // Stamps stay unique while the clock stands still.
+        assert_eq!(clock.stamp(), 3_000_000);
+        assert_eq!(clock.stamp(), 3_000_001);
+        assert!(!Clock::default().is_manual());
     }
 
     #[test]

@@ -132,7 +132,6 @@ impl Server {
         tern_api::publish_state(&api);
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
-        tracker.spawn(expire_tokens(broker.clone(), directory.clone()));
         let acceptor = Acceptor::new(
             broker.clone(),
             config.listeners.max_connections,
@@ -273,43 +272,5 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         done
-    }
-}
-
-/// Ends the live connections of a token once its `expire` (unix seconds) has passed, as a
-/// refused CONNECT would for a new one: DISCONNECT 0x87 for v5 clients, checked every second.
-/// Each `(token, expire)` is acted on once; a token given a later `expire` is watched again.
-async fn expire_tokens(broker: Arc<Broker>, directory: Arc<Directory>) {
-    use std::collections::HashSet;
-    let mut handled: HashSet<(u64, u64)> = HashSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = broker.shutdown_token().cancelled() => return,
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let expired: HashSet<(u64, u64)> = directory.expired_tokens(now).into_iter().collect();
-        handled.retain(|k| expired.contains(k));
-        let new: HashSet<u64> = expired
-            .iter()
-            .filter(|k| !handled.contains(k))
-            .map(|&(id, _)| id)
-            .collect();
-        if new.is_empty() {
-            continue;
-        }
-        handled.extend(expired);
-        let n = broker.revoke_tokens(&new);
-        if n > 0 {
-            tracing::info!(
-                tokens = new.len(),
-                connections = n,
-                "token expired: disconnected"
-            );
-        }
     }
 }

@@ -19,10 +19,7 @@ use tern::certs::DevCertFiles;
 use tern::{Config, ListenerAddrs, Server, ServerOptions};
 use tern_broker::Broker;
 
-/// Default time a test waits for something that should happen.
-pub const WAIT: Duration = Duration::from_secs(5);
-/// Time a test waits to be sure something does NOT happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+pub use tern_testclient::{QUIET, WAIT};
 
 /// A fresh development CA, server and client certificate in a temporary directory (removed on
 /// drop).

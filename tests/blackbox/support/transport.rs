@@ -10,7 +10,6 @@ use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tern_net::ws::WsStream;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -19,9 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::TestBroker;
 
-/// A byte stream the raw client can run over.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T> Io for T where T: AsyncRead + AsyncWrite + Unpin + Send {}
+pub use tern_testclient::Io;
 
 /// The four ways to reach tern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -19,13 +19,12 @@ use tern_broker::{Broker, BrokerConfig};
 use tern_codec::*;
 use tern_net::{Acceptor, serve_tcp};
 use tern_store::{Snapshot, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tern_testclient::{Client, Read};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 pub const TOP: u64 = 1000;
-pub const WAIT: Duration = Duration::from_secs(5);
-pub const QUIET: Duration = Duration::from_millis(300);
+pub use tern_testclient::{QUIET, WAIT};
 
 /// One running tern.
 pub struct Env {
@@ -250,10 +249,10 @@ impl Resp {
     }
 }
 
-/// A raw MQTT client.
+/// An MQTT client for REST-over-MQTT tests: the workspace's raw client (`tern-testclient`)
+/// with QoS 1 helpers that set aside deliveries arriving while they wait.
 pub struct Mqtt {
-    stream: TcpStream,
-    buf: BytesMut,
+    client: Client,
     pub version: ProtocolVersion,
     next_id: u16,
     /// Publishes that arrived while waiting for something else.
@@ -287,11 +286,8 @@ impl Mqtt {
 
     /// Opens a connection, sends `connect` and reads the CONNACK.
     async fn handshake(addr: SocketAddr, connect: Connect) -> (Mqtt, ReasonCode) {
-        let stream = TcpStream::connect(addr).await.expect("connect mqtt");
-        stream.set_nodelay(true).ok();
         let mut c = Mqtt {
-            stream,
-            buf: BytesMut::new(),
+            client: Client::open(addr, connect.protocol).await,
             version: connect.protocol,
             next_id: 0,
             pending: Default::default(),
@@ -322,9 +318,7 @@ impl Mqtt {
     }
 
     pub async fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        encode(&packet, self.version, &mut out).expect("encode");
-        self.stream.write_all(&out).await.expect("write");
+        self.client.send(packet).await;
     }
 
     /// The next packet within `WAIT`; `None` when the connection closed or nothing came.
@@ -333,17 +327,9 @@ impl Mqtt {
     }
 
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(p) = decode(&mut self.buf, u32::MAX >> 4, self.version).expect("decodable")
-            {
-                return Some(p);
-            }
-            self.buf.reserve(64 * 1024);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return None,
-                Ok(Ok(_)) => {}
-            }
+        match self.client.read(wait).await {
+            Read::Packet(p) => Some(p),
+            Read::Closed | Read::Timeout => None,
         }
     }
 

@@ -42,7 +42,7 @@ pub use limiter::FailLimiter;
 pub use model::{Access, Account, AclEntry, Limits, Token};
 
 use crate::auth::{Authenticator, Credentials, Principal};
-use crate::message::Cid;
+use crate::message::{Cid, Clock};
 
 /// Length of a token key.
 pub const KEY_LEN: usize = 64;
@@ -336,12 +336,25 @@ pub struct Directory {
     /// The account anonymous clients land in (0: none).
     anonymous: AtomicU64,
     pub metrics: AuthMetrics,
+    /// What token `expire`, `ttl` and `created` are measured against: the wall clock, or the
+    /// broker's manual clock in tests ([`Clock::share`]).
+    clock: Clock,
 }
 
 impl Directory {
     /// Loads accounts and tokens from the store's snapshot. Documents that do not parse are
     /// reported and skipped.
     pub fn load(snapshot: &Snapshot, store: Store, config: DirectoryConfig) -> Arc<Directory> {
+        Directory::load_with_clock(snapshot, store, config, Clock::default())
+    }
+
+    /// [`Directory::load`] on `clock` (for tests on a manual clock).
+    pub fn load_with_clock(
+        snapshot: &Snapshot,
+        store: Store,
+        config: DirectoryConfig,
+        clock: Clock,
+    ) -> Arc<Directory> {
         let mut st = State::default();
         for (cid, json) in &snapshot.accounts {
             match serde_json::from_slice::<Account>(json) {
@@ -376,7 +389,12 @@ impl Directory {
             limiter: Mutex::new(limiter),
             anonymous: AtomicU64::new(0),
             metrics: AuthMetrics::default(),
+            clock,
         })
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.clock.now() / 1_000_000
     }
 
     /// The top account, if any.
@@ -395,7 +413,7 @@ impl Directory {
         if let Some(key) = master_key {
             check_key(key)?;
         }
-        let now = now_secs();
+        let now = self.now_secs();
         let mut st = self.state.write();
         if st.top.is_none() {
             let account = Account {
@@ -701,7 +719,7 @@ impl Directory {
         }
         st.check_room(token.cid, Counted::Token, &self.config.quotas)?;
         token.id = next_id(st.tokens.keys());
-        token.created = now_secs();
+        token.created = self.now_secs();
         self.persist_token(&token);
         for c in st.chain(token.cid) {
             st.below.entry(c).or_default().tokens += 1;
@@ -742,7 +760,7 @@ impl Directory {
     /// Checks a token for use now from `peer`: enabled, not expired, within its ttl, from an
     /// allowed address, of an enabled account. Records the access.
     pub fn check_token(&self, id: u64, peer: Option<IpAddr>) -> Result<Token, ReasonCode> {
-        let now = now_secs();
+        let now = self.now_secs();
         let mut st = self.state.write();
         let t = in_force(&st, id, now)?;
         if let Some(ip) = peer
@@ -907,7 +925,7 @@ impl Authenticator for Arc<Directory> {
     fn token_rights(&self, token_id: u64) -> Option<Rights> {
         // A deleted, disabled or expired token, or one of a disabled account, grants nothing.
         let st = self.state.read();
-        Some(in_force(&st, token_id, now_secs()).map_or_else(
+        Some(in_force(&st, token_id, self.now_secs()).map_or_else(
             |_| Rights::Acl(Arc::new(AclRules::default())),
             |t| Rights::of(&t.access),
         ))
@@ -915,6 +933,10 @@ impl Authenticator for Arc<Directory> {
 
     fn quota_chain(&self, cid: Cid) -> QuotaChain {
         Directory::quota_chain(self, cid)
+    }
+
+    fn expired_tokens(&self, now_secs: u64) -> Vec<(u64, u64)> {
+        Directory::expired_tokens(self, now_secs)
     }
 }
 
@@ -1008,8 +1030,4 @@ pub fn ip_allowed(masks: &str, ip: IpAddr) -> bool {
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .any(|m| tern_expr::Pattern::new(m).map_or(m == text, |p| p.matches(&text)))
-}
-
-fn now_secs() -> u64 {
-    crate::message::wall_micros() / 1_000_000
 }

@@ -1,0 +1,122 @@
+//! Session expiry in virtual time (CONNECT and DISCONNECT's Session Expiry Interval, MQTT 5
+//! 3.1.2.11, 3.14.2.2.2), and what a session queues while its client is away: in order, less
+//! the messages whose Message Expiry Interval ran out, the rest with the time they have left.
+
+use std::time::Duration;
+
+use tern_broker::SessionKey;
+use tern_codec::*;
+
+use crate::support::{TestBroker, expiring, persistent, publish_packet};
+
+fn key(id: &str) -> SessionKey {
+    SessionKey {
+        cid: 1,
+        client_id: id.into(),
+    }
+}
+
+#[test]
+fn a_session_ends_when_its_expiry_interval_passes() {
+    let b = TestBroker::new();
+    let (mut s, _) = b.connect(persistent("expiring", 1));
+    s.subscribe("e/t", QoS::AtLeastOnce);
+    assert!(s.disconnect(None).is_some());
+    b.advance(Duration::from_millis(999));
+    assert!(b.broker.session(&key("expiring")).is_some(), "not yet");
+    b.advance(Duration::from_millis(1));
+    assert!(b.broker.session(&key("expiring")).is_none(), "expired");
+    let (_s, ack) = b.connect(persistent("expiring", 1));
+    assert!(!ack.session_present, "the session expired");
+}
+
+#[test]
+fn a_reconnect_keeps_the_session_and_a_new_disconnect_starts_over() {
+    let b = TestBroker::new();
+    let (c, _) = b.connect(persistent("back", 2));
+    c.drop_connection();
+    b.advance(Duration::from_millis(1500));
+    let (c, ack) = b.connect(persistent("back", 2));
+    assert!(ack.session_present);
+    c.drop_connection();
+    // The first disconnect's deadline (2 s after it) passes: the session stays.
+    b.advance(Duration::from_millis(1000));
+    assert!(b.broker.session(&key("back")).is_some());
+    b.advance(Duration::from_millis(1000));
+    assert!(b.broker.session(&key("back")).is_none());
+}
+
+#[test]
+fn disconnect_may_extend_session_expiry() {
+    let b = TestBroker::new();
+    let (s, _) = b.connect(persistent("extend", 1));
+    assert!(s.disconnect(Some(60)).is_some());
+    b.advance(Duration::from_millis(1500));
+    let (s, ack) = b.connect(persistent("extend", 60));
+    assert!(ack.session_present);
+    assert!(s.disconnect(None).is_some());
+    b.advance(Duration::from_secs(60));
+    assert!(b.broker.session(&key("extend")).is_none());
+}
+
+#[test]
+fn queued_messages_keep_their_order_and_expire() {
+    let b = TestBroker::new();
+    let (mut s, _) = b.connect(persistent("order", 60));
+    s.subscribe("o/t", QoS::AtLeastOnce);
+    assert!(s.disconnect(None).is_some());
+    let mut p = b.client("order-pub");
+    p.publish(expiring("o/t", b"gone", QoS::AtLeastOnce, false, 1));
+    for i in 0..20 {
+        p.publish(publish_packet(
+            "o/t",
+            format!("{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        ));
+    }
+    b.advance(Duration::from_millis(1100));
+    let (mut s, ack) = b.connect(persistent("order", 60));
+    assert!(ack.session_present);
+    let got: Vec<String> = s
+        .publishes()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("{i}")).collect();
+    assert_eq!(got, want);
+    s.expect_nothing();
+}
+
+#[test]
+fn a_queued_message_carries_the_expiry_it_has_left() {
+    let b = TestBroker::new();
+    let (mut s, _) = b.connect(persistent("left", 60));
+    s.subscribe("l/t", QoS::AtLeastOnce);
+    assert!(s.disconnect(None).is_some());
+    let mut p = b.client("left-pub");
+    p.publish(expiring("l/t", b"x", QoS::AtLeastOnce, false, 10));
+    b.advance(Duration::from_millis(3500));
+    let (mut s, _) = b.connect(persistent("left", 60));
+    let got = s.publishes();
+    assert_eq!(got.len(), 1);
+    // 6.5 s left, rounded up.
+    assert_eq!(got[0].properties.message_expiry_interval, Some(7));
+}
+
+#[test]
+fn advance_on_the_wall_clock_does_what_is_due_and_returns() {
+    let b = TestBroker::with_clock(
+        tern_broker::BrokerConfig::default(),
+        Box::new(tern_broker::Anonymous { cid: 1 }),
+        tern_broker::Clock::default(),
+    );
+    let (c, _) = b.connect(persistent("wall", 60));
+    c.drop_connection();
+    // The expiry deadline (in 60 s) falls within the hour asked for, but the wall clock does
+    // not jump: advance returns at once and the session stays.
+    let before = b.now();
+    let now = b.advance(Duration::from_secs(3600));
+    assert!(now >= before && now < before + 30_000_000);
+    assert!(b.broker.session(&key("wall")).is_some());
+}
