@@ -13,6 +13,8 @@
 //! - `session`: sessions, their outbox and in-flight window
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock (wall or manual)
+//! - `topics`: the flespi topic space (`flespi/`, `flespi/rest/`, the event and state topics,
+//!   the `cid` and `timestamp` properties), cited by everything else
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay, session expiry, the retained sweep and token expiry, on the clock
 //! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
@@ -45,6 +47,7 @@ mod restore;
 pub mod rules;
 pub mod session;
 pub mod timers;
+pub mod topics;
 pub mod violation;
 
 pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};

@@ -12,6 +12,7 @@ use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
 use crate::session::{ConnLink, Origin, Session, SessionKey, WillSpec};
+use crate::topics::session_event;
 
 /// Outcome of attaching a connection to its session.
 struct Attached {
@@ -238,7 +239,7 @@ impl Connection {
             self.reapply_rights(&attached.session);
         }
         self.broker
-            .session_event(&attached.session, "connected", None);
+            .session_event(&attached.session, session_event::CONNECTED, None);
         // Re-send what was in flight, then whatever queued while offline.
         attached.session.wake();
         Ok(())

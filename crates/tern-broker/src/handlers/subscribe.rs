@@ -16,6 +16,7 @@ use crate::connection::{Connection, owns};
 use crate::filter::LazyPayload;
 use crate::message::{Cid, Delivery, Micros};
 use crate::session::{Session, Subscription};
+use crate::topics::CID_PROPERTY;
 use crate::violation::Violation;
 
 /// Why one filter of a SUBSCRIBE failed.
@@ -37,7 +38,7 @@ impl Connection {
             .properties
             .user_properties
             .iter()
-            .find(|(k, _)| k == "cid")
+            .find(|(k, _)| k == CID_PROPERTY)
         {
             Some((_, v)) => match v.parse::<Cid>() {
                 Ok(cid) => Some(cid),

@@ -7,6 +7,7 @@ use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
 use crate::message::Cid;
 use crate::session::Subscription;
+use crate::topics::CID_PROPERTY;
 
 impl Connection {
     pub(crate) fn handle_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), CloseReason> {
@@ -17,7 +18,7 @@ impl Connection {
             .properties
             .user_properties
             .iter()
-            .find(|(k, _)| k == "cid")
+            .find(|(k, _)| k == CID_PROPERTY)
             .and_then(|(_, v)| v.parse::<Cid>().ok());
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
