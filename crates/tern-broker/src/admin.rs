@@ -8,14 +8,16 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use tern_codec::{PublishProperties, QoS, SubscriptionOptions};
 use tern_store::Op;
 
+use crate::accounts::Rights;
 use crate::auth::Principal;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
 use crate::session::{Session, Subscription};
+use crate::subscriptions::{SubscribeError, Subscriber};
 
 /// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
 #[derive(Debug, Clone, Serialize)]
@@ -208,30 +210,17 @@ impl Broker {
         kicks.len()
     }
 
-    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed:
-    /// the same per-session and account quota applies (`Err(QUOTA_EXCEEDED)`). No retained
-    /// messages are sent. Returns whether it is new; `Ok(false)` also when the session ended.
+    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed
+    /// ([`Broker::subscribe`]: the caller's rights, the per-session and account quota). No
+    /// retained messages are sent. Returns whether it is new, and the subscription as recorded
+    /// (restricted to the caller's grants); `Ok(false, _)` also when the session ended.
     pub fn add_subscription(
         &self,
         session: &Arc<Session>,
         sub: Subscription,
-    ) -> Result<bool, ReasonCode> {
-        let is_new = {
-            let mut st = session.lock();
-            if st.ended {
-                return Ok(false);
-            }
-            let new = !st.subscriptions.contains_key(&sub.filter);
-            if new
-                && (st.subscriptions.len() >= self.config.max_subscriptions_per_session
-                    || self.subscription_quota_full(session.key.cid))
-            {
-                return Err(ReasonCode::QUOTA_EXCEEDED);
-            }
-            self.record_subscription(session, &mut st, &sub)
-        };
-        self.index(session, &sub);
-        Ok(is_new)
+        rights: &Rights,
+    ) -> Result<(bool, Subscription), SubscribeError> {
+        self.subscribe(session, sub, Some(rights), Subscriber::Admin)
     }
 
     /// Removes a subscription of a session by its identity; false if there was none.

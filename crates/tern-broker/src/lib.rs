@@ -11,6 +11,8 @@
 //!   `unsubscribe`, `disconnect`, `deliver` for outgoing messages) and the dispatch
 //! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
 //! - `session`: sessions, their outbox and in-flight window
+//! - `subscriptions`: the one subscribe path (`Broker::subscribe`: ACLs, quotas, store, index)
+//!   and the re-check of a session's subscriptions against a token's rights
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock (wall or manual)
 //! - `topics`: the flespi topic space (`flespi/`, `flespi/rest/`, the event and state topics,
@@ -46,6 +48,7 @@ mod persist;
 mod restore;
 pub mod rules;
 pub mod session;
+pub mod subscriptions;
 pub mod timers;
 pub mod topics;
 pub mod violation;

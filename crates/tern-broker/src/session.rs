@@ -100,9 +100,12 @@ impl Subscription {
         })
     }
 
-    /// Limits deliveries to the grants of an ACL token.
+    /// Limits deliveries to the grants of an ACL token (replacing an earlier restriction).
     pub fn restrict(&mut self, rules: Arc<AclRules>) {
         let mut c = self.conditions.as_deref().cloned().unwrap_or_default();
+        if let Some(at) = c.key.find("\0acl=") {
+            c.key.truncate(at);
+        }
         c.key.push_str(&format!("\0acl={:p}", Arc::as_ptr(&rules)));
         c.acl = Some(rules);
         self.conditions = Some(Arc::new(c));
@@ -394,6 +397,16 @@ impl Subscriptions {
             self.0 = None;
         }
         removed
+    }
+
+    /// Keeps the subscriptions `keep` returns true for (it may change them).
+    pub fn retain(&mut self, keep: impl FnMut(&ByteString, &mut Subscription) -> bool) {
+        if let Some(map) = self.0.as_mut() {
+            map.retain(keep);
+            if map.is_empty() {
+                self.0 = None;
+            }
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ByteString> {
