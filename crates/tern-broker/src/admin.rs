@@ -16,7 +16,7 @@ use crate::auth::Principal;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
-use crate::session::{Session, Subscription};
+use crate::session::{Session, Subscription, SubscriptionKey};
 use crate::subscriptions::{SubscribeError, Subscriber};
 
 /// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
@@ -93,18 +93,14 @@ impl Subscription {
     /// The REST view of this subscription.
     pub fn view(&self) -> SubscriptionView {
         SubscriptionView {
-            id: public_id(&self.filter),
+            id: public_id(&self.key.to_stored()),
             topic: self.topic_string().to_string(),
             qos: self.options.qos as u8,
             no_local: self.options.no_local,
             rap: self.options.retain_as_published,
             retain_handling: self.options.retain_handling as u8,
             subscription_id: self.id,
-            cid: self
-                .filter
-                .split_once('\0')
-                .and_then(|(_, s)| s.strip_prefix("cid="))
-                .and_then(|n| n.parse().ok()),
+            cid: self.key.cid,
         }
     }
 }
@@ -140,7 +136,7 @@ impl Session {
     pub fn subscription_views(&self) -> Vec<SubscriptionView> {
         let st = self.lock();
         let mut subs: Vec<&Subscription> = st.subscriptions.values().collect();
-        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        subs.sort_by(|a, b| a.key.cmp(&b.key));
         subs.into_iter().map(Subscription::view).collect()
     }
 }
@@ -224,14 +220,14 @@ impl Broker {
     }
 
     /// Removes a subscription of a session by its identity; false if there was none.
-    pub fn remove_subscription(&self, session: &Arc<Session>, identity: &ByteString) -> bool {
+    pub fn remove_subscription(&self, session: &Arc<Session>, identity: &SubscriptionKey) -> bool {
         let removed = {
             let mut st = session.lock();
             let removed = st.subscriptions.remove(identity);
             if removed.is_some() && st.stored {
                 self.store.submit(Op::DelSubscription {
                     key: session.key.clone(),
-                    filter: identity.clone(),
+                    filter: identity.to_stored(),
                 });
             }
             removed
@@ -338,7 +334,7 @@ pub fn parse_subscription(
     id: Option<u32>,
 ) -> Result<Subscription, crate::filter::FilterError> {
     Subscription::parse(
-        Subscription::identity(&ByteString::from(topic), cid_prop),
+        SubscriptionKey::new(ByteString::from(topic), cid_prop),
         options,
         id,
     )

@@ -63,5 +63,5 @@ pub use connection::Connection;
 pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
-pub use session::{Kick, Session, SessionKey, Signal, Subscription};
+pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};
 pub use violation::Violation;

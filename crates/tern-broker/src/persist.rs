@@ -21,9 +21,7 @@ impl Broker {
                 sub: sub_record(sub),
             });
         }
-        st.subscriptions
-            .insert(sub.filter.clone(), sub.clone())
-            .is_none()
+        st.subscriptions.insert(sub.clone()).is_none()
     }
 
     /// Writes the session's record if it persists (expiry interval above 0), marking it
@@ -68,10 +66,10 @@ pub(crate) fn record(session: &Session, st: &SessionState) -> SessionRecord {
     }
 }
 
-/// The stored form of a subscription.
+/// The stored form of a subscription (its key as the store keeps it, `SubscriptionKey::to_stored`).
 pub(crate) fn sub_record(sub: &Subscription) -> SubscriptionRecord {
     SubscriptionRecord {
-        filter: sub.filter.clone(),
+        filter: sub.key.to_stored(),
         options: sub.options,
         id: sub.id,
     }

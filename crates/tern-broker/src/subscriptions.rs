@@ -95,7 +95,7 @@ impl Broker {
                 Subscriber::Admin if st.ended => return Ok((false, sub)),
                 _ => {}
             }
-            let new = !st.subscriptions.contains_key(&sub.filter);
+            let new = !st.subscriptions.contains_key(&sub.key);
             if new
                 && (st.subscriptions.len() >= self.config.max_subscriptions_per_session
                     || self.subscription_quota_full(session.key.cid))
@@ -123,13 +123,13 @@ impl Broker {
         {
             let mut st = session.lock();
             let stored = st.stored;
-            st.subscriptions.retain(|filter, sub| {
+            st.subscriptions.retain(|key, sub| {
                 let before = sub.conditions.clone();
                 if !sub.authorize(rights) {
                     if stored {
                         self.store.submit(Op::DelSubscription {
                             key: session.key.clone(),
-                            filter: filter.clone(),
+                            filter: key.to_stored(),
                         });
                     }
                     removed.push(sub.clone());

@@ -8,7 +8,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 use tern_broker::admin::parse_subscription;
 use tern_broker::subscriptions::SubscribeError;
-use tern_broker::{Session, Subscription};
+use tern_broker::{Session, Subscription, SubscriptionKey};
 use tern_codec::{QoS, RetainHandling, SubscriptionOptions};
 use utoipa::IntoParams;
 
@@ -89,14 +89,14 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
                             format!(
                                 "session {}: {what}, `{}` not added",
                                 session.public_id(),
-                                sub.filter
+                                sub.key
                             ),
                         )
                         .at(i),
                     );
                 }
                 Ok((is_new, sub)) => {
-                    if is_new || session.lock().subscriptions.contains_key(&sub.filter) {
+                    if is_new || session.lock().subscriptions.contains_key(&sub.key) {
                         done.push(to_value(&SubscriptionItem::new(
                             sub.view(),
                             session.public_id(),
@@ -201,7 +201,7 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
             .and_then(Value::as_str)
             .unwrap_or_default();
         let cid = item.get("cid").and_then(Value::as_u64);
-        let identity = Subscription::identity(&ByteString::from(topic), cid);
+        let identity = SubscriptionKey::new(ByteString::from(topic), cid);
         if api.broker.remove_subscription(&session, &identity) {
             done.push(item);
         }

@@ -386,7 +386,7 @@ fn attach_new(
 fn subscriptions_json(session: &Session) -> String {
     let st = session.lock();
     let mut subs: Vec<&crate::session::Subscription> = st.subscriptions.values().collect();
-    subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+    subs.sort_by(|a, b| a.key.cmp(&b.key));
     let items: Vec<serde_json::Value> = subs
         .into_iter()
         .map(|s| {

@@ -14,7 +14,7 @@ use crate::close::CloseReason;
 use crate::connection::Connection;
 use crate::filter::LazyPayload;
 use crate::message::{Cid, Delivery, Micros};
-use crate::session::{Session, Subscription};
+use crate::session::{Session, Subscription, SubscriptionKey};
 use crate::subscriptions::{SubscribeError, Subscriber};
 use crate::topics::CID_PROPERTY;
 use crate::violation::Violation;
@@ -95,7 +95,7 @@ impl Connection {
         retained: &mut Vec<Delivery>,
     ) -> Result<ReasonCode, Refusal> {
         let granted = options.qos.min(self.broker.config.max_qos);
-        let identity = Subscription::identity(filter, cid_prop);
+        let identity = SubscriptionKey::new(filter.clone(), cid_prop);
         let sub = Subscription::parse(
             identity,
             SubscriptionOptions {
