@@ -114,7 +114,7 @@ async fn mosquitto_round_trip(
     let subscribed = crate::support::eventually(|| {
         b.broker()
             .session(&key)
-            .is_some_and(|s| s.lock().subscriptions.keys().any(|f| *f == *topic))
+            .is_some_and(|s| s.lock().subscriptions.keys().any(|k| k.filter == *topic))
     })
     .await;
     if !subscribed {
@@ -221,10 +221,12 @@ async fn mosquitto_v5_own_id_persistent_session_with_defaults() {
     );
     // mosquitto_sub connects anonymously: its session is in the anonymous account.
     let key = b.anonymous_key("mosq-v5-own");
-    let kept = b
-        .broker()
-        .session(&key)
-        .is_some_and(|s| s.lock().subscriptions.keys().any(|f| &**f == "mosq/v5/own"));
+    let kept = b.broker().session(&key).is_some_and(|s| {
+        s.lock()
+            .subscriptions
+            .keys()
+            .any(|k| &*k.filter == "mosq/v5/own")
+    });
     assert!(kept, "the persistent session and its subscription are kept");
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port, "-V", "5", "-q", "1"])

@@ -34,7 +34,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use bytestring::ByteString;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tern_broker::rules::RESERVED_PREFIX;
+use tern_broker::topics;
 use tern_broker::{Broker, Cid, RestBridge, RestCall};
 use tern_codec::{ProtocolVersion, Publish, PublishProperties, QoS};
 use tokio::sync::Semaphore;
@@ -152,8 +152,7 @@ const DATA: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 
 /// The HTTP request of a `flespi/rest/<method>/<uri>` publish.
 fn request(call: &RestCall) -> Result<Request<Body>, ApiError> {
-    let rest = call.topic.strip_prefix("flespi/rest/").unwrap_or("");
-    let (method, uri) = rest.split_once('/').unwrap_or((rest, ""));
+    let (method, uri) = topics::rest_request(&call.topic).unwrap_or(("", ""));
     let method = match method.to_ascii_lowercase().as_str() {
         "get" => Method::GET,
         "post" => Method::POST,
@@ -228,7 +227,7 @@ fn route(state: &ApiState, call: &RestCall) -> Result<Route, ApiError> {
     // can land under `flespi/` or outside the requester's grants whoever calls the bridge.
     if let Some(topic) = &response_topic
         && *topic != call.topic
-        && (topic.starts_with(RESERVED_PREFIX) || !call.principal.rights.can_publish(topic))
+        && (topics::is_reserved(topic) || !call.principal.rights.can_publish(topic))
     {
         return Err(ApiError::forbidden(format!(
             "response topic `{topic}`: not a topic this token may publish to"

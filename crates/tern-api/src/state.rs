@@ -10,16 +10,11 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tern_broker::Cid;
 use tern_broker::accounts::Account;
+use tern_broker::topics::{CUSTOMER_STATE, subaccount_state_topic};
 use tern_codec::QoS;
 
 use crate::ApiState;
 use crate::items::AccountItem;
-
-pub(crate) const CUSTOMER_TOPIC: &str = "flespi/state/platform/customer";
-
-pub(crate) fn subaccount_topic(id: Cid) -> String {
-    format!("flespi/state/platform/subaccounts/{id}")
-}
 
 /// Publishes every account's state topics (at start: retained messages may not have survived a
 /// restart, and accounts may have been changed while tern was down).
@@ -38,16 +33,16 @@ pub(crate) fn account_changed(api: &ApiState, account: &Account) {
             return;
         }
     };
-    retain(api, account.id, CUSTOMER_TOPIC.to_string(), json.clone());
+    retain(api, account.id, CUSTOMER_STATE.to_string(), json.clone());
     if let Some(parent) = account.parent {
-        retain(api, parent, subaccount_topic(account.id), json);
+        retain(api, parent, subaccount_state_topic(account.id), json);
     }
 }
 
 /// A sub-account was deleted (its own namespace is purged by the caller).
 pub(crate) fn account_deleted(api: &ApiState, id: Cid, parent: Option<Cid>) {
     if let Some(parent) = parent {
-        retain(api, parent, subaccount_topic(id), Bytes::new());
+        retain(api, parent, subaccount_state_topic(id), Bytes::new());
     }
 }
 

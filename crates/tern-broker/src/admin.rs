@@ -8,14 +8,16 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use smallvec::SmallVec;
-use tern_codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use tern_codec::{PublishProperties, QoS, SubscriptionOptions};
 use tern_store::Op;
 
+use crate::accounts::Rights;
 use crate::auth::Principal;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
-use crate::session::{Session, Subscription};
+use crate::session::{Session, Subscription, SubscriptionKey};
+use crate::subscriptions::{SubscribeError, Subscriber};
 
 /// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
 #[derive(Debug, Clone, Serialize)]
@@ -91,18 +93,14 @@ impl Subscription {
     /// The REST view of this subscription.
     pub fn view(&self) -> SubscriptionView {
         SubscriptionView {
-            id: public_id(&self.filter),
+            id: public_id(&self.key.to_stored()),
             topic: self.topic_string().to_string(),
             qos: self.options.qos as u8,
             no_local: self.options.no_local,
             rap: self.options.retain_as_published,
             retain_handling: self.options.retain_handling as u8,
             subscription_id: self.id,
-            cid: self
-                .filter
-                .split_once('\0')
-                .and_then(|(_, s)| s.strip_prefix("cid="))
-                .and_then(|n| n.parse().ok()),
+            cid: self.key.cid,
         }
     }
 }
@@ -138,7 +136,7 @@ impl Session {
     pub fn subscription_views(&self) -> Vec<SubscriptionView> {
         let st = self.lock();
         let mut subs: Vec<&Subscription> = st.subscriptions.values().collect();
-        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        subs.sort_by(|a, b| a.key.cmp(&b.key));
         subs.into_iter().map(Subscription::view).collect()
     }
 }
@@ -208,41 +206,28 @@ impl Broker {
         kicks.len()
     }
 
-    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed:
-    /// the same per-session and account quota applies (`Err(QUOTA_EXCEEDED)`). No retained
-    /// messages are sent. Returns whether it is new; `Ok(false)` also when the session ended.
+    /// Adds (or replaces) a subscription of a live or offline session, as if it subscribed
+    /// ([`Broker::subscribe`]: the caller's rights, the per-session and account quota). No
+    /// retained messages are sent. Returns whether it is new, and the subscription as recorded
+    /// (restricted to the caller's grants); `Ok(false, _)` also when the session ended.
     pub fn add_subscription(
         &self,
         session: &Arc<Session>,
         sub: Subscription,
-    ) -> Result<bool, ReasonCode> {
-        let is_new = {
-            let mut st = session.lock();
-            if st.ended {
-                return Ok(false);
-            }
-            let new = !st.subscriptions.contains_key(&sub.filter);
-            if new
-                && (st.subscriptions.len() >= self.config.max_subscriptions_per_session
-                    || self.subscription_quota_full(session.key.cid))
-            {
-                return Err(ReasonCode::QUOTA_EXCEEDED);
-            }
-            self.record_subscription(session, &mut st, &sub)
-        };
-        self.index(session, &sub);
-        Ok(is_new)
+        rights: &Rights,
+    ) -> Result<(bool, Subscription), SubscribeError> {
+        self.subscribe(session, sub, Some(rights), Subscriber::Admin)
     }
 
     /// Removes a subscription of a session by its identity; false if there was none.
-    pub fn remove_subscription(&self, session: &Arc<Session>, identity: &ByteString) -> bool {
+    pub fn remove_subscription(&self, session: &Arc<Session>, identity: &SubscriptionKey) -> bool {
         let removed = {
             let mut st = session.lock();
             let removed = st.subscriptions.remove(identity);
             if removed.is_some() && st.stored {
                 self.store.submit(Op::DelSubscription {
                     key: session.key.clone(),
-                    filter: identity.clone(),
+                    filter: identity.to_stored(),
                 });
             }
             removed
@@ -349,7 +334,7 @@ pub fn parse_subscription(
     id: Option<u32>,
 ) -> Result<Subscription, crate::filter::FilterError> {
     Subscription::parse(
-        Subscription::identity(&ByteString::from(topic), cid_prop),
+        SubscriptionKey::new(ByteString::from(topic), cid_prop),
         options,
         id,
     )

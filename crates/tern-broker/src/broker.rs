@@ -34,16 +34,17 @@ use crate::config::BrokerConfig;
 use crate::filter::{Conditions, LazyPayload};
 use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Push, Session, SessionKey, Subscription};
+use crate::session::{Push, Session, SessionKey, Subscription, SubscriptionKey};
 use crate::timers::Timers;
 
-/// The subscription index's key: one subscription of one session, identified by its full
-/// subscription string (prefixes and `cid` property included), so that one session may hold
-/// several subscriptions on the same topic filter with different `$filter` conditions.
+/// The subscription index's key: one subscription of one session, identified by its
+/// [`SubscriptionKey`] (subscription string with its prefixes, and `cid` property), so that one
+/// session may hold several subscriptions on the same topic filter with different `$filter`
+/// conditions.
 #[derive(Debug, Clone)]
 pub struct SubKey {
     pub session: Arc<Session>,
-    pub identity: ByteString,
+    pub identity: SubscriptionKey,
 }
 
 impl PartialEq for SubKey {
@@ -574,7 +575,7 @@ impl Broker {
         for sub in subs {
             let key = SubKey {
                 session: session.clone(),
-                identity: sub.filter.clone(),
+                identity: sub.key.clone(),
             };
             let removed = match &sub.share_group {
                 Some(group) => index.remove_shared(group, &sub.topic_filter, &key),
@@ -596,7 +597,7 @@ impl Broker {
         }
         let key = SubKey {
             session: session.clone(),
-            identity: sub.filter.clone(),
+            identity: sub.key.clone(),
         };
         let old = {
             let mut index = ns.subs.write();

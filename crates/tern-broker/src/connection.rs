@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::out::OutBuf;
 use crate::session::{Kick, Phase, Session, SessionState};
 use crate::timers::TimerKind;
+use crate::topics::session_event;
 
 /// The largest packet MQTT can express (a 4-byte remaining length plus the fixed header).
 const MAX_WIRE_PACKET: u32 = 268_435_455 + 5;
@@ -299,7 +300,7 @@ impl Connection {
         if end {
             broker.end_session(session);
         }
-        broker.session_event(session, "disconnected", Some(reason));
+        broker.session_event(session, session_event::DISCONNECTED, Some(reason));
         if let Some(w) = will_now {
             broker.publish_will(w);
         }

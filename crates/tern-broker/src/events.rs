@@ -11,6 +11,7 @@ use tern_codec::QoS;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::session::Session;
+use crate::topics;
 
 impl Broker {
     /// Publishes a session event, if events are on.
@@ -23,7 +24,7 @@ impl Broker {
         if !self.config.session_events {
             return;
         }
-        let topic = format!("flespi/log/mqtt/sessions/{}/{event}", session.public_id());
+        let topic = topics::session_event_topic(session.public_id(), event);
         // Nobody listening (the usual case): no JSON built, nothing routed.
         if !self.has_subscribers(session.key.cid, &topic) {
             return;

@@ -11,8 +11,12 @@
 //!   `unsubscribe`, `disconnect`, `deliver` for outgoing messages) and the dispatch
 //! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
 //! - `session`: sessions, their outbox and in-flight window
+//! - `subscriptions`: the one subscribe path (`Broker::subscribe`: ACLs, quotas, store, index)
+//!   and the re-check of a session's subscriptions against a token's rights
 //! - `budget`: the broker-wide budget of queued bytes (every outbox together)
 //! - `message`: messages, deliveries, the broker clock (wall or manual)
+//! - `topics`: the flespi topic space (`flespi/`, `flespi/rest/`, the event and state topics,
+//!   the `cid` and `timestamp` properties), cited by everything else
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay, session expiry, the retained sweep and token expiry, on the clock
 //! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
@@ -44,7 +48,9 @@ mod persist;
 mod restore;
 pub mod rules;
 pub mod session;
+pub mod subscriptions;
 pub mod timers;
+pub mod topics;
 pub mod violation;
 
 pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
@@ -57,5 +63,5 @@ pub use connection::Connection;
 pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
-pub use session::{Kick, Session, SessionKey, Signal, Subscription};
+pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};
 pub use violation::Violation;

@@ -1,62 +1,12 @@
 //! How session state becomes store ops. Every op about a session is submitted while that
 //! session's lock is held, so the store sees changes in the order they happened.
 
-use std::sync::Arc;
-
-use bytestring::ByteString;
 use tern_store::{Op, SessionRecord, SubscriptionRecord, Ticket};
-
-use crate::accounts::{Rights, SubscribeRight};
 
 use crate::broker::Broker;
 use crate::session::{Session, SessionState, Subscription};
 
 impl Broker {
-    /// Makes a session's subscriptions follow `rights`: restrictions are set or lifted, and
-    /// subscriptions the rights no longer allow are removed.
-    pub(crate) fn apply_rights(&self, session: &Arc<Session>, rights: &Rights) {
-        let mut changed = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut st = session.lock();
-            let filters: Vec<ByteString> = st.subscriptions.keys().cloned().collect();
-            for f in filters {
-                let Some(sub) = st.subscriptions.get_mut(&f) else {
-                    continue;
-                };
-                let before = sub.conditions.clone();
-                match rights.subscribe(&sub.topic_filter) {
-                    SubscribeRight::All => sub.unrestrict(),
-                    SubscribeRight::Restricted(rules) => sub.restrict(rules),
-                    SubscribeRight::Denied => {
-                        if let Some(sub) = st.subscriptions.remove(&f) {
-                            if st.stored {
-                                self.store.submit(Op::DelSubscription {
-                                    key: session.key.clone(),
-                                    filter: f.clone(),
-                                });
-                            }
-                            removed.push(sub);
-                        }
-                        continue;
-                    }
-                }
-                let same = match (&before, &sub.conditions) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                };
-                if !same {
-                    changed.push(sub.clone());
-                }
-            }
-        }
-        self.unindex(session, &removed);
-        for sub in &changed {
-            self.index(session, sub);
-        }
-    }
-
     /// Records a subscription in the session (and the store); the caller holds the session's
     /// lock and indexes it after releasing it. Returns whether it is new.
     pub(crate) fn record_subscription(
@@ -71,9 +21,7 @@ impl Broker {
                 sub: sub_record(sub),
             });
         }
-        st.subscriptions
-            .insert(sub.filter.clone(), sub.clone())
-            .is_none()
+        st.subscriptions.insert(sub.clone()).is_none()
     }
 
     /// Writes the session's record if it persists (expiry interval above 0), marking it
@@ -118,10 +66,10 @@ pub(crate) fn record(session: &Session, st: &SessionState) -> SessionRecord {
     }
 }
 
-/// The stored form of a subscription.
+/// The stored form of a subscription (its key as the store keeps it, `SubscriptionKey::to_stored`).
 pub(crate) fn sub_record(sub: &Subscription) -> SubscriptionRecord {
     SubscriptionRecord {
-        filter: sub.filter.clone(),
+        filter: sub.key.to_stored(),
         options: sub.options,
         id: sub.id,
     }

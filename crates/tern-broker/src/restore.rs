@@ -8,7 +8,7 @@ use crate::broker::{Broker, retained_cost};
 use crate::connection::first_phase;
 use crate::message::{Delivery, MessageExt};
 use crate::metrics::Metrics;
-use crate::session::{Inflight, Phase, Session, Subscription, WillSpec};
+use crate::session::{Inflight, Phase, Session, Subscription, SubscriptionKey, WillSpec};
 use crate::timers::TimerKind;
 
 /// What a restore brought back.
@@ -96,7 +96,10 @@ impl Broker {
                 st.token_id = rec.token_id;
                 st.disconnected_at = Some(disconnected_at);
                 for sub in &stored.subscriptions {
-                    let s = match Subscription::parse(sub.filter.clone(), sub.options, sub.id) {
+                    // The store keeps the key in its string form (`\0cid=<n>` suffix).
+                    let parsed = SubscriptionKey::from_stored(&sub.filter)
+                        .and_then(|key| Subscription::parse(key, sub.options, sub.id));
+                    let s = match parsed {
                         Ok(s) => s,
                         Err(err) => {
                             tracing::warn!(filter = %sub.filter, %err, "stored subscription no longer parses; dropped");
@@ -107,7 +110,7 @@ impl Broker {
                             continue;
                         }
                     };
-                    st.subscriptions.insert(sub.filter.clone(), s.clone());
+                    st.subscriptions.insert(s.clone());
                     subs.push(s);
                 }
                 for q in &stored.queue {

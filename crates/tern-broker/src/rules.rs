@@ -18,9 +18,7 @@ use crate::broker::Broker;
 use crate::message::{Cid, Message};
 use crate::metrics::Metrics;
 use crate::session::WillSpec;
-
-/// The prefix of the MQTT API's own topics (docs/flespi.md#publishing).
-pub const RESERVED_PREFIX: &str = "flespi/";
+use crate::topics::{self, CID_PROPERTY, TIMESTAMP_PROPERTY};
 
 impl Broker {
     /// Whether account `cid`, with `rights`, may publish this message: `Err` is the v5 reason
@@ -33,7 +31,7 @@ impl Broker {
         retain: bool,
         payload_len: usize,
     ) -> Result<(), ReasonCode> {
-        if topic.starts_with(RESERVED_PREFIX) || !rights.can_publish(topic) {
+        if topics::is_reserved(topic) || !rights.can_publish(topic) {
             return Err(ReasonCode::NOT_AUTHORIZED);
         }
         if retain && self.retained_quota_exceeded(cid, topic, payload_len) {
@@ -88,7 +86,7 @@ impl Broker {
 
 /// Removes the `cid` and `timestamp` user properties.
 pub fn strip_stamps(properties: &mut PublishProperties) {
-    let forged = |k: &str| k == "cid" || k == "timestamp";
+    let forged = |k: &str| k == CID_PROPERTY || k == TIMESTAMP_PROPERTY;
     if properties
         .user_properties
         .iter()

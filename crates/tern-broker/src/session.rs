@@ -30,14 +30,80 @@ use crate::message::{Cid, Delivery, Message, Micros, SessionId};
 
 pub use tern_store::SessionKey;
 
-/// One subscription of a session, keyed by its identity: the full subscription string, plus
-/// `\0cid=<n>` when the SUBSCRIBE carried a `cid` user property
+/// A subscription's identity within its session: the subscription string as the client sent it
+/// (`$share/` and `$filter/` prefixes included) and the `cid` user property it came with
 /// (docs/flespi.md#subscribing-and-filter: the string with its prefixes and the `cid` property
-/// identifies the subscription).
+/// identifies the subscription). UNSUBSCRIBE names it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubscriptionKey {
+    /// The subscription string.
+    pub filter: ByteString,
+    /// The `cid` user property of the SUBSCRIBE, if any.
+    pub cid: Option<Cid>,
+}
+
+impl SubscriptionKey {
+    pub fn new(filter: ByteString, cid: Option<Cid>) -> SubscriptionKey {
+        SubscriptionKey { filter, cid }
+    }
+
+    /// The key as the store keeps it (format v1): the subscription string, plus `\0cid=<n>`
+    /// with a `cid` property.
+    pub fn to_stored(&self) -> ByteString {
+        match self.cid {
+            None => self.filter.clone(),
+            Some(cid) => ByteString::from(format!("{}\0cid={cid}", self.filter)),
+        }
+    }
+
+    /// A key from its stored form (see [`SubscriptionKey::to_stored`]).
+    pub fn from_stored(stored: &ByteString) -> Result<SubscriptionKey, FilterError> {
+        match stored.split_once('\0') {
+            None => Ok(SubscriptionKey::new(stored.clone(), None)),
+            Some((filter, suffix)) => {
+                let cid = suffix
+                    .strip_prefix("cid=")
+                    .and_then(|n| n.parse::<Cid>().ok())
+                    .ok_or_else(|| FilterError::Suffix(suffix.to_string()))?;
+                Ok(SubscriptionKey::new(ByteString::from(filter), Some(cid)))
+            }
+        }
+    }
+}
+
+/// Keys sort as their stored forms do (views list subscriptions in this order): by subscription
+/// string, the one without a `cid` first, then by the `cid` property's decimal text.
+impl Ord for SubscriptionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.filter
+            .cmp(&other.filter)
+            .then_with(|| match (self.cid, other.cid) {
+                (Some(a), Some(b)) if a != b => a.to_string().cmp(&b.to_string()),
+                (a, b) => a.cmp(&b),
+            })
+    }
+}
+
+impl PartialOrd for SubscriptionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for SubscriptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cid {
+            None => f.write_str(&self.filter),
+            Some(cid) => write!(f, "{} (cid {cid})", self.filter),
+        }
+    }
+}
+
+/// One subscription of a session, under its [`SubscriptionKey`].
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// The identity (see above); UNSUBSCRIBE names it.
-    pub filter: ByteString,
+    /// The identity (see [`SubscriptionKey`]); UNSUBSCRIBE names it.
+    pub key: SubscriptionKey,
     /// The topic filter the index matches (without `$share/<group>/` and `$filter/<params>/`).
     pub topic_filter: ByteString,
     /// The shared group's identity in the index (`<group>`, or `<group>/$filter/<params>`), if
@@ -54,26 +120,17 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Builds a subscription from its identity string (as stored): the subscription string and
-    /// an optional `\0cid=<n>` suffix.
+    /// Builds a subscription from its identity: the subscription string taken apart, the `cid`
+    /// property as a condition.
     pub fn parse(
-        identity: ByteString,
+        key: SubscriptionKey,
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> Result<Subscription, FilterError> {
-        let (full, cid_prop) = match identity.split_once('\0') {
-            Some((full, suffix)) => {
-                let cid = suffix
-                    .strip_prefix("cid=")
-                    .and_then(|n| n.parse::<Cid>().ok())
-                    .ok_or_else(|| FilterError::Suffix(suffix.to_string()))?;
-                (full, Some(cid))
-            }
-            None => (&*identity, None),
-        };
+        let full = &*key.filter;
         let parsed = filter::parse(full)?;
         let mut conditions = parsed.conditions;
-        if let Some(cid) = cid_prop {
+        if let Some(cid) = key.cid {
             let c = conditions.get_or_insert_with(Conditions::default);
             c.cids.push(cid);
             c.key.push_str(&format!("\0cid={cid}"));
@@ -82,27 +139,30 @@ impl Subscription {
             // The group's identity includes its conditions: members that filter differently are
             // different groups.
             let prefix_end = full.len() - parsed.topic_filter.len();
-            let key = full[SHARE_PREFIX_LEN..prefix_end].trim_end_matches('/');
-            if key.len() == g.len() {
+            let group = full[SHARE_PREFIX_LEN..prefix_end].trim_end_matches('/');
+            if group.len() == g.len() {
                 g
             } else {
-                ByteString::from(key)
+                ByteString::from(group)
             }
         });
         Ok(Subscription {
-            filter: identity.clone(),
             topic_filter: parsed.topic_filter,
             share_group,
             share_mode: parsed.share_mode,
             options,
             id,
             conditions: conditions.filter(|c| !c.is_empty()).map(Arc::new),
+            key,
         })
     }
 
-    /// Limits deliveries to the grants of an ACL token.
+    /// Limits deliveries to the grants of an ACL token (replacing an earlier restriction).
     pub fn restrict(&mut self, rules: Arc<AclRules>) {
         let mut c = self.conditions.as_deref().cloned().unwrap_or_default();
+        if let Some(at) = c.key.find("\0acl=") {
+            c.key.truncate(at);
+        }
         c.key.push_str(&format!("\0acl={:p}", Arc::as_ptr(&rules)));
         c.acl = Some(rules);
         self.conditions = Some(Arc::new(c));
@@ -120,17 +180,9 @@ impl Subscription {
         }
     }
 
-    /// The identity of a subscription string with an optional `cid` property.
-    pub fn identity(filter: &ByteString, cid_prop: Option<Cid>) -> ByteString {
-        match cid_prop {
-            None => filter.clone(),
-            Some(cid) => ByteString::from(format!("{filter}\0cid={cid}")),
-        }
-    }
-
-    /// The subscription string as the client sent it (without the `cid` suffix).
+    /// The subscription string as the client sent it.
     pub fn topic_string(&self) -> &str {
-        self.filter.split('\0').next().unwrap_or(&self.filter)
+        &self.key.filter
     }
 }
 
@@ -318,7 +370,7 @@ pub struct SessionState {
     pub disconnected_at: Option<Micros>,
     /// Whether the session was started clean (for the REST view).
     pub clean: bool,
-    /// Subscriptions by full filter string.
+    /// Subscriptions by their key (subscription string and `cid` property).
     pub subscriptions: Subscriptions,
     /// Deliveries not yet sent (the outbox).
     pub queue: VecDeque<Delivery>,
@@ -359,7 +411,7 @@ pub struct SessionState {
 // Boxed on purpose: an empty `Option<Box<_>>` is one word, an empty `HashMap` six.
 #[allow(clippy::box_collection)]
 #[derive(Debug, Default)]
-pub struct Subscriptions(Option<Box<HashMap<ByteString, Subscription>>>);
+pub struct Subscriptions(Option<Box<HashMap<SubscriptionKey, Subscription>>>);
 
 impl Subscriptions {
     pub fn len(&self) -> usize {
@@ -370,33 +422,43 @@ impl Subscriptions {
         self.len() == 0
     }
 
-    pub fn get(&self, filter: &str) -> Option<&Subscription> {
-        self.0.as_ref()?.get(filter)
+    pub fn get(&self, key: &SubscriptionKey) -> Option<&Subscription> {
+        self.0.as_ref()?.get(key)
     }
 
-    pub fn get_mut(&mut self, filter: &str) -> Option<&mut Subscription> {
-        self.0.as_mut()?.get_mut(filter)
+    pub fn get_mut(&mut self, key: &SubscriptionKey) -> Option<&mut Subscription> {
+        self.0.as_mut()?.get_mut(key)
     }
 
-    pub fn contains_key(&self, filter: &str) -> bool {
-        self.0.as_ref().is_some_and(|m| m.contains_key(filter))
+    pub fn contains_key(&self, key: &SubscriptionKey) -> bool {
+        self.0.as_ref().is_some_and(|m| m.contains_key(key))
     }
 
-    /// Adds or replaces; returns the replaced subscription.
-    pub fn insert(&mut self, filter: ByteString, sub: Subscription) -> Option<Subscription> {
-        self.0.get_or_insert_default().insert(filter, sub)
+    /// Adds or replaces (under the subscription's own key); returns the replaced subscription.
+    pub fn insert(&mut self, sub: Subscription) -> Option<Subscription> {
+        self.0.get_or_insert_default().insert(sub.key.clone(), sub)
     }
 
-    pub fn remove(&mut self, filter: &str) -> Option<Subscription> {
+    pub fn remove(&mut self, key: &SubscriptionKey) -> Option<Subscription> {
         let map = self.0.as_mut()?;
-        let removed = map.remove(filter);
+        let removed = map.remove(key);
         if map.is_empty() {
             self.0 = None;
         }
         removed
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &ByteString> {
+    /// Keeps the subscriptions `keep` returns true for (it may change them).
+    pub fn retain(&mut self, keep: impl FnMut(&SubscriptionKey, &mut Subscription) -> bool) {
+        if let Some(map) = self.0.as_mut() {
+            map.retain(keep);
+            if map.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &SubscriptionKey> {
         self.0.iter().flat_map(|m| m.keys())
     }
 
@@ -405,7 +467,7 @@ impl Subscriptions {
     }
 
     /// Removes and yields every subscription.
-    pub fn drain(&mut self) -> impl Iterator<Item = (ByteString, Subscription)> + use<> {
+    pub fn drain(&mut self) -> impl Iterator<Item = (SubscriptionKey, Subscription)> + use<> {
         self.0.take().into_iter().flat_map(|m| m.into_iter())
     }
 }
@@ -795,6 +857,43 @@ pub(crate) mod tests {
     use crate::message::Message;
     use bytes::Bytes;
     use smallvec::SmallVec;
+
+    #[test]
+    fn subscription_keys_keep_their_stored_form_and_order() {
+        let key = |f: &'static str, cid| SubscriptionKey::new(ByteString::from_static(f), cid);
+        for k in [
+            key("a/#", None),
+            key("$share/g/a", Some(5)),
+            key("a", Some(0)),
+        ] {
+            assert_eq!(SubscriptionKey::from_stored(&k.to_stored()).unwrap(), k);
+        }
+        assert_eq!(&*key("a/#", Some(12)).to_stored(), "a/#\0cid=12");
+        assert!(SubscriptionKey::from_stored(&ByteString::from_static("a\0cid=x")).is_err());
+        assert!(SubscriptionKey::from_stored(&ByteString::from_static("a\0acl=1")).is_err());
+        // As the stored strings sort.
+        let mut keys = [
+            key("ab", None),
+            key("a", Some(9)),
+            key("a", Some(10)),
+            key("a", None),
+        ];
+        keys.sort();
+        let stored: Vec<ByteString> = keys.iter().map(SubscriptionKey::to_stored).collect();
+        let mut sorted = stored.clone();
+        sorted.sort();
+        assert_eq!(stored, sorted);
+        assert_eq!(key("a", Some(9)).to_string(), "a (cid 9)");
+    }
+
+    #[test]
+    fn a_cid_property_is_a_condition_of_the_subscription() {
+        let key = SubscriptionKey::new(ByteString::from_static("t/#"), Some(7));
+        let sub = Subscription::parse(key.clone(), SubscriptionOptions::default(), None).unwrap();
+        assert_eq!(sub.key, key);
+        assert_eq!(sub.topic_string(), "t/#");
+        assert_eq!(sub.conditions.as_ref().unwrap().cids[..], [7]);
+    }
 
     /// A delivery of a `size`-byte message on `t` (for tests of queues and budgets).
     pub(crate) fn delivery(qos: QoS, size: usize) -> Delivery {

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::broker::Broker;
 use crate::message::Micros;
 use crate::session::Session;
+use crate::topics::session_event;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerKind {
@@ -241,7 +242,7 @@ impl Broker {
         if let Some(will) = will {
             self.publish_will(will);
         }
-        self.session_event(session, "expired", None);
+        self.session_event(session, session_event::EXPIRED, None);
     }
 }
 

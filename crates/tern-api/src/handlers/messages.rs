@@ -11,6 +11,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 use tern_broker::Message;
 use tern_broker::accounts::Rights;
+use tern_broker::topics;
 use tern_codec::{PublishProperties, QoS};
 use utoipa::IntoParams;
 
@@ -175,10 +176,14 @@ fn outgoing(api: &ApiState, call: &Call, m: MessageInput) -> Result<Outgoing, Er
     let bad = |reason: String| ErrorItem::new(StatusCode::BAD_REQUEST, reason);
     tern_topic::validate_topic_name(&m.topic)
         .map_err(|e| bad(format!("topic `{}`: {e}", m.topic)))?;
-    if m.topic.starts_with("flespi/") {
+    if topics::is_reserved(&m.topic) {
         return Err(ErrorItem::new(
             StatusCode::FORBIDDEN,
-            format!("topic `{}`: flespi/ is reserved", m.topic),
+            format!(
+                "topic `{}`: {} is reserved",
+                m.topic,
+                topics::RESERVED_PREFIX
+            ),
         ));
     }
     if !call.caller.rights.can_publish(&m.topic) {

@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytestring::ByteString;
 use serde_json::Value;
-use tern_broker::accounts::SubscribeRight;
 use tern_broker::admin::parse_subscription;
-use tern_broker::{Session, Subscription};
+use tern_broker::subscriptions::SubscribeError;
+use tern_broker::{Session, Subscription, SubscriptionKey};
 use tern_codec::{QoS, RetainHandling, SubscriptionOptions};
 use utoipa::IntoParams;
 
@@ -70,20 +70,33 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
     let mut failed = Vec::new();
     for (session, _) in &sessions {
         for (i, sub) in subs.iter().enumerate() {
-            match api.broker.add_subscription(session, sub.clone()) {
-                Err(_) => failed.push(
-                    ErrorItem::new(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "session {}: subscriptions quota exceeded, `{}` not added",
-                            session.public_id(),
-                            sub.filter
-                        ),
-                    )
-                    .at(i),
-                ),
-                Ok(is_new) => {
-                    if is_new || session.lock().subscriptions.contains_key(&sub.filter) {
+            match api
+                .broker
+                .add_subscription(session, sub.clone(), &call.caller.rights)
+            {
+                Err(err) => {
+                    let status = match err {
+                        SubscribeError::StoreRefusing => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::FORBIDDEN,
+                    };
+                    let what = match err {
+                        SubscribeError::QuotaExceeded => "subscriptions quota exceeded".into(),
+                        err => err.to_string(),
+                    };
+                    failed.push(
+                        ErrorItem::new(
+                            status,
+                            format!(
+                                "session {}: {what}, `{}` not added",
+                                session.public_id(),
+                                sub.key
+                            ),
+                        )
+                        .at(i),
+                    );
+                }
+                Ok((is_new, sub)) => {
+                    if is_new || session.lock().subscriptions.contains_key(&sub.key) {
                         done.push(to_value(&SubscriptionItem::new(
                             sub.view(),
                             session.public_id(),
@@ -125,15 +138,12 @@ fn subscription(
     };
     let mut sub = parse_subscription(&input.topic, input.cid, options, input.subscription_id)
         .map_err(|e| bad(format!("topic `{}`: {e}", input.topic)))?;
-    match call.caller.rights.subscribe(&sub.topic_filter) {
-        SubscribeRight::All => {}
-        SubscribeRight::Restricted(rules) => sub.restrict(rules),
-        SubscribeRight::Denied => {
-            return Err(ErrorItem::new(
-                StatusCode::FORBIDDEN,
-                format!("the token may not subscribe to `{}`", input.topic),
-            ));
-        }
+    // Checked here so that a refused item changes nothing; `Broker::subscribe` checks again.
+    if !sub.authorize(&call.caller.rights) {
+        return Err(ErrorItem::new(
+            StatusCode::FORBIDDEN,
+            format!("the token may not subscribe to `{}`", input.topic),
+        ));
     }
     Ok(sub)
 }
@@ -191,7 +201,7 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
             .and_then(Value::as_str)
             .unwrap_or_default();
         let cid = item.get("cid").and_then(Value::as_u64);
-        let identity = Subscription::identity(&ByteString::from(topic), cid);
+        let identity = SubscriptionKey::new(ByteString::from(topic), cid);
         if api.broker.remove_subscription(&session, &identity) {
             done.push(item);
         }

@@ -12,6 +12,7 @@ use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
 use crate::session::{ConnLink, Origin, Session, SessionKey, WillSpec};
+use crate::topics::session_event;
 
 /// Outcome of attaching a connection to its session.
 struct Attached {
@@ -238,7 +239,7 @@ impl Connection {
             self.reapply_rights(&attached.session);
         }
         self.broker
-            .session_event(&attached.session, "connected", None);
+            .session_event(&attached.session, session_event::CONNECTED, None);
         // Re-send what was in flight, then whatever queued while offline.
         attached.session.wake();
         Ok(())
@@ -385,7 +386,7 @@ fn attach_new(
 fn subscriptions_json(session: &Session) -> String {
     let st = session.lock();
     let mut subs: Vec<&crate::session::Subscription> = st.subscriptions.values().collect();
-    subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+    subs.sort_by(|a, b| a.key.cmp(&b.key));
     let items: Vec<serde_json::Value> = subs
         .into_iter()
         .map(|s| {

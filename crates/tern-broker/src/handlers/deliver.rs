@@ -15,6 +15,7 @@ use crate::message::{Delivery, MessageExt, Micros};
 use crate::metrics::{DropReason, Metrics};
 use crate::out::SHARE_PAYLOAD_FROM;
 use crate::session::{Inflight, Phase};
+use crate::topics::{CID_PROPERTY, TIMESTAMP_PROPERTY};
 
 thread_local! {
     /// The deliveries of one `fill`, between the session lock and encoding.
@@ -163,9 +164,9 @@ impl Connection {
         let mut ts_buf = [0u8; 28];
         let stamp = if stamped {
             [
-                ("cid", format_u64(msg.cid, &mut cid_buf)),
+                (CID_PROPERTY, format_u64(msg.cid, &mut cid_buf)),
                 (
-                    "timestamp",
+                    TIMESTAMP_PROPERTY,
                     format_timestamp_into(msg.timestamp, &mut ts_buf),
                 ),
             ]

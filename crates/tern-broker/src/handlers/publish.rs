@@ -11,8 +11,8 @@ use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::rules::RESERVED_PREFIX;
 use crate::session::Session;
+use crate::topics;
 use crate::violation::Violation;
 
 /// Whether a PUBLISH of this QoS is acknowledged only once durable.
@@ -75,7 +75,7 @@ impl Connection {
         }
         // REST over MQTT (docs/flespi.md#rest-over-mqtt): the bridge answers
         // `flespi/rest/<method>/<uri>`.
-        if p.topic.starts_with("flespi/rest/")
+        if topics::is_rest_request(&p.topic)
             && let (Some(bridge), Some(principal)) =
                 (broker.rest_bridge(), self.principal.as_deref().cloned())
         {
@@ -84,7 +84,7 @@ impl Connection {
             if self.protocol.is_v5()
                 && let Some(rt) = &p.properties.response_topic
                 && *rt != p.topic
-                && (rt.starts_with(RESERVED_PREFIX) || !principal.rights.can_publish(rt))
+                && (topics::is_reserved(rt) || !principal.rights.can_publish(rt))
             {
                 return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
             }

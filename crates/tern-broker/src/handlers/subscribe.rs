@@ -10,12 +10,13 @@ use tern_codec::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
 };
 
-use crate::accounts::SubscribeRight;
 use crate::close::CloseReason;
-use crate::connection::{Connection, owns};
+use crate::connection::Connection;
 use crate::filter::LazyPayload;
 use crate::message::{Cid, Delivery, Micros};
-use crate::session::{Session, Subscription};
+use crate::session::{Session, Subscription, SubscriptionKey};
+use crate::subscriptions::{SubscribeError, Subscriber};
+use crate::topics::CID_PROPERTY;
 use crate::violation::Violation;
 
 /// Why one filter of a SUBSCRIBE failed.
@@ -37,7 +38,7 @@ impl Connection {
             .properties
             .user_properties
             .iter()
-            .find(|(k, _)| k == "cid")
+            .find(|(k, _)| k == CID_PROPERTY)
         {
             Some((_, v)) => match v.parse::<Cid>() {
                 Ok(cid) => Some(cid),
@@ -94,8 +95,8 @@ impl Connection {
         retained: &mut Vec<Delivery>,
     ) -> Result<ReasonCode, Refusal> {
         let granted = options.qos.min(self.broker.config.max_qos);
-        let identity = Subscription::identity(filter, cid_prop);
-        let mut sub = Subscription::parse(
+        let identity = SubscriptionKey::new(filter.clone(), cid_prop);
+        let sub = Subscription::parse(
             identity,
             SubscriptionOptions {
                 qos: granted,
@@ -107,42 +108,18 @@ impl Connection {
             tracing::debug!(conn = self.id, %filter, %err, "subscription refused");
             Refusal::Code(ReasonCode::TOPIC_FILTER_INVALID)
         })?;
-        // Token rights (docs/flespi.md#connecting-and-authorization, ACL tokens): refuse a filter
-        // outside every grant; restrict one that only overlaps them.
-        let rights = self.principal.as_ref().map_or(SubscribeRight::All, |p| {
-            p.rights.subscribe(&sub.topic_filter)
-        });
-        match rights {
-            SubscribeRight::All => {}
-            SubscribeRight::Restricted(rules) => sub.restrict(rules),
-            SubscribeRight::Denied => return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED)),
-        }
         if sub.share_group.is_some() && options.no_local {
             return Err(Refusal::Close(Violation::NoLocalOnShared.into()));
         }
-        let is_new = {
-            let mut st = session.lock();
-            if !owns(&st, self.id) {
-                return Err(Refusal::Close(CloseReason::SessionTakenOver));
-            }
-            // `session.max_subscriptions` per session, and the account's (hierarchical)
-            // `mqtt_subscriptions` quota.
-            let new = !st.subscriptions.contains_key(&sub.filter);
-            if new
-                && (st.subscriptions.len() >= self.broker.config.max_subscriptions_per_session
-                    || self.broker.subscription_quota_full(session.key.cid))
-            {
-                return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
-            }
-            // A stored session's subscription is a store op: none while the store cannot
-            // write (v5 0x97, 3.x 0x80).
-            if (st.expiry_interval > 0 || st.stored) && !self.broker.store.accepting() {
-                self.broker.store.note_refused();
-                return Err(Refusal::Code(ReasonCode::QUOTA_EXCEEDED));
-            }
-            self.broker.record_subscription(session, &mut st, &sub)
-        };
-        self.broker.index(session, &sub);
+        // Token rights, quotas, the store: one path for every subscriber.
+        let rights = self.principal.as_ref().map(|p| &p.rights);
+        let (is_new, sub) = self
+            .broker
+            .subscribe(session, sub, rights, Subscriber::Connection(self.id))
+            .map_err(|err| match err {
+                SubscribeError::TakenOver => Refusal::Close(CloseReason::SessionTakenOver),
+                err => Refusal::Code(err.reason_code()),
+            })?;
 
         // Retained messages: never for shared subscriptions (MQTT 5 4.8.2), else as Retain
         // Handling says ([MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]); they pass the same

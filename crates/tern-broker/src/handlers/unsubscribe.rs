@@ -6,7 +6,8 @@ use tern_store::Op;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
 use crate::message::Cid;
-use crate::session::Subscription;
+use crate::session::SubscriptionKey;
+use crate::topics::CID_PROPERTY;
 
 impl Connection {
     pub(crate) fn handle_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), CloseReason> {
@@ -17,7 +18,7 @@ impl Connection {
             .properties
             .user_properties
             .iter()
-            .find(|(k, _)| k == "cid")
+            .find(|(k, _)| k == CID_PROPERTY)
             .and_then(|(_, v)| v.parse::<Cid>().ok());
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
@@ -27,7 +28,7 @@ impl Connection {
                 return Err(CloseReason::SessionTakenOver);
             }
             for filter in &u.filters {
-                let identity = Subscription::identity(filter, cid_prop);
+                let identity = SubscriptionKey::new(filter.clone(), cid_prop);
                 let before = removed.len();
                 if let Some(sub) = st.subscriptions.remove(&identity) {
                     removed.push(sub);
@@ -36,7 +37,7 @@ impl Connection {
                     let variants: Vec<_> = st
                         .subscriptions
                         .keys()
-                        .filter(|k| k.split('\0').next() == Some(&**filter))
+                        .filter(|k| k.filter == *filter)
                         .cloned()
                         .collect();
                     for k in variants {
@@ -49,7 +50,7 @@ impl Connection {
                     for sub in &removed[before..] {
                         self.broker.store.submit(Op::DelSubscription {
                             key: session.key.clone(),
-                            filter: sub.filter.clone(),
+                            filter: sub.key.to_stored(),
                         });
                     }
                 }

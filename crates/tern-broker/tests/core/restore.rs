@@ -248,3 +248,83 @@ async fn queued_messages_expire_across_a_restart() {
         ]
     );
 }
+
+/// A subscription's `cid` property is part of its key: stored as `<filter>\0cid=<n>` (store
+/// format v1), it restores to the same key, with the same condition, and UNSUBSCRIBE with that
+/// property removes it.
+#[tokio::test]
+async fn a_subscription_with_a_cid_property_restores_under_the_same_key() {
+    let backend = MemoryBackend::new();
+    let b1 = TestBroker::stored(&backend, START);
+    let (mut sub, _) = b1.connect(persistent("sub", 300));
+    let cid = |n: &'static str| vec![(ByteString::from_static("cid"), ByteString::from_static(n))];
+    let filter = |f: &'static str| {
+        (
+            ByteString::from_static(f),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )
+    };
+    sub.send(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: SubscribeProperties {
+            subscription_identifier: None,
+            user_properties: cid("999"),
+        },
+        filters: vec![filter("t/#")],
+    }));
+    sub.send(Packet::Subscribe(Subscribe {
+        packet_id: 2,
+        properties: SubscribeProperties::default(),
+        filters: vec![filter("u/#")],
+    }));
+    assert_eq!(sub.recv_all().len(), 2);
+    b1.flush().await;
+    let stored: Vec<String> = backend.load().sessions[0]
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.to_string())
+        .collect();
+    assert_eq!(stored, ["t/#\0cid=999", "u/#"]);
+    sub.close(CloseReason::ConnectionLost);
+    drop(sub);
+    let stopped = b1.now();
+    b1.stop().await;
+
+    let b2 = TestBroker::stored(&backend, stopped);
+    assert_eq!(b2.restored.subscriptions, 2);
+    let (mut sub, ack) = b2.connect(persistent("sub", 300));
+    assert!(ack.session_present);
+    // Account 1 publishes: `t/#` is limited to account 999 and gets nothing, `u/#` gets it.
+    let mut publ = b2.client("pub");
+    publ.publish(publish_packet("t/a", b"x", QoS::AtMostOnce, false));
+    publ.publish(publish_packet("u/a", b"y", QoS::AtMostOnce, false));
+    let got: Vec<String> = sub
+        .publishes()
+        .iter()
+        .map(|p| p.topic.to_string())
+        .collect();
+    assert_eq!(got, ["u/a"]);
+    // UNSUBSCRIBE names the subscription with its `cid` property.
+    sub.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 3,
+        properties: UnsubscribeProperties {
+            user_properties: cid("999"),
+        },
+        filters: vec![ByteString::from_static("t/#")],
+    }));
+    match &sub.recv_all()[..] {
+        [Packet::UnsubAck(a)] => assert_eq!(a.reasons, [ReasonCode::SUCCESS]),
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    b2.flush().await;
+    let stored: Vec<String> = backend.load().sessions[0]
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.to_string())
+        .collect();
+    assert_eq!(stored, ["u/#"]);
+    b2.stop().await;
+}

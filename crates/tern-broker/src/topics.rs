@@ -1,0 +1,123 @@
+//! The flespi topic space (docs/flespi.md): the topics and user property names clients know by
+//! name, in one place that the broker, the REST bridge and the REST API cite instead of string
+//! literals.
+//!
+//! - `flespi/`: reserved for the MQTT API itself; no client publishes there
+//!   (docs/flespi.md#publishing);
+//! - `flespi/rest/<method>/<uri>`: REST over MQTT (docs/flespi.md#rest-over-mqtt);
+//! - `flespi/log/mqtt/sessions/<session id>/<event>`: session events, and
+//!   `flespi/state/platform/customer`, `flespi/state/platform/subaccounts/<id>`: the account
+//!   state topics (docs/flespi.md#broker-events);
+//! - the `cid` and `timestamp` user properties the broker stamps on deliveries
+//!   (docs/flespi.md#accounts-and-namespaces); `cid` on a SUBSCRIBE or UNSUBSCRIBE names the
+//!   publisher account a subscription is limited to (docs/flespi.md#subscribing-and-filter).
+//!
+//! The layers above the broker (devices, push) add their topics here too, so that the whole
+//! reserved space stays readable in one file.
+
+use crate::message::Cid;
+
+/// The prefix of the MQTT API's own topics: reserved, no client publishes under it
+/// (docs/flespi.md#publishing).
+pub const RESERVED_PREFIX: &str = "flespi/";
+
+/// Whether `topic` lies in the reserved `flespi/` space.
+#[inline]
+pub fn is_reserved(topic: &str) -> bool {
+    topic.starts_with(RESERVED_PREFIX)
+}
+
+/// The prefix of REST-over-MQTT requests: `flespi/rest/<method>/<uri>[?query]`
+/// (docs/flespi.md#rest-over-mqtt).
+pub const REST_PREFIX: &str = "flespi/rest/";
+
+/// Whether a published topic is a REST-over-MQTT request.
+#[inline]
+pub fn is_rest_request(topic: &str) -> bool {
+    topic.starts_with(REST_PREFIX)
+}
+
+/// A REST-over-MQTT request topic taken apart into its method (as written, any case) and the
+/// URI after it (without a leading `/`, query included): `flespi/rest/get/gw/devices/all` is
+/// `("get", "gw/devices/all")`. A topic with a method and no URI has an empty URI; `None` when
+/// the topic is not under `flespi/rest/`.
+pub fn rest_request(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix(REST_PREFIX)?;
+    Some(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// The prefix of session events: `flespi/log/mqtt/sessions/<session id>/<event>`
+/// (docs/flespi.md#broker-events).
+pub const SESSION_EVENTS_PREFIX: &str = "flespi/log/mqtt/sessions/";
+
+/// The session events the broker publishes.
+pub mod session_event {
+    /// A client connected (a session was created or resumed).
+    pub const CONNECTED: &str = "connected";
+    /// A client's connection ended.
+    pub const DISCONNECTED: &str = "disconnected";
+    /// A disconnected session expired.
+    pub const EXPIRED: &str = "expired";
+}
+
+/// The topic of `event` of session `session_id`.
+pub fn session_event_topic(session_id: u64, event: &str) -> String {
+    format!("{SESSION_EVENTS_PREFIX}{session_id}/{event}")
+}
+
+/// The state topic of an account, in its own namespace: a retained JSON item as
+/// `GET /platform/customer` serves it (docs/flespi.md#broker-events).
+pub const CUSTOMER_STATE: &str = "flespi/state/platform/customer";
+
+/// The prefix of the sub-account state topics `flespi/state/platform/subaccounts/<id>`, in the
+/// parent's namespace (docs/flespi.md#broker-events).
+pub const SUBACCOUNT_STATE_PREFIX: &str = "flespi/state/platform/subaccounts/";
+
+/// The state topic of sub-account `id`, in its parent's namespace.
+pub fn subaccount_state_topic(id: Cid) -> String {
+    format!("{SUBACCOUNT_STATE_PREFIX}{id}")
+}
+
+/// The user property naming an account: stamped by the broker on deliveries (the publisher's
+/// account); on SUBSCRIBE and UNSUBSCRIBE, the publisher account a subscription is limited to.
+pub const CID_PROPERTY: &str = "cid";
+
+/// The user property with a message's time of arrival in seconds, stamped by the broker on
+/// deliveries.
+pub const TIMESTAMP_PROPERTY: &str = "timestamp";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_request_topics_split_into_method_and_uri() {
+        assert_eq!(
+            rest_request("flespi/rest/get/gw/devices/all"),
+            Some(("get", "gw/devices/all"))
+        );
+        assert_eq!(
+            rest_request("flespi/rest/GET/a?x=1/2"),
+            Some(("GET", "a?x=1/2"))
+        );
+        assert_eq!(rest_request("flespi/rest/get"), Some(("get", "")));
+        assert_eq!(rest_request("flespi/rest/"), Some(("", "")));
+        assert_eq!(rest_request("flespi/restx/get/a"), None);
+        assert!(is_rest_request("flespi/rest/get/a"));
+        assert!(is_reserved("flespi/rest/get/a") && is_reserved("flespi/"));
+        assert!(!is_reserved("flespi") && !is_reserved("a/flespi/b"));
+    }
+
+    #[test]
+    fn builders_spell_the_documented_topics() {
+        assert_eq!(
+            session_event_topic(42, session_event::CONNECTED),
+            "flespi/log/mqtt/sessions/42/connected"
+        );
+        assert_eq!(
+            subaccount_state_topic(1001),
+            "flespi/state/platform/subaccounts/1001"
+        );
+        assert!(is_reserved(CUSTOMER_STATE));
+    }
+}
