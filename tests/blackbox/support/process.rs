@@ -144,7 +144,10 @@ impl Daemon {
 
     async fn wait_listening(&mut self, addr: SocketAddr) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        // Our tern, not another process that took the free port first: it logs the address it
+        // listens on.
+        let ours = addr.to_string();
+        while tokio::net::TcpStream::connect(addr).await.is_err() || !self.log().contains(&ours) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tern exited with {status}: {}", self.log());
             }

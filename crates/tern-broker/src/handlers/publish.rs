@@ -7,9 +7,11 @@ use tern_codec::{AckProperties, Packet, PubAck, Publish, QoS, ReasonCode};
 use tern_store::{Op, Ticket};
 
 use crate::admin::RestCall;
+use crate::auth::Principal;
+use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
-use crate::message::Message;
+use crate::message::{Cid, Message};
 use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::topics;
@@ -20,13 +22,62 @@ fn qos_stored(qos: QoS) -> bool {
     qos != QoS::AtMostOnce
 }
 
+/// What a PUBLISH comes to, decided by [`Connection::plan_publish`] before it is routed.
+enum PublishPlan {
+    /// Nothing more to do (answered already, or no session).
+    Done,
+    /// Refused without closing: v5 QoS 1/2 get the reason in PUBACK/PUBREC.
+    Reject(ReasonCode),
+    /// A REST-over-MQTT request for the bridge (docs/flespi.md#rest-over-mqtt).
+    Rest(Arc<dyn crate::admin::RestBridge>, Principal),
+    /// Routed as account `cid`.
+    Route(Cid),
+}
+
 impl Connection {
     pub(crate) fn handle_publish(&mut self, mut p: Publish) -> Result<(), CloseReason> {
         let broker = self.broker.clone();
         Metrics::inc(&broker.metrics.messages_in);
         Metrics::add(&broker.metrics.bytes_in, p.payload.len() as u64);
+        let Some(session) = self.session.clone() else {
+            // Checked as ever, but there is nobody to publish as.
+            self.resolve_topic_alias(&mut p)?;
+            return Ok(());
+        };
+        match self.plan_publish(&broker, &mut p, &session)? {
+            PublishPlan::Done => Ok(()),
+            PublishPlan::Reject(reason) => self.reject_publish(&p, reason),
+            PublishPlan::Rest(bridge, principal) => {
+                let (qos, pid) = (p.qos, p.packet_id);
+                bridge.call(RestCall {
+                    principal,
+                    session: session.clone(),
+                    topic: p.topic,
+                    payload: p.payload,
+                    properties: p.properties,
+                    v5: self.protocol.is_v5(),
+                    max_packet_size: self.limits.maximum_packet_size,
+                });
+                self.acknowledge(&session, qos, pid, 0);
+                Ok(())
+            }
+            PublishPlan::Route(cid) => {
+                self.route_publish(&broker, p, &session, cid);
+                Ok(())
+            }
+        }
+    }
 
-        self.resolve_topic_alias(&mut p)?;
+    /// Every check of a PUBLISH: the protocol's (a violation closes the connection), the
+    /// inbound window, then the ones that refuse only this message. Resolves the topic alias and
+    /// counts the message on the session; answers a re-sent QoS 2 PUBLISH itself.
+    fn plan_publish(
+        &mut self,
+        broker: &Broker,
+        p: &mut Publish,
+        session: &Arc<Session>,
+    ) -> Result<PublishPlan, CloseReason> {
+        self.resolve_topic_alias(p)?;
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Violation::SubscriptionIdFromClient.into());
         }
@@ -39,9 +90,6 @@ impl Connection {
             return Err(Violation::RetainNotSupported.into());
         }
 
-        let Some(session) = self.session.clone() else {
-            return Ok(());
-        };
         if p.qos != QoS::AtMostOnce {
             let pid = p.packet_id.unwrap_or(0);
             let mut st = session.lock();
@@ -53,7 +101,7 @@ impl Connection {
                 // deliver twice.
                 drop(st);
                 self.send_after(0, Packet::PubRec(PubAck::new(pid)));
-                return Ok(());
+                return Ok(PublishPlan::Done);
             }
             // Unacknowledged inbound QoS 1/2 messages: QoS 2 awaiting PUBREL, and PUBACKs held
             // until the store has the message.
@@ -71,13 +119,15 @@ impl Connection {
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            return self.reject_publish(&p, ReasonCode::PAYLOAD_FORMAT_INVALID);
+            return Ok(PublishPlan::Reject(ReasonCode::PAYLOAD_FORMAT_INVALID));
         }
+        let Some(principal) = self.principal.as_deref() else {
+            return Ok(PublishPlan::Done);
+        };
         // REST over MQTT (docs/flespi.md#rest-over-mqtt): the bridge answers
         // `flespi/rest/<method>/<uri>`.
         if topics::is_rest_request(&p.topic)
-            && let (Some(bridge), Some(principal)) =
-                (broker.rest_bridge(), self.principal.as_deref().cloned())
+            && let Some(bridge) = broker.rest_bridge()
         {
             // The answer goes only where the requester may publish: nothing is executed for a
             // Response Topic outside its grants or under `flespi/` (but the request topic).
@@ -86,31 +136,17 @@ impl Connection {
                 && *rt != p.topic
                 && (topics::is_reserved(rt) || !principal.rights.can_publish(rt))
             {
-                return self.reject_publish(&p, ReasonCode::NOT_AUTHORIZED);
+                return Ok(PublishPlan::Reject(ReasonCode::NOT_AUTHORIZED));
             }
-            let (qos, pid) = (p.qos, p.packet_id);
-            bridge.call(RestCall {
-                principal,
-                session: session.clone(),
-                topic: p.topic,
-                payload: p.payload,
-                properties: p.properties,
-                v5: self.protocol.is_v5(),
-                max_packet_size: self.limits.maximum_packet_size,
-            });
-            self.acknowledge(&session, qos, pid, 0);
-            return Ok(());
+            return Ok(PublishPlan::Rest(bridge.clone(), principal.clone()));
         }
         // `flespi/` is reserved for the MQTT API, ACL grants, the retained quota
         // (docs/flespi.md#publishing).
-        let Some(principal) = self.principal.as_deref() else {
-            return Ok(());
-        };
         let cid = principal.cid;
         if let Err(reason) =
             broker.check_publish(cid, &principal.rights, &p.topic, p.retain, p.payload.len())
         {
-            return self.reject_publish(&p, reason);
+            return Ok(PublishPlan::Reject(reason));
         }
         // A store that cannot write (disk full) or is far behind takes no new work: a QoS 1/2
         // message would never be acknowledged, a retained one never kept. v5 is told 0x97;
@@ -122,10 +158,14 @@ impl Connection {
                 Metrics::inc(&broker.metrics.publishes_rejected);
                 return Err(CloseReason::StoreUnavailable);
             }
-            return self.reject_publish(&p, ReasonCode::QUOTA_EXCEEDED);
+            return Ok(PublishPlan::Reject(ReasonCode::QUOTA_EXCEEDED));
         }
-        broker.strip_forged_stamps(&mut p.properties);
+        Ok(PublishPlan::Route(cid))
+    }
 
+    /// Stamps an accepted PUBLISH, routes it, and acknowledges it once durable.
+    fn route_publish(&mut self, broker: &Broker, mut p: Publish, session: &Arc<Session>, cid: Cid) {
+        broker.strip_forged_stamps(&mut p.properties);
         let timestamp = broker.clock.stamp();
         let expires_at = p
             .properties
@@ -145,11 +185,10 @@ impl Connection {
             origin: Some(session.id),
         };
         let routed = broker.publish(Arc::new(msg));
-        self.acknowledge(&session, qos, pid, routed.ticket);
+        self.acknowledge(session, qos, pid, routed.ticket);
         for s in routed.pressure {
             self.pressed_by(s);
         }
-        Ok(())
     }
 
     /// Acknowledges an accepted PUBLISH once every stored copy is durable (`ticket`): never
