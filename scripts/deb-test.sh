@@ -29,7 +29,7 @@ cleanup() {
 }
 trap 'rc=$?; cleanup; exit $rc' EXIT
 
-if dpkg-query -W -f '${Status}' tern 2>/dev/null | grep -q installed; then
+if dpkg-query -W -f '${Status}' tern 2>/dev/null | grep installed >/dev/null; then
   fail "a tern package is already installed here; remove it first (dpkg --purge tern)"
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
@@ -41,7 +41,7 @@ fi
 scripts/build-deb.sh
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 deb="target/debian/tern_${version}_amd64.deb"
-dpkg-deb --info "$deb" | grep -q "Package: tern" || fail "$deb has no control file"
+[ "$(dpkg-deb --field "$deb" Package)" = tern ] || fail "$deb has no control file naming tern"
 
 dpkg -i "$deb" >"$tmp/dpkg.log" 2>&1 || fail "dpkg -i: $(cat "$tmp/dpkg.log")"
 /usr/bin/tern --version >/dev/null || fail "/usr/bin/tern does not run"

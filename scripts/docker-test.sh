@@ -130,7 +130,8 @@ docker volume create "$vol" >/dev/null
 
 # --- first container ---------------------------------------------------------------------
 start "$run_id-a"
-key=$(docker logs "$run_id-a" 2>&1 | sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' | head -1)
+logs=$(docker logs "$run_id-a" 2>&1)
+key=$(sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' <<<"$logs")
 [ -n "$key" ] || fail "docker logs shows no master token"
 log "container healthy; docker logs shows the master token"
 
@@ -173,7 +174,7 @@ log "docker run ... token list ok"
 
 # --- second container on the same volume -------------------------------------------------
 start "$run_id-b"
-if docker logs "$run_id-b" 2>&1 | grep -q '^master token:'; then
+if docker logs "$run_id-b" 2>&1 | grep '^master token:' >/dev/null; then
   fail "the second container made a new master token"
 fi
 [ "$(sub_one ci/retained "$key")" = kept ] || fail "the retained message did not survive"
@@ -206,7 +207,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 [ -n "$ok" ] || fail "the compose service did not answer tern health"
-ckey=$(docker logs "$ccid" 2>&1 | sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' | head -1)
+logs=$(docker logs "$ccid" 2>&1)
+ckey=$(sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' <<<"$logs")
 [ -n "$ckey" ] || fail "compose: no master token in the logs"
 mosquitto_pub -h 127.0.0.1 -p "$TERN_MQTT_PORT" -u "$ckey" -q 1 -r -t ci/compose -m up
 [ "$(mosquitto_sub -h 127.0.0.1 -p "$TERN_MQTT_PORT" -u "$ckey" -t ci/compose -C 1 -W 10)" = up ] \
