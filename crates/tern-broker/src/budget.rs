@@ -52,11 +52,16 @@ impl QueueBudget {
 
     /// Takes room for `n` bytes; false, taking nothing, if the total would pass the limit.
     pub(crate) fn reserve(&self, n: usize) -> bool {
-        self.queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                q.checked_add(n).filter(|t| *t <= self.limit)
-            })
-            .is_ok()
+        // One atomic add, not a compare-and-swap loop: many publishers reserve at once on the
+        // hot path, and a loop retries under that contention. An add that went past the limit
+        // is taken back; it can only make a concurrent reservation fail, never let the
+        // admitted total pass the limit.
+        let before = self.queued.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) <= self.limit {
+            return true;
+        }
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        false
     }
 
     /// Counts `n` bytes whatever the limit (outboxes restored from the store: the next
@@ -70,13 +75,12 @@ impl QueueBudget {
         if n == 0 {
             return;
         }
-        let before = self
-            .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                Some(q.saturating_sub(n))
-            })
-            .unwrap_or(0);
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
         debug_assert!(before >= n, "released {n} of {before} queued bytes");
+        if before < n {
+            // Never wrap below zero (a counting error must not refuse every delivery after).
+            self.queued.fetch_add(n - before, Ordering::Relaxed);
+        }
     }
 }
 
