@@ -671,6 +671,16 @@ impl Broker {
             now: self.clock.now() as f64 / 1e6,
             out: targets,
         };
+        // The publisher's namespace links its ancestors' (an account never changes its
+        // parent): no directory lookup per message. Without a namespace of its own yet, the
+        // account's chain comes from the directory.
+        if let Some(ns) = self.namespace(msg.cid) {
+            ns.subs.read().for_each_match(&msg.topic, &mut collector);
+            for up in &ns.up {
+                up.subs.read().for_each_match(&msg.topic, &mut collector);
+            }
+            return;
+        }
         for cid in self.auth.ancestors(msg.cid) {
             if let Some(ns) = self.namespace(cid) {
                 ns.subs.read().for_each_match(&msg.topic, &mut collector);
