@@ -653,15 +653,35 @@ impl Broker {
             }
         }
         let mut any = Any(false);
-        for cid in self.auth.ancestors(cid) {
-            if let Some(ns) = self.namespace(cid) {
-                ns.subs.read().for_each_match(topic, &mut any);
-                if any.0 {
-                    return true;
+        self.walk_chain(cid, |ns| {
+            ns.subs.read().for_each_match(topic, &mut any);
+            !any.0
+        });
+        any.0
+    }
+
+    /// Calls `f` with the namespace of `cid` and of each ancestor that has one, nearest first,
+    /// while it returns true. The account's namespace links its ancestors' (an account never
+    /// changes its parent): no directory lookup per message. Without a namespace of its own
+    /// yet, the account's chain comes from the directory.
+    fn walk_chain(&self, cid: Cid, mut f: impl FnMut(&Namespace) -> bool) {
+        if let Some(ns) = self.namespace(cid) {
+            if f(&ns) {
+                for up in &ns.up {
+                    if !f(up) {
+                        return;
+                    }
                 }
             }
+            return;
         }
-        false
+        for cid in self.auth.ancestors(cid) {
+            if let Some(ns) = self.namespace(cid)
+                && !f(&ns)
+            {
+                return;
+            }
+        }
     }
 
     fn collect_targets(&self, msg: &Message, targets: &mut Vec<Target>) {
@@ -671,21 +691,10 @@ impl Broker {
             now: self.clock.now() as f64 / 1e6,
             out: targets,
         };
-        // The publisher's namespace links its ancestors' (an account never changes its
-        // parent): no directory lookup per message. Without a namespace of its own yet, the
-        // account's chain comes from the directory.
-        if let Some(ns) = self.namespace(msg.cid) {
+        self.walk_chain(msg.cid, |ns| {
             ns.subs.read().for_each_match(&msg.topic, &mut collector);
-            for up in &ns.up {
-                up.subs.read().for_each_match(&msg.topic, &mut collector);
-            }
-            return;
-        }
-        for cid in self.auth.ancestors(msg.cid) {
-            if let Some(ns) = self.namespace(cid) {
-                ns.subs.read().for_each_match(&msg.topic, &mut collector);
-            }
-        }
+            true
+        });
     }
 
     /// Merges the targets of one session (one delivery carrying every subscription id at the
@@ -957,7 +966,7 @@ impl Broker {
             .cloned()
             .collect();
         for ns in below {
-            if !self.auth.ancestors(ns.cid).contains(&cid) {
+            if !ns.up.iter().any(|up| up.cid == cid) {
                 continue;
             }
             ns.retained.read().for_each_match(filter, |_, msg| {
