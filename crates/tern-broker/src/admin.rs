@@ -1,153 +1,28 @@
-//! What the REST API (and the CLI) may see and change: views of sessions, subscriptions and
-//! retained messages, and administrative actions on them. Also the hook through which a publish
-//! to `flespi/rest/...` reaches the REST bridge.
+//! What the REST API (and the CLI) may do to sessions, subscriptions and retained messages:
+//! list, remove, revoke, publish. What they show of a session is its view (`views.rs`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::Serialize;
 use smallvec::SmallVec;
 use tern_codec::{PublishProperties, QoS, SubscriptionOptions};
 use tern_store::Op;
 
 use crate::accounts::Rights;
-use crate::auth::Principal;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
 use crate::message::{Cid, Delivery, Message, MessageExt};
 use crate::session::{Session, Subscription, SubscriptionKey};
 use crate::subscriptions::{SubscribeError, Subscriber};
 
-/// A session as the REST API shows it (docs/flespi.md#the-rest-api `/mqtt/sessions`).
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionView {
-    pub id: u64,
-    pub client_id: String,
-    pub cid: Cid,
-    pub connected: bool,
-    pub clean: bool,
-    pub ip: String,
-    /// When an offline session expires (unix seconds); null while connected or never.
-    pub expires: Option<f64>,
-    /// Session Expiry Interval, seconds.
-    pub expiry_interval: u32,
-    /// Bytes of queued messages.
-    pub size: u64,
-    /// Queued and in-flight messages.
-    pub queued: u64,
-    pub protocol_version: u8,
-    pub subscriptions: u64,
-}
-
-/// A subscription as the REST API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionView {
-    /// Stable id derived from the subscription string.
-    pub id: u64,
-    pub topic: String,
-    pub qos: u8,
-    pub no_local: bool,
-    pub rap: bool,
-    pub retain_handling: u8,
-    pub subscription_id: Option<u32>,
-    /// The `cid` the subscription is restricted to by its user property, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cid: Option<Cid>,
-}
-
-/// A publish to `flespi/rest/<method>/<uri>` handed to the REST bridge.
-#[derive(Debug, Clone)]
-pub struct RestCall {
-    pub principal: Principal,
-    /// The requesting session: responses on the request topic go only to it.
-    pub session: Arc<Session>,
-    /// The request topic.
-    pub topic: ByteString,
-    pub payload: Bytes,
-    pub properties: PublishProperties,
-    /// Whether the requester speaks v5 (response topic, correlation data, chunking by its
-    /// Maximum Packet Size).
-    pub v5: bool,
-    /// The requester's Maximum Packet Size.
-    pub max_packet_size: u32,
-}
-
-/// The REST bridge (tern-api) answers `flespi/rest/...` publishes.
-pub trait RestBridge: Send + Sync + std::fmt::Debug + 'static {
-    /// Starts the call; the bridge publishes the response itself (see
-    /// [`Broker::deliver_to`], or [`Broker::publish`] of a [`Broker::message`]). Must not block.
-    fn call(&self, call: RestCall);
-}
-
-fn public_id(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h & ((1 << 53) - 1)).max(1)
-}
-
-impl Subscription {
-    /// The REST view of this subscription.
-    pub fn view(&self) -> SubscriptionView {
-        SubscriptionView {
-            id: public_id(&self.key.to_stored()),
-            topic: self.topic_string().to_string(),
-            qos: self.options.qos as u8,
-            no_local: self.options.no_local,
-            rap: self.options.retain_as_published,
-            retain_handling: self.options.retain_handling as u8,
-            subscription_id: self.id,
-            cid: self.key.cid,
-        }
-    }
-}
-
-impl Session {
-    /// The REST view of this session.
-    pub fn view(&self) -> SessionView {
-        let st = self.lock();
-        let ip = st.last_ip();
-        let expires = match (st.conn.is_some(), st.disconnected_at) {
-            (false, Some(at)) if st.expiry_interval != u32::MAX => {
-                Some((at + u64::from(st.expiry_interval) * 1_000_000) as f64 / 1e6)
-            }
-            _ => None,
-        };
-        SessionView {
-            id: self.public_id(),
-            client_id: self.key.client_id.to_string(),
-            cid: self.key.cid,
-            connected: st.conn.is_some(),
-            clean: st.clean,
-            ip,
-            expires,
-            expiry_interval: st.expiry_interval,
-            size: st.queued_bytes as u64,
-            queued: (st.queue.len() + st.inflight.len()) as u64,
-            protocol_version: st.last_protocol,
-            subscriptions: st.subscriptions.len() as u64,
-        }
-    }
-
-    /// The REST views of this session's subscriptions, ordered by their string.
-    pub fn subscription_views(&self) -> Vec<SubscriptionView> {
-        let st = self.lock();
-        let mut subs: Vec<&Subscription> = st.subscriptions.values().collect();
-        subs.sort_by(|a, b| a.key.cmp(&b.key));
-        subs.into_iter().map(Subscription::view).collect()
-    }
-}
-
 impl Broker {
     /// Installs the REST bridge (once; later calls are ignored).
-    pub fn set_rest_bridge(&self, bridge: Arc<dyn RestBridge>) {
+    pub fn set_rest_bridge(&self, bridge: Arc<dyn crate::bridge::RestBridge>) {
         let _ = self.rest.set(bridge);
     }
 
-    pub(crate) fn rest_bridge(&self) -> Option<&Arc<dyn RestBridge>> {
+    pub(crate) fn rest_bridge(&self) -> Option<&Arc<dyn crate::bridge::RestBridge>> {
         self.rest.get()
     }
 

@@ -35,7 +35,7 @@ use crate::filter::{Conditions, LazyPayload};
 use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Push, Session, SessionKey, Subscription, SubscriptionKey};
-use crate::timers::Timers;
+use crate::timer_queue::Timers;
 
 /// The subscription index's key: one subscription of one session, identified by its
 /// [`SubscriptionKey`] (subscription string with its prefixes, and `cid` property), so that one
@@ -192,7 +192,7 @@ pub struct Broker {
     pub(crate) timers: Timers,
     shutdown: CancellationToken,
     pub(crate) store: Store,
-    pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::admin::RestBridge>>,
+    pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::bridge::RestBridge>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.

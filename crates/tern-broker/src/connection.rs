@@ -5,7 +5,7 @@
 //! writes out whatever accumulated in [`Connection::out`]. Everything here is synchronous; the
 //! only shared state touched is the broker's, under short locks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +16,15 @@ use tern_codec::{
     ReasonCode,
 };
 
-use tern_store::Ticket;
-
 use crate::auth::Principal;
 use crate::broker::Broker;
 use crate::close::CloseReason;
+use crate::held::Held;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::out::OutBuf;
 use crate::session::{Kick, Phase, Session, SessionState};
-use crate::timers::TimerKind;
+use crate::timer_queue::TimerKind;
 use crate::topics::session_event;
 
 /// The largest packet MQTT can express (a 4-byte remaining length plus the fixed header).
@@ -90,21 +89,9 @@ pub struct Connection {
     /// Encoded packets waiting to be written.
     pub(crate) out: OutBuf,
     pub(crate) closed: bool,
-    /// What a publishing connection holds back; created on first use, so that connections
-    /// that only subscribe (or idle) do not carry it.
+    /// What a publishing connection holds back (`held.rs`); created on first use, so that
+    /// connections that only subscribe (or idle) do not carry it.
     pub(crate) held: Option<Box<Held>>,
-}
-
-/// Acknowledgements and reads a publishing connection holds back.
-#[derive(Debug, Default)]
-pub(crate) struct Held {
-    /// Acknowledgements waiting for their store ticket to become durable, in arrival order.
-    pub acks: VecDeque<(Ticket, Packet)>,
-    /// How many of `acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
-    pub pubacks: usize,
-    /// Congested sessions this connection's publishes went to: reading pauses until they
-    /// drained (backpressure).
-    pub pressure: Vec<Arc<Session>>,
 }
 
 impl Connection {
@@ -323,85 +310,6 @@ impl Connection {
                 disconnected_at,
             );
         }
-    }
-
-    /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
-    /// keeping acknowledgements in the order their packets arrived.
-    pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
-        let none_held = self.held.as_ref().is_none_or(|h| h.acks.is_empty());
-        if none_held && ticket <= self.broker.store.durable() {
-            self.send(&packet);
-            return;
-        }
-        let held = self.held.get_or_insert_with(Default::default);
-        let ticket = ticket.max(held.acks.back().map_or(0, |(t, _)| *t));
-        if matches!(packet, Packet::PubAck(_)) {
-            held.pubacks += 1;
-        }
-        held.acks.push_back((ticket, packet));
-    }
-
-    /// Unacknowledged inbound QoS 1 messages: PUBACKs held until the store has the message.
-    pub(crate) fn held_pubacks(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.pubacks)
-    }
-
-    /// Remembers that a publish went to a congested session.
-    pub(crate) fn pressed_by(&mut self, session: Arc<Session>) {
-        let held = self.held.get_or_insert_with(Default::default);
-        if !held.pressure.iter().any(|p| Arc::ptr_eq(p, &session)) {
-            held.pressure.push(session);
-        }
-    }
-
-    /// A congested session this connection's publishes went to, if any: the driver stops
-    /// reading until every such session drained ([`Session::drained`]), or gives up after
-    /// [`BrokerConfig::backpressure_timeout`] (for the whole pause, not per session) and calls
-    /// [`Connection::give_up_on_congested`].
-    ///
-    /// [`BrokerConfig::backpressure_timeout`]: crate::BrokerConfig::backpressure_timeout
-    pub fn pressure(&mut self) -> Option<Arc<Session>> {
-        let held = self.held.as_mut()?;
-        held.pressure.retain(|s| s.is_congested());
-        held.pressure.first().cloned()
-    }
-
-    /// The publisher's pause ran out: every session still congested no longer holds
-    /// publishers back until it catches up (its queue budgets decide meanwhile).
-    pub fn give_up_on_congested(&mut self) {
-        let Some(held) = self.held.as_mut() else {
-            return;
-        };
-        if held.pressure.is_empty() {
-            return;
-        }
-        for session in held.pressure.drain(..) {
-            tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
-            session.exempt_from_backpressure();
-        }
-        Metrics::inc(&self.broker.metrics.backpressure_timeouts);
-    }
-
-    /// The store ticket the oldest held acknowledgement waits for.
-    pub fn ack_wait(&self) -> Option<Ticket> {
-        self.held.as_ref()?.acks.front().map(|(t, _)| *t)
-    }
-
-    /// Sends the held acknowledgements whose ops are durable now.
-    pub fn release_acks(&mut self) {
-        let durable = self.broker.store.durable();
-        let Some(mut held) = self.held.take() else {
-            return;
-        };
-        while held.acks.front().is_some_and(|(t, _)| *t <= durable) {
-            if let Some((_, packet)) = held.acks.pop_front() {
-                if matches!(packet, Packet::PubAck(_)) {
-                    held.pubacks -= 1;
-                }
-                self.send(&packet);
-            }
-        }
-        self.held = Some(held);
     }
 }
 

@@ -29,24 +29,21 @@ impl Broker {
         if !self.has_subscribers(session.key.cid, &topic) {
             return;
         }
-        let (ip, protocol, clean, stats) = {
-            let st = session.lock();
-            (st.last_ip(), st.last_protocol, st.clean, st.stats)
-        };
+        let view = session.view();
         let timestamp = self.clock.stamp();
         let payload = serde_json::json!({
             // Exact: microseconds below 2^53 divide by 10^6 to the nearest double.
             "timestamp": timestamp as f64 / 1e6,
             "event": event,
-            "session_id": session.public_id(),
-            "client_id": &*session.key.client_id,
-            "cid": session.key.cid,
-            "ip": ip,
-            "protocol_version": protocol,
-            "clean": clean,
-            "published": stats.published,
-            "received": stats.received,
-            "rejected": stats.rejected,
+            "session_id": view.id,
+            "client_id": view.client_id,
+            "cid": view.cid,
+            "ip": view.ip,
+            "protocol_version": view.protocol_version,
+            "clean": view.clean,
+            "published": view.stats.published,
+            "received": view.stats.received,
+            "rejected": view.stats.rejected,
             "reason": reason.map_or("", |r| r.label()),
         });
         let mut msg = self.message(

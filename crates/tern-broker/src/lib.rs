@@ -7,6 +7,8 @@
 //! Layout:
 //! - `broker`: the shared state (session registry, per-account namespaces) and routing
 //! - `connection`: one connection's protocol state, close and detach
+//! - `held`: what a connection holds back: acknowledgements waiting for the disk, reading
+//!   paused by congested subscribers
 //! - `handlers/`: one handler per packet type (`connect`, `publish`, `ack`, `subscribe`,
 //!   `unsubscribe`, `disconnect`, `deliver` for outgoing messages) and the dispatch
 //! - `filter`: `$share/`, `$filter/` and the `cid` property of subscriptions
@@ -19,11 +21,14 @@
 //!   the `cid` and `timestamp` properties), cited by everything else
 //! - `events`: the `flespi/log/mqtt/sessions/...` events
 //! - `timers`: will delay, session expiry, the retained sweep and token expiry, on the clock
+//! - `timer_queue`: the deadlines those act on, ordered by time (plain data)
 //! - `out`: a connection's encoded output (`OutBuf`), large payloads shared, not copied
 //! - `rules`: the checks every message from a client passes (PUBLISH, will, REST publish)
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
-//! - `admin`: views and actions for the REST API, and the REST bridge hook
+//! - `admin`: actions for the REST API
+//! - `views`: what the REST API and the session events show of a session and its subscriptions
+//! - `bridge`: the REST bridge hook (`RestCall`, `RestBridge`) for REST over MQTT
 //! - `auth`: the authentication hook
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
 //! - `violation`: the protocol rules the handlers enforce, each with its reason code
@@ -33,6 +38,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod budget;
 pub mod close;
@@ -41,6 +47,7 @@ pub mod connection;
 mod events;
 pub mod filter;
 mod handlers;
+mod held;
 pub mod message;
 pub mod metrics;
 pub mod out;
@@ -49,12 +56,14 @@ mod restore;
 pub mod rules;
 pub mod session;
 pub mod subscriptions;
+mod timer_queue;
 pub mod timers;
 pub mod topics;
+mod views;
 pub mod violation;
 
-pub use admin::{RestBridge, RestCall, SessionView, SubscriptionView};
 pub use auth::{Anonymous, Authenticator, Credentials, Principal};
+pub use bridge::{RestBridge, RestCall};
 pub use broker::{Broker, Namespace, Routed, SubEntry};
 pub use budget::QueueBudget;
 pub use close::CloseReason;
@@ -64,4 +73,5 @@ pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};
+pub use views::{SessionView, SubscriptionView};
 pub use violation::Violation;

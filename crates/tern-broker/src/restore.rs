@@ -9,7 +9,7 @@ use crate::connection::first_phase;
 use crate::message::{Delivery, MessageExt};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Phase, Session, Subscription, SubscriptionKey, WillSpec};
-use crate::timers::TimerKind;
+use crate::timer_queue::TimerKind;
 
 /// What a restore brought back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -9,93 +9,16 @@
 //! [`Broker::tick`]: in production [`Broker::run_timers`] calls it when the next deadline
 //! comes (tokio time), in tests [`Broker::advance`] moves a manual clock and calls it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-
 use crate::broker::Broker;
 use crate::message::Micros;
 use crate::session::Session;
+use crate::timer_queue::TimerKind;
 use crate::topics::session_event;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimerKind {
-    /// Publish the will (Will Delay Interval elapsed).
-    Will,
-    /// End the session (Session Expiry Interval elapsed).
-    Expiry,
-}
-
-#[derive(Debug)]
-struct Timer {
-    kind: TimerKind,
-    session: Arc<Session>,
-    disconnected_at: Micros,
-}
-
-/// The broker's timer queue, ordered by deadline.
-#[derive(Debug, Default)]
-pub struct Timers {
-    queue: Mutex<BTreeMap<(Micros, u64), Timer>>,
-    seq: AtomicU64,
-    notify: Notify,
-    /// When retained messages were last swept (0: never).
-    last_sweep: AtomicU64,
-    /// The second (unix time) in which token `expire` was last checked.
-    last_token_check: AtomicU64,
-    /// `(token, expire)` already acted on: a token given a later `expire` is watched again.
-    expired_tokens: Mutex<HashSet<(u64, u64)>>,
-}
-
-impl Timers {
-    pub(crate) fn schedule(
-        &self,
-        at: Micros,
-        kind: TimerKind,
-        session: Arc<Session>,
-        disconnected_at: Micros,
-    ) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut q = self.queue.lock();
-        let first = q.keys().next().is_none_or(|(t, _)| at < *t);
-        q.insert(
-            (at, seq),
-            Timer {
-                kind,
-                session,
-                disconnected_at,
-            },
-        );
-        drop(q);
-        if first {
-            self.notify.notify_one();
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Micros> {
-        self.queue.lock().keys().next().map(|(t, _)| *t)
-    }
-
-    fn pop_due(&self, now: Micros) -> Vec<Timer> {
-        let mut q = self.queue.lock();
-        let later = q.split_off(&(now + 1, 0));
-        let due = std::mem::replace(&mut *q, later);
-        due.into_values().collect()
-    }
-
-    /// Number of pending timers (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.queue.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// How often expired retained messages are swept.
 const RETAINED_SWEEP: Duration = Duration::from_secs(30);

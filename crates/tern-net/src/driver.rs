@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_broker::out::OutBuf;
-use tern_broker::{Broker, CloseReason, Connection, SessionId, Signal};
-use tern_store::Ticket;
+use tern_broker::{Broker, CloseReason, Connection, Signal};
+use tern_codec::ProtocolVersion;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::accept::Listener;
-use crate::metrics::{ConnectedGuard, NetMetrics};
+use crate::metrics::NetMetrics;
 
 /// The read buffer starts this small, so that idle connections cost little memory, and grows
 /// (doubling, up to `READ_CHUNK`) while reads keep filling it.
@@ -78,7 +78,7 @@ fn io_close_reason(conn: &Connection, err: &io::Error, what: &str) -> CloseReaso
     CloseReason::ConnectionLost
 }
 
-/// What woke the driver (see `run_connection`'s wait).
+/// What woke the driver (see [`Driver::poll_event`]).
 enum Event {
     Kicked(CloseReason),
     /// Deliveries wait and the output buffer has room: fill it.
@@ -93,10 +93,11 @@ enum Event {
 /// Runs one MQTT connection to completion over a byte stream, and returns why it
 /// ended.
 ///
-/// The connection's task is what an idle client costs, so its state is kept small: the wait
-/// polls the socket, the kick signal (a registered waker) and the timer directly instead of
-/// holding a future per source, the waits that exist only while needed (held
-/// acknowledgements, backpressure) are boxed, and the closing steps run boxed.
+/// The connection's task is what an idle client costs, so its state is kept small: a
+/// [`Driver`] and one pinned timer. The wait polls the socket, the kick signal (a registered
+/// waker) and the timer in place instead of holding a future per source; the waits that exist
+/// only while needed (held acknowledgements, backpressure) live in the connection's boxed
+/// `Held` (tern-broker's `held.rs`), and the closing steps run boxed.
 pub fn run_connection<S>(
     broker: Arc<Broker>,
     metrics: Arc<NetMetrics>,
@@ -106,246 +107,289 @@ pub fn run_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let listener = peer.listener;
-    let mut conn = Connection::new(broker, peer.addr, listener.name());
-    let mut stream = stream;
-    // An async block, not an async fn: an async fn keeps its arguments twice (as arguments
-    // and as the locals they are moved into), and this state is what every idle client costs.
+    let conn = Connection::new(broker, peer.addr, peer.listener.name());
+    let mut driver = Driver::new(conn, stream, metrics, peer.listener);
+    // An async block, not an async fn, and the driver built before it and used in place: a
+    // value moved into a local inside the future would be kept twice (as the captured value
+    // and as the local), and this state is what every idle client costs.
     async move {
-        let mut rbuf = BytesMut::new();
-        let mut read_size = READ_FIRST;
-        let mut deadline = Instant::now() + conn.broker().config.connect_timeout;
-        // Bytes handed to the writer that a buffering transport may still hold.
-        let mut unflushed = false;
-        // Counts this client under its listener and protocol version once CONNECT is accepted.
-        let mut counted: Option<ConnectedGuard<'_>> = None;
-        // Until when a pause for congested subscribers may last: one deadline for the whole
-        // pause, whichever and however many subscribers cause it.
-        let mut pressure_deadline: Option<Instant> = None;
-        // Deliveries are ready that did not fit the output buffer yet.
-        let mut fill_pending = false;
-        // Waits that exist only while needed, boxed so that an idle connection does not carry
-        // them: held acknowledgements (until the store is durable) and backpressure.
-        let mut acks_wait: Option<(Ticket, Wait)> = None;
-        let mut drained_wait: Option<(SessionId, Wait)> = None;
         // One timer for the keep-alive (or CONNECT) deadline and the backpressure wait.
-        let timer = tokio::time::sleep_until(deadline);
+        let timer = tokio::time::sleep_until(driver.deadline);
         tokio::pin!(timer);
-        // Reads and writes take turns at being looked at first, so neither starves the other.
-        let mut read_first = false;
-        // Bytes were read and wait to be processed; true if they woke this task and the client
-        // is not streaming (then a PUBLISH among them lets other woken tasks go first).
-        let mut received: Option<bool> = None;
-        // Only tokio's multi-thread scheduler polls the last-woken task first (its LIFO slot);
-        // the current-thread one keeps wake-up order by itself.
-        let lifo = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-
-        let reason = 'conn: loop {
-            if let Some(woken) = received.take() {
+        let reason = loop {
+            if let Some(woken) = driver.received.take() {
                 // A PUBLISH that woke this task waits one scheduling round: the tasks woken by
                 // the same batch of socket events run first. tokio polls the last-woken task
                 // first (its LIFO slot), which would otherwise reverse the kernel's order
                 // between, say, a SUBSCRIBE on another connection and this PUBLISH sent right
                 // after it, and the new subscriber would miss it. (Here, at the top of the
                 // loop, the wait adds nothing to the task's size.)
-                if woken && rbuf.first().is_some_and(|b| b >> 4 == 3) {
+                if woken && driver.rbuf.first().is_some_and(|b| b >> 4 == 3) {
                     tokio::task::yield_now().await;
                 }
-                let was_connected = conn.is_connected();
-                let processed = process(&mut conn, &mut rbuf);
-                // A quiet connection gives its read buffer back between reads: idle
-                // connections then hold no buffer at all.
-                if rbuf.is_empty() && read_size == READ_FIRST {
-                    rbuf = BytesMut::new();
-                }
-                if !was_connected && conn.is_connected() {
-                    counted = Some(ConnectedGuard::new(&metrics, listener, conn.protocol()));
-                }
-                // Keep alive counts whole packets, not bytes (MQTT 5 [MQTT-3.1.2-22]: "does not
-                // receive an MQTT Control Packet"): a client trickling a packet that never
-                // completes is not kept alive by it, and the CONNECT deadline stands until a
-                // CONNECT is accepted.
-                match processed {
-                    Err(reason) => break 'conn reason,
-                    Ok(false) => {}
-                    Ok(true) => {
-                        deadline = match conn.idle_timeout() {
-                            Some(idle) => Instant::now() + idle,
-                            None if conn.is_connected() => far_future(),
-                            None => deadline,
-                        };
-                    }
+                if let Err(reason) = driver.on_received() {
+                    break reason;
                 }
             }
-            if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
-                fill_pending = conn.fill(OUT_FILL_LIMIT);
-            }
-            // Backpressure: while subscribers this client publishes to are congested, stop
-            // reading from it (instead of dropping), for at most `backpressure_timeout` in
-            // all: the pause waits for each of them in turn, against one deadline, so that N
-            // congested subscribers do not hold the publisher N times as long.
-            let pressure = conn.pressure();
-            match &pressure {
-                Some(s) if drained_wait.as_ref().is_none_or(|(id, _)| *id != s.id) => {
-                    if pressure_deadline.is_none() {
-                        let broker = conn.broker();
-                        pressure_deadline =
-                            Some(Instant::now() + broker.config.backpressure_timeout);
-                        broker
-                            .metrics
-                            .backpressure_pauses
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let waiting = s.clone();
-                    drained_wait = Some((s.id, Box::pin(async move { waiting.drained().await })));
-                }
-                None => {
-                    pressure_deadline = None;
-                    drained_wait = None;
-                }
-                _ => {}
-            }
-            match conn.ack_wait() {
-                Some(t) if acks_wait.as_ref().is_none_or(|(w, _)| *w != t) => {
-                    let store = conn.broker().store().clone();
-                    acks_wait = Some((
-                        t,
-                        Box::pin(async move {
-                            store.wait_or_failing(t).await;
-                        }),
-                    ));
-                }
-                None => acks_wait = None,
-                _ => {}
-            }
-            let read_open = conn.out().len() < OUT_READ_LIMIT && pressure.is_none();
-            let wake_at = pressure_deadline.map_or(deadline, |at| at.min(deadline));
-            if timer.deadline() != wake_at {
-                timer.as_mut().reset(wake_at);
-            }
-            read_first = !read_first;
-            // How many times the wait below was polled: more than once means this task slept
-            // and was woken.
-            let mut polls = 0u8;
-            // Every source is polled in place; each poll is cancel-safe (bytes move only when a
-            // read or write completes, signals are kept until taken).
-            let event = std::future::poll_fn(|cx| {
-                polls = polls.saturating_add(1);
-                // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one
-                // signal. A kick wins over everything; deliveries only mark the outbox for
-                // filling, and wake the loop by themselves only when nothing else is ready:
-                // under load publishers signal again faster than this client is written to,
-                // and its writes must not wait behind that.
-                match conn.kick().poll_signalled(cx) {
-                    Poll::Ready(Signal::Kicked(reason)) => {
-                        return Poll::Ready(Event::Kicked(reason));
-                    }
-                    Poll::Ready(Signal::Deliveries) => fill_pending = true,
-                    Poll::Pending => {}
-                }
-                // Acknowledgements held until the store has what they acknowledge.
-                if let Some((_, wait)) = &mut acks_wait
-                    && wait.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Event::AcksDurable);
-                }
-                let write = unflushed || !conn.out().is_empty();
-                for turn in [read_first, !read_first] {
-                    if turn && read_open {
-                        if let Poll::Ready(r) =
-                            poll_read_some(&mut stream, &mut rbuf, read_size, cx)
-                        {
-                            return Poll::Ready(Event::Read(r));
-                        }
-                    } else if !turn
-                        && write
-                        && let Poll::Ready(r) = poll_write_or_flush(&mut stream, conn.out(), cx)
-                    {
-                        return Poll::Ready(Event::Wrote(r));
-                    }
-                }
-                if let Some((_, wait)) = &mut drained_wait
-                    && wait.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Event::Drained);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
-                }
-                if fill_pending && conn.out().len() < OUT_FILL_LIMIT {
-                    return Poll::Ready(Event::Fill);
-                }
-                Poll::Pending
-            })
-            .await;
-            match event {
-                Event::Kicked(reason) => break 'conn reason,
-                Event::Fill => {}
-                Event::AcksDurable => {
-                    acks_wait = None;
-                    // The store cannot write: close (v5 DISCONNECT 0x97) rather than leave the
-                    // client waiting for acknowledgements; what it sent is written when the
-                    // store recovers, and what was not acknowledged it sends again.
-                    let store = conn.broker().store();
-                    if store.failing() && conn.ack_wait().is_some_and(|t| t > store.durable()) {
-                        break 'conn CloseReason::StoreUnavailable;
-                    }
-                    conn.release_acks();
-                }
-                Event::Wrote(res) => match res {
-                    Ok(Written::Bytes(0)) => break 'conn CloseReason::ConnectionLost,
-                    Ok(Written::Bytes(_)) => unflushed = true,
-                    Ok(Written::Flushed) => unflushed = false,
-                    Err(err) => break 'conn io_close_reason(&conn, &err, "write"),
-                },
-                Event::Read(res) => {
-                    match res {
-                        Ok(Read { bytes: 0, .. }) => break 'conn CloseReason::ConnectionLost,
-                        // A read that filled the buffer: the client sends a lot, read more at once.
-                        Ok(Read { filled: true, .. }) => {
-                            read_size = (read_size * 2).min(READ_CHUNK)
-                        }
-                        Ok(_) => {}
-                        Err(err) => break 'conn io_close_reason(&conn, &err, "read"),
-                    }
-                    // Processed at the top of the loop (see `received`). A client whose reads
-                    // never filled the first buffer is not streaming: it is the one whose
-                    // PUBLISH may race a SUBSCRIBE sent just before it.
-                    received = Some(lifo && polls > 1 && read_size == READ_FIRST);
-                }
-                Event::Drained => drained_wait = None,
-                Event::Timer => {
-                    if Instant::now() >= deadline {
-                        if !rbuf.is_empty() {
-                            // Part of a packet arrived and the rest did not in time (a
-                            // trickling client, or one that stopped mid-packet).
-                            conn.broker()
-                                .metrics
-                                .incomplete_packet_timeouts
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        break 'conn if conn.is_connected() {
-                            CloseReason::KeepAliveTimeout
-                        } else {
-                            CloseReason::ConnectTimeout
-                        };
-                    }
-                    // The pause ran out: every subscriber still congested is left to its
-                    // queue budgets until it catches up.
-                    if pressure_deadline.is_some_and(|at| Instant::now() >= at) {
-                        conn.give_up_on_congested();
-                    }
-                }
+            driver.prepare(timer.as_mut());
+            let event = std::future::poll_fn(|cx| driver.poll_event(cx, timer.as_mut())).await;
+            let next = match event {
+                Event::Kicked(reason) => Err(reason),
+                Event::Fill => Ok(()),
+                Event::AcksDurable => driver.conn.acks_durable(),
+                Event::Wrote(res) => driver.on_wrote(res),
+                Event::Read(res) => driver.on_read(res),
+                Event::Drained => Ok(()),
+                Event::Timer => driver.on_timer(),
+            };
+            if let Err(reason) = next {
+                break reason;
             }
         };
-
         // The closing steps run boxed: their timers and futures would otherwise take room in
         // every connection's task for its whole life.
-        Box::pin(close_out(&mut conn, &mut stream, &mut rbuf, &reason)).await;
-        log_close(&conn, listener, &reason);
-        drop(counted);
+        Box::pin(close_out(
+            &mut driver.conn,
+            &mut driver.stream,
+            &mut driver.rbuf,
+            &reason,
+        ))
+        .await;
+        log_close(&driver.conn, driver.listener, &reason);
         reason
+    }
+}
+
+/// One connection's driver: the transport, the read buffer, the broker's [`Connection`] (with
+/// its output buffer) and the little state the wait needs. One method per event.
+struct Driver<S> {
+    conn: Connection,
+    stream: S,
+    rbuf: BytesMut,
+    metrics: Arc<NetMetrics>,
+    /// The protocol version this client is counted under (with its listener) once CONNECT is
+    /// accepted, until the driver is dropped.
+    counted: Option<ProtocolVersion>,
+    /// Keep alive (or, before CONNECT, the CONNECT deadline).
+    deadline: Instant,
+    /// Until when a pause for congested subscribers may last: one deadline for the whole
+    /// pause, whichever and however many subscribers cause it.
+    pressure_deadline: Option<Instant>,
+    /// Bytes to read per syscall: grows while reads fill the buffer.
+    read_size: u32,
+    listener: Listener,
+    /// Bytes handed to the writer that a buffering transport may still hold.
+    unflushed: bool,
+    /// Deliveries are ready that did not fit the output buffer yet.
+    fill_pending: bool,
+    /// Reads and writes take turns at being looked at first, so neither starves the other.
+    read_first: bool,
+    /// Reading pauses: the output buffer is full or subscribers are congested.
+    read_open: bool,
+    /// Only tokio's multi-thread scheduler polls the last-woken task first (its LIFO slot);
+    /// the current-thread one keeps wake-up order by itself.
+    lifo: bool,
+    /// How many times the current wait was polled: more than once means this task slept and
+    /// was woken.
+    polls: u8,
+    /// Bytes were read and wait to be processed; true if they woke this task and the client
+    /// is not streaming (then a PUBLISH among them lets other woken tasks go first).
+    received: Option<bool>,
+}
+
+impl<S> Driver<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(conn: Connection, stream: S, metrics: Arc<NetMetrics>, listener: Listener) -> Self {
+        let deadline = Instant::now() + conn.broker().config.connect_timeout;
+        Driver {
+            conn,
+            stream,
+            rbuf: BytesMut::new(),
+            metrics,
+            counted: None,
+            deadline,
+            pressure_deadline: None,
+            read_size: READ_FIRST as u32,
+            listener,
+            unflushed: false,
+            fill_pending: false,
+            read_first: false,
+            read_open: true,
+            lifo: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
+            polls: 0,
+            received: None,
+        }
+    }
+
+    /// Bytes arrived: decodes and handles every complete packet.
+    fn on_received(&mut self) -> Result<(), CloseReason> {
+        let conn = &mut self.conn;
+        let was_connected = conn.is_connected();
+        let processed = process(conn, &mut self.rbuf);
+        // A quiet connection gives its read buffer back between reads: idle connections then
+        // hold no buffer at all.
+        if self.rbuf.is_empty() && self.read_size == READ_FIRST as u32 {
+            self.rbuf = BytesMut::new();
+        }
+        if !was_connected && conn.is_connected() {
+            self.metrics
+                .connect_accepted(self.listener, conn.protocol());
+            self.counted = Some(conn.protocol());
+        }
+        // Keep alive counts whole packets, not bytes (MQTT 5 [MQTT-3.1.2-22]: "does not
+        // receive an MQTT Control Packet"): a client trickling a packet that never completes
+        // is not kept alive by it, and the CONNECT deadline stands until a CONNECT is accepted.
+        if processed? {
+            self.deadline = match conn.idle_timeout() {
+                Some(idle) => Instant::now() + idle,
+                None if conn.is_connected() => far_future(),
+                None => self.deadline,
+            };
+        }
+        Ok(())
+    }
+
+    /// Before each wait: fills the output buffer, decides whether to read, sets the timer.
+    fn prepare(&mut self, timer: Pin<&mut Sleep>) {
+        if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
+            self.fill_pending = self.conn.fill(OUT_FILL_LIMIT);
+        }
+        // Backpressure: while subscribers this client publishes to are congested, stop
+        // reading from it (instead of dropping), for at most `backpressure_timeout` in all:
+        // the pause waits for each of them in turn, against one deadline, so that N congested
+        // subscribers do not hold the publisher N times as long.
+        let paused = self.conn.paused();
+        if !paused {
+            self.pressure_deadline = None;
+        } else if self.pressure_deadline.is_none() {
+            let broker = self.conn.broker();
+            self.pressure_deadline = Some(Instant::now() + broker.config.backpressure_timeout);
+            broker
+                .metrics
+                .backpressure_pauses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.read_open = self.conn.out().len() < OUT_READ_LIMIT && !paused;
+        let wake_at = self
+            .pressure_deadline
+            .map_or(self.deadline, |at| at.min(self.deadline));
+        if timer.deadline() != wake_at {
+            timer.reset(wake_at);
+        }
+        self.read_first = !self.read_first;
+        self.polls = 0;
+    }
+
+    /// The wait: polls every source in place; each poll is cancel-safe (bytes move only when
+    /// a read or write completes, signals are kept until taken).
+    fn poll_event(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Event> {
+        self.polls = self.polls.saturating_add(1);
+        // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one signal. A
+        // kick wins over everything; deliveries only mark the outbox for filling, and wake the
+        // loop by themselves only when nothing else is ready: under load publishers signal
+        // again faster than this client is written to, and its writes must not wait behind
+        // that.
+        match self.conn.kick().poll_signalled(cx) {
+            Poll::Ready(Signal::Kicked(reason)) => return Poll::Ready(Event::Kicked(reason)),
+            Poll::Ready(Signal::Deliveries) => self.fill_pending = true,
+            Poll::Pending => {}
+        }
+        // Acknowledgements held until the store has what they acknowledge.
+        if self.conn.poll_acks_durable(cx).is_ready() {
+            return Poll::Ready(Event::AcksDurable);
+        }
+        let write = self.unflushed || !self.conn.out().is_empty();
+        for turn in [self.read_first, !self.read_first] {
+            if turn && self.read_open {
+                if let Poll::Ready(r) =
+                    poll_read_some(&mut self.stream, &mut self.rbuf, self.read_size, cx)
+                {
+                    return Poll::Ready(Event::Read(r));
+                }
+            } else if !turn
+                && write
+                && let Poll::Ready(r) = poll_write_or_flush(&mut self.stream, self.conn.out(), cx)
+            {
+                return Poll::Ready(Event::Wrote(r));
+            }
+        }
+        if self.conn.poll_drained(cx).is_ready() {
+            return Poll::Ready(Event::Drained);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
+            return Poll::Ready(Event::Fill);
+        }
+        Poll::Pending
+    }
+
+    /// A write (or flush) completed.
+    fn on_wrote(&mut self, res: io::Result<Written>) -> Result<(), CloseReason> {
+        match res {
+            Ok(Written::Bytes(0)) => return Err(CloseReason::ConnectionLost),
+            Ok(Written::Bytes(_)) => self.unflushed = true,
+            Ok(Written::Flushed) => self.unflushed = false,
+            Err(err) => return Err(io_close_reason(&self.conn, &err, "write")),
+        }
+        Ok(())
+    }
+
+    /// A read completed; the bytes are processed at the top of the loop (see `received`).
+    fn on_read(&mut self, res: io::Result<Read>) -> Result<(), CloseReason> {
+        match res {
+            Ok(Read { bytes: 0, .. }) => return Err(CloseReason::ConnectionLost),
+            // A read that filled the buffer: the client sends a lot, read more at once.
+            Ok(Read { filled: true, .. }) => {
+                self.read_size = (self.read_size * 2).min(READ_CHUNK as u32)
+            }
+            Ok(_) => {}
+            Err(err) => return Err(io_close_reason(&self.conn, &err, "read")),
+        }
+        // A client whose reads never filled the first buffer is not streaming: it is the one
+        // whose PUBLISH may race a SUBSCRIBE sent just before it.
+        self.received = Some(self.lifo && self.polls > 1 && self.read_size == READ_FIRST as u32);
+        Ok(())
+    }
+
+    /// The timer fired: keep alive (or the CONNECT deadline) ran out, or the backpressure
+    /// pause did.
+    fn on_timer(&mut self) -> Result<(), CloseReason> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            if !self.rbuf.is_empty() {
+                // Part of a packet arrived and the rest did not in time (a trickling client,
+                // or one that stopped mid-packet).
+                self.conn
+                    .broker()
+                    .metrics
+                    .incomplete_packet_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Err(if self.conn.is_connected() {
+                CloseReason::KeepAliveTimeout
+            } else {
+                CloseReason::ConnectTimeout
+            });
+        }
+        // The pause ran out: every subscriber still congested is left to its queue budgets
+        // until it catches up.
+        if self.pressure_deadline.is_some_and(|at| now >= at) {
+            self.conn.give_up_on_congested();
+        }
+        Ok(())
+    }
+}
+
+impl<S> Drop for Driver<S> {
+    fn drop(&mut self) {
+        if let Some(version) = self.counted {
+            self.metrics.disconnected(self.listener, version);
+        }
     }
 }
 
@@ -427,9 +471,6 @@ fn process(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<bool, CloseReas
     }
 }
 
-/// A boxed wait (see `acks_wait` and `drained_wait`).
-type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// What one read did.
 struct Read {
     bytes: usize,
@@ -444,9 +485,10 @@ struct Read {
 fn poll_read_some<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-    size: usize,
+    size: u32,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Read>> {
+    let size = size as usize;
     if buf.is_empty() && size <= READ_FIRST {
         let mut stack = [0u8; READ_FIRST];
         let mut rb = ReadBuf::new(&mut stack);

@@ -83,28 +83,17 @@ impl NetMetrics {
     }
 }
 
-/// Counts one connected MQTT client while it lives.
-#[derive(Debug)]
-pub(crate) struct ConnectedGuard<'a> {
-    gauge: &'a AtomicI64,
-}
-
-impl<'a> ConnectedGuard<'a> {
-    pub(crate) fn new(
-        m: &'a NetMetrics,
-        l: Listener,
-        version: ProtocolVersion,
-    ) -> ConnectedGuard<'a> {
+impl NetMetrics {
+    /// A CONNECT was accepted on `l` with `version`: counted, and connected until
+    /// [`NetMetrics::disconnected`].
+    pub(crate) fn connect_accepted(&self, l: Listener, version: ProtocolVersion) {
         let v = version_index(version);
-        m.connects[l.index()][v].fetch_add(1, Ordering::Relaxed);
-        let gauge = &m.connected[l.index()][v];
-        gauge.fetch_add(1, Ordering::Relaxed);
-        ConnectedGuard { gauge }
+        self.connects[l.index()][v].fetch_add(1, Ordering::Relaxed);
+        self.connected[l.index()][v].fetch_add(1, Ordering::Relaxed);
     }
-}
 
-impl Drop for ConnectedGuard<'_> {
-    fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Ordering::Relaxed);
+    /// A client counted by [`NetMetrics::connect_accepted`] is gone.
+    pub(crate) fn disconnected(&self, l: Listener, version: ProtocolVersion) {
+        self.connected[l.index()][version_index(version)].fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,8 +6,8 @@ use tern_codec::{AckProperties, Packet, PubAck, Publish, QoS, ReasonCode};
 
 use tern_store::{Op, Ticket};
 
-use crate::admin::RestCall;
 use crate::auth::Principal;
+use crate::bridge::RestCall;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
@@ -29,7 +29,7 @@ enum PublishPlan {
     /// Refused without closing: v5 QoS 1/2 get the reason in PUBACK/PUBREC.
     Reject(ReasonCode),
     /// A REST-over-MQTT request for the bridge (docs/flespi.md#rest-over-mqtt).
-    Rest(Arc<dyn crate::admin::RestBridge>, Principal),
+    Rest(Arc<dyn crate::bridge::RestBridge>, Principal),
     /// Routed as account `cid`.
     Route(Cid),
 }
