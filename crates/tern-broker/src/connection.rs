@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -15,6 +16,8 @@ use tern_codec::{
     ConnAck, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
     ReasonCode,
 };
+
+use tern_store::Ticket;
 
 use crate::auth::Principal;
 use crate::broker::Broker;
@@ -309,6 +312,104 @@ impl Connection {
                 session.clone(),
                 disconnected_at,
             );
+        }
+    }
+}
+
+/// What the connection holds back ([`Held`], `held.rs`): acknowledgements waiting for the
+/// disk, reading paused by congested subscribers.
+impl Connection {
+    fn held(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Default::default)
+    }
+
+    /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
+    /// keeping acknowledgements in the order their packets arrived.
+    pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
+        let none_held = self.held.as_ref().is_none_or(|h| !h.holds_acks());
+        if none_held && ticket <= self.broker.store().durable() {
+            self.send(&packet);
+            return;
+        }
+        self.held().hold(ticket, packet);
+    }
+
+    /// Unacknowledged inbound QoS 1 messages: PUBACKs held until the store has the message.
+    pub(crate) fn held_pubacks(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.pubacks())
+    }
+
+    /// Sends the held acknowledgements whose ops are durable now.
+    pub fn release_acks(&mut self) {
+        let durable = self.broker.store().durable();
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        while let Some(packet) = held.release(durable) {
+            self.send(&packet);
+        }
+        self.held = Some(held);
+    }
+
+    /// Ready when the store reached the oldest held acknowledgement's ticket, or fails (pending
+    /// when nothing is held). Then call [`Connection::acks_durable`].
+    pub fn poll_acks_durable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.held.as_mut() {
+            Some(held) => held.poll_acks_durable(self.broker.store(), cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The store reached a held acknowledgement's ticket, or fails: sends what is durable, or
+    /// asks to close (v5 DISCONNECT 0x97) rather than leave the client waiting while the store
+    /// cannot write. What the client sent is written when the store recovers; what was not
+    /// acknowledged it sends again.
+    pub fn acks_durable(&mut self) -> Result<(), CloseReason> {
+        let store = self.broker.store();
+        let oldest = self.held.as_ref().and_then(|h| h.oldest());
+        if store.failing() && oldest.is_some_and(|t| t > store.durable()) {
+            return Err(CloseReason::StoreUnavailable);
+        }
+        self.release_acks();
+        Ok(())
+    }
+
+    /// Remembers that a publish went to a congested session.
+    pub(crate) fn pressed_by(&mut self, session: Arc<Session>) {
+        self.held().pressed_by(session);
+    }
+
+    /// Whether reading from this connection pauses: a session its publishes went to is still
+    /// congested. The driver stops reading until [`Connection::poll_drained`] says they
+    /// drained, or gives up after `backpressure_timeout` for the whole pause (whichever and
+    /// however many sessions it waits for) and calls [`Connection::give_up_on_congested`].
+    pub fn paused(&mut self) -> bool {
+        self.held.as_mut().is_some_and(|h| h.paused())
+    }
+
+    /// Ready when the congested session the pause waits for drained (pending when there is
+    /// none); then [`Connection::paused`] looks at the next one.
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.held.as_mut() {
+            Some(held) => held.poll_drained(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The publisher's pause ran out: every session still congested no longer holds
+    /// publishers back until it catches up (its queue budgets decide meanwhile).
+    pub fn give_up_on_congested(&mut self) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let mut any = false;
+        for session in held.give_up() {
+            tracing::debug!(conn = self.id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
+            session.exempt_from_backpressure();
+            any = true;
+        }
+        if any {
+            Metrics::inc(&self.broker.metrics.backpressure_timeouts);
         }
     }
 }

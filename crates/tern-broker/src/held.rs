@@ -8,10 +8,10 @@
 //!   connection (0x97) instead of leaving the client waiting.
 //! - **Backpressure**: a PUBLISH routed to a congested session records that session here; the
 //!   driver stops reading from this connection until every such session drained, or until
-//!   `backpressure_timeout` for the whole pause (see [`Connection::give_up_on_congested`]).
+//!   `backpressure_timeout` for the whole pause (see `Connection::give_up_on_congested`).
 //!
-//! The driver polls the two waits in place ([`Connection::poll_acks_durable`],
-//! [`Connection::poll_drained`]). Both exist only while something is held, inside the boxed
+//! The driver polls the two waits in place (`Connection::poll_acks_durable`,
+//! `Connection::poll_drained`, which hand over to [`Held`]). Both exist only while something is held, inside the boxed
 //! [`Held`] a connection creates on first use, so a connection that only subscribes, or
 //! idles, carries none of it.
 
@@ -21,12 +21,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tern_codec::Packet;
-use tern_store::Ticket;
+use tern_store::{Store, Ticket};
 
-use crate::close::CloseReason;
-use crate::connection::Connection;
 use crate::message::SessionId;
-use crate::metrics::Metrics;
 use crate::session::Session;
 
 /// A wait that exists only while needed, boxed so that connections without it do not carry it.
@@ -58,154 +55,111 @@ impl std::fmt::Debug for Held {
     }
 }
 
-impl Connection {
-    fn held(&mut self) -> &mut Held {
-        self.held.get_or_insert_with(Default::default)
-    }
-
-    /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
-    /// keeping acknowledgements in the order their packets arrived.
-    pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
-        let none_held = self.held.as_ref().is_none_or(|h| h.acks.is_empty());
-        if none_held && ticket <= self.broker.store().durable() {
-            self.send(&packet);
-            return;
-        }
-        let held = self.held();
-        let ticket = ticket.max(held.acks.back().map_or(0, |(t, _)| *t));
+impl Held {
+    /// Holds `packet` until the store reaches `ticket`, after every acknowledgement held
+    /// before it (the order their packets arrived).
+    pub(crate) fn hold(&mut self, ticket: Ticket, packet: Packet) {
+        let ticket = ticket.max(self.acks.back().map_or(0, |(t, _)| *t));
         if matches!(packet, Packet::PubAck(_)) {
-            held.pubacks += 1;
+            self.pubacks += 1;
         }
-        held.acks.push_back((ticket, packet));
+        self.acks.push_back((ticket, packet));
     }
 
-    /// Unacknowledged inbound QoS 1 messages: PUBACKs held until the store has the message.
-    pub(crate) fn held_pubacks(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.pubacks)
+    /// Whether acknowledgements are held.
+    pub(crate) fn holds_acks(&self) -> bool {
+        !self.acks.is_empty()
     }
 
-    /// Sends the held acknowledgements whose ops are durable now.
-    pub fn release_acks(&mut self) {
-        let durable = self.broker.store().durable();
-        let Some(mut held) = self.held.take() else {
-            return;
-        };
-        while held.acks.front().is_some_and(|(t, _)| *t <= durable) {
-            if let Some((_, packet)) = held.acks.pop_front() {
-                if matches!(packet, Packet::PubAck(_)) {
-                    held.pubacks -= 1;
-                }
-                self.send(&packet);
-            }
+    /// How many held acknowledgements are PUBACKs (unacknowledged inbound QoS 1 messages).
+    pub(crate) fn pubacks(&self) -> usize {
+        self.pubacks
+    }
+
+    /// The ticket the oldest held acknowledgement waits for.
+    pub(crate) fn oldest(&self) -> Option<Ticket> {
+        self.acks.front().map(|(t, _)| *t)
+    }
+
+    /// Takes the next held acknowledgement if the store has what it acknowledges (`durable`).
+    pub(crate) fn release(&mut self, durable: Ticket) -> Option<Packet> {
+        if self.acks.front().is_none_or(|(t, _)| *t > durable) {
+            return None;
         }
-        self.held = Some(held);
+        let (_, packet) = self.acks.pop_front()?;
+        if matches!(packet, Packet::PubAck(_)) {
+            self.pubacks -= 1;
+        }
+        Some(packet)
     }
 
-    /// Ready when the store reached the oldest held acknowledgement's ticket, or fails (pending
-    /// when nothing is held). Then call [`Connection::acks_durable`].
-    pub fn poll_acks_durable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(held) = self.held.as_mut() else {
+    /// Ready when `store` reached the oldest held acknowledgement's ticket, or fails; pending
+    /// when nothing is held.
+    pub(crate) fn poll_acks_durable(&mut self, store: &Store, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(ticket) = self.oldest() else {
+            self.acks_wait = None;
             return Poll::Pending;
         };
-        let Some(&(ticket, _)) = held.acks.front() else {
-            held.acks_wait = None;
-            return Poll::Pending;
-        };
-        if held.acks_wait.as_ref().is_none_or(|(t, _)| *t != ticket) {
-            let store = self.broker.store().clone();
+        if self.acks_wait.as_ref().is_none_or(|(t, _)| *t != ticket) {
+            let store = store.clone();
             let wait: Wait = Box::pin(async move {
                 store.wait_or_failing(ticket).await;
             });
-            held.acks_wait = Some((ticket, wait));
+            self.acks_wait = Some((ticket, wait));
         }
-        let Some((_, wait)) = held.acks_wait.as_mut() else {
+        let Some((_, wait)) = self.acks_wait.as_mut() else {
             return Poll::Pending;
         };
         if wait.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        held.acks_wait = None;
+        self.acks_wait = None;
         Poll::Ready(())
-    }
-
-    /// The store reached a held acknowledgement's ticket, or fails: sends what is durable, or
-    /// asks to close (v5 DISCONNECT 0x97) rather than leave the client waiting while the store
-    /// cannot write. What the client sent is written when the store recovers; what was not
-    /// acknowledged it sends again.
-    pub fn acks_durable(&mut self) -> Result<(), CloseReason> {
-        let store = self.broker.store();
-        let oldest = self.held.as_ref().and_then(|h| h.acks.front().map(|a| a.0));
-        if store.failing() && oldest.is_some_and(|t| t > store.durable()) {
-            return Err(CloseReason::StoreUnavailable);
-        }
-        self.release_acks();
-        Ok(())
     }
 
     /// Remembers that a publish went to a congested session.
     pub(crate) fn pressed_by(&mut self, session: Arc<Session>) {
-        let held = self.held();
-        if !held.pressure.iter().any(|p| Arc::ptr_eq(p, &session)) {
-            held.pressure.push(session);
+        if !self.pressure.iter().any(|p| Arc::ptr_eq(p, &session)) {
+            self.pressure.push(session);
         }
     }
 
-    /// Whether reading from this connection pauses: a session its publishes went to is still
-    /// congested. The driver stops reading until [`Connection::poll_drained`] says they
-    /// drained, or gives up after `backpressure_timeout` for the whole pause (whichever and
-    /// however many sessions it waits for) and calls [`Connection::give_up_on_congested`].
-    pub fn paused(&mut self) -> bool {
-        let Some(held) = self.held.as_mut() else {
+    /// Whether reading pauses: a session the publishes went to is still congested. Sets up
+    /// the wait for the first of them to drain.
+    pub(crate) fn paused(&mut self) -> bool {
+        self.pressure.retain(|s| s.is_congested());
+        let Some(first) = self.pressure.first() else {
+            self.drained_wait = None;
             return false;
         };
-        held.pressure.retain(|s| s.is_congested());
-        let Some(first) = held.pressure.first() else {
-            held.drained_wait = None;
-            return false;
-        };
-        if held
+        if self
             .drained_wait
             .as_ref()
             .is_none_or(|(id, _)| *id != first.id)
         {
             let waiting = first.clone();
             let wait: Wait = Box::pin(async move { waiting.drained().await });
-            held.drained_wait = Some((first.id, wait));
+            self.drained_wait = Some((first.id, wait));
         }
         true
     }
 
-    /// Ready when the congested session the pause waits for drained (pending when there is
-    /// none); then [`Connection::paused`] looks at the next one.
-    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(held) = self.held.as_mut() else {
-            return Poll::Pending;
-        };
-        let Some((_, wait)) = held.drained_wait.as_mut() else {
+    /// Ready when the congested session the pause waits for drained; pending when there is
+    /// none.
+    pub(crate) fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((_, wait)) = self.drained_wait.as_mut() else {
             return Poll::Pending;
         };
         if wait.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        held.drained_wait = None;
+        self.drained_wait = None;
         Poll::Ready(())
     }
 
-    /// The publisher's pause ran out: every session still congested no longer holds
-    /// publishers back until it catches up (its queue budgets decide meanwhile).
-    pub fn give_up_on_congested(&mut self) {
-        let id = self.id;
-        let Some(held) = self.held.as_mut() else {
-            return;
-        };
-        held.drained_wait = None;
-        if held.pressure.is_empty() {
-            return;
-        }
-        for session in held.pressure.drain(..) {
-            tracing::debug!(conn = id, client_id = %session.key.client_id, "backpressure timed out: the subscriber is treated as a slow consumer");
-            session.exempt_from_backpressure();
-        }
-        Metrics::inc(&self.broker.metrics.backpressure_timeouts);
+    /// The pause ran out: the sessions still congested, no longer waited for.
+    pub(crate) fn give_up(&mut self) -> std::vec::Drain<'_, Arc<Session>> {
+        self.drained_wait = None;
+        self.pressure.drain(..)
     }
 }
