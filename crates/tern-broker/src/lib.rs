@@ -25,6 +25,8 @@
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
 //! - `admin`: views and actions for the REST API, and the REST bridge hook
 //! - `auth`: the authentication hook
+//! - `rights`: what a principal may do with topics (master, standard, ACL grants)
+//! - `quota`: account quotas, of one account and of its ancestor chain
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
 //! - `violation`: the protocol rules the handlers enforce, each with its reason code
 //! - `metrics`: counters and gauges
@@ -45,7 +47,9 @@ pub mod message;
 pub mod metrics;
 pub mod out;
 mod persist;
+pub mod quota;
 mod restore;
+pub mod rights;
 pub mod rules;
 pub mod session;
 pub mod subscriptions;
