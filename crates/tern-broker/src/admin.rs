@@ -15,7 +15,7 @@ use crate::accounts::Rights;
 use crate::auth::Principal;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
-use crate::message::{Cid, Delivery, Message, MessageExt};
+use crate::message::{Cid, Delivery, Message};
 use crate::session::{Session, Subscription, SubscriptionKey};
 use crate::subscriptions::{SubscribeError, Subscriber};
 

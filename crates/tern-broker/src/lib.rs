@@ -64,7 +64,7 @@ pub use budget::QueueBudget;
 pub use close::CloseReason;
 pub use config::BrokerConfig;
 pub use connection::Connection;
-pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
+pub use message::{Cid, Clock, Delivery, Message, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};
