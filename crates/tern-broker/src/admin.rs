@@ -12,7 +12,7 @@ use tern_store::Op;
 use crate::accounts::Rights;
 use crate::broker::{Broker, Routed};
 use crate::close::CloseReason;
-use crate::message::{Cid, Delivery, Message, MessageExt};
+use crate::message::{Cid, Delivery, Message};
 use crate::session::{Session, Subscription, SubscriptionKey};
 use crate::subscriptions::{SubscribeError, Subscriber};
 

@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use smallvec::{SmallVec, smallvec};
 use tern_codec::{ProtocolVersion, ReasonCode};
 
-use crate::accounts::{QuotaChain, Rights};
 use crate::message::Cid;
+use crate::quota::QuotaChain;
+use crate::rights::Rights;
 
 /// The credentials of a CONNECT.
 #[derive(Debug, Clone, Copy)]

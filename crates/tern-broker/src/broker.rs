@@ -32,7 +32,7 @@ use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
 use crate::config::BrokerConfig;
 use crate::filter::{Conditions, LazyPayload};
-use crate::message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
+use crate::message::{Cid, Clock, Delivery, Message, Micros, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Push, Session, SessionKey, Subscription, SubscriptionKey};
 use crate::timer_queue::Timers;

@@ -24,8 +24,8 @@ use percent_encoding::percent_decode_str;
 use tern_expr::{Expr, MessageContext, Payload, UserProperties};
 use tern_topic::ShareMode;
 
-use crate::accounts::AclRules;
 use crate::message::{Cid, Message, Micros};
+use crate::rights::AclRules;
 
 const SHARE_PREFIX: &str = "$share/";
 const FILTER_PREFIX: &str = "$filter/";

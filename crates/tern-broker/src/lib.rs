@@ -30,6 +30,8 @@
 //! - `views`: what the REST API and the session events show of a session and its subscriptions
 //! - `bridge`: the REST bridge hook (`RestCall`, `RestBridge`) for REST over MQTT
 //! - `auth`: the authentication hook
+//! - `rights`: what a principal may do with topics (master, standard, ACL grants)
+//! - `quota`: account quotas, of one account and of its ancestor chain
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
 //! - `violation`: the protocol rules the handlers enforce, each with its reason code
 //! - `metrics`: counters and gauges
@@ -52,7 +54,9 @@ pub mod message;
 pub mod metrics;
 pub mod out;
 mod persist;
+pub mod quota;
 mod restore;
+pub mod rights;
 pub mod rules;
 pub mod session;
 pub mod subscriptions;
@@ -69,7 +73,7 @@ pub use budget::QueueBudget;
 pub use close::CloseReason;
 pub use config::BrokerConfig;
 pub use connection::Connection;
-pub use message::{Cid, Clock, Delivery, Message, MessageExt, Micros, SessionId};
+pub use message::{Cid, Clock, Delivery, Message, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};

@@ -6,58 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use smallvec::SmallVec;
 use tern_codec::QoS;
-pub use tern_store::{Cid, Message, Micros, SessionId};
-
-/// Broker-side helpers on a [`Message`].
-pub trait MessageExt {
-    fn is_expired(&self, now: Micros) -> bool;
-    fn remaining_expiry(&self, now: Micros) -> Option<u32>;
-    fn cost(&self) -> usize;
-    fn timestamp_string(&self) -> String;
-}
-
-impl MessageExt for Message {
-    /// Whether the message expired at `now`.
-    fn is_expired(&self, now: Micros) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
-    }
-
-    /// Seconds left until expiry, rounded up, for the Message Expiry Interval of a delivery.
-    fn remaining_expiry(&self, now: Micros) -> Option<u32> {
-        self.expires_at.map(|at| {
-            let left = at.saturating_sub(now);
-            u32::try_from(left.div_ceil(1_000_000))
-                .unwrap_or(u32::MAX)
-                .max(1)
-        })
-    }
-
-    /// Rough memory cost of the message, for queue budgets.
-    fn cost(&self) -> usize {
-        // What one queued delivery really holds: the shared message (counted in full for each
-        // session that holds it, as a bound), its Arc, the delivery in the queue (which may be
-        // twice its length), and the allocator's share.
-        const OVERHEAD: usize =
-            std::mem::size_of::<Message>() + 2 * std::mem::size_of::<Delivery>() + 48;
-        let props: usize = self
-            .properties
-            .user_properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum();
-        self.topic.len() + self.payload.len() + props + OVERHEAD
-    }
-
-    /// The `timestamp` user property value: unix seconds with a fraction.
-    fn timestamp_string(&self) -> String {
-        format_timestamp(self.timestamp)
-    }
-}
-
-/// Formats microseconds as `seconds.micros` (`1700000000.123456`).
-pub fn format_timestamp(ts: Micros) -> String {
-    format!("{}.{:06}", ts / 1_000_000, ts % 1_000_000)
-}
+pub use tern_store::{Cid, Message, Micros, SessionId, format_timestamp};
 
 /// One message on its way to one session: the shared message plus what this subscriber's
 /// matching subscriptions decided.
@@ -94,6 +43,9 @@ impl Delivery {
         self.msg.cost()
     }
 }
+
+// `Message::cost` counts a delivery as `tern_store::DELIVERY_SIZE` bytes.
+const _: () = assert!(std::mem::size_of::<Delivery>() <= tern_store::DELIVERY_SIZE);
 
 /// The broker clock: wall time in microseconds, made strictly increasing so that every message
 /// gets a unique timestamp (flespi clients drop messages whose timestamp does not increase).
@@ -210,10 +162,5 @@ mod tests {
         assert_eq!(clock.stamp(), 3_000_000);
         assert_eq!(clock.stamp(), 3_000_001);
         assert!(!Clock::default().is_manual());
-    }
-
-    #[test]
-    fn timestamp_format() {
-        assert_eq!(format_timestamp(1_700_000_000_000_001), "1700000000.000001");
     }
 }

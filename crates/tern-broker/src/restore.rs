@@ -6,7 +6,7 @@ use tern_store::{InflightPhase, Op, Snapshot};
 
 use crate::broker::{Broker, retained_cost};
 use crate::connection::first_phase;
-use crate::message::{Delivery, MessageExt};
+use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Phase, Session, Subscription, SubscriptionKey, WillSpec};
 use crate::timer_queue::TimerKind;

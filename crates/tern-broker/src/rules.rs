@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use tern_codec::{PublishProperties, ReasonCode};
 
-use crate::accounts::Rights;
 use crate::broker::Broker;
 use crate::message::{Cid, Message};
 use crate::metrics::Metrics;
+use crate::rights::Rights;
 use crate::session::WillSpec;
 use crate::topics::{self, CID_PROPERTY, TIMESTAMP_PROPERTY};
 

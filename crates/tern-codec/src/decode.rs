@@ -156,7 +156,7 @@ fn decode_frame(
 /// Reads a reason code and checks that MQTT 5 allows it in the reader's packet type.
 pub(crate) fn read_reason(r: &mut Reader<'_>) -> Result<ReasonCode, DecodeError> {
     let code = ReasonCode(r.u8("reason code")?);
-    if code.valid_in(r.packet()) {
+    if r.packet().allows(code) {
         Ok(code)
     } else {
         Err(DecodeError::InvalidReasonCode {

@@ -56,6 +56,48 @@ impl PacketType {
         })
     }
 
+    /// True when MQTT 5 allows reason `code` in this packet type (spec 2.4, table 2-6). Packets
+    /// without a reason code (CONNECT, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, PINGRESP) allow
+    /// none.
+    pub const fn allows(self, code: ReasonCode) -> bool {
+        match self {
+            PacketType::ConnAck => matches!(
+                code.0,
+                0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F
+            ),
+            PacketType::PubAck | PacketType::PubRec => {
+                matches!(
+                    code.0,
+                    0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+                )
+            }
+            PacketType::PubRel | PacketType::PubComp => matches!(code.0, 0x00 | 0x92),
+            PacketType::SubAck => matches!(
+                code.0,
+                0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
+            ),
+            PacketType::UnsubAck => {
+                matches!(code.0, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
+            }
+            PacketType::Disconnect => matches!(
+                code.0,
+                0x00 | 0x04
+                    | 0x80..=0x83
+                    | 0x87
+                    | 0x89
+                    | 0x8B..=0x90
+                    | 0x93..=0xA2
+            ),
+            PacketType::Auth => matches!(code.0, 0x00 | 0x18 | 0x19),
+            PacketType::Connect
+            | PacketType::Publish
+            | PacketType::Subscribe
+            | PacketType::Unsubscribe
+            | PacketType::PingReq
+            | PacketType::PingResp => false,
+        }
+    }
+
     /// The spec's name of the packet type, as written in the spec: `PUBLISH`, `SUBACK`, ...
     pub const fn name(self) -> &'static str {
         match self {

@@ -82,7 +82,7 @@ fn opt_zero_or_one() -> impl Strategy<Value = Option<u8>> {
 fn reason(packet: PacketType) -> impl Strategy<Value = ReasonCode> {
     let codes: Vec<ReasonCode> = (0..=u8::MAX)
         .map(ReasonCode)
-        .filter(|c| c.valid_in(packet))
+        .filter(|c| packet.allows(*c))
         .collect();
     select(codes)
 }

@@ -6,8 +6,6 @@
 
 use std::fmt;
 
-use crate::packet::PacketType;
-
 /// A reason code byte. The associated constants carry the names the spec gives them; several
 /// names share one value (0x00 is Success, Normal disconnection and Granted QoS 0).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -63,47 +61,6 @@ impl ReasonCode {
     /// True for codes 0x80 and above, which report a failure.
     pub const fn is_error(self) -> bool {
         self.0 >= 0x80
-    }
-
-    /// True when MQTT 5 allows this code in `packet` (spec 2.4, table 2-6). Packets without a
-    /// reason code (CONNECT, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, PINGRESP) allow none.
-    pub const fn valid_in(self, packet: PacketType) -> bool {
-        match packet {
-            PacketType::ConnAck => matches!(
-                self.0,
-                0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F
-            ),
-            PacketType::PubAck | PacketType::PubRec => {
-                matches!(
-                    self.0,
-                    0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
-                )
-            }
-            PacketType::PubRel | PacketType::PubComp => matches!(self.0, 0x00 | 0x92),
-            PacketType::SubAck => matches!(
-                self.0,
-                0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
-            ),
-            PacketType::UnsubAck => {
-                matches!(self.0, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
-            }
-            PacketType::Disconnect => matches!(
-                self.0,
-                0x00 | 0x04
-                    | 0x80..=0x83
-                    | 0x87
-                    | 0x89
-                    | 0x8B..=0x90
-                    | 0x93..=0xA2
-            ),
-            PacketType::Auth => matches!(self.0, 0x00 | 0x18 | 0x19),
-            PacketType::Connect
-            | PacketType::Publish
-            | PacketType::Subscribe
-            | PacketType::Unsubscribe
-            | PacketType::PingReq
-            | PacketType::PingResp => false,
-        }
     }
 
     /// The 3.1/3.1.1 CONNACK return code for this reason (MQTT 3.1.1 table 3.1). Success is 0;

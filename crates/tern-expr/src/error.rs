@@ -7,7 +7,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::ast::Span;
+use crate::span::Span;
+use crate::value::TypeName;
 
 /// Why an expression was rejected at parse time, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -135,28 +136,4 @@ pub enum EvalErrorKind {
     /// A wildcard match that would take more than [`crate::Pattern`]'s step budget.
     #[error("wildcard match too costly")]
     MatchTooCostly,
-}
-
-/// The type of a value, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TypeName {
-    Null,
-    Boolean,
-    Number,
-    String,
-    Array,
-    Object,
-}
-
-impl fmt::Display for TypeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TypeName::Null => "null",
-            TypeName::Boolean => "a boolean",
-            TypeName::Number => "a number",
-            TypeName::String => "a string",
-            TypeName::Array => "an array",
-            TypeName::Object => "an object",
-        })
-    }
 }

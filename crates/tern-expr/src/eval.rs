@@ -15,9 +15,10 @@ use serde_json::Value as Json;
 
 use crate::ast::{BinaryOp, Func, LogicalOp, Node, NodeKind, Path, Span, UnaryOp};
 use crate::context::Context;
-use crate::error::{EvalError, EvalErrorKind, TypeName};
+use crate::error::{EvalError, EvalErrorKind};
 use crate::value::{
-    Composite, CompositeKind, NumBuf, Value, ValueRef, parse_number, truthy_num, truthy_str,
+    Composite, CompositeKind, NumBuf, TypeName, Value, ValueRef, parse_number, truthy_num,
+    truthy_str,
 };
 use crate::wildcard::MATCH_BUDGET;
 

@@ -3,8 +3,8 @@
 
 use logos::Logos;
 
-use crate::ast::Span;
 use crate::error::{ParseError, ParseErrorKind};
+use crate::span::Span;
 
 #[derive(Logos, Debug, Clone, Copy, PartialEq, Eq)]
 #[logos(error = LexError)]

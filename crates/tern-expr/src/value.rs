@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use crate::error::TypeName;
-
 /// The result of [`crate::Expr::eval`]: the language's four value types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -34,6 +32,30 @@ impl Value {
             Value::Number(_) => TypeName::Number,
             Value::String(_) => TypeName::String,
         }
+    }
+}
+
+/// The type of a value, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeName {
+    Null,
+    Boolean,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl fmt::Display for TypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TypeName::Null => "null",
+            TypeName::Boolean => "a boolean",
+            TypeName::Number => "a number",
+            TypeName::String => "a string",
+            TypeName::Array => "an array",
+            TypeName::Object => "an object",
+        })
     }
 }
 

@@ -1,7 +1,6 @@
-//! Accepting connections: the listener names, the connection limit shared by every listener,
-//! and the accept loop each listener runs.
+//! Accepting connections: the connection limit shared by every listener, and the accept loop
+//! each listener runs.
 
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,55 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+pub use crate::listener::Listener;
 use crate::metrics::NetMetrics;
-
-/// The four listeners of docs/flespi.md#listeners, named as in the configuration file. MQTT over
-/// WebSocket arrives on `http` and `https`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Listener {
-    /// MQTT over TCP (default 1883).
-    Mqtt,
-    /// MQTT over TLS (default 8883).
-    Mqtts,
-    /// HTTP: the REST router and MQTT over WebSocket (default 8080).
-    Http,
-    /// HTTPS: the same over TLS (default 8443).
-    Https,
-}
-
-impl Listener {
-    pub const ALL: [Listener; 4] = [
-        Listener::Mqtt,
-        Listener::Mqtts,
-        Listener::Http,
-        Listener::Https,
-    ];
-
-    /// The configuration key and metric label.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Listener::Mqtt => "mqtt",
-            Listener::Mqtts => "mqtts",
-            Listener::Http => "http",
-            Listener::Https => "https",
-        }
-    }
-
-    /// Whether connections are wrapped in TLS.
-    pub const fn is_tls(self) -> bool {
-        matches!(self, Listener::Mqtts | Listener::Https)
-    }
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for Listener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Caps the number of live connections across every listener (MQTT, TLS, HTTP and WebSocket
 /// alike: each holds a socket).

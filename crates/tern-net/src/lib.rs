@@ -4,7 +4,8 @@
 //! stream, a TLS stream or a WebSocket turned into a byte stream.
 //!
 //! Layout:
-//! - `accept`: listener names, the connection limit shared by all listeners, the accept loop
+//! - `listener`: the four listener names (configuration keys and metric labels)
+//! - `accept`: the connection limit shared by all listeners, the accept loop
 //! - `driver`: one task per connection: read, decode, hand to the broker, write
 //! - `tcp`: the `mqtt` listener
 //! - `tls`: rustls configuration (PEM files, client certificates, reload) and `mqtts`
@@ -16,15 +17,17 @@
 pub mod accept;
 pub mod driver;
 pub mod http;
+mod listener;
 pub mod metrics;
 mod request_line;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
 
-pub use accept::{Acceptor, ConnectionLimit, Listener};
+pub use accept::{Acceptor, ConnectionLimit};
 pub use driver::{Peer, TransportClose, run_connection};
 pub use http::{HttpOptions, serve_http};
+pub use listener::Listener;
 pub use metrics::NetMetrics;
 pub use tcp::serve_tcp;
 pub use tls::{ClientAuth, TlsContext, TlsError, TlsFiles, serve_tls};

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tern_codec::ProtocolVersion;
 
-use crate::accept::Listener;
+use crate::listener::Listener;
 
 const LISTENERS: usize = Listener::ALL.len();
 const VERSIONS: usize = 3;

@@ -42,6 +42,53 @@ pub struct Message {
     pub origin: Option<SessionId>,
 }
 
+impl Message {
+    /// Whether the message expired at `now`.
+    pub fn is_expired(&self, now: Micros) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Seconds left until expiry, rounded up, for the Message Expiry Interval of a delivery.
+    pub fn remaining_expiry(&self, now: Micros) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_sub(now);
+            u32::try_from(left.div_ceil(1_000_000))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        })
+    }
+
+    /// Rough memory cost of the message, for queue budgets.
+    pub fn cost(&self) -> usize {
+        // What one queued delivery really holds: the shared message (counted in full for each
+        // session that holds it, as a bound), its Arc, the delivery in the queue (which may be
+        // twice its length), and the allocator's share.
+        const OVERHEAD: usize = std::mem::size_of::<Message>() + 2 * DELIVERY_SIZE + 48;
+        let props: usize = self
+            .properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
+        self.topic.len() + self.payload.len() + props + OVERHEAD
+    }
+
+    /// The `timestamp` user property value: unix seconds with a fraction.
+    pub fn timestamp_string(&self) -> String {
+        format_timestamp(self.timestamp)
+    }
+}
+
+/// The size of the broker's record of one delivery in a session's queue (`tern_broker::Delivery`:
+/// the `Arc<Message>`, QoS, retain flag, subscription ids and queue position), for
+/// [`Message::cost`]. The broker asserts at compile time that its record is no larger.
+pub const DELIVERY_SIZE: usize = 48;
+
+/// Formats microseconds as `seconds.micros` (`1700000000.123456`).
+pub fn format_timestamp(ts: Micros) -> String {
+    format!("{}.{:06}", ts / 1_000_000, ts % 1_000_000)
+}
+
 /// Sessions are identified by account and client id (docs/flespi.md#connecting-and-authorization):
 /// the same client id in two accounts are two unrelated sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,4 +172,14 @@ pub struct Snapshot {
     /// Retained messages (each carries its account in `cid`).
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<SessionSnapshot>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_format() {
+        assert_eq!(format_timestamp(1_700_000_000_000_001), "1700000000.000001");
+    }
 }

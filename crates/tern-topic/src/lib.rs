@@ -12,7 +12,8 @@
 //! Layout:
 //! - `error`: [`TopicError`], each message naming the spec rule it enforces
 //! - `name`: topic name validation
-//! - `filter`: topic filter validation and the reference matcher [`matches()`]
+//! - `filter`: topic filter validation, the reference matcher [`matches()`], and the relations
+//!   between two filters it defines: [`covers()`] and [`intersects()`]
 //! - `shared`: `$share/<group>/<filter>`, flespi's sticky groups, picking a member
 //! - `trie`: what both tries share: the level-keyed child map, pruning, teardown
 //! - `index`: [`SubscriptionIndex`], the subscriptions matched on every PUBLISH
@@ -30,7 +31,7 @@ mod trie;
 mod proptests;
 
 pub use error::TopicError;
-pub use filter::{matches, validate_topic_filter};
+pub use filter::{covers, intersects, matches, validate_topic_filter};
 pub use index::{SubscriptionIndex, Visitor};
 pub use name::{MAX_TOPIC_LEN, validate_topic_name};
 pub use retained::{Iter as RetainedIter, RetainedTree};

@@ -1,15 +1,17 @@
 //! Property tests: both tries against the reference matcher [`crate::matches()`] and against plain
 //! collections, over a small alphabet rich in the corner cases (`+`, `#`, `$`, commas, empty
 //! levels), and pruning checked exactly: a trie has one node per distinct level prefix of what it
-//! holds, plus the root.
+//! holds, plus the root. [`crate::covers()`] and [`crate::intersects()`] are checked against the
+//! same matcher, on sampled topics and exhaustively over every topic that can tell two filters
+//! apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
 use crate::{
-    RetainedTree, SharedGroup, SubscriptionIndex, Visitor, matches, validate_topic_filter,
-    validate_topic_name,
+    RetainedTree, SharedGroup, SubscriptionIndex, Visitor, covers, intersects, matches,
+    validate_topic_filter, validate_topic_name,
 };
 
 fn topic_level() -> impl Strategy<Value = &'static str> {
@@ -37,6 +39,93 @@ fn filter() -> impl Strategy<Value = String> {
             levels.join("/")
         })
         .prop_filter("filters are not empty", |f| !f.is_empty())
+}
+
+/// Two filters of at most three levels each for the exhaustive check, the second often taking
+/// levels of the first at the same place (so that they relate: the same comma level, `+`
+/// against a level, ...). `#` may sit anywhere, so some are invalid (they match nothing).
+fn short_filters() -> impl Strategy<Value = (String, String)> {
+    let level = || prop_oneof![8 => filter_level(), 1 => Just("#")];
+    let levels = move || (prop::collection::vec(level(), 0..3), any::<bool>());
+    (levels(), levels(), prop::collection::vec(any::<bool>(), 3)).prop_map(
+        |((a, a_hash), (mut b, b_hash), borrow)| {
+            for (i, level) in b.iter_mut().enumerate() {
+                if borrow[i] && i < a.len() {
+                    *level = a[i];
+                }
+            }
+            let join = |mut levels: Vec<&str>, hash: bool| {
+                if hash || levels.is_empty() {
+                    levels.push("#");
+                }
+                levels.join("/")
+            };
+            (join(a, a_hash), join(b, b_hash))
+        },
+    )
+}
+
+/// A topic `filter` is likely to match: `+` and `#` filled from `fill`, a comma level replaced
+/// by one of its alternatives (or kept whole) as `pick` says.
+fn instance(filter: &str, pick: &[usize], fill: &[&str]) -> String {
+    let mut levels = Vec::new();
+    for (i, level) in filter.split('/').enumerate() {
+        let p = pick[i % pick.len()];
+        match level {
+            "+" => levels.push(fill[p % fill.len()]),
+            "#" => {
+                levels.extend(fill.iter().cycle().skip(p).take(p % 3));
+                break;
+            }
+            _ => {
+                let mut listed: Vec<&str> = vec![level];
+                if level.contains(',') {
+                    listed.extend(level.split(','));
+                }
+                levels.push(listed[p % listed.len()]);
+            }
+        }
+    }
+    if levels.is_empty() {
+        levels.push(fill[0]);
+    }
+    levels.join("/")
+}
+
+/// Every topic that can tell `a` and `b` apart, in the sense of [`matches()`]: over the levels
+/// they list (whole levels and comma alternatives) plus `z` and `$z`, listed by neither, every
+/// topic of up to one level more than the longer filter has. Matching a topic level depends
+/// only on which listed level it equals, and for any other only on whether it starts with `$`,
+/// so `z` and `$z` stand for all others; levels past the longer filter's all fall inside a `#`.
+/// Every topic thus matches exactly the same of `a` and `b` as one of these.
+fn distinguishing_topics(a: &str, b: &str) -> Vec<String> {
+    let mut alphabet: BTreeSet<&str> = ["z", "$z"].into_iter().collect();
+    for level in a.split('/').chain(b.split('/')) {
+        if level != "+" && level != "#" {
+            alphabet.insert(level);
+            if level.contains(',') {
+                alphabet.extend(level.split(','));
+            }
+        }
+    }
+    let longest = a.split('/').count().max(b.split('/').count()) + 1;
+    let mut topics = Vec::new();
+    let mut layer = vec![String::new()];
+    for depth in 1..=longest {
+        let mut next = Vec::new();
+        for prefix in &layer {
+            for level in &alphabet {
+                next.push(if depth == 1 {
+                    (*level).to_owned()
+                } else {
+                    format!("{prefix}/{level}")
+                });
+            }
+        }
+        topics.extend(next.iter().cloned());
+        layer = next;
+    }
+    topics
 }
 
 /// Distinct level prefixes (`a`, `a/b`, `a/b/c` for `a/b/c`): the nodes a trie needs.
@@ -235,5 +324,42 @@ proptest! {
         tree.retain(|_, _| false);
         prop_assert!(tree.is_empty());
         prop_assert_eq!(tree.node_count(), 1);
+    }
+
+    #[test]
+    fn covers_and_intersects_agree_with_the_reference(
+        a in filter(),
+        b in filter(),
+        picks in prop::collection::vec(prop::collection::vec(0usize..8, 1..5), 1..8),
+        fill in prop::collection::vec(topic_level(), 1..4),
+        sampled in prop::collection::vec(topic(), 0..16),
+    ) {
+        // Topics of both filters' own making, so that matches are frequent, and random ones.
+        let mut topics = sampled;
+        for pick in &picks {
+            topics.push(instance(&a, pick, &fill));
+            topics.push(instance(&b, pick, &fill));
+        }
+        let covered = covers(&a, &b);
+        let shared = intersects(&a, &b);
+        prop_assert_eq!(shared, intersects(&b, &a));
+        prop_assert!(covers(&a, &a) && intersects(&a, &a));
+        for t in &topics {
+            if covered && matches(&b, t) {
+                prop_assert!(matches(&a, t), "{:?} covers {:?} but not {:?}", a, b, t);
+            }
+            if matches(&a, t) && matches(&b, t) {
+                prop_assert!(shared, "{:?} and {:?} both match {:?}", a, b, t);
+            }
+        }
+    }
+
+    #[test]
+    fn covers_and_intersects_are_exact((a, b) in short_filters()) {
+        let topics = distinguishing_topics(&a, &b);
+        let covered = topics.iter().all(|t| !matches(&b, t) || matches(&a, t));
+        let shared = topics.iter().any(|t| matches(&a, t) && matches(&b, t));
+        prop_assert_eq!(covers(&a, &b), covered, "covers({:?}, {:?})", a, b);
+        prop_assert_eq!(intersects(&a, &b), shared, "intersects({:?}, {:?})", a, b);
     }
 }

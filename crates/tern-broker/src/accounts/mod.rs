@@ -37,9 +37,12 @@ use subtle::ConstantTimeEq;
 use tern_codec::ReasonCode;
 use tern_store::{Op, Snapshot, Store};
 
-pub use acl::{AclRules, Rights, SubscribeRight};
 pub use limiter::FailLimiter;
 pub use model::{Access, Account, AclEntry, Limits, Token};
+
+// The rights and quota types the accounts produce, at their former paths.
+pub use crate::quota::{QuotaChain, QuotaDefaults};
+pub use crate::rights::{AclRules, Rights, SubscribeRight};
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::message::{Cid, Clock};
@@ -51,39 +54,7 @@ pub const MIN_KEY_PREFIX: usize = 16;
 /// The name of the account anonymous clients land in.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Quotas of one account (its own limits over the defaults); also the defaults for accounts
-/// without their own. Each bounds the account together with every account below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaDefaults {
-    pub mqtt_sessions: u64,
-    pub mqtt_subscriptions: u64,
-    pub retained_bytes: u64,
-    pub subaccounts: u64,
-    pub tokens: u64,
-}
-
-impl Default for QuotaDefaults {
-    fn default() -> Self {
-        QuotaDefaults {
-            mqtt_sessions: 100_000,
-            mqtt_subscriptions: 1_000_000,
-            retained_bytes: 1 << 30,
-            subaccounts: 10_000,
-            tokens: 100_000,
-        }
-    }
-}
-
 impl QuotaDefaults {
-    /// No limit at all.
-    pub const UNLIMITED: QuotaDefaults = QuotaDefaults {
-        mqtt_sessions: u64::MAX,
-        mqtt_subscriptions: u64::MAX,
-        retained_bytes: u64::MAX,
-        subaccounts: u64::MAX,
-        tokens: u64::MAX,
-    };
-
     /// These defaults overridden by an account's own limits.
     pub fn with(&self, l: &Limits) -> QuotaDefaults {
         QuotaDefaults {
@@ -94,33 +65,7 @@ impl QuotaDefaults {
             tokens: l.tokens.unwrap_or(self.tokens),
         }
     }
-
-    /// The lower of each quota.
-    pub fn min(&self, o: &QuotaDefaults) -> QuotaDefaults {
-        QuotaDefaults {
-            mqtt_sessions: self.mqtt_sessions.min(o.mqtt_sessions),
-            mqtt_subscriptions: self.mqtt_subscriptions.min(o.mqtt_subscriptions),
-            retained_bytes: self.retained_bytes.min(o.retained_bytes),
-            subaccounts: self.subaccounts.min(o.subaccounts),
-            tokens: self.tokens.min(o.tokens),
-        }
-    }
-
-    /// Each quota by its name in [`Limits`].
-    pub fn named(&self) -> [(&'static str, u64); 5] {
-        [
-            ("mqtt_sessions", self.mqtt_sessions),
-            ("mqtt_subscriptions", self.mqtt_subscriptions),
-            ("retained_bytes", self.retained_bytes),
-            ("subaccounts", self.subaccounts),
-            ("tokens", self.tokens),
-        ]
-    }
 }
-
-/// The quotas of an account and of each ancestor, nearest first: a use in the account counts
-/// against every one of them.
-pub type QuotaChain = SmallVec<[(Cid, QuotaDefaults); 4]>;
 
 /// How the directory authenticates.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use tern_codec::{Packet, PubAck, QoS};
 use tern_store::{InflightPhase, Op};
 
 use crate::connection::{Connection, Taken, first_phase, owns};
-use crate::message::{Delivery, MessageExt, Micros};
+use crate::message::{Delivery, Micros};
 use crate::metrics::{DropReason, Metrics};
 use crate::out::SHARE_PAYLOAD_FROM;
 use crate::session::{Inflight, Phase};
