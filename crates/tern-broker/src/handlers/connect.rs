@@ -7,7 +7,7 @@ use tern_codec::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, Q
 
 use crate::auth::Credentials;
 use crate::auth::Principal;
-use crate::broker::Broker;
+use crate::broker::{Broker, Registry};
 use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
@@ -372,7 +372,6 @@ impl Connection {
         will: Option<WillSpec>,
     ) -> Attached {
         let broker = &self.broker;
-        let key_cid = key.cid;
         broker.with_registry(|reg| {
             let existing = reg.get(&key).cloned();
             if let Some(existing) = existing {
@@ -407,15 +406,8 @@ impl Connection {
                     };
                 }
                 drop(st);
-                let session = Arc::new(Session::new(
-                    broker.next_session_id(),
-                    key.clone(),
-                    clean_start,
-                    expiry,
-                ));
-                attach_new(broker, &session, (link, origin), will);
-                reg.insert(session.clone());
-                broker.session_added(key_cid);
+                let session =
+                    new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
                 // The old session ends, so its will goes out whatever its delay.
                 return Attached {
                     session,
@@ -424,15 +416,7 @@ impl Connection {
                     will: old_will,
                 };
             }
-            let session = Arc::new(Session::new(
-                broker.next_session_id(),
-                key.clone(),
-                clean_start,
-                expiry,
-            ));
-            attach_new(broker, &session, (link, origin), will);
-            reg.insert(session.clone());
-            broker.session_added(key_cid);
+            let session = new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
             Attached {
                 session,
                 present: false,
@@ -443,17 +427,35 @@ impl Connection {
     }
 }
 
-fn attach_new(
+/// The one place a connecting client's new session is made: created, attached to the
+/// connection with its will, stored if it must outlive the connection, registered and counted
+/// in its account.
+fn new_session(
     broker: &Broker,
-    session: &Session,
+    reg: &mut Registry,
+    key: SessionKey,
+    clean_start: bool,
+    expiry: u32,
     (link, origin): (ConnLink, Origin),
     will: Option<WillSpec>,
-) {
-    let mut st = session.lock();
-    st.set_origin(origin);
-    st.conn = Some(link);
-    st.will = will;
-    broker.persist_session(session, &mut st);
+) -> Arc<Session> {
+    let cid = key.cid;
+    let session = Arc::new(Session::new(
+        broker.next_session_id(),
+        key,
+        clean_start,
+        expiry,
+    ));
+    {
+        let mut st = session.lock();
+        st.set_origin(origin);
+        st.conn = Some(link);
+        st.will = will;
+        broker.persist_session(&session, &mut st);
+    }
+    reg.insert(session.clone());
+    broker.session_added(cid);
+    session
 }
 
 /// The session's subscriptions as the CONNACK `subscriptions` user property: a JSON array of
