@@ -261,7 +261,8 @@ impl fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("uri", &self.uri)
             .field("client_id", &self.client_id)
-            .field("username", &self.username)
+            // A flespi or tern token is a user name: as secret as a password.
+            .field("username", &self.username.as_ref().map(|_| "***"))
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("clean_start", &self.clean_start)
             .field("session_expiry", &self.session_expiry)
@@ -365,7 +366,12 @@ mod tests {
     #[test]
     fn debug_hides_the_password() {
         let mut o = ClientOptions::new("mqtt://h", "c").unwrap();
+        o.username = Some("token".into());
         o.password = Some(b"secret".to_vec());
-        assert!(!format!("{o:?}").contains("secret"));
+        let debug = format!("{o:?}");
+        assert!(
+            !debug.contains("secret") && !debug.contains("token"),
+            "{debug}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use rustls::pki_types::ServerName;
 use tern_codec::{
     ByteString, ConnAck, Connect, ConnectProperties, Disconnect, PacketId, ProtocolVersion,
     Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions, decode, encode,
-    encode_publish,
+    encode_publish, publish_len,
 };
 use tern_codec::{Packet, PubAck};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -207,6 +207,17 @@ impl Task {
             version: self.options.protocol,
             max_packet_size: self.options.max_packet_size,
             inflight_limit: usize::from(self.options.max_inflight.min(receive_max)),
+            limits: BrokerLimits {
+                maximum_qos: match connack.properties.maximum_qos {
+                    Some(0) => QoS::AtMostOnce,
+                    _ => QoS::AtLeastOnce,
+                },
+                retain_available: connack.properties.retain_available.unwrap_or(true),
+                maximum_packet_size: connack
+                    .properties
+                    .maximum_packet_size
+                    .map_or(usize::MAX, |m| m as usize),
+            },
         };
         conn.pending.push_back((
             Event::Connected {
@@ -256,6 +267,21 @@ impl Task {
     /// Encodes a publish from the queue: QoS 1 goes in flight, QoS 0 completes once written.
     fn take_request(&mut self, conn: &mut Conn, request: Request) {
         let Request { mut publish, done } = request;
+        // What the broker said in CONNACK it does not take would cost the connection.
+        let refused = if publish.qos > conn.limits.maximum_qos {
+            Some(ReasonCode::QOS_NOT_SUPPORTED)
+        } else if publish.retain && !conn.limits.retain_available {
+            Some(ReasonCode::RETAIN_NOT_SUPPORTED)
+        } else if publish_len(&publish, conn.version) > conn.limits.maximum_packet_size {
+            Some(ReasonCode::PACKET_TOO_LARGE)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            ClientMetrics::inc(&self.metrics.publish_failures);
+            let _ = done.send(Err(PublishError::Rejected(reason)));
+            return;
+        }
         if publish.qos == QoS::AtLeastOnce {
             publish.packet_id = Some(self.next_packet_id(&conn.subacks));
         }
@@ -389,6 +415,15 @@ struct Conn {
     version: ProtocolVersion,
     max_packet_size: u32,
     inflight_limit: usize,
+    limits: BrokerLimits,
+}
+
+/// What an MQTT 5 broker announced in CONNACK about the publishes it takes (3.1.1: no limits).
+struct BrokerLimits {
+    maximum_qos: QoS,
+    retain_available: bool,
+    /// Bytes, the whole packet.
+    maximum_packet_size: usize,
 }
 
 impl Conn {

@@ -329,3 +329,43 @@ async fn the_outgoing_queue_rejects_when_full_under_reject_new() {
         ]
     );
 }
+
+#[tokio::test]
+async fn what_connack_says_the_broker_does_not_take_fails_without_a_disconnect() {
+    let broker = Scripted::bind(ProtocolVersion::V5).await;
+    let (c, mut rx) =
+        Client::start(options(&broker.uri(), "lim", ProtocolVersion::V5), vec![]).unwrap();
+    let (mut conn, _) = broker.accept().await;
+    let mut connack = tern_codec::ConnAck::default();
+    connack.properties.maximum_qos = Some(0);
+    connack.properties.retain_available = Some(false);
+    connack.properties.maximum_packet_size = Some(64);
+    conn.send(Packet::ConnAck(connack)).await;
+    connected(&mut rx).await;
+    let refused = |r| Err(PublishError::Rejected(r));
+    assert_eq!(
+        c.publish("t", "x", QoS::AtLeastOnce, false).await,
+        refused(ReasonCode::QOS_NOT_SUPPORTED)
+    );
+    assert_eq!(
+        c.publish("t", "x", QoS::AtMostOnce, true).await,
+        refused(ReasonCode::RETAIN_NOT_SUPPORTED)
+    );
+    assert_eq!(
+        c.publish("t", vec![0u8; 100], QoS::AtMostOnce, false).await,
+        refused(ReasonCode::PACKET_TOO_LARGE)
+    );
+    c.publish("t", "fits", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    let Some(Packet::Publish(p)) = conn.read_skip_pings().await else {
+        panic!("expected PUBLISH");
+    };
+    assert_eq!(&p.payload[..], b"fits");
+    let m = c.metrics().snapshot();
+    assert_eq!(
+        (m.publish_failures, m.messages_out, m.disconnects),
+        (3, 1, 0)
+    );
+    c.close().await;
+}
