@@ -160,6 +160,12 @@ impl Client {
                 "max_inflight, queue_size and event_capacity are at least 1",
             ));
         }
+        if usize::from(options.max_inflight) + subscriptions.len() >= usize::from(u16::MAX) {
+            // Packet ids: every publish in flight and every SUBSCRIBE awaiting SUBACK holds one.
+            return Err(StartError::Invalid(
+                "max_inflight plus the number of subscriptions must stay below 65,535",
+            ));
+        }
         if options.max_packet_size == 0 {
             return Err(StartError::Invalid("max_packet_size is at least 1"));
         }

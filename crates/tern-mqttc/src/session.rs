@@ -163,7 +163,8 @@ impl Task {
     }
 
     /// A packet id not used by any publish in flight nor by `taken` (SUBSCRIBEs awaiting
-    /// SUBACK). There is always one: in flight is at most 65,535 - what SUBSCRIBEs hold.
+    /// SUBACK). There is always one: `Client::start` keeps `max_inflight` plus the
+    /// subscriptions below 65,535.
     fn next_packet_id(&mut self, taken: &HashMap<PacketId, String>) -> PacketId {
         loop {
             self.next_id = self.next_id.wrapping_add(1).max(1);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use support::*;
 use tern_codec::{ProtocolVersion, QoS};
-use tern_mqttc::{Client, Roots, Subscription};
+use tern_mqttc::{Client, ClientCert, Roots, Subscription};
 
 const VERSIONS: [ProtocolVersion; 2] = [ProtocolVersion::V311, ProtocolVersion::V5];
 
@@ -160,10 +160,11 @@ async fn tls_with_a_ca_pem() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates();
-    write(dir.path(), "ca.pem", &ca);
-    write(dir.path(), "server.pem", &cert);
-    write(dir.path(), "server.key", &key);
+    let certs = certificates();
+    let ca = certs.ca.clone();
+    write(dir.path(), "ca.pem", &certs.ca);
+    write(dir.path(), "server.pem", &certs.server);
+    write(dir.path(), "server.key", &certs.server_key);
     let broker = Mosquitto::start_in(
         binary,
         dir,
@@ -231,4 +232,74 @@ async fn reconnects_after_the_broker_restarts_and_subscribes_again() {
         assert_eq!((m.connects, m.disconnects), (2, 1), "{v}");
         c.close().await;
     }
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate() {
+    let Some(binary) = mosquitto_binary() else {
+        eprintln!("SKIPPED: the mosquitto binary is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certificates();
+    write(dir.path(), "ca.pem", &certs.ca);
+    write(dir.path(), "server.pem", &certs.server);
+    write(dir.path(), "server.key", &certs.server_key);
+    let broker = Mosquitto::start_in(
+        binary,
+        dir,
+        "allow_anonymous true\nrequire_certificate true\ncafile {dir}/ca.pem\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key",
+    )
+    .await
+    .unwrap();
+    let uri = format!("mqtts://127.0.0.1:{}", broker.port);
+
+    let mut o = options(&uri, "with-cert", ProtocolVersion::V5);
+    o.tls.roots = Roots::Pem(certs.ca.clone().into_bytes());
+    o.tls.client_cert = Some(ClientCert {
+        chain_pem: certs.client.clone().into_bytes(),
+        key_pem: certs.client_key.clone().into_bytes(),
+    });
+    let (c, mut rx) = Client::start(o, vec![Subscription::new("m/#", QoS::AtLeastOnce)]).unwrap();
+    connected(&mut rx).await;
+    c.publish("m/1", "mutual", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(message(&mut rx).await.1, b"mutual");
+    c.close().await;
+
+    // Without one the handshake fails, attempt after attempt.
+    let mut o = options(&uri, "without-cert", ProtocolVersion::V5);
+    o.tls.roots = Roots::Pem(certs.ca.into_bytes());
+    let (c, _rx) = Client::start(o, vec![]).unwrap();
+    eventually(|| c.metrics().connect_failures.load(Ordering::Relaxed) >= 2).await;
+    assert_eq!(c.metrics().connects.load(Ordering::Relaxed), 0);
+    c.close().await;
+}
+
+#[test]
+fn bad_tls_material_is_refused_at_start() {
+    let mut o = tern_mqttc::ClientOptions::new("mqtts://localhost", "c").unwrap();
+    o.tls.roots = Roots::Pem(b"not a certificate".to_vec());
+    assert!(matches!(
+        Client::start(o.clone(), vec![]),
+        Err(tern_mqttc::StartError::Tls(
+            tern_mqttc::TlsConfigError::NoRoots
+        ))
+    ));
+    o.tls.roots = Roots::Pem(certificates().ca.into_bytes());
+    o.tls.client_cert = Some(ClientCert {
+        chain_pem: b"junk".to_vec(),
+        key_pem: b"junk".to_vec(),
+    });
+    assert!(matches!(
+        Client::start(o.clone(), vec![]),
+        Err(tern_mqttc::StartError::Tls(_))
+    ));
+    o.tls.client_cert = None;
+    o.uri = "mqtts://bad host".parse().unwrap();
+    assert!(matches!(
+        Client::start(o, vec![]),
+        Err(tern_mqttc::StartError::ServerName(_))
+    ));
 }

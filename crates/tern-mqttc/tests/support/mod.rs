@@ -189,18 +189,38 @@ impl Mosquitto {
     }
 }
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1: (CA PEM, server PEM, server
-/// key PEM).
-pub fn certificates() -> (String, String, String) {
+/// Generated PEM texts: a CA, a server certificate for `localhost` and 127.0.0.1, a client
+/// certificate.
+pub struct Certificates {
+    pub ca: String,
+    pub server: String,
+    pub server_key: String,
+    pub client: String,
+    pub client_key: String,
+}
+
+pub fn certificates() -> Certificates {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
     let server =
         CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = server.signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let server_key = KeyPair::generate().unwrap();
+    let server = server.signed_by(&server_key, &ca).unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mqttc-test-client");
+    let client_key = KeyPair::generate().unwrap();
+    let client = client.signed_by(&client_key, &ca).unwrap();
+    Certificates {
+        ca: ca.pem(),
+        server: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
