@@ -204,6 +204,7 @@ impl Task {
             subacks: HashMap::new(),
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(keep_alive.into())),
             next_ping: Instant::now(),
+            next_ping_rx: Instant::now() + Duration::from_secs(keep_alive.into()),
             pong_deadline: None,
             version: self.options.protocol,
             max_packet_size: self.options.max_packet_size,
@@ -409,8 +410,12 @@ struct Conn {
     /// SUBSCRIBEs awaiting SUBACK: packet id → filter.
     subacks: HashMap<PacketId, String>,
     keep_alive: Option<Duration>,
-    /// When a PINGREQ is due: keep alive after the last packet sent.
+    /// When a PINGREQ is due: keep alive after the last packet sent, or after the last packet
+    /// received (a client that only publishes QoS 0 would otherwise never find out that the
+    /// broker went silent).
     next_ping: Instant,
+    /// Keep alive after the last packet received.
+    next_ping_rx: Instant,
     /// When a PINGRESP is overdue.
     pong_deadline: Option<Instant>,
     version: ProtocolVersion,
@@ -442,7 +447,7 @@ impl Conn {
         match self.pong_deadline {
             Some(_) if !self.pending.is_empty() => None,
             Some(d) => Some(d),
-            None => Some(self.next_ping),
+            None => Some(self.next_ping.min(self.next_ping_rx)),
         }
     }
 
@@ -557,6 +562,9 @@ impl Conn {
             };
             // Any packet shows the broker is alive.
             self.pong_deadline = None;
+            if let Some(k) = self.keep_alive {
+                self.next_ping_rx = Instant::now() + k;
+            }
             self.on_packet(task, packet)?;
         }
         Ok(())

@@ -167,6 +167,38 @@ async fn a_silent_broker_is_detected_by_keep_alive() {
 }
 
 #[tokio::test]
+async fn a_silent_broker_is_detected_while_the_client_keeps_publishing() {
+    let broker = Scripted::bind(ProtocolVersion::V311).await;
+    let mut o = options(&broker.uri(), "ka", ProtocolVersion::V311);
+    o.keep_alive = 1;
+    let (c, mut rx) = Client::start(o, vec![]).unwrap();
+    let mut conn = broker.accept_connack().await;
+    connected(&mut rx).await;
+    // QoS 0 traffic all the time: the client's own sending must not hide the silence.
+    let traffic = tokio::spawn({
+        let c = c.clone();
+        async move {
+            loop {
+                let _ = c.publish("t", "x", QoS::AtMostOnce, false).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let reading = tokio::spawn(async move {
+        // Read everything (so the client's writes never block), answer nothing.
+        while conn.read_within(WAIT).await.ok().flatten().is_some() {}
+    });
+    let reason = next_event(&mut rx, disconnected).await;
+    assert!(
+        matches!(reason, ConnectionError::KeepAliveTimeout),
+        "{reason}"
+    );
+    traffic.abort();
+    reading.abort();
+    c.close().await;
+}
+
+#[tokio::test]
 async fn an_answered_ping_keeps_the_connection() {
     let broker = Scripted::bind(ProtocolVersion::V311).await;
     let mut o = options(&broker.uri(), "ka", ProtocolVersion::V311);
