@@ -14,20 +14,27 @@
 //!
 //! - Inbound: a QoS 1 message is acknowledged once its event is in the owner's channel; while
 //!   that channel is full the client stops reading, so a slow owner slows the remote broker
-//!   down (backpressure, not loss).
+//!   down (backpressure, not loss). Reading stops for everything, PUBACKs of outbound publishes
+//!   included.
 //! - Outbound: [`ClientHandle::publish`] returns when the message was written (QoS 0) or
-//!   acknowledged (QoS 1). At most `max_inflight` QoS 1 publishes (and the broker's Receive
-//!   Maximum) are in flight; those not acknowledged before a disconnect are sent again with
-//!   DUP after the reconnect, in order, before newer ones.
+//!   acknowledged (QoS 1); what an MQTT 5 broker refuses in CONNACK (Maximum QoS, Retain
+//!   Available, Maximum Packet Size) fails the publish, not the connection. At most
+//!   `max_inflight` QoS 1 publishes (and the broker's Receive Maximum) are in flight; those not
+//!   acknowledged before a disconnect are sent again with DUP after the reconnect, in order,
+//!   before newer ones (with a clean start too: at least once).
 //! - The outgoing queue: publishes accepted by the handle and not yet sent, `queue_size` at
 //!   most; they wait there while the client is disconnected. When it is full the
 //!   [`OverflowPolicy`] applies: `Wait` (the default) makes the caller wait, `RejectNew` fails
 //!   the publish with [`PublishError::QueueFull`] and counts it in
 //!   [`ClientMetrics::queue_drops`].
-//! - Keep alive: a PINGREQ when nothing was sent for the keep alive; no packet from the broker
-//!   within one more keep alive closes the connection ([`ConnectionError::KeepAliveTimeout`])
-//!   and the client reconnects. Malformed input is the codec's `DecodeError`: the connection
-//!   closes with it and the client reconnects.
+//! - Keep alive: a PINGREQ when nothing was sent, or nothing received, for the keep alive (the
+//!   broker's Server Keep Alive wins); no packet from the broker within one more keep alive
+//!   closes the connection ([`ConnectionError::KeepAliveTimeout`]) and the client reconnects.
+//! - Malformed input is the codec's `DecodeError`, a packet a broker must not send a
+//!   [`ConnectionError::Protocol`]: the connection closes with it and the client reconnects.
+//! - Events: `Connected` after each CONNACK, `Message`, `SubscribeFailed` per refused filter,
+//!   `Disconnected` when a connection that reached CONNACK ends. Failed attempts are logged and
+//!   counted ([`ClientMetrics::connect_failures`]), not sent as events.
 //!
 //! Layout:
 //! - `options`: [`ClientOptions`], the broker URI ([`BrokerUri`], [`UriError`]), TLS, back-off,
