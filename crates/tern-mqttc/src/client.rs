@@ -142,9 +142,9 @@ pub struct MetricsSnapshot {
 pub struct Client;
 
 impl Client {
-    /// Checks `options`, spawns the client task on the current tokio runtime and returns its
-    /// handle and its events. The task connects at once and keeps reconnecting until
-    /// [`ClientHandle::close`] or until every handle is dropped.
+    /// Checks `options`, spawns the client task on the current tokio runtime (call it inside
+    /// one) and returns its handle and its events. The task connects at once and keeps
+    /// reconnecting until [`ClientHandle::close`] or until every handle is dropped.
     pub fn start(
         options: ClientOptions,
         subscriptions: Vec<Subscription>,
