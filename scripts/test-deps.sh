@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need besides Rust itself: the test runner cargo-nextest (built from
-# crates.io), Debian's mosquitto-clients (mosquitto_pub/mosquitto_sub), PyPI's paho-mqtt and
+# crates.io), Debian's mosquitto-clients (mosquitto_pub/mosquitto_sub) and mosquitto (the broker
+# tern-mqttc's tests connect to, with mosquitto_passwd), PyPI's paho-mqtt and
 # gmqtt, and MQTT.js from npm (tests/node, pinned by its package-lock.json). Idempotent; quick
 # when all is present.
 set -euo pipefail
@@ -19,6 +20,12 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
   echo "installing mosquitto-clients"
   sudo_if_needed apt-get update -qq
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq mosquitto-clients >/dev/null
+fi
+
+if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null 2>&1; then
+  echo "installing mosquitto"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq mosquitto >/dev/null
 fi
 
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then

@@ -23,6 +23,7 @@ mod flow_control;
 mod limits;
 mod malformed;
 mod metrics;
+mod mqttc;
 mod overload;
 mod persistence;
 mod publish_subscribe;
