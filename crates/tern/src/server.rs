@@ -163,7 +163,9 @@ impl Server {
             if let Some(extra) = options.routes {
                 router = router.merge(extra);
             }
-            let mut http_options = HttpOptions::new(router);
+            // CORS in front of everything the HTTP listeners serve (cors.rs), routes merged
+            // above included.
+            let mut http_options = HttpOptions::new(crate::cors::layer(router));
             http_options.websocket = config.websocket();
             if let Some(listener) = http {
                 tracing::info!(listener = "http", addr = %show(addrs.http), "listening (HTTP, MQTT over WebSocket on any path)");
