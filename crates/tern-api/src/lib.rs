@@ -113,6 +113,27 @@ pub struct ApiOptions {
     /// Largest chunk of a chunked REST-over-MQTT response (further capped by the client's
     /// Maximum Packet Size).
     pub chunk_size: usize,
+    /// What `GET /auth/regions` answers.
+    pub region: RegionOptions,
+}
+
+/// What `GET /auth/regions` answers (docs/flespi.md#browser-apps). By default every address is
+/// built from the request's `Host` on the listener that was asked; the overrides (`[http.region]`)
+/// replace them behind a proxy.
+#[derive(Debug, Clone, Default)]
+pub struct RegionOptions {
+    /// `rest`: the REST API's base URL, with scheme.
+    pub rest: Option<String>,
+    /// `mqtt-ws`: MQTT over WebSocket as `host:port`, without scheme.
+    pub mqtt_ws: Option<String>,
+    /// `mqtt`: MQTT over TCP as `host:port`.
+    pub mqtt: Option<String>,
+    /// The port of the `mqtt` listener (`None`: off, and `mqtt` is null unless overridden).
+    pub mqtt_port: Option<u16>,
+    /// The bound `http` and `https` listeners: the address of last resort when neither a
+    /// `Host` header nor the connection's local address is known (REST over MQTT).
+    pub http: Option<std::net::SocketAddr>,
+    pub https: Option<std::net::SocketAddr>,
 }
 
 impl Default for ApiOptions {
@@ -122,6 +143,7 @@ impl Default for ApiOptions {
             max_limit: 100_000,
             bridge_max_calls: 256,
             chunk_size: 64 * 1024,
+            region: RegionOptions::default(),
         }
     }
 }
