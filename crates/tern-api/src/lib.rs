@@ -14,7 +14,8 @@
 //!   master and standard tokens, and ACL tokens with an entry whose `uri` is a prefix of the
 //!   call's path (`"mqtt/messages"`, `"mqtt"` …) and whose optional `methods` list the method;
 //!   an ACL token's topic grants still limit which messages it reads, deletes and publishes and
-//!   which subscriptions it adds. `/auth/info` takes any valid token. `x-flespi-cid: <n>` makes
+//!   which subscriptions it adds. `/auth/info` takes any valid token; `/auth/regions` none
+//!   (browser apps ask it before they have one; docs/flespi.md#browser-apps). `x-flespi-cid: <n>` makes
 //!   the call act inside account n, which must be the token's account or below it (403
 //!   otherwise); only master tokens may name another account than their own.
 //! - **Limits.** A sub-account's `limits` (`mqtt_sessions`, `mqtt_subscriptions`,

@@ -81,13 +81,14 @@ pub(crate) async fn regions(
             let addr = local.map(|Extension(LocalAddr(a))| a).or(bound)?;
             addr.to_string().parse().ok()
         });
+    /// The envelope, keeping the item's keys in the order flespi writes them.
+    #[derive(Serialize)]
+    struct Regions {
+        result: [RegionItem; 1],
+    }
     let item = region_item(region, tls, authority.as_ref());
-    let body = serde_json::json!({ "result": [to_value(&item)] });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("{body}"),
-    )
-        .into_response()
+    let body = serde_json::to_string(&Regions { result: [item] }).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The region as seen through `authority` (the request's `Host`) on a TLS listener or not,
