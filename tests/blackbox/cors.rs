@@ -152,6 +152,18 @@ async fn every_answer_carries_allow_origin() {
         assert_eq!(res.status, status, "{method} {path}: {res:?}");
         assert_acao(&res, &format!("{method} {path}"));
     }
+    // 413: a body declared too large is refused before it is read.
+    let res = http::raw(
+        b.http(),
+        &format!(
+            "POST /platform/tokens HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{master}\r\n\
+             Content-Length: 99999999"
+        ),
+        true,
+    )
+    .await;
+    assert_eq!(res.status, 413, "{res:?}");
+    assert_acao(&res, "413");
     // An OPTIONS that is not a preflight (no Access-Control-Request-Method) is routed as usual.
     let res = http::request(b.http(), "OPTIONS", "/health", &[APP], "").await;
     assert_eq!(res.status, 405, "{res:?}");
@@ -268,4 +280,23 @@ async fn websocket_upgrade_from_any_origin() {
     let mut c = Client::connect_over(io, ProtocolVersion::V5, "browser-origin").await;
     c.ping().await;
     c.disconnect().await;
+}
+
+#[tokio::test]
+async fn rate_limited_answers_carry_allow_origin_and_preflights_pass() {
+    let b = TestBroker::with_listeners(|c| {
+        c.auth.failed_login_burst = 2;
+        c.auth.failed_login_per_sec = 0.001;
+    })
+    .await;
+    let bad = "Authorization: FlespiToken 0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD";
+    let mut last = 0;
+    for _ in 0..4 {
+        let res = http::request(b.http(), "GET", "/platform/customer", &[bad, APP], "").await;
+        assert_acao(&res, "a failed login");
+        last = res.status;
+    }
+    assert_eq!(last, 429, "the address is limited by now");
+    let res = preflight(b.http(), "/platform/customer", Some("authorization")).await;
+    assert_preflight(&res, "preflight from a limited address");
 }
