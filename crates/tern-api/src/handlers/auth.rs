@@ -76,9 +76,13 @@ pub(crate) async fn regions(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.parse::<Authority>().ok())
-        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        .filter(usable_host)
         .or_else(|| {
             let addr = local.map(|Extension(LocalAddr(a))| a).or(bound)?;
+            if addr.ip().is_unspecified() {
+                // A bound 0.0.0.0 (REST over MQTT): only this machine can be named.
+                return format!("localhost:{}", addr.port()).parse().ok();
+            }
             addr.to_string().parse().ok()
         });
     /// The envelope, keeping the item's keys in the order flespi writes them.
@@ -89,6 +93,17 @@ pub(crate) async fn regions(
     let item = region_item(region, tls, authority.as_ref());
     let body = serde_json::to_string(&Regions { result: [item] }).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether a `Host` can be handed back to a browser: a host, no user info, a numeric port if
+/// any.
+fn usable_host(a: &Authority) -> bool {
+    let (text, host) = (a.as_str(), a.host());
+    if host.is_empty() || text.contains('@') {
+        return false;
+    }
+    let after = text.strip_prefix(host).unwrap_or(":");
+    after.is_empty() || a.port_u16().is_some()
 }
 
 /// The region as seen through `authority` (the request's `Host`) on a TLS listener or not,
@@ -151,6 +166,19 @@ mod tests {
         let r = region_item(&RegionOptions::default(), true, None);
         assert_eq!(r.rest, "https://localhost:443");
         assert_eq!(r.mqtt, None);
+    }
+
+    #[test]
+    fn unusable_hosts_are_not_echoed() {
+        for bad in ["user@example.org", "example.org:http", "example.org:99999"] {
+            assert!(
+                authority(bad).is_none_or(|a| !usable_host(&a)),
+                "{bad} is usable"
+            );
+        }
+        for good in ["example.org", "example.org:9005", "[::1]:8080", "10.0.0.1"] {
+            assert!(authority(good).is_some_and(|a| usable_host(&a)), "{good}");
+        }
     }
 
     #[test]
