@@ -77,3 +77,14 @@ grep -q '^replies/1 {"result":' "$work/out" || {
   cat "$work/out"
   exit 1
 }
+run_block "### Browser apps (TrackIt, Toolbox, telemetry dashboard)"
+grep -q '^access-control-allow-origin: \*' <(tr -d '\r' <"$work/out" | tr 'A-Z' 'a-z') || {
+  echo "readme-test: FAILED: the preflight answered no Access-Control-Allow-Origin:"
+  cat "$work/out"
+  exit 1
+}
+grep -q '"rest":"http://localhost:8080","mqtt-ws":"localhost:8080","mqtt":"localhost:1883"' "$work/out" || {
+  echo "readme-test: FAILED: /auth/regions did not answer the addresses curl used:"
+  cat "$work/out"
+  exit 1
+}

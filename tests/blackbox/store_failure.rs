@@ -115,6 +115,8 @@ async fn check_refusals(mqtt: SocketAddr, http_addr: SocketAddr, key: Option<&st
     assert_eq!(h.status, 503, "/health while the store fails: {}", h.body);
     assert!(h.body.contains("store_failing"), "{}", h.body);
     assert!(h.body.contains("No space left"), "names why: {}", h.body);
+    // Browser apps see the status (docs/flespi.md#browser-apps).
+    assert_eq!(h.header("access-control-allow-origin"), Some("*"));
     let m = http::get(http_addr, "/metrics", &[]).await;
     assert!(m.body.contains("tern_store_failing 1"), "{}", m.body);
 
@@ -130,6 +132,7 @@ async fn check_refusals(mqtt: SocketAddr, http_addr: SocketAddr, key: Option<&st
         assert_eq!(r.status, 503, "{}", r.body);
         let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON envelope");
         assert_eq!(body["errors"][0]["code"], 503, "{}", r.body);
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
         assert!(r.body.contains("store"), "{}", r.body);
     }
 

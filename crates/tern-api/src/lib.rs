@@ -14,7 +14,8 @@
 //!   master and standard tokens, and ACL tokens with an entry whose `uri` is a prefix of the
 //!   call's path (`"mqtt/messages"`, `"mqtt"` …) and whose optional `methods` list the method;
 //!   an ACL token's topic grants still limit which messages it reads, deletes and publishes and
-//!   which subscriptions it adds. `/auth/info` takes any valid token. `x-flespi-cid: <n>` makes
+//!   which subscriptions it adds. `/auth/info` takes any valid token; `/auth/regions` none
+//!   (browser apps ask it before they have one; docs/flespi.md#browser-apps). `x-flespi-cid: <n>` makes
 //!   the call act inside account n, which must be the token's account or below it (403
 //!   otherwise); only master tokens may name another account than their own.
 //! - **Limits.** A sub-account's `limits` (`mqtt_sessions`, `mqtt_subscriptions`,
@@ -113,6 +114,27 @@ pub struct ApiOptions {
     /// Largest chunk of a chunked REST-over-MQTT response (further capped by the client's
     /// Maximum Packet Size).
     pub chunk_size: usize,
+    /// What `GET /auth/regions` answers.
+    pub region: RegionOptions,
+}
+
+/// What `GET /auth/regions` answers (docs/flespi.md#browser-apps). By default every address is
+/// built from the request's `Host` on the listener that was asked; the overrides (`[http.region]`)
+/// replace them behind a proxy.
+#[derive(Debug, Clone, Default)]
+pub struct RegionOptions {
+    /// `rest`: the REST API's base URL, with scheme.
+    pub rest: Option<String>,
+    /// `mqtt-ws`: MQTT over WebSocket as `host:port`, without scheme.
+    pub mqtt_ws: Option<String>,
+    /// `mqtt`: MQTT over TCP as `host:port`.
+    pub mqtt: Option<String>,
+    /// The port of the `mqtt` listener (`None`: off, and `mqtt` is null unless overridden).
+    pub mqtt_port: Option<u16>,
+    /// The bound `http` and `https` listeners: the address of last resort when neither a
+    /// `Host` header nor the connection's local address is known (REST over MQTT).
+    pub http: Option<std::net::SocketAddr>,
+    pub https: Option<std::net::SocketAddr>,
 }
 
 impl Default for ApiOptions {
@@ -122,6 +144,7 @@ impl Default for ApiOptions {
             max_limit: 100_000,
             bridge_max_calls: 256,
             chunk_size: 64 * 1024,
+            region: RegionOptions::default(),
         }
     }
 }

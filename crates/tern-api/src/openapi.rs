@@ -54,6 +54,7 @@ impl Modify for TokenAuth {
 fn endpoints() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::info))
+        .routes(routes!(auth::regions))
         .routes(routes!(customer::get, customer::put))
         .routes(routes!(tokens::create))
         .routes(routes!(

@@ -2,7 +2,11 @@
 //! by hyper, one task per connection. A WebSocket upgrade on any path carries MQTT (see `ws`);
 //! every other request goes to the router handed in from above (the daemon's `/health` and
 //! `/metrics`, later the REST API), with the client's address as
-//! `axum::extract::ConnectInfo<SocketAddr>` and the [`Listener`] in the request extensions.
+//! `axum::extract::ConnectInfo<SocketAddr>`, the [`Listener`] and the connection's
+//! [`LocalAddr`] in the request extensions.
+//!
+//! WebSocket upgrades accept any `Origin` (browser apps are served from other hosts; MQTT
+//! authenticates with its own credentials, never with cookies).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,6 +55,11 @@ impl HttpOptions {
     }
 }
 
+/// The address a client connected to (this end of the connection, as the socket reports it):
+/// a request extension, for answers that must name the server when the request has no `Host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub SocketAddr);
+
 #[derive(Debug)]
 struct Shared {
     listener: Listener,
@@ -70,6 +79,7 @@ pub async fn serve_http(
     } else {
         Listener::Http
     };
+    let bound = listener.local_addr().ok();
     let shared = Arc::new(Shared {
         listener: kind,
         acceptor: acceptor.clone(),
@@ -78,14 +88,16 @@ pub async fn serve_http(
     accept_loop(listener, kind, acceptor, |stream, addr, permit| {
         let shared = shared.clone();
         let tls = tls.clone();
+        let local = stream.local_addr().ok().or(bound).map(LocalAddr);
         async move {
             let permit = Arc::new(permit);
+            let peer = Addrs { peer: addr, local };
             match tls {
-                None => serve_connection(stream, addr, permit, shared).await,
+                None => serve_connection(stream, peer, permit, shared).await,
                 Some(tls) => {
                     if let Some(stream) = tls.handshake(stream, addr, kind, &shared.acceptor).await
                     {
-                        serve_connection(stream, addr, permit, shared).await;
+                        serve_connection(stream, peer, permit, shared).await;
                     }
                 }
             }
@@ -94,11 +106,18 @@ pub async fn serve_http(
     .await;
 }
 
+/// Both ends of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    peer: SocketAddr,
+    local: Option<LocalAddr>,
+}
+
 /// Serves one HTTP connection. The permit is shared with a WebSocket connection upgraded from
 /// it, which outlives this function.
 async fn serve_connection<I>(
     io: I,
-    addr: SocketAddr,
+    addrs: Addrs,
     permit: Arc<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
 ) where
@@ -109,7 +128,7 @@ async fn serve_connection<I>(
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(shared.handle(req, addr, permit).await) }
+        async move { Ok::<_, Infallible>(shared.handle(req, addrs, permit).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -128,7 +147,7 @@ async fn serve_connection<I>(
         }
     };
     if let Err(err) = result {
-        tracing::debug!(peer = %addr, %err, "HTTP connection ended with an error");
+        tracing::debug!(peer = %addrs.peer, %err, "HTTP connection ended with an error");
     }
 }
 
@@ -136,21 +155,24 @@ impl Shared {
     async fn handle(
         &self,
         mut req: Request<Incoming>,
-        addr: SocketAddr,
+        addrs: Addrs,
         permit: Arc<OwnedSemaphorePermit>,
     ) -> Response<axum::body::Body> {
         if ws::is_upgrade_request(&req) {
             return ws::upgrade(
                 req,
-                addr,
+                addrs.peer,
                 self.listener,
                 &self.acceptor,
                 self.options.websocket,
                 permit,
             );
         }
-        req.extensions_mut().insert(ConnectInfo(addr));
+        req.extensions_mut().insert(ConnectInfo(addrs.peer));
         req.extensions_mut().insert(self.listener);
+        if let Some(local) = addrs.local {
+            req.extensions_mut().insert(local);
+        }
         let req = req.map(axum::body::Body::new);
         match self.options.routes.clone().oneshot(req).await {
             Ok(res) => res,

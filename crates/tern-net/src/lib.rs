@@ -26,7 +26,7 @@ pub mod ws;
 
 pub use accept::{Acceptor, ConnectionLimit};
 pub use driver::{Peer, TransportClose, run_connection};
-pub use http::{HttpOptions, serve_http};
+pub use http::{HttpOptions, LocalAddr, serve_http};
 pub use listener::Listener;
 pub use metrics::NetMetrics;
 pub use tcp::serve_tcp;

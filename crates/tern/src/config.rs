@@ -32,6 +32,7 @@ pub struct Config {
     pub listeners: Listeners,
     pub tls: Tls,
     pub websocket: Websocket,
+    pub http: Http,
     pub mqtt: Mqtt,
     pub session: SessionSection,
     pub auth: Auth,
@@ -263,6 +264,67 @@ impl Default for Websocket {
             max_message_size: WsSettings::default().max_message_size,
         }
     }
+}
+
+/// `[http]`: what the HTTP listeners tell browser apps.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// `[http.region]`.
+    pub region: Region,
+}
+
+/// `[http.region]`: what `GET /auth/regions` answers behind a proxy (docs/flespi.md#browser-apps).
+/// Each unset key is built from the request's `Host` on the listener that was asked.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Region {
+    /// The REST API's base URL, with scheme: `https://broker.example.com`.
+    #[serde(deserialize_with = "opt_string")]
+    pub rest: Option<String>,
+    /// MQTT over WebSocket, `host:port` without scheme: `broker.example.com:443`.
+    #[serde(deserialize_with = "opt_string")]
+    pub mqtt_ws: Option<String>,
+    /// MQTT over TCP, `host:port`: `broker.example.com:1883`.
+    #[serde(deserialize_with = "opt_string")]
+    pub mqtt: Option<String>,
+}
+
+/// A string where an empty one means "not set".
+fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    Ok((!t.is_empty()).then(|| t.to_string()))
+}
+
+/// Why `value` is not a `host:port` (no scheme, no path).
+fn check_host_port(value: &str) -> Result<(), String> {
+    let bad = || {
+        format!("`{value}` is not host:port (no scheme, no path), e.g. \"broker.example.com:443\"")
+    };
+    if value.contains("://") || value.contains('/') || value.contains('@') {
+        return Err(bad());
+    }
+    let authority: axum::http::uri::Authority = value.parse().map_err(|_| bad())?;
+    if authority.host().is_empty() || authority.port_u16().is_none() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Why `value` is not an absolute `http(s)://host[:port]` URL.
+fn check_base_url(value: &str) -> Result<(), String> {
+    let bad = || {
+        format!("`{value}` is not an absolute URL with scheme, e.g. \"https://broker.example.com\"")
+    };
+    let uri: axum::http::Uri = value.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    if !scheme_ok || !host_ok || userinfo {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// `[metrics]`.
@@ -568,7 +630,7 @@ pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Ov
             let section = sections().iter().find(|s| {
                 rest.len() > s.len() + 1 && rest.starts_with(*s) && rest.as_bytes()[s.len()] == b'_'
             })?;
-            let key = format!("{section}.{}", &rest[section.len() + 1..]);
+            let key = nested_key(section, &rest[section.len() + 1..]);
             Some(Override {
                 key,
                 value,
@@ -578,6 +640,23 @@ pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Ov
         .collect();
     out.sort_by_key(|o| o.origin.to_string());
     out
+}
+
+/// The tables inside sections, whose keys an environment variable names after the table's
+/// name: `TERN_HTTP_REGION_REST` is `http.region.rest`.
+const SUBTABLES: &[(&str, &str)] = &[("http", "region")];
+
+/// `section.key`, or `section.table.key` when `key` starts with a table of [`SUBTABLES`].
+fn nested_key(section: &str, key: &str) -> String {
+    for (s, table) in SUBTABLES {
+        if *s == section
+            && let Some(rest) = key.strip_prefix(table).and_then(|r| r.strip_prefix('_'))
+            && !rest.is_empty()
+        {
+            return format!("{section}.{table}.{rest}");
+        }
+    }
+    format!("{section}.{key}")
 }
 
 /// The layers a configuration came from, to say where a bad value was set.
@@ -599,10 +678,9 @@ impl Layers<'_> {
                 message,
             };
         }
-        let (section, name) = key.split_once('.').unwrap_or(("", key));
         ConfigError {
             file: self.file.to_string(),
-            line: find_key_line(self.src, section, name),
+            line: find_dotted_key_line(self.src, key),
             key: Some(key.to_string()),
             message,
         }
@@ -610,8 +688,7 @@ impl Layers<'_> {
 
     /// Whether `key` was set anywhere (file or override).
     fn is_set(&self, key: &str) -> bool {
-        let (section, name) = key.split_once('.').unwrap_or(("", key));
-        self.origins.contains_key(key) || find_key_line(self.src, section, name).is_some()
+        self.origins.contains_key(key) || find_dotted_key_line(self.src, key).is_some()
     }
 }
 
@@ -743,6 +820,22 @@ impl Config {
                 );
             }
             _ => {}
+        }
+        let region = &self.http.region;
+        if let Some(rest) = &region.rest
+            && let Err(e) = check_base_url(rest)
+        {
+            return fail("http.region.rest", e);
+        }
+        for (key, value) in [
+            ("http.region.mqtt_ws", &region.mqtt_ws),
+            ("http.region.mqtt", &region.mqtt),
+        ] {
+            if let Some(v) = value
+                && let Err(e) = check_host_port(v)
+            {
+                return fail(key, e);
+            }
         }
         self.validate_accounts(layers)?;
         self.validate_tls(layers)?;
@@ -1002,19 +1095,23 @@ fn apply_override(table: &mut toml::Table, o: &Override) -> Result<Config, Confi
         key: Some(o.key.clone()),
         message,
     };
-    let (section, key) = o
+    let (tables, key) = o
         .key
-        .split_once('.')
+        .rsplit_once('.')
         .ok_or_else(|| fail("not a `section.key` name".into()))?;
     let mut last = String::new();
     for value in o.candidates() {
         let mut t = table.clone();
-        let entry = t
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(sec) = entry.as_table_mut() else {
-            return Err(fail(format!("`{section}` is not a table in the file")));
-        };
+        let mut sec = &mut t;
+        for name in tables.split('.') {
+            let entry = sec
+                .entry(name)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(inner) = entry.as_table_mut() else {
+                return Err(fail(format!("`{tables}` is not a table in the file")));
+            };
+            sec = inner;
+        }
         sec.insert(key.to_string(), value);
         match toml::Value::Table(t.clone()).try_into::<Config>() {
             Ok(config) => {
@@ -1075,6 +1172,13 @@ fn key_at_line(src: &str, line: usize) -> Option<String> {
         }
     }
     None
+}
+
+/// The line (1-based) where the dotted `key` is set, if it is: `mqtt.max_qos` under `[mqtt]`,
+/// `http.region.rest` under `[http.region]`.
+fn find_dotted_key_line(src: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+    find_key_line(src, section, name)
 }
 
 /// The line (1-based) where `section.key` is set, if it is.
@@ -1141,6 +1245,7 @@ mod tests {
                 "listeners",
                 "tls",
                 "websocket",
+                "http",
                 "mqtt",
                 "session",
                 "auth",
@@ -1152,6 +1257,59 @@ mod tests {
                 "tokens"
             ]
         );
+    }
+
+    #[test]
+    fn region_overrides() {
+        let src = "[http.region]\nrest = \"https://broker.example.com\"\nmqtt_ws = \"broker.example.com:443\"\n";
+        let c = Config::parse(src, "tern.toml").unwrap();
+        assert_eq!(
+            c.http.region.rest.as_deref(),
+            Some("https://broker.example.com")
+        );
+        assert_eq!(
+            c.http.region.mqtt_ws.as_deref(),
+            Some("broker.example.com:443")
+        );
+        assert_eq!(c.http.region.mqtt, None);
+
+        let err = Config::parse(
+            "[http.region]\n\nrest = \"broker.example.com\"\n",
+            "tern.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.key.as_deref(), Some("http.region.rest"));
+        assert!(err.message.contains("absolute URL"), "{err}");
+        for bad in ["wss://h:1", "h", "h:1/mqtt"] {
+            let err = Config::parse(&format!("[http.region]\nmqtt_ws = \"{bad}\"\n"), "t.toml")
+                .unwrap_err();
+            assert_eq!(err.line, Some(2), "{bad}");
+            assert_eq!(err.key.as_deref(), Some("http.region.mqtt_ws"), "{bad}");
+        }
+        let err = Config::parse("[http.region]\nbogus = 1\n", "t.toml").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(err.key.as_deref(), Some("http.region.bogus"));
+
+        let o = env(&[
+            ("TERN_HTTP_REGION_MQTT_WS", "tern.example.org:9005"),
+            ("TERN_HTTP_REGION_MQTT", "tern.example.org:1883"),
+        ]);
+        assert_eq!(o[0].key, "http.region.mqtt");
+        assert_eq!(o[1].key, "http.region.mqtt_ws");
+        let c = Config::resolve(None, &o).unwrap();
+        assert_eq!(
+            c.http.region.mqtt_ws.as_deref(),
+            Some("tern.example.org:9005")
+        );
+        assert_eq!(c.http.region.mqtt.as_deref(), Some("tern.example.org:1883"));
+        let err = Config::resolve(
+            None,
+            &env(&[("TERN_HTTP_REGION_REST", "ftp://tern.example.org")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.file, "environment variable TERN_HTTP_REGION_REST");
+        assert_eq!(err.key.as_deref(), Some("http.region.rest"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod cors;
 pub mod health;
 pub mod logging;
 pub mod metrics;

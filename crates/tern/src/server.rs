@@ -76,6 +76,23 @@ fn local(listener: &Option<TcpListener>) -> anyhow::Result<Option<SocketAddr>> {
         .map_err(Into::into)
 }
 
+/// The REST API's options: `/auth/regions` learns the `[http.region]` overrides and the ports
+/// of the running listeners.
+fn api_options(config: &Config, addrs: &ListenerAddrs) -> tern_api::ApiOptions {
+    let region = &config.http.region;
+    tern_api::ApiOptions {
+        region: tern_api::RegionOptions {
+            rest: region.rest.clone(),
+            mqtt_ws: region.mqtt_ws.clone(),
+            mqtt: region.mqtt.clone(),
+            mqtt_port: addrs.mqtt.map(|a| a.port()),
+            http: addrs.http,
+            https: addrs.https,
+        },
+        ..tern_api::ApiOptions::default()
+    }
+}
+
 impl Server {
     /// Loads the certificate, binds every configured listener, and starts serving. Nothing is
     /// started unless everything could be bound.
@@ -127,7 +144,11 @@ impl Server {
         }
         // REST over MQTT (docs/flespi.md#rest-over-mqtt) and the state topics of
         // docs/flespi.md#broker-events, whether or not an HTTP listener runs.
-        let api = tern_api::ApiState::new(broker.clone(), directory.clone());
+        let api = tern_api::ApiState::with_options(
+            broker.clone(),
+            directory.clone(),
+            api_options(config, &addrs),
+        );
         tern_api::install_bridge(&broker, api.clone());
         tern_api::publish_state(&api);
         let tracker = TaskTracker::new();
@@ -163,7 +184,9 @@ impl Server {
             if let Some(extra) = options.routes {
                 router = router.merge(extra);
             }
-            let mut http_options = HttpOptions::new(router);
+            // CORS in front of everything the HTTP listeners serve (cors.rs), routes merged
+            // above included.
+            let mut http_options = HttpOptions::new(crate::cors::layer(router));
             http_options.websocket = config.websocket();
             if let Some(listener) = http {
                 tracing::info!(listener = "http", addr = %show(addrs.http), "listening (HTTP, MQTT over WebSocket on any path)");

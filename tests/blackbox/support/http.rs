@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::WAIT;
@@ -37,8 +37,21 @@ pub async fn raw(addr: SocketAddr, request_head: &str, until_headers: bool) -> H
     read_response(&mut stream, until_headers).await
 }
 
+/// Sends `request_head` (without the final blank line) over `stream` (TLS, say) and reads the
+/// response until the server closes.
+pub async fn raw_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request_head: &str,
+) -> HttpResponse {
+    stream
+        .write_all(format!("{request_head}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    read_response(&mut stream, false).await
+}
+
 /// Reads a response until the server closes (or, with `until_headers`, the headers end).
-async fn read_response(stream: &mut TcpStream, until_headers: bool) -> HttpResponse {
+async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, until_headers: bool) -> HttpResponse {
     let mut buf = Vec::new();
     let read = async {
         let mut chunk = [0u8; 4096];

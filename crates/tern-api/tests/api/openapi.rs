@@ -7,6 +7,7 @@ use crate::support::*;
 /// Every endpoint of docs/flespi.md#the-rest-api, as the issue lists them.
 const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/auth/info"),
+    ("get", "/auth/regions"),
     ("get", "/platform/customer"),
     ("put", "/platform/customer"),
     ("post", "/platform/tokens"),
