@@ -41,18 +41,18 @@
 //!   overflow policy, subscriptions
 //! - `tls`: the rustls client configuration (ring; system bundle or a CA PEM; client
 //!   certificate; `insecure_skip_verify` for tests)
-//! - `client`: [`Client::start`], [`ClientHandle`], [`Event`], the errors, [`ClientMetrics`]
+//! - `client`: [`Client::start`], [`ClientHandle`]
+//! - `event`: [`Event`], the errors, [`ClientMetrics`]
 //! - `session`: the client task: connect, one connection's `select!` loop, back-off
 
 mod client;
+mod event;
 mod options;
 mod session;
 mod tls;
 
-pub use client::{
-    Client, ClientHandle, ClientMetrics, ConnectionError, Event, MetricsSnapshot, PublishError,
-    StartError,
-};
+pub use client::{Client, ClientHandle, StartError};
+pub use event::{ClientMetrics, ConnectionError, Event, MetricsSnapshot, PublishError};
 pub use options::{
     Backoff, BrokerUri, ClientCert, ClientOptions, OverflowPolicy, Roots, SYSTEM_BUNDLES, Scheme,
     Subscription, TlsOptions, UriError,

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::client::{ClientMetrics, ConnectionError, Event, PublishError};
+use crate::event::{ClientMetrics, ConnectionError, Event, PublishError};
 use crate::options::{Backoff, ClientOptions, Subscription};
 
 /// A byte stream the client runs over: TCP or TLS over TCP.
