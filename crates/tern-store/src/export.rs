@@ -46,6 +46,24 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    for (id, json) in &snapshot.devices {
+        line(&Line::Device {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
+    for (id, json) in &snapshot.groups {
+        line(&Line::Group {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
+    for (device, json) in &snapshot.telemetry {
+        line(&Line::Telemetry {
+            device: *device,
+            json: Data::of(json),
+        })?;
+    }
     for msg in &snapshot.retained {
         line(&Line::Retained {
             msg: MessageJson::of(msg),
@@ -214,6 +232,20 @@ enum Line {
     Retained {
         msg: MessageJson,
     },
+    /// A device of the devices layer (its JSON document).
+    Device {
+        id: u64,
+        json: Data,
+    },
+    Group {
+        id: u64,
+        json: Data,
+    },
+    /// A device's telemetry document (after its device).
+    Telemetry {
+        device: u64,
+        json: Data,
+    },
     Session {
         cid: u64,
         client_id: String,
@@ -283,6 +315,18 @@ impl Line {
             },
             Line::Retained { msg } => Op::PutRetained {
                 msg: Arc::new(msg.into_message()?),
+            },
+            Line::Device { id, json } => Op::PutDevice {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Group { id, json } => Op::PutGroup {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Telemetry { device, json } => Op::PutTelemetry {
+                device,
+                json: json.bytes()?,
             },
             Line::Session {
                 cid,

@@ -125,4 +125,13 @@ pub struct Snapshot {
     /// Retained messages (each carries its account in `cid`).
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<SessionSnapshot>,
+    /// Devices as JSON documents, by id (tern-gw owns the schema).
+    pub devices: Vec<(u64, Bytes)>,
+    /// Device groups as JSON documents, by id.
+    pub groups: Vec<(u64, Bytes)>,
+    /// Each device's telemetry document.
+    pub telemetry: Vec<(u64, Bytes)>,
+    /// How many messages and bytes each device has stored (the messages themselves are read
+    /// by range, never loaded).
+    pub message_stats: Vec<(u64, crate::devices::MessageStats)>,
 }
