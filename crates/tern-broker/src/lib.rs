@@ -24,6 +24,7 @@
 //! - `persist`, `restore`: mirroring sessions into the store, and rebuilding them at start
 //! - `accounts`: accounts, tokens, ACLs and the failed-login limiter (the `Directory`)
 //! - `admin`: views and actions for the REST API, and the REST bridge hook
+//! - `gateway_api`: what the devices layer needs beyond `message`/`publish` (`message_at`)
 //! - `auth`: the authentication hook
 //! - `close`: `CloseReason`, the one vocabulary for why a connection ended
 //! - `violation`: the protocol rules the handlers enforce, each with its reason code
@@ -40,6 +41,7 @@ pub mod config;
 pub mod connection;
 mod events;
 pub mod filter;
+mod gateway_api;
 mod handlers;
 pub mod message;
 pub mod metrics;
