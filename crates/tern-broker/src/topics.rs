@@ -165,9 +165,14 @@ mod tests {
         );
         assert!(is_reserved(CUSTOMER_STATE));
         assert_eq!(device_state_topic(5), "flespi/state/gw/devices/5");
-        assert_eq!(device_property_topic(5, "name"), "flespi/state/gw/devices/5/name");
         assert_eq!(
-            device_telemetry_topic(5, "position.speed").split('/').count(),
+            device_property_topic(5, "name"),
+            "flespi/state/gw/devices/5/name"
+        );
+        assert_eq!(
+            device_telemetry_topic(5, "position.speed")
+                .split('/')
+                .count(),
             7,
             "dashboards check the depth"
         );

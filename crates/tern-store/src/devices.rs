@@ -78,6 +78,9 @@ pub trait Reader: Send + Sync + fmt::Debug {
         range: &MessageRange,
         visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
     ) -> Result<(), StoreError>;
+
+    /// How many messages and bytes `device` has stored (a point lookup).
+    fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError>;
 }
 
 /// The key of a device message: `device (u64) | ts (i64, sign flipped) | seq (u64)`, all

@@ -295,6 +295,26 @@ impl Reader for DiskReader {
             }
         }
     }
+
+    fn message_stats(&self, device: u64) -> Result<MessageStats, StoreError> {
+        let guard = self.db.read();
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
+        let tx = db.begin_read().map_err(engine)?;
+        let table = match tx.open_table(MESSAGE_STATS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(MessageStats::default()),
+            Err(e) => return Err(engine(e)),
+        };
+        match table
+            .get(format::id_key(device).as_slice())
+            .map_err(engine)?
+        {
+            Some(v) => devices::decode_stats(v.value()).map_err(StoreError::Engine),
+            None => Ok(MessageStats::default()),
+        }
+    }
 }
 
 /// Loads the store in `dir` without changing anything (for `tern store export`): the same

@@ -194,6 +194,14 @@ impl Store {
         }
     }
 
+    /// How many messages and bytes `device` has stored (zero for a disabled store).
+    pub fn message_stats(&self, device: u64) -> Result<crate::MessageStats, StoreError> {
+        match &self.reader {
+            Some(r) => r.message_stats(device),
+            None => Ok(crate::MessageStats::default()),
+        }
+    }
+
     /// Whether ops are kept at all.
     pub fn enabled(&self) -> bool {
         self.shared.enabled

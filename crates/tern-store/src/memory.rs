@@ -314,4 +314,14 @@ impl Reader for MemoryBackend {
         self.state.lock().read_messages(range, visit);
         Ok(())
     }
+
+    fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .message_stats
+            .get(&device)
+            .copied()
+            .unwrap_or_default())
+    }
 }
