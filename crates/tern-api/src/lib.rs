@@ -95,6 +95,7 @@ use std::sync::Arc;
 
 use tern_broker::Broker;
 use tern_broker::accounts::Directory;
+use tern_gw::Gateway;
 
 pub use bridge::install_bridge;
 pub use error::{ApiError, ErrorItem};
@@ -132,14 +133,17 @@ impl Default for ApiOptions {
 pub struct ApiState {
     pub broker: Arc<Broker>,
     pub directory: Arc<Directory>,
+    /// The devices layer (`/gw/...`).
+    pub gateway: Arc<Gateway>,
     pub options: Arc<ApiOptions>,
 }
 
 impl ApiState {
-    pub fn new(broker: Arc<Broker>, directory: Arc<Directory>) -> ApiState {
+    pub fn new(broker: Arc<Broker>, directory: Arc<Directory>, gateway: Arc<Gateway>) -> ApiState {
         ApiState {
             broker,
             directory,
+            gateway,
             options: Arc::new(ApiOptions::default()),
         }
     }
@@ -147,11 +151,13 @@ impl ApiState {
     pub fn with_options(
         broker: Arc<Broker>,
         directory: Arc<Directory>,
+        gateway: Arc<Gateway>,
         options: ApiOptions,
     ) -> ApiState {
         ApiState {
             broker,
             directory,
+            gateway,
             options: Arc::new(options),
         }
     }

@@ -225,9 +225,9 @@ impl Gateway {
     // -----------------------------------------------------------------------------------------
     // Devices
 
-    /// Creates a device in account `cid` (already checked to be in the caller's scope).
-    pub fn create_device(&self, input: DeviceInput, cid: Cid) -> Result<Value, GwError> {
-        let mut d = input.into_device(cid)?;
+    /// Creates a device (checked by [`DeviceInput::into_device`], its account in the caller's
+    /// scope); fails if its ident is taken.
+    pub fn create_device(&self, mut d: Device) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         if let Some(other) = self.ident_owner(&st, &d) {
             return Err(GwError::IdentTaken {
