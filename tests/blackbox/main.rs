@@ -20,6 +20,7 @@ mod config;
 mod connect;
 mod filter;
 mod flow_control;
+mod gw;
 mod limits;
 mod malformed;
 mod metrics;

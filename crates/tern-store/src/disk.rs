@@ -290,7 +290,16 @@ impl Reader for DiskReader {
             };
             let (k, v) = item.map_err(engine)?;
             let (_, key) = devices::decode_message_key(k.value()).map_err(StoreError::Engine)?;
-            if visit(key, v.value()) == Visit::Stop {
+            let json = match v.value().split_first() {
+                Some((&format::RECORD_V1, json)) => json,
+                _ => {
+                    return Err(StoreError::Engine(format!(
+                        "device {} message at {}: unknown record version",
+                        range.device, key.ts
+                    )));
+                }
+            };
+            if visit(key, json) == Visit::Stop {
                 return Ok(());
             }
         }

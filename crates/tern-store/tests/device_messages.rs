@@ -269,3 +269,39 @@ fn write_gw_golden_file() {
     drop(db);
     std::fs::copy(&store, out.join(STORE_FILE)).expect("copy");
 }
+
+#[tokio::test]
+async fn messages_in_later_batches_than_their_device_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+    let (store, _writer) = Store::start(Box::new(disk), FsyncPolicy::Always);
+    let t = store.submit(device(1));
+    store.wait(t).await;
+    let t = store.submit(append(1, 100, 3, 1));
+    store.wait(t).await;
+    assert_eq!(
+        read(&store, 1, i64::MIN, i64::MAX, false, 100),
+        vec![100, 101, 102]
+    );
+    assert_eq!(store.message_stats(1).expect("stats").count, 3);
+    let mut docs = Vec::new();
+    store
+        .device_messages(
+            &MessageRange {
+                device: 1,
+                from: 101,
+                to: 101,
+                reverse: false,
+            },
+            &mut |_, json| {
+                docs.push(json.to_vec());
+                Visit::More
+            },
+        )
+        .expect("read");
+    assert_eq!(
+        docs,
+        vec![b"{\"timestamp\":101}".to_vec()],
+        "the document as appended"
+    );
+}
