@@ -77,3 +77,9 @@ grep -q '^replies/1 {"result":' "$work/out" || {
   cat "$work/out"
   exit 1
 }
+run_block "### Devices"
+grep -q '/telemetry/position.speed 42 cid:1 timestamp:1700000000.000000' "$work/out" || {
+  echo "readme-test: FAILED: the device walkthrough showed no telemetry with its time:"
+  cat "$work/out"
+  exit 1
+}
