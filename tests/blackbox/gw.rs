@@ -1,4 +1,4 @@
-//! The devices layer (spec flespi-gw §2-§4) against the real server over real sockets, with its
+//! The devices layer (docs/flespi.md#devices) against the real server over real sockets, with its
 //! on-disk store: devices, groups, telemetry and messages survive a restart; telemetry topics
 //! are retained with the parameter's time. The full REST behaviour is in
 //! `crates/tern-api/tests/api/gw.rs`.

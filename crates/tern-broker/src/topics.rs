@@ -78,7 +78,7 @@ pub fn subaccount_state_topic(id: Cid) -> String {
     format!("{SUBACCOUNT_STATE_PREFIX}{id}")
 }
 
-/// The devices layer (`tern-gw`, spec flespi-gw §2-§4), in the device's account namespace:
+/// The devices layer (`tern-gw`, docs/flespi.md#devices), in the device's account namespace:
 /// `flespi/state/gw/devices/<id>` (the item, retained), `.../<id>/<property>` (one property,
 /// retained), `.../<id>/telemetry/<param>` (one telemetry value, retained, 7 levels),
 /// `.../<id>/deleted` (`true`, not retained, after a delete), `flespi/log/gw/devices/<id>/<event>`

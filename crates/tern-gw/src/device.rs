@@ -1,4 +1,4 @@
-//! A device (spec flespi-gw §2): the stored record, what clients may send, and the item the
+//! A device (docs/flespi.md#devices): the stored record, what clients may send, and the item the
 //! REST API and the state topics show.
 
 use serde::{Deserialize, Serialize};

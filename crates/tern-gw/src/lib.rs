@@ -1,4 +1,4 @@
-//! tern-gw: the devices layer of the flespi API (docs: `/gw/devices`, spec flespi-gw §2-§4),
+//! tern-gw: the devices layer of the flespi API (docs/flespi.md#devices),
 //! above the broker and independent of HTTP. The REST API (`tern-api`'s `gw_*` handlers) calls
 //! the [`Gateway`]; the gateway keeps its records in the store and publishes through the
 //! broker's in-process API (`Broker::message`, `Broker::message_at`, `Broker::publish`).

@@ -1,4 +1,4 @@
-//! Device messages (spec flespi-gw §3): what a posted message becomes before it is stored, and
+//! Device messages (docs/flespi.md#devices): what a posted message becomes before it is stored, and
 //! the `data` of history reads (`from`, `to`, `count`, `reverse`, `fields`, `filter`).
 
 use serde::Deserialize;

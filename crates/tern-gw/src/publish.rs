@@ -1,4 +1,4 @@
-//! The MQTT side of the devices layer (spec flespi-gw §2-§4), published through the broker in
+//! The MQTT side of the devices layer (docs/flespi.md#devices), published through the broker in
 //! the device's account namespace (`cid`): topics from `tern_broker::topics`.
 //!
 //! - `flespi/state/gw/devices/<id>`: the item, retained; `.../<id>/<property>`: each property's
@@ -18,10 +18,10 @@ use tern_broker::topics::{self, device_event};
 use tern_broker::{Broker, Cid, Micros};
 use tern_codec::QoS;
 
-/// Log `origin_type` of devices (spec flespi-gw §7).
+/// Log `origin_type` of devices (docs/flespi.md#devices).
 pub const ORIGIN_DEVICE: u64 = 11;
 
-/// tern's event codes of device item changes (spec flespi-gw §7: tern's own where flespi's are
+/// tern's event codes of device item changes (docs/flespi.md#devices: tern's own where flespi's are
 /// not known).
 pub mod event_code {
     pub const CREATED: u64 = 1;

@@ -1,4 +1,4 @@
-//! A device's telemetry (spec flespi-gw §4): the latest `{value, ts}` of every parameter its
+//! A device's telemetry (docs/flespi.md#devices): the latest `{value, ts}` of every parameter its
 //! messages carried. A message updates a parameter only when its `timestamp` is at least the
 //! parameter's `ts` (a late message never overwrites newer values). `position` is synthetic:
 //! the object of the latest `position.*` values without the prefix. At most

@@ -1,4 +1,4 @@
-//! The device types and protocols tern knows (spec flespi-gw §2, §5). Until channels exist this
+//! The device types and protocols tern knows (docs/flespi.md#devices). Until channels exist this
 //! is the whole catalogue: a device's protocol comes from its `device_type_id`. The channel work
 //! grows this list; nothing else in tern spells a device type.
 

@@ -1,4 +1,4 @@
-//! The devices layer's records (tern-gw, docs/flespi-gw): device, group and telemetry
+//! The devices layer's records (tern-gw, docs/flespi.md#devices): device, group and telemetry
 //! documents kept like accounts and tokens (versioned JSON, loaded at start), and device
 //! messages, which are not loaded at start: an ordered table keyed by
 //! `(device id, timestamp, arrival sequence)` read by range ([`Reader`]), so a device with a

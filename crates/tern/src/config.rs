@@ -399,7 +399,7 @@ impl Default for Auth {
     }
 }
 
-/// `[gw]`: the devices layer (spec flespi-gw §2-§4).
+/// `[gw]`: the devices layer (docs/flespi.md#devices).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gw {

@@ -127,7 +127,7 @@ impl Server {
         }
         // REST over MQTT (docs/flespi.md#rest-over-mqtt) and the state topics of
         // docs/flespi.md#broker-events, whether or not an HTTP listener runs.
-        // The devices layer (spec flespi-gw §2-§4): its records from the store, its retained
+        // The devices layer (docs/flespi.md#devices): its records from the store, its retained
         // state topics published, and its retention sweep in the shutdown tree.
         let gateway = tern_gw::Gateway::new(
             broker.clone(),

@@ -1,4 +1,4 @@
-//! `/gw/devices` (spec flespi-gw §2-§4): POST new devices, GET/PUT/PATCH/DELETE `/{sel}`,
+//! `/gw/devices` (docs/flespi.md#devices): POST new devices, GET/PUT/PATCH/DELETE `/{sel}`,
 //! PUT `/{sel}/cid`, POST/GET/DELETE `/{sel}/messages`, GET/DELETE `/{sel}/telemetry[/{params}]`.
 //! The devices of the acting account and of every account below it; the domain is
 //! `tern_gw::Gateway`, this module only takes calls apart and answers.

@@ -1,4 +1,4 @@
-//! `/gw/devices` and `/gw/groups` (spec flespi-gw §2-§4) over real sockets: CRUD with the state,
+//! `/gw/devices` and `/gw/groups` (docs/flespi.md#devices) over real sockets: CRUD with the state,
 //! property and log topics, every selector form of the seed, messages (windows, reverse,
 //! filter, fields, truncation, deletes), telemetry (late messages, `position`, the `timestamp`
 //! user property), retention, restarts, account scoping and CSV.
