@@ -73,7 +73,7 @@
 //! - `reply`: the success envelope, `fields`, pagination, CSV
 //! - `items`: the JSON items the endpoints serve and accept
 //! - `handlers/`: one module per resource (`auth`, `customer`, `tokens`, `subaccounts`,
-//!   `sessions`, `subscriptions`, `messages`)
+//!   `sessions`, `subscriptions`, `messages`, `gw_devices`, `gw_groups`)
 //! - `state`: the `flespi/state/platform/...` topics
 //! - `bridge`: REST over MQTT
 //! - `durable`: changes refused while the store cannot write, answered once durable

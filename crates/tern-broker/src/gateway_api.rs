@@ -4,8 +4,8 @@
 //!
 //! The `timestamp` user property every v5 delivery carries is the message's
 //! [`Message::timestamp`], formatted by the delivery path in one number format (seconds with
-//! a fraction). A device's telemetry topic must carry the parameter's own time there (spec
-//! docs/flespi.md#devices: TrackIt reads it as the time of the value), so the gateway builds those
+//! a fraction). A device's telemetry topic must carry the parameter's own time there
+//! (docs/flespi.md#devices: TrackIt reads it as the time of the value), so the gateway builds those
 //! messages with [`Broker::message_at`]. Such timestamps are not unique and not increasing;
 //! nothing in routing or storage relies on that (retained messages are keyed by topic, queued
 //! ones by their per-session sequence).
