@@ -605,23 +605,43 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Deletes the messages of `id` with timestamps in `from..=to` (seconds; open ends when
-    /// absent).
-    pub fn delete_messages(
-        &self,
-        id: u64,
-        from: Option<f64>,
-        to: Option<f64>,
-    ) -> Result<(), GwError> {
-        let st = self.state.lock();
-        if !st.devices.contains_key(&id) {
+    /// Deletes the messages of `id` in the query's range (`from..=to`); with a filter, only
+    /// those that pass it (read first, then deleted by key). Blocking with a filter (store
+    /// reads).
+    pub fn delete_messages(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
+        if !self.state.lock().devices.contains_key(&id) {
             return Err(GwError::NotFound { what: "device", id });
         }
-        self.store.submit(Op::DelMessages {
+        if q.filter.is_empty() {
+            self.store.submit(Op::DelMessages {
+                device: id,
+                from: q.from,
+                to: q.to,
+            });
+            return Ok(());
+        }
+        let now = self.now();
+        let mut keys = Vec::new();
+        let range = MessageRange {
             device: id,
-            from: from.map_or(i64::MIN, message::micros),
-            to: to.map_or(i64::MAX, message::micros),
-        });
+            from: q.from,
+            to: q.to,
+            reverse: false,
+        };
+        self.store
+            .device_messages(&range, &mut |key, json| {
+                if serde_json::from_slice::<Value>(json).is_ok_and(|m| q.passes(&m, now)) {
+                    keys.push(key);
+                }
+                Visit::More
+            })
+            .map_err(|e| GwError::Store(e.to_string()))?;
+        for chunk in keys.chunks(10_000) {
+            self.store.submit(Op::DelMessageKeys {
+                device: id,
+                keys: chunk.to_vec(),
+            });
+        }
         Ok(())
     }
 

@@ -94,6 +94,21 @@ pub struct MessagesData {
 pub struct DeleteData {
     pub from: Option<f64>,
     pub to: Option<f64>,
+    /// Only the messages of the range that pass this expression (top-level commas are AND).
+    pub filter: Option<String>,
+}
+
+impl DeleteData {
+    /// The range and filter as a history query.
+    pub fn query(&self) -> Result<MessageQuery, GwError> {
+        MessagesData {
+            from: self.from,
+            to: self.to,
+            filter: self.filter.clone(),
+            ..Default::default()
+        }
+        .query()
+    }
 }
 
 /// A parsed history read.

@@ -562,6 +562,23 @@ impl<'t> Tables<'t> {
                     self.remove_messages(*device, lo, hi, None)?;
                 }
             }
+            Op::DelMessageKeys { device, keys } => {
+                let mut stats = self.stats(*device)?;
+                let mut removed = false;
+                for key in keys {
+                    let mk = devices::message_key(*device, *key);
+                    if let Some(old) = self.messages.remove(mk.as_slice())? {
+                        stats.remove(old.value().len().saturating_sub(1));
+                        removed = true;
+                    }
+                }
+                if removed {
+                    self.message_stats.insert(
+                        format::id_key(*device).as_slice(),
+                        devices::encode_stats(&stats).as_slice(),
+                    )?;
+                }
+            }
             Op::TrimMessages { device, max_bytes } => {
                 let (lo, hi) = devices::message_bounds(*device, i64::MIN, i64::MAX);
                 self.remove_messages(*device, lo, hi, Some(*max_bytes))?;

@@ -170,6 +170,10 @@ impl MemoryState {
                 let gone: Vec<_> = self.messages.range(lo..=hi).map(|(k, _)| *k).collect();
                 self.remove_messages(*device, gone);
             }
+            Op::DelMessageKeys { device, keys } => {
+                let gone = keys.iter().map(|k| (*device, *k)).collect();
+                self.remove_messages(*device, gone);
+            }
             Op::TrimMessages { device, max_bytes } => {
                 let Some(mut bytes) = self.message_stats.get(device).map(|s| s.bytes) else {
                     return;

@@ -117,6 +117,11 @@ pub enum Op {
         from: i64,
         to: i64,
     },
+    /// Deletes some messages of a device, by key (a delete with a filter).
+    DelMessageKeys {
+        device: DeviceId,
+        keys: Vec<MessageKey>,
+    },
     /// Deletes a device's oldest messages until at most `max_bytes` remain
     /// (`messages_rotate`).
     TrimMessages {

@@ -152,12 +152,24 @@ async fn range_reads_on_the_disk_backend_match_the_memory_backend() {
             id: 9,
             json: Bytes::from_static(b"{\"id\":9}"),
         },
+        Op::DelMessageKeys {
+            device: 1,
+            keys: vec![
+                MessageKey { ts: 112, seq: 13 },
+                MessageKey { ts: 999, seq: 1 },
+            ],
+        },
     ];
     let t = store.submit_all(more.clone());
     store.wait(t).await;
     assert_eq!(
         read(&store, 1, i64::MIN, 111, false, 100),
         vec![-5, 110, 111]
+    );
+    assert_eq!(
+        read(&store, 1, 111, 114, false, 100),
+        vec![111, 113, 114],
+        "112 deleted by key"
     );
     // Rotation keeps the newest messages that fit: 17 bytes each.
     assert_eq!(

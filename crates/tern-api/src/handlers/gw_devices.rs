@@ -286,7 +286,7 @@ pub(crate) async fn get_messages(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// Deletes messages of the selected devices (`data`: `from`, `to`).
+/// Deletes messages of the selected devices (`data`: `from`, `to`, `filter`).
 #[utoipa::path(
     delete, path = "/gw/devices/{sel}/messages", tag = "gw", params(Sel, ListQuery),
     security(("FlespiToken" = [])),
@@ -297,11 +297,16 @@ pub(crate) async fn delete_messages(
     call: Call,
 ) -> Result<Reply, ApiError> {
     let data: DeleteData = data_of(&call)?;
-    for id in selected(&api, &call, 1)? {
-        api.gateway
-            .delete_messages(id, data.from, data.to)
-            .map_err(|e| api_error(&e))?;
-    }
+    let query = data.query().map_err(|e| api_error(&e))?;
+    let ids = selected(&api, &call, 1)?;
+    let gw = api.gateway.clone();
+    tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .try_for_each(|id| gw.delete_messages(*id, &query))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| api_error(&e))?;
     Ok(Reply::changed(&call, Vec::new(), Vec::new()))
 }
 

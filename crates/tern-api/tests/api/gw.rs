@@ -475,6 +475,20 @@ async fn messages_windows_reverse_filter_fields_and_deletes() {
         timestamps(&r),
         vec![1005.0, 1006.0, 1007.0, 1008.0, 1009.0, 1010.0]
     );
+    // With a filter: only what passes it.
+    let r = env
+        .master(
+            "DELETE",
+            &format!(
+                "/gw/devices/{id}/messages?data={}",
+                enc(&json!({"from": 1005, "filter": "speed>=70,speed<=80"}).to_string())
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = messages(&env, id, json!({})).await;
+    assert_eq!(timestamps(&r), vec![1005.0, 1006.0, 1009.0, 1010.0]);
     let size = env
         .master(
             "GET",
@@ -793,4 +807,33 @@ async fn devices_as_csv() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "name,configuration.ident\r\ncsv,c1\r\n");
+}
+
+#[tokio::test]
+async fn deleting_an_account_deletes_its_devices() {
+    let (env, backend) = gw_env().await;
+    env.subaccount(1001, TOP, "sub").await;
+    let kept = device(&env, "kept", "k").await;
+    let r = env
+        .master(
+            "POST",
+            "/gw/devices",
+            Some(
+                json!({"device_type_id": HTTP_TYPE, "configuration": {"ident": "s"}, "cid": 1001}),
+            ),
+        )
+        .await;
+    let gone = r.result()[0]["id"].as_u64().expect("id");
+    post(&env, gone, json!({"x": 1})).await;
+    let r = env
+        .master("DELETE", "/platform/subaccounts/1001", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        env.master("GET", "/gw/devices/all", None).await.ids(),
+        vec![kept]
+    );
+    let snapshot = backend.load();
+    assert_eq!(snapshot.devices.len(), 1);
+    assert!(snapshot.message_stats.iter().all(|(d, _)| *d != gone));
 }
