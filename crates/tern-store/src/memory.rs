@@ -166,6 +166,9 @@ impl MemoryState {
                 }
             }
             Op::DelMessages { device, from, to } => {
+                if from > to {
+                    return;
+                }
                 let (lo, hi) = bounds(*device, *from, *to);
                 let gone: Vec<_> = self.messages.range(lo..=hi).map(|(k, _)| *k).collect();
                 self.remove_messages(*device, gone);

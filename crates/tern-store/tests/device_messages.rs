@@ -317,3 +317,102 @@ async fn messages_in_later_batches_than_their_device_are_read() {
         "the document as appended"
     );
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use tern_store::{MemoryBackend, Reader};
+
+    fn arb_key() -> impl Strategy<Value = MessageKey> {
+        (-5i64..20, 0u64..4).prop_map(|(ts, seq)| MessageKey { ts, seq })
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u64..4).prop_map(device),
+            (1u64..4).prop_map(|id| Op::DelDevice { id }),
+            (
+                1u64..4,
+                prop::collection::vec((arb_key(), "[a-z]{0,12}"), 0..6)
+            )
+                .prop_map(|(device, msgs)| Op::AppendMessages {
+                    device,
+                    messages: msgs
+                        .into_iter()
+                        .map(|(k, s)| (k, Bytes::from(format!("{{\"v\":\"{s}\"}}"))))
+                        .collect(),
+                }),
+            (1u64..4, -6i64..21, -6i64..21).prop_map(|(device, from, to)| Op::DelMessages {
+                device,
+                from,
+                to
+            }),
+            (1u64..4, 0u64..200)
+                .prop_map(|(device, max_bytes)| Op::TrimMessages { device, max_bytes }),
+            (1u64..4, prop::collection::vec(arb_key(), 0..4))
+                .prop_map(|(device, keys)| Op::DelMessageKeys { device, keys }),
+        ]
+    }
+
+    fn all(
+        r: &dyn Reader,
+        device: u64,
+        from: i64,
+        to: i64,
+        reverse: bool,
+    ) -> Vec<(MessageKey, Vec<u8>)> {
+        let mut out = Vec::new();
+        r.device_messages(
+            &MessageRange {
+                device,
+                from,
+                to,
+                reverse,
+            },
+            &mut |k, json| {
+                out.push((k, json.to_vec()));
+                Visit::More
+            },
+        )
+        .expect("read");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random device ops in random batches: the disk backend's snapshot, range reads and
+        /// counters match the in-memory reference model.
+        #[test]
+        fn disk_range_reads_match_the_reference_model(
+            batches in prop::collection::vec(prop::collection::vec(arb_op(), 0..10), 1..6),
+            reads in prop::collection::vec((1u64..4, -6i64..21, -6i64..21, any::<bool>()), 1..8),
+        ) {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (mut disk, _) = DiskBackend::open(tmp.path()).expect("open");
+            let mut memory = MemoryBackend::new();
+            for ops in &batches {
+                disk.apply(ops).expect("apply");
+                memory.apply(ops).expect("apply");
+            }
+            let (dr, mr) = (disk.reader().expect("reader"), memory.reader().expect("reader"));
+            for (device, from, to, reverse) in reads {
+                prop_assert_eq!(
+                    all(&*dr, device, from, to, reverse),
+                    all(&*mr, device, from, to, reverse)
+                );
+            }
+            for device in 1..4 {
+                prop_assert_eq!(
+                    dr.message_stats(device).expect("stats"),
+                    mr.message_stats(device).expect("stats")
+                );
+            }
+            drop(dr);
+            disk.sync().expect("sync");
+            drop(disk);
+            let all_ops: Vec<Op> = batches.into_iter().flatten().collect();
+            prop_assert_eq!(tern_store::load(tmp.path()).expect("load"), reference(&all_ops));
+        }
+    }
+}
