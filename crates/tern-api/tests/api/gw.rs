@@ -837,3 +837,34 @@ async fn deleting_an_account_deletes_its_devices() {
     assert_eq!(snapshot.devices.len(), 1);
     assert!(snapshot.message_stats.iter().all(|(d, _)| *d != gone));
 }
+
+#[tokio::test]
+async fn devices_over_rest_over_mqtt() {
+    let (env, _backend) = gw_env().await;
+    let id = device(&env, "bridge", "b1").await;
+    post(
+        &env,
+        id,
+        json!([{"timestamp": 1, "v": 1}, {"timestamp": 2, "v": 2}]),
+    )
+    .await;
+    let mut c = env.mqtt(ProtocolVersion::V5, "rest", &env.master).await;
+    c.subscribe("replies/#").await;
+    let props = tern_codec::PublishProperties {
+        response_topic: Some("replies/1".into()),
+        ..Default::default()
+    };
+    // GET data from the payload.
+    c.publish(
+        &format!("flespi/rest/get/gw/devices/{id}/messages"),
+        json!({"reverse": true, "count": 1}).to_string().as_bytes(),
+        false,
+        props,
+    )
+    .await;
+    let r = c.next_publish().await;
+    assert_eq!(user_property(&r, "http_code"), Some("200"));
+    let v: Value = serde_json::from_slice(&r.payload).expect("JSON");
+    assert_eq!(v["result"][0]["v"], 2);
+    assert_eq!(v["result"].as_array().map(Vec::len), Some(1));
+}
