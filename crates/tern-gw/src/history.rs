@@ -1,15 +1,19 @@
 //! Reading and deleting device message history: range queries in the store, never a scan of
 //! other devices or of messages outside the range.
 
+use std::collections::BinaryHeap;
+
 use serde_json::Value;
-use tern_store::{MessageRange, Op, Visit};
+use tern_store::{MessageKey, MessageRange, Op, Visit};
 
 use crate::{Gateway, GwError, History, MessageQuery};
 
 impl Gateway {
-    /// Reads the history of `devices` (in that order): a range query per device, `count`
-    /// across them all, at most `max_messages_per_call`. Blocking (store reads): call it off
-    /// the async workers.
+    /// Reads the history of `devices`: a range query per device, merged in the answer's order
+    /// (by `timestamp`, ties in arrival order, reversed with `reverse`), `count` across them
+    /// all, at most `max_messages_per_call`. Each device contributes at most that many
+    /// messages, and only that many are held at once. Blocking (store reads): call it off the
+    /// async workers.
     pub fn messages(&self, devices: &[u64], q: &MessageQuery) -> Result<History, GwError> {
         let max = self.options.max_messages_per_call;
         let wanted = q
@@ -17,9 +21,11 @@ impl Gateway {
             .map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
         let limit = wanted.min(max);
         let now = self.now();
-        let mut out = History::default();
+        // The `limit` first messages of the answer, the last of them on top.
+        let mut best: BinaryHeap<Entry> = BinaryHeap::new();
+        let mut more = false;
         for &device in devices {
-            if out.messages.len() >= limit {
+            if limit == 0 {
                 break;
             }
             let range = MessageRange {
@@ -28,9 +34,9 @@ impl Gateway {
                 to: q.to,
                 reverse: q.reverse,
             };
-            let mut bad = 0u64;
+            let (mut taken, mut bad) = (0usize, 0u64);
             self.store
-                .device_messages(&range, &mut |_, json| {
+                .device_messages(&range, &mut |key, json| {
                     let Ok(msg) = serde_json::from_slice::<Value>(json) else {
                         bad += 1;
                         return Visit::More;
@@ -38,11 +44,16 @@ impl Gateway {
                     if !q.passes(&msg, now) {
                         return Visit::More;
                     }
-                    if out.messages.len() >= limit {
-                        out.truncated = wanted > max;
+                    if taken >= limit {
+                        more = true;
                         return Visit::Stop;
                     }
-                    out.messages.push(q.project(msg));
+                    taken += 1;
+                    best.push(Entry::new(key, q.reverse, msg));
+                    if best.len() > limit {
+                        best.pop();
+                        more = true;
+                    }
                     Visit::More
                 })
                 .map_err(|e| GwError::Store(e.to_string()))?;
@@ -54,7 +65,14 @@ impl Gateway {
                 );
             }
         }
-        Ok(out)
+        Ok(History {
+            messages: best
+                .into_sorted_vec()
+                .into_iter()
+                .map(|e| q.project(e.msg))
+                .collect(),
+            truncated: more && wanted > max,
+        })
     }
 
     /// Deletes the messages of `id` in the query's range (`from..=to`); with a filter, only
@@ -95,5 +113,41 @@ impl Gateway {
             });
         }
         Ok(())
+    }
+}
+
+/// A message with its place in the answer: `order` ascends in the answer's order (the key
+/// negated for `reverse`).
+#[derive(Debug)]
+struct Entry {
+    order: (i128, i128),
+    msg: Value,
+}
+
+impl Entry {
+    fn new(key: MessageKey, reverse: bool, msg: Value) -> Entry {
+        let (ts, seq) = (i128::from(key.ts), i128::from(key.seq));
+        let order = if reverse { (-ts, -seq) } else { (ts, seq) };
+        Entry { order, msg }
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order.cmp(&other.order)
     }
 }

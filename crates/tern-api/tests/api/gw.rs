@@ -868,3 +868,56 @@ async fn devices_over_rest_over_mqtt() {
     assert_eq!(v["result"][0]["v"], 2);
     assert_eq!(v["result"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn messages_of_several_devices_merge_by_timestamp() {
+    let (env, _backend) = gw_env().await;
+    let a = device(&env, "a", "a").await;
+    let b = device(&env, "b", "b").await;
+    post(
+        &env,
+        a,
+        json!([{"timestamp": 1}, {"timestamp": 3}, {"timestamp": 5}]),
+    )
+    .await;
+    post(
+        &env,
+        b,
+        json!([{"timestamp": 2}, {"timestamp": 3}, {"timestamp": 4}]),
+    )
+    .await;
+    let read = |data: Value| {
+        let env = &env;
+        async move {
+            let r = env
+                .master(
+                    "GET",
+                    &format!(
+                        "/gw/devices/{a},{b}/messages?data={}",
+                        enc(&data.to_string())
+                    ),
+                    None,
+                )
+                .await;
+            r.result()
+                .iter()
+                .map(|m| {
+                    (
+                        m["timestamp"].as_u64().unwrap_or(0),
+                        m["device.id"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        read(json!({})).await,
+        vec![(1, a), (2, b), (3, a), (3, b), (4, b), (5, a)],
+        "ties in arrival order"
+    );
+    assert_eq!(
+        read(json!({"reverse": true, "count": 3})).await,
+        vec![(5, a), (4, b), (3, b)]
+    );
+    assert_eq!(read(json!({"count": 2})).await, vec![(1, a), (2, b)]);
+}
