@@ -38,7 +38,24 @@ fn api_error(e: &GwError) -> ApiError {
 /// The ids of the devices the selector `n` segments from the end picks, in id order.
 pub(crate) fn selected(api: &ApiState, call: &Call, n: usize) -> Result<Vec<u64>, ApiError> {
     let sel = call.selector(n)?;
-    let views = api.gateway.selector_views(&call.caller.scope(api));
+    let scope = call.caller.scope(api);
+    if let Some(ids) = sel.only_ids() {
+        // Ids alone (the ingest path: POST /gw/devices/<id>/messages): no need to build every
+        // device's view.
+        let mut ids: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                api.gateway
+                    .device(*id)
+                    .is_some_and(|d| scope.contains(&d.cid))
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        return Ok(ids);
+    }
+    let views = api.gateway.selector_views(&scope);
     Ok(sel
         .filter(views, api.now_secs())
         .iter()
