@@ -26,6 +26,7 @@ impl Gateway {
             metadata: input.metadata.unwrap_or_default(),
         };
         st.next_group += 1;
+        self.put_counters(&st);
         self.put_group(&g);
         let item = g.item();
         st.groups.insert(g.id, g);

@@ -155,8 +155,17 @@ impl Gateway {
                 state.telemetry.insert(*id, Telemetry::from_json(&doc));
             }
         }
-        state.next_device = state.devices.keys().next_back().map_or(1, |k| k + 1);
-        state.next_group = state.groups.keys().next_back().map_or(1, |k| k + 1);
+        // Ids are never reused: the counters are stored, and at least past every id held.
+        let meta: Value = snapshot
+            .gw_meta
+            .as_ref()
+            .and_then(|j| serde_json::from_slice(j).ok())
+            .unwrap_or_default();
+        let stored = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(1);
+        state.next_device =
+            stored("next_device").max(state.devices.keys().next_back().map_or(1, |k| k + 1));
+        state.next_group =
+            stored("next_group").max(state.groups.keys().next_back().map_or(1, |k| k + 1));
         let seq = broker.clock.now().max(1);
         Arc::new(Gateway {
             broker,
@@ -219,6 +228,14 @@ impl Gateway {
             .map(|o| o.id)
     }
 
+    /// Stores the id counters (after an id was taken).
+    fn put_counters(&self, st: &State) {
+        let json = json!({"next_device": st.next_device, "next_group": st.next_group});
+        self.store.submit(Op::PutGwMeta {
+            json: Bytes::from(json.to_string()),
+        });
+    }
+
     fn put_device(&self, d: &Device) {
         match serde_json::to_vec(d) {
             Ok(json) => {
@@ -246,6 +263,7 @@ impl Gateway {
         }
         d.id = st.next_device;
         st.next_device += 1;
+        self.put_counters(&st);
         self.put_device(&d);
         let item = self.item_of(&d);
         publish::state(&self.broker, d.cid, d.id, None, &item);

@@ -61,6 +61,8 @@ const QUEUE: TableDefinition<Bin, Bin> = TableDefinition::new("queue");
 const INCOMING: TableDefinition<Bin, Bin> = TableDefinition::new("incoming");
 // The devices layer (tern-gw). Stores made before these tables existed open as they are: a
 // missing table reads as empty and the first write transaction creates it.
+const GW_META: TableDefinition<&str, Bin> = TableDefinition::new("gw_meta");
+const GW_META_KEY: &str = "meta";
 const DEVICES: TableDefinition<Bin, Bin> = TableDefinition::new("devices");
 const GROUPS: TableDefinition<Bin, Bin> = TableDefinition::new("groups");
 const TELEMETRY: TableDefinition<Bin, Bin> = TableDefinition::new("telemetry");
@@ -363,6 +365,7 @@ struct Tables<'t> {
     subscriptions: Table<'t, Bin, Bin>,
     queue: Table<'t, Bin, Bin>,
     incoming: Table<'t, Bin, Bin>,
+    gw_meta: Table<'t, &'static str, Bin>,
     devices: Table<'t, Bin, Bin>,
     groups: Table<'t, Bin, Bin>,
     telemetry: Table<'t, Bin, Bin>,
@@ -383,6 +386,7 @@ impl<'t> Tables<'t> {
             subscriptions: tx.open_table(SUBSCRIPTIONS).map_err(engine)?,
             queue: tx.open_table(QUEUE).map_err(engine)?,
             incoming: tx.open_table(INCOMING).map_err(engine)?,
+            gw_meta: tx.open_table(GW_META).map_err(engine)?,
             devices: tx.open_table(DEVICES).map_err(engine)?,
             groups: tx.open_table(GROUPS).map_err(engine)?,
             telemetry: tx.open_table(TELEMETRY).map_err(engine)?,
@@ -508,6 +512,10 @@ impl<'t> Tables<'t> {
                         format::session_child_key(&sk, &packet_id.to_be_bytes()).as_slice(),
                     )?;
                 }
+            }
+            Op::PutGwMeta { json } => {
+                self.gw_meta
+                    .insert(GW_META_KEY, versioned(json).as_slice())?;
             }
             Op::PutDevice { id, json } => {
                 self.devices
@@ -849,6 +857,23 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
             let fail = |e| corrupt(def.name(), k.value(), e);
             let id = format::decode_id_key(k.value()).map_err(fail)?;
             out.push((id, unversioned(v.value()).map_err(fail)?));
+        }
+    }
+    match tx.open_table(GW_META) {
+        Ok(table) => {
+            if let Some(v) = table.get(GW_META_KEY).map_err(engine)? {
+                snap.gw_meta = Some(
+                    unversioned(v.value())
+                        .map_err(|e| corrupt("gw_meta", GW_META_KEY.as_bytes(), e))?,
+                );
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("table gw_meta: {e}"),
+            });
         }
     }
     if let Some(table) = optional(MESSAGE_STATS)? {

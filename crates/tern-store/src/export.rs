@@ -46,6 +46,11 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    if let Some(json) = &snapshot.gw_meta {
+        line(&Line::GwMeta {
+            json: Data::of(json),
+        })?;
+    }
     for (id, json) in &snapshot.devices {
         line(&Line::Device {
             id: *id,
@@ -232,6 +237,10 @@ enum Line {
     Retained {
         msg: MessageJson,
     },
+    /// The devices layer's own record (its id counters).
+    GwMeta {
+        json: Data,
+    },
     /// A device of the devices layer (its JSON document).
     Device {
         id: u64,
@@ -315,6 +324,9 @@ impl Line {
             },
             Line::Retained { msg } => Op::PutRetained {
                 msg: Arc::new(msg.into_message()?),
+            },
+            Line::GwMeta { json } => Op::PutGwMeta {
+                json: json.bytes()?,
             },
             Line::Device { id, json } => Op::PutDevice {
                 id,

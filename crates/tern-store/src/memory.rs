@@ -25,6 +25,7 @@ pub struct MemoryState {
     pub tokens: BTreeMap<u64, Bytes>,
     pub retained: BTreeMap<(Cid, ByteString), Arc<Message>>,
     pub sessions: BTreeMap<SessionKey, MemorySession>,
+    pub gw_meta: Option<Bytes>,
     pub devices: BTreeMap<DeviceId, Bytes>,
     pub groups: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
@@ -129,6 +130,9 @@ impl MemoryState {
                 if let Some(s) = self.sessions.get_mut(key) {
                     s.incoming_qos2.remove(packet_id);
                 }
+            }
+            Op::PutGwMeta { json } => {
+                self.gw_meta = Some(json.clone());
             }
             Op::PutDevice { id, json } => {
                 self.devices.insert(*id, json.clone());
@@ -247,6 +251,7 @@ impl MemoryState {
                     incoming_qos2: s.incoming_qos2.keys().copied().collect(),
                 })
                 .collect(),
+            gw_meta: self.gw_meta.clone(),
             devices: self.devices.iter().map(|(k, v)| (*k, v.clone())).collect(),
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self

@@ -125,6 +125,8 @@ pub struct Snapshot {
     /// Retained messages (each carries its account in `cid`).
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<SessionSnapshot>,
+    /// The devices layer's own record (its id counters), if written.
+    pub gw_meta: Option<Bytes>,
     /// Devices as JSON documents, by id (tern-gw owns the schema).
     pub devices: Vec<(u64, Bytes)>,
     /// Device groups as JSON documents, by id.

@@ -82,6 +82,10 @@ pub enum Op {
         key: SessionKey,
         packet_id: PacketId,
     },
+    /// Replaces the devices layer's own record (its id counters), a JSON document.
+    PutGwMeta {
+        json: Bytes,
+    },
     /// Creates or replaces a device document (tern-gw; the devices layer owns the schema).
     PutDevice {
         id: DeviceId,

@@ -708,9 +708,13 @@ async fn a_restart_keeps_devices_groups_telemetry_and_messages() {
         env.master("GET", "/gw/groups/all", None).await.result()[0]["name"],
         "g"
     );
-    // New ids do not reuse old ones.
-    let next = device(&env, "new", "k2").await;
-    assert!(next > id);
+    // New ids never reuse old ones, not even the last one deleted.
+    let last = device(&env, "last", "k2").await;
+    env.master("DELETE", &format!("/gw/devices/{last}"), None)
+        .await;
+    let env = env.restart(&backend, GwOptions::default()).await;
+    let next = device(&env, "new", "k3").await;
+    assert!(next > last, "{next} after {last}");
 }
 
 #[tokio::test]
