@@ -72,6 +72,9 @@ pub struct GwOptions {
     pub inactivity_timeout: u64,
     /// Most messages one POST may carry.
     pub max_messages_per_post: usize,
+    /// History reads (and filtered deletes) running at once; more wait for a turn
+    /// ([`Gateway::reading`]). Each holds up to `max_messages_per_call` messages.
+    pub max_concurrent_reads: usize,
 }
 
 impl Default for GwOptions {
@@ -81,6 +84,7 @@ impl Default for GwOptions {
             retention_interval: Duration::from_secs(3600),
             inactivity_timeout: 600,
             max_messages_per_post: 10_000,
+            max_concurrent_reads: 8,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct Gateway {
     store: Store,
     pub options: GwOptions,
     state: Mutex<State>,
+    /// Turns for history reads (`max_concurrent_reads`).
+    reads: tokio::sync::Semaphore,
     /// Arrival sequence of messages (ties of one timestamp keep arrival order). Starts at the
     /// wall clock in microseconds, so it keeps increasing across restarts.
     seq: AtomicU64,
@@ -171,10 +177,17 @@ impl Gateway {
             broker,
             directory,
             store,
+            reads: tokio::sync::Semaphore::new(options.max_concurrent_reads.max(1)),
             options,
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
         })
+    }
+
+    /// Waits for a turn to read history (at most `max_concurrent_reads` at once, so memory
+    /// stays bounded however many clients ask); hold the permit while reading.
+    pub async fn reading(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.reads.acquire().await.ok()
     }
 
     fn now(&self) -> f64 {

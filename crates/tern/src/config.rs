@@ -408,6 +408,9 @@ pub struct Gw {
     pub max_messages_per_call: usize,
     /// Most messages one `POST /gw/devices/{sel}/messages` may carry.
     pub max_messages_per_post: usize,
+    /// History reads running at once (each holds up to `max_messages_per_call` messages);
+    /// more wait for a turn.
+    pub max_concurrent_reads: usize,
     /// Seconds between two retention sweeps (`messages_ttl`, `messages_rotate`).
     pub retention_interval: u64,
     /// A device is `connected` while its last message came within this many seconds.
@@ -420,6 +423,7 @@ impl Default for Gw {
         Gw {
             max_messages_per_call: d.max_messages_per_call,
             max_messages_per_post: d.max_messages_per_post,
+            max_concurrent_reads: d.max_concurrent_reads,
             retention_interval: d.retention_interval.as_secs(),
             inactivity_timeout: d.inactivity_timeout,
         }
@@ -964,6 +968,7 @@ impl Config {
         tern_gw::GwOptions {
             max_messages_per_call: self.gw.max_messages_per_call,
             max_messages_per_post: self.gw.max_messages_per_post,
+            max_concurrent_reads: self.gw.max_concurrent_reads,
             retention_interval: Duration::from_secs(self.gw.retention_interval.max(1)),
             inactivity_timeout: self.gw.inactivity_timeout,
         }

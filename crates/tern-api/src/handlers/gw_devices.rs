@@ -277,6 +277,7 @@ pub(crate) async fn get_messages(
     let data: MessagesData = data_of(&call)?;
     let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
+    let _turn = api.gateway.reading().await;
     let gw = api.gateway.clone();
     let fields = query.fields.clone();
     let history = tokio::task::spawn_blocking(move || gw.messages(&ids, &query))
@@ -316,6 +317,7 @@ pub(crate) async fn delete_messages(
     let data: DeleteData = data_of(&call)?;
     let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
+    let _turn = api.gateway.reading().await;
     let gw = api.gateway.clone();
     tokio::task::spawn_blocking(move || {
         ids.iter()
