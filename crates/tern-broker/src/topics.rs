@@ -96,6 +96,10 @@ pub mod device_event {
     pub const CREATED: &str = "created";
     pub const UPDATED: &str = "updated";
     pub const DELETED: &str = "deleted";
+    /// A message arrived after none for `gw.inactivity_timeout`.
+    pub const CONNECTED: &str = "connected";
+    /// No message for `gw.inactivity_timeout`.
+    pub const DISCONNECTED: &str = "disconnected";
 }
 
 /// `flespi/state/gw/devices/<id>`.

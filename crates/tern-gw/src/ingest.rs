@@ -7,6 +7,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tern_store::Op;
 
+use tern_broker::topics::device_event;
+
 use crate::{Device, Gateway, GwError, message, publish, telemetry};
 
 impl Gateway {
@@ -28,6 +30,7 @@ impl Gateway {
             .ok_or(GwError::NotFound { what: "device", id })?
             .clone();
         let prepared = prepare(&d, messages, now)?;
+        let d_cid = d.cid;
         let mut stored = Vec::with_capacity(prepared.len());
         let mut touched: Vec<String> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
@@ -84,6 +87,9 @@ impl Gateway {
             let item = self.item_of(&new);
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
             st.devices.insert(id, new);
+        }
+        if !prepared.is_empty() && st.online.insert(id) {
+            publish::log(&self.broker, d_cid, id, device_event::CONNECTED, None, None);
         }
         Ok(())
     }

@@ -24,7 +24,7 @@
 //! - `telemetry`: per-parameter `{value, ts}`, the late-message rule, `position`, the LRU cap
 //! - `ingest`: messages posted into a device; `history`: reading and deleting them;
 //!   `telemetry_ops`: reading and deleting telemetry; `groups`: group operations;
-//!   `retention`: the sweep
+//!   `retention`: the retention sweep and the activity check (`connected`/`disconnected`)
 //! - the crate root: the `Gateway`, its state, and the device operations
 //! - `publish`: the `flespi/state|log|message/gw/devices/...` publications
 //! - `error`: `GwError`
@@ -111,6 +111,9 @@ struct State {
     devices: BTreeMap<u64, Device>,
     telemetry: HashMap<u64, Telemetry>,
     groups: BTreeMap<u64, Group>,
+    /// Devices whose `connected` transition was announced and not yet its end (the activity
+    /// check publishes `disconnected` when they fall silent).
+    online: HashSet<u64>,
     next_device: u64,
     next_group: u64,
 }
@@ -172,6 +175,16 @@ impl Gateway {
             stored("next_device").max(state.devices.keys().next_back().map_or(1, |k| k + 1));
         state.next_group =
             stored("next_group").max(state.groups.keys().next_back().map_or(1, |k| k + 1));
+        let now = broker.clock.now() / 1_000_000;
+        state.online = state
+            .devices
+            .values()
+            .filter(|d| {
+                d.last_active
+                    .is_some_and(|t| now.saturating_sub(t) < options.inactivity_timeout)
+            })
+            .map(|d| d.id)
+            .collect();
         let seq = broker.clock.now().max(1);
         Arc::new(Gateway {
             broker,
@@ -442,6 +455,7 @@ impl Gateway {
             .devices
             .remove(&id)
             .ok_or(GwError::NotFound { what: "device", id })?;
+        st.online.remove(&id);
         let item = self.item_of(&d);
         self.store.submit(Op::DelDevice { id });
         let params: Vec<String> = st

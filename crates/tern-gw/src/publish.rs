@@ -27,6 +27,10 @@ pub mod event_code {
     pub const CREATED: u64 = 1;
     pub const UPDATED: u64 = 2;
     pub const DELETED: u64 = 3;
+    /// flespi's.
+    pub const CONNECTED: u64 = 300;
+    /// flespi's.
+    pub const DISCONNECTED: u64 = 301;
 }
 
 fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) {
@@ -125,6 +129,8 @@ pub fn log(
     let code = match event {
         device_event::CREATED => event_code::CREATED,
         device_event::UPDATED => event_code::UPDATED,
+        device_event::CONNECTED => event_code::CONNECTED,
+        device_event::DISCONNECTED => event_code::DISCONNECTED,
         _ => event_code::DELETED,
     };
     let mut record = json!({

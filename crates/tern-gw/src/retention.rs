@@ -1,11 +1,19 @@
-//! Retention (docs/flespi.md#devices): messages older than a device's `messages_ttl` and its
-//! oldest beyond `messages_rotate` KB go, in a periodic sweep off the ingest path.
+//! The devices layer's periodic work (docs/flespi.md#devices), off the ingest path: retention
+//! (messages older than a device's `messages_ttl` and its oldest beyond `messages_rotate` KB
+//! go) and the activity check (a device silent for `inactivity_timeout` is `disconnected`).
+//! Both take `now`, so tests run them without sleeping.
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tern_broker::topics::device_event;
 use tern_store::{MessageRange, Op, Visit};
 
-use crate::{Gateway, Swept, message};
+use crate::{Gateway, Swept, message, publish};
+
+/// How often devices are checked for falling silent (`disconnected`).
+pub const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// One retention pass at `now` (unix seconds): for each device, messages older than
@@ -69,18 +77,62 @@ impl Gateway {
         swept
     }
 
-    /// Runs [`Gateway::sweep`] every `retention_interval` until the broker shuts down.
+    /// Devices that fell silent at `now` (unix seconds): no message for
+    /// `inactivity_timeout`. Each gets its `connected` property set to false (state topics) and
+    /// a `disconnected` log record. Returns how many.
+    pub fn check_activity(&self, now: f64) -> usize {
+        let mut st = self.state.lock();
+        let now = now.max(0.0) as u64;
+        let silent: Vec<u64> = st
+            .online
+            .iter()
+            .copied()
+            .filter(|id| {
+                st.devices.get(id).is_none_or(|d| {
+                    d.last_active
+                        .is_none_or(|t| now.saturating_sub(t) >= self.options.inactivity_timeout)
+                })
+            })
+            .collect();
+        for id in &silent {
+            st.online.remove(id);
+            if let Some(d) = st.devices.get(id) {
+                let size = self.messages_size(*id);
+                let (was, is) = (d.item(true, size), d.item(false, size));
+                publish::state(&self.broker, d.cid, *id, Some(&was), &is);
+                publish::log(
+                    &self.broker,
+                    d.cid,
+                    *id,
+                    device_event::DISCONNECTED,
+                    None,
+                    None,
+                );
+            }
+        }
+        silent.len()
+    }
+
+    /// Runs [`Gateway::sweep`] every `retention_interval` and [`Gateway::check_activity`]
+    /// every [`ACTIVITY_EVERY`] until the broker shuts down.
     pub async fn run_retention(self: Arc<Self>) {
         let shutdown = self.broker.shutdown_token().clone();
+        let mut sweep = tokio::time::interval(self.options.retention_interval);
+        let mut activity = tokio::time::interval(ACTIVITY_EVERY);
+        sweep.tick().await;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.options.retention_interval) => {}
+                _ = sweep.tick() => {
+                    let gw = self.clone();
+                    let now = self.now();
+                    if let Err(err) = tokio::task::spawn_blocking(move || gw.sweep(now)).await {
+                        tracing::error!(%err, "the retention sweep failed");
+                    }
+                }
+                _ = activity.tick() => {
+                    self.check_activity(self.now());
+                }
                 _ = shutdown.cancelled() => return,
-            }
-            let gw = self.clone();
-            let now = self.now();
-            if let Err(err) = tokio::task::spawn_blocking(move || gw.sweep(now)).await {
-                tracing::error!(%err, "the retention sweep failed");
             }
         }
     }

@@ -925,3 +925,37 @@ async fn messages_of_several_devices_merge_by_timestamp() {
     );
     assert_eq!(read(json!({"count": 2})).await, vec![(1, a), (2, b)]);
 }
+
+#[tokio::test]
+async fn connected_and_disconnected_are_logged() {
+    let (env, _backend) = gw_env().await;
+    let id = device(&env, "d", "c1").await;
+    let mut watch = env.mqtt(ProtocolVersion::V5, "watch", &env.master).await;
+    watch
+        .subscribe(&format!("flespi/log/gw/devices/{id}/+"))
+        .await;
+    watch
+        .subscribe(&format!("flespi/state/gw/devices/{id}/connected"))
+        .await;
+    drain(&mut watch).await;
+    post(&env, id, json!({"x": 1})).await;
+    let ps = drain(&mut watch).await;
+    let log = on(&ps, &format!("flespi/log/gw/devices/{id}/connected"));
+    assert_eq!(payload(log[0])["event_code"], 300);
+    let state = on(&ps, &format!("flespi/state/gw/devices/{id}/connected"));
+    assert_eq!(payload(state[0]), json!(true));
+    // A second message announces nothing new.
+    post(&env, id, json!({"x": 2})).await;
+    let ps = drain(&mut watch).await;
+    assert!(on(&ps, &format!("flespi/log/gw/devices/{id}/connected")).is_empty());
+
+    let now = env.broker.clock.now() as f64 / 1e6;
+    assert_eq!(env.gateway.check_activity(now), 0, "still active");
+    assert_eq!(env.gateway.check_activity(now + 601.0), 1);
+    let ps = drain(&mut watch).await;
+    let log = on(&ps, &format!("flespi/log/gw/devices/{id}/disconnected"));
+    assert_eq!(payload(log[0])["event_code"], 301);
+    let state = on(&ps, &format!("flespi/state/gw/devices/{id}/connected"));
+    assert_eq!(payload(state[0]), json!(false));
+    assert_eq!(env.gateway.check_activity(now + 602.0), 0, "announced once");
+}
