@@ -336,6 +336,41 @@ pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
     verify(&dir.join(STORE_FILE))
 }
 
+/// Writes the store in `dir` as an export (`tern store export`): what [`load`] reads, then
+/// every device message, streamed in key order (never all in memory). Reads only, with the
+/// same checks as [`load`].
+pub fn export_dir(dir: &Path, out: &mut dyn std::io::Write) -> Result<(), StoreError> {
+    let _lock = lock(dir)?;
+    let path = dir.join(STORE_FILE);
+    let io = |e: io::Error| StoreError::Io {
+        path: path.clone(),
+        source: e,
+    };
+    verify_with(&path, |db, snapshot| {
+        crate::export::export(&snapshot, &mut &mut *out).map_err(io)?;
+        let tx = db.begin_read().map_err(engine)?;
+        let table = match tx.open_table(MESSAGES) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(engine(e)),
+        };
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let (device, key) =
+                devices::decode_message_key(k.value()).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("table device_messages: {e}"),
+                })?;
+            let json = unversioned(v.value()).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("table device_messages, device {device}: {e}"),
+            })?;
+            crate::export::export_message(device, key, &json, &mut *out).map_err(io)?;
+        }
+        out.flush().map_err(io)
+    })
+}
+
 /// Why applying an op failed: the engine, an op that cannot be encoded (a client id over 64
 /// KiB), or a stored record that does not decode.
 enum Fail {
@@ -714,6 +749,14 @@ fn lock(path: &Path) -> Result<File, StoreError> {
 /// check there, checks the identity and version and decodes every record. Nothing is written
 /// to the file.
 fn verify(path: &Path) -> Result<Snapshot, StoreError> {
+    verify_with(path, |_, snapshot| Ok(snapshot))
+}
+
+/// [`verify`], then `then` on the verified (overlay) database and its snapshot.
+fn verify_with<T>(
+    path: &Path,
+    then: impl FnOnce(&Database, Snapshot) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         detail,
@@ -727,14 +770,15 @@ fn verify(path: &Path) -> Result<Snapshot, StoreError> {
     let os_failure = overlay.os_failure.clone();
     // redb checks every page checksum here and reports damage as an error, but it has internal
     // assertions too: a panic while reading a damaged file is a refusal, not a crash.
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Snapshot, StoreError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<T, StoreError> {
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create_with_backend(overlay)
             .map_err(|e| open_error(path, e))?;
         check_meta(path, &db)?;
-        read_snapshot(path, &db)
+        let snapshot = read_snapshot(path, &db)?;
+        then(&db, snapshot)
     }));
     if let Some(e) = os_failure.lock().take() {
         return Err(io_err(path)(e));

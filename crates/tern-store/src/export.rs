@@ -130,6 +130,22 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
     out.flush()
 }
 
+/// Writes one device message line (after the snapshot's lines: [`crate::export_dir`]).
+pub(crate) fn export_message(
+    device: u64,
+    key: crate::MessageKey,
+    json: &Bytes,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    Line::Message {
+        device,
+        ts: key.ts,
+        seq: key.seq,
+        json: Data::of(json),
+    }
+    .write_line(out)
+}
+
 /// Reads an export back as the ops that recreate it, in file order (apply them to an empty
 /// store). Every line is checked: a bad line is an error naming its number, and a record of a
 /// session must come after that session's line.
@@ -250,6 +266,13 @@ enum Line {
         id: u64,
         json: Data,
     },
+    /// A device message (after its device): key (`ts` in µs, `seq`) and JSON document.
+    Message {
+        device: u64,
+        ts: i64,
+        seq: u64,
+        json: Data,
+    },
     /// A device's telemetry document (after its device).
     Telemetry {
         device: u64,
@@ -335,6 +358,15 @@ impl Line {
             Line::Group { id, json } => Op::PutGroup {
                 id,
                 json: json.bytes()?,
+            },
+            Line::Message {
+                device,
+                ts,
+                seq,
+                json,
+            } => Op::AppendMessages {
+                device,
+                messages: vec![(crate::MessageKey { ts, seq }, json.bytes()?)],
             },
             Line::Telemetry { device, json } => Op::PutTelemetry {
                 device,

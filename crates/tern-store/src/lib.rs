@@ -30,7 +30,7 @@ mod model;
 mod op;
 
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
-pub use disk::{DiskBackend, STORE_FILE, load};
+pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;
 pub use export::{EXPORT_VERSION, export, import};
 pub use fault::{FaultSwitch, FaultyBackend};

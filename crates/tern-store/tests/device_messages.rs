@@ -416,3 +416,58 @@ mod model {
         }
     }
 }
+
+#[test]
+fn export_and_import_carry_device_messages() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(src.path()).expect("open");
+    disk.apply(&ops()).expect("apply");
+    disk.sync().expect("sync");
+    drop(disk);
+    let mut out = Vec::new();
+    tern_store::export_dir(src.path(), &mut out).expect("export");
+    let text = String::from_utf8(out.clone()).expect("UTF-8");
+    assert!(
+        text.contains(r#"{"kind":"message","device":1,"ts":-5,"seq":501,"json":"{\"early\":1}"}"#),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(r#""kind":"message""#))
+            .count(),
+        72
+    );
+
+    let ops = tern_store::import(out.as_slice()).expect("import");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(dst.path()).expect("open");
+    disk.apply(&ops).expect("apply");
+    disk.sync().expect("sync");
+    let reader = disk.reader().expect("reader");
+    let mut seen = Vec::new();
+    reader
+        .device_messages(
+            &MessageRange {
+                device: 1,
+                from: i64::MIN,
+                to: i64::MAX,
+                reverse: false,
+            },
+            &mut |k, json| {
+                seen.push((k, json.to_vec()));
+                Visit::More
+            },
+        )
+        .expect("read");
+    assert_eq!(seen.len(), 52);
+    assert_eq!(
+        seen[0],
+        (MessageKey { ts: -5, seq: 501 }, b"{\"early\":1}".to_vec())
+    );
+    drop(reader);
+    drop(disk);
+    assert_eq!(
+        tern_store::load(dst.path()).expect("load"),
+        tern_store::load(src.path()).expect("load")
+    );
+}
