@@ -88,3 +88,9 @@ grep -q '"rest":"http://localhost:8080","mqtt-ws":"localhost:8080","mqtt":"local
   cat "$work/out"
   exit 1
 }
+run_block "### Devices"
+grep -q '/telemetry/position.speed 42 cid:1 timestamp:1700000000.000000' "$work/out" || {
+  echo "readme-test: FAILED: the device walkthrough showed no telemetry with its time:"
+  cat "$work/out"
+  exit 1
+}

@@ -137,7 +137,7 @@ async fn every_answer_carries_allow_origin() {
             vec!["Authorization: FlespiToken nope"],
             401,
         ),
-        ("GET", "/gw/devices/all", vec![APP], 404),
+        ("GET", "/gw/devices/all", vec![APP], 401),
         ("GET", "/no/such/path", vec![], 404),
         ("DELETE", "/health", vec![APP], 405),
         (

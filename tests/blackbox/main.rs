@@ -21,6 +21,7 @@ mod connect;
 mod cors;
 mod filter;
 mod flow_control;
+mod gw;
 mod limits;
 mod malformed;
 mod metrics;

@@ -126,7 +126,14 @@ impl Params {
                     Ok(n) => params.offset = Some(n),
                     Err(e) => errors.push(e),
                 },
-                "data" => match serde_json::from_str::<Value>(&value) {
+                // Clients send `data` half-encoded: a `+` that cannot be a form-encoded space
+                // (the JSON would not parse) is taken as a literal plus (`1e+5`).
+                "data" => match serde_json::from_str::<Value>(&value).or_else(|e| {
+                    let literal = percent_decode_str(pair.split_once('=').map_or("", |p| p.1))
+                        .decode_utf8_lossy()
+                        .into_owned();
+                    serde_json::from_str::<Value>(&literal).map_err(|_| e)
+                }) {
                     Ok(Value::Object(map)) => params.data = Some(map),
                     Ok(_) => errors.push(bad("data must be a JSON object")),
                     Err(e) => errors.push(bad(format!("data is not valid JSON: {e}"))),
@@ -279,6 +286,12 @@ mod tests {
         assert_eq!(p.fields, vec!["id", "name"]);
         assert_eq!((p.limit, p.offset), (Some(5), Some(2)));
         assert_eq!(p.data.map(Value::Object), Some(serde_json::json!({"a": 1})));
+        // A raw `+` that cannot be a space (it would break the JSON) is a plus.
+        let p = Params::parse(r#"data={"from":1e+5,%20"count":1}"#, 10).expect("lenient");
+        assert_eq!(
+            p.data.map(Value::Object),
+            Some(serde_json::json!({"from": 1e5, "count": 1}))
+        );
         let err = Params::parse("limit=-1&offset=x&limit=11", 10).expect_err("three problems");
         assert_eq!(err.errors.len(), 3);
     }

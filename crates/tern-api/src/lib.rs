@@ -74,7 +74,7 @@
 //! - `reply`: the success envelope, `fields`, pagination, CSV
 //! - `items`: the JSON items the endpoints serve and accept
 //! - `handlers/`: one module per resource (`auth`, `customer`, `tokens`, `subaccounts`,
-//!   `sessions`, `subscriptions`, `messages`)
+//!   `sessions`, `subscriptions`, `messages`, `gw_devices`, `gw_groups`)
 //! - `state`: the `flespi/state/platform/...` topics
 //! - `bridge`: REST over MQTT
 //! - `durable`: changes refused while the store cannot write, answered once durable
@@ -96,6 +96,7 @@ use std::sync::Arc;
 
 use tern_broker::Broker;
 use tern_broker::accounts::Directory;
+use tern_gw::Gateway;
 
 pub use bridge::install_bridge;
 pub use error::{ApiError, ErrorItem};
@@ -155,14 +156,17 @@ impl Default for ApiOptions {
 pub struct ApiState {
     pub broker: Arc<Broker>,
     pub directory: Arc<Directory>,
+    /// The devices layer (`/gw/...`).
+    pub gateway: Arc<Gateway>,
     pub options: Arc<ApiOptions>,
 }
 
 impl ApiState {
-    pub fn new(broker: Arc<Broker>, directory: Arc<Directory>) -> ApiState {
+    pub fn new(broker: Arc<Broker>, directory: Arc<Directory>, gateway: Arc<Gateway>) -> ApiState {
         ApiState {
             broker,
             directory,
+            gateway,
             options: Arc::new(ApiOptions::default()),
         }
     }
@@ -170,11 +174,13 @@ impl ApiState {
     pub fn with_options(
         broker: Arc<Broker>,
         directory: Arc<Directory>,
+        gateway: Arc<Gateway>,
         options: ApiOptions,
     ) -> ApiState {
         ApiState {
             broker,
             directory,
+            gateway,
             options: Arc::new(options),
         }
     }

@@ -15,7 +15,9 @@ use utoipa_axum::routes;
 
 use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
-use crate::handlers::{auth, customer, messages, sessions, subaccounts, subscriptions, tokens};
+use crate::handlers::{
+    auth, customer, gw_devices, gw_groups, messages, sessions, subaccounts, subscriptions, tokens,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +32,7 @@ use crate::handlers::{auth, customer, messages, sessions, subaccounts, subscript
         (name = "auth", description = "The calling token"),
         (name = "platform", description = "Accounts and tokens (master tokens only)"),
         (name = "mqtt", description = "MQTT sessions, subscriptions and retained messages"),
+        (name = "gw", description = "Devices, their messages and telemetry, and device groups"),
     )
 )]
 struct ApiDoc;
@@ -75,6 +78,36 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         .routes(routes!(subscriptions::list, subscriptions::delete))
         .routes(routes!(messages::publish))
         .routes(routes!(messages::list, messages::delete))
+        .routes(routes!(gw_devices::create))
+        .routes(routes!(
+            gw_devices::list,
+            gw_devices::put,
+            gw_devices::patch,
+            gw_devices::delete
+        ))
+        .routes(routes!(gw_devices::move_cid))
+        .routes(routes!(
+            gw_devices::post_messages,
+            gw_devices::get_messages,
+            gw_devices::delete_messages
+        ))
+        .routes(routes!(
+            gw_devices::telemetry_all,
+            gw_devices::delete_telemetry_all
+        ))
+        .routes(routes!(gw_devices::telemetry, gw_devices::delete_telemetry))
+        .routes(routes!(gw_groups::create))
+        .routes(routes!(
+            gw_groups::list,
+            gw_groups::put,
+            gw_groups::patch,
+            gw_groups::delete
+        ))
+        .routes(routes!(
+            gw_groups::list_devices,
+            gw_groups::add_devices,
+            gw_groups::remove_devices
+        ))
 }
 
 /// The OpenAPI description of every endpoint [`router`] serves.
@@ -109,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/auth/{*rest}", any(unknown_uri))
         .route("/platform/{*rest}", any(unknown_uri))
         .route("/mqtt/{*rest}", any(unknown_uri))
+        .route("/gw/{*rest}", any(unknown_uri))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::durable::durable,

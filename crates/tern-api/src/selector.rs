@@ -84,6 +84,12 @@ impl Selector {
         }
     }
 
+    /// The ids when the selector is nothing but ids (`1,2,3`): the caller can look them up
+    /// instead of filtering every item.
+    pub fn only_ids(&self) -> Option<&[u64]> {
+        (!self.ids.is_empty() && self.conditions.is_empty()).then_some(self.ids.as_slice())
+    }
+
     /// Whether `item` is selected.
     pub fn matches(&self, item: &Value, now: f64) -> bool {
         if !self.ids.is_empty()
@@ -308,6 +314,9 @@ mod tests {
             "encoded commas split item selectors"
         );
         assert!(!sel("{exists(\"nothing\")}").matches(&a, 0.0));
+        assert_eq!(sel("1,5").only_ids(), Some(&[1u64, 5][..]));
+        assert_eq!(sel("5,cid=1000").only_ids(), None);
+        assert_eq!(sel("all").only_ids(), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! - `admin`: actions for the REST API
 //! - `views`: what the REST API and the session events show of a session and its subscriptions
 //! - `bridge`: the REST bridge hook (`RestCall`, `RestBridge`) for REST over MQTT
+//! - `gateway_api`: what the devices layer needs beyond `message`/`publish` (`message_at`)
 //! - `auth`: the authentication hook
 //! - `rights`: what a principal may do with topics (master, standard, ACL grants)
 //! - `quota`: account quotas, of one account and of its ancestor chain
@@ -48,6 +49,7 @@ pub mod config;
 pub mod connection;
 mod events;
 pub mod filter;
+mod gateway_api;
 mod handlers;
 mod held;
 pub mod message;

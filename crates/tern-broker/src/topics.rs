@@ -78,6 +78,55 @@ pub fn subaccount_state_topic(id: Cid) -> String {
     format!("{SUBACCOUNT_STATE_PREFIX}{id}")
 }
 
+/// The devices layer (`tern-gw`, docs/flespi.md#devices), in the device's account namespace:
+/// `flespi/state/gw/devices/<id>` (the item, retained), `.../<id>/<property>` (one property,
+/// retained), `.../<id>/telemetry/<param>` (one telemetry value, retained, 7 levels),
+/// `.../<id>/deleted` (`true`, not retained, after a delete), `flespi/log/gw/devices/<id>/<event>`
+/// and `flespi/message/gw/devices/<id>`.
+pub const DEVICE_STATE_PREFIX: &str = "flespi/state/gw/devices/";
+/// The prefix of device log records: `flespi/log/gw/devices/<id>/<event>`.
+pub const DEVICE_LOG_PREFIX: &str = "flespi/log/gw/devices/";
+/// The prefix of device messages: `flespi/message/gw/devices/<id>`.
+pub const DEVICE_MESSAGE_PREFIX: &str = "flespi/message/gw/devices/";
+/// The property topic published (not retained) once a device is deleted.
+pub const DEVICE_DELETED_PROPERTY: &str = "deleted";
+
+/// The device events logged on `flespi/log/gw/devices/<id>/<event>`.
+pub mod device_event {
+    pub const CREATED: &str = "created";
+    pub const UPDATED: &str = "updated";
+    pub const DELETED: &str = "deleted";
+    /// A message arrived after none for `gw.inactivity_timeout`.
+    pub const CONNECTED: &str = "connected";
+    /// No message for `gw.inactivity_timeout`.
+    pub const DISCONNECTED: &str = "disconnected";
+}
+
+/// `flespi/state/gw/devices/<id>`.
+pub fn device_state_topic(id: u64) -> String {
+    format!("{DEVICE_STATE_PREFIX}{id}")
+}
+
+/// `flespi/state/gw/devices/<id>/<property>`.
+pub fn device_property_topic(id: u64, property: &str) -> String {
+    format!("{DEVICE_STATE_PREFIX}{id}/{property}")
+}
+
+/// `flespi/state/gw/devices/<id>/telemetry/<param>`.
+pub fn device_telemetry_topic(id: u64, param: &str) -> String {
+    format!("{DEVICE_STATE_PREFIX}{id}/telemetry/{param}")
+}
+
+/// `flespi/log/gw/devices/<id>/<event>`.
+pub fn device_log_topic(id: u64, event: &str) -> String {
+    format!("{DEVICE_LOG_PREFIX}{id}/{event}")
+}
+
+/// `flespi/message/gw/devices/<id>`.
+pub fn device_message_topic(id: u64) -> String {
+    format!("{DEVICE_MESSAGE_PREFIX}{id}")
+}
+
 /// The user property naming an account: stamped by the broker on deliveries (the publisher's
 /// account); on SUBSCRIBE and UNSUBSCRIBE, the publisher account a subscription is limited to.
 pub const CID_PROPERTY: &str = "cid";
@@ -119,5 +168,22 @@ mod tests {
             "flespi/state/platform/subaccounts/1001"
         );
         assert!(is_reserved(CUSTOMER_STATE));
+        assert_eq!(device_state_topic(5), "flespi/state/gw/devices/5");
+        assert_eq!(
+            device_property_topic(5, "name"),
+            "flespi/state/gw/devices/5/name"
+        );
+        assert_eq!(
+            device_telemetry_topic(5, "position.speed")
+                .split('/')
+                .count(),
+            7,
+            "dashboards check the depth"
+        );
+        assert_eq!(
+            device_log_topic(5, device_event::CREATED),
+            "flespi/log/gw/devices/5/created"
+        );
+        assert_eq!(device_message_topic(5), "flespi/message/gw/devices/5");
     }
 }

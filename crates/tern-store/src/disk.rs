@@ -31,12 +31,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use redb::{
     Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table,
     TableDefinition, TableError, TableHandle, WriteTransaction,
 };
 
+use crate::devices::{self, MessageKey, MessageRange, MessageStats, Reader, Visit};
 use crate::error::StoreError;
 use crate::format::{self, FORMAT_VERSION, FormatError, MAGIC};
 use crate::handle::Backend;
@@ -58,6 +59,15 @@ const SESSIONS: TableDefinition<Bin, Bin> = TableDefinition::new("sessions");
 const SUBSCRIPTIONS: TableDefinition<Bin, Bin> = TableDefinition::new("subscriptions");
 const QUEUE: TableDefinition<Bin, Bin> = TableDefinition::new("queue");
 const INCOMING: TableDefinition<Bin, Bin> = TableDefinition::new("incoming");
+// The devices layer (tern-gw). Stores made before these tables existed open as they are: a
+// missing table reads as empty and the first write transaction creates it.
+const GW_META: TableDefinition<&str, Bin> = TableDefinition::new("gw_meta");
+const GW_META_KEY: &str = "meta";
+const DEVICES: TableDefinition<Bin, Bin> = TableDefinition::new("devices");
+const GROUPS: TableDefinition<Bin, Bin> = TableDefinition::new("groups");
+const TELEMETRY: TableDefinition<Bin, Bin> = TableDefinition::new("telemetry");
+const MESSAGES: TableDefinition<Bin, Bin> = TableDefinition::new("device_messages");
+const MESSAGE_STATS: TableDefinition<Bin, Bin> = TableDefinition::new("device_message_stats");
 
 const META_MAGIC: &str = "magic";
 const META_VERSION: &str = "format_version";
@@ -77,8 +87,10 @@ const MAX_NON_DURABLE: Duration = Duration::from_secs(1);
 /// The on-disk store. Holds an exclusive lock on the data directory while open.
 #[derive(Debug)]
 pub struct DiskBackend {
-    /// `None` only between a failure and a successful [`Backend::recover`].
-    db: Option<Database>,
+    /// `None` only between a failure and a successful [`Backend::recover`]. Shared with the
+    /// readers of device messages ([`Backend::reader`]): they take the lock for reading for
+    /// one read transaction; only compaction and recovery take it for writing.
+    db: Arc<RwLock<Option<Database>>>,
     path: PathBuf,
     /// `flock` on the data directory (redb locks the file itself too): a second tern on the
     /// same directory is refused before it reads anything, and nothing is added to the
@@ -112,7 +124,7 @@ impl DiskBackend {
             .map_err(|e| open_error(&path, e))?;
         check_meta(&path, &db)?;
         let mut backend = DiskBackend {
-            db: Some(db),
+            db: Arc::new(RwLock::new(Some(db))),
             path,
             _lock: lock,
             last_reclaim_check: Instant::now(),
@@ -127,10 +139,9 @@ impl DiskBackend {
         &self.path
     }
 
-    fn db(&self) -> Result<&Database, StoreError> {
-        self.db
-            .as_ref()
-            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, Database>, StoreError> {
+        RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
+            .map_err(|_| StoreError::Engine("the store file is closed after a failure".into()))
     }
 
     /// Compacts the file if more than half of it is free space; true if it did.
@@ -151,11 +162,12 @@ impl DiskBackend {
             return Ok(false);
         }
         let started = Instant::now();
-        let db = self
-            .db
+        let mut guard = self.db.write();
+        let db = guard
             .as_mut()
             .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
         while db.compact().map_err(engine)? {}
+        drop(guard);
         let after = fs::metadata(&self.path).map_err(io_err(&self.path))?.len();
         tracing::info!(before = len, after, took = ?started.elapsed(), "store compacted");
         Ok(true)
@@ -210,7 +222,7 @@ impl Backend for DiskBackend {
         // After an I/O error redb refuses every later transaction until the database is
         // reopened; reopening runs its recovery, back to the last durable commit. The
         // directory lock stays held throughout.
-        drop(self.db.take());
+        drop(self.db.write().take());
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .open(&self.path)
@@ -222,9 +234,97 @@ impl Backend for DiskBackend {
                 other => StoreError::Engine(other.to_string()),
             })?;
         check_meta(&self.path, &db)?;
-        self.db = Some(db);
+        *self.db.write() = Some(db);
         self.last_durable = Instant::now();
         Ok(())
+    }
+
+    fn reader(&self) -> Option<Arc<dyn Reader>> {
+        Some(Arc::new(DiskReader {
+            db: self.db.clone(),
+        }))
+    }
+}
+
+impl Drop for DiskBackend {
+    /// Closes the file even while readers still hold the shared handle (a store closed and
+    /// reopened in the same process): their later reads fail as closed.
+    fn drop(&mut self) {
+        drop(self.db.write().take());
+    }
+}
+
+/// Reads device messages in redb read transactions, beside the writer thread.
+#[derive(Debug)]
+struct DiskReader {
+    db: Arc<RwLock<Option<Database>>>,
+}
+
+impl Reader for DiskReader {
+    fn device_messages(
+        &self,
+        range: &MessageRange,
+        visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        if range.from > range.to {
+            return Ok(());
+        }
+        let guard = self.db.read();
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
+        let tx = db.begin_read().map_err(engine)?;
+        let table = match tx.open_table(MESSAGES) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(engine(e)),
+        };
+        let (lo, hi) = devices::message_bounds(range.device, range.from, range.to);
+        let mut iter = table.range(lo.as_slice()..=hi.as_slice()).map_err(engine)?;
+        loop {
+            let next = if range.reverse {
+                iter.next_back()
+            } else {
+                iter.next()
+            };
+            let Some(item) = next else {
+                return Ok(());
+            };
+            let (k, v) = item.map_err(engine)?;
+            let (_, key) = devices::decode_message_key(k.value()).map_err(StoreError::Engine)?;
+            let json = match v.value().split_first() {
+                Some((&format::RECORD_V1, json)) => json,
+                _ => {
+                    return Err(StoreError::Engine(format!(
+                        "device {} message at {}: unknown record version",
+                        range.device, key.ts
+                    )));
+                }
+            };
+            if visit(key, json) == Visit::Stop {
+                return Ok(());
+            }
+        }
+    }
+
+    fn message_stats(&self, device: u64) -> Result<MessageStats, StoreError> {
+        let guard = self.db.read();
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
+        let tx = db.begin_read().map_err(engine)?;
+        let table = match tx.open_table(MESSAGE_STATS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(MessageStats::default()),
+            Err(e) => return Err(engine(e)),
+        };
+        match table
+            .get(format::id_key(device).as_slice())
+            .map_err(engine)?
+        {
+            Some(v) => format::decode_stats(v.value()).map_err(StoreError::Engine),
+            None => Ok(MessageStats::default()),
+        }
     }
 }
 
@@ -234,6 +334,41 @@ impl Backend for DiskBackend {
 pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
     let _lock = lock(dir)?;
     verify(&dir.join(STORE_FILE))
+}
+
+/// Writes the store in `dir` as an export (`tern store export`): what [`load`] reads, then
+/// every device message, streamed in key order (never all in memory). Reads only, with the
+/// same checks as [`load`].
+pub fn export_dir(dir: &Path, out: &mut dyn std::io::Write) -> Result<(), StoreError> {
+    let _lock = lock(dir)?;
+    let path = dir.join(STORE_FILE);
+    let io = |e: io::Error| StoreError::Io {
+        path: path.clone(),
+        source: e,
+    };
+    verify_with(&path, |db, snapshot| {
+        crate::export::export(&snapshot, &mut &mut *out).map_err(io)?;
+        let tx = db.begin_read().map_err(engine)?;
+        let table = match tx.open_table(MESSAGES) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(engine(e)),
+        };
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let (device, key) =
+                devices::decode_message_key(k.value()).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("table device_messages: {e}"),
+                })?;
+            let json = unversioned(v.value()).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("table device_messages, device {device}: {e}"),
+            })?;
+            crate::export::export_message(device, key, &json, &mut *out).map_err(io)?;
+        }
+        out.flush().map_err(io)
+    })
 }
 
 /// Why applying an op failed: the engine, an op that cannot be encoded (a client id over 64
@@ -265,6 +400,12 @@ struct Tables<'t> {
     subscriptions: Table<'t, Bin, Bin>,
     queue: Table<'t, Bin, Bin>,
     incoming: Table<'t, Bin, Bin>,
+    gw_meta: Table<'t, &'static str, Bin>,
+    devices: Table<'t, Bin, Bin>,
+    groups: Table<'t, Bin, Bin>,
+    telemetry: Table<'t, Bin, Bin>,
+    messages: Table<'t, Bin, Bin>,
+    message_stats: Table<'t, Bin, Bin>,
     /// Sessions looked up (or put, or deleted) in this batch: a fan-in batch names the same
     /// few sessions again and again.
     known: HashMap<SessionKey, Option<Rc<[u8]>>>,
@@ -280,6 +421,12 @@ impl<'t> Tables<'t> {
             subscriptions: tx.open_table(SUBSCRIPTIONS).map_err(engine)?,
             queue: tx.open_table(QUEUE).map_err(engine)?,
             incoming: tx.open_table(INCOMING).map_err(engine)?,
+            gw_meta: tx.open_table(GW_META).map_err(engine)?,
+            devices: tx.open_table(DEVICES).map_err(engine)?,
+            groups: tx.open_table(GROUPS).map_err(engine)?,
+            telemetry: tx.open_table(TELEMETRY).map_err(engine)?,
+            messages: tx.open_table(MESSAGES).map_err(engine)?,
+            message_stats: tx.open_table(MESSAGE_STATS).map_err(engine)?,
             known: HashMap::new(),
         })
     }
@@ -401,8 +548,144 @@ impl<'t> Tables<'t> {
                     )?;
                 }
             }
+            Op::PutGwMeta { json } => {
+                self.gw_meta
+                    .insert(GW_META_KEY, versioned(json).as_slice())?;
+            }
+            Op::PutDevice { id, json } => {
+                self.devices
+                    .insert(format::id_key(*id).as_slice(), versioned(json).as_slice())?;
+            }
+            Op::DelDevice { id } => {
+                let k = format::id_key(*id);
+                self.devices.remove(k.as_slice())?;
+                self.telemetry.remove(k.as_slice())?;
+                self.message_stats.remove(k.as_slice())?;
+                let (lo, hi) = devices::message_bounds(*id, i64::MIN, i64::MAX);
+                self.messages
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+            }
+            Op::PutGroup { id, json } => {
+                self.groups
+                    .insert(format::id_key(*id).as_slice(), versioned(json).as_slice())?;
+            }
+            Op::DelGroup { id } => {
+                self.groups.remove(format::id_key(*id).as_slice())?;
+            }
+            Op::PutTelemetry { device, json } => {
+                let k = format::id_key(*device);
+                if self.devices.get(k.as_slice())?.is_some() {
+                    self.telemetry
+                        .insert(k.as_slice(), versioned(json).as_slice())?;
+                }
+            }
+            Op::DelTelemetry { device } => {
+                self.telemetry.remove(format::id_key(*device).as_slice())?;
+            }
+            Op::AppendMessages { device, messages } => {
+                let k = format::id_key(*device);
+                if self.devices.get(k.as_slice())?.is_none() {
+                    return Ok(());
+                }
+                let mut stats = self.stats(*device)?;
+                for (key, json) in messages {
+                    let mk = devices::message_key(*device, *key);
+                    let value = versioned(json);
+                    if let Some(old) = self.messages.insert(mk.as_slice(), value.as_slice())? {
+                        stats.remove(old.value().len().saturating_sub(1));
+                    }
+                    stats.add(json.len());
+                }
+                self.message_stats
+                    .insert(k.as_slice(), format::encode_stats(&stats).as_slice())?;
+            }
+            Op::DelMessages { device, from, to } => {
+                if from <= to {
+                    let (lo, hi) = devices::message_bounds(*device, *from, *to);
+                    self.remove_messages(*device, lo, hi, None)?;
+                }
+            }
+            Op::DelMessageKeys { device, keys } => {
+                let mut stats = self.stats(*device)?;
+                let mut removed = false;
+                for key in keys {
+                    let mk = devices::message_key(*device, *key);
+                    if let Some(old) = self.messages.remove(mk.as_slice())? {
+                        stats.remove(old.value().len().saturating_sub(1));
+                        removed = true;
+                    }
+                }
+                if removed {
+                    self.message_stats.insert(
+                        format::id_key(*device).as_slice(),
+                        format::encode_stats(&stats).as_slice(),
+                    )?;
+                }
+            }
+            Op::TrimMessages { device, max_bytes } => {
+                let (lo, hi) = devices::message_bounds(*device, i64::MIN, i64::MAX);
+                self.remove_messages(*device, lo, hi, Some(*max_bytes))?;
+            }
         }
         Ok(())
+    }
+
+    fn stats(&self, device: u64) -> Result<MessageStats, Fail> {
+        match self.message_stats.get(format::id_key(device).as_slice())? {
+            Some(v) => format::decode_stats(v.value()).map_err(|e| Fail::Corrupt(FormatError(e))),
+            None => Ok(MessageStats::default()),
+        }
+    }
+
+    /// Removes a device's messages between two keys, oldest first; with `keep`, only until at
+    /// most that many bytes remain.
+    fn remove_messages(
+        &mut self,
+        device: u64,
+        lo: [u8; 24],
+        hi: [u8; 24],
+        keep: Option<u64>,
+    ) -> Result<(), Fail> {
+        let mut stats = self.stats(device)?;
+        if stats.count == 0 {
+            return Ok(());
+        }
+        let mut gone = Vec::new();
+        for item in self.messages.range(lo.as_slice()..=hi.as_slice())? {
+            if keep.is_some_and(|max| stats.bytes <= max) {
+                break;
+            }
+            let (k, v) = item?;
+            stats.remove(v.value().len().saturating_sub(1));
+            gone.push(k.value().to_vec());
+        }
+        for k in &gone {
+            self.messages.remove(k.as_slice())?;
+        }
+        if !gone.is_empty() {
+            self.message_stats.insert(
+                format::id_key(device).as_slice(),
+                format::encode_stats(&stats).as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON document behind the record version byte.
+fn versioned(json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(json.len() + 1);
+    v.push(format::RECORD_V1);
+    v.extend_from_slice(json);
+    v
+}
+
+/// The JSON document of a versioned record.
+fn unversioned(v: &[u8]) -> Result<Bytes, FormatError> {
+    match v.split_first() {
+        Some((&format::RECORD_V1, json)) => Ok(Bytes::copy_from_slice(json)),
+        Some((other, _)) => Err(FormatError(format!("unknown record version {other}"))),
+        None => Err(FormatError("empty record".into())),
     }
 }
 
@@ -466,6 +749,14 @@ fn lock(path: &Path) -> Result<File, StoreError> {
 /// check there, checks the identity and version and decodes every record. Nothing is written
 /// to the file.
 fn verify(path: &Path) -> Result<Snapshot, StoreError> {
+    verify_with(path, |_, snapshot| Ok(snapshot))
+}
+
+/// [`verify`], then `then` on the verified (overlay) database and its snapshot.
+fn verify_with<T>(
+    path: &Path,
+    then: impl FnOnce(&Database, Snapshot) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         detail,
@@ -479,14 +770,15 @@ fn verify(path: &Path) -> Result<Snapshot, StoreError> {
     let os_failure = overlay.os_failure.clone();
     // redb checks every page checksum here and reports damage as an error, but it has internal
     // assertions too: a panic while reading a damaged file is a refusal, not a crash.
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Snapshot, StoreError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<T, StoreError> {
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create_with_backend(overlay)
             .map_err(|e| open_error(path, e))?;
         check_meta(path, &db)?;
-        read_snapshot(path, &db)
+        let snapshot = read_snapshot(path, &db)?;
+        then(&db, snapshot)
     }));
     if let Some(e) = os_failure.lock().take() {
         return Err(io_err(path)(e));
@@ -586,6 +878,56 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
             )));
         }
         snap.retained.push(Arc::new(msg));
+    }
+    // The devices layer's tables, absent from stores made before it: empty then.
+    let optional = |def: TableDefinition<Bin, Bin>| match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("table {}: {e}", def.name()),
+        }),
+    };
+    for (def, out) in [
+        (DEVICES, &mut snap.devices),
+        (GROUPS, &mut snap.groups),
+        (TELEMETRY, &mut snap.telemetry),
+    ] {
+        let Some(table) = optional(def)? else {
+            continue;
+        };
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let fail = |e| corrupt(def.name(), k.value(), e);
+            let id = format::decode_id_key(k.value()).map_err(fail)?;
+            out.push((id, unversioned(v.value()).map_err(fail)?));
+        }
+    }
+    match tx.open_table(GW_META) {
+        Ok(table) => {
+            if let Some(v) = table.get(GW_META_KEY).map_err(engine)? {
+                snap.gw_meta = Some(
+                    unversioned(v.value())
+                        .map_err(|e| corrupt("gw_meta", GW_META_KEY.as_bytes(), e))?,
+                );
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("table gw_meta: {e}"),
+            });
+        }
+    }
+    if let Some(table) = optional(MESSAGE_STATS)? {
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let fail = |e| corrupt("device_message_stats", k.value(), e);
+            let id = format::decode_id_key(k.value()).map_err(fail)?;
+            let stats = format::decode_stats(v.value()).map_err(|e| fail(FormatError(e)))?;
+            snap.message_stats.push((id, stats));
+        }
     }
     // Sessions by their key bytes, to attach subscriptions, queue and incoming ids.
     let mut sessions: BTreeMap<Vec<u8>, SessionSnapshot> = BTreeMap::new();

@@ -46,6 +46,29 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    if let Some(json) = &snapshot.gw_meta {
+        line(&Line::GwMeta {
+            json: Data::of(json),
+        })?;
+    }
+    for (id, json) in &snapshot.devices {
+        line(&Line::Device {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
+    for (id, json) in &snapshot.groups {
+        line(&Line::Group {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
+    for (device, json) in &snapshot.telemetry {
+        line(&Line::Telemetry {
+            device: *device,
+            json: Data::of(json),
+        })?;
+    }
     for msg in &snapshot.retained {
         line(&Line::Retained {
             msg: MessageJson::of(msg),
@@ -105,6 +128,22 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
         }
     }
     out.flush()
+}
+
+/// Writes one device message line (after the snapshot's lines: [`crate::export_dir`]).
+pub(crate) fn export_message(
+    device: u64,
+    key: crate::MessageKey,
+    json: &Bytes,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    Line::Message {
+        device,
+        ts: key.ts,
+        seq: key.seq,
+        json: Data::of(json),
+    }
+    .write_line(out)
 }
 
 /// Reads an export back as the ops that recreate it, in file order (apply them to an empty
@@ -214,6 +253,31 @@ enum Line {
     Retained {
         msg: MessageJson,
     },
+    /// The devices layer's own record (its id counters).
+    GwMeta {
+        json: Data,
+    },
+    /// A device of the devices layer (its JSON document).
+    Device {
+        id: u64,
+        json: Data,
+    },
+    Group {
+        id: u64,
+        json: Data,
+    },
+    /// A device message (after its device): key (`ts` in µs, `seq`) and JSON document.
+    Message {
+        device: u64,
+        ts: i64,
+        seq: u64,
+        json: Data,
+    },
+    /// A device's telemetry document (after its device).
+    Telemetry {
+        device: u64,
+        json: Data,
+    },
     Session {
         cid: u64,
         client_id: String,
@@ -283,6 +347,30 @@ impl Line {
             },
             Line::Retained { msg } => Op::PutRetained {
                 msg: Arc::new(msg.into_message()?),
+            },
+            Line::GwMeta { json } => Op::PutGwMeta {
+                json: json.bytes()?,
+            },
+            Line::Device { id, json } => Op::PutDevice {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Group { id, json } => Op::PutGroup {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Message {
+                device,
+                ts,
+                seq,
+                json,
+            } => Op::AppendMessages {
+                device,
+                messages: vec![(crate::MessageKey { ts, seq }, json.bytes()?)],
+            },
+            Line::Telemetry { device, json } => Op::PutTelemetry {
+                device,
+                json: json.bytes()?,
             },
             Line::Session {
                 cid,

@@ -103,4 +103,8 @@ impl Backend for FaultyBackend {
         self.switch.check(true)?;
         self.inner.recover()
     }
+
+    fn reader(&self) -> Option<std::sync::Arc<dyn crate::devices::Reader>> {
+        self.inner.reader()
+    }
 }

@@ -649,9 +649,45 @@ pub fn check_queued_header(value: &[u8]) -> Result<(), FormatError> {
     }
 }
 
+/// A device's message stats on disk: `count (u64) | bytes (u64)` after the record version byte.
+pub(crate) fn encode_stats(s: &crate::devices::MessageStats) -> [u8; 17] {
+    let mut v = [0u8; 17];
+    v[0] = RECORD_V1;
+    v[1..9].copy_from_slice(&s.count.to_be_bytes());
+    v[9..].copy_from_slice(&s.bytes.to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_stats(v: &[u8]) -> Result<crate::devices::MessageStats, String> {
+    if v.len() != 17 || v[0] != RECORD_V1 {
+        return Err(format!(
+            "message stats: {} bytes or unknown record version",
+            v.len()
+        ));
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&v[i..i + 8]);
+        u64::from_be_bytes(w)
+    };
+    Ok(crate::devices::MessageStats {
+        count: word(1),
+        bytes: word(9),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_stats_round_trip() {
+        let s = crate::devices::MessageStats {
+            count: 3,
+            bytes: 99,
+        };
+        assert_eq!(decode_stats(&encode_stats(&s)), Ok(s));
+    }
 
     fn full_message() -> Message {
         Message {

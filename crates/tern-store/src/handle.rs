@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
+use crate::devices::{MessageKey, MessageRange, Reader, Visit};
 use crate::error::StoreError;
 use crate::op::Op;
 
@@ -67,6 +68,11 @@ pub trait Backend: Send + 'static {
     /// idempotent when applied again in order, so a rollback to a later point is harmless.
     fn recover(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// A handle that reads committed data concurrently with the writer (device message
+    /// ranges); `None` for a backend that cannot.
+    fn reader(&self) -> Option<Arc<dyn Reader>> {
+        None
     }
 }
 
@@ -121,6 +127,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+    reader: Option<Arc<dyn Reader>>,
 }
 
 /// The writer thread of an open store; join it at shutdown after [`Store::close`].
@@ -144,6 +151,7 @@ impl Store {
     pub fn disabled() -> Store {
         Store {
             shared: Arc::new(Shared::new(false, DEFAULT_MAX_QUEUED)),
+            reader: None,
         }
     }
 
@@ -161,13 +169,37 @@ impl Store {
         max_queued: u64,
     ) -> (Store, Writer) {
         let shared = Arc::new(Shared::new(true, max_queued));
+        let reader = backend.reader();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tern-store".into())
             .spawn(move || writer_loop(thread_shared, backend, policy))
             .map_err(|e| tracing::error!("cannot start the store writer: {e}"))
             .ok();
-        (Store { shared }, Writer { thread })
+        (Store { shared, reader }, Writer { thread })
+    }
+
+    /// Visits the stored messages of one device in `range` (what the writer committed; a
+    /// change is visible once its ticket is durable or applied). Runs a range query in the
+    /// backend, never a scan of other devices or of messages outside the range. A disabled
+    /// store holds no messages. Blocking: call it off the async workers for large ranges.
+    pub fn device_messages(
+        &self,
+        range: &MessageRange,
+        visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        match &self.reader {
+            Some(r) => r.device_messages(range, visit),
+            None => Ok(()),
+        }
+    }
+
+    /// How many messages and bytes `device` has stored (zero for a disabled store).
+    pub fn message_stats(&self, device: u64) -> Result<crate::MessageStats, StoreError> {
+        match &self.reader {
+            Some(r) => r.message_stats(device),
+            None => Ok(crate::MessageStats::default()),
+        }
     }
 
     /// Whether ops are kept at all.

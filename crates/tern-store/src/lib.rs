@@ -9,6 +9,7 @@
 //! Layout:
 //! - `model`: messages, session keys and the stored records
 //! - `op`: the changes the broker submits
+//! - `devices`: device messages (range-read tables) and the devices layer's records
 //! - `handle`: the `Store` handle, the `Backend` trait and the group-commit writer thread
 //! - `memory`: the in-memory backend (reference model, used by tests)
 //! - `disk`: the on-disk backend (redb): open, verify, load, apply, sync
@@ -17,6 +18,7 @@
 //! - `export`: the JSON Lines export and import (`tern store export` / `import`)
 //! - `error`: store errors
 
+mod devices;
 mod disk;
 mod error;
 mod export;
@@ -27,7 +29,8 @@ mod memory;
 mod model;
 mod op;
 
-pub use disk::{DiskBackend, STORE_FILE, load};
+pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
+pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;
 pub use export::{EXPORT_VERSION, export, import};
 pub use fault::{FaultSwitch, FaultyBackend};

@@ -9,6 +9,7 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use tern_codec::PacketId;
 
+use crate::devices::{DeviceId, MessageKey, MessageRange, MessageStats, Reader, Visit};
 use crate::error::StoreError;
 use crate::handle::Backend;
 use crate::model::{
@@ -24,6 +25,12 @@ pub struct MemoryState {
     pub tokens: BTreeMap<u64, Bytes>,
     pub retained: BTreeMap<(Cid, ByteString), Arc<Message>>,
     pub sessions: BTreeMap<SessionKey, MemorySession>,
+    pub gw_meta: Option<Bytes>,
+    pub devices: BTreeMap<DeviceId, Bytes>,
+    pub groups: BTreeMap<u64, Bytes>,
+    pub telemetry: BTreeMap<DeviceId, Bytes>,
+    pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
+    pub message_stats: BTreeMap<DeviceId, MessageStats>,
 }
 
 /// One stored session.
@@ -124,6 +131,107 @@ impl MemoryState {
                     s.incoming_qos2.remove(packet_id);
                 }
             }
+            Op::PutGwMeta { json } => {
+                self.gw_meta = Some(json.clone());
+            }
+            Op::PutDevice { id, json } => {
+                self.devices.insert(*id, json.clone());
+            }
+            Op::DelDevice { id } => {
+                self.devices.remove(id);
+                self.telemetry.remove(id);
+                self.message_stats.remove(id);
+                self.messages.retain(|(d, _), _| d != id);
+            }
+            Op::PutGroup { id, json } => {
+                self.groups.insert(*id, json.clone());
+            }
+            Op::DelGroup { id } => {
+                self.groups.remove(id);
+            }
+            Op::PutTelemetry { device, json } => {
+                if self.devices.contains_key(device) {
+                    self.telemetry.insert(*device, json.clone());
+                }
+            }
+            Op::DelTelemetry { device } => {
+                self.telemetry.remove(device);
+            }
+            Op::AppendMessages { device, messages } => {
+                if !self.devices.contains_key(device) {
+                    return;
+                }
+                let stats = self.message_stats.entry(*device).or_default();
+                for (key, json) in messages {
+                    if let Some(old) = self.messages.insert((*device, *key), json.clone()) {
+                        stats.remove(old.len());
+                    }
+                    stats.add(json.len());
+                }
+            }
+            Op::DelMessages { device, from, to } => {
+                if from > to {
+                    return;
+                }
+                let (lo, hi) = bounds(*device, *from, *to);
+                let gone: Vec<_> = self.messages.range(lo..=hi).map(|(k, _)| *k).collect();
+                self.remove_messages(*device, gone);
+            }
+            Op::DelMessageKeys { device, keys } => {
+                let gone = keys.iter().map(|k| (*device, *k)).collect();
+                self.remove_messages(*device, gone);
+            }
+            Op::TrimMessages { device, max_bytes } => {
+                let Some(mut bytes) = self.message_stats.get(device).map(|s| s.bytes) else {
+                    return;
+                };
+                let (lo, hi) = bounds(*device, i64::MIN, i64::MAX);
+                let mut gone = Vec::new();
+                for (k, v) in self.messages.range(lo..=hi) {
+                    if bytes <= *max_bytes {
+                        break;
+                    }
+                    bytes = bytes.saturating_sub(v.len() as u64);
+                    gone.push(*k);
+                }
+                self.remove_messages(*device, gone);
+            }
+        }
+    }
+
+    fn remove_messages(&mut self, device: DeviceId, keys: Vec<(DeviceId, MessageKey)>) {
+        for k in keys {
+            if let Some(v) = self.messages.remove(&k)
+                && let Some(s) = self.message_stats.get_mut(&device)
+            {
+                s.remove(v.len());
+            }
+        }
+    }
+
+    /// Visits the messages of `range` in its order.
+    pub fn read_messages(
+        &self,
+        range: &MessageRange,
+        visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
+    ) {
+        if range.from > range.to {
+            return;
+        }
+        let (lo, hi) = bounds(range.device, range.from, range.to);
+        let mut iter = self.messages.range(lo..=hi);
+        loop {
+            let next = if range.reverse {
+                iter.next_back()
+            } else {
+                iter.next()
+            };
+            let Some(((_, key), json)) = next else {
+                return;
+            };
+            if visit(*key, json) == Visit::Stop {
+                return;
+            }
         }
     }
 
@@ -143,8 +251,34 @@ impl MemoryState {
                     incoming_qos2: s.incoming_qos2.keys().copied().collect(),
                 })
                 .collect(),
+            gw_meta: self.gw_meta.clone(),
+            devices: self.devices.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            telemetry: self
+                .telemetry
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            message_stats: self.message_stats.iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
+}
+
+fn bounds(
+    device: DeviceId,
+    from: i64,
+    to: i64,
+) -> ((DeviceId, MessageKey), (DeviceId, MessageKey)) {
+    (
+        (device, MessageKey { ts: from, seq: 0 }),
+        (
+            device,
+            MessageKey {
+                ts: to,
+                seq: u64::MAX,
+            },
+        ),
+    )
 }
 
 /// A backend that keeps its state in memory, shared so a test can open it again after a
@@ -176,5 +310,30 @@ impl Backend for MemoryBackend {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn reader(&self) -> Option<std::sync::Arc<dyn Reader>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl Reader for MemoryBackend {
+    fn device_messages(
+        &self,
+        range: &MessageRange,
+        visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        self.state.lock().read_messages(range, visit);
+        Ok(())
+    }
+
+    fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .message_stats
+            .get(&device)
+            .copied()
+            .unwrap_or_default())
     }
 }

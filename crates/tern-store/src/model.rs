@@ -172,6 +172,17 @@ pub struct Snapshot {
     /// Retained messages (each carries its account in `cid`).
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<SessionSnapshot>,
+    /// The devices layer's own record (its id counters), if written.
+    pub gw_meta: Option<Bytes>,
+    /// Devices as JSON documents, by id (tern-gw owns the schema).
+    pub devices: Vec<(u64, Bytes)>,
+    /// Device groups as JSON documents, by id.
+    pub groups: Vec<(u64, Bytes)>,
+    /// Each device's telemetry document.
+    pub telemetry: Vec<(u64, Bytes)>,
+    /// How many messages and bytes each device has stored (the messages themselves are read
+    /// by range, never loaded).
+    pub message_stats: Vec<(u64, crate::devices::MessageStats)>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::devices::{DeviceId, MessageKey};
 use crate::model::{
     Cid, InflightPhase, Message, QueuedRecord, SessionKey, SessionRecord, SubscriptionRecord,
 };
@@ -80,5 +81,55 @@ pub enum Op {
     DelIncoming {
         key: SessionKey,
         packet_id: PacketId,
+    },
+    /// Replaces the devices layer's own record (its id counters), a JSON document.
+    PutGwMeta {
+        json: Bytes,
+    },
+    /// Creates or replaces a device document (tern-gw; the devices layer owns the schema).
+    PutDevice {
+        id: DeviceId,
+        json: Bytes,
+    },
+    /// Deletes a device with its telemetry, messages and message stats.
+    DelDevice {
+        id: DeviceId,
+    },
+    PutGroup {
+        id: u64,
+        json: Bytes,
+    },
+    DelGroup {
+        id: u64,
+    },
+    /// Replaces a device's telemetry document.
+    PutTelemetry {
+        device: DeviceId,
+        json: Bytes,
+    },
+    DelTelemetry {
+        device: DeviceId,
+    },
+    /// Appends messages to a device's history (ignored for a device that does not exist).
+    AppendMessages {
+        device: DeviceId,
+        messages: Vec<(MessageKey, Bytes)>,
+    },
+    /// Deletes a device's messages with timestamps in `from..=to` (microseconds).
+    DelMessages {
+        device: DeviceId,
+        from: i64,
+        to: i64,
+    },
+    /// Deletes some messages of a device, by key (a delete with a filter).
+    DelMessageKeys {
+        device: DeviceId,
+        keys: Vec<MessageKey>,
+    },
+    /// Deletes a device's oldest messages until at most `max_bytes` remain
+    /// (`messages_rotate`).
+    TrimMessages {
+        device: DeviceId,
+        max_bytes: u64,
     },
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub log: Log,
     pub metrics: Metrics,
     pub quotas: Quotas,
+    /// The devices layer (`/gw/...`).
+    pub gw: Gw,
     /// Accounts to create at start if missing (`[[accounts]]`).
     pub accounts: Vec<AccountSpec>,
     /// Tokens to create (or update) at start, by key (`[[tokens]]`).
@@ -455,6 +457,37 @@ impl Default for Auth {
             master_token: None,
             failed_login_burst: 20,
             failed_login_per_sec: 2.0,
+        }
+    }
+}
+
+/// `[gw]`: the devices layer (docs/flespi.md#devices).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gw {
+    /// Most device messages one `GET /gw/devices/{sel}/messages` answers (a truncated answer
+    /// says so in `warnings`).
+    pub max_messages_per_call: usize,
+    /// Most messages one `POST /gw/devices/{sel}/messages` may carry.
+    pub max_messages_per_post: usize,
+    /// History reads running at once (each holds up to `max_messages_per_call` messages);
+    /// more wait for a turn.
+    pub max_concurrent_reads: usize,
+    /// Seconds between two retention sweeps (`messages_ttl`, `messages_rotate`).
+    pub retention_interval: u64,
+    /// A device is `connected` while its last message came within this many seconds.
+    pub inactivity_timeout: u64,
+}
+
+impl Default for Gw {
+    fn default() -> Self {
+        let d = tern_gw::GwOptions::default();
+        Gw {
+            max_messages_per_call: d.max_messages_per_call,
+            max_messages_per_post: d.max_messages_per_post,
+            max_concurrent_reads: d.max_concurrent_reads,
+            retention_interval: d.retention_interval.as_secs(),
+            inactivity_timeout: d.inactivity_timeout,
         }
     }
 }
@@ -1023,6 +1056,17 @@ impl Config {
         }
     }
 
+    /// The devices layer's settings.
+    pub fn gw(&self) -> tern_gw::GwOptions {
+        tern_gw::GwOptions {
+            max_messages_per_call: self.gw.max_messages_per_call,
+            max_messages_per_post: self.gw.max_messages_per_post,
+            max_concurrent_reads: self.gw.max_concurrent_reads,
+            retention_interval: Duration::from_secs(self.gw.retention_interval.max(1)),
+            inactivity_timeout: self.gw.inactivity_timeout,
+        }
+    }
+
     /// The broker core's settings.
     pub fn broker(&self) -> BrokerConfig {
         BrokerConfig {
@@ -1253,6 +1297,7 @@ mod tests {
                 "log",
                 "metrics",
                 "quotas",
+                "gw",
                 "accounts",
                 "tokens"
             ]

@@ -171,21 +171,23 @@ pub fn account_list(config: &Config) -> anyhow::Result<()> {
 /// `tern store export`: the whole state as JSON Lines, to `out` or stdout. Reads only.
 pub fn store_export(config: &Config, out: Option<&Path>) -> anyhow::Result<()> {
     let dir = &config.store.data_dir;
-    let snapshot = tern_store::load(dir)
-        .with_context(|| format!("cannot read the store in {}", dir.display()))?;
+    let read = |out: &mut dyn Write| {
+        tern_store::export_dir(dir, out)
+            .with_context(|| format!("cannot read the store in {}", dir.display()))
+    };
     match out {
         Some(path) => {
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(path)
                     .with_context(|| format!("cannot create {}", path.display()))?,
             );
-            tern_store::export(&snapshot, &mut f)?;
+            read(&mut f)?;
             f.flush()?;
         }
         None => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            tern_store::export(&snapshot, &mut lock)?;
+            read(&mut lock)?;
             lock.flush()?;
         }
     }

@@ -144,15 +144,27 @@ impl Server {
         }
         // REST over MQTT (docs/flespi.md#rest-over-mqtt) and the state topics of
         // docs/flespi.md#broker-events, whether or not an HTTP listener runs.
+        // The devices layer (docs/flespi.md#devices): its records from the store, its retained
+        // state topics published, and its retention sweep in the shutdown tree.
+        let gateway = tern_gw::Gateway::new(
+            broker.clone(),
+            directory.clone(),
+            state.store.clone(),
+            &state.snapshot,
+            config.gw(),
+        );
+        gateway.publish_all();
         let api = tern_api::ApiState::with_options(
             broker.clone(),
             directory.clone(),
+            gateway.clone(),
             api_options(config, &addrs),
         );
         tern_api::install_bridge(&broker, api.clone());
         tern_api::publish_state(&api);
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
+        tracker.spawn(gateway.clone().run_retention());
         let acceptor = Acceptor::new(
             broker.clone(),
             config.listeners.max_connections,

@@ -243,6 +243,7 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
             continue;
         };
         api.broker.purge_accounts(&gone);
+        api.gateway.accounts_deleted(&gone);
         state::account_deleted(&api, a.id, a.parent);
         done.push(to_value(&AccountItem::from(&a)));
     }

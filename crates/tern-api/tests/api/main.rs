@@ -3,6 +3,7 @@
 mod bad_input;
 mod bridge;
 mod curl;
+mod gw;
 mod messages;
 mod openapi;
 mod platform;

@@ -34,6 +34,27 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/mqtt/messages/{topic}"),
     ("delete", "/mqtt/messages/{topic}"),
     ("post", "/mqtt/messages"),
+    ("post", "/gw/devices"),
+    ("get", "/gw/devices/{sel}"),
+    ("put", "/gw/devices/{sel}"),
+    ("patch", "/gw/devices/{sel}"),
+    ("delete", "/gw/devices/{sel}"),
+    ("put", "/gw/devices/{sel}/cid"),
+    ("post", "/gw/devices/{sel}/messages"),
+    ("get", "/gw/devices/{sel}/messages"),
+    ("delete", "/gw/devices/{sel}/messages"),
+    ("get", "/gw/devices/{sel}/telemetry"),
+    ("delete", "/gw/devices/{sel}/telemetry"),
+    ("get", "/gw/devices/{sel}/telemetry/{params}"),
+    ("delete", "/gw/devices/{sel}/telemetry/{params}"),
+    ("post", "/gw/groups"),
+    ("get", "/gw/groups/{sel}"),
+    ("put", "/gw/groups/{sel}"),
+    ("patch", "/gw/groups/{sel}"),
+    ("delete", "/gw/groups/{sel}"),
+    ("get", "/gw/groups/{sel}/devices/{device_sel}"),
+    ("post", "/gw/groups/{sel}/devices/{device_sel}"),
+    ("delete", "/gw/groups/{sel}/devices/{device_sel}"),
 ];
 
 #[tokio::test]
@@ -90,6 +111,8 @@ async fn api_json_lists_every_served_route() {
         let concrete = path
             .replace("{sel}", "0")
             .replace("{subscription_sel}", "0")
+            .replace("{device_sel}", "0")
+            .replace("{params}", "all")
             .replace("{topic}", "nothing");
         let body = match method.as_str() {
             "post" => Some(json!([])),
@@ -117,7 +140,11 @@ async fn the_router_merges_beside_the_daemon_routes() {
     use tower::ServiceExt;
 
     let env = Env::start().await;
-    let state = tern_api::ApiState::new(env.broker.clone(), env.directory.clone());
+    let state = tern_api::ApiState::new(
+        env.broker.clone(),
+        env.directory.clone(),
+        env.gateway.clone(),
+    );
     let daemon = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
     let app = daemon.merge(tern_api::router(state));
     let health = app
@@ -141,6 +168,6 @@ async fn the_router_merges_beside_the_daemon_routes() {
     assert_eq!(
         other.status(),
         404,
-        "paths outside /auth, /platform, /mqtt are not claimed"
+        "paths outside /auth, /platform, /mqtt, /gw are not claimed"
     );
 }

@@ -17,8 +17,9 @@ use tern_api::ApiState;
 use tern_broker::accounts::{Directory, DirectoryConfig};
 use tern_broker::{Broker, BrokerConfig};
 use tern_codec::*;
+use tern_gw::{Gateway, GwOptions};
 use tern_net::{Acceptor, serve_tcp};
-use tern_store::{Snapshot, Store};
+use tern_store::{FsyncPolicy, MemoryBackend, Snapshot, Store};
 use tern_testclient::{Client, Read};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -32,23 +33,73 @@ pub struct Env {
     pub mqtt: SocketAddr,
     pub broker: Arc<Broker>,
     pub directory: Arc<Directory>,
+    pub gateway: Arc<Gateway>,
+    /// The store of [`Env::start_with_store`] (disabled otherwise).
+    pub store: Store,
     pub master: String,
 }
 
 impl Env {
     pub async fn start() -> Env {
-        let directory = Directory::load(
-            &Snapshot::default(),
+        Env::start_with(
             Store::disabled(),
-            DirectoryConfig::default(),
-        );
+            &Snapshot::default(),
+            GwOptions::default(),
+            None,
+        )
+        .await
+    }
+
+    /// A tern whose broker, directory and devices layer keep their state in an in-memory
+    /// store (`backend`), so that a second `Env` over the same backend is a restart.
+    pub async fn start_with_store(backend: &MemoryBackend, gw: GwOptions) -> Env {
+        let snapshot = backend.load();
+        let (store, _writer) = Store::start(Box::new(backend.clone()), FsyncPolicy::Always);
+        Env::start_with(store, &snapshot, gw, None).await
+    }
+
+    /// Another tern over the same store, keeping this one's master token (a restart; stop
+    /// using this one).
+    pub async fn restart(&self, backend: &MemoryBackend, gw: GwOptions) -> Env {
+        self.broker.shut_down();
+        let snapshot = backend.load();
+        let (store, _writer) = Store::start(Box::new(backend.clone()), FsyncPolicy::Always);
+        Env::start_with(store, &snapshot, gw, Some(self.master.clone())).await
+    }
+
+    async fn start_with(
+        store: Store,
+        snapshot: &Snapshot,
+        gw: GwOptions,
+        master: Option<String>,
+    ) -> Env {
+        let directory = Directory::load(snapshot, store.clone(), DirectoryConfig::default());
         let master = directory
             .bootstrap(TOP, None)
             .expect("bootstrap")
-            .expect("a new master token")
-            .key;
-        let broker = Broker::new(BrokerConfig::default(), Box::new(directory.clone()));
-        let state = ApiState::new(broker.clone(), directory.clone());
+            .map(|t| t.key)
+            .or(master)
+            .expect("a new master token");
+        let broker = if store.enabled() {
+            let b = Broker::with_store(
+                BrokerConfig::default(),
+                Box::new(directory.clone()),
+                store.clone(),
+            );
+            b.restore(snapshot);
+            b
+        } else {
+            Broker::new(BrokerConfig::default(), Box::new(directory.clone()))
+        };
+        let gateway = Gateway::new(
+            broker.clone(),
+            directory.clone(),
+            store.clone(),
+            snapshot,
+            gw,
+        );
+        gateway.publish_all();
+        let state = ApiState::new(broker.clone(), directory.clone(), gateway.clone());
         tern_api::install_bridge(&broker, state.clone());
         tern_api::publish_state(&state);
         let app = tern_api::router(state);
@@ -72,6 +123,8 @@ impl Env {
             mqtt: mqtt_addr,
             broker,
             directory,
+            gateway,
+            store,
             master,
         }
     }

@@ -229,6 +229,14 @@ pub mod arb {
             1 => session_key().prop_map(|key| Op::ClearQueue { key }),
             1 => (session_key(), 0u16..4).prop_map(|(key, packet_id)| Op::PutIncoming { key, packet_id }),
             1 => (session_key(), 0u16..4).prop_map(|(key, packet_id)| Op::DelIncoming { key, packet_id }),
+            // The devices layer's records (messages have their own tests: device_messages.rs).
+            1 => (1u64..4, bytes()).prop_map(|(id, json)| Op::PutDevice { id, json }),
+            1 => (1u64..4).prop_map(|id| Op::DelDevice { id }),
+            1 => (1u64..4, bytes()).prop_map(|(id, json)| Op::PutGroup { id, json }),
+            1 => (1u64..4).prop_map(|id| Op::DelGroup { id }),
+            1 => (1u64..4, bytes()).prop_map(|(device, json)| Op::PutTelemetry { device, json }),
+            1 => (1u64..4).prop_map(|device| Op::DelTelemetry { device }),
+            1 => bytes().prop_map(|json| Op::PutGwMeta { json }),
         ]
     }
 }

@@ -1,0 +1,22 @@
+//! Why a devices-layer call failed.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GwError {
+    /// The input is wrong (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Another device of the same protocol in the same account tree has this ident (400).
+    #[error("configuration.ident `{ident}` is already used by device {other} of the same protocol")]
+    IdentTaken { ident: String, other: u64 },
+    /// The device or group does not exist (any more).
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: u64 },
+    /// Moving a device to another account needs it disabled first (400).
+    #[error("device {0} must be disabled (enabled=false) before it moves to another account")]
+    Enabled(u64),
+    /// The store cannot read (500).
+    #[error("the store cannot read: {0}")]
+    Store(String),
+}

@@ -1,0 +1,132 @@
+//! Messages posted into a device (docs/flespi.md#devices): checked as a whole first (nothing is
+//! kept when one is bad), then stored, published, and applied to telemetry and `last_active`.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tern_store::Op;
+
+use tern_broker::topics::device_event;
+
+use crate::{Device, Gateway, GwError, message, publish, telemetry};
+
+impl Gateway {
+    /// Registers messages into device `id` (POST /gw/devices/{sel}/messages): every message is
+    /// checked first (nothing is kept when one is bad), then stored (unless `messages_ttl` is
+    /// 0), published, and applied to telemetry and `last_active`.
+    pub fn post_messages(&self, id: u64, messages: &[Value]) -> Result<(), GwError> {
+        if messages.len() > self.options.max_messages_per_post {
+            return Err(GwError::Invalid(format!(
+                "at most {} messages per call",
+                self.options.max_messages_per_post
+            )));
+        }
+        let now = self.now();
+        let mut st = self.state.lock();
+        let d = st
+            .devices
+            .get(&id)
+            .ok_or(GwError::NotFound { what: "device", id })?
+            .clone();
+        let prepared = prepare(&d, messages, now)?;
+        let d_cid = d.cid;
+        let mut stored = Vec::with_capacity(prepared.len());
+        let mut touched: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let tel = st.telemetry.entry(id).or_default();
+        for (ts, obj) in &prepared {
+            let json = Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+            let key = tern_store::MessageKey {
+                ts: message::micros(*ts),
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            };
+            stored.push((key, json));
+            let changes = tel.apply(obj, *ts);
+            for k in changes.updated {
+                removed.retain(|r| *r != k);
+                if !touched.contains(&k) {
+                    touched.push(k);
+                }
+            }
+            for k in changes.removed {
+                touched.retain(|t| *t != k);
+                removed.push(k);
+            }
+        }
+        if d.messages_ttl > 0 && !stored.is_empty() {
+            self.store.submit(Op::AppendMessages {
+                device: id,
+                messages: stored.clone(),
+            });
+        }
+        if !touched.is_empty() || !removed.is_empty() {
+            let doc = tel.to_json(None);
+            self.store.submit(Op::PutTelemetry {
+                device: id,
+                json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+            });
+        }
+        for (_, json) in stored {
+            publish::message(&self.broker, d.cid, id, json);
+        }
+        for k in &touched {
+            if let Some(p) = tel.get(k) {
+                publish::telemetry(&self.broker, d.cid, id, k, Some((&p.value, p.ts)));
+            }
+        }
+        for k in &removed {
+            publish::telemetry(&self.broker, d.cid, id, k, None);
+        }
+        let last_active = now as u64;
+        if !prepared.is_empty() && d.last_active != Some(last_active) {
+            let mut new = d;
+            new.last_active = Some(last_active);
+            self.put_device(&new);
+            let old_item = st.devices.get(&id).map(|o| self.item_of(o));
+            let item = self.item_of(&new);
+            publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
+            st.devices.insert(id, new);
+        }
+        if !prepared.is_empty() && st.online.insert(id) {
+            publish::log(&self.broker, d_cid, id, device_event::CONNECTED, None, None);
+        }
+        Ok(())
+    }
+}
+
+/// A message ready to store, with its timestamp in seconds.
+type Prepared = (f64, Map<String, Value>);
+
+/// The validate step: every message as it will be stored, with its timestamp in seconds, or the
+/// first problem (naming the message). `ident` and `timestamp` default to the device's and
+/// `now`; `rest.timestamp`, `device.id`, `device.name` and `device.type.id` are added.
+fn prepare(d: &Device, messages: &[Value], now: f64) -> Result<Vec<Prepared>, GwError> {
+    let mut prepared = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(obj) = m else {
+            return Err(GwError::Invalid(format!(
+                "message {i}: a message must be a JSON object"
+            )));
+        };
+        let ts = match obj.get("timestamp") {
+            None | Some(Value::Null) => now,
+            Some(v) => message::timestamp_of(v)
+                .map_err(|e| GwError::Invalid(format!("message {i}: {e}")))?,
+        };
+        if obj.get("ident").is_some_and(|v| !v.is_string()) {
+            return Err(GwError::Invalid(format!(
+                "message {i}: ident must be a string"
+            )));
+        }
+        let mut obj = obj.clone();
+        obj.entry("ident").or_insert_with(|| json!(d.ident()));
+        obj.insert("timestamp".into(), telemetry::number(ts));
+        obj.insert("rest.timestamp".into(), json!(now));
+        obj.insert("device.id".into(), json!(d.id));
+        obj.insert("device.name".into(), json!(d.name));
+        obj.insert("device.type.id".into(), json!(d.device_type_id));
+        prepared.push((ts, obj));
+    }
+    Ok(prepared)
+}

@@ -1,0 +1,503 @@
+//! tern-gw: the devices layer of the flespi API (docs/flespi.md#devices),
+//! above the broker and independent of HTTP. The REST API (`tern-api`'s `gw_*` handlers) calls
+//! the [`Gateway`]; the gateway keeps its records in the store and publishes through the
+//! broker's in-process API (`Broker::message`, `Broker::message_at`, `Broker::publish`).
+//!
+//! - Devices, groups and telemetry live in memory (loaded from the store's `Snapshot` at start)
+//!   and are mirrored into the store as versioned JSON records (`Op::PutDevice`, ...).
+//! - Device messages are never held in memory: each POST appends them to the store
+//!   (`Op::AppendMessages`), and reads are range queries in the store
+//!   (`Store::device_messages`).
+//! - Retention (`messages_ttl`, `messages_rotate`) runs in [`Gateway::sweep`], called by the
+//!   task [`Gateway::run_retention`] every `retention_interval`, never on the ingest path.
+//!
+//! One lock (`Gateway::state`, parking_lot) guards the records; it is never held across
+//! `.await` nor while reading message history. Store ops and MQTT publications of one change
+//! are made under it, so the store and subscribers see the changes of a device in order. Lock
+//! order: the gateway's lock, then the broker's and the store's (neither calls back here).
+//!
+//! Layout:
+//! - `device`: the device record, inputs and item
+//! - `group`: groups
+//! - `types`: the device types and protocols tern knows (the one list)
+//! - `message`: posted messages (timestamps), history read parameters and filters
+//! - `telemetry`: per-parameter `{value, ts}`, the late-message rule, `position`, the LRU cap
+//! - `ingest`: messages posted into a device; `history`: reading and deleting them;
+//!   `telemetry_ops`: reading and deleting telemetry; `groups`: group operations;
+//!   `retention`: the retention sweep and the activity check (`connected`/`disconnected`)
+//! - the crate root: the `Gateway`, its state, and the device operations
+//! - `publish`: the `flespi/state|log|message/gw/devices/...` publications
+//! - `error`: `GwError`
+
+pub mod device;
+pub mod error;
+pub mod group;
+mod groups;
+mod history;
+mod ingest;
+pub mod message;
+pub mod publish;
+mod retention;
+pub mod telemetry;
+mod telemetry_ops;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tern_broker::accounts::Directory;
+use tern_broker::topics::device_event;
+use tern_broker::{Broker, Cid};
+use tern_store::{Op, Snapshot, Store};
+
+pub use device::{Device, DeviceChanges, DeviceInput};
+pub use error::GwError;
+pub use group::{Group, GroupChanges, GroupInput};
+pub use message::{DeleteData, MessageQuery, MessagesData};
+pub use telemetry::Telemetry;
+
+/// Settings of the devices layer. Every number is a default, not part of the protocol.
+#[derive(Debug, Clone)]
+pub struct GwOptions {
+    /// Most messages one history read answers (a truncated answer says so).
+    pub max_messages_per_call: usize,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+    /// A device is `connected` while its last message arrived within this many seconds.
+    pub inactivity_timeout: u64,
+    /// Most messages one POST may carry.
+    pub max_messages_per_post: usize,
+    /// History reads (and filtered deletes) running at once; more wait for a turn
+    /// ([`Gateway::reading`]). Each holds up to `max_messages_per_call` messages.
+    pub max_concurrent_reads: usize,
+}
+
+impl Default for GwOptions {
+    fn default() -> Self {
+        GwOptions {
+            max_messages_per_call: 100_000,
+            retention_interval: Duration::from_secs(3600),
+            inactivity_timeout: 600,
+            max_messages_per_post: 10_000,
+            max_concurrent_reads: 8,
+        }
+    }
+}
+
+/// What a history read found.
+#[derive(Debug, Default)]
+pub struct History {
+    pub messages: Vec<Value>,
+    /// The answer stopped at `max_messages_per_call`.
+    pub truncated: bool,
+}
+
+/// What one retention sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Devices whose messages older than `messages_ttl` were deleted.
+    pub expired: u64,
+    /// Devices whose oldest messages were rotated out by `messages_rotate`.
+    pub rotated: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    devices: BTreeMap<u64, Device>,
+    telemetry: HashMap<u64, Telemetry>,
+    groups: BTreeMap<u64, Group>,
+    /// Devices whose `connected` transition was announced and not yet its end (the activity
+    /// check publishes `disconnected` when they fall silent).
+    online: HashSet<u64>,
+    next_device: u64,
+    next_group: u64,
+}
+
+/// The devices layer. Cheap to share (`Arc<Gateway>`).
+#[derive(Debug)]
+pub struct Gateway {
+    broker: Arc<Broker>,
+    directory: Arc<Directory>,
+    store: Store,
+    pub options: GwOptions,
+    state: Mutex<State>,
+    /// Turns for history reads (`max_concurrent_reads`).
+    reads: tokio::sync::Semaphore,
+    /// Arrival sequence of messages (ties of one timestamp keep arrival order). Starts at the
+    /// wall clock in microseconds, so it keeps increasing across restarts.
+    seq: AtomicU64,
+}
+
+impl Gateway {
+    /// The devices layer over what the store held at start.
+    pub fn new(
+        broker: Arc<Broker>,
+        directory: Arc<Directory>,
+        store: Store,
+        snapshot: &Snapshot,
+        options: GwOptions,
+    ) -> Arc<Gateway> {
+        let mut state = State::default();
+        for (id, json) in &snapshot.devices {
+            match serde_json::from_slice::<Device>(json) {
+                Ok(d) => {
+                    state.devices.insert(*id, d);
+                }
+                Err(err) => tracing::error!(id, %err, "a stored device does not decode; skipped"),
+            }
+        }
+        for (id, json) in &snapshot.groups {
+            match serde_json::from_slice::<Group>(json) {
+                Ok(g) => {
+                    state.groups.insert(*id, g);
+                }
+                Err(err) => tracing::error!(id, %err, "a stored group does not decode; skipped"),
+            }
+        }
+        for (id, json) in &snapshot.telemetry {
+            if let Ok(doc) = serde_json::from_slice::<Value>(json) {
+                state.telemetry.insert(*id, Telemetry::from_json(&doc));
+            }
+        }
+        // Ids are never reused: the counters are stored, and at least past every id held.
+        let meta: Value = snapshot
+            .gw_meta
+            .as_ref()
+            .and_then(|j| serde_json::from_slice(j).ok())
+            .unwrap_or_default();
+        let stored = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(1);
+        state.next_device =
+            stored("next_device").max(state.devices.keys().next_back().map_or(1, |k| k + 1));
+        state.next_group =
+            stored("next_group").max(state.groups.keys().next_back().map_or(1, |k| k + 1));
+        let now = broker.clock.now() / 1_000_000;
+        state.online = state
+            .devices
+            .values()
+            .filter(|d| {
+                d.last_active
+                    .is_some_and(|t| now.saturating_sub(t) < options.inactivity_timeout)
+            })
+            .map(|d| d.id)
+            .collect();
+        let seq = broker.clock.now().max(1);
+        Arc::new(Gateway {
+            broker,
+            directory,
+            store,
+            reads: tokio::sync::Semaphore::new(options.max_concurrent_reads.max(1)),
+            options,
+            state: Mutex::new(state),
+            seq: AtomicU64::new(seq),
+        })
+    }
+
+    /// Waits for a turn to read history (at most `max_concurrent_reads` at once, so memory
+    /// stays bounded however many clients ask); hold the permit while reading.
+    pub async fn reading(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.reads.acquire().await.ok()
+    }
+
+    fn now(&self) -> f64 {
+        self.broker.clock.now() as f64 / 1e6
+    }
+
+    fn connected(&self, d: &Device) -> bool {
+        let now = self.now() as u64;
+        d.last_active
+            .is_some_and(|t| now.saturating_sub(t) < self.options.inactivity_timeout)
+    }
+
+    fn messages_size(&self, id: u64) -> u64 {
+        self.store.message_stats(id).map(|s| s.bytes).unwrap_or(0)
+    }
+
+    fn item_of(&self, d: &Device) -> Value {
+        d.item(self.connected(d), self.messages_size(d.id))
+    }
+
+    /// Publishes every device's state and telemetry topics (at start: retained messages may
+    /// not have survived, and devices may have changed while tern was down).
+    pub fn publish_all(&self) {
+        let st = self.state.lock();
+        for d in st.devices.values() {
+            publish::state(&self.broker, d.cid, d.id, None, &self.item_of(d));
+            if let Some(t) = st.telemetry.get(&d.id) {
+                for (k, p) in t.iter() {
+                    publish::telemetry(&self.broker, d.cid, d.id, k, Some((&p.value, p.ts)));
+                }
+            }
+        }
+    }
+
+    /// The root of `cid`'s account tree (ident uniqueness is per protocol and tree).
+    fn root(&self, cid: Cid) -> Cid {
+        self.directory.ancestors(cid).last().copied().unwrap_or(cid)
+    }
+
+    /// Another device with `d`'s ident and protocol in `d`'s account tree.
+    fn ident_owner(&self, st: &State, d: &Device) -> Option<u64> {
+        let root = self.root(d.cid);
+        st.devices
+            .values()
+            .find(|o| {
+                o.id != d.id
+                    && o.ident() == d.ident()
+                    && o.protocol_id() == d.protocol_id()
+                    && self.root(o.cid) == root
+            })
+            .map(|o| o.id)
+    }
+
+    /// Stores the id counters (after an id was taken).
+    fn put_counters(&self, st: &State) {
+        let json = json!({"next_device": st.next_device, "next_group": st.next_group});
+        self.store.submit(Op::PutGwMeta {
+            json: Bytes::from(json.to_string()),
+        });
+    }
+
+    fn put_device(&self, d: &Device) {
+        match serde_json::to_vec(d) {
+            Ok(json) => {
+                self.store.submit(Op::PutDevice {
+                    id: d.id,
+                    json: Bytes::from(json),
+                });
+            }
+            Err(err) => tracing::error!(id = d.id, %err, "could not serialize a device"),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Devices
+
+    /// Creates a device (checked by [`DeviceInput::into_device`], its account in the caller's
+    /// scope); fails if its ident is taken.
+    pub fn create_device(&self, mut d: Device) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        if let Some(other) = self.ident_owner(&st, &d) {
+            return Err(GwError::IdentTaken {
+                ident: d.ident().to_string(),
+                other,
+            });
+        }
+        d.id = st.next_device;
+        st.next_device += 1;
+        self.put_counters(&st);
+        self.put_device(&d);
+        let item = self.item_of(&d);
+        publish::state(&self.broker, d.cid, d.id, None, &item);
+        publish::log(
+            &self.broker,
+            d.cid,
+            d.id,
+            device_event::CREATED,
+            Some(&item),
+            None,
+        );
+        st.devices.insert(d.id, d);
+        Ok(item)
+    }
+
+    /// Every device of the accounts in `scope`, as selectors see them: the item with
+    /// `protocol_name`, `device_type_name`, `telemetry.<param>` (the value) and `groups.id`.
+    pub fn selector_views(&self, scope: &[Cid]) -> Vec<Value> {
+        let scope: HashSet<Cid> = scope.iter().copied().collect();
+        let st = self.state.lock();
+        st.devices
+            .values()
+            .filter(|d| scope.contains(&d.cid))
+            .map(|d| {
+                let mut v = self.item_of(d);
+                let t = d.device_type();
+                v["protocol_name"] = json!(t.map(|t| t.protocol_name));
+                v["device_type_name"] = json!(t.map(|t| t.name));
+                v["telemetry"] = st
+                    .telemetry
+                    .get(&d.id)
+                    .map_or_else(|| json!({}), Telemetry::values);
+                v["groups"] = Value::Array(d.groups.iter().map(|g| json!({"id": g})).collect());
+                v
+            })
+            .collect()
+    }
+
+    /// The item of device `id`; with `telemetry`, its whole telemetry under `telemetry`.
+    pub fn device_item(&self, id: u64, telemetry: bool) -> Option<Value> {
+        let st = self.state.lock();
+        let d = st.devices.get(&id)?;
+        let mut v = self.item_of(d);
+        if telemetry {
+            v["telemetry"] = st
+                .telemetry
+                .get(&id)
+                .map_or_else(|| json!({}), |t| t.to_json(None));
+        }
+        Some(v)
+    }
+
+    /// The device record `id`.
+    pub fn device(&self, id: u64) -> Option<Device> {
+        self.state.lock().devices.get(&id).cloned()
+    }
+
+    /// Changes device `id` (PUT, or PATCH with `merge`).
+    pub fn update_device(
+        &self,
+        id: u64,
+        changes: &DeviceChanges,
+        merge: bool,
+    ) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        let old = st
+            .devices
+            .get(&id)
+            .ok_or(GwError::NotFound { what: "device", id })?;
+        let new = changes.apply(old, merge)?;
+        if let Some(other) = self.ident_owner(&st, &new) {
+            return Err(GwError::IdentTaken {
+                ident: new.ident().to_string(),
+                other,
+            });
+        }
+        Ok(self.replace(&mut st, new))
+    }
+
+    /// Stores and publishes a changed device; returns its item.
+    fn replace(&self, st: &mut State, new: Device) -> Value {
+        let id = new.id;
+        let old_item = st.devices.get(&id).map(|d| self.item_of(d));
+        let item = self.item_of(&new);
+        if old_item.as_ref() != Some(&item) || st.devices.get(&id) != Some(&new) {
+            self.put_device(&new);
+            publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
+            publish::log(
+                &self.broker,
+                new.cid,
+                id,
+                device_event::UPDATED,
+                Some(&item),
+                old_item.as_ref(),
+            );
+        }
+        st.devices.insert(id, new);
+        item
+    }
+
+    /// Moves a disabled device to account `cid` (already checked to be in scope).
+    pub fn move_device(&self, id: u64, cid: Cid) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        let old = st
+            .devices
+            .get(&id)
+            .ok_or(GwError::NotFound { what: "device", id })?
+            .clone();
+        if old.enabled {
+            return Err(GwError::Enabled(id));
+        }
+        if old.cid == cid {
+            return Ok(self.item_of(&old));
+        }
+        let mut new = old.clone();
+        new.cid = cid;
+        if let Some(other) = self.ident_owner(&st, &new) {
+            return Err(GwError::IdentTaken {
+                ident: new.ident().to_string(),
+                other,
+            });
+        }
+        // The old namespace loses the device's topics; the new one gets them all.
+        let old_item = self.item_of(&old);
+        let params: Vec<String> = st
+            .telemetry
+            .get(&id)
+            .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        publish::deleted(&self.broker, old.cid, id, &old_item, &params);
+        publish::log(
+            &self.broker,
+            old.cid,
+            id,
+            device_event::DELETED,
+            None,
+            Some(&old_item),
+        );
+        self.put_device(&new);
+        let item = self.item_of(&new);
+        publish::state(&self.broker, cid, id, None, &item);
+        publish::log(
+            &self.broker,
+            cid,
+            id,
+            device_event::CREATED,
+            Some(&item),
+            None,
+        );
+        if let Some(t) = st.telemetry.get(&id) {
+            for (k, p) in t.iter() {
+                publish::telemetry(&self.broker, cid, id, k, Some((&p.value, p.ts)));
+            }
+        }
+        st.devices.insert(id, new);
+        Ok(item)
+    }
+
+    /// Deletes device `id` with its messages and telemetry; returns its last item.
+    pub fn delete_device(&self, id: u64) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        let d = st
+            .devices
+            .remove(&id)
+            .ok_or(GwError::NotFound { what: "device", id })?;
+        st.online.remove(&id);
+        let item = self.item_of(&d);
+        self.store.submit(Op::DelDevice { id });
+        let params: Vec<String> = st
+            .telemetry
+            .remove(&id)
+            .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        publish::deleted(&self.broker, d.cid, id, &item, &params);
+        publish::log(
+            &self.broker,
+            d.cid,
+            id,
+            device_event::DELETED,
+            None,
+            Some(&item),
+        );
+        Ok(item)
+    }
+
+    /// Deletes the devices of deleted accounts.
+    pub fn accounts_deleted(&self, gone: &[Cid]) {
+        let ids: Vec<u64> = {
+            let st = self.state.lock();
+            st.devices
+                .values()
+                .filter(|d| gone.contains(&d.cid))
+                .map(|d| d.id)
+                .collect()
+        };
+        for id in ids {
+            let _ = self.delete_device(id);
+        }
+        let mut st = self.state.lock();
+        let groups: Vec<u64> = st
+            .groups
+            .values()
+            .filter(|g| gone.contains(&g.cid))
+            .map(|g| g.id)
+            .collect();
+        for id in groups {
+            st.groups.remove(&id);
+            self.store.submit(Op::DelGroup { id });
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The MQTT side of the devices layer (docs/flespi.md#devices), published through the broker in
+//! the device's account namespace (`cid`): topics from `tern_broker::topics`.
+//!
+//! - `flespi/state/gw/devices/<id>`: the item, retained; `.../<id>/<property>`: each property's
+//!   raw JSON, retained, published when it changed; on delete, empty retained payloads, then
+//!   `.../<id>/deleted` = `true`, not retained.
+//! - `flespi/log/gw/devices/<id>/<created|updated|deleted>`: a log record with `new`/`old`.
+//! - `flespi/message/gw/devices/<id>`: each stored message, not retained.
+//! - `flespi/state/gw/devices/<id>/telemetry/<param>`: the raw value, retained, with the
+//!   message `timestamp` (the v5 user property the broker writes) = the parameter's `ts`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde_json::{Value, json};
+use tern_broker::topics::{self, device_event};
+use tern_broker::{Broker, Cid, Micros};
+use tern_codec::QoS;
+
+/// Log `origin_type` of devices (docs/flespi.md#devices).
+pub const ORIGIN_DEVICE: u64 = 11;
+
+/// tern's event codes of device item changes (docs/flespi.md#devices: tern's own where flespi's are
+/// not known).
+pub mod event_code {
+    pub const CREATED: u64 = 1;
+    pub const UPDATED: u64 = 2;
+    pub const DELETED: u64 = 3;
+    /// flespi's.
+    pub const CONNECTED: u64 = 300;
+    /// flespi's.
+    pub const DISCONNECTED: u64 = 301;
+}
+
+fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) {
+    let msg = broker.message(
+        cid,
+        ByteString::from(topic),
+        payload,
+        QoS::AtLeastOnce,
+        retain,
+    );
+    broker.publish(Arc::new(msg));
+}
+
+fn json_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// The item and every property that differs from `old` (all of them when `old` is `None`).
+pub fn state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, new: &Value) {
+    let Some(obj) = new.as_object() else {
+        return;
+    };
+    let mut changed = false;
+    for (k, v) in obj {
+        if old.and_then(|o| o.get(k)) == Some(v) {
+            continue;
+        }
+        changed = true;
+        send(
+            broker,
+            cid,
+            topics::device_property_topic(id, k),
+            json_bytes(v),
+            true,
+        );
+    }
+    if changed || old.is_none() {
+        send(
+            broker,
+            cid,
+            topics::device_state_topic(id),
+            json_bytes(new),
+            true,
+        );
+    }
+}
+
+/// A deleted device: empty retained payloads for the item, its properties and telemetry, then
+/// `deleted` = `true` (not retained), so open lists drop it.
+pub fn deleted(broker: &Broker, cid: Cid, id: u64, old: &Value, telemetry: &[String]) {
+    for param in telemetry {
+        send(
+            broker,
+            cid,
+            topics::device_telemetry_topic(id, param),
+            Bytes::new(),
+            true,
+        );
+    }
+    if let Some(obj) = old.as_object() {
+        for k in obj.keys() {
+            send(
+                broker,
+                cid,
+                topics::device_property_topic(id, k),
+                Bytes::new(),
+                true,
+            );
+        }
+    }
+    send(
+        broker,
+        cid,
+        topics::device_state_topic(id),
+        Bytes::new(),
+        true,
+    );
+    send(
+        broker,
+        cid,
+        topics::device_property_topic(id, topics::DEVICE_DELETED_PROPERTY),
+        Bytes::from_static(b"true"),
+        false,
+    );
+}
+
+/// A log record on `flespi/log/gw/devices/<id>/<event>`.
+pub fn log(
+    broker: &Broker,
+    cid: Cid,
+    id: u64,
+    event: &str,
+    new: Option<&Value>,
+    old: Option<&Value>,
+) {
+    let code = match event {
+        device_event::CREATED => event_code::CREATED,
+        device_event::UPDATED => event_code::UPDATED,
+        device_event::CONNECTED => event_code::CONNECTED,
+        device_event::DISCONNECTED => event_code::DISCONNECTED,
+        _ => event_code::DELETED,
+    };
+    let mut record = json!({
+        "timestamp": broker.clock.now() as f64 / 1e6,
+        "event_code": code,
+        "origin_type": ORIGIN_DEVICE,
+        "origin_id": id,
+    });
+    if let Some(new) = new {
+        record["new"] = new.clone();
+    }
+    if let Some(old) = old {
+        record["old"] = old.clone();
+    }
+    send(
+        broker,
+        cid,
+        topics::device_log_topic(id, event),
+        json_bytes(&record),
+        false,
+    );
+}
+
+/// A stored message on `flespi/message/gw/devices/<id>`.
+pub fn message(broker: &Broker, cid: Cid, id: u64, json: Bytes) {
+    send(broker, cid, topics::device_message_topic(id), json, false);
+}
+
+/// One telemetry parameter: its value with `ts` as the message timestamp, or an empty payload
+/// when it was deleted.
+pub fn telemetry(broker: &Broker, cid: Cid, id: u64, param: &str, value: Option<(&Value, f64)>) {
+    let topic = ByteString::from(topics::device_telemetry_topic(id, param));
+    let msg = match value {
+        Some((v, ts)) => broker.message_at(
+            cid,
+            topic,
+            json_bytes(v),
+            QoS::AtLeastOnce,
+            true,
+            ts_micros(ts),
+        ),
+        None => broker.message(cid, topic, Bytes::new(), QoS::AtLeastOnce, true),
+    };
+    broker.publish(Arc::new(msg));
+}
+
+/// A parameter's `ts` as the broker's message time (times before 1970 are written as 0).
+fn ts_micros(ts: f64) -> Micros {
+    let m = (ts * 1e6).round();
+    if m <= 0.0 { 0 } else { m as Micros }
+}

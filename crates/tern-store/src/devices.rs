@@ -1,0 +1,143 @@
+//! The devices layer's records (tern-gw, docs/flespi.md#devices): device, group and telemetry
+//! documents kept like accounts and tokens (versioned JSON, loaded at start), and device
+//! messages, which are not loaded at start: an ordered table keyed by
+//! `(device id, timestamp, arrival sequence)` read by range ([`Reader`]), so a device with a
+//! million messages answers a window or its last message without scanning the rest.
+//!
+//! Per device, the store keeps how many messages and bytes it holds ([`MessageStats`], updated
+//! in the same transaction as the messages): `messages_size` and the `messages_rotate` rule
+//! read it without a scan, and it is loaded at start.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+/// A device id (`/gw/devices` item `id`).
+pub type DeviceId = u64;
+
+/// Where a device message sorts: its `timestamp` in microseconds (signed: messages may
+/// predate 1970), then its arrival sequence (ties in arrival order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageKey {
+    pub ts: i64,
+    pub seq: u64,
+}
+
+/// One stored device message: its key and its JSON document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMessage {
+    pub key: MessageKey,
+    pub json: Bytes,
+}
+
+/// How many messages a device has stored and their bytes (the JSON documents).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageStats {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl MessageStats {
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.count += 1;
+        self.bytes += bytes as u64;
+    }
+
+    pub(crate) fn remove(&mut self, bytes: usize) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+    }
+}
+
+/// A range read of one device's messages: `from..=to` on the timestamp (microseconds), oldest
+/// first or, with `reverse`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRange {
+    pub device: DeviceId,
+    pub from: i64,
+    pub to: i64,
+    pub reverse: bool,
+}
+
+/// What a reader's visitor says after each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    More,
+    Stop,
+}
+
+/// Reads what the writer thread committed, concurrently with it (a redb read transaction, or
+/// the memory backend's lock). Obtained from [`crate::Backend::reader`]; [`crate::Store`]
+/// exposes it.
+pub trait Reader: Send + Sync + fmt::Debug {
+    /// Visits the messages of `range` in its order until the visitor says stop.
+    fn device_messages(
+        &self,
+        range: &MessageRange,
+        visit: &mut dyn FnMut(MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError>;
+
+    /// How many messages and bytes `device` has stored (a point lookup).
+    fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError>;
+}
+
+/// The key of a device message: `device (u64) | ts (i64, sign flipped) | seq (u64)`, all
+/// big-endian, so keys sort by device, then time, then arrival.
+pub(crate) fn message_key(device: DeviceId, key: MessageKey) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&device.to_be_bytes());
+    k[8..16].copy_from_slice(&ts_bytes(key.ts));
+    k[16..].copy_from_slice(&key.seq.to_be_bytes());
+    k
+}
+
+fn ts_bytes(ts: i64) -> [u8; 8] {
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The first and last possible keys of `device` between two timestamps.
+pub(crate) fn message_bounds(device: DeviceId, from: i64, to: i64) -> ([u8; 24], [u8; 24]) {
+    (
+        message_key(device, MessageKey { ts: from, seq: 0 }),
+        message_key(
+            device,
+            MessageKey {
+                ts: to,
+                seq: u64::MAX,
+            },
+        ),
+    )
+}
+
+pub(crate) fn decode_message_key(k: &[u8]) -> Result<(DeviceId, MessageKey), String> {
+    let b = <[u8; 24]>::try_from(k).map_err(|_| format!("{} bytes, expected 24", k.len()))?;
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_be_bytes(w)
+    };
+    Ok((
+        word(0),
+        MessageKey {
+            ts: (word(8) ^ (1 << 63)) as i64,
+            seq: word(16),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_device_then_time_then_arrival() {
+        let k = |d, ts, seq| message_key(d, MessageKey { ts, seq });
+        assert!(k(1, -5, 9) < k(1, 0, 0));
+        assert!(k(1, 0, 0) < k(1, 0, 1));
+        assert!(k(1, i64::MAX, u64::MAX) < k(2, i64::MIN, 0));
+        let (d, key) = decode_message_key(&k(7, -3, 4)).expect("decodes");
+        assert_eq!((d, key), (7, MessageKey { ts: -3, seq: 4 }));
+    }
+}
