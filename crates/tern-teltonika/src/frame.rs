@@ -301,3 +301,124 @@ fn encode_record(codec: AvlCodec, record: &Record, out: &mut BytesMut) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(data: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, |out| out.put_slice(data));
+        out
+    }
+
+    #[test]
+    fn bad_header_is_refused_before_the_body_arrives() {
+        let d = FrameDecoder::default();
+        // §8: preamble not zero: close at once, as soon as the byte is there.
+        assert_eq!(
+            d.decode(&mut BytesMut::from(&[0u8, 0, 1][..])),
+            Err(DecodeError::Preamble { found: 0x100 })
+        );
+        // Data field length > max_packet_size: refused with only the 8-byte header buffered.
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0, 0, 1, 0, 1][..]);
+        let err = d.decode(&mut buf);
+        assert_eq!(
+            err,
+            Err(DecodeError::Oversize {
+                len: 65_537,
+                max: 65_536
+            })
+        );
+        assert_eq!(buf.len(), 8, "the buffer is left as it was");
+        assert_eq!(
+            d.decode(&mut BytesMut::from(&[0u8, 0, 0, 0, 0, 0, 0, 2][..])),
+            Err(DecodeError::Undersize { len: 2 })
+        );
+        assert_eq!(
+            FrameDecoder::new(100).frame_len(&[0, 0, 0, 0, 0, 0, 0, 100]),
+            Ok(Some(112))
+        );
+    }
+
+    #[test]
+    fn counts_and_leftovers_are_refused() {
+        let d = FrameDecoder::default();
+        // 0 records.
+        let err = d.decode(&mut framed(&[CODEC_8E_ID, 0, 0])).err();
+        assert!(
+            matches!(err, Some(DecodeError::BadCount { count: 0, .. })),
+            "{err:?}"
+        );
+        // A Codec 12 response with one byte too many before quantity 2.
+        let err = d
+            .decode(&mut framed(&[CODEC_12, 1, 6, 0, 0, 0, 1, b'x', b'y', 1]))
+            .err();
+        assert_eq!(err, Some(DecodeError::TrailingBytes { extra: 1 }));
+        // Quantities that differ.
+        let err = d
+            .decode(&mut framed(&[CODEC_12, 1, 6, 0, 0, 0, 1, b'x', 2]))
+            .err();
+        assert_eq!(
+            err,
+            Some(DecodeError::CountMismatch {
+                first: 1,
+                second: 2
+            })
+        );
+        // A payload size past the data field.
+        let err = d
+            .decode(&mut framed(&[CODEC_12, 1, 6, 0, 0, 0, 9, b'x', 1]))
+            .err();
+        assert!(matches!(err, Some(DecodeError::Overrun { .. })), "{err:?}");
+        // A type other than 05/06.
+        let err = d
+            .decode(&mut framed(&[CODEC_12, 1, 7, 0, 0, 0, 0, 1]))
+            .err();
+        assert_eq!(err, Some(DecodeError::CommandType { codec: 12, kind: 7 }));
+        assert_eq!(
+            err.map(|e| e.action()),
+            Some(crate::ChannelAction::CloseWithoutAck)
+        );
+    }
+
+    #[test]
+    fn codec13_decodes() {
+        // §7: a 4-byte unix-seconds timestamp, then payload; the size counts the timestamp.
+        let mut buf = framed(&[CODEC_13, 1, 6, 0, 0, 0, 6, 0x5D, 0, 0, 0, b'o', b'k', 1]);
+        match FrameDecoder::default().decode(&mut buf) {
+            Ok(Some(Frame::Codec13(c))) => {
+                assert_eq!(c.timestamp, 0x5D00_0000);
+                assert_eq!(&c.payload[..], b"ok");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn finish_reports_a_partial_frame() {
+        let d = FrameDecoder::default();
+        assert_eq!(d.finish(&[]), Ok(()));
+        assert_eq!(
+            d.finish(&[0, 0]),
+            Err(DecodeError::Truncated {
+                buffered: 2,
+                needed: 8
+            })
+        );
+        let err = d.finish(&[0, 0, 0, 0, 0, 0, 0, 3, 8]);
+        assert_eq!(
+            err,
+            Err(DecodeError::Truncated {
+                buffered: 9,
+                needed: 15
+            })
+        );
+        assert_eq!(
+            err.err().map(|e| e.action()),
+            Some(crate::ChannelAction::DropPartial)
+        );
+    }
+
+    const CODEC_8E_ID: u8 = crate::avl::CODEC_8E;
+}
