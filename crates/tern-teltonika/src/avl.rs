@@ -1,4 +1,5 @@
-//! AVL records of Codec 8, 8 Extended and 16 (§4, §5): the model and the parse of a data field.
+//! AVL records of Codec 8, 8 Extended and 16 (docs/teltonika.md#record, #io-elements): the model
+//! and the parse of a data field.
 //!
 //! IO values are integers, and the variable-length values of Codec 8 Extended are `Bytes` views of
 //! the frame: no IO element copies the frame.
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use crate::error::DecodeError;
 use crate::wire::Reader;
 
-/// The AVL codecs (§3 codec id).
+/// The AVL codecs (docs/teltonika.md#frame, codec id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AvlCodec {
     /// Codec 8, id `08`.
@@ -47,7 +48,7 @@ pub const CODEC_8E: u8 = 0x8E;
 /// Codec id of Codec 16.
 pub const CODEC_16: u8 = 0x10;
 
-/// The GPS element of a record (§4), raw values as sent.
+/// The GPS element of a record (docs/teltonika.md#record), raw values as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Gps {
     /// Degrees x 1e7, two's complement.
@@ -58,14 +59,14 @@ pub struct Gps {
     pub altitude: i16,
     /// Degrees from north, clockwise.
     pub angle: u16,
-    /// Satellites in use; 0 means no valid fix (§4, validity decision).
+    /// Satellites in use; 0 means no valid fix (docs/teltonika.md#record, the validity decision).
     pub satellites: u8,
     /// km/h.
     pub speed: u16,
 }
 
-/// One IO element value (§5): an unsigned integer of its width, or variable-length bytes (Codec 8
-/// Extended only).
+/// One IO element value (docs/teltonika.md#io-elements): an unsigned integer of its width, or
+/// variable-length bytes (Codec 8 Extended only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoValue {
     U8(u8),
@@ -107,7 +108,7 @@ pub struct IoElement {
     pub value: IoValue,
 }
 
-/// One AVL record (§4, §5).
+/// One AVL record (docs/teltonika.md#record, #io-elements).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Milliseconds since 1970-01-01 UTC.
@@ -132,7 +133,7 @@ pub struct AvlPacket {
 }
 
 impl AvlPacket {
-    /// The record count the server ACKs (§2 step 3).
+    /// The record count the server ACKs (docs/teltonika.md#frame).
     pub fn ack_count(&self) -> u32 {
         // At most 255 records (a one-byte count).
         self.records.len() as u32
@@ -183,7 +184,7 @@ fn parse_record(codec: AvlCodec, r: &mut Reader) -> Result<Record, DecodeError> 
         satellites: r.u8("satellites")?,
         speed: r.u16("speed")?,
     };
-    // §5: the widths of the event id, the counts and the ids per codec.
+    // docs/teltonika.md#io-elements: the widths of the event id, the counts and the ids per codec.
     let (event_io_id, generation_type, total) = match codec {
         AvlCodec::Codec8 => (
             u16::from(r.u8("event IO id")?),
@@ -240,7 +241,7 @@ fn parse_record(codec: AvlCodec, r: &mut Reader) -> Result<Record, DecodeError> 
     })
 }
 
-/// A group count: 2 bytes in Codec 8 Extended, 1 byte otherwise (§5).
+/// A group count: 2 bytes in Codec 8 Extended, 1 byte otherwise (docs/teltonika.md#io-elements).
 fn count(codec: AvlCodec, r: &mut Reader, field: &'static str) -> Result<u16, DecodeError> {
     match codec {
         AvlCodec::Codec8Extended => r.u16(field),
@@ -248,7 +249,7 @@ fn count(codec: AvlCodec, r: &mut Reader, field: &'static str) -> Result<u16, De
     }
 }
 
-/// An IO id: 1 byte in Codec 8, 2 bytes otherwise (§5).
+/// An IO id: 1 byte in Codec 8, 2 bytes otherwise (docs/teltonika.md#io-elements).
 fn id(codec: AvlCodec, r: &mut Reader) -> Result<u16, DecodeError> {
     match codec {
         AvlCodec::Codec8 => r.u8("IO id").map(u16::from),

@@ -1,4 +1,4 @@
-//! Codec 12 commands and responses, and Codec 13 (§7).
+//! Codec 12 commands and responses, and Codec 13 (docs/teltonika.md#commands).
 //!
 //! Codec 12 data field: `0C`, command quantity 1 (`01`), type (`05` command, `06` response),
 //! 4-byte payload size, payload, command quantity 2 (`01`). Codec 13 (device to server) has the
@@ -49,7 +49,8 @@ pub struct Codec12 {
     pub payload: Bytes,
 }
 
-/// A Codec 13 frame (device to server): checked, logged and dropped by the channel (§7).
+/// A Codec 13 frame (device to server): checked, logged and dropped by the channel
+/// (docs/teltonika.md#commands).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codec13 {
     pub kind: CommandType,

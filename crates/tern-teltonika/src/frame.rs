@@ -1,6 +1,6 @@
-//! The TCP frame (§3): preamble, data field length, data field, CRC. The incremental decoder and
-//! the encoders of what the server sends (ACK, Codec 12 command) and of what a tracker sends (for
-//! tests and simulators).
+//! The TCP frame (docs/teltonika.md#frame): preamble, data field length, data field, CRC. The
+//! incremental decoder and the encoders of what the server sends (ACK, Codec 12 command) and of
+//! what a tracker sends (for tests and simulators).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -9,13 +9,14 @@ use crate::command::{self, CODEC_12, CODEC_13, Codec12, Codec13, CommandType};
 use crate::error::DecodeError;
 use crate::wire::crc16;
 
-/// The default `max_packet_size` (§1, §11): the largest data field length accepted.
+/// The default `max_packet_size` (docs/teltonika.md#limits): the largest data field length
+/// accepted.
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 65_536;
 /// Preamble and data field length.
 const HEADER_LEN: usize = 8;
 /// The CRC field after the data field.
 const CRC_LEN: usize = 4;
-/// The smallest data field: codec id and the two counts (§3).
+/// The smallest data field: codec id and the two counts (docs/teltonika.md#frame).
 const MIN_DATA_LEN: u32 = 3;
 
 /// One whole, checked frame.
@@ -25,7 +26,7 @@ pub enum Frame {
     Avl(AvlPacket),
     /// Codec 12: a command response from the device (or a command, in tests). Never ACKed.
     Codec12(Codec12),
-    /// Codec 13: logged and dropped, the connection stays (§7).
+    /// Codec 13: logged and dropped, the connection stays (docs/teltonika.md#commands).
     Codec13(Codec13),
 }
 
@@ -129,8 +130,9 @@ impl FrameDecoder {
         parse_data(codec, frame).map(Some)
     }
 
-    /// Call when the stream ends (peer closed, or `frame_timeout` ran out) with `buf` holding
-    /// what is left: a partial frame is [`DecodeError::Truncated`] (§8: drop it, close).
+    /// Call when the stream ends (peer closed, or `frame_timeout` ran out) with `buf` holding what
+    /// is left: a partial frame is [`DecodeError::Truncated`] (docs/teltonika.md#bad-input: drop
+    /// it, close).
     pub fn finish(&self, buf: &[u8]) -> Result<(), DecodeError> {
         if buf.is_empty() {
             return Ok(());
@@ -160,7 +162,7 @@ fn parse_data(codec: u8, body: Bytes) -> Result<Frame, DecodeError> {
 }
 
 /// Parses a data field (codec id through number of data 2) that arrived without the TCP framing
-/// (a UDP datagram, §10).
+/// (a UDP datagram, docs/teltonika.md#udp).
 pub(crate) fn parse_data_field(data: Bytes) -> Result<Frame, DecodeError> {
     let mut data = data;
     if data.is_empty() {
@@ -170,7 +172,7 @@ pub(crate) fn parse_data_field(data: Bytes) -> Result<Frame, DecodeError> {
     parse_data(codec, data)
 }
 
-/// Appends the record ACK: the record count as a 4-byte integer (§2 step 3).
+/// Appends the record ACK: the record count as a 4-byte integer (docs/teltonika.md#frame).
 pub fn encode_ack(count: u32, out: &mut BytesMut) {
     out.put_u32(count);
 }
@@ -198,7 +200,8 @@ fn encode_frame(out: &mut BytesMut, data: impl FnOnce(&mut BytesMut)) {
     out.put_u32(u32::from(crc));
 }
 
-/// Appends a Codec 12 frame (§7): a command (`05`, what the server sends) or a response (`06`).
+/// Appends a Codec 12 frame (docs/teltonika.md#commands): a command (`05`, what the server sends)
+/// or a response (`06`).
 pub fn encode_codec12(kind: CommandType, payload: &[u8], out: &mut BytesMut) {
     encode_frame(out, |out| {
         out.put_u8(CODEC_12);
@@ -315,7 +318,8 @@ mod tests {
     #[test]
     fn bad_header_is_refused_before_the_body_arrives() {
         let d = FrameDecoder::default();
-        // §8: preamble not zero: close at once, as soon as the byte is there.
+        // docs/teltonika.md#bad-input: preamble not zero: close at once, as soon as the byte is
+        // there.
         assert_eq!(
             d.decode(&mut BytesMut::from(&[0u8, 0, 1][..])),
             Err(DecodeError::Preamble { found: 0x100 })
@@ -384,7 +388,8 @@ mod tests {
 
     #[test]
     fn codec13_decodes() {
-        // §7: a 4-byte unix-seconds timestamp, then payload; the size counts the timestamp.
+        // docs/teltonika.md#commands: a 4-byte unix-seconds timestamp, then payload; the size
+        // counts the timestamp.
         let mut buf = framed(&[CODEC_13, 1, 6, 0, 0, 0, 6, 0x5D, 0, 0, 0, b'o', b'k', 1]);
         match FrameDecoder::default().decode(&mut buf) {
             Ok(Some(Frame::Codec13(c))) => {

@@ -1,13 +1,13 @@
-//! The IMEI handshake (§2, steps 1-2): a 2-byte length, that many ASCII digits, and the server's
-//! one-byte answer.
+//! The IMEI handshake (docs/teltonika.md#handshake): a 2-byte length, that many ASCII digits, and
+//! the server's one-byte answer.
 
 use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 
-/// The shortest IMEI length §2 accepts.
+/// The shortest IMEI length accepted (docs/teltonika.md#handshake).
 pub const IMEI_MIN_LEN: u16 = 15;
-/// The longest IMEI length §2 accepts.
+/// The longest IMEI length accepted (docs/teltonika.md#handshake).
 pub const IMEI_MAX_LEN: u16 = 17;
 
 /// A tracker's IMEI as it sent it in the handshake: 15-17 ASCII digits (the device `ident`).
@@ -68,7 +68,7 @@ pub fn decode_imei(buf: &mut BytesMut) -> Result<Option<Imei>, DecodeError> {
     Ok(Some(Imei(imei)))
 }
 
-/// The server's one-byte answer to the handshake (§2 step 2).
+/// The server's one-byte answer to the handshake (docs/teltonika.md#handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeAnswer {
     /// `01`: accepted, frames follow.
@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn spec_example_decodes() {
-        // §2 step 1: `000F 333536333037303432343431303133` = `356307042441013`.
+        // docs/teltonika.md#handshake: `000F 333536333037303432343431303133` = `356307042441013`.
         let mut buf = hex("000F333536333037303432343431303133FF");
         let imei = decode_imei(&mut buf).ok().flatten();
         assert_eq!(imei.as_ref().map(Imei::as_str), Some("356307042441013"));

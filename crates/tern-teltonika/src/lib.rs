@@ -1,24 +1,25 @@
-//! tern-teltonika: the Teltonika tracker protocol (`teltonika.md`), bytes only, no I/O.
+//! tern-teltonika: the Teltonika tracker protocol (docs/teltonika.md), bytes only, no I/O.
 //!
 //! Used by the Teltonika channel: the channel owns the socket and feeds its receive buffer here.
 //! A connection starts with the IMEI handshake ([`decode_imei`], answered with
 //! [`HandshakeAnswer`]), then [`FrameDecoder::decode`] takes whole frames from the buffer,
 //! returning `Ok(None)` until a frame is complete; the data field length is checked against
 //! `max_packet_size` before the rest is buffered, so the buffer stays bounded. Every count,
-//! length and CRC is checked (§3, §5); a [`DecodeError`] names the rule and
-//! [`DecodeError::action`] says what the channel does (§8). Records become flespi messages with
-//! [`record_to_message`], driven by the one [`PARAMETERS`] table the channel also serves as the
-//! `teltonika` device type's `message_parameters`.
+//! length and CRC is checked (docs/teltonika.md#frame, #io-elements); a [`DecodeError`] names the
+//! rule and [`DecodeError::action`] says what the channel does (docs/teltonika.md#bad-input).
+//! Records become flespi messages with [`record_to_message`], driven by the one [`PARAMETERS`]
+//! table the channel also serves as the `teltonika` device type's `message_parameters`.
 //!
-//! Layout:
-//! - `handshake`: IMEI handshake and its answer (§2)
-//! - `frame`: the TCP frame and its incremental decoder, the ACK and frame encoders (§3, §7)
-//! - `avl`: records of Codec 8, 8 Extended, 16 (§4, §5); variable-length values are `Bytes`
-//!   views of the frame
-//! - `command`: Codec 12 commands and responses, Codec 13 (§7)
-//! - `message`: records to messages and the parameter table (§6)
-//! - `udp`: UDP datagrams (§10, for later)
-//! - `error`: [`DecodeError`] and the §8 [`ChannelAction`]
+//! Layout (sections of docs/teltonika.md in brackets):
+//! - `handshake`: the IMEI handshake and its answer (#handshake)
+//! - `frame`: the TCP frame and its incremental decoder, the ACK and frame encoders (#frame,
+//!   #commands)
+//! - `avl`: records of Codec 8, 8 Extended, 16 (#record, #io-elements); variable-length values
+//!   are `Bytes` views of the frame
+//! - `command`: Codec 12 commands and responses, Codec 13 (#commands)
+//! - `message`: records to messages and the parameter table (#messages)
+//! - `udp`: UDP datagrams (#udp, for later)
+//! - `error`: [`DecodeError`] and the [`ChannelAction`] of #bad-input
 //! - `wire`: CRC-16/IBM and the bounds-checked reader
 
 pub mod avl;

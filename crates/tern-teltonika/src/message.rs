@@ -1,4 +1,4 @@
-//! Records to flespi messages (§4, §6).
+//! Records to flespi messages (docs/teltonika.md#record, #messages).
 //!
 //! [`PARAMETERS`] is the one table of the `teltonika` device type's message parameters: the
 //! channel serves it in `/gw/channel-protocols` (`message_parameters`) and
@@ -29,15 +29,16 @@ impl ParameterType {
     }
 }
 
-/// Where a parameter's value comes from and how it is converted (§4, §6).
+/// Where a parameter's value comes from and how it is converted (docs/teltonika.md#record,
+/// #messages).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Source {
-    /// A field of the record itself (§4: timestamp, priority, GPS element, event id), or the
-    /// handshake IMEI.
+    /// A field of the record itself (docs/teltonika.md#record: timestamp, priority, GPS element,
+    /// event id), or the handshake IMEI.
     Record,
     /// IO element `id`, non-zero = true.
     Boolean(u16),
-    /// IO element `id` divided by the divisor ("division is division", §6).
+    /// IO element `id` divided by the divisor ("division is division", docs/teltonika.md#messages).
     Divide(u16, f64),
     /// IO element `id` multiplied by the factor.
     Multiply(u16, u64),
@@ -95,8 +96,9 @@ const fn p(
 
 use ParameterType::{Boolean as B, Number as N, String as S};
 
-/// The message parameters of the `teltonika` device type, in message order: the record's own
-/// fields (§4, §6), then the IO elements of the §6 table, then the form of unknown ids.
+/// The message parameters of the `teltonika` device type, in message order: the record's own fields
+/// (docs/teltonika.md#record, #messages), then the IO elements of the docs/teltonika.md#messages
+/// table, then the form of unknown ids.
 pub static PARAMETERS: &[Parameter] = &[
     p(
         "ident",
@@ -360,8 +362,9 @@ pub static PARAMETERS: &[Parameter] = &[
     ),
 ];
 
-/// `PARAMETERS` index + 1 of the IO parameter for each AVL id below 256 (0: none). Every id of
-/// the §6 table is below 256. Built from `PARAMETERS` at compile time, so the two cannot differ.
+/// `PARAMETERS` index + 1 of the IO parameter for each AVL id below 256 (0: none). Every id of the
+/// docs/teltonika.md#messages table is below 256. Built from `PARAMETERS` at compile time, so the
+/// two cannot differ.
 static BY_ID: [u8; 256] = {
     let mut index = [0u8; 256];
     let mut i = 0;
@@ -382,19 +385,20 @@ static BY_ID: [u8; 256] = {
     index
 };
 
-/// The IO parameter for an AVL id, `None` for an id not in the §6 table.
+/// The IO parameter for an AVL id, `None` for an id not in the docs/teltonika.md#messages table.
 pub fn parameter_for(id: u16) -> Option<&'static Parameter> {
     let slot = *BY_ID.get(usize::from(id))?;
     PARAMETERS.get(usize::from(slot).checked_sub(1)?)
 }
 
-/// The message of one record (§6): `ident`, `timestamp`, `codec.id`, `event.priority.enum`, the
-/// seven `position.*` keys, `event.enum` (event IO id, when not 0), `event.generation.enum`
-/// (Codec 16), then every IO element by [`PARAMETERS`]; an id that appears twice: the last wins.
+/// The message of one record (docs/teltonika.md#messages): `ident`, `timestamp`, `codec.id`,
+/// `event.priority.enum`, the seven `position.*` keys, `event.enum` (event IO id, when not 0),
+/// `event.generation.enum` (Codec 16), then every IO element by [`PARAMETERS`]; an id that appears
+/// twice: the last wins.
 pub fn record_to_message(ident: &str, codec: AvlCodec, record: &Record) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("ident".into(), ident.into());
-    // §4: ms / 1000 as float seconds.
+    // docs/teltonika.md#record: ms / 1000 as float seconds.
     m.insert(
         "timestamp".into(),
         Value::from(record.timestamp_ms as f64 / 1000.0),
@@ -414,7 +418,7 @@ pub fn record_to_message(ident: &str, codec: AvlCodec, record: &Record) -> Map<S
     m.insert("position.direction".into(), gps.angle.into());
     m.insert("position.satellites".into(), gps.satellites.into());
     m.insert("position.speed".into(), gps.speed.into());
-    // §4 validity decision: a fix is valid when satellites are in use.
+    // docs/teltonika.md#record validity decision: a fix is valid when satellites are in use.
     m.insert("position.valid".into(), (gps.satellites > 0).into());
     if record.event_io_id != 0 {
         m.insert("event.enum".into(), record.event_io_id.into());
@@ -428,7 +432,8 @@ pub fn record_to_message(ident: &str, codec: AvlCodec, record: &Record) -> Map<S
     m
 }
 
-/// The messages of all records of a frame, in order (one frame = one batch, §6).
+/// The messages of all records of a frame, in order (one frame = one batch,
+/// docs/teltonika.md#messages).
 pub fn packet_to_messages(ident: &str, packet: &AvlPacket) -> Vec<Map<String, Value>> {
     packet
         .records
@@ -440,8 +445,8 @@ pub fn packet_to_messages(ident: &str, packet: &AvlPacket) -> Vec<Map<String, Va
 fn insert_io(m: &mut Map<String, Value>, id: u16, value: &IoValue) {
     let known = parameter_for(id).zip(value.as_u64());
     let Some((parameter, v)) = known else {
-        // §6: unknown ids (and variable-length values) are `custom.param.<id>`: the unsigned
-        // integer, or lowercase hex for variable-length bytes.
+        // docs/teltonika.md#messages: unknown ids (and variable-length values) are
+        // `custom.param.<id>`: the unsigned integer, or lowercase hex for variable-length bytes.
         let value = match value {
             IoValue::Bytes(b) => Value::String(hex(b)),
             _ => value.as_u64().unwrap_or_default().into(),
@@ -462,7 +467,8 @@ fn insert_io(m: &mut Map<String, Value>, id: u16, value: &IoValue) {
         }
         Source::OperatorCode(_) => {
             let code = v.to_string();
-            // §6: `gsm.mcc` = the first 3 digits, `gsm.mnc` = the rest, as numbers.
+            // docs/teltonika.md#messages: `gsm.mcc` = the first 3 digits, `gsm.mnc` = the rest, as
+            // numbers.
             let mcc = code.get(..3).and_then(|s| s.parse::<u64>().ok());
             let mnc = code.get(3..).and_then(|s| s.parse::<u64>().ok());
             m.insert(name, code.into());

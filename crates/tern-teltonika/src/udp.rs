@@ -1,7 +1,9 @@
-//! UDP datagrams (§10, not used by the channel yet; the decoder shares the record parse).
+//! UDP datagrams (docs/teltonika.md#udp): not used by the channel yet; the decoder shares the
+//! record parse.
 //!
 //! Datagram: 2-byte length of the rest, 2-byte packet id, one byte `01`, 1-byte AVL packet id,
-//! 2-byte IMEI length + IMEI, then codec id .. number of data 2 as in §3 (no preamble, no CRC).
+//! 2-byte IMEI length + IMEI, then codec id .. number of data 2 as in docs/teltonika.md#frame (no
+//! preamble, no CRC).
 //! Answer: `0005`, the packet id, `01`, the AVL packet id, the accepted record count (1 byte).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

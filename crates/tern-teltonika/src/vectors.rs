@@ -1,6 +1,6 @@
 //! Every vector of `shared/data/teltonika/` (its README): each `.hex` decodes to exactly the
 //! `decoded` structure and the `messages` of its `.json`, re-encodes byte for byte, and each
-//! `bad_*` vector gives its `error` with the §8 action.
+//! `bad_*` vector gives its `error` with the docs/teltonika.md#bad-input action.
 
 use std::path::PathBuf;
 
@@ -259,7 +259,8 @@ fn every_vector() {
 
 #[test]
 fn spec_getinfo_command_encodes() {
-    // §7: `getinfo` = 000000000000000F0C010500000007676574696E666F0100004312.
+    // docs/teltonika.md#commands: `getinfo` =
+    // 000000000000000F0C010500000007676574696E666F0100004312.
     let mut out = BytesMut::new();
     crate::encode_command(b"getinfo", &mut out);
     assert_eq!(

@@ -1,10 +1,12 @@
-//! Wire helpers: CRC-16/IBM (§3) and a bounds-checked big-endian reader over a frame's `Bytes`.
+//! Wire helpers: CRC-16/IBM (docs/teltonika.md#frame) and a bounds-checked big-endian reader over a
+//! frame's `Bytes`.
 
 use bytes::Bytes;
 
 use crate::error::DecodeError;
 
-/// CRC-16/IBM as §3 defines it: polynomial 0xA001 reflected, init 0, no final xor.
+/// CRC-16/IBM as docs/teltonika.md#frame defines it: polynomial 0xA001 reflected, init 0, no final
+/// xor.
 pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &b in data {
