@@ -96,8 +96,9 @@ impl FrameDecoder {
     }
 
     /// Takes the next whole frame from the front of `buf`: `Ok(None)` until it is all there
-    /// (nothing consumed), then the checked frame, its bytes removed from `buf`. On an error the
-    /// buffer is left as it was.
+    /// (nothing consumed), then the checked frame, its bytes removed from `buf`. A header, CRC or
+    /// codec id error leaves `buf` as it was; a frame whose records do not add up is consumed.
+    /// Either way the connection closes ([`DecodeError::action`]).
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         let Some(total) = self.frame_len(buf)? else {
             return Ok(None);
