@@ -49,6 +49,22 @@ pub struct Codec12 {
     pub payload: Bytes,
 }
 
+impl Codec12 {
+    /// The payload as the commands API answers it (docs/teltonika.md#commands): the text when
+    /// every byte is printable ASCII (or tab, CR, LF), else lowercase hex.
+    pub fn payload_text(&self) -> String {
+        let printable = self
+            .payload
+            .iter()
+            .all(|b| matches!(b, 0x20..=0x7e | b'\t' | b'\r' | b'\n'));
+        if printable {
+            String::from_utf8_lossy(&self.payload).into_owned()
+        } else {
+            self.payload.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
 /// A Codec 13 frame (device to server): checked, logged and dropped by the channel
 /// (docs/teltonika.md#commands).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -402,6 +402,16 @@ mod tests {
     }
 
     #[test]
+    fn payload_text_is_text_or_hex() {
+        let c = |payload: &'static [u8]| Codec12 {
+            kind: CommandType::Response,
+            payload: Bytes::from_static(payload),
+        };
+        assert_eq!(c(b"DI1:1 DI2:0\r\n").payload_text(), "DI1:1 DI2:0\r\n");
+        assert_eq!(c(&[0xde, 0xad, 0x41]).payload_text(), "dead41");
+    }
+
+    #[test]
     fn finish_reports_a_partial_frame() {
         let d = FrameDecoder::default();
         assert_eq!(d.finish(&[]), Ok(()));

@@ -41,7 +41,8 @@ pub use frame::{
 };
 pub use handshake::{HandshakeAnswer, Imei, decode_imei, encode_imei};
 pub use message::{
-    PARAMETERS, Parameter, ParameterType, Source, packet_to_messages, record_to_message,
+    PARAMETERS, Parameter, ParameterType, Source, message_parameters, packet_to_messages,
+    record_to_message,
 };
 pub use udp::{UdpPacket, decode_udp, encode_udp_ack};
 pub use wire::crc16;

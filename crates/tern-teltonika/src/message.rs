@@ -78,6 +78,26 @@ pub struct Parameter {
     pub source: Source,
 }
 
+impl Parameter {
+    /// The parameter as `/gw/channel-protocols` lists it in `message_parameters`: `name`,
+    /// `type`, `unit` (when it has one) and `info`.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), self.name.into());
+        m.insert("type".into(), self.kind.as_str().into());
+        if let Some(unit) = self.unit {
+            m.insert("unit".into(), unit.into());
+        }
+        m.insert("info".into(), self.info.into());
+        Value::Object(m)
+    }
+}
+
+/// [`PARAMETERS`] as `/gw/channel-protocols` serves them (`message_parameters`).
+pub fn message_parameters() -> Vec<Value> {
+    PARAMETERS.iter().map(Parameter::to_json).collect()
+}
+
 const fn p(
     name: &'static str,
     kind: ParameterType,
@@ -519,6 +539,43 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(names.len(), before);
+    }
+
+    #[test]
+    fn parameters_serve_as_json() {
+        let list = message_parameters();
+        assert_eq!(list.len(), PARAMETERS.len());
+        let mileage = list.iter().find(|p| p["name"] == "vehicle.mileage");
+        assert_eq!(
+            mileage,
+            Some(
+                &serde_json::json!({"name": "vehicle.mileage", "type": "number", "unit": "km", "info": "Total Odometer (AVL 16)"})
+            )
+        );
+    }
+
+    #[test]
+    fn io_values_convert_by_the_table() {
+        let mut m = Map::new();
+        insert_io(&mut m, 11, &IoValue::U64(u64::MAX));
+        insert_io(&mut m, 21, &IoValue::U8(5));
+        insert_io(&mut m, 241, &IoValue::U32(24_602));
+        insert_io(&mut m, 16, &IoValue::U32(24_079));
+        insert_io(
+            &mut m,
+            1,
+            &IoValue::Bytes(bytes::Bytes::from_static(&[0xAB, 0x01])),
+        );
+        assert_eq!(m.get("custom.param.11"), Some(&Value::from(u64::MAX)));
+        assert_eq!(m.get("gsm.signal.level"), Some(&Value::from(100u64)));
+        assert_eq!(m.get("gsm.operator.code"), Some(&Value::from("24602")));
+        assert_eq!(m.get("gsm.mcc"), Some(&Value::from(246u64)));
+        assert_eq!(m.get("gsm.mnc"), Some(&Value::from(2u64)));
+        // docs/teltonika.md#messages: division is division.
+        assert_eq!(m.get("vehicle.mileage"), Some(&Value::from(24.079)));
+        // A variable-length value under a table id keeps the unknown form.
+        assert_eq!(m.get("custom.param.1"), Some(&Value::from("ab01")));
+        assert_eq!(m.get("din.1"), None);
     }
 
     #[test]
