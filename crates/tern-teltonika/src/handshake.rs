@@ -151,6 +151,19 @@ mod tests {
     }
 
     #[test]
+    fn fake_tracker_bad_imei_is_rejected() {
+        // What `teltonika_tracker.py send --bad imei` sends.
+        let mut buf = BytesMut::from(&b"\x00\x0f35ABCD07x!44101"[..]);
+        assert_eq!(
+            decode_imei(&mut buf),
+            Err(DecodeError::ImeiNotDigit {
+                position: 2,
+                byte: b'A'
+            })
+        );
+    }
+
+    #[test]
     fn encode_round_trips() {
         for digits in ["356307042441013", "3563070424410131", "35630704244101312"] {
             let imei = Imei::new(digits).ok();
