@@ -11,6 +11,8 @@
 //! - `tls`: rustls configuration (PEM files, client certificates, reload) and `mqtts`
 //! - `http`: the `http`/`https` listeners: hyper, the router from above, WebSocket upgrades
 //! - `ws`: MQTT over WebSocket: subprotocols and the byte-stream adapter
+//! - `teltonika`: a Teltonika channel's TCP side: tracker connections, handshake, frames,
+//!   ACKs after storage, commands (the records go to a `TrackerSink` above)
 //! - `request_line`: percent-encoding what a client left raw in the first request line
 //! - `metrics`: counters by listener and protocol version
 
@@ -21,6 +23,7 @@ mod listener;
 pub mod metrics;
 mod request_line;
 pub mod tcp;
+pub mod teltonika;
 pub mod tls;
 pub mod ws;
 
