@@ -55,6 +55,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/gw/groups/{sel}/devices/{device_sel}"),
     ("post", "/gw/groups/{sel}/devices/{device_sel}"),
     ("delete", "/gw/groups/{sel}/devices/{device_sel}"),
+    ("get", "/gw/channel-protocols/{sel}"),
+    ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
 #[tokio::test]
@@ -112,6 +114,7 @@ async fn api_json_lists_every_served_route() {
             .replace("{sel}", "0")
             .replace("{subscription_sel}", "0")
             .replace("{device_sel}", "0")
+            .replace("{type_sel}", "0")
             .replace("{params}", "all")
             .replace("{topic}", "nothing");
         let body = match method.as_str() {
