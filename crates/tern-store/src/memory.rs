@@ -28,6 +28,7 @@ pub struct MemoryState {
     pub gw_meta: Option<Bytes>,
     pub devices: BTreeMap<DeviceId, Bytes>,
     pub groups: BTreeMap<u64, Bytes>,
+    pub channels: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
     pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
     pub message_stats: BTreeMap<DeviceId, MessageStats>,
@@ -149,6 +150,12 @@ impl MemoryState {
             Op::DelGroup { id } => {
                 self.groups.remove(id);
             }
+            Op::PutChannel { id, json } => {
+                self.channels.insert(*id, json.clone());
+            }
+            Op::DelChannel { id } => {
+                self.channels.remove(id);
+            }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
                     self.telemetry.insert(*device, json.clone());
@@ -254,6 +261,7 @@ impl MemoryState {
             gw_meta: self.gw_meta.clone(),
             devices: self.devices.iter().map(|(k, v)| (*k, v.clone())).collect(),
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            channels: self.channels.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self
                 .telemetry
                 .iter()

@@ -7,6 +7,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod customer;
+pub(crate) mod gw_channels;
 pub(crate) mod gw_devices;
 pub(crate) mod gw_groups;
 pub(crate) mod gw_protocols;

@@ -56,6 +56,12 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/gw/groups/{sel}/devices/{device_sel}"),
     ("delete", "/gw/groups/{sel}/devices/{device_sel}"),
     ("get", "/gw/channel-protocols/{sel}"),
+    ("post", "/gw/channels"),
+    ("get", "/gw/channels/{sel}"),
+    ("put", "/gw/channels/{sel}"),
+    ("patch", "/gw/channels/{sel}"),
+    ("delete", "/gw/channels/{sel}"),
+    ("post", "/gw/channels/{id}/ingest/{secret}"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
@@ -115,6 +121,8 @@ async fn api_json_lists_every_served_route() {
             .replace("{subscription_sel}", "0")
             .replace("{device_sel}", "0")
             .replace("{type_sel}", "0")
+            .replace("{id}", "0")
+            .replace("{secret}", "x")
             .replace("{params}", "all")
             .replace("{topic}", "nothing");
         let body = match method.as_str() {
