@@ -193,6 +193,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     pub(crate) store: Store,
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::bridge::RestBridge>>,
+    /// The publish tap (`tap.rs`), if installed.
+    pub(crate) tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
@@ -363,6 +365,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             store,
             rest: std::sync::OnceLock::new(),
+            tap: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
         })
@@ -623,6 +626,7 @@ impl Broker {
     /// Routes a message to every matching subscription of the publisher's account and its
     /// ancestors, and updates the retained tree.
     pub fn publish(&self, msg: Arc<Message>) -> Routed {
+        self.tap(&msg);
         let mut ticket = 0;
         if msg.retain && self.config.retain_available {
             ticket = self.set_retained(&msg);

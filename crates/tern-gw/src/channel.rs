@@ -94,6 +94,36 @@ impl Channel {
             .unwrap_or(false)
     }
 
+    /// An MQTT channel on tern's own broker: its topic filters.
+    pub fn internal_topics(&self) -> Option<Vec<String>> {
+        if self.protocol().map(|p| p.name) != Some("mqtt") {
+            return None;
+        }
+        if self
+            .configuration
+            .get("broker")
+            .is_some_and(|b| b.as_str() != Some("internal"))
+        {
+            return None;
+        }
+        let topics = self.configuration.get("topics")?.as_array()?;
+        Some(
+            topics
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    /// `configuration.ident_topic_level` (0-based).
+    pub fn ident_topic_level(&self) -> Option<usize> {
+        self.configuration
+            .get("ident_topic_level")
+            .and_then(Value::as_u64)
+            .and_then(|l| usize::try_from(l).ok())
+    }
+
     /// `configuration.json_path`: dot-separated keys to the array inside a posted object.
     pub fn json_path(&self) -> Option<String> {
         self.configuration
@@ -212,8 +242,52 @@ fn check(c: &Channel) -> Result<(), GwError> {
         ));
     }
     if c.protocol().map(|p| p.name) == Some("mqtt") {
+        check_mqtt(conf)?;
+    }
+    Ok(())
+}
+
+/// An MQTT channel's configuration: `broker` `"internal"` (the default; external brokers are
+/// not implemented yet), `topics` a non-empty array of filters outside `flespi/`, and
+/// `ident_topic_level` (0-based) if any.
+fn check_mqtt(conf: &Map<String, Value>) -> Result<(), GwError> {
+    match conf.get("broker") {
+        None => {}
+        Some(Value::String(s)) if s == "internal" => {}
+        Some(_) => {
+            return Err(GwError::Invalid(
+                "configuration.broker: only \"internal\" (tern itself) is implemented yet".into(),
+            ));
+        }
+    }
+    let Some(Value::Array(topics)) = conf.get("topics") else {
         return Err(GwError::Invalid(
-            "mqtt channels are not implemented yet; protocol 1 (http) is".into(),
+            "configuration.topics (an array of topic filters) is required".into(),
+        ));
+    };
+    if topics.is_empty() {
+        return Err(GwError::Invalid("configuration.topics is empty".into()));
+    }
+    for t in topics {
+        let Some(f) = t.as_str() else {
+            return Err(GwError::Invalid(
+                "configuration.topics: every filter is a string".into(),
+            ));
+        };
+        tern_topic::validate_topic_filter(f)
+            .map_err(|e| GwError::Invalid(format!("configuration.topics: `{f}`: {e}")))?;
+        if f.starts_with("flespi/") || f.starts_with('$') {
+            return Err(GwError::Invalid(format!(
+                "configuration.topics: `{f}`: a channel cannot subscribe to flespi/ or $ topics"
+            )));
+        }
+    }
+    if conf
+        .get("ident_topic_level")
+        .is_some_and(|v| v.as_u64().is_none())
+    {
+        return Err(GwError::Invalid(
+            "configuration.ident_topic_level must be a non-negative integer".into(),
         ));
     }
     Ok(())

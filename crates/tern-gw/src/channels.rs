@@ -31,9 +31,11 @@ impl Gateway {
         }
     }
 
-    /// A channel's item (HTTP channels hold no connection; the buffer is not kept yet).
+    /// A channel's item: an enabled internal MQTT channel counts its subscription as one
+    /// connection; HTTP channels hold none; the buffer is not kept yet.
     fn channel_item_of(c: &Channel) -> Value {
-        c.item(0, 0)
+        let connections = u64::from(c.enabled && c.internal_topics().is_some());
+        c.item(connections, 0)
     }
 
     /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's
@@ -47,6 +49,7 @@ impl Gateway {
         let item = Self::channel_item_of(&c);
         publish::channel_state(&self.broker, c.cid, c.id, None, &item);
         st.channels.insert(c.id, c);
+        self.refresh_taps(&st.channels);
         item
     }
 
@@ -82,6 +85,7 @@ impl Gateway {
         self.put_channel(&new);
         publish::channel_state(&self.broker, new.cid, id, Some(&old_item), &item);
         st.channels.insert(id, new);
+        self.refresh_taps(&st.channels);
         Ok(item)
     }
 
@@ -92,6 +96,7 @@ impl Gateway {
             id,
         })?;
         self.store.submit(Op::DelChannel { id });
+        self.refresh_taps(&st.channels);
         let item = Self::channel_item_of(&c);
         publish::channel_deleted(&self.broker, c.cid, id, &item);
         Ok(item)

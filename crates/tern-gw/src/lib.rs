@@ -30,6 +30,7 @@
 //! - the crate root: the `Gateway`, its state, and the device operations
 //! - `publish`: the `flespi/state|log|message/gw/devices/...` and `.../gw/channels/...`
 //!   publications
+//! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task)
 //! - `error`: `GwError`
 
 pub mod channel;
@@ -41,6 +42,7 @@ mod groups;
 mod history;
 mod ingest;
 pub mod message;
+mod mqtt_channels;
 pub mod publish;
 mod retention;
 pub mod telemetry;
@@ -140,6 +142,8 @@ pub struct Gateway {
     /// Arrival sequence of messages (ties of one timestamp keep arrival order). Starts at the
     /// wall clock in microseconds, so it keeps increasing across restarts.
     seq: AtomicU64,
+    /// The internal MQTT channels' subscriptions, shared with the broker's publish tap.
+    taps: Arc<mqtt_channels::Taps>,
 }
 
 impl Gateway {
@@ -205,7 +209,7 @@ impl Gateway {
             .map(|d| d.id)
             .collect();
         let seq = broker.clock.now().max(1);
-        Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             broker,
             directory,
             store,
@@ -213,7 +217,10 @@ impl Gateway {
             options,
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
-        })
+            taps: Arc::default(),
+        });
+        gw.refresh_taps(&gw.state.lock().channels);
+        gw
     }
 
     /// Waits for a turn to read history (at most `max_concurrent_reads` at once, so memory

@@ -105,7 +105,10 @@ async fn channels_crud_state_topics_and_a_restart() {
         json!({"protocol_id": 7}),
         json!({"name": "no protocol"}),
         json!({"protocol_id": 1, "messages_ttl": 60}),
-        json!({"protocol_id": 2, "configuration": {"broker": "internal", "topics": ["a/#"]}}),
+        json!({"protocol_id": 2, "configuration": {"broker": {"uri": "mqtt://localhost:1"}, "topics": ["a/#"]}}),
+        json!({"protocol_id": 2, "configuration": {"topics": []}}),
+        json!({"protocol_id": 2, "configuration": {"topics": ["flespi/#"]}}),
+        json!({"protocol_id": 2, "configuration": {"topics": ["a/#/b"]}}),
     ] {
         let r = env.master("POST", "/gw/channels", Some(bad.clone())).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
@@ -464,4 +467,115 @@ async fn a_python_client_posts_and_a_gmqtt_handler_receives() {
     );
     assert_eq!(got[1]["msg"]["n"], 2);
     assert_eq!(got[1]["msg"]["channel.id"], id);
+}
+
+/// `mosquitto_pub` into tern (off the test's runtime, which serves tern); false when it is not
+/// installed or failed.
+async fn mosquitto_pub(env: &Env, topic: &str, payload: &str) -> bool {
+    let args: Vec<String> = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &env.mqtt.port().to_string(),
+        "-u",
+        &env.master,
+        "-q",
+        "1",
+        "-t",
+        topic,
+        "-m",
+        payload,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_pub")
+            .args(&args)
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn the_internal_mqtt_channel_feeds_devices_from_mosquitto_pub() {
+    let (env, _backend) = gw_env().await;
+    let r = env
+        .master(
+            "POST",
+            "/gw/devices",
+            Some(json!({"name": "m", "device_type_id": 2, "configuration": {"ident": "m1"}})),
+        )
+        .await;
+    let dev = r.result()[0]["id"].as_u64().expect("device");
+    let by_level = channel(
+        &env,
+        json!({"name": "levels", "protocol_name": "mqtt",
+               "configuration": {"broker": "internal", "topics": ["trackers/+/data"], "ident_topic_level": 1}}),
+    )
+    .await;
+    let id = by_level["id"].as_u64().expect("id");
+    assert_eq!(by_level["connections_count"], 1);
+    assert_eq!(by_level["uri"], Value::Null);
+    let by_field = channel(
+        &env,
+        json!({"name": "fields", "protocol_id": 2, "configuration": {"topics": ["bulk/#"], "ident_field": "imei"}}),
+    )
+    .await;
+    let id2 = by_field["id"].as_u64().expect("id");
+    let mut watch = env.mqtt(ProtocolVersion::V5, "watch", &env.master).await;
+    watch.subscribe("flespi/message/gw/#").await;
+
+    let published = mosquitto_pub(&env, "trackers/m1/data", r#"{"speed": 3}"#).await
+        && mosquitto_pub(
+            &env,
+            "bulk/x",
+            r#"[{"imei": "m1", "speed": 4}, {"imei": "nobody", "speed": 5}]"#,
+        )
+        .await
+        && mosquitto_pub(&env, "other/m1/data", r#"{"speed": 6}"#).await
+        && mosquitto_pub(&env, "trackers/m1/data", "not json").await;
+    if !published {
+        eprintln!("mosquitto_pub is not installed or failed: skipped");
+        return;
+    }
+    let mut ps = Vec::new();
+    for _ in 0..50 {
+        ps.extend(drain(&mut watch).await);
+        if on(&ps, &format!("flespi/message/gw/devices/{dev}")).len() >= 2 {
+            break;
+        }
+    }
+    let mine = on(&ps, &format!("flespi/message/gw/channels/{id}/m1"));
+    assert_eq!(mine.len(), 1, "{ps:?}");
+    assert_eq!(payload(mine[0])["speed"], 3);
+    assert_eq!(payload(mine[0])["protocol.id"], 2);
+    assert_eq!(
+        on(&ps, &format!("flespi/message/gw/channels/{id2}/m1")).len(),
+        1
+    );
+    assert_eq!(
+        on(&ps, &format!("flespi/message/gw/channels/{id2}/nobody")).len(),
+        1
+    );
+    let speeds: Vec<Value> = device_messages(&env, dev)
+        .await
+        .iter()
+        .map(|m| m["speed"].clone())
+        .collect();
+    assert_eq!(speeds.len(), 2, "{speeds:?}");
+    assert!(speeds.contains(&json!(3)) && speeds.contains(&json!(4)));
+
+    // A disabled channel stops listening.
+    env.master(
+        "PATCH",
+        &format!("/gw/channels/{id}"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert!(mosquitto_pub(&env, "trackers/m1/data", r#"{"speed": 7}"#).await);
+    drain(&mut watch).await;
+    assert_eq!(device_messages(&env, dev).await.len(), 2);
 }
