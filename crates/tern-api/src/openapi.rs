@@ -105,6 +105,10 @@ fn endpoints() -> OpenApiRouter<ApiState> {
             gw_channels::delete
         ))
         .routes(routes!(gw_channels::ingest))
+        .routes(routes!(
+            gw_channels::get_messages,
+            gw_channels::delete_messages
+        ))
         .routes(routes!(gw_protocols::list))
         .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))

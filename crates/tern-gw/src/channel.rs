@@ -16,8 +16,7 @@ pub struct Channel {
     pub enabled: bool,
     pub protocol_id: u64,
     pub configuration: Map<String, Value>,
-    /// Seconds messages stay in the channel buffer; 0: not kept (the only value tern takes
-    /// until the buffer exists).
+    /// Seconds messages stay in the channel buffer (by `server.timestamp`); 0: not kept.
     pub messages_ttl: u64,
     /// The random credential of the HTTP ingest route (part of `uri`).
     pub secret: String,
@@ -223,11 +222,6 @@ fn check(c: &Channel) -> Result<(), GwError> {
     if c.name.len() > 255 {
         return Err(GwError::Invalid("name is longer than 255 bytes".into()));
     }
-    if c.messages_ttl != 0 {
-        return Err(GwError::Invalid(
-            "messages_ttl: the channel buffer is not implemented yet; only 0 is accepted".into(),
-        ));
-    }
     let conf = &c.configuration;
     for key in ["ident_field", "timestamp_field", "json_path"] {
         if conf.get(key).is_some_and(|v| !v.is_string()) {
@@ -337,7 +331,6 @@ mod tests {
         assert!(!c.skip_invalid());
         assert!(input(json!({"name": "c"})).is_err());
         assert!(input(json!({"protocol_id": 9})).is_err());
-        assert!(input(json!({"protocol_id": 1, "messages_ttl": 5})).is_err());
         assert!(input(json!({"protocol_id": 1, "configuration": {"skip_invalid": 1}})).is_err());
         let item = c.item(0, 0);
         assert_eq!(item["uri"], "http://h:1/gw/channels/0/ingest/s");

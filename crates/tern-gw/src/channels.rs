@@ -1,13 +1,15 @@
 //! Channel operations (docs/flespi.md#devices): create, change, delete, and the pipeline every
 //! channel message goes through, whatever brought it ([`Gateway::channel_messages`]).
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tern_broker::Cid;
 use tern_store::Op;
 
 use crate::channel::{Channel, ChannelChanges, ident_of};
-use crate::{Gateway, GwError, message, publish, telemetry};
+use crate::{Gateway, GwError, History, MessageQuery, message, publish, telemetry};
 
 /// What [`Gateway::channel_messages`] did with a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,9 +35,14 @@ impl Gateway {
 
     /// A channel's item: an enabled internal MQTT channel counts its subscription as one
     /// connection; HTTP channels hold none; the buffer is not kept yet.
-    fn channel_item_of(c: &Channel) -> Value {
+    fn channel_item_of(&self, c: &Channel) -> Value {
         let connections = u64::from(c.enabled && c.internal_topics().is_some());
-        c.item(connections, 0)
+        let size = self
+            .store
+            .message_stats(tern_store::channel_key(c.id))
+            .map(|s| s.bytes)
+            .unwrap_or(0);
+        c.item(connections, size)
     }
 
     /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's
@@ -46,7 +53,7 @@ impl Gateway {
         st.next_channel += 1;
         self.put_counters(&st);
         self.put_channel(&c);
-        let item = Self::channel_item_of(&c);
+        let item = self.channel_item_of(&c);
         publish::channel_state(&self.broker, c.cid, c.id, None, &item);
         st.channels.insert(c.id, c);
         self.refresh_taps(&st.channels);
@@ -64,7 +71,7 @@ impl Gateway {
         st.channels
             .values()
             .filter(|c| scope.contains(&c.cid))
-            .map(Self::channel_item_of)
+            .map(|c| self.channel_item_of(c))
             .collect()
     }
 
@@ -80,8 +87,8 @@ impl Gateway {
             id,
         })?;
         let new = changes.apply(old, merge)?;
-        let old_item = Self::channel_item_of(old);
-        let item = Self::channel_item_of(&new);
+        let old_item = self.channel_item_of(old);
+        let item = self.channel_item_of(&new);
         self.put_channel(&new);
         publish::channel_state(&self.broker, new.cid, id, Some(&old_item), &item);
         st.channels.insert(id, new);
@@ -97,7 +104,7 @@ impl Gateway {
         })?;
         self.store.submit(Op::DelChannel { id });
         self.refresh_taps(&st.channels);
-        let item = Self::channel_item_of(&c);
+        let item = self.channel_item_of(&c);
         publish::channel_deleted(&self.broker, c.cid, id, &item);
         Ok(item)
     }
@@ -121,8 +128,30 @@ impl Gateway {
     pub(crate) fn publish_channels(&self) {
         let st = self.state.lock();
         for c in st.channels.values() {
-            publish::channel_state(&self.broker, c.cid, c.id, None, &Self::channel_item_of(c));
+            publish::channel_state(&self.broker, c.cid, c.id, None, &self.channel_item_of(c));
         }
+    }
+
+    /// Reads the buffers of `channels` (`from`/`to` on `server.timestamp`), as device history.
+    /// Blocking (store reads).
+    pub fn channel_history(&self, channels: &[u64], q: &MessageQuery) -> Result<History, GwError> {
+        let keys: Vec<u64> = channels
+            .iter()
+            .map(|c| tern_store::channel_key(*c))
+            .collect();
+        self.messages(&keys, q)
+    }
+
+    /// Deletes from channel `id`'s buffer (`from`/`to` on `server.timestamp`, `filter`).
+    /// Blocking with a filter.
+    pub fn delete_channel_messages(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
+        if !self.state.lock().channels.contains_key(&id) {
+            return Err(GwError::NotFound {
+                what: "channel",
+                id,
+            });
+        }
+        self.delete_range(tern_store::channel_key(id), q)
     }
 
     /// Waits until everything submitted to the store so far is durable; false when the store
@@ -184,8 +213,26 @@ impl Gateway {
         {
             let st = self.state.lock();
             let root = self.root(c.cid);
-            for (ident, obj) in &kept {
-                let json = Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+            let jsons: Vec<Bytes> = kept
+                .iter()
+                .map(|(_, obj)| Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
+                .collect();
+            if c.messages_ttl > 0 && !jsons.is_empty() {
+                // The channel buffer, keyed by `server.timestamp`.
+                let ts = message::micros(now);
+                let messages = jsons
+                    .iter()
+                    .map(|json| {
+                        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                        (tern_store::MessageKey { ts, seq }, json.clone())
+                    })
+                    .collect();
+                self.store.submit(Op::AppendMessages {
+                    device: tern_store::channel_key(c.id),
+                    messages,
+                });
+            }
+            for ((ident, obj), json) in kept.iter().zip(jsons) {
                 publish::channel_message(&self.broker, c.cid, c.id, ident, json);
                 let device = st.devices.values().find(|d| {
                     d.enabled

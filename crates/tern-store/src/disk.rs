@@ -581,6 +581,11 @@ impl<'t> Tables<'t> {
             }
             Op::DelChannel { id } => {
                 self.channels.remove(format::id_key(*id).as_slice())?;
+                let key = crate::channel_key(*id);
+                self.message_stats.remove(format::id_key(key).as_slice())?;
+                let (lo, hi) = devices::message_bounds(key, i64::MIN, i64::MAX);
+                self.messages
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
             }
             Op::PutTelemetry { device, json } => {
                 let k = format::id_key(*device);
@@ -594,7 +599,14 @@ impl<'t> Tables<'t> {
             }
             Op::AppendMessages { device, messages } => {
                 let k = format::id_key(*device);
-                if self.devices.get(k.as_slice())?.is_none() {
+                let owner = match crate::channel_of(*device) {
+                    Some(channel) => self
+                        .channels
+                        .get(format::id_key(channel).as_slice())?
+                        .is_some(),
+                    None => self.devices.get(k.as_slice())?.is_some(),
+                };
+                if !owner {
                     return Ok(());
                 }
                 let mut stats = self.stats(*device)?;

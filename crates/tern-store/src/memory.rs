@@ -155,6 +155,9 @@ impl MemoryState {
             }
             Op::DelChannel { id } => {
                 self.channels.remove(id);
+                let key = crate::channel_key(*id);
+                self.message_stats.remove(&key);
+                self.messages.retain(|(d, _), _| *d != key);
             }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
@@ -165,7 +168,11 @@ impl MemoryState {
                 self.telemetry.remove(device);
             }
             Op::AppendMessages { device, messages } => {
-                if !self.devices.contains_key(device) {
+                let owner = match crate::channel_of(*device) {
+                    Some(channel) => self.channels.contains_key(&channel),
+                    None => self.devices.contains_key(device),
+                };
+                if !owner {
                     return;
                 }
                 let stats = self.message_stats.entry(*device).or_default();

@@ -99,12 +99,12 @@ async fn channels_crud_state_topics_and_a_restart() {
         "http-in"
     );
 
-    // Refused input: read-only fields, an unknown protocol, the buffer and MQTT (not yet).
+    // Refused input: read-only fields, an unknown protocol, bad MQTT configurations and
+    // external brokers (not yet).
     for bad in [
         json!({"protocol_id": 1, "uri": "x"}),
         json!({"protocol_id": 7}),
         json!({"name": "no protocol"}),
-        json!({"protocol_id": 1, "messages_ttl": 60}),
         json!({"protocol_id": 2, "configuration": {"broker": {"uri": "mqtt://localhost:1"}, "topics": ["a/#"]}}),
         json!({"protocol_id": 2, "configuration": {"topics": []}}),
         json!({"protocol_id": 2, "configuration": {"topics": ["flespi/#"]}}),
@@ -578,4 +578,128 @@ async fn the_internal_mqtt_channel_feeds_devices_from_mosquitto_pub() {
     assert!(mosquitto_pub(&env, "trackers/m1/data", r#"{"speed": 7}"#).await);
     drain(&mut watch).await;
     assert_eq!(device_messages(&env, dev).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_channel_buffer_keeps_messages_with_or_without_a_device() {
+    let (env, backend) = gw_env().await;
+    let item = channel(
+        &env,
+        json!({"name": "buffered", "protocol_id": 1, "messages_ttl": 3600}),
+    )
+    .await;
+    let id = item["id"].as_u64().expect("id");
+    assert_eq!(item["messages_ttl"], 3600);
+    let path = ingest_path(&item);
+    let r = ingest(
+        &env,
+        &path,
+        r#"[{"ident": "nobody", "timestamp": 5, "v": 1}, {"ident": "nobody", "v": 2}]"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .master("GET", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = r.result();
+    assert_eq!(msgs.len(), 2, "{}", r.text());
+    assert_eq!(msgs[0]["v"], 1);
+    assert_eq!(msgs[0]["timestamp"], 5);
+    assert_eq!(msgs[0]["ident"], "nobody");
+    let server_ts = msgs[0]["server.timestamp"]
+        .as_f64()
+        .expect("server.timestamp");
+    let r = env
+        .master(
+            "GET",
+            &format!("/gw/channels/{id}?fields=messages_size"),
+            None,
+        )
+        .await;
+    assert!(
+        r.result()[0]["messages_size"]
+            .as_u64()
+            .is_some_and(|s| s > 0),
+        "{}",
+        r.text()
+    );
+
+    // `data` windows are on server.timestamp, not on the message's timestamp.
+    let window = |from: f64, to: f64| {
+        format!(
+            "/gw/channels/{id}/messages?data={}",
+            enc(&json!({"from": from, "to": to}).to_string())
+        )
+    };
+    let r = env.master("GET", &window(0.0, 10.0), None).await;
+    assert_eq!(r.result().len(), 0, "{}", r.text());
+    let r = env
+        .master("GET", &window(server_ts - 1.0, server_ts + 1.0), None)
+        .await;
+    assert_eq!(r.result().len(), 2, "{}", r.text());
+    let r = env
+        .master(
+            "GET",
+            &format!(
+                "/gw/channels/{id}/messages?data={}",
+                enc(r#"{"reverse": true, "count": 1, "fields": "v"}"#)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.json(), json!({"result": [{"v": 2}]}));
+
+    // A restart keeps the buffer.
+    let env = env.restart(&backend, GwOptions::default()).await;
+    let r = env
+        .master("GET", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.result().len(), 2, "{}", r.text());
+
+    // DELETE with a filter, then all.
+    let r = env
+        .master(
+            "DELETE",
+            &format!(
+                "/gw/channels/{id}/messages?data={}",
+                enc(r#"{"filter": "v=1"}"#)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .master("GET", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.result().len(), 1, "{}", r.text());
+    let r = env
+        .master("DELETE", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .master("GET", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.result().len(), 0, "{}", r.text());
+
+    // Retention: a sweep an hour later empties the buffer.
+    ingest(&env, &path, r#"{"ident": "nobody", "v": 3}"#).await;
+    let swept = env.gateway.sweep(server_ts + 7200.0);
+    assert!(swept.expired >= 1, "{swept:?}");
+    let r = env
+        .master("GET", &format!("/gw/channels/{id}/messages"), None)
+        .await;
+    assert_eq!(r.result().len(), 0, "{}", r.text());
+
+    // A channel without a buffer keeps nothing.
+    let plain = channel(&env, json!({"name": "plain", "protocol_id": 1})).await;
+    ingest(&env, &ingest_path(&plain), r#"{"ident": "x"}"#).await;
+    let r = env
+        .master(
+            "GET",
+            &format!("/gw/channels/{}/messages", plain["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(r.result().len(), 0, "{}", r.text());
 }

@@ -62,6 +62,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("patch", "/gw/channels/{sel}"),
     ("delete", "/gw/channels/{sel}"),
     ("post", "/gw/channels/{id}/ingest/{secret}"),
+    ("get", "/gw/channels/{sel}/messages"),
+    ("delete", "/gw/channels/{sel}/messages"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
