@@ -241,16 +241,21 @@ fn check(c: &Channel) -> Result<(), GwError> {
     Ok(())
 }
 
-/// An MQTT channel's configuration: `broker` `"internal"` (the default; external brokers are
-/// not implemented yet), `topics` a non-empty array of filters outside `flespi/`, and
+/// An MQTT channel's configuration: `broker` `"internal"` (the default) or an external broker
+/// object, `topics` a non-empty array of filters (outside `flespi/` and `$` on tern itself), and
 /// `ident_topic_level` (0-based) if any.
 fn check_mqtt(conf: &Map<String, Value>) -> Result<(), GwError> {
     match conf.get("broker") {
         None => {}
         Some(Value::String(s)) if s == "internal" => {}
+        Some(Value::Object(broker)) => {
+            crate::mqtt_external::client_options(0, broker).map_err(GwError::Invalid)?;
+            crate::mqtt_external::qos_of(broker).map_err(GwError::Invalid)?;
+        }
         Some(_) => {
             return Err(GwError::Invalid(
-                "configuration.broker: only \"internal\" (tern itself) is implemented yet".into(),
+                "configuration.broker: \"internal\" or {uri, username, password, client_id, qos}"
+                    .into(),
             ));
         }
     }
@@ -270,7 +275,8 @@ fn check_mqtt(conf: &Map<String, Value>) -> Result<(), GwError> {
         };
         tern_topic::validate_topic_filter(f)
             .map_err(|e| GwError::Invalid(format!("configuration.topics: `{f}`: {e}")))?;
-        if f.starts_with("flespi/") || f.starts_with('$') {
+        let internal = !matches!(conf.get("broker"), Some(Value::Object(_)));
+        if internal && (f.starts_with("flespi/") || f.starts_with('$')) {
             return Err(GwError::Invalid(format!(
                 "configuration.topics: `{f}`: a channel cannot subscribe to flespi/ or $ topics"
             )));

@@ -36,7 +36,10 @@ impl Gateway {
     /// A channel's item: an enabled internal MQTT channel counts its subscription as one
     /// connection; HTTP channels hold none; the buffer is not kept yet.
     fn channel_item_of(&self, c: &Channel) -> Value {
-        let connections = u64::from(c.enabled && c.internal_topics().is_some());
+        let connections = u64::from(
+            (c.enabled && c.internal_topics().is_some())
+                || self.external_connected.lock().contains(&c.id),
+        );
         let size = self
             .store
             .message_stats(tern_store::channel_key(c.id))
@@ -57,6 +60,7 @@ impl Gateway {
         publish::channel_state(&self.broker, c.cid, c.id, None, &item);
         st.channels.insert(c.id, c);
         self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
         item
     }
 
@@ -93,6 +97,7 @@ impl Gateway {
         publish::channel_state(&self.broker, new.cid, id, Some(&old_item), &item);
         st.channels.insert(id, new);
         self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
         Ok(item)
     }
 
@@ -104,9 +109,22 @@ impl Gateway {
         })?;
         self.store.submit(Op::DelChannel { id });
         self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
         let item = self.channel_item_of(&c);
         publish::channel_deleted(&self.broker, c.cid, id, &item);
         Ok(item)
+    }
+
+    /// Publishes channel `id`'s state after its connection changed (`was`: the item's
+    /// `connections_count` before was 1).
+    pub(crate) fn republish_channel(&self, id: u64, was: bool) {
+        let st = self.state.lock();
+        if let Some(c) = st.channels.get(&id) {
+            let item = self.channel_item_of(c);
+            let mut old = item.clone();
+            old["connections_count"] = json!(u64::from(was));
+            publish::channel_state(&self.broker, c.cid, id, Some(&old), &item);
+        }
     }
 
     /// Deletes the channels of deleted accounts.

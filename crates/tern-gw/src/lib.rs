@@ -30,7 +30,8 @@
 //! - the crate root: the `Gateway`, its state, and the device operations
 //! - `publish`: the `flespi/state|log|message/gw/devices/...` and `.../gw/channels/...`
 //!   publications
-//! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task)
+//! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
+//!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
 //! - `error`: `GwError`
 
 pub mod channel;
@@ -43,6 +44,7 @@ mod history;
 mod ingest;
 pub mod message;
 mod mqtt_channels;
+mod mqtt_external;
 pub mod publish;
 mod retention;
 pub mod telemetry;
@@ -144,6 +146,12 @@ pub struct Gateway {
     seq: AtomicU64,
     /// The internal MQTT channels' subscriptions, shared with the broker's publish tap.
     taps: Arc<mqtt_channels::Taps>,
+    /// The external MQTT channels' clients, by channel.
+    external: Mutex<HashMap<u64, mqtt_external::External>>,
+    /// External MQTT channels whose client is connected.
+    external_connected: Mutex<HashSet<u64>>,
+    /// Wakes the channel task to start or stop external clients after a channel change.
+    external_changed: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -218,6 +226,9 @@ impl Gateway {
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
             taps: Arc::default(),
+            external: Mutex::new(HashMap::new()),
+            external_connected: Mutex::new(HashSet::new()),
+            external_changed: tokio::sync::Notify::new(),
         });
         gw.refresh_taps(&gw.state.lock().channels);
         gw

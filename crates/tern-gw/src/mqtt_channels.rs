@@ -76,7 +76,7 @@ impl Gateway {
     }
 
     /// Installs the publish tap now, and returns the task that feeds the internal MQTT
-    /// channels until shutdown (spawn it).
+    /// channels and starts and stops the external ones' clients until shutdown (spawn it).
     pub fn run_mqtt_channels(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         self.broker.set_publish_tap(Arc::new(Tap {
@@ -85,6 +85,7 @@ impl Gateway {
         }));
         let gw = self.clone();
         async move {
+            gw.reconcile_external();
             let shutdown = gw.broker.shutdown_token().clone();
             loop {
                 tokio::select! {
@@ -92,7 +93,12 @@ impl Gateway {
                         Some((channel, msg)) => gw.mqtt_message(channel, &msg),
                         None => return,
                     },
-                    _ = shutdown.cancelled() => return,
+                    () = gw.external_changed.notified() => gw.reconcile_external(),
+                    _ = shutdown.cancelled() => {
+                        // Dropping the handles stops the external clients.
+                        gw.external.lock().clear();
+                        return;
+                    }
                 }
             }
         }
@@ -100,22 +106,28 @@ impl Gateway {
 
     /// One publication into channel `channel`.
     fn mqtt_message(&self, channel: u64, msg: &Message) {
+        self.mqtt_payload(channel, &msg.topic, &msg.payload, "mqtt:internal");
+    }
+
+    /// One MQTT message (internal or external) into channel `channel`: a JSON object or array;
+    /// the ident from `ident_topic_level` (written into `ident_field`) or `ident_field`.
+    pub(crate) fn mqtt_payload(&self, channel: u64, topic: &str, payload: &[u8], peer: &str) {
         let Some(c) = self.channel(channel) else {
             return;
         };
-        let messages = match serde_json::from_slice::<Value>(&msg.payload) {
+        let messages = match serde_json::from_slice::<Value>(payload) {
             Ok(Value::Array(list)) => list,
             Ok(v @ Value::Object(_)) => vec![v],
             _ => {
-                tracing::debug!(channel, topic = %msg.topic, "not a JSON object or array; skipped");
+                tracing::debug!(channel, topic, "not a JSON object or array; skipped");
                 return;
             }
         };
         let messages = match c.ident_topic_level() {
             None => messages,
             Some(level) => {
-                let Some(ident) = msg.topic.split('/').nth(level) else {
-                    tracing::debug!(channel, topic = %msg.topic, level, "no ident level; skipped");
+                let Some(ident) = topic.split('/').nth(level) else {
+                    tracing::debug!(channel, topic, level, "no ident level; skipped");
                     return;
                 };
                 let field = c.ident_field();
@@ -130,8 +142,8 @@ impl Gateway {
                     .collect()
             }
         };
-        if let Err(err) = self.channel_messages(channel, messages, "mqtt:internal") {
-            tracing::debug!(channel, topic = %msg.topic, %err, "channel messages refused");
+        if let Err(err) = self.channel_messages(channel, messages, peer) {
+            tracing::debug!(channel, topic, %err, "channel messages refused");
         }
     }
 }

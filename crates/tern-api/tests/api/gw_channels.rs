@@ -99,13 +99,13 @@ async fn channels_crud_state_topics_and_a_restart() {
         "http-in"
     );
 
-    // Refused input: read-only fields, an unknown protocol, bad MQTT configurations and
-    // external brokers (not yet).
+    // Refused input: read-only fields, an unknown protocol, bad MQTT configurations.
     for bad in [
         json!({"protocol_id": 1, "uri": "x"}),
         json!({"protocol_id": 7}),
         json!({"name": "no protocol"}),
-        json!({"protocol_id": 2, "configuration": {"broker": {"uri": "mqtt://localhost:1"}, "topics": ["a/#"]}}),
+        json!({"protocol_id": 2, "configuration": {"broker": {"uri": "http://localhost:1"}, "topics": ["a/#"]}}),
+        json!({"protocol_id": 2, "configuration": {"broker": {"uri": "mqtt://localhost:1", "qos": 2}, "topics": ["a/#"]}}),
         json!({"protocol_id": 2, "configuration": {"topics": []}}),
         json!({"protocol_id": 2, "configuration": {"topics": ["flespi/#"]}}),
         json!({"protocol_id": 2, "configuration": {"topics": ["a/#/b"]}}),
@@ -702,4 +702,161 @@ async fn the_channel_buffer_keeps_messages_with_or_without_a_device() {
         )
         .await;
     assert_eq!(r.result().len(), 0, "{}", r.text());
+}
+
+/// A Mosquitto on a free port (anonymous), killed on drop; `None` when it is not installed.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Option<Mosquitto> {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = tempfile::tempdir().ok()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            ),
+        )
+        .ok()?;
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connections(env: &Env, id: u64) -> Value {
+    env.master(
+        "GET",
+        &format!("/gw/channels/{id}?fields=connections_count"),
+        None,
+    )
+    .await
+    .result()[0]["connections_count"]
+        .clone()
+}
+
+#[tokio::test]
+async fn an_external_mqtt_channel_takes_messages_from_mosquitto() {
+    let Some(mut mosquitto) = Mosquitto::start() else {
+        eprintln!("mosquitto is not installed: skipped");
+        return;
+    };
+    let (env, _backend) = gw_env().await;
+    let r = env
+        .master(
+            "POST",
+            "/gw/devices",
+            Some(json!({"name": "e", "device_type_id": 2, "configuration": {"ident": "e1"}})),
+        )
+        .await;
+    let dev = r.result()[0]["id"].as_u64().expect("device");
+    let mut watch = env.mqtt(ProtocolVersion::V5, "watch", &env.master).await;
+    watch
+        .subscribe("flespi/state/gw/channels/+/connections_count")
+        .await;
+    let item = channel(
+        &env,
+        json!({"name": "bridge", "protocol_id": 2, "configuration": {
+            "broker": {"uri": format!("mqtt://127.0.0.1:{}", mosquitto.port), "client_id": "tern-test", "qos": 1},
+            "topics": ["ext/+/data"], "ident_topic_level": 1}}),
+    )
+    .await;
+    let id = item["id"].as_u64().expect("id");
+    let mut up = false;
+    for _ in 0..100 {
+        if connections(&env, id).await == 1 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the channel connects to mosquitto");
+    let ps = drain(&mut watch).await;
+    assert!(
+        on(
+            &ps,
+            &format!("flespi/state/gw/channels/{id}/connections_count")
+        )
+        .iter()
+        .any(|p| payload(p) == 1)
+    );
+
+    let port = mosquitto.port.to_string();
+    let sent = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-t",
+                "ext/e1/data",
+            ])
+            .args(["-m", r#"{"speed": 11}"#])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await
+    .expect("joins");
+    assert!(sent, "mosquitto_pub");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = device_messages(&env, dev).await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.len(), 1, "the message reached the device");
+    assert_eq!(got[0]["speed"], 11);
+    assert_eq!(got[0]["channel.id"], id);
+    assert_eq!(got[0]["peer"], "mqtt:external");
+
+    // The broker goes away: connections_count drops to 0 (the client keeps retrying).
+    let _ = mosquitto.child.kill();
+    let _ = mosquitto.child.wait();
+    let mut down = false;
+    for _ in 0..100 {
+        if connections(&env, id).await == 0 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(down, "connections_count 0 once mosquitto is gone");
+    // Deleting the channel stops its client.
+    let r = env
+        .master("DELETE", &format!("/gw/channels/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
