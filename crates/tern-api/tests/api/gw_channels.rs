@@ -860,3 +860,57 @@ async fn an_external_mqtt_channel_takes_messages_from_mosquitto() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[tokio::test]
+async fn channels_belong_to_accounts() {
+    let (env, _backend) = gw_env().await;
+    env.subaccount(1001, TOP, "sub").await;
+    let top = channel(&env, json!({"name": "top", "protocol_id": 1})).await;
+    let r = env
+        .call(
+            "POST",
+            "/gw/channels",
+            Some(&env.master),
+            &[("x-flespi-cid", "1001")],
+            Some(
+                json!({"name": "sub", "protocol_id": 1})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sub = r.result()[0].clone();
+    assert_eq!(sub["cid"], 1001);
+    let sub_key = env.token(json!({"cid": 1001, "access": {"type": 1}})).await;
+    let r = env
+        .call("GET", "/gw/channels/all", Some(&sub_key), &[], None)
+        .await;
+    assert_eq!(r.ids(), vec![sub["id"].as_u64().expect("id")]);
+    let r = env
+        .call(
+            "DELETE",
+            &format!("/gw/channels/{}", top["id"]),
+            Some(&sub_key),
+            &[],
+            None,
+        )
+        .await;
+    assert!(r.result().is_empty(), "{}", r.text());
+    let r = env.master("GET", "/gw/channels/all", None).await;
+    assert_eq!(r.result().len(), 2);
+
+    // A device of the parent account is in the sub-account channel's tree: it gets the
+    // message.
+    let r = env
+        .master(
+            "POST",
+            "/gw/devices",
+            Some(json!({"device_type_id": 1, "configuration": {"ident": "t1"}})),
+        )
+        .await;
+    let dev = r.result()[0]["id"].as_u64().expect("device");
+    let r = ingest(&env, &ingest_path(&sub), r#"{"ident": "t1", "v": 1}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(device_messages(&env, dev).await.len(), 1);
+}
