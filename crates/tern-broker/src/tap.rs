@@ -13,7 +13,9 @@ use crate::topics;
 
 /// Sees publications (see the module).
 pub trait PublishTap: Send + Sync + std::fmt::Debug {
-    fn published(&self, msg: &Arc<Message>);
+    /// Sees `msg`; returns how many copies it could not queue (counted as dropped,
+    /// `channel_queue_full`).
+    fn published(&self, msg: &Arc<Message>) -> u64;
 }
 
 impl Broker {
@@ -27,7 +29,11 @@ impl Broker {
         if let Some(tap) = self.tap.get()
             && !topics::is_reserved(&msg.topic)
         {
-            tap.published(msg);
+            let dropped = tap.published(msg);
+            if dropped > 0 {
+                self.metrics
+                    .dropped_n(crate::metrics::DropReason::ChannelQueueFull, dropped);
+            }
         }
     }
 }

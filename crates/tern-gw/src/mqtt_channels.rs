@@ -1,7 +1,8 @@
 //! MQTT channels on tern's own broker (`configuration.broker = "internal"`,
 //! docs/flespi.md#devices): the broker's publish tap (`tern_broker::tap`) copies every
 //! publication of a channel's account that matches one of its `topics` into a bounded queue
-//! (full: the message is dropped and counted, [`Gateway::mqtt_channel_drops`]); one task turns
+//! (full: the message is dropped and counted, [`Gateway::mqtt_channel_drops`] and the broker's
+//! `channel_queue_full` drops in `/metrics`); one task turns
 //! each into channel messages (payload: a JSON object or array; ident from
 //! `ident_topic_level` or `ident_field`) and hands them to [`Gateway::channel_messages`].
 
@@ -40,7 +41,8 @@ struct Tap {
 }
 
 impl PublishTap for Tap {
-    fn published(&self, msg: &Arc<Message>) {
+    fn published(&self, msg: &Arc<Message>) -> u64 {
+        let mut dropped = 0;
         let subs = self.taps.subs.read();
         for s in subs.iter() {
             let wanted =
@@ -48,8 +50,10 @@ impl PublishTap for Tap {
             // Full: dropped (counted); the publisher never waits for a channel.
             if wanted && self.tx.try_send((s.channel, msg.clone())).is_err() {
                 self.taps.dropped.fetch_add(1, Ordering::Relaxed);
+                dropped += 1;
             }
         }
+        dropped
     }
 }
 
