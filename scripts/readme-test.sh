@@ -94,3 +94,10 @@ grep -q '/telemetry/position.speed 42 cid:1 timestamp:1700000000.000000' "$work/
   cat "$work/out"
   exit 1
 }
+run_block "### Channels"
+grep -qE '^flespi/message/gw/channels/[0-9]+/tr-2 \{' "$work/out" &&
+  grep -qE '^flespi/message/gw/devices/[0-9]+ \{.*"ident":"tr-1"' "$work/out" || {
+  echo "readme-test: FAILED: the channel walkthrough did not show both messages:"
+  cat "$work/out"
+  exit 1
+}

@@ -16,7 +16,8 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
-    auth, customer, gw_devices, gw_groups, messages, sessions, subaccounts, subscriptions, tokens,
+    auth, customer, gw_channels, gw_devices, gw_groups, gw_protocols, messages, sessions,
+    subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -96,6 +97,20 @@ fn endpoints() -> OpenApiRouter<ApiState> {
             gw_devices::delete_telemetry_all
         ))
         .routes(routes!(gw_devices::telemetry, gw_devices::delete_telemetry))
+        .routes(routes!(gw_channels::create))
+        .routes(routes!(
+            gw_channels::list,
+            gw_channels::put,
+            gw_channels::patch,
+            gw_channels::delete
+        ))
+        .routes(routes!(gw_channels::ingest))
+        .routes(routes!(
+            gw_channels::get_messages,
+            gw_channels::delete_messages
+        ))
+        .routes(routes!(gw_protocols::list))
+        .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))
         .routes(routes!(
             gw_groups::list,

@@ -193,6 +193,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     pub(crate) store: Store,
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::bridge::RestBridge>>,
+    /// The publish tap (`tap.rs`), if installed.
+    pub(crate) tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
@@ -363,6 +365,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             store,
             rest: std::sync::OnceLock::new(),
+            tap: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
         })
@@ -623,6 +626,7 @@ impl Broker {
     /// Routes a message to every matching subscription of the publisher's account and its
     /// ancestors, and updates the retained tree.
     pub fn publish(&self, msg: Arc<Message>) -> Routed {
+        self.tap(&msg);
         let mut ticket = 0;
         if msg.retain && self.config.retain_available {
             ticket = self.set_retained(&msg);
@@ -1027,6 +1031,27 @@ impl Broker {
 /// What a retained message counts against its account's quota.
 pub(crate) fn retained_cost(msg: &Message) -> u64 {
     (msg.topic.len() + msg.payload.len()) as u64
+}
+
+/// The publish tap (`tap.rs`): in-process code that sees what is published.
+impl Broker {
+    /// Installs the publish tap (once; later calls are ignored).
+    pub fn set_publish_tap(&self, tap: Arc<dyn crate::tap::PublishTap>) {
+        let _ = self.tap.set(tap);
+    }
+
+    /// Hands `msg` to the tap, if one is installed and the topic is not reserved.
+    pub(crate) fn tap(&self, msg: &Arc<Message>) {
+        if let Some(tap) = self.tap.get()
+            && !crate::topics::is_reserved(&msg.topic)
+        {
+            let dropped = tap.published(msg);
+            if dropped > 0 {
+                self.metrics
+                    .dropped_n(crate::metrics::DropReason::ChannelQueueFull, dropped);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! - `admin`: actions for the REST API
 //! - `views`: what the REST API and the session events show of a session and its subscriptions
 //! - `bridge`: the REST bridge hook (`RestCall`, `RestBridge`) for REST over MQTT
+//! - `tap`: the publish tap (`PublishTap`): in-process code seeing publications (MQTT channels)
 //! - `gateway_api`: what the devices layer needs beyond `message`/`publish` (`message_at`)
 //! - `auth`: the authentication hook
 //! - `rights`: what a principal may do with topics (master, standard, ACL grants)
@@ -62,6 +63,7 @@ pub mod rights;
 pub mod rules;
 pub mod session;
 pub mod subscriptions;
+pub mod tap;
 mod timer_queue;
 pub mod timers;
 pub mod topics;
@@ -79,5 +81,6 @@ pub use message::{Cid, Clock, Delivery, Message, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;
 pub use session::{Kick, Session, SessionKey, Signal, Subscription, SubscriptionKey};
+pub use tap::PublishTap;
 pub use views::{SessionView, SubscriptionView};
 pub use violation::Violation;

@@ -23,10 +23,12 @@ pub enum DropReason {
     /// Dropped with one of the largest queues when every queue together went past the
     /// broker's budget (`max_total_queued_bytes`), or not queued because it did not fit.
     TotalOverflow,
+    /// Not taken by an in-process channel whose queue was full (the publish tap, `tap.rs`).
+    ChannelQueueFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Qos0Overflow,
         DropReason::Offline,
         DropReason::TooLarge,
@@ -34,6 +36,7 @@ impl DropReason {
         DropReason::QueueOverflow,
         DropReason::SessionEnded,
         DropReason::TotalOverflow,
+        DropReason::ChannelQueueFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -45,6 +48,7 @@ impl DropReason {
             DropReason::QueueOverflow => "queue_overflow",
             DropReason::SessionEnded => "session_ended",
             DropReason::TotalOverflow => "total_overflow",
+            DropReason::ChannelQueueFull => "channel_queue_full",
         }
     }
 }

@@ -127,6 +127,27 @@ pub fn device_message_topic(id: u64) -> String {
     format!("{DEVICE_MESSAGE_PREFIX}{id}")
 }
 
+/// The prefix of channel state (docs/flespi.md#devices): `flespi/state/gw/channels/<id>` (the
+/// item, retained), `.../<id>/<property>` (retained) and `.../<id>/deleted` after a delete.
+pub const CHANNEL_STATE_PREFIX: &str = "flespi/state/gw/channels/";
+/// The prefix of channel messages: `flespi/message/gw/channels/<id>/<ident>`.
+pub const CHANNEL_MESSAGE_PREFIX: &str = "flespi/message/gw/channels/";
+
+/// `flespi/state/gw/channels/<id>`.
+pub fn channel_state_topic(id: u64) -> String {
+    format!("{CHANNEL_STATE_PREFIX}{id}")
+}
+
+/// `flespi/state/gw/channels/<id>/<property>`.
+pub fn channel_property_topic(id: u64, property: &str) -> String {
+    format!("{CHANNEL_STATE_PREFIX}{id}/{property}")
+}
+
+/// `flespi/message/gw/channels/<id>/<ident>`.
+pub fn channel_message_topic(id: u64, ident: &str) -> String {
+    format!("{CHANNEL_MESSAGE_PREFIX}{id}/{ident}")
+}
+
 /// The user property naming an account: stamped by the broker on deliveries (the publisher's
 /// account); on SUBSCRIBE and UNSUBSCRIBE, the publisher account a subscription is limited to.
 pub const CID_PROPERTY: &str = "cid";

@@ -82,6 +82,12 @@ impl Gateway {
         if !self.state.lock().devices.contains_key(&id) {
             return Err(GwError::NotFound { what: "device", id });
         }
+        self.delete_range(id, q)
+    }
+
+    /// Deletes the messages under message-table key `id` (a device, or a channel's buffer) in
+    /// the query's range.
+    pub(crate) fn delete_range(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
         if q.filter.is_empty() {
             self.store.submit(Op::DelMessages {
                 device: id,

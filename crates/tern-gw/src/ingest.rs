@@ -16,6 +16,12 @@ impl Gateway {
     /// checked first (nothing is kept when one is bad), then stored (unless `messages_ttl` is
     /// 0), published, and applied to telemetry and `last_active`.
     pub fn post_messages(&self, id: u64, messages: &[Value]) -> Result<(), GwError> {
+        self.ingest(id, messages, true)
+    }
+
+    /// The device path of §3 for messages posted over REST (`rest`: they get `rest.timestamp`)
+    /// or brought by a channel (already carrying its ingest fields).
+    pub(crate) fn ingest(&self, id: u64, messages: &[Value], rest: bool) -> Result<(), GwError> {
         if messages.len() > self.options.max_messages_per_post {
             return Err(GwError::Invalid(format!(
                 "at most {} messages per call",
@@ -29,7 +35,7 @@ impl Gateway {
             .get(&id)
             .ok_or(GwError::NotFound { what: "device", id })?
             .clone();
-        let prepared = prepare(&d, messages, now)?;
+        let prepared = prepare(&d, messages, now, rest)?;
         let d_cid = d.cid;
         let mut stored = Vec::with_capacity(prepared.len());
         let mut touched: Vec<String> = Vec::new();
@@ -100,8 +106,8 @@ type Prepared = (f64, Map<String, Value>);
 
 /// The validate step: every message as it will be stored, with its timestamp in seconds, or the
 /// first problem (naming the message). `ident` and `timestamp` default to the device's and
-/// `now`; `rest.timestamp`, `device.id`, `device.name` and `device.type.id` are added.
-fn prepare(d: &Device, messages: &[Value], now: f64) -> Result<Vec<Prepared>, GwError> {
+/// `now`; `rest.timestamp` (posted over REST), `device.id`, `device.name` and `device.type.id` are added.
+fn prepare(d: &Device, messages: &[Value], now: f64, rest: bool) -> Result<Vec<Prepared>, GwError> {
     let mut prepared = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let Value::Object(obj) = m else {
@@ -122,7 +128,9 @@ fn prepare(d: &Device, messages: &[Value], now: f64) -> Result<Vec<Prepared>, Gw
         let mut obj = obj.clone();
         obj.entry("ident").or_insert_with(|| json!(d.ident()));
         obj.insert("timestamp".into(), telemetry::number(ts));
-        obj.insert("rest.timestamp".into(), json!(now));
+        if rest {
+            obj.insert("rest.timestamp".into(), json!(now));
+        }
         obj.insert("device.id".into(), json!(d.id));
         obj.insert("device.name".into(), json!(d.name));
         obj.insert("device.type.id".into(), json!(d.device_type_id));

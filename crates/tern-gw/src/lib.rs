@@ -19,6 +19,8 @@
 //! Layout:
 //! - `device`: the device record, inputs and item
 //! - `group`: groups
+//! - `channel`: the channel record, inputs, item, and how a message's ident is read;
+//!   `channels`: channel operations and the pipeline of every channel message
 //! - `types`: the device types and protocols tern knows (the one list)
 //! - `message`: posted messages (timestamps), history read parameters and filters
 //! - `telemetry`: per-parameter `{value, ts}`, the late-message rule, `position`, the LRU cap
@@ -26,9 +28,14 @@
 //!   `telemetry_ops`: reading and deleting telemetry; `groups`: group operations;
 //!   `retention`: the retention sweep and the activity check (`connected`/`disconnected`)
 //! - the crate root: the `Gateway`, its state, and the device operations
-//! - `publish`: the `flespi/state|log|message/gw/devices/...` publications
+//! - `publish`: the `flespi/state|log|message/gw/devices/...` and `.../gw/channels/...`
+//!   publications
+//! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
+//!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
 //! - `error`: `GwError`
 
+pub mod channel;
+mod channels;
 pub mod device;
 pub mod error;
 pub mod group;
@@ -36,6 +43,8 @@ mod groups;
 mod history;
 mod ingest;
 pub mod message;
+mod mqtt_channels;
+mod mqtt_external;
 pub mod publish;
 mod retention;
 pub mod telemetry;
@@ -55,6 +64,8 @@ use tern_broker::topics::device_event;
 use tern_broker::{Broker, Cid};
 use tern_store::{Op, Snapshot, Store};
 
+pub use channel::{Channel, ChannelChanges, ChannelInput};
+pub use channels::Ingested;
 pub use device::{Device, DeviceChanges, DeviceInput};
 pub use error::GwError;
 pub use group::{Group, GroupChanges, GroupInput};
@@ -111,11 +122,13 @@ struct State {
     devices: BTreeMap<u64, Device>,
     telemetry: HashMap<u64, Telemetry>,
     groups: BTreeMap<u64, Group>,
+    channels: BTreeMap<u64, Channel>,
     /// Devices whose `connected` transition was announced and not yet its end (the activity
     /// check publishes `disconnected` when they fall silent).
     online: HashSet<u64>,
     next_device: u64,
     next_group: u64,
+    next_channel: u64,
 }
 
 /// The devices layer. Cheap to share (`Arc<Gateway>`).
@@ -131,6 +144,14 @@ pub struct Gateway {
     /// Arrival sequence of messages (ties of one timestamp keep arrival order). Starts at the
     /// wall clock in microseconds, so it keeps increasing across restarts.
     seq: AtomicU64,
+    /// The internal MQTT channels' subscriptions, shared with the broker's publish tap.
+    taps: Arc<mqtt_channels::Taps>,
+    /// The external MQTT channels' clients, by channel.
+    external: Mutex<HashMap<u64, mqtt_external::External>>,
+    /// External MQTT channels whose client is connected.
+    external_connected: Mutex<HashSet<u64>>,
+    /// Wakes the channel task to start or stop external clients after a channel change.
+    external_changed: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -159,6 +180,14 @@ impl Gateway {
                 Err(err) => tracing::error!(id, %err, "a stored group does not decode; skipped"),
             }
         }
+        for (id, json) in &snapshot.channels {
+            match serde_json::from_slice::<Channel>(json) {
+                Ok(c) => {
+                    state.channels.insert(*id, c);
+                }
+                Err(err) => tracing::error!(id, %err, "a stored channel does not decode; skipped"),
+            }
+        }
         for (id, json) in &snapshot.telemetry {
             if let Ok(doc) = serde_json::from_slice::<Value>(json) {
                 state.telemetry.insert(*id, Telemetry::from_json(&doc));
@@ -175,6 +204,8 @@ impl Gateway {
             stored("next_device").max(state.devices.keys().next_back().map_or(1, |k| k + 1));
         state.next_group =
             stored("next_group").max(state.groups.keys().next_back().map_or(1, |k| k + 1));
+        state.next_channel =
+            stored("next_channel").max(state.channels.keys().next_back().map_or(1, |k| k + 1));
         let now = broker.clock.now() / 1_000_000;
         state.online = state
             .devices
@@ -186,7 +217,7 @@ impl Gateway {
             .map(|d| d.id)
             .collect();
         let seq = broker.clock.now().max(1);
-        Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             broker,
             directory,
             store,
@@ -194,7 +225,13 @@ impl Gateway {
             options,
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
-        })
+            taps: Arc::default(),
+            external: Mutex::new(HashMap::new()),
+            external_connected: Mutex::new(HashSet::new()),
+            external_changed: tokio::sync::Notify::new(),
+        });
+        gw.refresh_taps(&gw.state.lock().channels);
+        gw
     }
 
     /// Waits for a turn to read history (at most `max_concurrent_reads` at once, so memory
@@ -224,6 +261,7 @@ impl Gateway {
     /// Publishes every device's state and telemetry topics (at start: retained messages may
     /// not have survived, and devices may have changed while tern was down).
     pub fn publish_all(&self) {
+        self.publish_channels();
         let st = self.state.lock();
         for d in st.devices.values() {
             publish::state(&self.broker, d.cid, d.id, None, &self.item_of(d));
@@ -256,7 +294,11 @@ impl Gateway {
 
     /// Stores the id counters (after an id was taken).
     fn put_counters(&self, st: &State) {
-        let json = json!({"next_device": st.next_device, "next_group": st.next_group});
+        let json = json!({
+            "next_device": st.next_device,
+            "next_group": st.next_group,
+            "next_channel": st.next_channel,
+        });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
         });
@@ -488,6 +530,7 @@ impl Gateway {
         for id in ids {
             let _ = self.delete_device(id);
         }
+        self.channels_of_accounts_deleted(gone);
         let mut st = self.state.lock();
         let groups: Vec<u64> = st
             .groups

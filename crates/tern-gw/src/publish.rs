@@ -50,6 +50,36 @@ fn json_bytes(v: &Value) -> Bytes {
 
 /// The item and every property that differs from `old` (all of them when `old` is `None`).
 pub fn state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, new: &Value) {
+    state_on(
+        broker,
+        cid,
+        &topics::device_state_topic(id),
+        &|k| topics::device_property_topic(id, k),
+        old,
+        new,
+    );
+}
+
+/// A channel's item and changed properties (`flespi/state/gw/channels/<id>[/<property>]`).
+pub fn channel_state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, new: &Value) {
+    state_on(
+        broker,
+        cid,
+        &topics::channel_state_topic(id),
+        &|k| topics::channel_property_topic(id, k),
+        old,
+        new,
+    );
+}
+
+fn state_on(
+    broker: &Broker,
+    cid: Cid,
+    item_topic: &str,
+    property_topic: &dyn Fn(&str) -> String,
+    old: Option<&Value>,
+    new: &Value,
+) {
     let Some(obj) = new.as_object() else {
         return;
     };
@@ -59,23 +89,52 @@ pub fn state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, new: &Valu
             continue;
         }
         changed = true;
-        send(
-            broker,
-            cid,
-            topics::device_property_topic(id, k),
-            json_bytes(v),
-            true,
-        );
+        send(broker, cid, property_topic(k), json_bytes(v), true);
     }
     if changed || old.is_none() {
-        send(
-            broker,
-            cid,
-            topics::device_state_topic(id),
-            json_bytes(new),
-            true,
-        );
+        send(broker, cid, item_topic.to_string(), json_bytes(new), true);
     }
+}
+
+/// A deleted channel: empty retained payloads for the item and its properties, then
+/// `deleted` = `true` (not retained).
+pub fn channel_deleted(broker: &Broker, cid: Cid, id: u64, old: &Value) {
+    if let Some(obj) = old.as_object() {
+        for k in obj.keys() {
+            send(
+                broker,
+                cid,
+                topics::channel_property_topic(id, k),
+                Bytes::new(),
+                true,
+            );
+        }
+    }
+    send(
+        broker,
+        cid,
+        topics::channel_state_topic(id),
+        Bytes::new(),
+        true,
+    );
+    send(
+        broker,
+        cid,
+        topics::channel_property_topic(id, topics::DEVICE_DELETED_PROPERTY),
+        Bytes::from_static(b"true"),
+        false,
+    );
+}
+
+/// A channel message on `flespi/message/gw/channels/<id>/<ident>`.
+pub fn channel_message(broker: &Broker, cid: Cid, id: u64, ident: &str, json: Bytes) {
+    send(
+        broker,
+        cid,
+        topics::channel_message_topic(id, ident),
+        json,
+        false,
+    );
 }
 
 /// A deleted device: empty retained payloads for the item, its properties and telemetry, then

@@ -21,11 +21,17 @@ impl Gateway {
     /// read per device (its oldest message, its counters); ops are submitted only where
     /// something goes. Blocking (store reads).
     pub fn sweep(&self, now: f64) -> Swept {
+        // Devices, then channel buffers (their keys in the message table; `messages_ttl` only).
         let devices: Vec<(u64, u64, u64)> = {
             let st = self.state.lock();
             st.devices
                 .values()
                 .map(|d| (d.id, d.messages_ttl, d.messages_rotate))
+                .chain(
+                    st.channels
+                        .values()
+                        .map(|c| (tern_store::channel_key(c.id), c.messages_ttl, 0)),
+                )
                 .collect()
         };
         let mut swept = Swept::default();

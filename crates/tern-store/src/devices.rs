@@ -17,6 +17,20 @@ use crate::error::StoreError;
 /// A device id (`/gw/devices` item `id`).
 pub type DeviceId = u64;
 
+/// Channel buffers (`/gw/channels` `messages_ttl`) share the message table and its stats with
+/// devices: a channel's key there is its id with this bit set (device ids never reach it).
+pub const CHANNEL_KEY_BIT: u64 = 1 << 62;
+
+/// The message-table key of channel `id`'s buffer.
+pub fn channel_key(id: u64) -> DeviceId {
+    id | CHANNEL_KEY_BIT
+}
+
+/// The channel whose buffer `key` is, if it is a channel's.
+pub fn channel_of(key: DeviceId) -> Option<u64> {
+    (key & CHANNEL_KEY_BIT != 0).then_some(key & !CHANNEL_KEY_BIT)
+}
+
 /// Where a device message sorts: its `timestamp` in microseconds (signed: messages may
 /// predate 1970), then its arrival sequence (ties in arrival order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -65,6 +65,7 @@ const GW_META: TableDefinition<&str, Bin> = TableDefinition::new("gw_meta");
 const GW_META_KEY: &str = "meta";
 const DEVICES: TableDefinition<Bin, Bin> = TableDefinition::new("devices");
 const GROUPS: TableDefinition<Bin, Bin> = TableDefinition::new("groups");
+const CHANNELS: TableDefinition<Bin, Bin> = TableDefinition::new("channels");
 const TELEMETRY: TableDefinition<Bin, Bin> = TableDefinition::new("telemetry");
 const MESSAGES: TableDefinition<Bin, Bin> = TableDefinition::new("device_messages");
 const MESSAGE_STATS: TableDefinition<Bin, Bin> = TableDefinition::new("device_message_stats");
@@ -403,6 +404,7 @@ struct Tables<'t> {
     gw_meta: Table<'t, &'static str, Bin>,
     devices: Table<'t, Bin, Bin>,
     groups: Table<'t, Bin, Bin>,
+    channels: Table<'t, Bin, Bin>,
     telemetry: Table<'t, Bin, Bin>,
     messages: Table<'t, Bin, Bin>,
     message_stats: Table<'t, Bin, Bin>,
@@ -424,6 +426,7 @@ impl<'t> Tables<'t> {
             gw_meta: tx.open_table(GW_META).map_err(engine)?,
             devices: tx.open_table(DEVICES).map_err(engine)?,
             groups: tx.open_table(GROUPS).map_err(engine)?,
+            channels: tx.open_table(CHANNELS).map_err(engine)?,
             telemetry: tx.open_table(TELEMETRY).map_err(engine)?,
             messages: tx.open_table(MESSAGES).map_err(engine)?,
             message_stats: tx.open_table(MESSAGE_STATS).map_err(engine)?,
@@ -572,6 +575,18 @@ impl<'t> Tables<'t> {
             Op::DelGroup { id } => {
                 self.groups.remove(format::id_key(*id).as_slice())?;
             }
+            Op::PutChannel { id, json } => {
+                self.channels
+                    .insert(format::id_key(*id).as_slice(), versioned(json).as_slice())?;
+            }
+            Op::DelChannel { id } => {
+                self.channels.remove(format::id_key(*id).as_slice())?;
+                let key = crate::channel_key(*id);
+                self.message_stats.remove(format::id_key(key).as_slice())?;
+                let (lo, hi) = devices::message_bounds(key, i64::MIN, i64::MAX);
+                self.messages
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+            }
             Op::PutTelemetry { device, json } => {
                 let k = format::id_key(*device);
                 if self.devices.get(k.as_slice())?.is_some() {
@@ -584,7 +599,14 @@ impl<'t> Tables<'t> {
             }
             Op::AppendMessages { device, messages } => {
                 let k = format::id_key(*device);
-                if self.devices.get(k.as_slice())?.is_none() {
+                let owner = match crate::channel_of(*device) {
+                    Some(channel) => self
+                        .channels
+                        .get(format::id_key(channel).as_slice())?
+                        .is_some(),
+                    None => self.devices.get(k.as_slice())?.is_some(),
+                };
+                if !owner {
                     return Ok(());
                 }
                 let mut stats = self.stats(*device)?;
@@ -891,6 +913,7 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
     for (def, out) in [
         (DEVICES, &mut snap.devices),
         (GROUPS, &mut snap.groups),
+        (CHANNELS, &mut snap.channels),
         (TELEMETRY, &mut snap.telemetry),
     ] {
         let Some(table) = optional(def)? else {

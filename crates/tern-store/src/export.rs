@@ -63,6 +63,12 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    for (id, json) in &snapshot.channels {
+        line(&Line::Channel {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
     for (device, json) in &snapshot.telemetry {
         line(&Line::Telemetry {
             device: *device,
@@ -266,6 +272,11 @@ enum Line {
         id: u64,
         json: Data,
     },
+    /// A channel of the devices layer (its JSON document).
+    Channel {
+        id: u64,
+        json: Data,
+    },
     /// A device message (after its device): key (`ts` in µs, `seq`) and JSON document.
     Message {
         device: u64,
@@ -356,6 +367,10 @@ impl Line {
                 json: json.bytes()?,
             },
             Line::Group { id, json } => Op::PutGroup {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Channel { id, json } => Op::PutChannel {
                 id,
                 json: json.bytes()?,
             },

@@ -29,6 +29,7 @@ mod memory;
 mod model;
 mod op;
 
+pub use devices::{CHANNEL_KEY_BIT, channel_key, channel_of};
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
 pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;

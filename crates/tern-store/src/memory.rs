@@ -28,6 +28,7 @@ pub struct MemoryState {
     pub gw_meta: Option<Bytes>,
     pub devices: BTreeMap<DeviceId, Bytes>,
     pub groups: BTreeMap<u64, Bytes>,
+    pub channels: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
     pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
     pub message_stats: BTreeMap<DeviceId, MessageStats>,
@@ -149,6 +150,15 @@ impl MemoryState {
             Op::DelGroup { id } => {
                 self.groups.remove(id);
             }
+            Op::PutChannel { id, json } => {
+                self.channels.insert(*id, json.clone());
+            }
+            Op::DelChannel { id } => {
+                self.channels.remove(id);
+                let key = crate::channel_key(*id);
+                self.message_stats.remove(&key);
+                self.messages.retain(|(d, _), _| *d != key);
+            }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
                     self.telemetry.insert(*device, json.clone());
@@ -158,7 +168,11 @@ impl MemoryState {
                 self.telemetry.remove(device);
             }
             Op::AppendMessages { device, messages } => {
-                if !self.devices.contains_key(device) {
+                let owner = match crate::channel_of(*device) {
+                    Some(channel) => self.channels.contains_key(&channel),
+                    None => self.devices.contains_key(device),
+                };
+                if !owner {
                     return;
                 }
                 let stats = self.message_stats.entry(*device).or_default();
@@ -254,6 +268,7 @@ impl MemoryState {
             gw_meta: self.gw_meta.clone(),
             devices: self.devices.iter().map(|(k, v)| (*k, v.clone())).collect(),
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            channels: self.channels.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self
                 .telemetry
                 .iter()

@@ -102,6 +102,14 @@ pub enum Op {
     DelGroup {
         id: u64,
     },
+    /// A channel of the devices layer (its JSON document, tern-gw owns the schema).
+    PutChannel {
+        id: u64,
+        json: Bytes,
+    },
+    DelChannel {
+        id: u64,
+    },
     /// Replaces a device's telemetry document.
     PutTelemetry {
         device: DeviceId,

@@ -471,3 +471,56 @@ fn export_and_import_carry_device_messages() {
         tern_store::load(src.path()).expect("load")
     );
 }
+
+/// Channel buffers share the message table under `channel_key`: kept only while the channel
+/// exists, counted, read by range, exported and imported, and gone with the channel.
+async fn channel_buffer_on(backend: Box<dyn Backend>) -> Store {
+    let (store, _writer) = Store::start(backend, FsyncPolicy::Always);
+    let key = tern_store::channel_key(7);
+    let t = store.submit_all([
+        append(key, 0, 3, 1), // before the channel exists: ignored
+        Op::PutChannel {
+            id: 7,
+            json: Bytes::from_static(b"{\"id\":7}"),
+        },
+        device(7),
+        append(key, 10, 4, 10),
+        append(7, 50, 2, 20),
+    ]);
+    store.wait(t).await;
+    assert_eq!(
+        read(&store, key, i64::MIN, i64::MAX, false, 100),
+        vec![10, 11, 12, 13]
+    );
+    assert_eq!(
+        read(&store, 7, i64::MIN, i64::MAX, false, 100),
+        vec![50, 51]
+    );
+    assert_eq!(store.message_stats(key).expect("stats").count, 4);
+    assert_eq!(tern_store::channel_of(key), Some(7));
+    assert_eq!(tern_store::channel_of(7), None);
+    store
+}
+
+#[tokio::test]
+async fn channel_buffers_on_both_backends() {
+    let memory = MemoryBackend::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+    let key = tern_store::channel_key(7);
+    for store in [
+        channel_buffer_on(Box::new(memory.clone())).await,
+        channel_buffer_on(Box::new(disk)).await,
+    ] {
+        let t = store.submit(Op::DelChannel { id: 7 });
+        store.wait(t).await;
+        assert!(read(&store, key, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert_eq!(store.message_stats(key).map(|s| s.count).unwrap_or(0), 0);
+        assert_eq!(
+            read(&store, 7, i64::MIN, i64::MAX, false, 100),
+            vec![50, 51],
+            "the device with the same id keeps its messages"
+        );
+    }
+    assert!(memory.load().channels.is_empty());
+}

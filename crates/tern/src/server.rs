@@ -165,6 +165,7 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
         tracker.spawn(gateway.clone().run_retention());
+        tracker.spawn(gateway.run_mqtt_channels());
         let acceptor = Acceptor::new(
             broker.clone(),
             config.listeners.max_connections,

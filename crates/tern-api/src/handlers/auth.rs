@@ -65,6 +65,25 @@ pub(crate) async fn regions(
     local: Option<Extension<LocalAddr>>,
     headers: HeaderMap,
 ) -> Response {
+    let (tls, authority) = asked(&api, listener, local, &headers);
+    /// The envelope, keeping the item's keys in the order flespi writes them.
+    #[derive(Serialize)]
+    struct Regions {
+        result: [RegionItem; 1],
+    }
+    let item = region_item(&api.options.region, tls, authority.as_ref());
+    let body = serde_json::to_string(&Regions { result: [item] }).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether the listener asked is the TLS one, and the authority a client named it by: the
+/// request's `Host`, or the listener's local address without one.
+fn asked(
+    api: &ApiState,
+    listener: Option<Extension<Listener>>,
+    local: Option<Extension<LocalAddr>>,
+    headers: &HeaderMap,
+) -> (bool, Option<Authority>) {
     let region = &api.options.region;
     let tls = match listener {
         Some(Extension(l)) => l.is_tls(),
@@ -85,14 +104,19 @@ pub(crate) async fn regions(
             }
             addr.to_string().parse().ok()
         });
-    /// The envelope, keeping the item's keys in the order flespi writes them.
-    #[derive(Serialize)]
-    struct Regions {
-        result: [RegionItem; 1],
-    }
-    let item = region_item(region, tls, authority.as_ref());
-    let body = serde_json::to_string(&Regions { result: [item] }).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (tls, authority)
+}
+
+/// The REST API's base URL as the client of this request reaches it (`rest` of
+/// `/auth/regions`): where a channel's `uri` points.
+pub(crate) fn rest_base(
+    api: &ApiState,
+    listener: Option<Extension<Listener>>,
+    local: Option<Extension<LocalAddr>>,
+    headers: &HeaderMap,
+) -> String {
+    let (tls, authority) = asked(api, listener, local, headers);
+    region_item(&api.options.region, tls, authority.as_ref()).rest
 }
 
 /// Whether a `Host` can be handed back to a browser: a host, no user info, a numeric port if

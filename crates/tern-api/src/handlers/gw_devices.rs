@@ -27,7 +27,7 @@ pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
     ErrorItem::new(status, e.to_string())
 }
 
-fn api_error(e: &GwError) -> ApiError {
+pub(crate) fn api_error(e: &GwError) -> ApiError {
     let item = gw_error(e);
     ApiError {
         status: StatusCode::from_u16(item.code).unwrap_or(StatusCode::BAD_REQUEST),
@@ -223,7 +223,9 @@ pub(crate) async fn move_cid(State(api): State<ApiState>, call: Call) -> Result<
 
 /// `data` from the query or, when absent, from a JSON body (re-register tools send one on
 /// GET).
-fn data_of<T: serde::de::DeserializeOwned + Default>(call: &Call) -> Result<T, ApiError> {
+pub(crate) fn data_of<T: serde::de::DeserializeOwned + Default>(
+    call: &Call,
+) -> Result<T, ApiError> {
     if call.params.data.is_some() {
         return call.data();
     }

@@ -7,8 +7,10 @@
 
 pub(crate) mod auth;
 pub(crate) mod customer;
+pub(crate) mod gw_channels;
 pub(crate) mod gw_devices;
 pub(crate) mod gw_groups;
+pub(crate) mod gw_protocols;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 pub(crate) mod subaccounts;

@@ -4,6 +4,8 @@ mod bad_input;
 mod bridge;
 mod curl;
 mod gw;
+mod gw_channels;
+mod gw_protocols;
 mod messages;
 mod openapi;
 mod platform;

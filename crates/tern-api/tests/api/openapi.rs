@@ -55,6 +55,16 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/gw/groups/{sel}/devices/{device_sel}"),
     ("post", "/gw/groups/{sel}/devices/{device_sel}"),
     ("delete", "/gw/groups/{sel}/devices/{device_sel}"),
+    ("get", "/gw/channel-protocols/{sel}"),
+    ("post", "/gw/channels"),
+    ("get", "/gw/channels/{sel}"),
+    ("put", "/gw/channels/{sel}"),
+    ("patch", "/gw/channels/{sel}"),
+    ("delete", "/gw/channels/{sel}"),
+    ("post", "/gw/channels/{id}/ingest/{secret}"),
+    ("get", "/gw/channels/{sel}/messages"),
+    ("delete", "/gw/channels/{sel}/messages"),
+    ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
 #[tokio::test]
@@ -112,6 +122,9 @@ async fn api_json_lists_every_served_route() {
             .replace("{sel}", "0")
             .replace("{subscription_sel}", "0")
             .replace("{device_sel}", "0")
+            .replace("{type_sel}", "0")
+            .replace("{id}", "0")
+            .replace("{secret}", "x")
             .replace("{params}", "all")
             .replace("{topic}", "nothing");
         let body = match method.as_str() {

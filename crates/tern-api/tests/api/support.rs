@@ -99,12 +99,17 @@ impl Env {
             gw,
         );
         gateway.publish_all();
-        let state = ApiState::new(broker.clone(), directory.clone(), gateway.clone());
+        tokio::spawn(gateway.run_mqtt_channels());
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http.local_addr().expect("addr");
+        // The plain listener, as the daemon tells it (a channel's `uri` names it).
+        let mut options = tern_api::ApiOptions::default();
+        options.region.http = Some(http_addr);
+        let state =
+            ApiState::with_options(broker.clone(), directory.clone(), gateway.clone(), options);
         tern_api::install_bridge(&broker, state.clone());
         tern_api::publish_state(&state);
         let app = tern_api::router(state);
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let http_addr = http.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(
                 http,

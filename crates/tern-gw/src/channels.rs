@@ -1,0 +1,295 @@
+//! Channel operations (docs/flespi.md#devices): create, change, delete, and the pipeline every
+//! channel message goes through, whatever brought it ([`Gateway::channel_messages`]).
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tern_broker::Cid;
+use tern_store::Op;
+
+use crate::channel::{Channel, ChannelChanges, ident_of};
+use crate::{Gateway, GwError, History, MessageQuery, message, publish, telemetry};
+
+/// What [`Gateway::channel_messages`] did with a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// Messages kept (published, and handed to their device when there is one).
+    pub kept: usize,
+    /// The messages dropped (`skip_invalid`), by index, with the reason.
+    pub dropped: Vec<(usize, String)>,
+}
+
+impl Gateway {
+    fn put_channel(&self, c: &Channel) {
+        match serde_json::to_vec(c) {
+            Ok(json) => {
+                self.store.submit(Op::PutChannel {
+                    id: c.id,
+                    json: Bytes::from(json),
+                });
+            }
+            Err(err) => tracing::error!(id = c.id, %err, "could not serialize a channel"),
+        }
+    }
+
+    /// A channel's item: an enabled internal MQTT channel counts its subscription as one
+    /// connection; HTTP channels hold none; the buffer is not kept yet.
+    fn channel_item_of(&self, c: &Channel) -> Value {
+        let connections = u64::from(
+            (c.enabled && c.internal_topics().is_some())
+                || self.external_connected.lock().contains(&c.id),
+        );
+        let size = self
+            .store
+            .message_stats(tern_store::channel_key(c.id))
+            .map(|s| s.bytes)
+            .unwrap_or(0);
+        c.item(connections, size)
+    }
+
+    /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's
+    /// scope).
+    pub fn create_channel(&self, mut c: Channel) -> Value {
+        let mut st = self.state.lock();
+        c.id = st.next_channel;
+        st.next_channel += 1;
+        self.put_counters(&st);
+        self.put_channel(&c);
+        let item = self.channel_item_of(&c);
+        publish::channel_state(&self.broker, c.cid, c.id, None, &item);
+        st.channels.insert(c.id, c);
+        self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
+        item
+    }
+
+    /// The channel `id`.
+    pub fn channel(&self, id: u64) -> Option<Channel> {
+        self.state.lock().channels.get(&id).cloned()
+    }
+
+    /// The items of the channels of the accounts in `scope`.
+    pub fn channels(&self, scope: &[Cid]) -> Vec<Value> {
+        let st = self.state.lock();
+        st.channels
+            .values()
+            .filter(|c| scope.contains(&c.cid))
+            .map(|c| self.channel_item_of(c))
+            .collect()
+    }
+
+    pub fn update_channel(
+        &self,
+        id: u64,
+        changes: &ChannelChanges,
+        merge: bool,
+    ) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        let old = st.channels.get(&id).ok_or(GwError::NotFound {
+            what: "channel",
+            id,
+        })?;
+        let new = changes.apply(old, merge)?;
+        let old_item = self.channel_item_of(old);
+        let item = self.channel_item_of(&new);
+        self.put_channel(&new);
+        publish::channel_state(&self.broker, new.cid, id, Some(&old_item), &item);
+        st.channels.insert(id, new);
+        self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
+        Ok(item)
+    }
+
+    pub fn delete_channel(&self, id: u64) -> Result<Value, GwError> {
+        let mut st = self.state.lock();
+        let c = st.channels.remove(&id).ok_or(GwError::NotFound {
+            what: "channel",
+            id,
+        })?;
+        self.store.submit(Op::DelChannel { id });
+        self.refresh_taps(&st.channels);
+        self.external_changed.notify_one();
+        let item = self.channel_item_of(&c);
+        publish::channel_deleted(&self.broker, c.cid, id, &item);
+        Ok(item)
+    }
+
+    /// Publishes channel `id`'s state after its connection changed (`was`: the item's
+    /// `connections_count` before was 1).
+    pub(crate) fn republish_channel(&self, id: u64, was: bool) {
+        let st = self.state.lock();
+        if let Some(c) = st.channels.get(&id) {
+            let item = self.channel_item_of(c);
+            let mut old = item.clone();
+            old["connections_count"] = json!(u64::from(was));
+            publish::channel_state(&self.broker, c.cid, id, Some(&old), &item);
+        }
+    }
+
+    /// Deletes the channels of deleted accounts.
+    pub(crate) fn channels_of_accounts_deleted(&self, gone: &[Cid]) {
+        let ids: Vec<u64> = {
+            let st = self.state.lock();
+            st.channels
+                .values()
+                .filter(|c| gone.contains(&c.cid))
+                .map(|c| c.id)
+                .collect()
+        };
+        for id in ids {
+            let _ = self.delete_channel(id);
+        }
+    }
+
+    /// Publishes every channel's state topics (at start).
+    pub(crate) fn publish_channels(&self) {
+        let st = self.state.lock();
+        for c in st.channels.values() {
+            publish::channel_state(&self.broker, c.cid, c.id, None, &self.channel_item_of(c));
+        }
+    }
+
+    /// Reads the buffers of `channels` (`from`/`to` on `server.timestamp`), as device history.
+    /// Blocking (store reads).
+    pub fn channel_history(&self, channels: &[u64], q: &MessageQuery) -> Result<History, GwError> {
+        let keys: Vec<u64> = channels
+            .iter()
+            .map(|c| tern_store::channel_key(*c))
+            .collect();
+        self.messages(&keys, q)
+    }
+
+    /// Deletes from channel `id`'s buffer (`from`/`to` on `server.timestamp`, `filter`).
+    /// Blocking with a filter.
+    pub fn delete_channel_messages(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
+        if !self.state.lock().channels.contains_key(&id) {
+            return Err(GwError::NotFound {
+                what: "channel",
+                id,
+            });
+        }
+        self.delete_range(tern_store::channel_key(id), q)
+    }
+
+    /// Waits until everything submitted to the store so far is durable; false when the store
+    /// is failing (nothing may be acknowledged then).
+    pub async fn settled(&self) -> bool {
+        let ticket = self.store.submitted();
+        self.store.wait_or_failing(ticket).await
+    }
+
+    /// The pipeline of every channel message (docs/flespi.md#devices), for HTTP and MQTT
+    /// channels alike: each message is validated (`ident` per `ident_field`, `timestamp` per
+    /// `timestamp_field`, default now); with `skip_invalid` false one bad message refuses the
+    /// batch (nothing kept), with true the bad ones are dropped and named. The kept ones get
+    /// `server.timestamp`, `channel.id`, `protocol.id` and `peer`, are published on
+    /// `flespi/message/gw/channels/<id>/<ident>`, and go to the enabled device with that ident
+    /// and the channel's protocol in the channel's account tree, if there is one (stored,
+    /// published, telemetry, `last_active`, as a posted message). The caller acknowledges only
+    /// after [`Gateway::settled`].
+    pub fn channel_messages(
+        &self,
+        channel: u64,
+        messages: Vec<Value>,
+        peer: &str,
+    ) -> Result<Ingested, GwError> {
+        let c = self.channel(channel).ok_or(GwError::NotFound {
+            what: "channel",
+            id: channel,
+        })?;
+        if !c.enabled {
+            return Err(GwError::Invalid(format!("channel {channel} is disabled")));
+        }
+        if messages.len() > self.options.max_messages_per_post {
+            return Err(GwError::Invalid(format!(
+                "at most {} messages per call",
+                self.options.max_messages_per_post
+            )));
+        }
+        let now = self.now();
+        let (ident_field, ts_field) = (c.ident_field(), c.timestamp_field());
+        let mut out = Ingested::default();
+        let mut kept: Vec<(String, Map<String, Value>)> = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            match validate(m, &ident_field, &ts_field, now) {
+                Ok((ident, mut obj)) => {
+                    obj.insert("server.timestamp".into(), json!(now));
+                    obj.insert("channel.id".into(), json!(c.id));
+                    obj.insert("protocol.id".into(), json!(c.protocol_id));
+                    obj.insert("peer".into(), json!(peer));
+                    kept.push((ident, obj));
+                }
+                Err(reason) if c.skip_invalid() => out.dropped.push((i, reason)),
+                Err(reason) => {
+                    return Err(GwError::Invalid(format!("message {i}: {reason}")));
+                }
+            }
+        }
+        // Per device, in arrival order.
+        let mut per_device: Vec<(u64, Vec<Value>)> = Vec::new();
+        {
+            let st = self.state.lock();
+            let root = self.root(c.cid);
+            let jsons: Vec<Bytes> = kept
+                .iter()
+                .map(|(_, obj)| Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
+                .collect();
+            if c.messages_ttl > 0 && !jsons.is_empty() {
+                // The channel buffer, keyed by `server.timestamp`.
+                let ts = message::micros(now);
+                let messages = jsons
+                    .iter()
+                    .map(|json| {
+                        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                        (tern_store::MessageKey { ts, seq }, json.clone())
+                    })
+                    .collect();
+                self.store.submit(Op::AppendMessages {
+                    device: tern_store::channel_key(c.id),
+                    messages,
+                });
+            }
+            for ((ident, obj), json) in kept.iter().zip(jsons) {
+                publish::channel_message(&self.broker, c.cid, c.id, ident, json);
+                let device = st.devices.values().find(|d| {
+                    d.enabled
+                        && d.ident() == ident
+                        && d.protocol_id() == c.protocol_id
+                        && self.root(d.cid) == root
+                });
+                if let Some(d) = device {
+                    match per_device.iter_mut().find(|(id, _)| *id == d.id) {
+                        Some((_, list)) => list.push(Value::Object(obj.clone())),
+                        None => per_device.push((d.id, vec![Value::Object(obj.clone())])),
+                    }
+                }
+            }
+        }
+        out.kept = kept.len();
+        for (id, list) in per_device {
+            self.ingest(id, &list, false)?;
+        }
+        Ok(out)
+    }
+}
+
+/// One channel message checked: its ident and the object with `ident` and `timestamp` set.
+fn validate(
+    m: Value,
+    ident_field: &str,
+    ts_field: &str,
+    now: f64,
+) -> Result<(String, Map<String, Value>), String> {
+    let Value::Object(mut obj) = m else {
+        return Err("a message must be a JSON object".into());
+    };
+    let ident = ident_of(&obj, ident_field)?;
+    let ts = match obj.get(ts_field) {
+        None | Some(Value::Null) => now,
+        Some(v) => message::timestamp_of(v).map_err(|e| format!("`{ts_field}`: {e}"))?,
+    };
+    obj.insert("ident".into(), json!(ident));
+    obj.insert("timestamp".into(), telemetry::number(ts));
+    Ok((ident, obj))
+}

@@ -1,0 +1,173 @@
+//! MQTT channels on an external broker (`configuration.broker = {uri, username, password,
+//! client_id, qos}`, docs/flespi.md#devices): one `tern_mqttc` client per enabled channel,
+//! subscribed to its `topics`, reconnecting with the client's back-off. Its events go to one
+//! task per channel: each PUBLISH becomes channel messages (as for internal channels), and
+//! `connections_count` is 1 while the client is connected. [`Gateway::reconcile_external`]
+//! starts, restarts (configuration changed) and stops the clients after every channel change.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tern_mqttc::{Client, ClientHandle, ClientOptions, Event, QoS, Subscription};
+
+use crate::{Channel, Gateway};
+
+/// A running client: the configuration it was started with, and its handle (dropping the
+/// last handle stops the client).
+#[derive(Debug)]
+pub(crate) struct External {
+    configuration: Map<String, Value>,
+    _handle: ClientHandle,
+}
+
+/// The client options of an external channel's `broker` object.
+pub(crate) fn client_options(
+    channel: u64,
+    broker: &Map<String, Value>,
+) -> Result<ClientOptions, String> {
+    let uri = broker
+        .get("uri")
+        .and_then(Value::as_str)
+        .ok_or("configuration.broker.uri (mqtt[s]://host:port) is required")?;
+    let client_id = broker
+        .get("client_id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("tern-channel-{channel}"), str::to_string);
+    let mut options =
+        ClientOptions::new(uri, client_id).map_err(|e| format!("configuration.broker.uri: {e}"))?;
+    options.username = broker
+        .get("username")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    options.password = broker
+        .get("password")
+        .and_then(Value::as_str)
+        .map(|p| p.as_bytes().to_vec());
+    Ok(options)
+}
+
+/// The subscription QoS of `broker.qos` (0 or 1; default 1).
+pub(crate) fn qos_of(broker: &Map<String, Value>) -> Result<QoS, String> {
+    match broker.get("qos").map(Value::as_u64) {
+        None | Some(Some(1)) => Ok(QoS::AtLeastOnce),
+        Some(Some(0)) => Ok(QoS::AtMostOnce),
+        _ => Err("configuration.broker.qos is 0 or 1".into()),
+    }
+}
+
+impl Channel {
+    /// An MQTT channel's external broker object, if it has one.
+    pub fn external_broker(&self) -> Option<&Map<String, Value>> {
+        if self.protocol().map(|p| p.name) != Some("mqtt") {
+            return None;
+        }
+        self.configuration.get("broker")?.as_object()
+    }
+}
+
+impl Gateway {
+    /// Starts a client for every enabled external channel without one (or whose configuration
+    /// changed), and stops those of channels gone or disabled. Needs a tokio runtime (it does
+    /// nothing without one: the channel task calls it again at start).
+    pub(crate) fn reconcile_external(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let wanted: Vec<Channel> = {
+            let st = self.state.lock();
+            st.channels
+                .values()
+                .filter(|c| c.enabled && c.external_broker().is_some())
+                .cloned()
+                .collect()
+        };
+        let mut running = self.external.lock();
+        running.retain(|id, e| {
+            wanted
+                .iter()
+                .any(|c| c.id == *id && c.configuration == e.configuration)
+        });
+        self.external_connected
+            .lock()
+            .retain(|id| running.contains_key(id));
+        for c in wanted {
+            if running.contains_key(&c.id) {
+                continue;
+            }
+            let Some(broker) = c.external_broker() else {
+                continue;
+            };
+            let started = client_options(c.id, broker).and_then(|options| {
+                let qos = qos_of(broker)?;
+                let subs = c
+                    .configuration
+                    .get("topics")
+                    .and_then(Value::as_array)
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(Value::as_str)
+                            .map(|f| Subscription::new(f, qos))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Client::start(options, subs).map_err(|e| e.to_string())
+            });
+            match started {
+                Ok((handle, events)) => {
+                    tokio::spawn(self.clone().pump(c.id, events));
+                    running.insert(
+                        c.id,
+                        External {
+                            configuration: c.configuration.clone(),
+                            _handle: handle,
+                        },
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(channel = c.id, %err, "external MQTT channel not started")
+                }
+            }
+        }
+    }
+
+    /// Turns one external client's events into channel messages and connection state; ends
+    /// when the client stops.
+    async fn pump(self: Arc<Self>, channel: u64, mut events: tokio::sync::mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Connected { .. } => self.set_external_connected(channel, true),
+                Event::Disconnected { reason } => {
+                    tracing::info!(channel, %reason, "external MQTT channel disconnected");
+                    self.set_external_connected(channel, false);
+                }
+                Event::Message { topic, payload, .. } => {
+                    self.mqtt_payload(channel, &topic, &payload, "mqtt:external");
+                }
+                Event::SubscribeFailed { filter, reason } => {
+                    tracing::warn!(
+                        channel,
+                        filter,
+                        reason = reason.name(),
+                        "subscription refused"
+                    );
+                }
+            }
+        }
+        self.set_external_connected(channel, false);
+    }
+
+    /// Records whether channel `channel`'s client is connected and publishes the state.
+    fn set_external_connected(&self, channel: u64, connected: bool) {
+        let changed = {
+            let mut set = self.external_connected.lock();
+            if connected {
+                set.insert(channel)
+            } else {
+                set.remove(&channel)
+            }
+        };
+        if changed {
+            self.republish_channel(channel, !connected);
+        }
+    }
+}
