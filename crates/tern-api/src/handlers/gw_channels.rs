@@ -9,18 +9,19 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
-use tern_gw::{ChannelChanges, ChannelInput, DeleteData, MessagesData, channel};
+use tern_gw::{ChannelChanges, ChannelInput, channel};
 use tern_net::{Listener, LocalAddr};
 use utoipa::IntoParams;
 
-use super::gw_devices::{api_error, data_of, gw_error};
+use super::gw_devices::gw_error;
+use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
 use crate::call::Call;
 use crate::error::{ApiError, ErrorItem, json_response};
-use crate::reply::{Reply, to_csv};
+use crate::reply::Reply;
 
 /// The ids of the channels the selector `n` segments from the end picks, in id order.
 fn selected(api: &ApiState, call: &Call, n: usize) -> Result<Vec<u64>, ApiError> {
@@ -265,34 +266,8 @@ pub(crate) async fn get_messages(
     State(api): State<ApiState>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let data: MessagesData = data_of(&call)?;
-    let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
-    let _turn = api.gateway.reading().await;
-    let gw = api.gateway.clone();
-    let fields = query.fields.clone();
-    let history = tokio::task::spawn_blocking(move || gw.channel_history(&ids, &query))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| api_error(&e))?;
-    if call.csv {
-        return Ok((
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&history.messages, &fields),
-        )
-            .into_response());
-    }
-    let mut body = json!({ "result": history.messages });
-    if history.truncated {
-        body["warnings"] = json!([{
-            "reason": format!(
-                "the answer was truncated at {} messages (gw.max_messages_per_call): ask again from the last server.timestamp",
-                api.gateway.options.max_messages_per_call
-            )
-        }]);
-    }
-    Ok(json_response(StatusCode::OK, &body))
+    gw_history::read(&api, &call, Kind::Channels, ids).await
 }
 
 /// Deletes from the buffers of the selected channels (`data`: `from`, `to`, `filter`).
@@ -305,17 +280,6 @@ pub(crate) async fn delete_messages(
     State(api): State<ApiState>,
     call: Call,
 ) -> Result<Reply, ApiError> {
-    let data: DeleteData = data_of(&call)?;
-    let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
-    let _turn = api.gateway.reading().await;
-    let gw = api.gateway.clone();
-    tokio::task::spawn_blocking(move || {
-        ids.iter()
-            .try_for_each(|id| gw.delete_channel_messages(*id, &query))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| api_error(&e))?;
-    Ok(Reply::changed(&call, Vec::new(), Vec::new()))
+    gw_history::delete(&api, &call, Kind::Channels, ids).await
 }

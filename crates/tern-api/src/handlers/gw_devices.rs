@@ -5,17 +5,18 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tern_gw::{DeleteData, DeviceChanges, DeviceInput, GwError, MessagesData, device};
+use tern_gw::{DeviceChanges, DeviceInput, GwError, device};
 use utoipa::IntoParams;
 
+use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
 use crate::call::Call;
-use crate::error::{ApiError, ErrorItem, json_response};
-use crate::reply::{Reply, to_csv};
+use crate::error::{ApiError, ErrorItem};
+use crate::reply::Reply;
 
 /// A devices-layer error as the envelope.
 pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
@@ -276,34 +277,8 @@ pub(crate) async fn get_messages(
     State(api): State<ApiState>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let data: MessagesData = data_of(&call)?;
-    let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
-    let _turn = api.gateway.reading().await;
-    let gw = api.gateway.clone();
-    let fields = query.fields.clone();
-    let history = tokio::task::spawn_blocking(move || gw.messages(&ids, &query))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| api_error(&e))?;
-    if call.csv {
-        return Ok((
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&history.messages, &fields),
-        )
-            .into_response());
-    }
-    let mut body = json!({ "result": history.messages });
-    if history.truncated {
-        body["warnings"] = json!([{
-            "reason": format!(
-                "the answer was truncated at {} messages (gw.max_messages_per_call): ask again from the last timestamp",
-                api.gateway.options.max_messages_per_call
-            )
-        }]);
-    }
-    Ok(json_response(StatusCode::OK, &body))
+    gw_history::read(&api, &call, Kind::Devices, ids).await
 }
 
 /// Deletes messages of the selected devices (`data`: `from`, `to`, `filter`).
@@ -316,19 +291,8 @@ pub(crate) async fn delete_messages(
     State(api): State<ApiState>,
     call: Call,
 ) -> Result<Reply, ApiError> {
-    let data: DeleteData = data_of(&call)?;
-    let query = data.query().map_err(|e| api_error(&e))?;
     let ids = selected(&api, &call, 1)?;
-    let _turn = api.gateway.reading().await;
-    let gw = api.gateway.clone();
-    tokio::task::spawn_blocking(move || {
-        ids.iter()
-            .try_for_each(|id| gw.delete_messages(*id, &query))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| api_error(&e))?;
-    Ok(Reply::changed(&call, Vec::new(), Vec::new()))
+    gw_history::delete(&api, &call, Kind::Devices, ids).await
 }
 
 /// `all` (or empty) for every parameter, else the names.

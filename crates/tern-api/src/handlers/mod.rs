@@ -10,6 +10,7 @@ pub(crate) mod customer;
 pub(crate) mod gw_channels;
 pub(crate) mod gw_devices;
 pub(crate) mod gw_groups;
+pub(crate) mod gw_history;
 pub(crate) mod gw_protocols;
 pub(crate) mod messages;
 pub(crate) mod sessions;
