@@ -195,6 +195,9 @@ pub struct Broker {
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::bridge::RestBridge>>,
     /// The publish tap (`tap.rs`), if installed.
     pub(crate) tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
+    /// Whether the tap wants anything now ([`Broker::set_tap_active`]): every publish reads
+    /// this one flag and nothing more while no in-process listener exists.
+    tap_active: std::sync::atomic::AtomicBool,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
@@ -366,6 +369,7 @@ impl Broker {
             store,
             rest: std::sync::OnceLock::new(),
             tap: std::sync::OnceLock::new(),
+            tap_active: std::sync::atomic::AtomicBool::new(false),
             conditions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
         })
@@ -1040,8 +1044,16 @@ impl Broker {
         let _ = self.tap.set(tap);
     }
 
-    /// Hands `msg` to the tap, if one is installed and the topic is not reserved.
+    /// Turns the tap on (it has listeners) or off; off, a publish does not call it.
+    pub fn set_tap_active(&self, active: bool) {
+        self.tap_active.store(active, Ordering::Relaxed);
+    }
+
+    /// Hands `msg` to the tap, if one is installed and active and the topic is not reserved.
     pub(crate) fn tap(&self, msg: &Arc<Message>) {
+        if !self.tap_active.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(tap) = self.tap.get()
             && !crate::topics::is_reserved(&msg.topic)
         {

@@ -81,6 +81,7 @@ impl Gateway {
         let mut slot = self.taps.subs.write();
         *slot = subs;
         self.taps.count.store(slot.len(), Ordering::Relaxed);
+        self.broker.set_tap_active(!slot.is_empty());
     }
 
     /// Publications an internal MQTT channel dropped because its queue was full.

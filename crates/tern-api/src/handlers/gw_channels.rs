@@ -15,7 +15,7 @@ use tern_gw::{ChannelChanges, ChannelInput, channel};
 use tern_net::{Listener, LocalAddr};
 use utoipa::IntoParams;
 
-use super::gw_devices::gw_error;
+use super::gw_common::gw_error;
 use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;

@@ -4,37 +4,19 @@
 //! `tern_gw::Gateway`, this module only takes calls apart and answers.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tern_gw::{DeviceChanges, DeviceInput, GwError, device};
+use tern_gw::{DeviceChanges, DeviceInput, device};
 use utoipa::IntoParams;
 
+use super::gw_common::{api_error, gw_error};
 use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
 use crate::call::Call;
-use crate::error::{ApiError, ErrorItem};
+use crate::error::ApiError;
 use crate::reply::Reply;
-
-/// A devices-layer error as the envelope.
-pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
-    let status = match e {
-        GwError::NotFound { .. } => StatusCode::NOT_FOUND,
-        GwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ErrorItem::new(status, e.to_string())
-}
-
-pub(crate) fn api_error(e: &GwError) -> ApiError {
-    let item = gw_error(e);
-    ApiError {
-        status: StatusCode::from_u16(item.code).unwrap_or(StatusCode::BAD_REQUEST),
-        errors: vec![item],
-    }
-}
 
 /// The ids of the devices the selector `n` segments from the end picks, in id order.
 pub(crate) fn selected(api: &ApiState, call: &Call, n: usize) -> Result<Vec<u64>, ApiError> {
@@ -220,22 +202,6 @@ pub(crate) async fn move_cid(State(api): State<ApiState>, call: Call) -> Result<
         }
     }
     Ok(Reply::changed(&call, done, failed))
-}
-
-/// `data` from the query or, when absent, from a JSON body (re-register tools send one on
-/// GET).
-pub(crate) fn data_of<T: serde::de::DeserializeOwned + Default>(
-    call: &Call,
-) -> Result<T, ApiError> {
-    if call.params.data.is_some() {
-        return call.data();
-    }
-    match &call.body {
-        None => Ok(T::default()),
-        Some(v @ Value::Object(_)) => serde_json::from_value(v.clone())
-            .map_err(|e| ApiError::bad_request(format!("data: {e}"))),
-        Some(_) => Err(ApiError::bad_request("data must be a JSON object")),
-    }
 }
 
 /// Registers messages into the selected devices.

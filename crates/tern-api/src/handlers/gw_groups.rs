@@ -7,7 +7,8 @@ use serde_json::Value;
 use tern_gw::{GroupChanges, GroupInput};
 use utoipa::IntoParams;
 
-use super::gw_devices::{gw_error, selected as devices_selected};
+use super::gw_common::gw_error;
+use super::gw_devices::selected as devices_selected;
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
 use crate::call::Call;

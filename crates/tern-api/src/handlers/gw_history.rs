@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tern_gw::{DeleteData, Gateway, GwError, History, MessageQuery, MessagesData};
 
-use super::gw_devices::{api_error, data_of};
+use super::gw_common::{api_error, data_of};
 use crate::ApiState;
 use crate::call::Call;
 use crate::error::{ApiError, json_response};

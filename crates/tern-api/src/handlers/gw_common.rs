@@ -1,0 +1,44 @@
+//! What every `/gw` handler shares: a devices-layer error as the flespi envelope, and a
+//! method's `data` taken from the query or, when absent, from a JSON body (even on GET:
+//! docs/flespi.md#devices).
+
+use axum::http::StatusCode;
+use serde_json::Value;
+use tern_gw::GwError;
+
+use crate::call::Call;
+use crate::error::{ApiError, ErrorItem};
+
+/// A devices-layer error as the envelope.
+pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
+    let status = match e {
+        GwError::NotFound { .. } => StatusCode::NOT_FOUND,
+        GwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ErrorItem::new(status, e.to_string())
+}
+
+pub(crate) fn api_error(e: &GwError) -> ApiError {
+    let item = gw_error(e);
+    ApiError {
+        status: StatusCode::from_u16(item.code).unwrap_or(StatusCode::BAD_REQUEST),
+        errors: vec![item],
+    }
+}
+
+/// `data` from the query or, when absent, from a JSON body (re-register tools send one on
+/// GET).
+pub(crate) fn data_of<T: serde::de::DeserializeOwned + Default>(
+    call: &Call,
+) -> Result<T, ApiError> {
+    if call.params.data.is_some() {
+        return call.data();
+    }
+    match &call.body {
+        None => Ok(T::default()),
+        Some(v @ Value::Object(_)) => serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::bad_request(format!("data: {e}"))),
+        Some(_) => Err(ApiError::bad_request("data must be a JSON object")),
+    }
+}
