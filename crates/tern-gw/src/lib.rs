@@ -32,6 +32,7 @@
 //!   publications
 //! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
 //!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
+//! - `logs`: entity log records (`Gateway::log`)
 //! - `error`: `GwError`
 
 pub mod channel;
@@ -42,6 +43,7 @@ pub mod group;
 mod groups;
 mod history;
 mod ingest;
+pub mod logs;
 pub mod message;
 mod mqtt_channels;
 mod mqtt_external;

@@ -213,6 +213,11 @@ pub fn log(
     );
 }
 
+/// A log record on `topic` (`flespi/log/...`), not retained.
+pub fn log_record(broker: &Broker, cid: Cid, topic: String, record: &Value) {
+    send(broker, cid, topic, json_bytes(record), false);
+}
+
 /// A stored message on `flespi/message/gw/devices/<id>`.
 pub fn message(broker: &Broker, cid: Cid, id: u64, json: Bytes) {
     send(broker, cid, topics::device_message_topic(id), json, false);
