@@ -35,6 +35,7 @@ mod sessions;
 mod shared;
 mod shutdown;
 mod store_failure;
+mod teltonika;
 mod tls;
 mod topic_alias;
 mod trust;

@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
-    auth, customer, gw_channels, gw_devices, gw_groups, gw_protocols, messages, sessions,
-    subaccounts, subscriptions, tokens,
+    auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_protocols, messages,
+    sessions, subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -97,6 +97,15 @@ fn endpoints() -> OpenApiRouter<ApiState> {
             gw_devices::delete_telemetry_all
         ))
         .routes(routes!(gw_devices::telemetry, gw_devices::delete_telemetry))
+        .routes(routes!(gw_commands::post))
+        .routes(routes!(
+            gw_commands::queue,
+            gw_commands::list_queue_all,
+            gw_commands::cancel_all
+        ))
+        .routes(routes!(gw_commands::list_queue, gw_commands::cancel))
+        .routes(routes!(gw_commands::results_all))
+        .routes(routes!(gw_commands::results))
         .routes(routes!(gw_channels::create))
         .routes(routes!(
             gw_channels::list,
@@ -105,6 +114,7 @@ fn endpoints() -> OpenApiRouter<ApiState> {
             gw_channels::delete
         ))
         .routes(routes!(gw_channels::ingest))
+        .routes(routes!(gw_channels::connections))
         .routes(routes!(
             gw_channels::get_messages,
             gw_channels::delete_messages

@@ -39,19 +39,75 @@ impl Channel {
         protocol(self.protocol_id)
     }
 
-    /// `<base>/gw/channels/<id>/ingest/<secret>` for HTTP channels; null for MQTT ones.
-    pub fn uri(&self) -> Value {
+    /// `<base>/gw/channels/<id>/ingest/<secret>` for HTTP channels, `<tracker_host>:<port>`
+    /// for Teltonika ones; null for MQTT ones.
+    pub fn uri(&self, tracker_host: &str) -> Value {
         match self.protocol().map(|p| p.name) {
             Some("http") => json!(format!(
                 "{}/gw/channels/{}/ingest/{}",
                 self.base, self.id, self.secret
             )),
+            Some("teltonika") if self.tracker_port() != 0 => {
+                json!(format!("{tracker_host}:{}", self.tracker_port()))
+            }
             _ => Value::Null,
         }
     }
 
+    /// A Teltonika channel's `configuration.port` (0: none yet).
+    pub fn tracker_port(&self) -> u16 {
+        self.configuration
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0)
+    }
+
+    fn seconds(&self, key: &str, default: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.configuration
+                .get(key)
+                .and_then(Value::as_u64)
+                .unwrap_or(default),
+        )
+    }
+
+    /// A Teltonika channel's limits (docs/teltonika.md#channel-and-device-type).
+    pub fn tracker_options(&self) -> tern_net::teltonika::TeltonikaOptions {
+        let d = tern_net::teltonika::TeltonikaOptions::default();
+        let number = |key: &str, default: u64| {
+            self.configuration
+                .get(key)
+                .and_then(Value::as_u64)
+                .unwrap_or(default)
+        };
+        tern_net::teltonika::TeltonikaOptions {
+            max_connections: usize::try_from(number("max_connections", d.max_connections as u64))
+                .unwrap_or(d.max_connections),
+            max_packet_size: u32::try_from(number("max_packet_size", u64::from(d.max_packet_size)))
+                .unwrap_or(d.max_packet_size),
+            handshake_timeout: self.seconds("handshake_timeout", d.handshake_timeout.as_secs()),
+            frame_timeout: self.seconds("frame_timeout", d.frame_timeout.as_secs()),
+            inactivity_timeout: self.seconds("inactivity_timeout", d.inactivity_timeout.as_secs()),
+            command_queue: d.command_queue,
+        }
+    }
+
+    /// A Teltonika channel's `configuration.command_timeout` (default 15 s).
+    pub fn command_timeout(&self) -> std::time::Duration {
+        self.seconds("command_timeout", 15)
+    }
+
+    /// A Teltonika channel's `configuration.accept_unknown` (default true).
+    pub fn accept_unknown(&self) -> bool {
+        self.configuration
+            .get("accept_unknown")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    }
+
     /// The item: the stored fields, `protocol_name`, `uri`, and the state.
-    pub fn item(&self, connections_count: u64, messages_size: u64) -> Value {
+    pub fn item(&self, connections_count: u64, messages_size: u64, tracker_host: &str) -> Value {
         json!({
             "id": self.id,
             "cid": self.cid,
@@ -61,7 +117,7 @@ impl Channel {
             "protocol_name": self.protocol().map(|p| p.name),
             "configuration": self.configuration,
             "messages_ttl": self.messages_ttl,
-            "uri": self.uri(),
+            "uri": self.uri(tracker_host),
             "connections_count": connections_count,
             "messages_size": messages_size,
         })
@@ -169,7 +225,11 @@ impl ChannelInput {
             }
         }
         .ok_or_else(|| {
-            GwError::Invalid("unknown protocol; known: 1 (http), 2 (mqtt)".to_string())
+            let known: Vec<String> = crate::types::PROTOCOLS
+                .iter()
+                .map(|p| format!("{} ({})", p.id, p.name))
+                .collect();
+            GwError::Invalid(format!("unknown protocol; known: {}", known.join(", ")))
         })?;
         let c = Channel {
             id: 0,
@@ -235,8 +295,48 @@ fn check(c: &Channel) -> Result<(), GwError> {
             "configuration.skip_invalid must be a boolean".into(),
         ));
     }
-    if c.protocol().map(|p| p.name) == Some("mqtt") {
-        check_mqtt(conf)?;
+    match c.protocol().map(|p| p.name) {
+        Some("mqtt") => check_mqtt(conf)?,
+        Some("teltonika") => check_teltonika(conf)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A Teltonika channel's configuration: known keys only, numbers in their ranges.
+fn check_teltonika(conf: &Map<String, Value>) -> Result<(), GwError> {
+    const NUMBERS: &[(&str, u64, u64)] = &[
+        ("port", 0, 65535),
+        ("max_connections", 1, 1_000_000),
+        ("max_packet_size", 3, 1 << 20),
+        ("handshake_timeout", 1, 86_400),
+        ("frame_timeout", 1, 86_400),
+        ("inactivity_timeout", 1, 86_400 * 7),
+        ("command_timeout", 1, 86_400),
+    ];
+    for (key, v) in conf {
+        if let Some((_, lo, hi)) = NUMBERS.iter().find(|(k, _, _)| k == key) {
+            if !v.as_u64().is_some_and(|n| (*lo..=*hi).contains(&n)) {
+                return Err(GwError::Invalid(format!(
+                    "configuration.{key} must be an integer from {lo} to {hi}"
+                )));
+            }
+        } else if key == "accept_unknown" || key == "udp" {
+            if !v.is_boolean() {
+                return Err(GwError::Invalid(format!(
+                    "configuration.{key} must be a boolean"
+                )));
+            }
+        } else {
+            return Err(GwError::Invalid(format!(
+                "configuration.{key}: unknown for teltonika channels"
+            )));
+        }
+    }
+    if conf.get("udp") == Some(&Value::Bool(true)) {
+        return Err(GwError::Invalid(
+            "configuration.udp: UDP is not supported yet (docs/teltonika.md)".into(),
+        ));
     }
     Ok(())
 }
@@ -338,7 +438,7 @@ mod tests {
         assert!(input(json!({"name": "c"})).is_err());
         assert!(input(json!({"protocol_id": 9})).is_err());
         assert!(input(json!({"protocol_id": 1, "configuration": {"skip_invalid": 1}})).is_err());
-        let item = c.item(0, 0);
+        let item = c.item(0, 0, "h");
         assert_eq!(item["uri"], "http://h:1/gw/channels/0/ingest/s");
         assert_eq!(item["protocol_name"], "http");
     }

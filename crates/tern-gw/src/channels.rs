@@ -35,24 +35,28 @@ impl Gateway {
 
     /// A channel's item: an enabled internal MQTT channel counts its subscription as one
     /// connection; HTTP channels hold none; the buffer is not kept yet.
-    fn channel_item_of(&self, c: &Channel) -> Value {
-        let connections = u64::from(
-            (c.enabled && c.internal_topics().is_some())
-                || self.external_connected.lock().contains(&c.id),
-        );
+    pub(crate) fn channel_item_of(&self, c: &Channel) -> Value {
+        let connections = match self.trackers.connections_count(c.id) {
+            Some(n) => n,
+            None => u64::from(
+                (c.enabled && c.internal_topics().is_some())
+                    || self.external_connected.lock().contains(&c.id),
+            ),
+        };
         let size = self
             .store
             .message_stats(tern_store::channel_key(c.id))
             .map(|s| s.bytes)
             .unwrap_or(0);
-        c.item(connections, size)
+        c.item(connections, size, &self.options.trackers.host())
     }
 
     /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's
-    /// scope).
-    pub fn create_channel(&self, mut c: Channel) -> Value {
+    /// scope); a Teltonika channel gets its port and listener here (a port in use: refused).
+    pub fn create_channel(&self, mut c: Channel) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         c.id = st.next_channel;
+        self.sync_tracker(&st, &mut c)?;
         st.next_channel += 1;
         self.put_counters(&st);
         self.put_channel(&c);
@@ -61,7 +65,7 @@ impl Gateway {
         st.channels.insert(c.id, c);
         self.refresh_taps(&st.channels);
         self.external_changed.notify_one();
-        item
+        Ok(item)
     }
 
     /// The channel `id`.
@@ -90,8 +94,9 @@ impl Gateway {
             what: "channel",
             id,
         })?;
-        let new = changes.apply(old, merge)?;
+        let mut new = changes.apply(old, merge)?;
         let old_item = self.channel_item_of(old);
+        self.sync_tracker(&st, &mut new)?;
         let item = self.channel_item_of(&new);
         self.put_channel(&new);
         publish::channel_state(&self.broker, new.cid, id, Some(&old_item), &item);
@@ -108,6 +113,7 @@ impl Gateway {
             id,
         })?;
         self.store.submit(Op::DelChannel { id });
+        self.stop_tracker(id);
         self.refresh_taps(&st.channels);
         self.external_changed.notify_one();
         let item = self.channel_item_of(&c);

@@ -226,6 +226,12 @@ fn check(d: &Device) -> Result<(), GwError> {
             known.join(", ")
         )));
     }
+    if !crate::types::ident_fits(d.protocol_id(), d.ident()) {
+        return Err(GwError::Invalid(format!(
+            "configuration.ident must match {} for this device type",
+            crate::types::IMEI_PATTERN
+        )));
+    }
     if d.name.len() > 255 {
         return Err(GwError::Invalid("name is longer than 255 bytes".into()));
     }

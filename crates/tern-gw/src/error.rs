@@ -16,6 +16,9 @@ pub enum GwError {
     /// Moving a device to another account needs it disabled first (400).
     #[error("device {0} must be disabled (enabled=false) before it moves to another account")]
     Enabled(u64),
+    /// A command for a device with no open connection (error code 2, as flespi answers).
+    #[error("failed to deliver command '{name}' to device: device with id {id} is not connected")]
+    NotConnected { name: String, id: u64 },
     /// The store cannot read (500).
     #[error("the store cannot read: {0}")]
     Store(String),

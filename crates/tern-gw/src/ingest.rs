@@ -37,6 +37,7 @@ impl Gateway {
             .clone();
         let prepared = prepare(&d, messages, now, rest)?;
         let d_cid = d.cid;
+        let sessions = crate::has_sessions(&d);
         let mut stored = Vec::with_capacity(prepared.len());
         let mut touched: Vec<String> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
@@ -94,7 +95,7 @@ impl Gateway {
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
             st.devices.insert(id, new);
         }
-        if !prepared.is_empty() && st.online.insert(id) {
+        if !prepared.is_empty() && !sessions && st.online.insert(id) {
             publish::log(&self.broker, d_cid, id, device_event::CONNECTED, None, None);
         }
         Ok(())

@@ -33,10 +33,13 @@
 //! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
 //!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
 //! - `logs`: entity log records (`Gateway::log`)
+//! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
+//!   `commands`: Codec 12 commands, their queue and results
 //! - `error`: `GwError`
 
 pub mod channel;
 mod channels;
+pub mod commands;
 pub mod device;
 pub mod error;
 pub mod group;
@@ -51,6 +54,7 @@ pub mod publish;
 mod retention;
 pub mod telemetry;
 mod telemetry_ops;
+mod trackers;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -68,11 +72,13 @@ use tern_store::{Op, Snapshot, Store};
 
 pub use channel::{Channel, ChannelChanges, ChannelInput};
 pub use channels::Ingested;
+pub use commands::CommandInput;
 pub use device::{Device, DeviceChanges, DeviceInput};
 pub use error::GwError;
 pub use group::{Group, GroupChanges, GroupInput};
 pub use message::{DeleteData, MessageQuery, MessagesData};
 pub use telemetry::Telemetry;
+pub use trackers::{ACK_BUCKETS, TrackerMetrics, TrackerPorts};
 
 /// Settings of the devices layer. Every number is a default, not part of the protocol.
 #[derive(Debug, Clone)]
@@ -88,6 +94,10 @@ pub struct GwOptions {
     /// History reads (and filtered deletes) running at once; more wait for a turn
     /// ([`Gateway::reading`]). Each holds up to `max_messages_per_call` messages.
     pub max_concurrent_reads: usize,
+    /// Where Teltonika channel listeners bind and which ports they take.
+    pub trackers: TrackerPorts,
+    /// Seconds command results are kept (`commands-result`).
+    pub commands_ttl: u64,
 }
 
 impl Default for GwOptions {
@@ -98,6 +108,8 @@ impl Default for GwOptions {
             inactivity_timeout: 600,
             max_messages_per_post: 10_000,
             max_concurrent_reads: 8,
+            trackers: TrackerPorts::default(),
+            commands_ttl: 30 * 86_400,
         }
     }
 }
@@ -136,6 +148,8 @@ struct State {
 /// The devices layer. Cheap to share (`Arc<Gateway>`).
 #[derive(Debug)]
 pub struct Gateway {
+    /// This gateway (for the tasks it starts).
+    me: std::sync::Weak<Gateway>,
     broker: Arc<Broker>,
     directory: Arc<Directory>,
     store: Store,
@@ -154,6 +168,10 @@ pub struct Gateway {
     external_connected: Mutex<HashSet<u64>>,
     /// Wakes the channel task to start or stop external clients after a channel change.
     external_changed: tokio::sync::Notify,
+    /// Teltonika channels' listeners and connections.
+    trackers: trackers::Trackers,
+    /// Queued Codec 12 commands.
+    queues: commands::Queues,
 }
 
 impl Gateway {
@@ -213,13 +231,17 @@ impl Gateway {
             .devices
             .values()
             .filter(|d| {
-                d.last_active
-                    .is_some_and(|t| now.saturating_sub(t) < options.inactivity_timeout)
+                !d.device_type()
+                    .and_then(|t| types::protocol(t.protocol_id))
+                    .is_some_and(|p| p.sessions)
+                    && d.last_active
+                        .is_some_and(|t| now.saturating_sub(t) < options.inactivity_timeout)
             })
             .map(|d| d.id)
             .collect();
         let seq = broker.clock.now().max(1);
-        let gw = Arc::new(Gateway {
+        let gw = Arc::new_cyclic(|me| Gateway {
+            me: me.clone(),
             broker,
             directory,
             store,
@@ -231,7 +253,10 @@ impl Gateway {
             external: Mutex::new(HashMap::new()),
             external_connected: Mutex::new(HashSet::new()),
             external_changed: tokio::sync::Notify::new(),
+            trackers: trackers::Trackers::default(),
+            queues: commands::Queues::default(),
         });
+        gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
         gw
     }
@@ -246,7 +271,12 @@ impl Gateway {
         self.broker.clock.now() as f64 / 1e6
     }
 
+    /// A device of a protocol with sessions is connected while its connection is open; any
+    /// other while its last message came within `inactivity_timeout`.
     fn connected(&self, d: &Device) -> bool {
+        if has_sessions(d) {
+            return self.trackers.linked(self.root(d.cid), d.ident());
+        }
         let now = self.now() as u64;
         d.last_active
             .is_some_and(|t| now.saturating_sub(t) < self.options.inactivity_timeout)
@@ -410,6 +440,11 @@ impl Gateway {
                 other,
             });
         }
+        if has_sessions(old) && old.enabled && (!new.enabled || new.ident() != old.ident()) {
+            // Its tracker may not stay connected as a disabled or other device.
+            let (cid, ident) = (old.cid, old.ident().to_owned());
+            self.kick_tracker(&st, cid, &ident);
+        }
         Ok(self.replace(&mut st, new))
     }
 
@@ -500,6 +535,10 @@ impl Gateway {
             .remove(&id)
             .ok_or(GwError::NotFound { what: "device", id })?;
         st.online.remove(&id);
+        if has_sessions(&d) {
+            self.kick_tracker(&st, d.cid, d.ident());
+            self.drop_commands(id);
+        }
         let item = self.item_of(&d);
         self.store.submit(Op::DelDevice { id });
         let params: Vec<String> = st
@@ -545,4 +584,9 @@ impl Gateway {
             self.store.submit(Op::DelGroup { id });
         }
     }
+}
+
+/// Whether `d`'s protocol holds connections (its `connected` comes from them).
+fn has_sessions(d: &Device) -> bool {
+    types::protocol(d.protocol_id()).is_some_and(|p| p.sessions)
 }

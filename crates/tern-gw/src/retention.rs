@@ -21,6 +21,7 @@ impl Gateway {
     /// read per device (its oldest message, its counters); ops are submitted only where
     /// something goes. Blocking (store reads).
     pub fn sweep(&self, now: f64) -> Swept {
+        self.sweep_commands(now);
         // Devices, then channel buffers (their keys in the message table; `messages_ttl` only).
         let devices: Vec<(u64, u64, u64)> = {
             let st = self.state.lock();

@@ -21,8 +21,22 @@ pub struct Protocol {
     pub id: u64,
     pub name: &'static str,
     pub title: &'static str,
-    pub message_parameters: &'static [MessageParameter],
+    pub message_parameters: Parameters,
+    /// Devices of this protocol hold a connection: `connected` is true while it is open (not
+    /// the inactivity rule of connectionless channels).
+    pub sessions: bool,
 }
+
+/// Where a protocol's `message_parameters` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parameters {
+    List(&'static [MessageParameter]),
+    /// The naming table of the Teltonika records (`tern_teltonika::PARAMETERS`).
+    Teltonika,
+}
+
+/// The protocol id of Teltonika channels (flespi's `protocol.id` in Teltonika messages).
+pub const TELTONIKA: u64 = 14;
 
 /// One device type of one protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +107,25 @@ pub const PROTOCOLS: &[Protocol] = &[
         id: 1,
         name: "http",
         title: "HTTP (JSON messages)",
-        message_parameters: COMMON_PARAMETERS,
+        message_parameters: Parameters::List(COMMON_PARAMETERS),
+        sessions: false,
     },
     // The channel subscribes to MQTT topics (tern's own broker or an external one).
     Protocol {
         id: 2,
         name: "mqtt",
         title: "MQTT (JSON messages)",
-        message_parameters: COMMON_PARAMETERS,
+        message_parameters: Parameters::List(COMMON_PARAMETERS),
+        sessions: false,
+    },
+    // Teltonika trackers (Codec 8, 8 Extended, 16 over TCP; Codec 12 commands): every channel
+    // owns a TCP listener (docs/teltonika.md).
+    Protocol {
+        id: TELTONIKA,
+        name: "teltonika",
+        title: "Teltonika (Codec 8/8E/16 over TCP)",
+        message_parameters: Parameters::Teltonika,
+        sessions: true,
     },
 ];
 
@@ -122,6 +147,14 @@ pub const DEVICE_TYPES: &[DeviceType] = &[
         protocol_id: 2,
         protocol_name: "mqtt",
     },
+    // Teltonika FMB/FMC/FMM trackers; `configuration.ident` is the IMEI.
+    DeviceType {
+        id: TELTONIKA,
+        name: "teltonika",
+        title: "Teltonika FMB/FMC/FMM (generic)",
+        protocol_id: TELTONIKA,
+        protocol_name: "teltonika",
+    },
 ];
 
 /// The device type `id`.
@@ -139,8 +172,32 @@ pub fn protocol_named(name: &str) -> Option<&'static Protocol> {
     PROTOCOLS.iter().find(|p| p.name == name)
 }
 
+/// The pattern of a Teltonika device's ident (its IMEI).
+pub const IMEI_PATTERN: &str = "^[0-9]{15,17}$";
+
+/// Whether `ident` is a valid ident for devices of protocol `protocol_id`.
+pub fn ident_fits(protocol_id: u64, ident: &str) -> bool {
+    protocol_id != TELTONIKA
+        || ((15..=17).contains(&ident.len()) && ident.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The JSON schema of a device's `configuration`: `ident` required, any other keys allowed.
-fn device_configuration_schema() -> Value {
+fn device_configuration_schema(protocol_id: u64) -> Value {
+    if protocol_id == TELTONIKA {
+        return json!({
+            "type": "object",
+            "properties": {
+                "ident": {
+                    "type": "string",
+                    "title": "IMEI",
+                    "description": "The tracker's IMEI, as it sends it at the handshake",
+                    "pattern": IMEI_PATTERN
+                }
+            },
+            "required": ["ident"],
+            "additionalProperties": true
+        });
+    }
     json!({
         "type": "object",
         "properties": {
@@ -158,8 +215,33 @@ fn device_configuration_schema() -> Value {
     })
 }
 
+/// The JSON schema of a Teltonika channel's `configuration` (docs/teltonika.md).
+fn teltonika_configuration_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 0,
+                "title": "TCP port (0: a free port from gw.channel_ports, written back here)"},
+            "udp": {"type": "boolean", "default": false, "title": "UDP (not supported yet)"},
+            "max_connections": {"type": "integer", "minimum": 1, "default": 10000},
+            "max_packet_size": {"type": "integer", "minimum": 3, "maximum": 1048576, "default": 65536,
+                "title": "Largest data field of a frame, bytes"},
+            "handshake_timeout": {"type": "integer", "minimum": 1, "default": 30, "title": "Seconds"},
+            "frame_timeout": {"type": "integer", "minimum": 1, "default": 60, "title": "Seconds from a frame's first byte to its last"},
+            "inactivity_timeout": {"type": "integer", "minimum": 1, "default": 600, "title": "Seconds without a byte"},
+            "command_timeout": {"type": "integer", "minimum": 1, "default": 15, "title": "Seconds a command waits for its response"},
+            "accept_unknown": {"type": "boolean", "default": true,
+                "title": "Accept IMEIs with no device (their messages stay in the channel)"}
+        },
+        "additionalProperties": false
+    })
+}
+
 /// The JSON schema of a channel's `configuration` for protocol `name`.
 fn channel_configuration_schema(name: &str) -> Value {
+    if name == "teltonika" {
+        return teltonika_configuration_schema();
+    }
     let mut schema = json!({
         "type": "object",
         "properties": {
@@ -215,11 +297,13 @@ fn channel_configuration_schema(name: &str) -> Value {
 impl Protocol {
     /// The item `GET /gw/channel-protocols/{sel}` answers.
     pub fn item(&self) -> Value {
-        let params: Vec<Value> = self
-            .message_parameters
-            .iter()
-            .map(|p| json!({"name": p.name, "type": p.r#type, "unit": p.unit, "info": p.info}))
-            .collect();
+        let params: Vec<Value> = match self.message_parameters {
+            Parameters::List(list) => list
+                .iter()
+                .map(|p| json!({"name": p.name, "type": p.r#type, "unit": p.unit, "info": p.info}))
+                .collect(),
+            Parameters::Teltonika => tern_teltonika::message_parameters(),
+        };
         json!({
             "id": self.id,
             "name": self.name,
@@ -239,7 +323,7 @@ impl DeviceType {
             "title": self.title,
             "protocol_id": self.protocol_id,
             "protocol_name": self.protocol_name,
-            "configuration": device_configuration_schema(),
+            "configuration": device_configuration_schema(self.protocol_id),
         })
     }
 }
@@ -262,8 +346,17 @@ mod tests {
         for p in PROTOCOLS {
             let v = p.item();
             assert!(v["message_parameters"].is_array());
-            assert!(v["configuration"]["properties"]["ident"]["pattern"].is_string());
+            let key = if p.id == TELTONIKA { "port" } else { "ident" };
+            assert!(v["configuration"]["properties"][key].is_object());
         }
+        let t = device_type(TELTONIKA).expect("teltonika").item();
+        assert_eq!(
+            t["configuration"]["properties"]["ident"]["pattern"],
+            IMEI_PATTERN
+        );
+        assert!(ident_fits(TELTONIKA, "356307042441013"));
+        assert!(!ident_fits(TELTONIKA, "35630704244"));
+        assert!(ident_fits(1, "anything"));
         let t = DEVICE_TYPES[0].item();
         assert_eq!(t["protocol_id"], 1);
         assert_eq!(t["protocol_name"], "http");

@@ -17,8 +17,9 @@
 //!   complete within `frame_timeout`, or no byte for `inactivity_timeout`, closes (code 17).
 //! - **Commands**: [`TeltonikaChannel::send_command`] queues a command for an IMEI's connection
 //!   (bounded; full = refused); it is written only when no ACK is owed and no other command is
-//!   outstanding; the next Codec 12 response answers it ([`TrackerSink::response`]). A command
-//!   not answered within `command_timeout` stops being outstanding.
+//!   outstanding; the next Codec 12 response answers it ([`CommandReply`]). A command not
+//!   answered within its own timeout stops being outstanding (its reply says so); a command whose
+//!   caller stopped waiting before it was written is not sent.
 //! - Every accepted connection, identification and close is reported ([`TrackerEvent`]) for the
 //!   channel log (events 100, 101, 102 with the close code and counters).
 
@@ -37,7 +38,7 @@ use tern_teltonika::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,8 +72,6 @@ pub struct TeltonikaOptions {
     pub frame_timeout: Duration,
     /// Without a byte from the tracker.
     pub inactivity_timeout: Duration,
-    /// How long a command waits for its response before the next may go.
-    pub command_timeout: Duration,
     /// Commands queued per connection.
     pub command_queue: usize,
 }
@@ -85,7 +84,6 @@ impl Default for TeltonikaOptions {
             handshake_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(60),
             inactivity_timeout: Duration::from_secs(600),
-            command_timeout: Duration::from_secs(15),
             command_queue: 16,
         }
     }
@@ -114,6 +112,16 @@ pub enum TrackerEvent {
     Accepted { peer: SocketAddr },
     /// Event 101: the tracker sent an IMEI that was admitted.
     Identified { peer: SocketAddr, imei: String },
+    /// Bad input (docs/teltonika.md#bad-input): what it was (`DecodeError::kind`, or
+    /// `handshake_timeout`, `frame_timeout`, `truncated`), before the connection closes.
+    Refused {
+        peer: SocketAddr,
+        imei: Option<String>,
+        kind: &'static str,
+        error: String,
+    },
+    /// A frame's records were stored and ACKed, `latency` after the frame was whole.
+    Acked { records: u32, latency: Duration },
     /// Event 102: the connection closed.
     Closed {
         peer: SocketAddr,
@@ -134,9 +142,27 @@ pub trait TrackerSink: Send + Sync + 'static {
     fn admit(&self, imei: &Imei, peer: SocketAddr) -> Admission;
     /// The records of one valid AVL frame, in order; the ACK waits for the returned future.
     fn store(&self, imei: &Imei, peer: SocketAddr, packet: AvlPacket) -> StoreFuture;
-    /// The device's answer to the oldest outstanding command.
-    fn response(&self, imei: &Imei, response: Codec12);
     fn event(&self, event: TrackerEvent);
+}
+
+/// A Codec 12 command for one connection ([`TeltonikaChannel::send_command`]).
+#[derive(Debug)]
+pub struct Command {
+    /// The command's payload (text, or raw bytes).
+    pub payload: Bytes,
+    /// How long the command stays outstanding once written; no other command goes meanwhile.
+    pub timeout: Duration,
+    /// Where the answer goes. Dropped without an answer when the connection closes first.
+    pub reply: oneshot::Sender<CommandReply>,
+}
+
+/// What became of a written command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandReply {
+    /// The device's Codec 12 response.
+    Response(Codec12),
+    /// No response within the command's timeout.
+    Timeout,
 }
 
 /// A command could not be queued.
@@ -166,7 +192,7 @@ struct Handle {
     peer: SocketAddr,
     since: f64,
     msgs: Arc<AtomicU64>,
-    commands: mpsc::Sender<Bytes>,
+    commands: mpsc::Sender<Command>,
     kick: Arc<Kick>,
 }
 
@@ -228,8 +254,10 @@ impl TeltonikaChannel {
         })
     }
 
-    /// Accepts connections on `listener` until [`TeltonikaChannel::close`] or `shutdown`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    /// Accepts connections on `listener` until [`TeltonikaChannel::close`] or `shutdown`. The
+    /// listener is shared so that a channel whose settings change can hand it to its successor
+    /// (both accept on it for a moment; the port never closes).
+    pub async fn serve(self: Arc<Self>, listener: Arc<TcpListener>, shutdown: CancellationToken) {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -280,17 +308,15 @@ impl TeltonikaChannel {
         }
     }
 
-    /// Queues a Codec 12 command for the connection of `imei`.
-    pub fn send_command(&self, imei: &str, text: &[u8]) -> Result<(), CommandError> {
+    /// Queues a Codec 12 command for the connection of `imei`; its answer comes on
+    /// `command.reply`.
+    pub fn send_command(&self, imei: &str, command: Command) -> Result<(), CommandError> {
         let map = self.by_imei.lock();
         let handle = map.get(imei).ok_or(CommandError::NotConnected)?;
-        handle
-            .commands
-            .try_send(Bytes::copy_from_slice(text))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => CommandError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => CommandError::NotConnected,
-            })
+        handle.commands.try_send(command).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => CommandError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => CommandError::NotConnected,
+        })
     }
 
     /// The open, identified connections.
@@ -393,6 +419,11 @@ impl Conn<'_> {
             match self.read(deadline, &kick).await {
                 Ok(()) => {}
                 Err(ReadEnd::TimedOut) => {
+                    self.refused(
+                        None,
+                        "handshake_timeout",
+                        "no full handshake in time".into(),
+                    );
                     let _ = self.write(&[HandshakeAnswer::Reject.byte()]).await;
                     return close_code::PROTOCOL_VIOLATION;
                 }
@@ -442,7 +473,8 @@ impl Conn<'_> {
         }
 
         let decoder = FrameDecoder::new(opts.max_packet_size);
-        let mut outstanding: Option<Instant> = None;
+        // The command written and not yet answered: when it times out, and where the answer goes.
+        let mut outstanding: Option<(Instant, oneshot::Sender<CommandReply>)> = None;
         // When the first byte of the frame being received arrived.
         let mut frame_started: Option<Instant> = None;
         loop {
@@ -450,6 +482,7 @@ impl Conn<'_> {
             loop {
                 match decoder.decode(&mut self.rbuf) {
                     Ok(Some(Frame::Avl(packet))) => {
+                        let whole = Instant::now();
                         let count = packet.ack_count();
                         let stored = self.channel.sink.store(&imei, self.peer, packet);
                         let stored = tokio::select! {
@@ -466,10 +499,14 @@ impl Conn<'_> {
                         if self.write(&ack).await.is_err() {
                             return close_code::NORMAL;
                         }
+                        self.channel.sink.event(TrackerEvent::Acked {
+                            records: count,
+                            latency: whole.elapsed(),
+                        });
                     }
                     Ok(Some(Frame::Codec12(r))) if r.kind == CommandType::Response => {
-                        if outstanding.take().is_some() {
-                            self.channel.sink.response(&imei, r);
+                        if let Some((_, reply)) = outstanding.take() {
+                            let _ = reply.send(CommandReply::Response(r));
                         } else {
                             tracing::debug!(peer = %self.peer, imei = %imei, "teltonika response with no command outstanding: dropped");
                         }
@@ -480,12 +517,17 @@ impl Conn<'_> {
                     Ok(None) => break,
                     Err(err) => {
                         tracing::debug!(peer = %self.peer, imei = %imei, %err, "teltonika bad frame");
+                        self.refused(Some(&imei), err.kind(), err.to_string());
                         return close_code::PROTOCOL_VIOLATION;
                     }
                 }
             }
-            if outstanding.is_some_and(|at| at.elapsed() >= opts.command_timeout) {
-                outstanding = None;
+            if outstanding
+                .as_ref()
+                .is_some_and(|(until, _)| *until <= Instant::now())
+                && let Some((_, reply)) = outstanding.take()
+            {
+                let _ = reply.send(CommandReply::Timeout);
             }
             // No ACK is owed here: a command may go if none is outstanding.
             let now = Instant::now();
@@ -498,26 +540,42 @@ impl Conn<'_> {
                 let started = *frame_started.get_or_insert(now);
                 deadline = deadline.min(started + opts.frame_timeout);
             }
-            let command_wait = outstanding.map(|at| at + opts.command_timeout);
+            let command_wait = outstanding.as_ref().map(|(until, _)| *until);
             tokio::select! {
                 biased;
                 _ = kick.notify.notified() => return kick.code().unwrap_or(close_code::NORMAL),
                 _ = self.channel.stop.cancelled() => return self.channel.stop_code(),
                 cmd = commands.recv(), if outstanding.is_none() => {
                     let Some(cmd) = cmd else { continue };
+                    if cmd.reply.is_closed() {
+                        // Nobody waits for it any more (its caller gave up): not sent.
+                        continue;
+                    }
                     let mut frame = BytesMut::new();
-                    encode_command(&cmd, &mut frame);
+                    encode_command(&cmd.payload, &mut frame);
                     if self.write(&frame).await.is_err() {
                         return close_code::NORMAL;
                     }
-                    outstanding = Some(Instant::now());
+                    outstanding = Some((Instant::now() + cmd.timeout, cmd.reply));
                 }
-                _ = sleep_until_opt(command_wait) => { outstanding = None; }
+                _ = sleep_until_opt(command_wait) => {
+                    if let Some((_, reply)) = outstanding.take() {
+                        let _ = reply.send(CommandReply::Timeout);
+                    }
+                }
                 r = read_some(&mut self.stream, &mut self.rbuf, deadline) => match r {
                     Ok(n) => self.recv += n as u64,
-                    Err(ReadEnd::TimedOut) => return close_code::INACTIVITY,
+                    Err(ReadEnd::TimedOut) => {
+                        if !self.rbuf.is_empty() {
+                            let text = format!("frame not complete within frame_timeout: {} bytes dropped", self.rbuf.len());
+                            self.refused(Some(&imei), "frame_timeout", text);
+                        }
+                        return close_code::INACTIVITY;
+                    }
                     Err(ReadEnd::Closed) if !self.rbuf.is_empty() => {
                         tracing::debug!(peer = %self.peer, imei = %imei, "teltonika tracker closed mid-frame: partial frame dropped");
+                        let text = format!("closed inside a frame: {} bytes dropped", self.rbuf.len());
+                        self.refused(Some(&imei), "truncated", text);
                         return close_code::NORMAL;
                     }
                     Err(end) => return self.ended(end),
@@ -526,9 +584,19 @@ impl Conn<'_> {
         }
     }
 
+    fn refused(&self, imei: Option<&Imei>, kind: &'static str, error: String) {
+        self.channel.sink.event(TrackerEvent::Refused {
+            peer: self.peer,
+            imei: imei.map(|i| i.as_str().to_owned()),
+            kind,
+            error,
+        });
+    }
+
     /// A bad handshake: answer `00`, close with code 4.
     async fn refuse(&mut self, err: &DecodeError) -> u8 {
         tracing::debug!(peer = %self.peer, %err, "teltonika handshake refused");
+        self.refused(None, err.kind(), err.to_string());
         let _ = self.write(&[HandshakeAnswer::Reject.byte()]).await;
         match err.action() {
             ChannelAction::DropPartial => close_code::NORMAL,

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tern_net::teltonika::{
-    Admission, CommandError, StoreFailed, StoreFuture, TeltonikaChannel, TeltonikaOptions,
-    TrackerEvent, TrackerSink, close_code,
+    Admission, Command, CommandError, CommandReply, StoreFailed, StoreFuture, TeltonikaChannel,
+    TeltonikaOptions, TrackerEvent, TrackerSink, close_code,
 };
 use tern_teltonika::{
-    AvlCodec, AvlPacket, Codec12, CommandType, Frame, FrameDecoder, Gps, Imei, IoElement, IoValue,
-    Record, encode_avl, encode_codec12, encode_imei,
+    AvlCodec, AvlPacket, CommandType, Frame, FrameDecoder, Gps, Imei, IoElement, IoValue, Record,
+    encode_avl, encode_codec12, encode_imei,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,6 @@ const IMEI: &str = "356307042441013";
 #[derive(Default)]
 struct Sink {
     stored: Arc<Mutex<Vec<(String, u64)>>>,
-    responses: Mutex<Vec<(String, String)>>,
     events: Mutex<Vec<TrackerEvent>>,
     /// Stores wait for a permit when set (to hold ACKs back).
     gate: Option<Arc<Semaphore>>,
@@ -67,12 +66,6 @@ impl TrackerSink for Sink {
         })
     }
 
-    fn response(&self, imei: &Imei, response: Codec12) {
-        self.responses
-            .lock()
-            .push((imei.as_str().to_owned(), response.payload_text()));
-    }
-
     fn event(&self, event: TrackerEvent) {
         self.events.lock().push(event);
     }
@@ -89,7 +82,11 @@ async fn start(sink: Sink, options: TeltonikaOptions) -> Channel {
     let channel = TeltonikaChannel::new(Arc::new(SinkRef(sink)), options);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(channel.clone().serve(listener, CancellationToken::new()));
+    tokio::spawn(
+        channel
+            .clone()
+            .serve(Arc::new(listener), CancellationToken::new()),
+    );
     Channel {
         addr,
         channel,
@@ -105,9 +102,6 @@ impl TrackerSink for SinkRef {
     }
     fn store(&self, imei: &Imei, peer: SocketAddr, packet: AvlPacket) -> StoreFuture {
         self.0.store(imei, peer, packet)
-    }
-    fn response(&self, imei: &Imei, response: Codec12) {
-        self.0.response(imei, response)
     }
     fn event(&self, event: TrackerEvent) {
         self.0.event(event)
@@ -225,7 +219,19 @@ async fn frames_are_acknowledged_after_they_are_stored_in_order() {
     assert_eq!((conns[0].imei.as_str(), conns[0].msgs), (IMEI, 6));
     drop(s);
     assert_eq!(close_code_of(c.sink, Some(IMEI)).await, close_code::NORMAL);
-    let events = c.sink.events.lock().clone();
+    let all = c.sink.events.lock().clone();
+    let acked: Vec<u32> = all
+        .iter()
+        .filter_map(|e| match e {
+            TrackerEvent::Acked { records, .. } => Some(*records),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked.iter().sum::<u32>(), 6, "{all:?}");
+    let events: Vec<TrackerEvent> = all
+        .into_iter()
+        .filter(|e| !matches!(e, TrackerEvent::Acked { .. }))
+        .collect();
     assert!(
         matches!(events[0], TrackerEvent::Accepted { .. }),
         "{events:?}"
@@ -368,8 +374,18 @@ async fn a_second_connection_with_the_same_imei_closes_the_first() {
 #[tokio::test]
 async fn commands_go_out_and_responses_come_back() {
     let c = start(Sink::default(), TeltonikaOptions::default()).await;
+    let command = |timeout: Duration| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let cmd = Command {
+            payload: bytes::Bytes::from_static(b"getinfo"),
+            timeout,
+            reply,
+        };
+        (cmd, answer)
+    };
     assert_eq!(
-        c.channel.send_command(IMEI, b"getinfo"),
+        c.channel
+            .send_command(IMEI, command(Duration::from_secs(5)).0),
         Err(CommandError::NotConnected)
     );
     let (mut s, _) = connect(c.addr, IMEI).await;
@@ -380,7 +396,8 @@ async fn commands_go_out_and_responses_come_back() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    c.channel.send_command(IMEI, b"getinfo").unwrap();
+    let (cmd, reply1) = command(Duration::from_secs(5));
+    c.channel.send_command(IMEI, cmd).unwrap();
     let mut buf = BytesMut::new();
     let decoder = FrameDecoder::default();
     let cmd = loop {
@@ -404,10 +421,39 @@ async fn commands_go_out_and_responses_come_back() {
     // Records still flow after the response.
     s.write_all(&frame(1, 1_700_000_000_000)).await.unwrap();
     assert_eq!(ack(&mut s).await, 1);
-    assert_eq!(
-        c.sink.responses.lock().clone(),
-        vec![(IMEI.to_string(), "RTC:2026/12/4 OK".to_string())]
-    );
+    match reply1.await {
+        Ok(CommandReply::Response(r)) => assert_eq!(r.payload_text(), "RTC:2026/12/4 OK"),
+        other => panic!("no response: {other:?}"),
+    }
+    // A command the tracker does not answer times out, and the next one goes after it.
+    let (cmd, reply2) = command(Duration::from_millis(200));
+    c.channel.send_command(IMEI, cmd).unwrap();
+    let (cmd3, reply3) = command(Duration::from_secs(5));
+    c.channel.send_command(IMEI, cmd3).unwrap();
+    assert_eq!(reply2.await.ok(), Some(CommandReply::Timeout));
+    let mut seen = 0;
+    while seen < 2 {
+        if let Some(Frame::Codec12(f)) = decoder.decode(&mut buf).unwrap() {
+            assert_eq!(f.payload_text(), "getinfo");
+            seen += 1;
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .expect("both commands in time")
+            .unwrap();
+        assert!(n > 0, "closed");
+    }
+    s.write_all(&answer).await.unwrap();
+    match reply3.await {
+        Ok(CommandReply::Response(r)) => assert_eq!(r.payload_text(), "RTC:2026/12/4 OK"),
+        other => panic!("no response to the second command: {other:?}"),
+    }
+    // The connection closes: a command waiting for its answer learns it.
+    let (cmd4, reply4) = command(Duration::from_secs(30));
+    c.channel.send_command(IMEI, cmd4).unwrap();
+    drop(s);
+    assert!(reply4.await.is_err());
 }
 
 #[tokio::test]
@@ -456,12 +502,12 @@ async fn closing_the_channel_closes_its_connections() {
     );
 }
 
-/// The project's shared fake tracker (`shared/tools/teltonika_tracker.py`, beside the
-/// repository), when it is there: its `send` and `vectors` modes check every ACK themselves.
+/// The shared fake tracker (`tests/tools/teltonika_tracker.py`, a copy of the team's
+/// `shared/tools/` one): its `send` and `vectors` modes check every ACK themselves.
 #[tokio::test]
 async fn the_shared_fake_tracker_gets_its_acks() {
     let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/tools/teltonika_tracker.py");
+        .join("../../tests/tools/teltonika_tracker.py");
     if !tool.exists() {
         eprintln!("SKIPPED: {} is not there", tool.display());
         return;

@@ -31,6 +31,28 @@ pub fn channel_of(key: DeviceId) -> Option<u64> {
     (key & CHANNEL_KEY_BIT != 0).then_some(key & !CHANNEL_KEY_BIT)
 }
 
+/// A device's Codec 12 command results (`commands-result`) share the message table too, keyed
+/// by the device id with this bit set.
+pub const COMMANDS_KEY_BIT: u64 = 1 << 60;
+
+/// A device's queued commands (`commands-queue`), keyed by the device id with this bit set.
+pub const QUEUE_KEY_BIT: u64 = 1 << 59;
+
+/// The message-table key of device `id`'s command results.
+pub fn commands_key(id: u64) -> DeviceId {
+    id | COMMANDS_KEY_BIT
+}
+
+/// The message-table key of device `id`'s command queue.
+pub fn queue_key(id: u64) -> DeviceId {
+    id | QUEUE_KEY_BIT
+}
+
+/// The device a device-owned key belongs to (its messages, command results or queue).
+pub fn device_of(key: DeviceId) -> u64 {
+    key & !(COMMANDS_KEY_BIT | QUEUE_KEY_BIT)
+}
+
 /// Where a device message sorts: its `timestamp` in microseconds (signed: messages may
 /// predate 1970), then its arrival sequence (ties in arrival order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

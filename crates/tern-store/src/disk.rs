@@ -604,7 +604,10 @@ impl<'t> Tables<'t> {
                         .channels
                         .get(format::id_key(channel).as_slice())?
                         .is_some(),
-                    None => self.devices.get(k.as_slice())?.is_some(),
+                    None => self
+                        .devices
+                        .get(format::id_key(crate::device_of(*device)).as_slice())?
+                        .is_some(),
                 };
                 if !owner {
                     return Ok(());

@@ -29,7 +29,10 @@ mod memory;
 mod model;
 mod op;
 
-pub use devices::{CHANNEL_KEY_BIT, channel_key, channel_of};
+pub use devices::{
+    CHANNEL_KEY_BIT, COMMANDS_KEY_BIT, QUEUE_KEY_BIT, channel_key, channel_of, commands_key,
+    device_of, queue_key,
+};
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
 pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;

@@ -170,7 +170,7 @@ impl MemoryState {
             Op::AppendMessages { device, messages } => {
                 let owner = match crate::channel_of(*device) {
                     Some(channel) => self.channels.contains_key(&channel),
-                    None => self.devices.contains_key(device),
+                    None => self.devices.contains_key(&crate::device_of(*device)),
                 };
                 if !owner {
                     return;

@@ -1,4 +1,4 @@
-//! Every vector of `shared/data/teltonika/` (its README): each `.hex` decodes to exactly the
+//! Every vector of `tests/data/teltonika/` (a copy of the shared `data/teltonika/`; its README): each `.hex` decodes to exactly the
 //! `decoded` structure and the `messages` of its `.json`, re-encodes byte for byte, and each
 //! `bad_*` vector gives its `error` with the docs/teltonika.md#bad-input action.
 
@@ -13,7 +13,7 @@ use crate::{
 };
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/teltonika")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/teltonika")
 }
 
 pub(crate) fn unhex(s: &str) -> Vec<u8> {
@@ -33,7 +33,7 @@ pub(crate) fn load() -> Option<Vec<(String, Vec<u8>, Value)>> {
     let dir = dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         eprintln!(
-            "SKIPPED: test vectors not found at {} (shared/data/teltonika is absent)",
+            "SKIPPED: test vectors not found at {} (tests/data/teltonika is absent)",
             dir.display()
         );
         return None;

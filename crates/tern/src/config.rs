@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -477,6 +477,16 @@ pub struct Gw {
     pub retention_interval: u64,
     /// A device is `connected` while its last message came within this many seconds.
     pub inactivity_timeout: u64,
+    /// Ports a Teltonika channel without `configuration.port` takes one from: `"lo-hi"`.
+    pub channel_ports: String,
+    /// Address Teltonika channel listeners bind; default: the host of the MQTT listener.
+    pub channel_bind: Option<IpAddr>,
+    /// Host named in Teltonika channels' `uri` (`host:port`); default: the bind address.
+    pub public_host: Option<String>,
+    /// Tracker connections on this node, all channels together.
+    pub max_channel_connections: usize,
+    /// Seconds command results (`commands-result`) are kept.
+    pub commands_ttl: u64,
 }
 
 impl Default for Gw {
@@ -488,6 +498,11 @@ impl Default for Gw {
             max_concurrent_reads: d.max_concurrent_reads,
             retention_interval: d.retention_interval.as_secs(),
             inactivity_timeout: d.inactivity_timeout,
+            channel_ports: format!("{}-{}", d.trackers.range.0, d.trackers.range.1),
+            channel_bind: None,
+            public_host: None,
+            max_channel_connections: d.trackers.max_connections,
+            commands_ttl: d.commands_ttl,
         }
     }
 }
@@ -812,6 +827,15 @@ impl Config {
         if self.listeners.max_connections == 0 {
             return fail("listeners.max_connections", "must be at least 1".into());
         }
+        if port_range(&self.gw.channel_ports).is_none() {
+            return fail(
+                "gw.channel_ports",
+                format!(
+                    "must be \"lo-hi\" with 1 <= lo <= hi <= 65535, not {:?}",
+                    self.gw.channel_ports
+                ),
+            );
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -1064,6 +1088,18 @@ impl Config {
             max_concurrent_reads: self.gw.max_concurrent_reads,
             retention_interval: Duration::from_secs(self.gw.retention_interval.max(1)),
             inactivity_timeout: self.gw.inactivity_timeout,
+            trackers: tern_gw::TrackerPorts {
+                bind: self.gw.channel_bind.unwrap_or_else(|| {
+                    self.listeners
+                        .mqtt
+                        .or(self.listeners.mqtts)
+                        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+                }),
+                range: port_range(&self.gw.channel_ports).unwrap_or((20100, 20999)),
+                public_host: self.gw.public_host.clone(),
+                max_connections: self.gw.max_channel_connections,
+            },
+            commands_ttl: self.gw.commands_ttl,
         }
     }
 
@@ -1239,6 +1275,13 @@ fn find_key_line(src: &str, section: &str, key: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// `"lo-hi"` (or one port) as an inclusive range of ports.
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (lo > 0 && lo <= hi).then_some((lo, hi))
 }
 
 #[cfg(test)]

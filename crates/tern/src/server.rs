@@ -166,6 +166,8 @@ impl Server {
         tracker.spawn(broker.clone().run_timers());
         tracker.spawn(gateway.clone().run_retention());
         tracker.spawn(gateway.run_mqtt_channels());
+        // Teltonika channels' listeners (docs/teltonika.md).
+        gateway.start_trackers();
         let acceptor = Acceptor::new(
             broker.clone(),
             config.listeners.max_connections,

@@ -80,11 +80,19 @@ pub(crate) async fn create(
         }
     }
     check(errors)?;
-    let done = channels
-        .into_iter()
-        .map(|c| api.gateway.create_channel(c))
-        .collect();
-    Ok(Reply::changed(&call, done, Vec::new()))
+    let mut done = Vec::with_capacity(channels.len());
+    let mut failed = Vec::new();
+    for (i, c) in channels.into_iter().enumerate() {
+        match api.gateway.create_channel(c) {
+            Ok(item) => done.push(item),
+            Err(e) => failed.push(invalid_item(i, e.to_string())),
+        }
+    }
+    if done.is_empty() {
+        check(failed)?;
+        return Ok(Reply::changed(&call, done, Vec::new()));
+    }
+    Ok(Reply::changed(&call, done, failed))
 }
 
 /// Lists channels.
@@ -155,6 +163,23 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
         .filter_map(|id| api.gateway.delete_channel(id).ok())
         .collect();
     Ok(Reply::changed(&call, done, Vec::new()))
+}
+
+/// The open connections of the selected channels (Teltonika channels; others hold none).
+#[utoipa::path(
+    get, path = "/gw/channels/{sel}/connections", tag = "gw", params(Sel, ListQuery),
+    security(("FlespiToken" = [])),
+    responses((status = 200, description = "`id`, `channel_id`, `ident`, `peer`, `since`, `msgs` of each open connection"), (status = 400, description = "Bad selector"))
+)]
+pub(crate) async fn connections(
+    State(api): State<ApiState>,
+    call: Call,
+) -> Result<Reply, ApiError> {
+    let items = selected(&api, &call, 1)?
+        .into_iter()
+        .flat_map(|id| api.gateway.channel_connections(id))
+        .collect();
+    Ok(Reply::list(&call, items))
 }
 
 /// The path of the ingest route.

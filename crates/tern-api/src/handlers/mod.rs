@@ -8,6 +8,7 @@
 pub(crate) mod auth;
 pub(crate) mod customer;
 pub(crate) mod gw_channels;
+pub(crate) mod gw_commands;
 pub(crate) mod gw_common;
 pub(crate) mod gw_devices;
 pub(crate) mod gw_groups;

@@ -47,6 +47,14 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("delete", "/gw/devices/{sel}/telemetry"),
     ("get", "/gw/devices/{sel}/telemetry/{params}"),
     ("delete", "/gw/devices/{sel}/telemetry/{params}"),
+    ("post", "/gw/devices/{sel}/commands"),
+    ("post", "/gw/devices/{sel}/commands-queue"),
+    ("get", "/gw/devices/{sel}/commands-queue"),
+    ("delete", "/gw/devices/{sel}/commands-queue"),
+    ("get", "/gw/devices/{sel}/commands-queue/{id}"),
+    ("delete", "/gw/devices/{sel}/commands-queue/{id}"),
+    ("get", "/gw/devices/{sel}/commands-result"),
+    ("get", "/gw/devices/{sel}/commands-result/{id}"),
     ("post", "/gw/groups"),
     ("get", "/gw/groups/{sel}"),
     ("put", "/gw/groups/{sel}"),
@@ -64,6 +72,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/gw/channels/{id}/ingest/{secret}"),
     ("get", "/gw/channels/{sel}/messages"),
     ("delete", "/gw/channels/{sel}/messages"),
+    ("get", "/gw/channels/{sel}/connections"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
