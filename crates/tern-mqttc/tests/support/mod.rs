@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+// `scripted.rs` uses none of it.
+#[allow(unused_imports)]
 pub use mosquitto::*;
 
 /// How long a test waits for something that must come.
