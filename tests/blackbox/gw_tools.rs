@@ -370,6 +370,14 @@ async fn mqtt_telemetry_dashboard() {
     let items = drain(&mut late).await;
     assert_eq!(items.len(), 1);
     assert_eq!(json_of(&items[0])["id"], truck);
+    // Its values without the deleted one, and no empty payload.
+    let filter = format!("flespi/state/gw/devices/{truck}/telemetry/+");
+    subscribe(&mut late, 2, &[(&filter, RetainHandling::SendAtSubscribe)]).await;
+    let values = drain(&mut late).await;
+    let ident = format!("flespi/state/gw/devices/{truck}/telemetry/ident");
+    assert_eq!(on(&values, &ident).len(), 1, "{values:?}");
+    assert!(on(&values, &speed).is_empty(), "{values:?}");
+    assert!(values.iter().all(|p| !p.payload.is_empty()));
 }
 
 #[tokio::test]
@@ -385,6 +393,14 @@ async fn trackit() {
     let host = format!("127.0.0.1:{}", b.https().port());
     assert_eq!(region["result"][0]["rest"], format!("https://{host}"));
     assert_eq!(region["result"][0]["mqtt-ws"], host);
+    // A refused token is a 401 the page can read (CORS), so TrackIt logs out.
+    let stream = tls(b.https(), client_tls(&b.test_certs().ca(), None))
+        .await
+        .expect("tls");
+    let bad = format!("Authorization: FlespiToken {}", "0".repeat(64));
+    let r = request_over(stream, &host, "GET", "/gw/devices/all", &[ORIGIN, &bad], "").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 
     // Live device list changes, routed by subscription identifier.
     let (mut c, _) = wss(&b, "trackit").await;
@@ -518,7 +534,14 @@ async fn trackit() {
         &b,
         app,
         "GET",
-        &with_data(&messages, &json!({"from": DAY, "to": to})),
+        // As a page's fetch() sends a query it did not encode: braces, colons and commas
+        // raw, quotes as %22.
+        &format!(
+            "{messages}?data={}",
+            json!({"from": DAY, "to": to})
+                .to_string()
+                .replace('"', "%22")
+        ),
         None,
     )
     .await;
