@@ -22,6 +22,8 @@ mod cors;
 mod filter;
 mod flow_control;
 mod gw;
+mod gw_mqtt_channels;
+mod gw_tools;
 mod limits;
 mod malformed;
 mod metrics;

@@ -1,5 +1,5 @@
 //! MQTT channels on an external broker (`configuration.broker = {uri, username, password,
-//! client_id, qos}`, docs/flespi.md#devices): one `tern_mqttc` client per enabled channel,
+//! client_id, qos, ca}`, docs/flespi.md#devices): one `tern_mqttc` client per enabled channel,
 //! subscribed to its `topics`, reconnecting with the client's back-off. Its events go to one
 //! task per channel: each PUBLISH becomes channel messages (as for internal channels), and
 //! `connections_count` is 1 while the client is connected. [`Gateway::reconcile_external`]
@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tern_mqttc::{Client, ClientHandle, ClientOptions, Event, QoS, Subscription};
+use tern_mqttc::{Client, ClientHandle, ClientOptions, Event, QoS, Roots, Subscription};
 
 use crate::{Channel, Gateway};
 
@@ -43,6 +43,15 @@ pub(crate) fn client_options(
         .get("password")
         .and_then(Value::as_str)
         .map(|p| p.as_bytes().to_vec());
+    // `mqtts://` verifies the broker against the system's CAs unless `ca` names its own (a
+    // private CA, as streams' `ca`).
+    if let Some(ca) = broker.get("ca") {
+        let pem = ca
+            .as_str()
+            .filter(|p| p.contains("-----BEGIN CERTIFICATE-----"))
+            .ok_or("configuration.broker.ca is the PEM text of the broker's CA certificate")?;
+        options.tls.roots = Roots::Pem(pem.as_bytes().to_vec());
+    }
     Ok(options)
 }
 

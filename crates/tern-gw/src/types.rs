@@ -275,7 +275,8 @@ fn channel_configuration_schema(name: &str) -> Value {
                             "username": {"type": "string"},
                             "password": {"type": "string"},
                             "client_id": {"type": "string"},
-                            "qos": {"type": "integer", "enum": [0, 1]}
+                            "qos": {"type": "integer", "enum": [0, 1]},
+                            "ca": {"type": "string", "title": "PEM of the CA that signs the broker's certificate (default: the system's)"}
                         }, "required": ["uri"]}
                     ],
                     "default": "internal"

@@ -89,8 +89,27 @@ pub async fn request(
     extra: &[&str],
     body: &str,
 ) -> HttpResponse {
+    let bytes = request_bytes(&addr.to_string(), method, path, extra, body);
+    raw_exact(addr, &bytes).await
+}
+
+/// Like [`request`], over an open stream (TLS, say) to `host` (the `Host` header).
+pub async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+    body: &str,
+) -> HttpResponse {
+    let bytes = request_bytes(host, method, path, extra, body);
+    stream.write_all(bytes.as_bytes()).await.expect("send");
+    read_response(&mut stream, false).await
+}
+
+fn request_bytes(host: &str, method: &str, path: &str, extra: &[&str], body: &str) -> String {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}",
         body.len()
     );
     for h in extra {
@@ -99,7 +118,7 @@ pub async fn request(
     }
     head.push_str("\r\n\r\n");
     head.push_str(body);
-    raw_exact(addr, &head).await
+    head
 }
 
 /// Sends `bytes` as they are and reads the response until the server closes.

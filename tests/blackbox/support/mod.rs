@@ -1,11 +1,15 @@
 //! Test support: an in-process broker on ephemeral ports, the real binary for process-level
 //! tests, a raw MQTT client built on tern-codec that sends exactly the bytes a test wants, and
-//! the transports it can run over (TCP, TLS, WebSocket, secure WebSocket).
+//! the transports it can run over (TCP, TLS, WebSocket, secure WebSocket), and a real Mosquitto
+//! for the MQTT channels.
 
 #![allow(dead_code)]
 
 pub mod client;
 pub mod http;
+/// Mosquitto and its certificates, shared with tern-mqttc's tests.
+#[path = "../../../crates/tern-mqttc/tests/support/mosquitto.rs"]
+pub mod mosquitto;
 pub mod process;
 pub mod transport;
 
