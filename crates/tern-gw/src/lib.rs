@@ -88,6 +88,11 @@ pub struct GwOptions {
     /// History reads (and filtered deletes) running at once; more wait for a turn
     /// ([`Gateway::reading`]). Each holds up to `max_messages_per_call` messages.
     pub max_concurrent_reads: usize,
+    /// Seconds entity log records are kept (0: not stored, only published).
+    pub logs_ttl: u64,
+    /// Bytes of log records kept per account, its devices' and channels' together; past it
+    /// the oldest go at the next retention sweep (0: no cap).
+    pub logs_max_bytes: u64,
 }
 
 impl Default for GwOptions {
@@ -98,6 +103,8 @@ impl Default for GwOptions {
             inactivity_timeout: 600,
             max_messages_per_post: 10_000,
             max_concurrent_reads: 8,
+            logs_ttl: 30 * 86_400,
+            logs_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -117,6 +124,8 @@ pub struct Swept {
     pub expired: u64,
     /// Devices whose oldest messages were rotated out by `messages_rotate`.
     pub rotated: u64,
+    /// Entities whose log records went (older than `logs_ttl`, or past `logs_max_bytes`).
+    pub logs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -337,14 +346,7 @@ impl Gateway {
         self.put_device(&d);
         let item = self.item_of(&d);
         publish::state(&self.broker, d.cid, d.id, None, &item);
-        publish::log(
-            &self.broker,
-            d.cid,
-            d.id,
-            device_event::CREATED,
-            Some(&item),
-            None,
-        );
+        self.log_device(d.cid, d.id, device_event::CREATED, Some(&item), None);
         st.devices.insert(d.id, d);
         Ok(item)
     }
@@ -421,8 +423,7 @@ impl Gateway {
         if old_item.as_ref() != Some(&item) || st.devices.get(&id) != Some(&new) {
             self.put_device(&new);
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
-            publish::log(
-                &self.broker,
+            self.log_device(
                 new.cid,
                 id,
                 device_event::UPDATED,
@@ -464,25 +465,11 @@ impl Gateway {
             .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         publish::deleted(&self.broker, old.cid, id, &old_item, &params);
-        publish::log(
-            &self.broker,
-            old.cid,
-            id,
-            device_event::DELETED,
-            None,
-            Some(&old_item),
-        );
+        self.log_device(old.cid, id, device_event::DELETED, None, Some(&old_item));
         self.put_device(&new);
         let item = self.item_of(&new);
         publish::state(&self.broker, cid, id, None, &item);
-        publish::log(
-            &self.broker,
-            cid,
-            id,
-            device_event::CREATED,
-            Some(&item),
-            None,
-        );
+        self.log_device(cid, id, device_event::CREATED, Some(&item), None);
         if let Some(t) = st.telemetry.get(&id) {
             for (k, p) in t.iter() {
                 publish::telemetry(&self.broker, cid, id, k, Some((&p.value, p.ts)));
@@ -508,14 +495,7 @@ impl Gateway {
             .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         publish::deleted(&self.broker, d.cid, id, &item, &params);
-        publish::log(
-            &self.broker,
-            d.cid,
-            id,
-            device_event::DELETED,
-            None,
-            Some(&item),
-        );
+        self.log_device(d.cid, id, device_event::DELETED, None, Some(&item));
         Ok(item)
     }
 
