@@ -477,6 +477,12 @@ pub struct Gw {
     pub retention_interval: u64,
     /// A device is `connected` while its last message came within this many seconds.
     pub inactivity_timeout: u64,
+    /// Seconds device and channel log records are kept (`GET /gw/{devices,channels}/{sel}/logs`);
+    /// 0: published, not stored.
+    pub logs_ttl: u64,
+    /// Bytes of log records kept per account; past it the oldest go at the next retention
+    /// sweep. 0: no cap.
+    pub logs_max_bytes: u64,
 }
 
 impl Default for Gw {
@@ -488,6 +494,8 @@ impl Default for Gw {
             max_concurrent_reads: d.max_concurrent_reads,
             retention_interval: d.retention_interval.as_secs(),
             inactivity_timeout: d.inactivity_timeout,
+            logs_ttl: d.logs_ttl,
+            logs_max_bytes: d.logs_max_bytes,
         }
     }
 }
@@ -1064,6 +1072,8 @@ impl Config {
             max_concurrent_reads: self.gw.max_concurrent_reads,
             retention_interval: Duration::from_secs(self.gw.retention_interval.max(1)),
             inactivity_timeout: self.gw.inactivity_timeout,
+            logs_ttl: self.gw.logs_ttl,
+            logs_max_bytes: self.gw.logs_max_bytes,
         }
     }
 
