@@ -64,6 +64,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/gw/channels/{id}/ingest/{secret}"),
     ("get", "/gw/channels/{sel}/messages"),
     ("delete", "/gw/channels/{sel}/messages"),
+    ("get", "/gw/devices/{sel}/logs"),
+    ("get", "/gw/channels/{sel}/logs"),
+    ("get", "/const/values"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
