@@ -158,8 +158,11 @@ pub struct CodeInfo {
     pub severity: Severity,
     pub entity: Entity,
     /// The field the record carries beside the code, with a description of each value.
-    pub extra: Option<(&'static str, &'static [(u64, &'static str, Severity)])>,
+    pub extra: Option<(&'static str, &'static [ExtraCode])>,
 }
+
+/// One value of a code's extra field: the value, what it means, its severity.
+pub type ExtraCode = (u64, &'static str, Severity);
 
 const fn info(
     code: u64,
@@ -177,7 +180,7 @@ const fn info(
 }
 
 /// The close codes of [`code::CONNECTION_CLOSED`].
-const CLOSE_CODES: &[(u64, &str, Severity)] = &[
+const CLOSE_CODES: &[ExtraCode] = &[
     (close_code::NORMAL, "normal close", Severity::Info),
     (
         close_code::PROTOCOL_VIOLATION,
