@@ -594,3 +594,59 @@ async fn entity_logs_on_both_backends() {
         assert!(read(&store, chan_log, i64::MIN, i64::MAX, false, 100).is_empty());
     }
 }
+
+/// A device's and a channel's logs travel through export and import as message lines under
+/// their log keys.
+#[test]
+fn export_and_import_carry_entity_logs() {
+    let dev_log = tern_store::log_key(tern_store::LOG_ORIGIN_DEVICE, 3);
+    let chan_log = tern_store::log_key(tern_store::LOG_ORIGIN_CHANNEL, 3);
+    let src = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(src.path()).expect("open");
+    disk.apply(&[
+        device(3),
+        Op::PutChannel {
+            id: 3,
+            json: Bytes::from_static(b"{\"id\":3}"),
+        },
+        append(3, 100, 2, 1),
+        append(dev_log, 10, 3, 10),
+        append(chan_log, 20, 2, 20),
+    ])
+    .expect("apply");
+    disk.sync().expect("sync");
+    drop(disk);
+    let mut out = Vec::new();
+    tern_store::export_dir(src.path(), &mut out).expect("export");
+    let ops = tern_store::import(out.as_slice()).expect("import");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(dst.path()).expect("open");
+    disk.apply(&ops).expect("apply");
+    disk.sync().expect("sync");
+    let reader = disk.reader().expect("reader");
+    let count = |key: u64| {
+        let mut n = 0;
+        reader
+            .device_messages(
+                &MessageRange {
+                    device: key,
+                    from: i64::MIN,
+                    to: i64::MAX,
+                    reverse: false,
+                },
+                &mut |_, _| {
+                    n += 1;
+                    Visit::More
+                },
+            )
+            .expect("read");
+        n
+    };
+    assert_eq!((count(3), count(dev_log), count(chan_log)), (2, 3, 2));
+    drop(reader);
+    drop(disk);
+    assert_eq!(
+        tern_store::load(dst.path()).expect("load"),
+        tern_store::load(src.path()).expect("load")
+    );
+}
