@@ -1,10 +1,11 @@
-//! Entity logs (docs/flespi.md#devices): `GET /gw/devices/{sel}/logs` and
+//! Entity logs (docs/flespi.md#logs): `GET /gw/devices/{sel}/logs` and
 //! `GET /gw/channels/{sel}/logs`, read like message history (`gw_history`) with `data`
 //! `from`, `to` (on the record `timestamp`), `count`, `reverse`, `filter`, `fields`; keys tern
 //! does not implement (the Toolbox's `item_type`) are ignored. And `GET /const/values`, which
 //! serves the event code table (`toolbox/codes`) without a token: the Toolbox asks it before
 //! it sends one.
 
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
@@ -16,8 +17,8 @@ use super::{ListQuery, Sel, gw_channels, gw_devices};
 use crate::ApiState;
 use crate::call::Call;
 use crate::error::{ApiError, json_response};
-use axum::extract::State;
 
+/// The logs of `ids` of `origin`, with the call's `data`.
 async fn read(
     api: &ApiState,
     call: &Call,

@@ -4,6 +4,7 @@
 //! `logs_ttl` and `logs_max_bytes`; and `GET /const/values` without a token.
 
 use serde_json::{Map, Value, json};
+use tern_codec::ProtocolVersion;
 use tern_gw::GwOptions;
 use tern_gw::logs::{Origin, channel_event, close_code, code};
 use tern_store::{MemoryBackend, MessageRange, Visit};
@@ -81,6 +82,8 @@ fn stored(env: &Env, key: u64) -> usize {
 #[tokio::test]
 async fn device_events_are_logged_and_read_like_history() {
     let (env, _backend) = gw_env(GwOptions::default()).await;
+    let mut watch = env.mqtt(ProtocolVersion::V5, "watch", &env.master).await;
+    watch.subscribe("flespi/log/gw/devices/+/+").await;
     let id = device(&env, "truck", "354").await;
     rename(&env, id, "truck 2").await;
     rename(&env, id, "truck 3").await;
@@ -90,6 +93,23 @@ async fn device_events_are_logged_and_read_like_history() {
     assert_eq!(
         codes(&all),
         vec![code::CREATED, code::UPDATED, code::UPDATED]
+    );
+    // What is kept is what was published, on the topics and with the shape they always had.
+    let mut published = Vec::new();
+    while let Some(p) = watch.publish_within(QUIET).await {
+        published.push((
+            p.topic.to_string(),
+            serde_json::from_slice::<Value>(&p.payload).unwrap_or(Value::Null),
+        ));
+    }
+    let topic = |event: &str| format!("flespi/log/gw/devices/{id}/{event}");
+    assert_eq!(
+        published,
+        vec![
+            (topic("created"), all[0].clone()),
+            (topic("updated"), all[1].clone()),
+            (topic("updated"), all[2].clone()),
+        ]
     );
     for r in &all {
         assert_eq!(r["origin_type"], 11);
