@@ -300,3 +300,23 @@ async fn rate_limited_answers_carry_allow_origin_and_preflights_pass() {
     let res = preflight(b.http(), "/platform/customer", Some("authorization")).await;
     assert_preflight(&res, "preflight from a limited address");
 }
+
+/// The Toolbox fetches the log event codes with no `Authorization`, from another origin.
+#[tokio::test]
+async fn const_values_need_no_token_and_carry_allow_origin() {
+    let b = TestBroker::with_listeners(|_| {}).await;
+    let res = http::request(
+        b.http(),
+        "GET",
+        "/const/values?names=toolbox%2Fcodes",
+        &[APP],
+        "",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_acao(&res, "/const/values");
+    let body: Value = serde_json::from_str(&res.body).expect("JSON");
+    let table = &body["result"][0]["toolbox/codes"];
+    assert!(table["codes"]["102"]["extra_codes"].is_object(), "{body}");
+    assert!(table["entities"]["devices"].is_array(), "{body}");
+}

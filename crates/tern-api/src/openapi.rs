@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
-    auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_protocols, messages,
-    sessions, subaccounts, subscriptions, tokens,
+    auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_logs, gw_protocols,
+    messages, sessions, subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -119,6 +119,9 @@ fn endpoints() -> OpenApiRouter<ApiState> {
             gw_channels::get_messages,
             gw_channels::delete_messages
         ))
+        .routes(routes!(gw_logs::device_logs))
+        .routes(routes!(gw_logs::channel_logs))
+        .routes(routes!(gw_logs::const_values))
         .routes(routes!(gw_protocols::list))
         .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))

@@ -38,13 +38,15 @@ pub const DEFAULT_QUEUE_TTL: u64 = 86_400;
 /// Commands queued per device, at most.
 pub const MAX_QUEUED: usize = 256;
 
-/// The command events logged, with their codes (330, 333 and 334 are flespi's).
+/// The command events logged, with their codes (`crate::logs::code`).
 pub mod command_event {
-    pub const QUEUED: (&str, u64) = ("queued", 330);
-    pub const SENT: (&str, u64) = ("sent", 334);
-    pub const PROCESSED: (&str, u64) = ("processed", 332);
-    pub const EXPIRED: (&str, u64) = ("expired", 333);
-    pub const CANCELED: (&str, u64) = ("canceled", 335);
+    use crate::logs::code;
+
+    pub const QUEUED: (&str, u64) = ("queued", code::COMMAND_QUEUED);
+    pub const SENT: (&str, u64) = ("sent", code::COMMAND_DELIVERED);
+    pub const PROCESSED: (&str, u64) = ("processed", code::COMMAND_PROCESSED);
+    pub const EXPIRED: (&str, u64) = ("expired", code::COMMAND_EXPIRED);
+    pub const CANCELED: (&str, u64) = ("canceled", code::COMMAND_CANCELED);
 }
 
 /// One command as posted: `{"name":"custom","properties":{"text":"getinfo"}}` (or `hex`), or

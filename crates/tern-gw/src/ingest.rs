@@ -96,7 +96,7 @@ impl Gateway {
             st.devices.insert(id, new);
         }
         if !prepared.is_empty() && !sessions && st.online.insert(id) {
-            publish::log(&self.broker, d_cid, id, device_event::CONNECTED, None, None);
+            self.log_device(d_cid, id, device_event::CONNECTED, None, None);
         }
         Ok(())
     }

@@ -98,6 +98,11 @@ pub struct GwOptions {
     pub trackers: TrackerPorts,
     /// Seconds command results are kept (`commands-result`).
     pub commands_ttl: u64,
+    /// Seconds entity log records are kept (0: not stored, only published).
+    pub logs_ttl: u64,
+    /// Bytes of log records kept per account, its devices' and channels' together; past it
+    /// the oldest go at the next retention sweep (0: no cap).
+    pub logs_max_bytes: u64,
 }
 
 impl Default for GwOptions {
@@ -110,6 +115,8 @@ impl Default for GwOptions {
             max_concurrent_reads: 8,
             trackers: TrackerPorts::default(),
             commands_ttl: 30 * 86_400,
+            logs_ttl: 30 * 86_400,
+            logs_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -129,6 +136,8 @@ pub struct Swept {
     pub expired: u64,
     /// Devices whose oldest messages were rotated out by `messages_rotate`.
     pub rotated: u64,
+    /// Entities whose log records went (older than `logs_ttl`, or past `logs_max_bytes`).
+    pub logs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -367,14 +376,7 @@ impl Gateway {
         self.put_device(&d);
         let item = self.item_of(&d);
         publish::state(&self.broker, d.cid, d.id, None, &item);
-        publish::log(
-            &self.broker,
-            d.cid,
-            d.id,
-            device_event::CREATED,
-            Some(&item),
-            None,
-        );
+        self.log_device(d.cid, d.id, device_event::CREATED, Some(&item), None);
         st.devices.insert(d.id, d);
         Ok(item)
     }
@@ -456,8 +458,7 @@ impl Gateway {
         if old_item.as_ref() != Some(&item) || st.devices.get(&id) != Some(&new) {
             self.put_device(&new);
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
-            publish::log(
-                &self.broker,
+            self.log_device(
                 new.cid,
                 id,
                 device_event::UPDATED,
@@ -499,25 +500,11 @@ impl Gateway {
             .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         publish::deleted(&self.broker, old.cid, id, &old_item, &params);
-        publish::log(
-            &self.broker,
-            old.cid,
-            id,
-            device_event::DELETED,
-            None,
-            Some(&old_item),
-        );
+        self.log_device(old.cid, id, device_event::DELETED, None, Some(&old_item));
         self.put_device(&new);
         let item = self.item_of(&new);
         publish::state(&self.broker, cid, id, None, &item);
-        publish::log(
-            &self.broker,
-            cid,
-            id,
-            device_event::CREATED,
-            Some(&item),
-            None,
-        );
+        self.log_device(cid, id, device_event::CREATED, Some(&item), None);
         if let Some(t) = st.telemetry.get(&id) {
             for (k, p) in t.iter() {
                 publish::telemetry(&self.broker, cid, id, k, Some((&p.value, p.ts)));
@@ -547,14 +534,7 @@ impl Gateway {
             .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         publish::deleted(&self.broker, d.cid, id, &item, &params);
-        publish::log(
-            &self.broker,
-            d.cid,
-            id,
-            device_event::DELETED,
-            None,
-            Some(&item),
-        );
+        self.log_device(d.cid, id, device_event::DELETED, None, Some(&item));
         Ok(item)
     }
 

@@ -4,7 +4,8 @@
 //! - `flespi/state/gw/devices/<id>`: the item, retained; `.../<id>/<property>`: each property's
 //!   raw JSON, retained, published when it changed; on delete, empty retained payloads, then
 //!   `.../<id>/deleted` = `true`, not retained.
-//! - `flespi/log/gw/devices/<id>/<created|updated|deleted>`: a log record with `new`/`old`.
+//! - `flespi/log/gw/devices/<id>/<created|updated|deleted|...>`: a log record (built and stored
+//!   by `Gateway::log`, published here).
 //! - `flespi/message/gw/devices/<id>`: each stored message, not retained.
 //! - `flespi/state/gw/devices/<id>/telemetry/<param>`: the raw value, retained, with the
 //!   message `timestamp` (the v5 user property the broker writes) = the parameter's `ts`.
@@ -13,25 +14,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde_json::{Value, json};
-use tern_broker::topics::{self, device_event};
+use serde_json::Value;
+use tern_broker::topics;
 use tern_broker::{Broker, Cid, Micros};
 use tern_codec::QoS;
 
-/// Log `origin_type` of devices (docs/flespi.md#devices).
-pub const ORIGIN_DEVICE: u64 = 11;
-
-/// tern's event codes of device item changes (docs/flespi.md#devices: tern's own where flespi's are
-/// not known).
-pub mod event_code {
-    pub const CREATED: u64 = 1;
-    pub const UPDATED: u64 = 2;
-    pub const DELETED: u64 = 3;
-    /// flespi's.
-    pub const CONNECTED: u64 = 300;
-    /// flespi's.
-    pub const DISCONNECTED: u64 = 301;
-}
+/// The event codes of device item changes, now in `logs` with every other code.
+pub use crate::logs::code as event_code;
 
 fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) {
     let msg = broker.message(
@@ -172,43 +161,6 @@ pub fn deleted(broker: &Broker, cid: Cid, id: u64, old: &Value, telemetry: &[Str
         cid,
         topics::device_property_topic(id, topics::DEVICE_DELETED_PROPERTY),
         Bytes::from_static(b"true"),
-        false,
-    );
-}
-
-/// A log record on `flespi/log/gw/devices/<id>/<event>`.
-pub fn log(
-    broker: &Broker,
-    cid: Cid,
-    id: u64,
-    event: &str,
-    new: Option<&Value>,
-    old: Option<&Value>,
-) {
-    let code = match event {
-        device_event::CREATED => event_code::CREATED,
-        device_event::UPDATED => event_code::UPDATED,
-        device_event::CONNECTED => event_code::CONNECTED,
-        device_event::DISCONNECTED => event_code::DISCONNECTED,
-        _ => event_code::DELETED,
-    };
-    let mut record = json!({
-        "timestamp": broker.clock.now() as f64 / 1e6,
-        "event_code": code,
-        "origin_type": ORIGIN_DEVICE,
-        "origin_id": id,
-    });
-    if let Some(new) = new {
-        record["new"] = new.clone();
-    }
-    if let Some(old) = old {
-        record["old"] = old.clone();
-    }
-    send(
-        broker,
-        cid,
-        topics::device_log_topic(id, event),
-        json_bytes(&record),
         false,
     );
 }

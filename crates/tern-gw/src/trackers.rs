@@ -507,7 +507,7 @@ impl Gateway {
         publish::state(&self.broker, d.cid, d.id, Some(&old), &new);
         let mut fields = Map::new();
         let event = if is {
-            ("connected", crate::publish::event_code::CONNECTED)
+            ("connected", crate::logs::code::CONNECTED)
         } else {
             if let Some(Value::Object(c)) = closed {
                 for k in ["close_code", "duration", "msgs", "recv", "send"] {
@@ -516,7 +516,7 @@ impl Gateway {
                     }
                 }
             }
-            ("disconnected", crate::publish::event_code::DISCONNECTED)
+            ("disconnected", crate::logs::code::DISCONNECTED)
         };
         fields.insert("ident".into(), json!(imei));
         fields.insert("channel_id".into(), json!(channel));

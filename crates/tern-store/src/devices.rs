@@ -53,6 +53,59 @@ pub fn device_of(key: DeviceId) -> u64 {
     key & !(COMMANDS_KEY_BIT | QUEUE_KEY_BIT)
 }
 
+/// Entity logs (tern-gw `logs`, docs/flespi.md#devices) share the message table and its stats
+/// too: a log's key has this bit set, the entity's `origin_type` in the [`LOG_ORIGIN_BITS`]
+/// bits below it, and the entity's id in the rest. It never has [`CHANNEL_KEY_BIT`], and device
+/// ids never reach it.
+pub const LOG_KEY_BIT: u64 = 1 << 61;
+
+/// How many bits below [`LOG_KEY_BIT`] hold the `origin_type` (flespi's go up to 41).
+pub const LOG_ORIGIN_BITS: u32 = 8;
+
+const LOG_ID_BITS: u32 = 61 - LOG_ORIGIN_BITS;
+const LOG_ID_MASK: u64 = (1 << LOG_ID_BITS) - 1;
+const LOG_ORIGIN_MASK: u64 = (1 << LOG_ORIGIN_BITS) - 1;
+
+/// The message-table key of the log of entity `id` of `origin_type` (11 device, 9 channel, ...).
+/// Ids are counters far below 2^53; an id or origin above its bits is masked (never produced).
+pub fn log_key(origin_type: u64, id: u64) -> DeviceId {
+    LOG_KEY_BIT | (origin_type & LOG_ORIGIN_MASK) << LOG_ID_BITS | (id & LOG_ID_MASK)
+}
+
+/// The `(origin_type, id)` whose log `key` is, if it is a log's.
+pub fn log_of(key: DeviceId) -> Option<(u64, u64)> {
+    (key & (LOG_KEY_BIT | CHANNEL_KEY_BIT) == LOG_KEY_BIT)
+        .then_some(((key >> LOG_ID_BITS) & LOG_ORIGIN_MASK, key & LOG_ID_MASK))
+}
+
+/// The `origin_type` of device logs (flespi's).
+pub const LOG_ORIGIN_DEVICE: u64 = 11;
+/// The `origin_type` of channel logs (flespi's).
+pub const LOG_ORIGIN_CHANNEL: u64 = 9;
+
+/// What a message-table key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOwner {
+    Device(u64),
+    /// A channel's buffer.
+    Channel(u64),
+    /// The log of an entity: `(origin_type, id)`.
+    Log(u64, u64),
+}
+
+impl KeyOwner {
+    /// Who owns message-table key `key`.
+    pub fn of(key: DeviceId) -> KeyOwner {
+        if let Some(channel) = channel_of(key) {
+            KeyOwner::Channel(channel)
+        } else if let Some((origin, id)) = log_of(key) {
+            KeyOwner::Log(origin, id)
+        } else {
+            KeyOwner::Device(device_of(key))
+        }
+    }
+}
+
 /// Where a device message sorts: its `timestamp` in microseconds (signed: messages may
 /// predate 1970), then its arrival sequence (ties in arrival order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -166,6 +219,32 @@ pub(crate) fn decode_message_key(k: &[u8]) -> Result<(DeviceId, MessageKey), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_keys_collide_with_no_device_or_channel_key() {
+        for id in [0u64, 1, 7, 1 << 20, (1 << 53) - 1] {
+            for origin in [LOG_ORIGIN_DEVICE, LOG_ORIGIN_CHANNEL, 12, 36] {
+                let key = log_key(origin, id);
+                assert_eq!(log_of(key), Some((origin, id)));
+                assert_eq!(channel_of(key), None, "not a channel's buffer");
+                assert_ne!(key, id, "not device {id}");
+                assert_ne!(key, channel_key(id));
+                assert_eq!(KeyOwner::of(key), KeyOwner::Log(origin, id));
+            }
+            assert_ne!(
+                log_key(LOG_ORIGIN_DEVICE, id),
+                log_key(LOG_ORIGIN_CHANNEL, id)
+            );
+            assert_eq!(log_of(id), None);
+            assert_eq!(log_of(channel_key(id)), None);
+            assert_eq!(KeyOwner::of(id), KeyOwner::Device(id));
+            assert_eq!(KeyOwner::of(channel_key(id)), KeyOwner::Channel(id));
+        }
+        // A device's and its log's messages never share a range.
+        let (lo, hi) = message_bounds(5, i64::MIN, i64::MAX);
+        let log = message_key(log_key(LOG_ORIGIN_DEVICE, 5), MessageKey { ts: 0, seq: 0 });
+        assert!(log < lo || log > hi);
+    }
 
     #[test]
     fn keys_sort_by_device_then_time_then_arrival() {

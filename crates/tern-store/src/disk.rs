@@ -563,10 +563,8 @@ impl<'t> Tables<'t> {
                 let k = format::id_key(*id);
                 self.devices.remove(k.as_slice())?;
                 self.telemetry.remove(k.as_slice())?;
-                self.message_stats.remove(k.as_slice())?;
-                let (lo, hi) = devices::message_bounds(*id, i64::MIN, i64::MAX);
-                self.messages
-                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+                self.drop_messages(*id)?;
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_DEVICE, *id))?;
             }
             Op::PutGroup { id, json } => {
                 self.groups
@@ -581,11 +579,8 @@ impl<'t> Tables<'t> {
             }
             Op::DelChannel { id } => {
                 self.channels.remove(format::id_key(*id).as_slice())?;
-                let key = crate::channel_key(*id);
-                self.message_stats.remove(format::id_key(key).as_slice())?;
-                let (lo, hi) = devices::message_bounds(key, i64::MIN, i64::MAX);
-                self.messages
-                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+                self.drop_messages(crate::channel_key(*id))?;
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_CHANNEL, *id))?;
             }
             Op::PutTelemetry { device, json } => {
                 let k = format::id_key(*device);
@@ -599,15 +594,18 @@ impl<'t> Tables<'t> {
             }
             Op::AppendMessages { device, messages } => {
                 let k = format::id_key(*device);
-                let owner = match crate::channel_of(*device) {
-                    Some(channel) => self
+                let owner = match crate::KeyOwner::of(*device) {
+                    crate::KeyOwner::Channel(channel)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_CHANNEL, channel) => self
                         .channels
                         .get(format::id_key(channel).as_slice())?
                         .is_some(),
-                    None => self
-                        .devices
-                        .get(format::id_key(crate::device_of(*device)).as_slice())?
-                        .is_some(),
+                    crate::KeyOwner::Device(id)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_DEVICE, id) => {
+                        self.devices.get(format::id_key(id).as_slice())?.is_some()
+                    }
+                    // Entities the store keeps no record of: nothing would delete their log.
+                    crate::KeyOwner::Log(..) => false,
                 };
                 if !owner {
                     return Ok(());
@@ -652,6 +650,15 @@ impl<'t> Tables<'t> {
                 self.remove_messages(*device, lo, hi, Some(*max_bytes))?;
             }
         }
+        Ok(())
+    }
+
+    /// Deletes every message under message-table key `key`, with its counters.
+    fn drop_messages(&mut self, key: u64) -> Result<(), Fail> {
+        self.message_stats.remove(format::id_key(key).as_slice())?;
+        let (lo, hi) = devices::message_bounds(key, i64::MIN, i64::MAX);
+        self.messages
+            .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
         Ok(())
     }
 

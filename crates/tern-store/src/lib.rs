@@ -9,7 +9,8 @@
 //! Layout:
 //! - `model`: messages, session keys and the stored records
 //! - `op`: the changes the broker submits
-//! - `devices`: device messages (range-read tables) and the devices layer's records
+//! - `devices`: device messages, channel buffers and entity logs (range-read tables) and the
+//!   devices layer's records
 //! - `handle`: the `Store` handle, the `Backend` trait and the group-commit writer thread
 //! - `memory`: the in-memory backend (reference model, used by tests)
 //! - `disk`: the on-disk backend (redb): open, verify, load, apply, sync
@@ -34,6 +35,9 @@ pub use devices::{
     device_of, queue_key,
 };
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
+pub use devices::{
+    KeyOwner, LOG_KEY_BIT, LOG_ORIGIN_BITS, LOG_ORIGIN_CHANNEL, LOG_ORIGIN_DEVICE, log_key, log_of,
+};
 pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;
 pub use export::{EXPORT_VERSION, export, import};

@@ -141,8 +141,10 @@ impl MemoryState {
             Op::DelDevice { id } => {
                 self.devices.remove(id);
                 self.telemetry.remove(id);
+                let log = crate::log_key(crate::LOG_ORIGIN_DEVICE, *id);
                 self.message_stats.remove(id);
-                self.messages.retain(|(d, _), _| d != id);
+                self.message_stats.remove(&log);
+                self.messages.retain(|(d, _), _| d != id && *d != log);
             }
             Op::PutGroup { id, json } => {
                 self.groups.insert(*id, json.clone());
@@ -156,8 +158,10 @@ impl MemoryState {
             Op::DelChannel { id } => {
                 self.channels.remove(id);
                 let key = crate::channel_key(*id);
+                let log = crate::log_key(crate::LOG_ORIGIN_CHANNEL, *id);
                 self.message_stats.remove(&key);
-                self.messages.retain(|(d, _), _| *d != key);
+                self.message_stats.remove(&log);
+                self.messages.retain(|(d, _), _| *d != key && *d != log);
             }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
@@ -168,9 +172,17 @@ impl MemoryState {
                 self.telemetry.remove(device);
             }
             Op::AppendMessages { device, messages } => {
-                let owner = match crate::channel_of(*device) {
-                    Some(channel) => self.channels.contains_key(&channel),
-                    None => self.devices.contains_key(&crate::device_of(*device)),
+                let owner = match crate::KeyOwner::of(*device) {
+                    crate::KeyOwner::Channel(channel)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_CHANNEL, channel) => {
+                        self.channels.contains_key(&channel)
+                    }
+                    crate::KeyOwner::Device(id)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_DEVICE, id) => {
+                        self.devices.contains_key(&id)
+                    }
+                    // Entities the store keeps no record of: nothing would delete their log.
+                    crate::KeyOwner::Log(..) => false,
                 };
                 if !owner {
                     return;

@@ -91,7 +91,7 @@ pub enum Op {
         id: DeviceId,
         json: Bytes,
     },
-    /// Deletes a device with its telemetry, messages and message stats.
+    /// Deletes a device with its telemetry, messages, log and their stats.
     DelDevice {
         id: DeviceId,
     },
@@ -107,6 +107,7 @@ pub enum Op {
         id: u64,
         json: Bytes,
     },
+    /// Deletes a channel with its buffer and log.
     DelChannel {
         id: u64,
     },
@@ -118,7 +119,9 @@ pub enum Op {
     DelTelemetry {
         device: DeviceId,
     },
-    /// Appends messages to a device's history (ignored for a device that does not exist).
+    /// Appends messages to a device's history, a channel's buffer (`channel_key`) or an entity's
+    /// log (`log_key`); ignored when the device or channel does not exist, and for logs of
+    /// entities the store keeps no record of.
     AppendMessages {
         device: DeviceId,
         messages: Vec<(MessageKey, Bytes)>,

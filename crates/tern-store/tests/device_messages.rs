@@ -524,3 +524,129 @@ async fn channel_buffers_on_both_backends() {
     }
     assert!(memory.load().channels.is_empty());
 }
+
+/// Entity logs share the message table under `log_key`: kept only while their device or
+/// channel exists, apart from its messages and buffer, and gone with it.
+#[tokio::test]
+async fn entity_logs_on_both_backends() {
+    let memory = MemoryBackend::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+    let dev_log = tern_store::log_key(tern_store::LOG_ORIGIN_DEVICE, 7);
+    let chan_log = tern_store::log_key(tern_store::LOG_ORIGIN_CHANNEL, 7);
+    for backend in [
+        Box::new(memory.clone()) as Box<dyn Backend>,
+        Box::new(disk) as Box<dyn Backend>,
+    ] {
+        let (store, _writer) = Store::start(backend, FsyncPolicy::Always);
+        let t = store.submit_all([
+            append(dev_log, 0, 2, 1), // before the device exists: ignored
+            append(tern_store::log_key(12, 7), 0, 2, 1), // a stream: not kept
+            device(7),
+            Op::PutChannel {
+                id: 7,
+                json: Bytes::from_static(b"{\"id\":7}"),
+            },
+            append(7, 50, 2, 10),
+            append(dev_log, 10, 3, 20),
+            append(chan_log, 30, 1, 30),
+        ]);
+        store.wait(t).await;
+        assert_eq!(
+            read(&store, 7, i64::MIN, i64::MAX, false, 100),
+            vec![50, 51]
+        );
+        assert_eq!(
+            read(&store, dev_log, i64::MIN, i64::MAX, false, 100),
+            vec![10, 11, 12]
+        );
+        assert_eq!(
+            read(&store, chan_log, i64::MIN, i64::MAX, false, 100),
+            vec![30]
+        );
+        assert!(
+            read(
+                &store,
+                tern_store::log_key(12, 7),
+                i64::MIN,
+                i64::MAX,
+                false,
+                100
+            )
+            .is_empty()
+        );
+        assert_eq!(store.message_stats(dev_log).expect("stats").count, 3);
+        assert_eq!(store.message_stats(7).expect("stats").count, 2);
+
+        let t = store.submit(Op::DelDevice { id: 7 });
+        store.wait(t).await;
+        assert!(read(&store, dev_log, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert_eq!(
+            store.message_stats(dev_log).map(|s| s.count).unwrap_or(0),
+            0
+        );
+        assert_eq!(
+            read(&store, chan_log, i64::MIN, i64::MAX, false, 100),
+            vec![30]
+        );
+        let t = store.submit(Op::DelChannel { id: 7 });
+        store.wait(t).await;
+        assert!(read(&store, chan_log, i64::MIN, i64::MAX, false, 100).is_empty());
+    }
+}
+
+/// A device's and a channel's logs travel through export and import as message lines under
+/// their log keys.
+#[test]
+fn export_and_import_carry_entity_logs() {
+    let dev_log = tern_store::log_key(tern_store::LOG_ORIGIN_DEVICE, 3);
+    let chan_log = tern_store::log_key(tern_store::LOG_ORIGIN_CHANNEL, 3);
+    let src = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(src.path()).expect("open");
+    disk.apply(&[
+        device(3),
+        Op::PutChannel {
+            id: 3,
+            json: Bytes::from_static(b"{\"id\":3}"),
+        },
+        append(3, 100, 2, 1),
+        append(dev_log, 10, 3, 10),
+        append(chan_log, 20, 2, 20),
+    ])
+    .expect("apply");
+    disk.sync().expect("sync");
+    drop(disk);
+    let mut out = Vec::new();
+    tern_store::export_dir(src.path(), &mut out).expect("export");
+    let ops = tern_store::import(out.as_slice()).expect("import");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(dst.path()).expect("open");
+    disk.apply(&ops).expect("apply");
+    disk.sync().expect("sync");
+    let reader = disk.reader().expect("reader");
+    let count = |key: u64| {
+        let mut n = 0;
+        reader
+            .device_messages(
+                &MessageRange {
+                    device: key,
+                    from: i64::MIN,
+                    to: i64::MAX,
+                    reverse: false,
+                },
+                &mut |_, _| {
+                    n += 1;
+                    Visit::More
+                },
+            )
+            .expect("read");
+        n
+    };
+    assert_eq!((count(3), count(dev_log), count(chan_log)), (2, 3, 2));
+    drop(reader);
+    drop(disk);
+    assert_eq!(
+        tern_store::load(dst.path()).expect("load"),
+        tern_store::load(src.path()).expect("load")
+    );
+}

@@ -487,6 +487,12 @@ pub struct Gw {
     pub max_channel_connections: usize,
     /// Seconds command results (`commands-result`) are kept.
     pub commands_ttl: u64,
+    /// Seconds device and channel log records are kept (`GET /gw/{devices,channels}/{sel}/logs`);
+    /// 0: published, not stored.
+    pub logs_ttl: u64,
+    /// Bytes of log records kept per account; past it the oldest go at the next retention
+    /// sweep. 0: no cap.
+    pub logs_max_bytes: u64,
 }
 
 impl Default for Gw {
@@ -503,6 +509,8 @@ impl Default for Gw {
             public_host: None,
             max_channel_connections: d.trackers.max_connections,
             commands_ttl: d.commands_ttl,
+            logs_ttl: d.logs_ttl,
+            logs_max_bytes: d.logs_max_bytes,
         }
     }
 }
@@ -1100,6 +1108,8 @@ impl Config {
                 max_connections: self.gw.max_channel_connections,
             },
             commands_ttl: self.gw.commands_ttl,
+            logs_ttl: self.gw.logs_ttl,
+            logs_max_bytes: self.gw.logs_max_bytes,
         }
     }
 

@@ -24,7 +24,7 @@ use crate::error::{ApiError, ErrorItem, json_response};
 use crate::reply::Reply;
 
 /// The ids of the channels the selector `n` segments from the end picks, in id order.
-fn selected(api: &ApiState, call: &Call, n: usize) -> Result<Vec<u64>, ApiError> {
+pub(crate) fn selected(api: &ApiState, call: &Call, n: usize) -> Result<Vec<u64>, ApiError> {
     let sel = call.selector(n)?;
     Ok(sel
         .filter(

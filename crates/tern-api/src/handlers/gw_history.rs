@@ -1,13 +1,15 @@
 //! Reading and deleting message history, the same for device messages (`/gw/devices/{sel}/
-//! messages`, by `timestamp`) and channel buffers (`/gw/channels/{sel}/messages`, by
-//! `server.timestamp`): `data` parsed, at most `gw.max_concurrent_reads` reads at once, the
-//! read on the blocking pool, CSV or JSON with a `warnings` entry when truncated.
+//! messages`, by `timestamp`), channel buffers (`/gw/channels/{sel}/messages`, by
+//! `server.timestamp`) and entity logs (`.../logs`, read only, by `timestamp`): `data` parsed,
+//! at most `gw.max_concurrent_reads` reads at once, the read on the blocking pool, CSV or JSON
+//! with a `warnings` entry when truncated.
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tern_gw::logs::Origin;
 use tern_gw::{DeleteData, Gateway, GwError, History, MessageQuery, MessagesData};
 
 use super::gw_common::{api_error, data_of};
@@ -21,13 +23,15 @@ use crate::reply::{Reply, to_csv};
 pub(crate) enum Kind {
     Devices,
     Channels,
+    /// Entity logs (read only, by record `timestamp`).
+    Logs(Origin),
 }
 
 impl Kind {
     /// The key the history is ordered by, for the truncation warning.
     fn time_key(self) -> &'static str {
         match self {
-            Kind::Devices => "timestamp",
+            Kind::Devices | Kind::Logs(_) => "timestamp",
             Kind::Channels => "server.timestamp",
         }
     }
@@ -36,6 +40,7 @@ impl Kind {
         match self {
             Kind::Devices => gw.messages(ids, q),
             Kind::Channels => gw.channel_history(ids, q),
+            Kind::Logs(origin) => gw.logs(origin, ids, q),
         }
     }
 
@@ -43,6 +48,7 @@ impl Kind {
         match self {
             Kind::Devices => gw.delete_messages(id, q),
             Kind::Channels => gw.delete_channel_messages(id, q),
+            Kind::Logs(_) => Err(GwError::Invalid("log records are not deleted".into())),
         }
     }
 }
@@ -69,6 +75,17 @@ pub(crate) async fn read(
 ) -> Result<Response, ApiError> {
     let data: MessagesData = data_of(call)?;
     let query = data.query().map_err(|e| api_error(&e))?;
+    answer(api, call, kind, ids, query).await
+}
+
+/// The answer to a read of `ids` with a parsed `query` (`read`, and logs with their own `data`).
+pub(crate) async fn answer(
+    api: &ApiState,
+    call: &Call,
+    kind: Kind,
+    ids: Vec<u64>,
+    query: MessageQuery,
+) -> Result<Response, ApiError> {
     let fields = query.fields.clone();
     let history = blocking(api, move |gw| kind.read(gw, &ids, &query)).await?;
     if call.csv {

@@ -13,6 +13,7 @@ pub(crate) mod gw_common;
 pub(crate) mod gw_devices;
 pub(crate) mod gw_groups;
 pub(crate) mod gw_history;
+pub(crate) mod gw_logs;
 pub(crate) mod gw_protocols;
 pub(crate) mod messages;
 pub(crate) mod sessions;

@@ -5,6 +5,7 @@ mod bridge;
 mod curl;
 mod gw;
 mod gw_channels;
+mod gw_logs;
 mod gw_protocols;
 mod messages;
 mod openapi;

@@ -73,6 +73,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/gw/channels/{sel}/messages"),
     ("delete", "/gw/channels/{sel}/messages"),
     ("get", "/gw/channels/{sel}/connections"),
+    ("get", "/gw/devices/{sel}/logs"),
+    ("get", "/gw/channels/{sel}/logs"),
+    ("get", "/const/values"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
 ];
 
