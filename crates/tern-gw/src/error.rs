@@ -16,6 +16,14 @@ pub enum GwError {
     /// Moving a device to another account needs it disabled first (400).
     #[error("device {0} must be disabled (enabled=false) before it moves to another account")]
     Enabled(u64),
+    /// A new device or channel, or messages to store, would take account `cid` (the item's
+    /// account or one above it) past a quota (403).
+    #[error("the {quota} quota of account {cid} ({limit}) is used up")]
+    QuotaExceeded {
+        cid: tern_broker::Cid,
+        quota: &'static str,
+        limit: u64,
+    },
     /// The store cannot read (500).
     #[error("the store cannot read: {0}")]
     Store(String),

@@ -33,6 +33,8 @@
 //! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
 //!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
 //! - `logs`: entity log records (`Gateway::log`)
+//! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
+//!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
 
 pub mod channel;
@@ -45,9 +47,11 @@ mod history;
 mod ingest;
 pub mod logs;
 pub mod message;
+pub mod metrics;
 mod mqtt_channels;
 mod mqtt_external;
 pub mod publish;
+mod quota;
 mod retention;
 pub mod telemetry;
 mod telemetry_ops;
@@ -131,6 +135,8 @@ struct State {
     next_device: u64,
     next_group: u64,
     next_channel: u64,
+    /// What each account tree uses, for the quotas.
+    usage: quota::Usage,
 }
 
 /// The devices layer. Cheap to share (`Arc<Gateway>`).
@@ -140,6 +146,8 @@ pub struct Gateway {
     directory: Arc<Directory>,
     store: Store,
     pub options: GwOptions,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::GwMetrics,
     state: Mutex<State>,
     /// Turns for history reads (`max_concurrent_reads`).
     reads: tokio::sync::Semaphore,
@@ -225,6 +233,7 @@ impl Gateway {
             store,
             reads: tokio::sync::Semaphore::new(options.max_concurrent_reads.max(1)),
             options,
+            metrics: metrics::GwMetrics::default(),
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
             taps: Arc::default(),
@@ -233,6 +242,7 @@ impl Gateway {
             external_changed: tokio::sync::Notify::new(),
         });
         gw.refresh_taps(&gw.state.lock().channels);
+        gw.load_usage(&mut gw.state.lock(), &snapshot.message_stats);
         gw
     }
 
@@ -322,7 +332,7 @@ impl Gateway {
     // Devices
 
     /// Creates a device (checked by [`DeviceInput::into_device`], its account in the caller's
-    /// scope); fails if its ident is taken.
+    /// scope); fails if its ident is taken or the `devices` quota is used up.
     pub fn create_device(&self, mut d: Device) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         if let Some(other) = self.ident_owner(&st, &d) {
@@ -331,6 +341,8 @@ impl Gateway {
                 other,
             });
         }
+        self.check_count(&st, d.cid, quota::Counted::Devices)?;
+        self.count_item(&mut st, d.cid, quota::Counted::Devices, true);
         d.id = st.next_device;
         st.next_device += 1;
         self.put_counters(&st);
@@ -456,6 +468,7 @@ impl Gateway {
                 other,
             });
         }
+        self.move_usage(&mut st, id, old.cid, cid)?;
         // The old namespace loses the device's topics; the new one gets them all.
         let old_item = self.item_of(&old);
         let params: Vec<String> = st
@@ -500,6 +513,8 @@ impl Gateway {
             .remove(&id)
             .ok_or(GwError::NotFound { what: "device", id })?;
         st.online.remove(&id);
+        self.count_item(&mut st, d.cid, quota::Counted::Devices, false);
+        self.forget_key(&mut st, id);
         let item = self.item_of(&d);
         self.store.submit(Op::DelDevice { id });
         let params: Vec<String> = st

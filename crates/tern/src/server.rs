@@ -165,7 +165,7 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
         tracker.spawn(gateway.clone().run_retention());
-        tracker.spawn(gateway.run_mqtt_channels());
+        tracker.spawn(gateway.clone().run_mqtt_channels());
         let acceptor = Acceptor::new(
             broker.clone(),
             config.listeners.max_connections,
@@ -177,6 +177,7 @@ impl Server {
             net.clone(),
             tls.clone(),
             directory.clone(),
+            gateway.clone(),
         ));
 
         if let Some(listener) = mqtt {

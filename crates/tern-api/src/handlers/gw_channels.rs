@@ -80,11 +80,15 @@ pub(crate) async fn create(
         }
     }
     check(errors)?;
-    let done = channels
-        .into_iter()
-        .map(|c| api.gateway.create_channel(c))
-        .collect();
-    Ok(Reply::changed(&call, done, Vec::new()))
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (i, c) in channels.into_iter().enumerate() {
+        match api.gateway.create_channel(c) {
+            Ok(item) => done.push(item),
+            Err(e) => failed.push(gw_error(&e).at(i)),
+        }
+    }
+    Ok(Reply::changed(&call, done, failed))
 }
 
 /// Lists channels.
