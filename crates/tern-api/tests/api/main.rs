@@ -6,6 +6,7 @@ mod curl;
 mod gw;
 mod gw_channels;
 mod gw_protocols;
+mod gw_quotas;
 mod messages;
 mod openapi;
 mod platform;
