@@ -53,9 +53,9 @@ impl Gateway {
     pub fn create_channel(&self, mut c: Channel) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         self.check_count(&st, c.cid, crate::quota::Counted::Channels)?;
-        self.count_item(&mut st, c.cid, crate::quota::Counted::Channels, true);
         c.id = st.next_channel;
         st.next_channel += 1;
+        self.count_in(&mut st, crate::quota::Counted::Channels, c.id, c.cid);
         self.put_counters(&st);
         self.put_channel(&c);
         let item = self.channel_item_of(&c);
@@ -109,7 +109,7 @@ impl Gateway {
             what: "channel",
             id,
         })?;
-        self.count_item(&mut st, c.cid, crate::quota::Counted::Channels, false);
+        self.count_out(&mut st, crate::quota::Counted::Channels, id);
         self.forget_key(&mut st, tern_store::channel_key(id));
         self.store.submit(Op::DelChannel { id });
         self.refresh_taps(&st.channels);

@@ -342,9 +342,9 @@ impl Gateway {
             });
         }
         self.check_count(&st, d.cid, quota::Counted::Devices)?;
-        self.count_item(&mut st, d.cid, quota::Counted::Devices, true);
         d.id = st.next_device;
         st.next_device += 1;
+        self.count_in(&mut st, quota::Counted::Devices, d.id, d.cid);
         self.put_counters(&st);
         self.put_device(&d);
         let item = self.item_of(&d);
@@ -468,7 +468,7 @@ impl Gateway {
                 other,
             });
         }
-        self.move_usage(&mut st, id, old.cid, cid)?;
+        self.move_usage(&mut st, id, cid)?;
         // The old namespace loses the device's topics; the new one gets them all.
         let old_item = self.item_of(&old);
         let params: Vec<String> = st
@@ -513,7 +513,7 @@ impl Gateway {
             .remove(&id)
             .ok_or(GwError::NotFound { what: "device", id })?;
         st.online.remove(&id);
-        self.count_item(&mut st, d.cid, quota::Counted::Devices, false);
+        self.count_out(&mut st, quota::Counted::Devices, id);
         self.forget_key(&mut st, id);
         let item = self.item_of(&d);
         self.store.submit(Op::DelDevice { id });

@@ -21,7 +21,7 @@ use tern_store::Ticket;
 use crate::{Channel, Device, Gateway, GwError, State, Swept};
 
 /// What the devices layer counts against quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Counted {
     Devices,
     Channels,
@@ -37,9 +37,11 @@ impl Counted {
 }
 
 /// The stored messages of one message key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct KeyUse {
-    cid: Cid,
+    /// The owner's account and its ancestors, nearest first, as they were when counted (a
+    /// deleted account's devices are counted out after the directory forgot its parents).
+    chain: Vec<Cid>,
     bytes: u64,
     messages: u64,
     /// The store ticket of the last change sent for this key: once it is durable, the
@@ -55,53 +57,95 @@ struct TreeUse {
     bytes: u64,
 }
 
-/// Use per account tree and per message key.
+/// Use per account tree, per device or channel, and per message key.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
     keys: HashMap<u64, KeyUse>,
+    /// Each device and channel with the chain it is counted in.
+    items: HashMap<(Counted, u64), Vec<Cid>>,
     tree: HashMap<Cid, TreeUse>,
     /// Stored bytes of the whole node.
     total_bytes: u64,
 }
 
 impl Usage {
-    fn count(&mut self, what: Counted, chain: &[Cid], up: bool) {
-        for c in chain {
+    fn add_item(&mut self, what: Counted, id: u64, chain: Vec<Cid>) {
+        self.remove_item(what, id);
+        for c in &chain {
             let t = self.tree.entry(*c).or_default();
+            match what {
+                Counted::Devices => t.devices += 1,
+                Counted::Channels => t.channels += 1,
+            }
+        }
+        self.items.insert((what, id), chain);
+    }
+
+    fn remove_item(&mut self, what: Counted, id: u64) {
+        for c in self.items.remove(&(what, id)).unwrap_or_default() {
+            let t = self.tree.entry(c).or_default();
             let n = match what {
                 Counted::Devices => &mut t.devices,
                 Counted::Channels => &mut t.channels,
             };
-            *n = if up { *n + 1 } else { n.saturating_sub(1) };
+            *n = n.saturating_sub(1);
         }
     }
 
-    /// Adds (or with `up` false takes off) bytes and messages of `key` owned by `chain[0]`.
-    fn change(&mut self, key: u64, chain: &[Cid], bytes: u64, messages: u64, up: bool) {
-        let Some(&cid) = chain.first() else { return };
-        let k = self.keys.entry(key).or_insert(KeyUse {
-            cid,
+    /// Adds bytes and messages to `key`, counted in `chain` when the key is new.
+    fn add_bytes(&mut self, key: u64, chain: impl FnOnce() -> Vec<Cid>, bytes: u64, n: u64) {
+        let Usage {
+            keys,
+            tree,
+            total_bytes,
+            ..
+        } = self;
+        let k = keys.entry(key).or_insert_with(|| KeyUse {
+            chain: chain(),
             bytes: 0,
             messages: 0,
             ticket: 0,
         });
-        let bytes = if up { bytes } else { bytes.min(k.bytes) };
-        if up {
-            k.bytes += bytes;
-            k.messages += messages;
-            self.total_bytes += bytes;
-        } else {
-            k.messages = k.messages.saturating_sub(messages);
-            k.bytes -= bytes;
-            self.total_bytes = self.total_bytes.saturating_sub(bytes);
+        k.bytes += bytes;
+        k.messages += n;
+        *total_bytes += bytes;
+        for c in &k.chain {
+            tree.entry(*c).or_default().bytes += bytes;
         }
-        for c in chain {
-            let t = self.tree.entry(*c).or_default();
-            t.bytes = if up {
-                t.bytes + bytes
-            } else {
-                t.bytes.saturating_sub(bytes)
-            };
+    }
+
+    /// Takes bytes and messages off `key` (at most what it has).
+    fn take_bytes(&mut self, key: u64, bytes: u64, n: u64) {
+        let Usage {
+            keys,
+            tree,
+            total_bytes,
+            ..
+        } = self;
+        let Some(k) = keys.get_mut(&key) else { return };
+        let bytes = bytes.min(k.bytes);
+        k.bytes -= bytes;
+        k.messages = k.messages.saturating_sub(n);
+        *total_bytes = total_bytes.saturating_sub(bytes);
+        for c in &k.chain {
+            let t = tree.entry(*c).or_default();
+            t.bytes = t.bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Takes everything of `key` off and forgets it.
+    fn remove_key(&mut self, key: u64) -> Option<KeyUse> {
+        let k = self.keys.get(&key)?;
+        let (bytes, n) = (k.bytes, k.messages);
+        self.take_bytes(key, bytes, n);
+        let mut k = self.keys.remove(&key)?;
+        (k.bytes, k.messages) = (bytes, n);
+        Some(k)
+    }
+
+    fn note_ticket(&mut self, key: u64, ticket: Ticket) {
+        if let Some(k) = self.keys.get_mut(&key) {
+            k.ticket = k.ticket.max(ticket);
         }
     }
 
@@ -123,8 +167,8 @@ pub(crate) fn device_fields_len(d: &Device) -> u64 {
 
 impl Gateway {
     /// `cid` and its ancestors, nearest first.
-    fn chain(&self, cid: Cid) -> impl std::ops::Deref<Target = [Cid]> + use<> {
-        self.directory.ancestors(cid)
+    fn chain(&self, cid: Cid) -> Vec<Cid> {
+        self.directory.ancestors(cid).to_vec()
     }
 
     /// Counts what the store held at start: devices and channels per account tree, and the
@@ -132,10 +176,10 @@ impl Gateway {
     pub(crate) fn load_usage(&self, st: &mut State, stats: &[(u64, tern_store::MessageStats)]) {
         let mut usage = Usage::default();
         for d in st.devices.values() {
-            usage.count(Counted::Devices, &self.chain(d.cid), true);
+            usage.add_item(Counted::Devices, d.id, self.chain(d.cid));
         }
         for c in st.channels.values() {
-            usage.count(Counted::Channels, &self.chain(c.cid), true);
+            usage.add_item(Counted::Channels, c.id, self.chain(c.cid));
         }
         for (key, s) in stats {
             let owner = match tern_store::channel_of(*key) {
@@ -143,7 +187,7 @@ impl Gateway {
                 None => st.devices.get(key).map(|d| d.cid),
             };
             if let Some(cid) = owner {
-                usage.change(*key, &self.chain(cid), s.bytes, s.count, true);
+                usage.add_bytes(*key, || self.chain(cid), s.bytes, s.count);
             }
         }
         st.usage = usage;
@@ -169,9 +213,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Counts a device or channel of `cid` in, or (`up` false) out.
-    pub(crate) fn count_item(&self, st: &mut State, cid: Cid, what: Counted, up: bool) {
-        st.usage.count(what, &self.chain(cid), up);
+    /// Counts device or channel `id` of account `cid` in.
+    pub(crate) fn count_in(&self, st: &mut State, what: Counted, id: u64, cid: Cid) {
+        st.usage.add_item(what, id, self.chain(cid));
+    }
+
+    /// Counts device or channel `id` out (where it was counted in).
+    pub(crate) fn count_out(&self, st: &mut State, what: Counted, id: u64) {
+        st.usage.remove_item(what, id);
     }
 
     /// Refuses stored bytes `adds` (per owning account) when any of them would take an
@@ -273,11 +322,8 @@ impl Gateway {
         if !self.store.enabled() {
             return;
         }
-        st.usage
-            .change(key, &self.chain(cid), bytes, messages, true);
-        if let Some(k) = st.usage.keys.get_mut(&key) {
-            k.ticket = k.ticket.max(ticket);
-        }
+        st.usage.add_bytes(key, || self.chain(cid), bytes, messages);
+        st.usage.note_ticket(key, ticket);
     }
 
     /// Takes deleted messages of `key` off its owner's totals.
@@ -289,73 +335,50 @@ impl Gateway {
         messages: u64,
         ticket: Ticket,
     ) {
-        let Some(cid) = st.usage.keys.get(&key).map(|k| k.cid) else {
-            return;
-        };
-        st.usage
-            .change(key, &self.chain(cid), bytes, messages, false);
-        if let Some(k) = st.usage.keys.get_mut(&key) {
-            k.ticket = k.ticket.max(ticket);
-        }
+        st.usage.take_bytes(key, bytes, messages);
+        st.usage.note_ticket(key, ticket);
     }
 
     /// Forgets every message of `key` (its device or channel was deleted).
     pub(crate) fn forget_key(&self, st: &mut State, key: u64) {
-        if let Some(k) = st.usage.keys.get(&key).copied() {
-            st.usage
-                .change(key, &self.chain(k.cid), k.bytes, k.messages, false);
-            st.usage.keys.remove(&key);
-        }
+        st.usage.remove_key(key);
     }
 
-    /// Moves device `id`'s count and stored bytes from account `from` to `to`, refused when
-    /// the accounts it joins have no room.
-    pub(crate) fn move_usage(
-        &self,
-        st: &mut State,
-        key: u64,
-        from: Cid,
-        to: Cid,
-    ) -> Result<(), GwError> {
-        let old = self.chain(from);
-        let new = self.chain(to);
-        let joined: Vec<(Cid, tern_broker::accounts::QuotaDefaults)> = self
-            .directory
-            .quota_chain(to)
-            .into_iter()
-            .filter(|(c, _)| !old.contains(c))
-            .collect();
-        let (bytes, messages) = st
+    /// Moves device `id`'s count and stored bytes to account `to`, refused when the accounts
+    /// it joins have no room.
+    pub(crate) fn move_usage(&self, st: &mut State, id: u64, to: Cid) -> Result<(), GwError> {
+        let old = st
             .usage
-            .keys
-            .get(&key)
-            .map_or((0, 0), |k| (k.bytes, k.messages));
-        for (c, q) in &joined {
-            let t = st.usage.tree.get(c).copied().unwrap_or_default();
+            .items
+            .get(&(Counted::Devices, id))
+            .cloned()
+            .unwrap_or_default();
+        let bytes = st.usage.keys.get(&id).map_or(0, |k| k.bytes);
+        for (c, q) in self.directory.quota_chain(to) {
+            if old.contains(&c) {
+                continue;
+            }
+            let t = st.usage.tree.get(&c).copied().unwrap_or_default();
             if t.devices >= q.devices {
                 return Err(GwError::QuotaExceeded {
-                    cid: *c,
+                    cid: c,
                     quota: "devices",
                     limit: q.devices,
                 });
             }
             if t.bytes.saturating_add(bytes) > q.messages_bytes {
                 return Err(GwError::QuotaExceeded {
-                    cid: *c,
+                    cid: c,
                     quota: "messages_bytes",
                     limit: q.messages_bytes,
                 });
             }
         }
-        st.usage.count(Counted::Devices, &old, false);
-        st.usage.count(Counted::Devices, &new, true);
-        if let Some(k) = st.usage.keys.get(&key).copied() {
-            st.usage.change(key, &old, bytes, messages, false);
-            st.usage.change(key, &new, bytes, messages, true);
-            if let Some(n) = st.usage.keys.get_mut(&key) {
-                n.cid = to;
-                n.ticket = k.ticket;
-            }
+        let chain = self.chain(to);
+        st.usage.add_item(Counted::Devices, id, chain.clone());
+        if let Some(k) = st.usage.remove_key(id) {
+            st.usage.add_bytes(id, || chain, k.bytes, k.messages);
+            st.usage.note_ticket(id, k.ticket);
         }
         Ok(())
     }
@@ -387,19 +410,23 @@ impl Gateway {
         let mut gone = 0;
         for key in keys {
             let mut st = self.state.lock();
-            let Some(k) = st.usage.keys.get(&key).copied() else {
+            let Some((bytes, messages, ticket)) = st
+                .usage
+                .keys
+                .get(&key)
+                .map(|k| (k.bytes, k.messages, k.ticket))
+            else {
                 continue;
             };
-            if self.store.durable() < k.ticket {
+            if self.store.durable() < ticket {
                 continue;
             }
             let Ok(s) = self.store.message_stats(key) else {
                 continue;
             };
-            let chain = self.chain(k.cid);
-            st.usage.change(key, &chain, k.bytes, k.messages, false);
-            st.usage.change(key, &chain, s.bytes, s.count, true);
-            gone += k.messages.saturating_sub(s.count);
+            st.usage.take_bytes(key, bytes, messages);
+            st.usage.add_bytes(key, Vec::new, s.bytes, s.count);
+            gone += messages.saturating_sub(s.count);
         }
         gone
     }

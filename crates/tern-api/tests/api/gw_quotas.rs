@@ -158,6 +158,43 @@ async fn the_devices_quota_counts_subaccounts_against_their_parent() {
     assert_eq!(r.status, 200, "{}", r.text());
     create_device(&env, CHILD, "d3").await;
     assert_eq!(count_devices(&env).await, 2);
+
+    // Moving a device into the full tenant is refused the same way; it stays where it was.
+    let outside = create_device(&env, TOP, "d5").await;
+    let r = env
+        .master(
+            "PATCH",
+            &format!("/gw/devices/{outside}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env
+        .master(
+            "PUT",
+            &format!("/gw/devices/{outside}/cid"),
+            Some(json!({"cid": CHILD})),
+        )
+        .await;
+    assert_eq!(r.json()["errors"][0]["code"], 403, "{}", r.text());
+    assert_eq!(env.gateway.device(outside).map(|d| d.cid), Some(TOP));
+
+    // Deleting the child account deletes its device and frees the tenant's quota.
+    let r = env
+        .master("DELETE", &format!("/platform/subaccounts/{CHILD}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env.gateway.usage(TENANT).0, 1);
+    let r = env
+        .master(
+            "PUT",
+            &format!("/gw/devices/{outside}/cid"),
+            Some(json!({"cid": TENANT})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env.gateway.usage(TENANT).0, 2);
+    assert_eq!(env.gateway.usage(TOP).0, 2);
 }
 
 #[tokio::test]
