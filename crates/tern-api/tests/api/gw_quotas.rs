@@ -436,3 +436,27 @@ async fn ingest_refusal_and_sweep_counters_move() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(m.ingested(Route::DevicePost), 15);
 }
+
+#[tokio::test]
+async fn what_is_counted_survives_a_restart() {
+    let backend = MemoryBackend::new();
+    let env = Env::start_with_store(&backend, GwOptions::default()).await;
+    tenant(&env, json!({"devices": 1})).await;
+    let id = create_device(&env, CHILD, "kept").await;
+    let r = post_messages(&env, id, &batch(10, 60, None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    env.store.flush(Duration::from_secs(5)).await;
+    let before = env.gateway.usage(TENANT);
+    assert_eq!(before.0, 1);
+    assert!(before.2 > 0);
+
+    // Counted again from the store at start: the same totals, the same refusals.
+    let env = env.restart(&backend, GwOptions::default()).await;
+    assert_eq!(env.gateway.usage(TENANT), before);
+    assert_eq!(env.gateway.usage(TOP).2, before.2);
+    assert_eq!(env.gateway.gauges(), (1, 0, before.2));
+    let r = env
+        .master("POST", "/gw/devices", Some(device_item(TENANT, "more")))
+        .await;
+    expect_quota_refusal(&r, "the devices quota of account 2000 (1) is used up");
+}
