@@ -29,6 +29,8 @@ pub struct ConnectOptions {
     pub session_expiry: u32,
     /// Bound on connecting and on the CONNACK.
     pub timeout: Duration,
+    /// The CONNECT user name (tern: a token); none connects anonymously.
+    pub username: Option<String>,
 }
 
 /// A connected client: its socket and the bytes already read past the CONNACK.
@@ -84,7 +86,7 @@ async fn connect_inner(
         keep_alive: opts.keep_alive,
         client_id: client_id.into(),
         will: None,
-        username: None,
+        username: opts.username.as_deref().map(Into::into),
         password: None,
         properties: ConnectProperties {
             // Let the broker's own inflight cap decide how much it sends us.

@@ -11,11 +11,15 @@
 //! - `client`: connecting and subscribing
 //! - `flow`: publisher and subscriber tasks (fan-in, fan-out, pairs, latency)
 //! - `retained`, `storm`: the retained flood and the connection storm
+//! - `gw`: the devices layer (HTTP channel ingest, a device's history read); `http`: its
+//!   HTTP/1.1 client
 //! - `track`: exact loss, duplicate and order accounting, timelines, latency percentiles
 //! - `report`: the JSON line; `rss`: the broker's memory from /proc
 
 mod client;
 mod flow;
+mod gw;
+mod http;
 mod report;
 mod retained;
 mod rss;
@@ -125,6 +129,19 @@ struct Cli {
     /// Free text copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// gw-ingest, gw-history: tern's HTTP listener (REST and the channels' `uri`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// gw-ingest, gw-history: a master token for REST and the MQTT subscriber
+    /// (`--token "$(cat data/master-token)"`).
+    #[arg(long)]
+    token: Option<String>,
+    /// gw-ingest: messages per POST.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// gw-history: timed reads (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reads: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,6 +158,10 @@ enum Scenario {
     ConnectStorm,
     /// Store N retained messages, then time a `#` subscriber receiving them all.
     RetainedFlood,
+    /// N clients POST batches to an HTTP channel of tern; stored and published msg/s.
+    GwIngest,
+    /// Fill a device of tern with N messages, then time reading them all.
+    GwHistory,
 }
 
 impl Scenario {
@@ -152,6 +173,8 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::ConnectStorm => "connect-storm",
             Scenario::RetainedFlood => "retained-flood",
+            Scenario::GwIngest => "gw-ingest",
+            Scenario::GwHistory => "gw-history",
         }
     }
 }
@@ -232,6 +255,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
         clean_start: true,
         session_expiry: 0,
         timeout: timeout.min(Duration::from_secs(30)),
+        username: None,
     };
     // Random enough to tell runs apart on a shared broker.
     let tag = std::time::SystemTime::now()
@@ -278,6 +302,25 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             })
             .await?,
         )?,
+        Scenario::GwIngest | Scenario::GwHistory => {
+            let params = gw::GwParams {
+                head,
+                http: cli.http,
+                token: cli.token.clone(),
+                connect,
+                clients: cli.clients,
+                batch: cli.batch,
+                duration: secs(cli.duration, "duration")?,
+                idle: secs(cli.idle, "idle")?,
+                tag,
+            };
+            if cli.scenario == Scenario::GwIngest {
+                serde_json::to_string(&gw::ingest(params).await?)?
+            } else {
+                let messages = cli.messages.unwrap_or(100_000).max(1);
+                serde_json::to_string(&gw::history(params, messages, cli.reads).await?)?
+            }
+        }
         s => serde_json::to_string(&run_flow(cli, s, head, flow_cfg).await?)?,
     };
     Ok(line)

@@ -231,3 +231,103 @@ async fn tern_health_probes_the_http_listener() {
     assert_eq!(code, 1);
     assert!(err.starts_with("unhealthy: cannot connect to"), "{err}");
 }
+
+/// The devices layer's families (`tern_gw_*`) move with HTTP channel ingest, a device POST
+/// over the bytes quota, and a retention sweep (every second here).
+#[tokio::test]
+async fn gw_metrics_move_with_ingest_and_a_sweep() {
+    use serde_json::{Value, json};
+    let b = TestBroker::with_listeners(|c| {
+        c.gw.retention_interval = 1;
+        c.quotas.messages_bytes = 20_000;
+    })
+    .await;
+    let auth = format!("Authorization: FlespiToken {}", b.master_key());
+    let rest = |method: &'static str, path: String, body: Value| {
+        let auth = auth.clone();
+        let addr = b.http();
+        async move {
+            let r = http::request(addr, method, &path, &[&auth], &body.to_string()).await;
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let before = scrape(b.http()).await;
+    assert_eq!(before.get("tern_gw_devices", &[]), 0.0);
+    assert_eq!(before.get("tern_gw_stored_bytes", &[]), 0.0);
+    assert_eq!(before.get("tern_gw_retention_messages_total", &[]), 0.0);
+
+    let (status, r) = rest(
+        "POST",
+        "/gw/devices".into(),
+        json!({"name": "m", "device_type_id": 1, "messages_ttl": 60, "configuration": {"ident": "m-1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let id = r["result"][0]["id"].as_u64().expect("id");
+    let (status, r) = rest(
+        "POST",
+        "/gw/channels".into(),
+        json!({"name": "in", "protocol_id": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let uri = r["result"][0]["uri"].as_str().expect("uri").to_string();
+    let path = uri[uri.find("/gw/channels/").expect("path")..].to_string();
+    // Three messages older than the device's messages_ttl, through the channel into the device.
+    let old: Vec<Value> = (0..3)
+        .map(|i| json!({"ident": "m-1", "timestamp": 1_700_000_000 + i}))
+        .collect();
+    let r = http::request(b.http(), "POST", &path, &[], &Value::Array(old).to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Over the bytes quota: refused whole.
+    let big: Vec<Value> = (0..10).map(|_| json!({"pad": "x".repeat(3000)})).collect();
+    let (status, _) = rest(
+        "POST",
+        format!("/gw/devices/{id}/messages"),
+        Value::Array(big),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let s = scrape(b.http()).await;
+    assert_eq!(s.get("tern_gw_devices", &[]), 1.0);
+    assert_eq!(s.get("tern_gw_channels", &[]), 1.0);
+    assert_eq!(
+        s.get(
+            "tern_gw_messages_ingested_total",
+            &[("route", "http_channel")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        s.get(
+            "tern_gw_messages_ingested_total",
+            &[("route", "device_post")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        s.get("tern_gw_messages_refused_total", &[("reason", "quota")]),
+        10.0
+    );
+
+    // The next sweeps expire the three messages and bring the stored bytes back to 0.
+    let mut last = s;
+    for _ in 0..100 {
+        if last.get("tern_gw_retention_messages_total", &[]) == 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        last = scrape(b.http()).await;
+    }
+    assert_eq!(last.get("tern_gw_retention_messages_total", &[]), 3.0);
+    assert!(last.get("tern_gw_retention_sweeps_total", &[]) >= 1.0);
+    assert_eq!(
+        last.get("tern_gw_retention_devices_total", &[("action", "expired")]),
+        1.0
+    );
+    assert_eq!(last.get("tern_gw_stored_bytes", &[]), 0.0);
+}

@@ -122,6 +122,15 @@ pub(crate) struct LimitsItem {
     /// Tokens of this account and of the accounts below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// Devices (`/gw/devices`) of this account and of the accounts below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<u64>,
+    /// Channels (`/gw/channels`) of this account and of the accounts below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u64>,
+    /// Bytes of stored device messages and channel buffers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_bytes: Option<u64>,
 }
 
 impl From<&Account> for AccountItem {
@@ -138,6 +147,9 @@ impl From<&Account> for AccountItem {
                 retained_bytes: a.limits.retained_bytes,
                 subaccounts: a.limits.subaccounts,
                 tokens: a.limits.tokens,
+                devices: a.limits.devices,
+                channels: a.limits.channels,
+                messages_bytes: a.limits.messages_bytes,
             },
         }
     }
@@ -151,6 +163,9 @@ impl From<LimitsItem> for Limits {
             retained_bytes: l.retained_bytes,
             subaccounts: l.subaccounts,
             tokens: l.tokens,
+            devices: l.devices,
+            channels: l.channels,
+            messages_bytes: l.messages_bytes,
         }
     }
 }

@@ -15,6 +15,12 @@ pub struct QuotaDefaults {
     pub retained_bytes: u64,
     pub subaccounts: u64,
     pub tokens: u64,
+    /// Devices of the devices layer (`/gw/devices`).
+    pub devices: u64,
+    /// Channels of the devices layer (`/gw/channels`).
+    pub channels: u64,
+    /// Bytes of stored device messages and channel buffers (the stored JSON).
+    pub messages_bytes: u64,
 }
 
 impl Default for QuotaDefaults {
@@ -25,6 +31,9 @@ impl Default for QuotaDefaults {
             retained_bytes: 1 << 30,
             subaccounts: 10_000,
             tokens: 100_000,
+            devices: 100_000,
+            channels: 10_000,
+            messages_bytes: 100 << 30,
         }
     }
 }
@@ -37,6 +46,9 @@ impl QuotaDefaults {
         retained_bytes: u64::MAX,
         subaccounts: u64::MAX,
         tokens: u64::MAX,
+        devices: u64::MAX,
+        channels: u64::MAX,
+        messages_bytes: u64::MAX,
     };
 
     /// The lower of each quota.
@@ -47,17 +59,23 @@ impl QuotaDefaults {
             retained_bytes: self.retained_bytes.min(o.retained_bytes),
             subaccounts: self.subaccounts.min(o.subaccounts),
             tokens: self.tokens.min(o.tokens),
+            devices: self.devices.min(o.devices),
+            channels: self.channels.min(o.channels),
+            messages_bytes: self.messages_bytes.min(o.messages_bytes),
         }
     }
 
     /// Each quota by its name in [`Limits`](crate::accounts::Limits).
-    pub fn named(&self) -> [(&'static str, u64); 5] {
+    pub fn named(&self) -> [(&'static str, u64); 8] {
         [
             ("mqtt_sessions", self.mqtt_sessions),
             ("mqtt_subscriptions", self.mqtt_subscriptions),
             ("retained_bytes", self.retained_bytes),
             ("subaccounts", self.subaccounts),
             ("tokens", self.tokens),
+            ("devices", self.devices),
+            ("channels", self.channels),
+            ("messages_bytes", self.messages_bytes),
         ]
     }
 }

@@ -52,12 +52,15 @@ impl Gateway {
     }
 
     /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's
-    /// scope); a Teltonika channel gets its port and listener here (a port in use: refused).
+    /// scope); fails when the `channels` quota is used up; a Teltonika channel gets its port and
+    /// listener here (a port in use: refused).
     pub fn create_channel(&self, mut c: Channel) -> Result<Value, GwError> {
         let mut st = self.state.lock();
+        self.check_count(&st, c.cid, crate::quota::Counted::Channels)?;
         c.id = st.next_channel;
         self.sync_tracker(&st, &mut c)?;
         st.next_channel += 1;
+        self.count_in(&mut st, crate::quota::Counted::Channels, c.id, c.cid);
         self.put_counters(&st);
         self.put_channel(&c);
         let item = self.channel_item_of(&c);
@@ -112,6 +115,8 @@ impl Gateway {
             what: "channel",
             id,
         })?;
+        self.count_out(&mut st, crate::quota::Counted::Channels, id);
+        self.forget_key(&mut st, tern_store::channel_key(id));
         self.store.submit(Op::DelChannel { id });
         self.stop_tracker(id);
         self.refresh_taps(&st.channels);
@@ -167,7 +172,7 @@ impl Gateway {
     }
 
     /// Deletes from channel `id`'s buffer (`from`/`to` on `server.timestamp`, `filter`).
-    /// Blocking with a filter.
+    /// Blocking unless the whole buffer goes.
     pub fn delete_channel_messages(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
         if !self.state.lock().channels.contains_key(&id) {
             return Err(GwError::NotFound {
@@ -192,9 +197,36 @@ impl Gateway {
     /// `server.timestamp`, `channel.id`, `protocol.id` and `peer`, are published on
     /// `flespi/message/gw/channels/<id>/<ident>`, and go to the enabled device with that ident
     /// and the channel's protocol in the channel's account tree, if there is one (stored,
-    /// published, telemetry, `last_active`, as a posted message). The caller acknowledges only
-    /// after [`Gateway::settled`].
+    /// published, telemetry, `last_active`, as a posted message). The batch is refused whole
+    /// when what it stores (buffer and devices) would take an account past `messages_bytes`.
+    /// The caller acknowledges only after [`Gateway::settled`].
     pub fn channel_messages(
+        &self,
+        channel: u64,
+        messages: Vec<Value>,
+        peer: &str,
+    ) -> Result<Ingested, GwError> {
+        let route = crate::metrics::Route::of_channel(
+            self.state
+                .lock()
+                .channels
+                .get(&channel)
+                .map_or(0, |c| c.protocol_id),
+        );
+        let n = messages.len();
+        let done = self.channel_pipeline(channel, messages, peer);
+        match &done {
+            Ok(out) => {
+                self.metrics.count_ingested(route, out.kept);
+                self.metrics
+                    .count_refused(crate::metrics::Refusal::Invalid, out.dropped.len());
+            }
+            Err(_) => self.metrics.count_call(route, n, &done),
+        }
+        done
+    }
+
+    fn channel_pipeline(
         &self,
         channel: u64,
         messages: Vec<Value>,
@@ -235,12 +267,13 @@ impl Gateway {
         // Per device, in arrival order.
         let mut per_device: Vec<(u64, Vec<Value>)> = Vec::new();
         {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             let root = self.root(c.cid);
             let jsons: Vec<Bytes> = kept
                 .iter()
                 .map(|(_, obj)| Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
                 .collect();
+            self.check_batch_bytes(&st, &c, &kept, &jsons)?;
             if c.messages_ttl > 0 && !jsons.is_empty() {
                 // The channel buffer, keyed by `server.timestamp`.
                 let ts = message::micros(now);
@@ -251,10 +284,13 @@ impl Gateway {
                         (tern_store::MessageKey { ts, seq }, json.clone())
                     })
                     .collect();
-                self.store.submit(Op::AppendMessages {
+                let ticket = self.store.submit(Op::AppendMessages {
                     device: tern_store::channel_key(c.id),
                     messages,
                 });
+                let bytes = jsons.iter().map(|j| j.len() as u64).sum();
+                let key = tern_store::channel_key(c.id);
+                self.note_append(&mut st, key, c.cid, bytes, jsons.len() as u64, ticket);
             }
             for ((ident, obj), json) in kept.iter().zip(jsons) {
                 publish::channel_message(&self.broker, c.cid, c.id, ident, json);

@@ -19,6 +19,14 @@ pub enum GwError {
     /// A command for a device with no open connection (error code 2, as flespi answers).
     #[error("failed to deliver command '{name}' to device: device with id {id} is not connected")]
     NotConnected { name: String, id: u64 },
+    /// A new device or channel, or messages to store, would take account `cid` (the item's
+    /// account or one above it) past a quota (403).
+    #[error("the {quota} quota of account {cid} ({limit}) is used up")]
+    QuotaExceeded {
+        cid: tern_broker::Cid,
+        quota: &'static str,
+        limit: u64,
+    },
     /// The store cannot read (500).
     #[error("the store cannot read: {0}")]
     Store(String),

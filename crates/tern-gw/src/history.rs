@@ -76,8 +76,8 @@ impl Gateway {
     }
 
     /// Deletes the messages of `id` in the query's range (`from..=to`); with a filter, only
-    /// those that pass it (read first, then deleted by key). Blocking with a filter (store
-    /// reads).
+    /// those that pass it (read first, then deleted by key). Blocking unless the whole history
+    /// goes (store reads).
     pub fn delete_messages(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
         if !self.state.lock().devices.contains_key(&id) {
             return Err(GwError::NotFound { what: "device", id });
@@ -86,18 +86,23 @@ impl Gateway {
     }
 
     /// Deletes the messages under message-table key `id` (a device, or a channel's buffer) in
-    /// the query's range.
+    /// the query's range, and takes their bytes off the account's stored bytes (quota.rs): a
+    /// whole history goes with what was counted for it, a part is read first for its sizes.
     pub(crate) fn delete_range(&self, id: u64, q: &MessageQuery) -> Result<(), GwError> {
-        if q.filter.is_empty() {
+        let whole = q.from == i64::MIN && q.to == i64::MAX;
+        if q.filter.is_empty() && whole {
+            let mut st = self.state.lock();
             self.store.submit(Op::DelMessages {
                 device: id,
                 from: q.from,
                 to: q.to,
             });
+            self.forget_key(&mut st, id);
             return Ok(());
         }
         let now = self.now();
         let mut keys = Vec::new();
+        let mut bytes = 0u64;
         let range = MessageRange {
             device: id,
             from: q.from,
@@ -106,18 +111,34 @@ impl Gateway {
         };
         self.store
             .device_messages(&range, &mut |key, json| {
-                if serde_json::from_slice::<Value>(json).is_ok_and(|m| q.passes(&m, now)) {
+                if q.filter.is_empty()
+                    || serde_json::from_slice::<Value>(json).is_ok_and(|m| q.passes(&m, now))
+                {
                     keys.push(key);
+                    bytes += json.len() as u64;
                 }
                 Visit::More
             })
             .map_err(|e| GwError::Store(e.to_string()))?;
-        for chunk in keys.chunks(10_000) {
-            self.store.submit(Op::DelMessageKeys {
+        let mut st = self.state.lock();
+        let ticket = if q.filter.is_empty() {
+            self.store.submit(Op::DelMessages {
                 device: id,
-                keys: chunk.to_vec(),
-            });
-        }
+                from: q.from,
+                to: q.to,
+            })
+        } else {
+            keys.chunks(10_000)
+                .map(|chunk| {
+                    self.store.submit(Op::DelMessageKeys {
+                        device: id,
+                        keys: chunk.to_vec(),
+                    })
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        self.note_delete(&mut st, id, bytes, keys.len() as u64, ticket);
         Ok(())
     }
 }

@@ -14,13 +14,18 @@ use crate::{Device, Gateway, GwError, message, publish, telemetry};
 impl Gateway {
     /// Registers messages into device `id` (POST /gw/devices/{sel}/messages): every message is
     /// checked first (nothing is kept when one is bad), then stored (unless `messages_ttl` is
-    /// 0), published, and applied to telemetry and `last_active`.
+    /// 0), published, and applied to telemetry and `last_active`. Refused whole when storing
+    /// them would take the device's account or one above it past `messages_bytes`.
     pub fn post_messages(&self, id: u64, messages: &[Value]) -> Result<(), GwError> {
-        self.ingest(id, messages, true)
+        let done = self.ingest(id, messages, true);
+        self.metrics
+            .count_call(crate::metrics::Route::DevicePost, messages.len(), &done);
+        done
     }
 
-    /// The device path of §3 for messages posted over REST (`rest`: they get `rest.timestamp`)
-    /// or brought by a channel (already carrying its ingest fields).
+    /// The device path of §3 for messages posted over REST (`rest`: they get `rest.timestamp`,
+    /// and the `messages_bytes` quota is checked here) or brought by a channel (already
+    /// carrying its ingest fields; `channel_messages` checked the quota for the whole batch).
     pub(crate) fn ingest(&self, id: u64, messages: &[Value], rest: bool) -> Result<(), GwError> {
         if messages.len() > self.options.max_messages_per_post {
             return Err(GwError::Invalid(format!(
@@ -39,9 +44,6 @@ impl Gateway {
         let d_cid = d.cid;
         let sessions = crate::has_sessions(&d);
         let mut stored = Vec::with_capacity(prepared.len());
-        let mut touched: Vec<String> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
-        let tel = st.telemetry.entry(id).or_default();
         for (ts, obj) in &prepared {
             let json = Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
             let key = tern_store::MessageKey {
@@ -49,6 +51,22 @@ impl Gateway {
                 seq: self.seq.fetch_add(1, Ordering::Relaxed),
             };
             stored.push((key, json));
+        }
+        if d.messages_ttl > 0 && !stored.is_empty() {
+            let bytes: u64 = stored.iter().map(|(_, j)| j.len() as u64).sum();
+            if rest {
+                self.check_bytes(&st, &[(d.cid, bytes)])?;
+            }
+            let ticket = self.store.submit(Op::AppendMessages {
+                device: id,
+                messages: stored.clone(),
+            });
+            self.note_append(&mut st, id, d.cid, bytes, stored.len() as u64, ticket);
+        }
+        let mut touched: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let tel = st.telemetry.entry(id).or_default();
+        for (ts, obj) in &prepared {
             let changes = tel.apply(obj, *ts);
             for k in changes.updated {
                 removed.retain(|r| *r != k);
@@ -60,12 +78,6 @@ impl Gateway {
                 touched.retain(|t| *t != k);
                 removed.push(k);
             }
-        }
-        if d.messages_ttl > 0 && !stored.is_empty() {
-            self.store.submit(Op::AppendMessages {
-                device: id,
-                messages: stored.clone(),
-            });
         }
         if !touched.is_empty() || !removed.is_empty() {
             let doc = tel.to_json(None);

@@ -35,6 +35,8 @@
 //! - `logs`: entity log records (`Gateway::log`)
 //! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
 //!   `commands`: Codec 12 commands, their queue and results
+//! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
+//!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
 
 pub mod channel;
@@ -48,9 +50,11 @@ mod history;
 mod ingest;
 pub mod logs;
 pub mod message;
+pub mod metrics;
 mod mqtt_channels;
 mod mqtt_external;
 pub mod publish;
+mod quota;
 mod retention;
 pub mod telemetry;
 mod telemetry_ops;
@@ -152,6 +156,8 @@ struct State {
     next_device: u64,
     next_group: u64,
     next_channel: u64,
+    /// What each account tree uses, for the quotas.
+    usage: quota::Usage,
 }
 
 /// The devices layer. Cheap to share (`Arc<Gateway>`).
@@ -163,6 +169,8 @@ pub struct Gateway {
     directory: Arc<Directory>,
     store: Store,
     pub options: GwOptions,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::GwMetrics,
     state: Mutex<State>,
     /// Turns for history reads (`max_concurrent_reads`).
     reads: tokio::sync::Semaphore,
@@ -256,6 +264,7 @@ impl Gateway {
             store,
             reads: tokio::sync::Semaphore::new(options.max_concurrent_reads.max(1)),
             options,
+            metrics: metrics::GwMetrics::default(),
             state: Mutex::new(state),
             seq: AtomicU64::new(seq),
             taps: Arc::default(),
@@ -267,6 +276,7 @@ impl Gateway {
         });
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
+        gw.load_usage(&mut gw.state.lock(), &snapshot.message_stats);
         gw
     }
 
@@ -361,7 +371,7 @@ impl Gateway {
     // Devices
 
     /// Creates a device (checked by [`DeviceInput::into_device`], its account in the caller's
-    /// scope); fails if its ident is taken.
+    /// scope); fails if its ident is taken or the `devices` quota is used up.
     pub fn create_device(&self, mut d: Device) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         if let Some(other) = self.ident_owner(&st, &d) {
@@ -370,8 +380,10 @@ impl Gateway {
                 other,
             });
         }
+        self.check_count(&st, d.cid, quota::Counted::Devices)?;
         d.id = st.next_device;
         st.next_device += 1;
+        self.count_in(&mut st, quota::Counted::Devices, d.id, d.cid);
         self.put_counters(&st);
         self.put_device(&d);
         let item = self.item_of(&d);
@@ -492,6 +504,7 @@ impl Gateway {
                 other,
             });
         }
+        self.move_usage(&mut st, id, cid)?;
         // The old namespace loses the device's topics; the new one gets them all.
         let old_item = self.item_of(&old);
         let params: Vec<String> = st
@@ -526,6 +539,8 @@ impl Gateway {
             self.kick_tracker(&st, d.cid, d.ident());
             self.drop_commands(id);
         }
+        self.count_out(&mut st, quota::Counted::Devices, id);
+        self.forget_key(&mut st, id);
         let item = self.item_of(&d);
         self.store.submit(Op::DelDevice { id });
         let params: Vec<String> = st

@@ -234,7 +234,7 @@ impl Gateway {
         silent.len()
     }
 
-    /// Runs [`Gateway::sweep`] every `retention_interval` and [`Gateway::check_activity`]
+    /// Runs [`Gateway::retention_pass`] every `retention_interval` and [`Gateway::check_activity`]
     /// every [`ACTIVITY_EVERY`] until the broker shuts down.
     pub async fn run_retention(self: Arc<Self>) {
         let shutdown = self.broker.shutdown_token().clone();
@@ -244,11 +244,7 @@ impl Gateway {
         loop {
             tokio::select! {
                 _ = sweep.tick() => {
-                    let gw = self.clone();
-                    let now = self.now();
-                    if let Err(err) = tokio::task::spawn_blocking(move || gw.sweep(now)).await {
-                        tracing::error!(%err, "the retention sweep failed");
-                    }
+                    self.retention_pass(self.now()).await;
                 }
                 _ = activity.tick() => {
                     self.check_activity(self.now());

@@ -63,6 +63,12 @@ pub struct Quotas {
     pub subaccounts: u64,
     /// Tokens.
     pub tokens: u64,
+    /// Devices (`/gw/devices`).
+    pub devices: u64,
+    /// Channels (`/gw/channels`).
+    pub channels: u64,
+    /// Bytes of stored device messages and channel buffers (the stored JSON).
+    pub messages_bytes: u64,
 }
 
 impl Default for Quotas {
@@ -74,6 +80,9 @@ impl Default for Quotas {
             retained_bytes: d.retained_bytes,
             subaccounts: d.subaccounts,
             tokens: d.tokens,
+            devices: d.devices,
+            channels: d.channels,
+            messages_bytes: d.messages_bytes,
         }
     }
 }
@@ -966,6 +975,9 @@ impl Config {
                 retained_bytes: self.quotas.retained_bytes,
                 subaccounts: self.quotas.subaccounts,
                 tokens: self.quotas.tokens,
+                devices: self.quotas.devices,
+                channels: self.quotas.channels,
+                messages_bytes: self.quotas.messages_bytes,
             },
             failed_login_burst: self.auth.failed_login_burst,
             failed_login_per_sec: self.auth.failed_login_per_sec,

@@ -19,6 +19,10 @@
 //! - `tern_incomplete_packet_timeouts`: closed at the keep-alive or CONNECT deadline mid-packet
 //! - `tern_auth{result}` (ok, failed, rate_limited)
 //! - `tern_store_batches`, `tern_store_syncs`, `tern_store_queued_ops` (with the store on)
+//! - the devices layer: `tern_gw_messages_ingested{route}`, `tern_gw_messages_refused{reason}`,
+//!   `tern_gw_stored_bytes`, `tern_gw_devices`, `tern_gw_channels`,
+//!   `tern_gw_retention_sweeps`, `tern_gw_retention_devices{action}`,
+//!   `tern_gw_retention_messages`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -35,6 +39,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tern_broker::accounts::Directory;
 use tern_broker::{Broker, DropReason};
+use tern_gw::Gateway;
+use tern_gw::metrics::{Refusal, Route};
 use tern_net::metrics::{PROTOCOL_VERSIONS, version_label};
 use tern_net::{Listener, NetMetrics, TlsContext};
 
@@ -57,6 +63,7 @@ impl Exporter {
         net: Arc<NetMetrics>,
         tls: Option<Arc<TlsContext>>,
         directory: Arc<Directory>,
+        gateway: Arc<Gateway>,
     ) -> Exporter {
         let mut registry = Registry::default();
         let started = SystemTime::now()
@@ -68,6 +75,7 @@ impl Exporter {
             net,
             tls,
             directory,
+            gateway,
             started,
         }));
         Exporter { registry }
@@ -91,6 +99,7 @@ struct TernCollector {
     net: Arc<NetMetrics>,
     tls: Option<Arc<TlsContext>>,
     directory: Arc<Directory>,
+    gateway: Arc<Gateway>,
     started: f64,
 }
 
@@ -389,6 +398,7 @@ impl Collector for TernCollector {
             "QoS 1/2 deliveries sent and not yet acknowledged",
             load_i(&b.inflight),
         )?;
+        self.encode_gw(&mut enc)?;
         family(
             &mut enc,
             "tern_build_info",
@@ -417,6 +427,64 @@ impl Collector for TernCollector {
             gauge(&mut enc, "process_open_fds", "Open file descriptors", fds)?;
         }
         Ok(())
+    }
+}
+
+impl TernCollector {
+    /// The devices layer's families (`tern_gw_*`).
+    fn encode_gw(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let m = &self.gateway.metrics;
+        family(
+            enc,
+            "tern_gw_messages_ingested",
+            "Device and channel messages taken in (stored where their device keeps messages, published), by route",
+            MetricType::Counter,
+            Route::ALL.map(|r| ([("route", r.label())], ConstCounter::new(m.ingested(r)))),
+        )?;
+        family(
+            enc,
+            "tern_gw_messages_refused",
+            "Device and channel messages refused, by reason (quota: messages_bytes used up; invalid: a bad message, too many, or a disabled channel)",
+            MetricType::Counter,
+            Refusal::ALL.map(|r| ([("reason", r.label())], ConstCounter::new(m.refused(r)))),
+        )?;
+        let (devices, channels, bytes) = self.gateway.gauges();
+        gauge(
+            enc,
+            "tern_gw_stored_bytes",
+            "Bytes of stored device messages and channel buffers on this node (as the messages_bytes quota counts them)",
+            bytes as i64,
+        )?;
+        gauge(enc, "tern_gw_devices", "Devices", devices as i64)?;
+        gauge(enc, "tern_gw_channels", "Channels", channels as i64)?;
+        counter(
+            enc,
+            "tern_gw_retention_sweeps",
+            "Retention sweeps run (every gw.retention_interval)",
+            load_u(&m.sweeps),
+        )?;
+        family(
+            enc,
+            "tern_gw_retention_devices",
+            "Devices (and channel buffers) whose messages a sweep deleted, by action (expired: past messages_ttl; rotated: beyond messages_rotate)",
+            MetricType::Counter,
+            [
+                (
+                    [("action", "expired")],
+                    ConstCounter::new(load_u(&m.expired)),
+                ),
+                (
+                    [("action", "rotated")],
+                    ConstCounter::new(load_u(&m.rotated)),
+                ),
+            ],
+        )?;
+        counter(
+            enc,
+            "tern_gw_retention_messages",
+            "Messages the retention sweeps deleted, expired or rotated",
+            load_u(&m.swept_messages),
+        )
     }
 }
 

@@ -165,7 +165,7 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(broker.clone().run_timers());
         tracker.spawn(gateway.clone().run_retention());
-        tracker.spawn(gateway.run_mqtt_channels());
+        tracker.spawn(gateway.clone().run_mqtt_channels());
         // Teltonika channels' listeners (docs/teltonika.md).
         gateway.start_trackers();
         let acceptor = Acceptor::new(
@@ -179,6 +179,7 @@ impl Server {
             net.clone(),
             tls.clone(),
             directory.clone(),
+            gateway.clone(),
         ));
 
         if let Some(listener) = mqtt {

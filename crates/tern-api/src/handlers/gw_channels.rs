@@ -80,17 +80,13 @@ pub(crate) async fn create(
         }
     }
     check(errors)?;
-    let mut done = Vec::with_capacity(channels.len());
+    let mut done = Vec::new();
     let mut failed = Vec::new();
     for (i, c) in channels.into_iter().enumerate() {
         match api.gateway.create_channel(c) {
             Ok(item) => done.push(item),
-            Err(e) => failed.push(invalid_item(i, e.to_string())),
+            Err(e) => failed.push(gw_error(&e).at(i)),
         }
-    }
-    if done.is_empty() {
-        check(failed)?;
-        return Ok(Reply::changed(&call, done, Vec::new()));
     }
     Ok(Reply::changed(&call, done, failed))
 }

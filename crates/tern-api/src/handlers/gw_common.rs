@@ -9,10 +9,12 @@ use tern_gw::GwError;
 use crate::call::Call;
 use crate::error::{ApiError, ErrorItem};
 
-/// A devices-layer error as the envelope.
+/// A devices-layer error as the envelope: 403 for a quota (as accounts and tokens), 404 for
+/// an item that is gone, 500 when the store cannot read, 400 otherwise.
 pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
     let status = match e {
         GwError::NotFound { .. } => StatusCode::NOT_FOUND,
+        GwError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
         GwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };

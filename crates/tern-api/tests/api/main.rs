@@ -7,6 +7,7 @@ mod gw;
 mod gw_channels;
 mod gw_logs;
 mod gw_protocols;
+mod gw_quotas;
 mod messages;
 mod openapi;
 mod platform;

@@ -63,6 +63,9 @@ impl QuotaDefaults {
             retained_bytes: l.retained_bytes.unwrap_or(self.retained_bytes),
             subaccounts: l.subaccounts.unwrap_or(self.subaccounts),
             tokens: l.tokens.unwrap_or(self.tokens),
+            devices: l.devices.unwrap_or(self.devices),
+            channels: l.channels.unwrap_or(self.channels),
+            messages_bytes: l.messages_bytes.unwrap_or(self.messages_bytes),
         }
     }
 }

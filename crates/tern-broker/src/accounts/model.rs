@@ -44,6 +44,15 @@ pub struct Limits {
     /// Tokens of this account and of every account below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// Devices (`/gw/devices`) of this account and of every account below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<u64>,
+    /// Channels (`/gw/channels`) of this account and of every account below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u64>,
+    /// Bytes of stored device messages and channel buffers (the stored JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -52,13 +61,16 @@ impl Limits {
     }
 
     /// Each limit by name, as set (`None`: the default).
-    pub fn named(&self) -> [(&'static str, Option<u64>); 5] {
+    pub fn named(&self) -> [(&'static str, Option<u64>); 8] {
         [
             ("mqtt_sessions", self.mqtt_sessions),
             ("mqtt_subscriptions", self.mqtt_subscriptions),
             ("retained_bytes", self.retained_bytes),
             ("subaccounts", self.subaccounts),
             ("tokens", self.tokens),
+            ("devices", self.devices),
+            ("channels", self.channels),
+            ("messages_bytes", self.messages_bytes),
         ]
     }
 }
