@@ -429,6 +429,31 @@ async fn bad_input_is_refused_with_nothing_stored_and_others_unaffected() {
                 && r["reason"].as_str().is_some_and(|s| s.contains("CRC"))),
         "a close names what was wrong: {records:?}"
     );
+    // The metrics count what happened.
+    let m = request(b.http(), "GET", "/metrics", &[], "").await.body;
+    let value = |line: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{line}` in {m}"))
+    };
+    assert_eq!(value("tern_teltonika_refused_total{kind=\"crc\"}"), 1.0);
+    assert_eq!(value("tern_teltonika_records_total "), refused as f64);
+    assert_eq!(value("tern_teltonika_frames_total "), refused as f64);
+    assert_eq!(
+        value("tern_teltonika_ack_latency_seconds_count "),
+        refused as f64
+    );
+    assert_eq!(
+        value("tern_teltonika_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+        refused as f64
+    );
+    assert_eq!(
+        value("tern_teltonika_connections "),
+        1.0,
+        "the healthy tracker"
+    );
 }
 
 #[tokio::test]

@@ -23,6 +23,9 @@
 //!   `tern_gw_stored_bytes`, `tern_gw_devices`, `tern_gw_channels`,
 //!   `tern_gw_retention_sweeps`, `tern_gw_retention_devices{action}`,
 //!   `tern_gw_retention_messages`
+//! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
+//!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
+//!   `tern_teltonika_ack_latency_seconds` (histogram)
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -484,7 +487,77 @@ impl TernCollector {
             "tern_gw_retention_messages",
             "Messages the retention sweeps deleted, expired or rotated",
             load_u(&m.swept_messages),
-        )
+        )?;
+        self.encode_trackers(enc)
+    }
+
+    /// The Teltonika channels' families (`tern_teltonika_*`).
+    fn encode_trackers(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let t = self.gateway.tracker_metrics();
+        gauge(
+            enc,
+            "tern_teltonika_connections",
+            "Open tracker connections, all Teltonika channels",
+            self.gateway.tracker_connections() as i64,
+        )?;
+        counter(
+            enc,
+            "tern_teltonika_frames",
+            "AVL frames stored and ACKed",
+            load_u(&t.frames),
+        )?;
+        counter(
+            enc,
+            "tern_teltonika_records",
+            "AVL records stored and ACKed",
+            load_u(&t.records),
+        )?;
+        let refused: Vec<(&'static str, u64)> = {
+            let mut v: Vec<_> = t.refused.lock().iter().map(|(k, n)| (*k, *n)).collect();
+            v.sort_unstable();
+            v
+        };
+        family(
+            enc,
+            "tern_teltonika_refused",
+            "Bad tracker input refused (no ACK, connection closed), by kind (crc, count, preamble, oversize, codec, truncated, frame_timeout, handshake_timeout, ...)",
+            MetricType::Counter,
+            refused
+                .into_iter()
+                .map(|(k, n)| ([("kind", k)], ConstCounter::new(n))),
+        )?;
+        let commands: Vec<(&'static str, u64)> = {
+            let mut v: Vec<_> = t.commands.lock().iter().map(|(k, n)| (*k, *n)).collect();
+            v.sort_unstable();
+            v
+        };
+        family(
+            enc,
+            "tern_teltonika_commands",
+            "Codec 12 commands by outcome (executed, timeout, closed, not_connected, busy, expired)",
+            MetricType::Counter,
+            commands
+                .into_iter()
+                .map(|(k, n)| ([("outcome", k)], ConstCounter::new(n))),
+        )?;
+        let mut buckets: Vec<(f64, u64)> = tern_gw::ACK_BUCKETS
+            .iter()
+            .zip(&t.ack_buckets)
+            .map(|(le, n)| (*le, load_u(n)))
+            .collect();
+        buckets.push((
+            f64::INFINITY,
+            load_u(&t.ack_buckets[tern_gw::ACK_BUCKETS.len()]),
+        ));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = load_u(&t.ack_sum_micros) as f64 / 1e6;
+        let mut m = enc.encode_descriptor(
+            "tern_teltonika_ack_latency_seconds",
+            "From a frame's last byte to its ACK written (the records stored durably in between)",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
