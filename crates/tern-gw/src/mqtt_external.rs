@@ -52,8 +52,27 @@ pub(crate) fn client_options(
             .ok_or("configuration.broker.ca is the PEM text of the broker's CA certificate")?;
         options.tls.roots = Roots::Pem(pem.as_bytes().to_vec());
     }
+    // A QoS 1 message is acknowledged to the broker only once it is stored; with a persistent
+    // session (the default) the broker keeps what arrives while tern is down, and sends again
+    // what was not acknowledged.
+    options.manual_ack = true;
+    let clean = match broker.get("clean_session") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("configuration.broker.clean_session is a boolean".into()),
+    };
+    options.clean_start = clean;
+    if !clean {
+        options.session_expiry = SESSION_EXPIRY;
+    }
     Ok(options)
 }
+
+/// Seconds the external broker keeps a channel's session while tern is away (MQTT 5).
+const SESSION_EXPIRY: u32 = 7 * 86_400;
+
+/// Events one pump turn takes before the one wait for the store.
+const PUMP_BATCH: usize = 256;
 
 /// The subscription QoS of `broker.qos` (0 or 1; default 1).
 pub(crate) fn qos_of(broker: &Map<String, Value>) -> Result<QoS, String> {
@@ -141,28 +160,64 @@ impl Gateway {
 
     /// Turns one external client's events into channel messages and connection state; ends
     /// when the client stops.
+    /// QoS 1 messages are acknowledged to the broker once what they became is durable: one
+    /// wait for the store per turn of up to [`PUMP_BATCH`] events, then the acknowledgements in
+    /// order. A message tern refuses (bad JSON, quota) is acknowledged too: sending it again
+    /// would not change the answer.
     async fn pump(self: Arc<Self>, channel: u64, mut events: tokio::sync::mpsc::Receiver<Event>) {
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Connected { .. } => self.set_external_connected(channel, true),
-                Event::Disconnected { reason } => {
-                    tracing::info!(channel, %reason, "external MQTT channel disconnected");
-                    self.set_external_connected(channel, false);
+        let mut acks = Vec::with_capacity(PUMP_BATCH);
+        while let Some(first) = events.recv().await {
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                if let Some(ack) = self.external_event(channel, event) {
+                    acks.push(ack);
                 }
-                Event::Message { topic, payload, .. } => {
-                    self.mqtt_payload(channel, &topic, &payload, "mqtt:external");
+                if acks.len() < PUMP_BATCH {
+                    next = events.try_recv().ok();
                 }
-                Event::SubscribeFailed { filter, reason } => {
-                    tracing::warn!(
-                        channel,
-                        filter,
-                        reason = reason.name(),
-                        "subscription refused"
-                    );
+            }
+            if !acks.is_empty() {
+                if !self.settled().await {
+                    // Not durable: no acknowledgement; the broker sends them again after the
+                    // reconnect the store's recovery brings.
+                    acks.clear();
+                    continue;
+                }
+                for ack in acks.drain(..) {
+                    ack.ack();
                 }
             }
         }
         self.set_external_connected(channel, false);
+    }
+
+    /// One event of an external client; a message's acknowledgement, if it owes one.
+    fn external_event(&self, channel: u64, event: Event) -> Option<tern_mqttc::Ack> {
+        match event {
+            Event::Connected { .. } => self.set_external_connected(channel, true),
+            Event::Disconnected { reason } => {
+                tracing::info!(channel, %reason, "external MQTT channel disconnected");
+                self.set_external_connected(channel, false);
+            }
+            Event::Message {
+                topic,
+                payload,
+                ack,
+                ..
+            } => {
+                self.mqtt_payload(channel, &topic, &payload, "mqtt:external");
+                return ack;
+            }
+            Event::SubscribeFailed { filter, reason } => {
+                tracing::warn!(
+                    channel,
+                    filter,
+                    reason = reason.name(),
+                    "subscription refused"
+                );
+            }
+        }
+        None
     }
 
     /// Records whether channel `channel`'s client is connected and publishes the state.

@@ -276,6 +276,8 @@ fn channel_configuration_schema(name: &str) -> Value {
                             "password": {"type": "string"},
                             "client_id": {"type": "string"},
                             "qos": {"type": "integer", "enum": [0, 1]},
+                            "clean_session": {"type": "boolean", "default": false,
+                                "title": "Start without the broker's session (false: the broker keeps messages while tern is away; QoS 1 is acknowledged once stored)"},
                             "ca": {"type": "string", "title": "PEM of the CA that signs the broker's certificate (default: the system's)"}
                         }, "required": ["uri"]}
                     ],

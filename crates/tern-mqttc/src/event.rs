@@ -10,17 +10,22 @@ use tern_codec::{ByteString, DecodeError, EncodeError, PublishProperties, QoS, R
 
 /// What the client tells its owner, in order.
 #[derive(Debug)]
+// Messages are most events, moved once into a bounded channel: boxing them would allocate per
+// message to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// CONNACK with success; subscriptions and unacknowledged publishes are being (re-)sent.
     Connected { session_present: bool },
     /// A PUBLISH from the broker. A QoS 1 message is acknowledged once this event is in the
-    /// receiver's channel.
+    /// receiver's channel, or, with `ClientOptions::manual_ack`, when the owner calls
+    /// [`Ack::ack`] on `ack`.
     Message {
         topic: ByteString,
         payload: Bytes,
         qos: QoS,
         retain: bool,
         properties: PublishProperties,
+        ack: Option<Ack>,
     },
     /// The broker refused one filter of a SUBSCRIBE (SUBACK failure code).
     SubscribeFailed { filter: String, reason: ReasonCode },
@@ -120,4 +125,24 @@ pub struct MetricsSnapshot {
     pub messages_out: u64,
     pub publish_failures: u64,
     pub queue_drops: u64,
+}
+
+/// The acknowledgement a QoS 1 message owes its broker, with `ClientOptions::manual_ack`.
+/// Acknowledge in the order the messages came (MQTT requires it). An `Ack` of a connection that
+/// has since ended does nothing: the broker sends the message again on the next one (with a
+/// persistent session).
+#[derive(Debug)]
+pub struct Ack {
+    pub(crate) packet_id: tern_codec::PacketId,
+    /// The connection it belongs to.
+    pub(crate) generation: u64,
+    pub(crate) to: tokio::sync::mpsc::Sender<(u64, tern_codec::PacketId)>,
+}
+
+impl Ack {
+    /// Sends the PUBACK.
+    pub fn ack(self) {
+        // The channel holds one slot per packet id: it is never full.
+        let _ = self.to.try_send((self.generation, self.packet_id));
+    }
 }

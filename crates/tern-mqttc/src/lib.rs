@@ -52,7 +52,7 @@ mod session;
 mod tls;
 
 pub use client::{Client, ClientHandle, StartError};
-pub use event::{ClientMetrics, ConnectionError, Event, MetricsSnapshot, PublishError};
+pub use event::{Ack, ClientMetrics, ConnectionError, Event, MetricsSnapshot, PublishError};
 pub use options::{
     Backoff, BrokerUri, ClientCert, ClientOptions, OverflowPolicy, Roots, SYSTEM_BUNDLES, Scheme,
     Subscription, TlsOptions, UriError,

@@ -253,6 +253,9 @@ pub struct ClientOptions {
     pub event_capacity: usize,
     /// The largest packet accepted from the broker (announced in MQTT 5 CONNECT).
     pub max_packet_size: u32,
+    /// Inbound QoS 1 messages are acknowledged by the owner ([`crate::Ack`] in each
+    /// [`crate::Event::Message`]), e.g. once they are stored, not when the event is taken.
+    pub manual_ack: bool,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -276,6 +279,7 @@ impl fmt::Debug for ClientOptions {
             .field("overflow", &self.overflow)
             .field("event_capacity", &self.event_capacity)
             .field("max_packet_size", &self.max_packet_size)
+            .field("manual_ack", &self.manual_ack)
             .finish()
     }
 }
@@ -302,6 +306,7 @@ impl ClientOptions {
             overflow: OverflowPolicy::Wait,
             event_capacity: 1024,
             max_packet_size: 1024 * 1024,
+            manual_ack: false,
         })
     }
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::event::{ClientMetrics, ConnectionError, Event, PublishError};
+use crate::event::{Ack, ClientMetrics, ConnectionError, Event, PublishError};
 use crate::options::{Backoff, ClientOptions, Subscription};
 
 /// A byte stream the client runs over: TCP or TLS over TCP.
@@ -64,6 +64,11 @@ pub(crate) struct Task {
     metrics: Arc<ClientMetrics>,
     inflight: VecDeque<Inflight>,
     next_id: PacketId,
+    /// With `manual_ack`: the owner's acknowledgements, `(connection, packet id)`.
+    acks: mpsc::Receiver<(u64, PacketId)>,
+    acks_to: mpsc::Sender<(u64, PacketId)>,
+    /// Counts connections, so an acknowledgement of an ended one is not sent on the next.
+    generation: u64,
     /// Dropped when the task ends: what [`crate::ClientHandle::close`] waits for.
     _done: watch::Sender<()>,
 }
@@ -85,6 +90,8 @@ impl Task {
         metrics: Arc<ClientMetrics>,
         done: watch::Sender<()>,
     ) -> Task {
+        // One slot per packet id: an `Ack` never finds it full.
+        let (acks_to, acks) = mpsc::channel(usize::from(u16::MAX));
         Task {
             options,
             subscriptions,
@@ -95,6 +102,9 @@ impl Task {
             metrics,
             inflight: VecDeque::new(),
             next_id: 0,
+            acks,
+            acks_to,
+            generation: 0,
             _done: done,
         }
     }
@@ -193,6 +203,9 @@ impl Task {
             .server_keep_alive
             .unwrap_or(self.options.keep_alive);
         let receive_max = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+        self.generation += 1;
+        // Acknowledgements still queued belong to the connection that ended.
+        while self.acks.try_recv().is_ok() {}
         let mut conn = Conn {
             reader,
             writer,
@@ -392,6 +405,8 @@ enum Step {
     Flushed,
     Request(Request),
     Timer,
+    /// The owner acknowledged a message (`manual_ack`): connection, packet id.
+    Ack(u64, PacketId),
 }
 
 /// One connection's state.
@@ -487,6 +502,13 @@ impl Conn {
                     }
                 }
                 Step::Wrote => {}
+                Step::Ack(generation, packet_id) => {
+                    if generation == task.generation {
+                        let puback = Packet::PubAck(PubAck::new(packet_id));
+                        encode(&puback, self.version, &mut self.wbuf)?;
+                        self.touch();
+                    }
+                }
                 Step::Request(request) => task.take_request(self, request),
                 Step::Timer => {
                     if self.pong_deadline.is_some() {
@@ -544,6 +566,7 @@ impl Conn {
                 // Every handle was dropped: the close signal ends the task next.
                 None => Step::Wrote,
             },
+            Some((generation, packet_id)) = task.acks.recv() => Step::Ack(generation, packet_id),
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Step::Timer,
         };
         match step {
@@ -584,7 +607,19 @@ impl Conn {
                     ));
                 }
                 ClientMetrics::inc(&task.metrics.messages_in);
-                let ack = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce);
+                let mut ack = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce);
+                // With manual acknowledgements the owner sends the PUBACK, not the delivery.
+                let owner_ack = match ack {
+                    Some(packet_id) if task.options.manual_ack => {
+                        ack = None;
+                        Some(Ack {
+                            packet_id,
+                            generation: task.generation,
+                            to: task.acks_to.clone(),
+                        })
+                    }
+                    _ => None,
+                };
                 self.pending.push_back((
                     Event::Message {
                         topic: p.topic,
@@ -592,6 +627,7 @@ impl Conn {
                         qos: p.qos,
                         retain: p.retain,
                         properties: p.properties,
+                        ack: owner_ack,
                     },
                     ack,
                 ));

@@ -401,3 +401,63 @@ async fn what_connack_says_the_broker_does_not_take_fails_without_a_disconnect()
     );
     c.close().await;
 }
+
+#[tokio::test]
+async fn manual_acks_go_out_when_the_owner_says_and_never_on_a_later_connection() {
+    let broker = Scripted::bind(ProtocolVersion::V311).await;
+    let mut o = options(&broker.uri(), "manual", ProtocolVersion::V311);
+    o.manual_ack = true;
+    let (c, mut rx) = Client::start(o, vec![]).unwrap();
+    let mut conn = broker.accept_connack().await;
+    connected(&mut rx).await;
+    for id in 1..=2 {
+        conn.send(Packet::Publish(publish(
+            "t",
+            &format!("{id}"),
+            QoS::AtLeastOnce,
+            Some(id),
+        )))
+        .await;
+    }
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let ack = next_event(&mut rx, |e| match e {
+            Event::Message { ack, .. } => Some(ack),
+            _ => None,
+        })
+        .await;
+        acks.push(ack.expect("a QoS 1 message carries its Ack"));
+    }
+    assert!(
+        conn.read_within(QUIET).await.is_err(),
+        "taking the events acknowledges nothing"
+    );
+    let second = acks.pop().unwrap();
+    acks.pop().unwrap().ack();
+    assert!(matches!(conn.read_skip_pings().await, Some(Packet::PubAck(a)) if a.packet_id == 1));
+    // The connection ends before the second is acknowledged: its Ack does nothing on the next
+    // connection, whose packet id 2 is another message.
+    drop(conn);
+    disconnected_event(&mut rx).await;
+    let mut conn = broker.accept_connack().await;
+    connected(&mut rx).await;
+    second.ack();
+    assert!(
+        conn.read_within(QUIET).await.is_err(),
+        "an Ack of an ended connection is not sent"
+    );
+    // QoS 0 carries none.
+    conn.send(Packet::Publish(publish("t", "q0", QoS::AtMostOnce, None)))
+        .await;
+    let ack = next_event(&mut rx, |e| match e {
+        Event::Message { ack, .. } => Some(ack.is_none()),
+        _ => None,
+    })
+    .await;
+    assert!(ack);
+    c.close().await;
+}
+
+async fn disconnected_event(rx: &mut tokio::sync::mpsc::Receiver<Event>) {
+    next_event(rx, disconnected).await;
+}
