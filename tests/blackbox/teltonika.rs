@@ -952,3 +952,30 @@ async fn acked_records_survive_kill_9_and_the_port_is_kept() {
     assert_eq!(ack(&mut s).await, Some(1));
     d.kill().await;
 }
+
+#[tokio::test]
+async fn deleting_the_channel_disconnects_its_devices() {
+    let data = tempfile::tempdir().unwrap();
+    let b = start(data.path()).await;
+    let (ch, port) = channel(&b).await;
+    let id = device(&b, IMEI).await;
+    let mut s = tracker(port, IMEI).await;
+    s.write_all(&frame(1, 1_700_000_000_000)).await.unwrap();
+    assert_eq!(ack(&mut s).await, Some(1));
+    let connected = |v: Value| v["result"][0]["connected"].as_bool();
+    assert_eq!(
+        connected(rest(&b, "GET", &format!("/gw/devices/{id}"), None).await),
+        Some(true)
+    );
+    rest(&b, "DELETE", &format!("/gw/channels/{ch}"), None).await;
+    assert_eq!(ack(&mut s).await, None, "closed with the channel");
+    let mut off = false;
+    for _ in 0..50 {
+        if connected(rest(&b, "GET", &format!("/gw/devices/{id}"), None).await) == Some(false) {
+            off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(off, "the device is disconnected once its channel is gone");
+}

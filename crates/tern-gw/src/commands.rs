@@ -173,7 +173,15 @@ enum Sent {
 impl Gateway {
     /// Loads the stored command queues (at start).
     pub(crate) fn load_queues(&self) {
-        let ids: Vec<u64> = self.state.lock().devices.keys().copied().collect();
+        // Only devices that take commands have a queue.
+        let ids: Vec<u64> = self
+            .state
+            .lock()
+            .devices
+            .values()
+            .filter(|d| d.protocol_id() == TELTONIKA)
+            .map(|d| d.id)
+            .collect();
         let mut queues = self.queues.by_device.lock();
         for id in ids {
             let range = MessageRange {

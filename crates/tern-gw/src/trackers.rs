@@ -127,6 +127,9 @@ pub(crate) struct Trackers {
     running: Mutex<HashMap<u64, Running>>,
     /// Open identified connections per (account tree root, ident).
     links: Mutex<HashMap<(Cid, String), u32>>,
+    /// The account tree root of every channel served since start (a connection that closes
+    /// after its channel was deleted still finds its device's tree).
+    roots: Mutex<HashMap<u64, Cid>>,
     /// The last refusal reason per peer, for the close record that follows it.
     refusals: Mutex<HashMap<SocketAddr, String>>,
     pub(crate) metrics: TrackerMetrics,
@@ -254,6 +257,7 @@ impl Gateway {
             channel: c.id,
         });
         let channel = TeltonikaChannel::new(sink, c.tracker_options());
+        self.trackers.roots.lock().insert(c.id, self.root(c.cid));
         let shutdown = self.broker.shutdown_token().clone();
         tokio::spawn(channel.clone().serve(listener.clone(), shutdown));
         let old = self.trackers.running.lock().insert(
@@ -477,7 +481,7 @@ impl Gateway {
     /// record): the device's `connected` follows, with its log (300/301) and state.
     fn link(&self, channel: u64, imei: &str, closed: Option<&Value>) {
         let st = self.state.lock();
-        let Some(root) = st.channels.get(&channel).map(|c| self.root(c.cid)) else {
+        let Some(root) = self.trackers.roots.lock().get(&channel).copied() else {
             return;
         };
         let key = (root, imei.to_owned());
