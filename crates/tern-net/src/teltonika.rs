@@ -36,8 +36,8 @@ use tern_teltonika::{
     AvlPacket, ChannelAction, Codec12, CommandType, DecodeError, Frame, FrameDecoder,
     HandshakeAnswer, Imei, decode_imei, encode_ack, encode_command,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -342,7 +342,13 @@ impl TeltonikaChannel {
         self.open.load(Ordering::Relaxed)
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Serves one tracker connection on any byte stream (the listener's TCP connections; tests
+    /// drive it over an in-memory pipe, with the clock paused, to check the timeouts without
+    /// waiting for them).
+    pub async fn connection<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         self.open.fetch_add(1, Ordering::Relaxed);
         self.sink.event(TrackerEvent::Accepted { peer });
         let mut conn = Conn {
@@ -383,9 +389,9 @@ impl TeltonikaChannel {
 }
 
 /// One tracker connection.
-struct Conn<'a> {
+struct Conn<'a, S> {
     channel: &'a TeltonikaChannel,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     rbuf: BytesMut,
     imei: Option<Imei>,
@@ -403,7 +409,7 @@ enum ReadEnd {
     Kicked(u8),
 }
 
-impl Conn<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// Runs the connection; returns its close code.
     async fn run(&mut self) -> u8 {
         let opts = self.channel.options.clone();
@@ -634,8 +640,8 @@ impl Conn<'_> {
 /// Reads what arrived, until `deadline`. The buffer never holds more than one frame's worth
 /// beyond what was decoded: the decoder refuses a length above `max_packet_size` from the
 /// frame's first 8 bytes.
-async fn read_some(
-    stream: &mut TcpStream,
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
     rbuf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<usize, ReadEnd> {

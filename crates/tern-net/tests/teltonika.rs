@@ -534,3 +534,77 @@ async fn the_shared_fake_tracker_gets_its_acks() {
     }
     assert!(c.sink.stored.lock().len() >= 17);
 }
+
+/// A connection over an in-memory pipe, served by `c`, for tests with the clock paused.
+fn piped(c: &Channel) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let task = tokio::spawn(c.channel.clone().connection(theirs, peer));
+    (ours, task)
+}
+
+/// The server's timeouts at their defaults (30 s handshake, 60 s frame, 600 s inactivity),
+/// with the clock paused: tokio moves it on whenever every task waits, so nothing here waits
+/// for real time.
+#[tokio::test(start_paused = true)]
+async fn the_default_timeouts_hold_without_waiting_for_them() {
+    let c = start(Sink::default(), TeltonikaOptions::default()).await;
+    let t0 = tokio::time::Instant::now();
+
+    // No handshake: answer 00 after handshake_timeout, close with code 4.
+    let (mut s, task) = piped(&c);
+    s.write_all(&[0x00, 0x0f, b'3']).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 0, "refused");
+    task.await.unwrap();
+    assert_eq!(t0.elapsed().as_secs(), 30);
+
+    // A slow but complete frame (one byte every 10 s, within frame_timeout) is a frame.
+    let t1 = tokio::time::Instant::now();
+    let (mut s, task) = piped(&c);
+    let mut hello = BytesMut::new();
+    encode_imei(&Imei::new(IMEI).unwrap(), &mut hello);
+    s.write_all(&hello).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 1);
+    let small = frame(1, 1_700_000_000_000);
+    s.write_all(&small[..small.len() - 4]).await.unwrap();
+    for b in &small[small.len() - 4..] {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    assert_eq!(s.read_u32().await.unwrap(), 1, "ACKed");
+    // A frame that never completes: closed frame_timeout after its first byte (code 17).
+    let t2 = tokio::time::Instant::now();
+    s.write_all(&small[..10]).await.unwrap();
+    let mut rest = [0u8; 8];
+    assert_eq!(s.read(&mut rest).await.unwrap(), 0, "closed");
+    task.await.unwrap();
+    assert_eq!(t2.elapsed().as_secs(), 60);
+    assert!(t1.elapsed().as_secs() >= 100);
+
+    // Silence after the handshake: closed after inactivity_timeout (code 17).
+    let t3 = tokio::time::Instant::now();
+    let (mut s, task) = piped(&c);
+    s.write_all(&hello).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 1);
+    assert_eq!(s.read(&mut rest).await.unwrap(), 0, "closed");
+    task.await.unwrap();
+    assert_eq!(t3.elapsed().as_secs(), 600);
+    let codes: Vec<u8> = c
+        .sink
+        .events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            TrackerEvent::Closed { close_code, .. } => Some(*close_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            close_code::PROTOCOL_VIOLATION,
+            close_code::INACTIVITY,
+            close_code::INACTIVITY
+        ]
+    );
+}
