@@ -223,7 +223,9 @@ impl Gateway {
         Ok((d.cid, d.ident().to_owned()))
     }
 
-    /// The command timeout of the channel serving `ident`'s connection, if it is connected.
+    /// Hands `payload` to the connection of `ident` on a Teltonika channel of `cid`'s account
+    /// tree (with `timeout`, else that channel's `command_timeout`); the answer comes on the
+    /// receiver. Not connected anywhere: [`CommandError::NotConnected`].
     fn write_command(
         &self,
         cid: u64,
@@ -260,7 +262,7 @@ impl Gateway {
         result
     }
 
-    /// Sends and waits for the answer (the connection's own timeout ends the wait).
+    /// Waits for a written command's answer (its timeout is the connection's to keep).
     async fn send_and_wait(&self, answer: oneshot::Receiver<CommandReply>) -> Sent {
         match answer.await {
             Ok(CommandReply::Response(r)) => Sent::Answered(response_text(&r.payload)),
