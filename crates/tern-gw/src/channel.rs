@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GwError;
-use crate::types::{Protocol, protocol, protocol_named};
+use crate::types::{Protocol, TELTONIKA, protocol, protocol_named};
+
+/// Seconds a Teltonika channel keeps its messages when `messages_ttl` is not given.
+pub const DEFAULT_TRACKER_BUFFER_TTL: u64 = 86_400;
 
 /// A channel as stored (the JSON document of `Op::PutChannel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,7 +241,13 @@ impl ChannelInput {
             enabled: self.enabled.unwrap_or(true),
             protocol_id: protocol.id,
             configuration: self.configuration.unwrap_or_default(),
-            messages_ttl: self.messages_ttl.unwrap_or(0),
+            // A tracker's records are ACKed once kept: a Teltonika channel keeps what its unknown
+            // IMEIs send for a day unless told otherwise (docs/teltonika.md#channel).
+            messages_ttl: self.messages_ttl.unwrap_or(if protocol.id == TELTONIKA {
+                DEFAULT_TRACKER_BUFFER_TTL
+            } else {
+                0
+            }),
             secret,
             base,
         };
