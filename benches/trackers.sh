@@ -25,6 +25,7 @@ IDLE_RUNS=${IDLE_RUNS:-2}
 TRACKERS=${TRACKERS:-1000}
 PACKETS=${PACKETS:-10}
 RECORDS=${RECORDS:-10}
+RATE=${RATE:-0}
 IDLE=${IDLE:-10000}
 HOLD=${HOLD:-20}
 HTTP=${HTTP:-127.0.0.1:18080}
@@ -76,6 +77,16 @@ rest() { # METHOD PATH [BODY]
   curl -sS -f -X "$1" -H "Authorization: FlespiToken $TOKEN" ${3:+-d "$3"} "http://$HTTP$2"
 }
 
+# Waits until the channel's listener (host:port) takes connections; fails after 5 s.
+listening() { # URI
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "trackers.sh: nothing listens on $1 (see $OUT/tern-*.log)" >&2
+  return 1
+}
+
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
 
 # A Teltonika channel; prints its uri.
@@ -97,7 +108,7 @@ for run in $(seq 1 "$RUNS"); do
   uri=$(channel '{}')
   devices "$TRACKERS"
   "$SIM_BIN" --server "$uri" --trackers "$TRACKERS" --packets "$PACKETS" --records "$RECORDS" \
-    --rate 0 --duration 120 2>>"$OUT/sim.log" | tee -a "$OUT/results.jsonl"
+    --rate "$RATE" --duration 120 2>>"$OUT/sim.log" | tee -a "$OUT/results.jsonl"
   stop_tern
 done
 
@@ -107,7 +118,9 @@ for run in $(seq 1 "$IDLE_RUNS"); do
   devices "$IDLE"
   # A restart, so that what creating the devices allocated is not counted (nor reused).
   stop_tern
+  mv "$OUT/tern-idle-$run.log" "$OUT/tern-idle-$run-setup.log"
   start_tern "idle-$run" keep
+  listening "$uri"
   sleep 2
   before=$(rss_kib)
   "$SIM_BIN" --server "$uri" --trackers "$IDLE" --idle --duration "$HOLD" \

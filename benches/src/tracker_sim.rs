@@ -3,9 +3,10 @@
 //!
 //! Every tracker connects over TCP, sends its IMEI and waits for the server's accept byte; once
 //! all have (or failed), they start together. Each sends an AVL frame of `--records` records
-//! every `1 / --rate` seconds (`--rate 0`: the next one as soon as the last was ACKed) and
-//! waits for the server's record ACK (a 4-byte count) before the next one, as a real device
-//! does (one frame in flight), until it has sent `--packets` frames or `--duration` is over.
+//! every `1 / --rate` seconds, the trackers spread evenly over that period (`--rate 0`: the
+//! next one as soon as the last was ACKed, no spreading) and waits for the server's record ACK
+//! (a 4-byte count) before the next one, as a real device does (one frame in flight), until it
+//! has sent `--packets` frames or `--duration` is over.
 //! With `--idle` it sends nothing and holds the connection for `--duration` (the cost of an
 //! idle connection). A Codec 12 command from the server is answered at any time with a
 //! Codec 12 response (`sim: <command>`), as a device answers a configuration command.
@@ -349,8 +350,12 @@ async fn send(
 ) -> Result<()> {
     let cli = &shared.cli;
     let timeout = Duration::from_secs_f64(cli.timeout);
+    // Paced trackers are spread evenly over one period (tracker n starts n/N of a period after
+    // the first), as real trackers are, rather than all sending at the same instant.
     let mut tick = (cli.rate > 0.0).then(|| {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cli.rate));
+        let period = Duration::from_secs_f64(1.0 / cli.rate);
+        let offset = period.mul_f64(f64::from(n) / f64::from(cli.trackers));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick
     });
