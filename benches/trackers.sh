@@ -77,13 +77,14 @@ rest() { # METHOD PATH [BODY]
   curl -sS -f -X "$1" -H "Authorization: FlespiToken $TOKEN" ${3:+-d "$3"} "http://$HTTP$2"
 }
 
-# Waits until the channel's listener (host:port) takes connections; fails after 5 s.
+# Waits until this tern listens on the channel's port (host:port); fails after 5 s. (Once, a
+# restarted tern found the port taken: "cannot listen" in its log.)
 listening() { # URI
   for _ in $(seq 1 50); do
-    (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
+    ss -Htlnp "( sport = :${1##*:} )" | grep -q "pid=$pid," && return 0
     sleep 0.1
   done
-  echo "trackers.sh: nothing listens on $1 (see $OUT/tern-*.log)" >&2
+  echo "trackers.sh: tern does not listen on $1 (see $OUT/tern-*.log)" >&2
   return 1
 }
 
