@@ -67,10 +67,12 @@ start_tern() { # NAME [keep: start on the data directory as it is]
   TOKEN=$(cat "$data/master-token")
 }
 
-stop_tern() {
+stop_tern() { # [keep: leave the data directory]
   kill -TERM "$pid"
   wait "$pid" || true
   pid=""
+  # A run's store is 100-150 MB; KEEP_DATA=1 keeps them all.
+  [ -n "${1:-}" ] || [ -n "${KEEP_DATA:-}" ] || rm -rf "$OUT"/data-*
 }
 
 rest() { # METHOD PATH [BODY]
@@ -118,7 +120,7 @@ for run in $(seq 1 "$IDLE_RUNS"); do
   uri=$(channel '{"max_connections": 20000}')
   devices "$IDLE"
   # A restart, so that what creating the devices allocated is not counted (nor reused).
-  stop_tern
+  stop_tern keep
   mv "$OUT/tern-idle-$run.log" "$OUT/tern-idle-$run-setup.log"
   start_tern "idle-$run" keep
   listening "$uri"
