@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Runs the README's REST API examples as written, in order, against a fresh tern on its
 # default ports (MQTT 1883, HTTP 8080) in a new data directory: every curl must get a 2xx
-# answer (curl -f). CI runs this after building the release binary.
+# answer (curl -f). CI runs this after building the release binary and the tracker simulator
+# (the Teltonika walkthrough runs it as `tern-tracker-sim`).
 #
-#   scripts/readme-test.sh [TERN_BINARY]     (default: the static release binary)
+#   scripts/readme-test.sh [TERN_BINARY [TRACKER_SIM_BINARY]]
+#
+# Defaults: the static release binary and the simulator built beside it
+# (target/x86_64-unknown-linux-gnu/release/{tern,tern-tracker-sim}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=$(realpath "${1:-target/x86_64-unknown-linux-gnu/release/tern}")
 [ -x "$bin" ] || { echo "readme-test: no binary at $bin (scripts/build-static.sh)" >&2; exit 1; }
+sim=$(realpath "${2:-$(dirname "$bin")/tern-tracker-sim}")
+[ -x "$sim" ] || {
+  echo "readme-test: no tracker simulator at $sim (cargo build --release -p tern-bench --bin tern-tracker-sim)" >&2
+  exit 1
+}
 for port in 1883 8080; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "readme-test: FAILED: port $port is taken; the README's examples use the defaults" >&2
@@ -46,6 +55,7 @@ run_block() { # HEADING
   {
     echo 'set -euo pipefail'
     echo "tern() { \"$bin\" \"\$@\"; }"
+    echo "tern-tracker-sim() { \"$sim\" \"\$@\"; }"
     echo 'curl() { command curl -sS -f "$@" || { echo "readme-test: FAILED: curl $*" >&2; return 1; }; echo; }'
     block "$name"
     echo 'sleep 1; kill $(jobs -p) 2>/dev/null || true'
@@ -98,6 +108,13 @@ run_block "### Channels"
 grep -qE '^flespi/message/gw/channels/[0-9]+/tr-2 \{' "$work/out" &&
   grep -qE '^flespi/message/gw/devices/[0-9]+ \{.*"ident":"tr-1"' "$work/out" || {
   echo "readme-test: FAILED: the channel walkthrough did not show both messages:"
+  cat "$work/out"
+  exit 1
+}
+run_block "### Trackers (Teltonika)"
+grep -qE '^flespi/message/gw/devices/[0-9]+ \{.*"ident":"35209308000000[0-2]"' "$work/out" &&
+  grep -q '"executed":true.*"response":"sim: getinfo"\|"response":"sim: getinfo".*"executed":true' "$work/out" || {
+  echo "readme-test: FAILED: the tracker walkthrough showed no device message or no command response:"
   cat "$work/out"
   exit 1
 }
