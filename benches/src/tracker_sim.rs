@@ -21,7 +21,6 @@
 //! tern-tracker-sim --trackers 3 --list-imeis
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,9 +42,9 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tern-tracker-sim", version, about)]
 struct Cli {
-    /// The Teltonika channel's address (its `uri`).
+    /// The Teltonika channel's address (its `uri`: `host:port`, a name or an IP address).
     #[arg(long, default_value = "127.0.0.1:20100")]
-    server: SocketAddr,
+    server: String,
     /// How many trackers connect at once.
     #[arg(long, default_value_t = 10)]
     trackers: u32,
@@ -279,7 +278,7 @@ async fn run(cli: Cli) -> Result<Report> {
     let latency = shared.latency.lock().unwrap_or_else(|e| e.into_inner());
     let acked = c.records_acked.load(Ordering::Relaxed);
     Ok(Report {
-        server: cli.server.to_string(),
+        server: cli.server.clone(),
         trackers: cli.trackers,
         imei_first: first.as_str().to_owned(),
         imei_last: last.as_str().to_owned(),
@@ -319,7 +318,7 @@ async fn connect(shared: &Shared, n: u32) -> Result<Option<TcpStream>> {
     let timeout = Duration::from_secs_f64(cli.timeout);
     let imei = imei(cli, n)?;
     let _permit = shared.connect.acquire().await.context("connect permit")?;
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(cli.server))
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(cli.server.as_str()))
         .await
         .context("connect timed out")?
         .context("connect")?;

@@ -912,7 +912,10 @@ async fn acked_records_survive_kill_9_and_the_port_is_kept() {
     )
     .await;
     assert_eq!(status, 200, "{c}");
-    assert_eq!(c["result"][0]["messages_ttl"], 86400, "unknown IMEIs' records are kept");
+    assert_eq!(
+        c["result"][0]["messages_ttl"], 86400,
+        "unknown IMEIs' records are kept"
+    );
     let port = c["result"][0]["configuration"]["port"].as_u64().unwrap() as u16;
     let (status, dv) = call(
         http,

@@ -48,7 +48,7 @@ impl Gateway {
             .message_stats(tern_store::channel_key(c.id))
             .map(|s| s.bytes)
             .unwrap_or(0);
-        c.item(connections, size, &self.options.trackers.host())
+        c.item(connections, size, &self.options.trackers.host(&c.base))
     }
 
     /// Creates a channel (checked by `ChannelInput::into_channel`, its account in the caller's

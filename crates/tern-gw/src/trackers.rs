@@ -102,12 +102,54 @@ impl Default for TrackerPorts {
 }
 
 impl TrackerPorts {
-    /// The host of channel `uri`s.
-    pub fn host(&self) -> String {
-        self.public_host.clone().unwrap_or_else(|| match self.bind {
+    /// The host of a channel's `uri`: `public_host`; else the bind address; else, when that is
+    /// every interface, the host of `base` (the REST address the channel was created through,
+    /// as an HTTP channel's `uri` names it).
+    pub fn host(&self, base: &str) -> String {
+        if let Some(h) = &self.public_host {
+            return h.clone();
+        }
+        if self.bind.is_unspecified() {
+            let authority = base.split_once("://").map_or(base, |(_, rest)| rest);
+            let authority = authority.split('/').next().unwrap_or(authority);
+            // `host:port`, `[v6]:port`, or a bare host.
+            let host = match authority.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority,
+            };
+            if !host.is_empty() {
+                return host.to_owned();
+            }
+        }
+        match self.bind {
             IpAddr::V6(a) => format!("[{a}]"),
             IpAddr::V4(a) => a.to_string(),
-        })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_hosts() {
+        let any = TrackerPorts {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            ..TrackerPorts::default()
+        };
+        assert_eq!(any.host("http://localhost:8080"), "localhost");
+        assert_eq!(any.host("https://[::1]:8443"), "[::1]");
+        assert_eq!(any.host("https://gw.example.com"), "gw.example.com");
+        assert_eq!(
+            TrackerPorts::default().host("http://localhost:8080"),
+            "127.0.0.1"
+        );
+        let public = TrackerPorts {
+            public_host: Some("trk.example.com".into()),
+            ..any
+        };
+        assert_eq!(public.host("http://localhost:8080"), "trk.example.com");
     }
 }
 
