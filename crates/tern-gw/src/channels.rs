@@ -294,12 +294,9 @@ impl Gateway {
             }
             for ((ident, obj), json) in kept.iter().zip(jsons) {
                 publish::channel_message(&self.broker, c.cid, c.id, ident, json);
-                let device = st.devices.values().find(|d| {
-                    d.enabled
-                        && d.ident() == ident
-                        && d.protocol_id() == c.protocol_id
-                        && self.root(d.cid) == root
-                });
+                let device = self
+                    .device_by_ident(&st, c.protocol_id, ident, root)
+                    .filter(|d| d.enabled);
                 if let Some(d) = device {
                     match per_device.iter_mut().find(|(id, _)| *id == d.id) {
                         Some((_, list)) => list.push(Value::Object(obj.clone())),

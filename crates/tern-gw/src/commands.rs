@@ -494,11 +494,7 @@ impl Gateway {
             let Some(root) = st.channels.get(&channel).map(|c| self.root(c.cid)) else {
                 return;
             };
-            st.devices
-                .values()
-                .find(|d| {
-                    d.protocol_id() == TELTONIKA && d.ident() == imei && self.root(d.cid) == root
-                })
+            self.device_by_ident(&st, TELTONIKA, imei, root)
                 .map(|d| d.id)
         };
         if let Some(device) = device

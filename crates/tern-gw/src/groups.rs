@@ -78,7 +78,7 @@ impl Gateway {
         for mut d in members {
             d.groups.retain(|x| *x != id);
             self.put_device(&d);
-            st.devices.insert(d.id, d);
+            st.insert_device(d);
         }
         Ok(g.item())
     }
@@ -108,7 +108,7 @@ impl Gateway {
             }
             self.put_device(&d);
             done.push(json!({"id": d.id}));
-            st.devices.insert(d.id, d);
+            st.insert_device(d);
         }
         Ok(done)
     }

@@ -105,7 +105,7 @@ impl Gateway {
             let old_item = st.devices.get(&id).map(|o| self.item_of(o));
             let item = self.item_of(&new);
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
-            st.devices.insert(id, new);
+            st.insert_device(new);
         }
         if !prepared.is_empty() && !sessions && st.online.insert(id) {
             self.log_device(d_cid, id, device_event::CONNECTED, None, None);

@@ -147,6 +147,9 @@ pub struct Swept {
 #[derive(Debug, Default)]
 struct State {
     devices: BTreeMap<u64, Device>,
+    /// Devices by (protocol, ident): the ident lookups of every channel message and handshake
+    /// (several account trees may use one ident). Kept by `insert_device`/`remove_device`.
+    idents: HashMap<(u64, String), Vec<u64>>,
     telemetry: HashMap<u64, Telemetry>,
     groups: BTreeMap<u64, Group>,
     channels: BTreeMap<u64, Channel>,
@@ -158,6 +161,48 @@ struct State {
     next_channel: u64,
     /// What each account tree uses, for the quotas.
     usage: quota::Usage,
+}
+
+impl State {
+    /// Adds or replaces a device, keeping the ident index.
+    fn insert_device(&mut self, d: Device) {
+        let key = (d.protocol_id(), d.ident().to_owned());
+        if let Some(old) = self.devices.get(&d.id) {
+            let old_key = (old.protocol_id(), old.ident().to_owned());
+            if old_key == key {
+                self.devices.insert(d.id, d);
+                return;
+            }
+            self.unindex(d.id, &old_key);
+        }
+        self.idents.entry(key).or_default().push(d.id);
+        self.devices.insert(d.id, d);
+    }
+
+    /// Removes a device, keeping the ident index.
+    fn remove_device(&mut self, id: u64) -> Option<Device> {
+        let d = self.devices.remove(&id)?;
+        self.unindex(id, &(d.protocol_id(), d.ident().to_owned()));
+        Some(d)
+    }
+
+    fn unindex(&mut self, id: u64, key: &(u64, String)) {
+        if let Some(ids) = self.idents.get_mut(key) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.idents.remove(key);
+            }
+        }
+    }
+
+    /// The devices of protocol `protocol` with `ident`, any account.
+    fn with_ident<'a>(&'a self, protocol: u64, ident: &str) -> impl Iterator<Item = &'a Device> {
+        self.idents
+            .get(&(protocol, ident.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.devices.get(id))
+    }
 }
 
 /// The devices layer. Cheap to share (`Arc<Gateway>`).
@@ -204,7 +249,7 @@ impl Gateway {
         for (id, json) in &snapshot.devices {
             match serde_json::from_slice::<Device>(json) {
                 Ok(d) => {
-                    state.devices.insert(*id, d);
+                    state.insert_device(d);
                 }
                 Err(err) => tracing::error!(id, %err, "a stored device does not decode; skipped"),
             }
@@ -332,15 +377,21 @@ impl Gateway {
     /// Another device with `d`'s ident and protocol in `d`'s account tree.
     fn ident_owner(&self, st: &State, d: &Device) -> Option<u64> {
         let root = self.root(d.cid);
-        st.devices
-            .values()
-            .find(|o| {
-                o.id != d.id
-                    && o.ident() == d.ident()
-                    && o.protocol_id() == d.protocol_id()
-                    && self.root(o.cid) == root
-            })
+        st.with_ident(d.protocol_id(), d.ident())
+            .find(|o| o.id != d.id && self.root(o.cid) == root)
             .map(|o| o.id)
+    }
+
+    /// The device of protocol `protocol` with `ident` in the account tree of `root`.
+    fn device_by_ident<'a>(
+        &self,
+        st: &'a State,
+        protocol: u64,
+        ident: &str,
+        root: Cid,
+    ) -> Option<&'a Device> {
+        st.with_ident(protocol, ident)
+            .find(|d| self.root(d.cid) == root)
     }
 
     /// Stores the id counters (after an id was taken).
@@ -389,7 +440,7 @@ impl Gateway {
         let item = self.item_of(&d);
         publish::state(&self.broker, d.cid, d.id, None, &item);
         self.log_device(d.cid, d.id, device_event::CREATED, Some(&item), None);
-        st.devices.insert(d.id, d);
+        st.insert_device(d);
         Ok(item)
     }
 
@@ -478,7 +529,7 @@ impl Gateway {
                 old_item.as_ref(),
             );
         }
-        st.devices.insert(id, new);
+        st.insert_device(new);
         item
     }
 
@@ -523,7 +574,7 @@ impl Gateway {
                 publish::telemetry(&self.broker, cid, id, k, Some((&p.value, p.ts)));
             }
         }
-        st.devices.insert(id, new);
+        st.insert_device(new);
         Ok(item)
     }
 
@@ -531,8 +582,7 @@ impl Gateway {
     pub fn delete_device(&self, id: u64) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         let d = st
-            .devices
-            .remove(&id)
+            .remove_device(id)
             .ok_or(GwError::NotFound { what: "device", id })?;
         st.online.remove(&id);
         if has_sessions(&d) {
@@ -584,4 +634,42 @@ impl Gateway {
 /// Whether `d`'s protocol holds connections (its `connected` comes from them).
 fn has_sessions(d: &Device) -> bool {
     types::protocol(d.protocol_id()).is_some_and(|p| p.sessions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: u64, ident: &str, device_type_id: u64) -> Device {
+        serde_json::from_value(json!({
+            "id": id, "cid": 1, "name": "", "enabled": true,
+            "configuration": {"ident": ident}, "device_type_id": device_type_id,
+            "messages_ttl": 0, "messages_rotate": 0, "metadata": {}, "groups": []
+        }))
+        .expect("device")
+    }
+
+    #[test]
+    fn the_ident_index_follows_inserts_changes_and_removals() {
+        let mut st = State::default();
+        st.insert_device(device(1, "a", 1));
+        st.insert_device(device(2, "a", 2));
+        st.insert_device(device(3, "a", 1));
+        let ids = |st: &State, p: u64, i: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = st.with_ident(p, i).map(|d| d.id).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids(&st, 1, "a"), [1, 3]);
+        assert_eq!(ids(&st, 2, "a"), [2]);
+        // A changed ident moves in the index; an unchanged one stays once.
+        st.insert_device(device(3, "b", 1));
+        st.insert_device(device(1, "a", 1));
+        assert_eq!(ids(&st, 1, "a"), [1]);
+        assert_eq!(ids(&st, 1, "b"), [3]);
+        assert!(st.remove_device(1).is_some());
+        assert!(ids(&st, 1, "a").is_empty());
+        assert!(!st.idents.contains_key(&(1, "a".to_owned())));
+        assert!(st.remove_device(1).is_none());
+    }
 }

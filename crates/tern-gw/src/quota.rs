@@ -287,16 +287,9 @@ impl Gateway {
             let device = match devices.iter().find(|(i, _)| *i == ident.as_str()) {
                 Some((_, d)) => *d,
                 None => {
-                    let d = st
-                        .devices
-                        .values()
-                        .find(|d| {
-                            d.enabled
-                                && d.ident() == ident
-                                && d.protocol_id() == c.protocol_id
-                                && self.root(d.cid) == root
-                        })
-                        .filter(|d| d.messages_ttl > 0)
+                    let d = self
+                        .device_by_ident(st, c.protocol_id, ident, root)
+                        .filter(|d| d.enabled && d.messages_ttl > 0)
                         .map(|d| (d.cid, device_fields_len(d)));
                     devices.push((ident.as_str(), d));
                     d

@@ -421,9 +421,7 @@ impl Gateway {
             return Admission::Reject(close_code::CHANNEL_UPDATED);
         };
         let root = self.root(c.cid);
-        let device = st.devices.values().find(|d| {
-            d.protocol_id() == TELTONIKA && d.ident() == imei && self.root(d.cid) == root
-        });
+        let device = self.device_by_ident(&st, TELTONIKA, imei, root);
         match device {
             Some(d) if !d.enabled => Admission::Reject(close_code::DEVICE_DISABLED),
             Some(_) => Admission::Accept,
@@ -544,9 +542,7 @@ impl Gateway {
         if was == is {
             return;
         }
-        let device = st.devices.values().find(|d| {
-            d.protocol_id() == TELTONIKA && d.ident() == imei && self.root(d.cid) == root
-        });
+        let device = self.device_by_ident(&st, TELTONIKA, imei, root);
         let Some(d) = device else { return };
         let size = self.messages_size(d.id);
         let (old, new) = (d.item(was, size), d.item(is, size));
