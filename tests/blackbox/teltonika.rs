@@ -912,10 +912,6 @@ async fn acked_records_survive_kill_9_and_the_port_is_kept() {
     )
     .await;
     assert_eq!(status, 200, "{c}");
-    assert_eq!(
-        c["result"][0]["messages_ttl"], 86400,
-        "unknown IMEIs' records are kept"
-    );
     let port = c["result"][0]["configuration"]["port"].as_u64().unwrap() as u16;
     let (status, dv) = call(
         http,
@@ -982,4 +978,39 @@ async fn deleting_the_channel_disconnects_its_devices() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(off, "the device is disconnected once its channel is gone");
+}
+
+#[tokio::test]
+async fn without_messages_ttl_only_unknown_imeis_are_kept_in_the_channel() {
+    let data = tempfile::tempdir().unwrap();
+    let b = start(data.path()).await;
+    let c = rest(
+        &b,
+        "POST",
+        "/gw/channels",
+        Some(json!({"name": "t", "protocol_name": "teltonika"})),
+    )
+    .await;
+    let ch = c["result"][0]["id"].as_u64().unwrap();
+    assert_eq!(c["result"][0]["messages_ttl"], 0);
+    let port = c["result"][0]["configuration"]["port"].as_u64().unwrap() as u16;
+    let id = device(&b, IMEI).await;
+    let mut known = tracker(port, IMEI).await;
+    known.write_all(&frame(2, 1_700_000_000_000)).await.unwrap();
+    assert_eq!(ack(&mut known).await, Some(2));
+    let mut unknown = tracker(port, "356307042441099").await;
+    unknown
+        .write_all(&frame(3, 1_700_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(ack(&mut unknown).await, Some(3));
+    assert_eq!(
+        messages(&b, &format!("/gw/devices/{id}/messages"))
+            .await
+            .len(),
+        2
+    );
+    let buffered = messages(&b, &format!("/gw/channels/{ch}/messages")).await;
+    assert_eq!(buffered.len(), 3, "{buffered:?}");
+    assert!(buffered.iter().all(|m| m["ident"] == "356307042441099"));
 }

@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GwError;
-use crate::types::{Protocol, TELTONIKA, protocol, protocol_named};
+use crate::types::{Protocol, protocol, protocol_named};
 
-/// Seconds a Teltonika channel keeps its messages when `messages_ttl` is not given.
-pub const DEFAULT_TRACKER_BUFFER_TTL: u64 = 86_400;
+/// Seconds a channel whose records are ACKed once kept (Teltonika) keeps the messages of
+/// idents with no device when its `messages_ttl` is 0.
+pub const UNKNOWN_IDENT_TTL: u64 = 86_400;
 
 /// A channel as stored (the JSON document of `Op::PutChannel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +55,19 @@ impl Channel {
                 json!(format!("{tracker_host}:{}", self.tracker_port()))
             }
             _ => Value::Null,
+        }
+    }
+
+    /// Seconds the channel buffer keeps messages: `messages_ttl`; when that is 0, a channel of a
+    /// protocol with sessions (its records are ACKed once kept) still keeps the messages of
+    /// idents with no device for [`UNKNOWN_IDENT_TTL`].
+    pub fn buffer_ttl(&self) -> u64 {
+        if self.messages_ttl > 0 {
+            self.messages_ttl
+        } else if self.protocol().is_some_and(|p| p.sessions) {
+            UNKNOWN_IDENT_TTL
+        } else {
+            0
         }
     }
 
@@ -241,13 +255,7 @@ impl ChannelInput {
             enabled: self.enabled.unwrap_or(true),
             protocol_id: protocol.id,
             configuration: self.configuration.unwrap_or_default(),
-            // A tracker's records are ACKed once kept: a Teltonika channel keeps what its unknown
-            // IMEIs send for a day unless told otherwise (docs/teltonika.md#channel).
-            messages_ttl: self.messages_ttl.unwrap_or(if protocol.id == TELTONIKA {
-                DEFAULT_TRACKER_BUFFER_TTL
-            } else {
-                0
-            }),
+            messages_ttl: self.messages_ttl.unwrap_or(0),
             secret,
             base,
         };

@@ -274,38 +274,53 @@ impl Gateway {
                 .map(|(_, obj)| Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
                 .collect();
             self.check_batch_bytes(&st, &c, &kept, &jsons)?;
-            if c.messages_ttl > 0 && !jsons.is_empty() {
-                // The channel buffer, keyed by `server.timestamp`.
+            // The device of each message (enabled, this protocol, this account tree).
+            let devices: Vec<Option<u64>> = kept
+                .iter()
+                .map(|(ident, _)| {
+                    self.device_by_ident(&st, c.protocol_id, ident, root)
+                        .filter(|d| d.enabled)
+                        .map(|d| d.id)
+                })
+                .collect();
+            // The channel buffer, keyed by `server.timestamp`: every message with
+            // `messages_ttl`; without it, a channel whose records are ACKed once kept keeps
+            // those with no device (docs/teltonika.md#channel).
+            let buffered: Vec<Bytes> = jsons
+                .iter()
+                .zip(&devices)
+                .filter(|(_, d)| c.messages_ttl > 0 || (d.is_none() && c.buffer_ttl() > 0))
+                .map(|(json, _)| json.clone())
+                .collect();
+            if !buffered.is_empty() {
                 let ts = message::micros(now);
-                let messages = jsons
-                    .iter()
+                let bytes = buffered.iter().map(|j| j.len() as u64).sum();
+                let count = buffered.len() as u64;
+                let messages = buffered
+                    .into_iter()
                     .map(|json| {
                         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                        (tern_store::MessageKey { ts, seq }, json.clone())
+                        (tern_store::MessageKey { ts, seq }, json)
                     })
                     .collect();
                 let ticket = self.store.submit(Op::AppendMessages {
                     device: tern_store::channel_key(c.id),
                     messages,
                 });
-                let bytes = jsons.iter().map(|j| j.len() as u64).sum();
                 let key = tern_store::channel_key(c.id);
-                self.note_append(&mut st, key, c.cid, bytes, jsons.len() as u64, ticket);
+                self.note_append(&mut st, key, c.cid, bytes, count, ticket);
             }
-            for ((ident, obj), json) in kept.iter().zip(jsons) {
-                publish::channel_message(&self.broker, c.cid, c.id, ident, json);
-                let device = self
-                    .device_by_ident(&st, c.protocol_id, ident, root)
-                    .filter(|d| d.enabled);
-                if let Some(d) = device {
-                    match per_device.iter_mut().find(|(id, _)| *id == d.id) {
-                        Some((_, list)) => list.push(Value::Object(obj.clone())),
-                        None => per_device.push((d.id, vec![Value::Object(obj.clone())])),
+            out.kept = kept.len();
+            for (((ident, obj), json), device) in kept.into_iter().zip(jsons).zip(devices) {
+                publish::channel_message(&self.broker, c.cid, c.id, &ident, json);
+                if let Some(id) = device {
+                    match per_device.iter_mut().find(|(d, _)| *d == id) {
+                        Some((_, list)) => list.push(Value::Object(obj)),
+                        None => per_device.push((id, vec![Value::Object(obj)])),
                     }
                 }
             }
         }
-        out.kept = kept.len();
         for (id, list) in per_device {
             self.ingest(id, &list, false)?;
         }

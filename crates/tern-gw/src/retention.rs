@@ -34,7 +34,7 @@ impl Gateway {
                 .chain(
                     st.channels
                         .values()
-                        .map(|c| (tern_store::channel_key(c.id), c.messages_ttl, 0)),
+                        .map(|c| (tern_store::channel_key(c.id), c.buffer_ttl(), 0)),
                 )
                 .collect()
         };
