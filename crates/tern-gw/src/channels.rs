@@ -292,14 +292,34 @@ impl Gateway {
                 let key = tern_store::channel_key(c.id);
                 self.note_append(&mut st, key, c.cid, bytes, jsons.len() as u64, ticket);
             }
-            for ((ident, obj), json) in kept.iter().zip(jsons) {
+            // Each kept message's device, if it has one.
+            let devices: Vec<Option<u64>> = kept
+                .iter()
+                .map(|(ident, _)| {
+                    st.devices
+                        .values()
+                        .find(|d| {
+                            d.enabled
+                                && d.ident() == ident
+                                && d.protocol_id() == c.protocol_id
+                                && self.root(d.cid) == root
+                        })
+                        .map(|d| d.id)
+                })
+                .collect();
+            // The streams that take this channel's messages; one that also takes a message's
+            // device gets it from the device path (with its device fields), once.
+            let for_streams: Vec<(&Map<String, Value>, &Bytes)> =
+                kept.iter().map(|(_, obj)| obj).zip(&jsons).collect();
+            self.queue_for_streams(
+                &mut st,
+                crate::streams::Source::Channel(c.id),
+                &for_streams,
+                &|s, i| devices[i].is_some_and(|d| s.devices.contains(&d)),
+            );
+            for (((ident, obj), json), device) in kept.iter().zip(jsons).zip(devices) {
                 publish::channel_message(&self.broker, c.cid, c.id, ident, json);
-                let device = st.devices.values().find(|d| {
-                    d.enabled
-                        && d.ident() == ident
-                        && d.protocol_id() == c.protocol_id
-                        && self.root(d.cid) == root
-                });
+                let device = device.and_then(|id| st.devices.get(&id));
                 if let Some(d) = device {
                     match per_device.iter_mut().find(|(id, _)| *id == d.id) {
                         Some((_, list)) => list.push(Value::Object(obj.clone())),
