@@ -212,8 +212,10 @@ pub(crate) async fn run(
             Err(_) => return,
         };
         if queued.is_empty() {
-            // A message queued after the read left a permit: no wake-up is lost.
+            // A message queued after the read left a permit: no wake-up is lost. The wake-up
+            // comes when the append is submitted; the reader sees it once it is applied.
             wake.notified().await;
+            gw.settled().await;
             continue;
         }
         let b = batch(queued, per_ident);
