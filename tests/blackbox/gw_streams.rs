@@ -247,6 +247,73 @@ async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(size, Some(0));
+    let metrics = request(http, "GET", "/metrics", &[], "").await.body;
+    for line in [
+        "tern_gw_stream_messages_total{event=\"delivered\"} 20",
+        "tern_gw_stream_messages_total{event=\"failures\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    d.kill().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_its_oldest_logged_and_counted() {
+    let data = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let http_s = http.to_string();
+    let d = Daemon::spawn(data.path(), &["--http", &http_s, "--master-token", KEY]).await;
+    // Nothing listens there yet: the queue fills.
+    let port = free_addr().port();
+    let uri = format!("http://127.0.0.1:{port}/post");
+    let (stream, device) = stream_and_device(http, &uri, "full").await;
+    rest(
+        http,
+        "PATCH",
+        &format!("/gw/streams/{stream}"),
+        Some(json!({"queue_max_bytes": 1000})),
+    )
+    .await;
+    for i in 0..10 {
+        post(http, device, i * 3..i * 3 + 3).await;
+    }
+    let s = rest(http, "GET", &format!("/gw/streams/{stream}"), None).await;
+    let size = s["result"][0]["queue_size"].as_u64().unwrap();
+    assert!(size > 0 && size <= 1000, "{s}");
+    let logs = rest(http, "GET", &format!("/gw/streams/{stream}/logs"), None).await;
+    let overflows = logs["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event_code"] == 402 && r["queue_max_bytes"] == 1000)
+        .count();
+    assert!(overflows >= 1, "{logs}");
+    let metrics = request(http, "GET", "/metrics", &[], "").await.body;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l == "tern_gw_stream_messages_total{event=\"overflows\"} 0"),
+        "{metrics}"
+    );
+    // What is left is the newest, delivered in order once the receiver is up.
+    let out = out_file(data.path());
+    let Some(_rx) = receiver(port, &out, "").await else {
+        return;
+    };
+    let mut got = Vec::new();
+    for _ in 0..900 {
+        got = acknowledged(&out);
+        if got.last() == Some(&29) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.last(), Some(&29), "{:?}", received(&out));
+    assert!(got.len() < 30, "the oldest were dropped: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, no gap: {got:?}"
+    );
     d.kill().await;
 }
 

@@ -421,17 +421,15 @@ impl Gateway {
     }
 
     /// The task that starts and stops the streams' delivery tasks until shutdown (spawn it).
-    pub fn run_streams(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
-        async move {
-            let shutdown = self.broker.shutdown_token().clone();
-            loop {
-                self.reconcile_streams();
-                tokio::select! {
-                    () = self.streams_changed.notified() => {}
-                    () = shutdown.cancelled() => {
-                        self.live.lock().clear();
-                        return;
-                    }
+    pub async fn run_streams(self: Arc<Self>) {
+        let shutdown = self.broker.shutdown_token().clone();
+        loop {
+            self.reconcile_streams();
+            tokio::select! {
+                () = self.streams_changed.notified() => {}
+                () = shutdown.cancelled() => {
+                    self.live.lock().clear();
+                    return;
                 }
             }
         }
