@@ -35,6 +35,8 @@
 //! - `logs`: entity log records (`Gateway::log`)
 //! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
 //!   `commands`: Codec 12 commands, their queue and results
+//! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
+//!   durable queue; `http_stream`: the delivery task of an http stream
 //! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
