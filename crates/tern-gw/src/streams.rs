@@ -354,10 +354,15 @@ impl Gateway {
         };
         let mut swept = 0;
         for (id, cid, ttl) in streams {
+            let key = tern_store::stream_key(id);
+            // What the last sweep deleted is applied by now: the count starts from the store
+            // again (else a queue whose receiver is down would seem full after expiries).
+            if let Ok(stats) = self.store.message_stats(key) {
+                self.state.lock().queue_bytes.insert(id, stats.bytes);
+            }
             if ttl == 0 {
                 continue;
             }
-            let key = tern_store::stream_key(id);
             let cutoff = crate::message::micros(now - ttl as f64).saturating_sub(1);
             if self.oldest(key, cutoff).is_some() {
                 self.store.submit(Op::DelMessages {
