@@ -37,6 +37,11 @@ async fn rest(http: SocketAddr, method: &str, path: &str, body: Option<Value>) -
 /// A receiver on `port` answering by `plan`, writing what it got to `out`; `None` (the test
 /// is skipped) when python3 is missing.
 async fn receiver(port: u16, out: &Path, plan: &str) -> Option<Child> {
+    receiver_with(port, out, plan, &[]).await
+}
+
+/// [`receiver`] with more arguments (`--cert`, `--key`: https).
+async fn receiver_with(port: u16, out: &Path, plan: &str, more: &[String]) -> Option<Child> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/python/stream_receiver.py"
@@ -46,6 +51,7 @@ async fn receiver(port: u16, out: &Path, plan: &str) -> Option<Child> {
         .args(["--port", &port.to_string(), "--plan", plan, "--hang", "6"])
         .arg("--out")
         .arg(out)
+        .args(more)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -417,5 +423,65 @@ async fn bad_streams_are_refused_and_validate_message_filters() {
     let got = wait_acknowledged(&out, 5).await;
     assert_eq!(got, vec![0, 2, 4, 6, 8]);
     assert!(received(&out).iter().all(|r| r.1 == "/post/v1"));
+    d.kill().await;
+}
+
+#[tokio::test]
+async fn an_https_receiver_is_checked_against_the_streams_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let certs = data.path().join("certs");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["certs", "dev", "--out"])
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let http = free_addr();
+    let http_s = http.to_string();
+    let d = Daemon::spawn(
+        data.path().join("data").as_path(),
+        &["--http", &http_s, "--master-token", KEY],
+    )
+    .await;
+    let port = free_addr().port();
+    let out = out_file(data.path());
+    let more = [
+        "--cert".to_string(),
+        certs.join("server.pem").display().to_string(),
+        "--key".to_string(),
+        certs.join("server.key").display().to_string(),
+    ];
+    let Some(_rx) = receiver_with(port, &out, "", &more).await else {
+        return;
+    };
+    let ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let uri = format!("https://127.0.0.1:{port}/post");
+    let (stream, device) = stream_and_device(http, &uri, "tls").await;
+    // The system's CAs do not know the receiver's: refused, logged, kept.
+    post(http, device, 0..3).await;
+    let mut failed = Value::Null;
+    for _ in 0..300 {
+        let logs = rest(http, "GET", &format!("/gw/streams/{stream}/logs"), None).await;
+        if let Some(r) = logs["result"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["event_code"] == 400))
+        {
+            failed = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed["message_count"], 3, "{failed}");
+    assert!(received(&out).is_empty());
+    rest(
+        http,
+        "PATCH",
+        &format!("/gw/streams/{stream}"),
+        Some(json!({"configuration": {"ca": ca}})),
+    )
+    .await;
+    assert_eq!(wait_acknowledged(&out, 3).await, vec![0, 1, 2]);
     d.kill().await;
 }

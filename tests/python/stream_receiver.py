@@ -7,13 +7,15 @@ Each request is answered by the next entry of `--plan` (comma-separated: a statu
 as 200 or 500, or `hang`: say nothing for `--hang` seconds, past the stream's timeout); once the
 plan is used up every request gets 200. Every request is appended to `--out` as one JSON line
 `{"path", "status", "content_type", "messages"}` before it is answered, so the test sees what
-arrived and what it was told. Prints `ready` once listening.
+arrived and what it was told. With `--cert` and `--key` it serves https. Prints `ready` once
+listening.
 
 Standard library only: python3 stream_receiver.py --port 8080 --out got.jsonl --plan 200,500
 """
 
 import argparse
 import json
+import ssl
 import sys
 import threading
 import time
@@ -26,6 +28,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--plan", default="")
     ap.add_argument("--hang", type=float, default=5.0)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
     args = ap.parse_args()
     plan = [p for p in args.plan.split(",") if p]
     lock = threading.Lock()
@@ -77,6 +81,10 @@ def main() -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Receiver)
     server.daemon_threads = True
+    if args.cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.cert, args.key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     sys.stdout.flush()
     server.serve_forever()
