@@ -13,8 +13,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::support::Client;
+use crate::support::QUIET;
+use crate::support::client::{Read, connect_packet};
 use crate::support::http::request;
 use crate::support::process::{Daemon, free_addr};
+use tern_codec::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode};
 
 const KEY: &str = "SSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSS";
 
@@ -120,6 +124,33 @@ async fn wait_requests(out: &Path, n: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the receiver got {:?}", received(out));
+}
+
+/// The retained state topics of stream `id` (`flespi/state/gw/streams/<id>` and its
+/// properties), by topic, as a master-token MQTT client sees them.
+async fn stream_state(mqtt: SocketAddr, id: u64) -> std::collections::BTreeMap<String, Value> {
+    let mut c = connect_packet(ProtocolVersion::V5, "state-watch", true);
+    c.username = Some(KEY.into());
+    let (mut client, ack) = Client::connect_with(mqtt, c).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}");
+    let mut seen = std::collections::BTreeMap::new();
+    for filter in [
+        format!("flespi/state/gw/streams/{id}"),
+        format!("flespi/state/gw/streams/{id}/+"),
+    ] {
+        client.subscribe(&filter, QoS::AtLeastOnce).await;
+        while let Read::Packet(Packet::Publish(p)) = client.read(QUIET).await {
+            if let Some(pid) = p.packet_id {
+                client.send(Packet::PubAck(PubAck::new(pid))).await;
+            }
+            assert!(p.retain, "{p:?}");
+            seen.insert(
+                p.topic.to_string(),
+                serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+            );
+        }
+    }
+    seen
 }
 
 fn out_file(dir: &Path) -> PathBuf {
@@ -301,6 +332,15 @@ async fn a_full_queue_drops_its_oldest_logged_and_counted() {
             .any(|l| l == "tern_gw_stream_messages_total{event=\"overflows\"} 0"),
         "{metrics}"
     );
+    let state = stream_state(d.mqtt, stream).await;
+    assert_eq!(
+        state[&format!("flespi/state/gw/streams/{stream}/connected")],
+        false
+    );
+    assert_eq!(
+        state[&format!("flespi/state/gw/streams/{stream}")]["name"],
+        "out"
+    );
     // What is left is the newest, delivered in order once the receiver is up.
     let out = out_file(data.path());
     let Some(_rx) = receiver(port, &out, "").await else {
@@ -320,6 +360,15 @@ async fn a_full_queue_drops_its_oldest_logged_and_counted() {
         got.windows(2).all(|w| w[1] == w[0] + 1),
         "in order, no gap: {got:?}"
     );
+    let topic = format!("flespi/state/gw/streams/{stream}/connected");
+    let mut connected = Value::Null;
+    for _ in 0..100 {
+        connected = stream_state(d.mqtt, stream).await[&topic].clone();
+        if connected == true {
+            break;
+        }
+    }
+    assert_eq!(connected, true);
     d.kill().await;
 }
 
@@ -334,6 +383,13 @@ async fn queued_messages_survive_kill_9_while_the_receiver_is_down() {
     let port = free_addr().port();
     let uri = format!("http://127.0.0.1:{port}/");
     let (stream, device) = stream_and_device(http, &uri, "k9").await;
+    rest(
+        http,
+        "PATCH",
+        &format!("/gw/streams/{stream}"),
+        Some(json!({"configuration": {"limit_messages": 7}})),
+    )
+    .await;
     for i in 0..4 {
         // Each POST is answered once its messages are durable, queue included.
         post(http, device, i * 10..i * 10 + 10).await;
@@ -350,7 +406,7 @@ async fn queued_messages_survive_kill_9_while_the_receiver_is_down() {
     let d = Daemon::spawn(data.path(), &args).await;
     let got = wait_acknowledged(&out, 40).await;
     assert_eq!(got, (0..40).collect::<Vec<u64>>(), "all, in order");
-    assert!(received(&out).iter().all(|r| r.1 == "/"));
+    assert!(received(&out).iter().all(|r| r.1 == "/" && r.2.len() <= 7));
     d.kill().await;
 }
 
