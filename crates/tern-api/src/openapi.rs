@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
     auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_logs, gw_protocols,
-    messages, sessions, subaccounts, subscriptions, tokens,
+    gw_streams, messages, sessions, subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -122,6 +122,25 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         .routes(routes!(gw_logs::device_logs))
         .routes(routes!(gw_logs::channel_logs))
         .routes(routes!(gw_logs::const_values))
+        .routes(routes!(gw_streams::create))
+        .routes(routes!(
+            gw_streams::list,
+            gw_streams::put,
+            gw_streams::patch,
+            gw_streams::delete
+        ))
+        .routes(routes!(
+            gw_streams::list_devices,
+            gw_streams::add_devices,
+            gw_streams::remove_devices
+        ))
+        .routes(routes!(
+            gw_streams::list_channels,
+            gw_streams::add_channels,
+            gw_streams::remove_channels
+        ))
+        .routes(routes!(gw_streams::logs))
+        .routes(routes!(gw_streams::protocols))
         .routes(routes!(gw_protocols::list))
         .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))

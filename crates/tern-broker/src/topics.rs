@@ -143,6 +143,20 @@ pub fn channel_property_topic(id: u64, property: &str) -> String {
     format!("{CHANNEL_STATE_PREFIX}{id}/{property}")
 }
 
+/// The prefix of stream state (docs/flespi.md#streams): `flespi/state/gw/streams/<id>` (the
+/// item, retained), `.../<id>/<property>` (retained) and `.../<id>/deleted` after a delete.
+pub const STREAM_STATE_PREFIX: &str = "flespi/state/gw/streams/";
+
+/// `flespi/state/gw/streams/<id>`.
+pub fn stream_state_topic(id: u64) -> String {
+    format!("{STREAM_STATE_PREFIX}{id}")
+}
+
+/// `flespi/state/gw/streams/<id>/<property>`.
+pub fn stream_property_topic(id: u64, property: &str) -> String {
+    format!("{STREAM_STATE_PREFIX}{id}/{property}")
+}
+
 /// `flespi/message/gw/channels/<id>/<ident>`.
 pub fn channel_message_topic(id: u64, ident: &str) -> String {
     format!("{CHANNEL_MESSAGE_PREFIX}{id}/{ident}")

@@ -35,6 +35,8 @@
 //! - `logs`: entity log records (`Gateway::log`)
 //! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
 //!   `commands`: Codec 12 commands, their queue and results
+//! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
+//!   durable queue; `http_stream`: the delivery task of an http stream
 //! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
@@ -47,6 +49,7 @@ pub mod error;
 pub mod group;
 mod groups;
 mod history;
+mod http_stream;
 mod ingest;
 pub mod logs;
 pub mod message;
@@ -56,6 +59,8 @@ mod mqtt_external;
 pub mod publish;
 mod quota;
 mod retention;
+pub mod stream;
+pub mod streams;
 pub mod telemetry;
 mod telemetry_ops;
 mod trackers;
@@ -81,6 +86,7 @@ pub use device::{Device, DeviceChanges, DeviceInput};
 pub use error::GwError;
 pub use group::{Group, GroupChanges, GroupInput};
 pub use message::{DeleteData, MessageQuery, MessagesData};
+pub use stream::{Stream, StreamChanges, StreamInput};
 pub use telemetry::Telemetry;
 pub use trackers::{ACK_BUCKETS, TrackerMetrics, TrackerPorts};
 
@@ -142,6 +148,8 @@ pub struct Swept {
     pub rotated: u64,
     /// Entities whose log records went (older than `logs_ttl`, or past `logs_max_bytes`).
     pub logs: u64,
+    /// Streams whose queued messages older than `queue_ttl` went.
+    pub streams: u64,
 }
 
 #[derive(Debug, Default)]
@@ -153,12 +161,19 @@ struct State {
     telemetry: HashMap<u64, Telemetry>,
     groups: BTreeMap<u64, Group>,
     channels: BTreeMap<u64, Channel>,
+    streams: BTreeMap<u64, Stream>,
+    /// Each stream's compiled `validate_message`.
+    validators: HashMap<u64, Option<tern_expr::Expr>>,
+    /// Each stream's queued bytes as counted here (added on append, set from the store after
+    /// each delivery), for `queue_max_bytes` without a store read on the ingest path.
+    queue_bytes: HashMap<u64, u64>,
     /// Devices whose `connected` transition was announced and not yet its end (the activity
     /// check publishes `disconnected` when they fall silent).
     online: HashSet<u64>,
     next_device: u64,
     next_group: u64,
     next_channel: u64,
+    next_stream: u64,
     /// What each account tree uses, for the quotas.
     usage: quota::Usage,
 }
@@ -234,6 +249,12 @@ pub struct Gateway {
     trackers: trackers::Trackers,
     /// Queued Codec 12 commands.
     queues: commands::Queues,
+    /// The streams' delivery tasks, by stream (`streams.rs`).
+    live: Mutex<HashMap<u64, streams::Live>>,
+    /// Wakes the streams task to start or stop delivery tasks after a stream change.
+    streams_changed: tokio::sync::Notify,
+    /// The streams' counters.
+    pub stream_metrics: streams::StreamMetrics,
 }
 
 impl Gateway {
@@ -270,6 +291,20 @@ impl Gateway {
                 Err(err) => tracing::error!(id, %err, "a stored channel does not decode; skipped"),
             }
         }
+        for (id, json) in &snapshot.streams {
+            match serde_json::from_slice::<Stream>(json) {
+                Ok(s) => {
+                    state.validators.insert(*id, s.validator());
+                    state.streams.insert(*id, s);
+                }
+                Err(err) => tracing::error!(id, %err, "a stored stream does not decode; skipped"),
+            }
+        }
+        for (key, stats) in &snapshot.message_stats {
+            if let Some(id) = tern_store::stream_of(*key) {
+                state.queue_bytes.insert(id, stats.bytes);
+            }
+        }
         for (id, json) in &snapshot.telemetry {
             if let Ok(doc) = serde_json::from_slice::<Value>(json) {
                 state.telemetry.insert(*id, Telemetry::from_json(&doc));
@@ -288,6 +323,8 @@ impl Gateway {
             stored("next_group").max(state.groups.keys().next_back().map_or(1, |k| k + 1));
         state.next_channel =
             stored("next_channel").max(state.channels.keys().next_back().map_or(1, |k| k + 1));
+        state.next_stream =
+            stored("next_stream").max(state.streams.keys().next_back().map_or(1, |k| k + 1));
         let now = broker.clock.now() / 1_000_000;
         state.online = state
             .devices
@@ -318,6 +355,9 @@ impl Gateway {
             external_changed: tokio::sync::Notify::new(),
             trackers: trackers::Trackers::default(),
             queues: commands::Queues::default(),
+            live: Mutex::new(HashMap::new()),
+            streams_changed: tokio::sync::Notify::new(),
+            stream_metrics: streams::StreamMetrics::default(),
         });
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
@@ -358,6 +398,7 @@ impl Gateway {
     /// not have survived, and devices may have changed while tern was down).
     pub fn publish_all(&self) {
         self.publish_channels();
+        self.publish_streams();
         let st = self.state.lock();
         for d in st.devices.values() {
             publish::state(&self.broker, d.cid, d.id, None, &self.item_of(d));
@@ -400,6 +441,7 @@ impl Gateway {
             "next_device": st.next_device,
             "next_group": st.next_group,
             "next_channel": st.next_channel,
+            "next_stream": st.next_stream,
         });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
@@ -617,6 +659,7 @@ impl Gateway {
             let _ = self.delete_device(id);
         }
         self.channels_of_accounts_deleted(gone);
+        self.streams_of_accounts_deleted(gone);
         let mut st = self.state.lock();
         let groups: Vec<u64> = st
             .groups

@@ -37,7 +37,7 @@ impl Origin {
         match self {
             Origin::Device => tern_store::LOG_ORIGIN_DEVICE,
             Origin::Channel => tern_store::LOG_ORIGIN_CHANNEL,
-            Origin::Stream => 12,
+            Origin::Stream => tern_store::LOG_ORIGIN_STREAM,
             Origin::Webhook => 36,
         }
     }
@@ -141,6 +141,7 @@ pub enum Entity {
     Base,
     Devices,
     Channels,
+    Streams,
 }
 
 impl Entity {
@@ -149,6 +150,7 @@ impl Entity {
             Entity::Base => "base",
             Entity::Devices => "devices",
             Entity::Channels => "channels",
+            Entity::Streams => "streams",
         }
     }
 }
@@ -288,10 +290,34 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Notice,
         Entity::Devices,
     ),
+    info(
+        crate::streams::stream_event::DELIVERY_FAILED.1,
+        "stream delivery failed (kept, retried after the back-off)",
+        Severity::Warning,
+        Entity::Streams,
+    ),
+    info(
+        crate::streams::stream_event::DELIVERY_RESUMED.1,
+        "stream delivery resumed",
+        Severity::Info,
+        Entity::Streams,
+    ),
+    info(
+        crate::streams::stream_event::QUEUE_OVERFLOW.1,
+        "stream queue overflow (oldest dropped)",
+        Severity::Alert,
+        Entity::Streams,
+    ),
+    info(
+        crate::streams::stream_event::QUEUE_EXPIRED.1,
+        "stream queue expired (older than queue_ttl dropped)",
+        Severity::Warning,
+        Entity::Streams,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
-/// entity; `streams` and `webhooks` log nothing yet.
+/// entity; `webhooks` log nothing yet.
 pub fn toolbox_codes() -> Value {
     let mut codes = Map::new();
     let mut entities = Map::new();
@@ -456,7 +482,7 @@ mod tests {
         assert_eq!(keys, vec![0, 4, 7, 8, 12, 17, 23]);
         assert_eq!(v["entities"]["base"], json!([1, 2, 3]));
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
-        assert_eq!(v["entities"]["streams"], json!([]));
+        assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403]));
         assert_eq!(v["entities"]["webhooks"], json!([]));
     }
 

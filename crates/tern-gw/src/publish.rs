@@ -61,6 +61,47 @@ pub fn channel_state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, ne
     );
 }
 
+/// A stream's state: the item and each changed property (retained).
+pub fn stream_state(broker: &Broker, cid: Cid, id: u64, old: Option<&Value>, new: &Value) {
+    state_on(
+        broker,
+        cid,
+        &topics::stream_state_topic(id),
+        &|k| topics::stream_property_topic(id, k),
+        old,
+        new,
+    );
+}
+
+/// A deleted stream: its retained state cleared, then `.../deleted`.
+pub fn stream_deleted(broker: &Broker, cid: Cid, id: u64, old: &Value) {
+    if let Some(obj) = old.as_object() {
+        for k in obj.keys() {
+            send(
+                broker,
+                cid,
+                topics::stream_property_topic(id, k),
+                Bytes::new(),
+                true,
+            );
+        }
+    }
+    send(
+        broker,
+        cid,
+        topics::stream_state_topic(id),
+        Bytes::new(),
+        true,
+    );
+    send(
+        broker,
+        cid,
+        topics::stream_property_topic(id, topics::DEVICE_DELETED_PROPERTY),
+        Bytes::from_static(b"true"),
+        false,
+    );
+}
+
 fn state_on(
     broker: &Broker,
     cid: Cid,

@@ -78,6 +78,7 @@ impl Gateway {
             }
         }
         swept.logs = self.sweep_logs(now);
+        swept.streams = self.sweep_streams(now);
         if swept != Swept::default() {
             tracing::info!(
                 expired = swept.expired,
@@ -102,6 +103,11 @@ impl Gateway {
                     st.channels
                         .values()
                         .map(|c| (c.cid, Origin::Channel.key(c.id))),
+                )
+                .chain(
+                    st.streams
+                        .values()
+                        .map(|s| (s.cid, Origin::Stream.key(s.id))),
                 )
                 .collect()
         };
@@ -134,7 +140,7 @@ impl Gateway {
     }
 
     /// The timestamp of the oldest record under `key` at or before `to`.
-    fn oldest(&self, key: u64, to: i64) -> Option<i64> {
+    pub(crate) fn oldest(&self, key: u64, to: i64) -> Option<i64> {
         let mut oldest = None;
         let range = MessageRange {
             device: key,

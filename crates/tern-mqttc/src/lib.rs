@@ -58,4 +58,4 @@ pub use options::{
     Subscription, TlsOptions, UriError,
 };
 pub use tern_codec::{ByteString, Bytes, ProtocolVersion, PublishProperties, QoS, ReasonCode};
-pub use tls::TlsConfigError;
+pub use tls::{TlsConfigError, client_config as tls_client_config};

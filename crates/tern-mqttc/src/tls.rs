@@ -33,8 +33,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The client configuration for `options`.
-pub(crate) fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfigError> {
+/// The client configuration for `options` (also the HTTP streams' TLS, in tern-gw).
+pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;

@@ -53,6 +53,23 @@ pub fn device_of(key: DeviceId) -> u64 {
     key & !(COMMANDS_KEY_BIT | QUEUE_KEY_BIT)
 }
 
+/// A stream's queue (tern-gw `streams`, docs/flespi.md#streams): the messages waiting to be
+/// pushed out, keyed by the stream id with this bit set (device ids never reach it). Its
+/// entries are keyed in arrival order (the gateway's sequence as timestamp), so a delivered
+/// batch goes with one `Op::DelMessages` range.
+pub const STREAM_KEY_BIT: u64 = 1 << 58;
+
+/// The message-table key of stream `id`'s queue.
+pub fn stream_key(id: u64) -> DeviceId {
+    id | STREAM_KEY_BIT
+}
+
+/// The stream whose queue `key` is, if it is a stream's (never a channel's or a log's).
+pub fn stream_of(key: DeviceId) -> Option<u64> {
+    (key & (CHANNEL_KEY_BIT | LOG_KEY_BIT | STREAM_KEY_BIT) == STREAM_KEY_BIT)
+        .then_some(key & !STREAM_KEY_BIT)
+}
+
 /// Entity logs (tern-gw `logs`, docs/flespi.md#devices) share the message table and its stats
 /// too: a log's key has this bit set, the entity's `origin_type` in the [`LOG_ORIGIN_BITS`]
 /// bits below it, and the entity's id in the rest. It never has [`CHANNEL_KEY_BIT`], and device
@@ -82,6 +99,8 @@ pub fn log_of(key: DeviceId) -> Option<(u64, u64)> {
 pub const LOG_ORIGIN_DEVICE: u64 = 11;
 /// The `origin_type` of channel logs (flespi's).
 pub const LOG_ORIGIN_CHANNEL: u64 = 9;
+/// The `origin_type` of stream logs (flespi's).
+pub const LOG_ORIGIN_STREAM: u64 = 12;
 
 /// What a message-table key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +108,8 @@ pub enum KeyOwner {
     Device(u64),
     /// A channel's buffer.
     Channel(u64),
+    /// A stream's queue.
+    Stream(u64),
     /// The log of an entity: `(origin_type, id)`.
     Log(u64, u64),
 }
@@ -100,6 +121,8 @@ impl KeyOwner {
             KeyOwner::Channel(channel)
         } else if let Some((origin, id)) = log_of(key) {
             KeyOwner::Log(origin, id)
+        } else if let Some(stream) = stream_of(key) {
+            KeyOwner::Stream(stream)
         } else {
             KeyOwner::Device(device_of(key))
         }
@@ -239,6 +262,18 @@ mod tests {
             assert_eq!(log_of(channel_key(id)), None);
             assert_eq!(KeyOwner::of(id), KeyOwner::Device(id));
             assert_eq!(KeyOwner::of(channel_key(id)), KeyOwner::Channel(id));
+            assert_eq!(KeyOwner::of(stream_key(id)), KeyOwner::Stream(id));
+            assert_eq!(stream_of(id), None);
+            assert_eq!(stream_of(channel_key(id)), None);
+            assert_eq!(stream_of(commands_key(id)), None);
+            assert_eq!(stream_of(queue_key(id)), None);
+            for origin in [LOG_ORIGIN_DEVICE, LOG_ORIGIN_CHANNEL, LOG_ORIGIN_STREAM, 36] {
+                assert_eq!(stream_of(log_key(origin, id)), None);
+            }
+            assert_eq!(
+                KeyOwner::of(log_key(LOG_ORIGIN_STREAM, id)),
+                KeyOwner::Log(LOG_ORIGIN_STREAM, id)
+            );
         }
         // A device's and its log's messages never share a range.
         let (lo, hi) = message_bounds(5, i64::MIN, i64::MAX);

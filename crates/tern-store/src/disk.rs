@@ -66,6 +66,7 @@ const GW_META_KEY: &str = "meta";
 const DEVICES: TableDefinition<Bin, Bin> = TableDefinition::new("devices");
 const GROUPS: TableDefinition<Bin, Bin> = TableDefinition::new("groups");
 const CHANNELS: TableDefinition<Bin, Bin> = TableDefinition::new("channels");
+const STREAMS: TableDefinition<Bin, Bin> = TableDefinition::new("streams");
 const TELEMETRY: TableDefinition<Bin, Bin> = TableDefinition::new("telemetry");
 const MESSAGES: TableDefinition<Bin, Bin> = TableDefinition::new("device_messages");
 const MESSAGE_STATS: TableDefinition<Bin, Bin> = TableDefinition::new("device_message_stats");
@@ -405,6 +406,7 @@ struct Tables<'t> {
     devices: Table<'t, Bin, Bin>,
     groups: Table<'t, Bin, Bin>,
     channels: Table<'t, Bin, Bin>,
+    streams: Table<'t, Bin, Bin>,
     telemetry: Table<'t, Bin, Bin>,
     messages: Table<'t, Bin, Bin>,
     message_stats: Table<'t, Bin, Bin>,
@@ -427,6 +429,7 @@ impl<'t> Tables<'t> {
             devices: tx.open_table(DEVICES).map_err(engine)?,
             groups: tx.open_table(GROUPS).map_err(engine)?,
             channels: tx.open_table(CHANNELS).map_err(engine)?,
+            streams: tx.open_table(STREAMS).map_err(engine)?,
             telemetry: tx.open_table(TELEMETRY).map_err(engine)?,
             messages: tx.open_table(MESSAGES).map_err(engine)?,
             message_stats: tx.open_table(MESSAGE_STATS).map_err(engine)?,
@@ -582,6 +585,15 @@ impl<'t> Tables<'t> {
                 self.drop_messages(crate::channel_key(*id))?;
                 self.drop_messages(crate::log_key(crate::LOG_ORIGIN_CHANNEL, *id))?;
             }
+            Op::PutStream { id, json } => {
+                self.streams
+                    .insert(format::id_key(*id).as_slice(), versioned(json).as_slice())?;
+            }
+            Op::DelStream { id } => {
+                self.streams.remove(format::id_key(*id).as_slice())?;
+                self.drop_messages(crate::stream_key(*id))?;
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_STREAM, *id))?;
+            }
             Op::PutTelemetry { device, json } => {
                 let k = format::id_key(*device);
                 if self.devices.get(k.as_slice())?.is_some() {
@@ -604,6 +616,11 @@ impl<'t> Tables<'t> {
                     | crate::KeyOwner::Log(crate::LOG_ORIGIN_DEVICE, id) => {
                         self.devices.get(format::id_key(id).as_slice())?.is_some()
                     }
+                    crate::KeyOwner::Stream(stream)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_STREAM, stream) => self
+                        .streams
+                        .get(format::id_key(stream).as_slice())?
+                        .is_some(),
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
                 };
@@ -924,6 +941,7 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
         (DEVICES, &mut snap.devices),
         (GROUPS, &mut snap.groups),
         (CHANNELS, &mut snap.channels),
+        (STREAMS, &mut snap.streams),
         (TELEMETRY, &mut snap.telemetry),
     ] {
         let Some(table) = optional(def)? else {

@@ -69,6 +69,12 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    for (id, json) in &snapshot.streams {
+        line(&Line::Stream {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
     for (device, json) in &snapshot.telemetry {
         line(&Line::Telemetry {
             device: *device,
@@ -277,6 +283,11 @@ enum Line {
         id: u64,
         json: Data,
     },
+    /// A stream of the devices layer (its JSON document).
+    Stream {
+        id: u64,
+        json: Data,
+    },
     /// A device message (after its device): key (`ts` in µs, `seq`) and JSON document.
     Message {
         device: u64,
@@ -371,6 +382,10 @@ impl Line {
                 json: json.bytes()?,
             },
             Line::Channel { id, json } => Op::PutChannel {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Stream { id, json } => Op::PutStream {
                 id,
                 json: json.bytes()?,
             },

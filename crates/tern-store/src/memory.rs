@@ -29,6 +29,7 @@ pub struct MemoryState {
     pub devices: BTreeMap<DeviceId, Bytes>,
     pub groups: BTreeMap<u64, Bytes>,
     pub channels: BTreeMap<u64, Bytes>,
+    pub streams: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
     pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
     pub message_stats: BTreeMap<DeviceId, MessageStats>,
@@ -163,6 +164,17 @@ impl MemoryState {
                 self.message_stats.remove(&log);
                 self.messages.retain(|(d, _), _| *d != key && *d != log);
             }
+            Op::PutStream { id, json } => {
+                self.streams.insert(*id, json.clone());
+            }
+            Op::DelStream { id } => {
+                self.streams.remove(id);
+                let key = crate::stream_key(*id);
+                let log = crate::log_key(crate::LOG_ORIGIN_STREAM, *id);
+                self.message_stats.remove(&key);
+                self.message_stats.remove(&log);
+                self.messages.retain(|(d, _), _| *d != key && *d != log);
+            }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
                     self.telemetry.insert(*device, json.clone());
@@ -180,6 +192,10 @@ impl MemoryState {
                     crate::KeyOwner::Device(id)
                     | crate::KeyOwner::Log(crate::LOG_ORIGIN_DEVICE, id) => {
                         self.devices.contains_key(&id)
+                    }
+                    crate::KeyOwner::Stream(stream)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_STREAM, stream) => {
+                        self.streams.contains_key(&stream)
                     }
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
@@ -281,6 +297,7 @@ impl MemoryState {
             devices: self.devices.iter().map(|(k, v)| (*k, v.clone())).collect(),
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
             channels: self.channels.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            streams: self.streams.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self
                 .telemetry
                 .iter()

@@ -180,6 +180,8 @@ pub struct Snapshot {
     pub groups: Vec<(u64, Bytes)>,
     /// Channels as JSON documents, by id.
     pub channels: Vec<(u64, Bytes)>,
+    /// Streams as JSON documents, by id.
+    pub streams: Vec<(u64, Bytes)>,
     /// Each device's telemetry document.
     pub telemetry: Vec<(u64, Bytes)>,
     /// How many messages and bytes each device has stored (the messages themselves are read

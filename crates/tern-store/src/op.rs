@@ -111,6 +111,15 @@ pub enum Op {
     DelChannel {
         id: u64,
     },
+    /// A stream of the devices layer (its JSON document, tern-gw owns the schema).
+    PutStream {
+        id: u64,
+        json: Bytes,
+    },
+    /// Deletes a stream with its queue and log.
+    DelStream {
+        id: u64,
+    },
     /// Replaces a device's telemetry document.
     PutTelemetry {
         device: DeviceId,
@@ -120,7 +129,8 @@ pub enum Op {
         device: DeviceId,
     },
     /// Appends messages to a device's history, a channel's buffer (`channel_key`) or an entity's
-    /// log (`log_key`); ignored when the device or channel does not exist, and for logs of
+    /// log (`log_key`) or a stream's queue (`stream_key`); ignored when the device, channel or
+    /// stream does not exist, and for logs of
     /// entities the store keeps no record of.
     AppendMessages {
         device: DeviceId,

@@ -650,3 +650,86 @@ fn export_and_import_carry_entity_logs() {
         tern_store::load(src.path()).expect("load")
     );
 }
+
+/// A stream's queue and log share the message table under `stream_key` and its log key: kept
+/// only while the stream exists, a delivered range removed with one `DelMessages`, gone with
+/// the stream, and carried through export and import.
+#[tokio::test]
+async fn stream_queues_on_both_backends() {
+    let memory = MemoryBackend::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+    let queue = tern_store::stream_key(7);
+    let log = tern_store::log_key(tern_store::LOG_ORIGIN_STREAM, 7);
+    for backend in [
+        Box::new(memory.clone()) as Box<dyn Backend>,
+        Box::new(disk) as Box<dyn Backend>,
+    ] {
+        let (store, _writer) = Store::start(backend, FsyncPolicy::Always);
+        let t = store.submit_all([
+            append(queue, 0, 2, 1), // before the stream exists: ignored
+            append(log, 0, 2, 1),
+            device(7),
+            Op::PutStream {
+                id: 7,
+                json: Bytes::from_static(b"{\"id\":7}"),
+            },
+            append(7, 50, 2, 10),
+            append(queue, 100, 5, 20),
+            append(log, 10, 1, 30),
+        ]);
+        store.wait(t).await;
+        assert_eq!(
+            read(&store, queue, i64::MIN, i64::MAX, false, 100),
+            vec![100, 101, 102, 103, 104]
+        );
+        assert_eq!(read(&store, log, i64::MIN, i64::MAX, false, 100), vec![10]);
+        let t = store.submit(Op::DelMessages {
+            device: queue,
+            from: i64::MIN,
+            to: 102,
+        });
+        store.wait(t).await;
+        assert_eq!(
+            read(&store, queue, i64::MIN, i64::MAX, false, 100),
+            vec![103, 104]
+        );
+        assert_eq!(store.message_stats(queue).expect("stats").count, 2);
+        let t = store.submit(Op::DelStream { id: 7 });
+        store.wait(t).await;
+        assert!(read(&store, queue, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert!(read(&store, log, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert_eq!(store.message_stats(queue).map(|s| s.count).unwrap_or(0), 0);
+        assert_eq!(
+            read(&store, 7, i64::MIN, i64::MAX, false, 100),
+            vec![50, 51],
+            "the device with the same id keeps its messages"
+        );
+    }
+    assert!(memory.load().streams.is_empty());
+
+    // Export and import carry the stream and its queue.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(src.path()).expect("open");
+    disk.apply(&[
+        Op::PutStream {
+            id: 3,
+            json: Bytes::from_static(b"{\"id\":3}"),
+        },
+        append(tern_store::stream_key(3), 10, 3, 10),
+    ])
+    .expect("apply");
+    disk.sync().expect("sync");
+    drop(disk);
+    let mut out = Vec::new();
+    tern_store::export_dir(src.path(), &mut out).expect("export");
+    let ops = tern_store::import(out.as_slice()).expect("import");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let (mut disk, _) = DiskBackend::open(dst.path()).expect("open");
+    disk.apply(&ops).expect("apply");
+    disk.sync().expect("sync");
+    drop(disk);
+    let loaded = tern_store::load(dst.path()).expect("load");
+    assert_eq!(loaded.streams.len(), 1);
+    assert_eq!(loaded, tern_store::load(src.path()).expect("load"));
+}

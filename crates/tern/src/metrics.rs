@@ -22,7 +22,7 @@
 //! - the devices layer: `tern_gw_messages_ingested{route}`, `tern_gw_messages_refused{reason}`,
 //!   `tern_gw_stored_bytes`, `tern_gw_devices`, `tern_gw_channels`,
 //!   `tern_gw_retention_sweeps`, `tern_gw_retention_devices{action}`,
-//!   `tern_gw_retention_messages`
+//!   `tern_gw_retention_messages`, the streams' `tern_gw_stream_messages{event}`
 //! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
 //!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
 //!   `tern_teltonika_ack_latency_seconds` (histogram)
@@ -487,6 +487,22 @@ impl TernCollector {
             "tern_gw_retention_messages",
             "Messages the retention sweeps deleted, expired or rotated",
             load_u(&m.swept_messages),
+        )?;
+        let sm = &self.gateway.stream_metrics;
+        family(
+            enc,
+            "tern_gw_stream_messages",
+            "Stream queue events (queued, delivered: a 200 answer, not_valid: kept out by validate_message) in messages; failures (POSTs not answered 200), overflows (queue_max_bytes passed, oldest dropped) and expiries (queue_ttl) in occurrences",
+            MetricType::Counter,
+            [
+                ("queued", &sm.queued),
+                ("delivered", &sm.delivered),
+                ("not_valid", &sm.not_valid),
+                ("failures", &sm.failures),
+                ("overflows", &sm.overflows),
+                ("expiries", &sm.expiries),
+            ]
+            .map(|(e, v)| ([("event", e)], ConstCounter::new(load_u(v)))),
         )?;
         self.encode_trackers(enc)
     }

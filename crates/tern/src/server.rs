@@ -166,6 +166,8 @@ impl Server {
         tracker.spawn(broker.clone().run_timers());
         tracker.spawn(gateway.clone().run_retention());
         tracker.spawn(gateway.clone().run_mqtt_channels());
+        // HTTP streams' delivery tasks (docs/flespi.md#streams).
+        tracker.spawn(gateway.clone().run_streams());
         // Teltonika channels' listeners (docs/teltonika.md).
         gateway.start_trackers();
         let acceptor = Acceptor::new(

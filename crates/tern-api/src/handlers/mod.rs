@@ -15,6 +15,7 @@ pub(crate) mod gw_groups;
 pub(crate) mod gw_history;
 pub(crate) mod gw_logs;
 pub(crate) mod gw_protocols;
+pub(crate) mod gw_streams;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 pub(crate) mod subaccounts;

@@ -77,6 +77,19 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/gw/channels/{sel}/logs"),
     ("get", "/const/values"),
     ("get", "/gw/channel-protocols/{sel}/device-types/{type_sel}"),
+    ("post", "/gw/streams"),
+    ("get", "/gw/streams/{sel}"),
+    ("put", "/gw/streams/{sel}"),
+    ("patch", "/gw/streams/{sel}"),
+    ("delete", "/gw/streams/{sel}"),
+    ("get", "/gw/streams/{sel}/devices/{source_sel}"),
+    ("post", "/gw/streams/{sel}/devices/{source_sel}"),
+    ("delete", "/gw/streams/{sel}/devices/{source_sel}"),
+    ("get", "/gw/streams/{sel}/channels/{source_sel}"),
+    ("post", "/gw/streams/{sel}/channels/{source_sel}"),
+    ("delete", "/gw/streams/{sel}/channels/{source_sel}"),
+    ("get", "/gw/streams/{sel}/logs"),
+    ("get", "/gw/stream-protocols/{sel}"),
 ];
 
 #[tokio::test]

@@ -236,6 +236,8 @@ pub mod arb {
             1 => (1u64..4).prop_map(|id| Op::DelGroup { id }),
             1 => (1u64..4, bytes()).prop_map(|(id, json)| Op::PutChannel { id, json }),
             1 => (1u64..4).prop_map(|id| Op::DelChannel { id }),
+            1 => (1u64..4, bytes()).prop_map(|(id, json)| Op::PutStream { id, json }),
+            1 => (1u64..4).prop_map(|id| Op::DelStream { id }),
             1 => (1u64..4, bytes()).prop_map(|(device, json)| Op::PutTelemetry { device, json }),
             1 => (1u64..4).prop_map(|device| Op::DelTelemetry { device }),
             1 => bytes().prop_map(|json| Op::PutGwMeta { json }),
