@@ -276,12 +276,7 @@ impl ChannelChanges {
         }
         if let Some(v) = &self.configuration {
             c.configuration = if merge {
-                let mut out = Value::Object(c.configuration.clone());
-                crate::device::merge_patch(&mut out, Value::Object(v.clone()));
-                match out {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                }
+                crate::device::merged(&c.configuration, v)
             } else {
                 v.clone()
             };

@@ -312,14 +312,16 @@ impl Gateway {
             }
             // The streams that take this channel's messages; one that also takes a message's
             // device gets it from the device path (with its device fields), once.
-            let for_streams: Vec<(&Map<String, Value>, &Bytes)> =
-                kept.iter().map(|(_, obj)| obj).zip(&jsons).collect();
-            self.queue_for_streams(
-                &mut st,
-                crate::streams::Source::Channel(c.id),
-                &for_streams,
-                &|s, i| devices[i].is_some_and(|d| s.devices.contains(&d)),
-            );
+            if !st.streams.is_empty() {
+                let for_streams: Vec<(&Map<String, Value>, &Bytes)> =
+                    kept.iter().map(|(_, obj)| obj).zip(&jsons).collect();
+                self.queue_for_streams(
+                    &mut st,
+                    crate::streams::Source::Channel(c.id),
+                    &for_streams,
+                    &|s, i| devices[i].is_some_and(|d| s.devices.contains(&d)),
+                );
+            }
             out.kept = kept.len();
             for (((ident, obj), json), device) in kept.into_iter().zip(jsons).zip(devices) {
                 publish::channel_message(&self.broker, c.cid, c.id, &ident, json);

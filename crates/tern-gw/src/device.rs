@@ -175,7 +175,7 @@ impl DeviceChanges {
     }
 }
 
-fn merged(base: &Map<String, Value>, patch: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn merged(base: &Map<String, Value>, patch: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Value::Object(base.clone());
     merge_patch(&mut out, Value::Object(patch.clone()));
     match out {

@@ -63,18 +63,21 @@ impl Gateway {
             });
             self.note_append(&mut st, id, d.cid, bytes, stored.len() as u64, ticket);
         }
-        // The streams that take this device's messages (before they are acknowledged).
-        let for_streams: Vec<(&Map<String, Value>, &Bytes)> = prepared
-            .iter()
-            .zip(&stored)
-            .map(|((_, obj), (_, json))| (obj, json))
-            .collect();
-        self.queue_for_streams(
-            &mut st,
-            crate::streams::Source::Device(id),
-            &for_streams,
-            &|_, _| false,
-        );
+        // The streams that take this device's messages (before they are acknowledged); no
+        // list is built while there are no streams.
+        if !st.streams.is_empty() {
+            let for_streams: Vec<(&Map<String, Value>, &Bytes)> = prepared
+                .iter()
+                .zip(&stored)
+                .map(|((_, obj), (_, json))| (obj, json))
+                .collect();
+            self.queue_for_streams(
+                &mut st,
+                crate::streams::Source::Device(id),
+                &for_streams,
+                &|_, _| false,
+            );
+        }
         let mut touched: Vec<String> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
         let tel = st.telemetry.entry(id).or_default();

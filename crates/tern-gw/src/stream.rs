@@ -244,14 +244,10 @@ impl StreamChanges {
             }
         }
         let patch = |old: &Map<String, Value>, new: &Map<String, Value>| {
-            if !merge {
-                return new.clone();
-            }
-            let mut out = Value::Object(old.clone());
-            crate::device::merge_patch(&mut out, Value::Object(new.clone()));
-            match out {
-                Value::Object(m) => m,
-                _ => Map::new(),
+            if merge {
+                crate::device::merged(old, new)
+            } else {
+                new.clone()
             }
         };
         if let Some(v) = &self.configuration {

@@ -15,7 +15,7 @@ use tern_gw::{ChannelChanges, ChannelInput, channel};
 use tern_net::{Listener, LocalAddr};
 use utoipa::IntoParams;
 
-use super::gw_common::gw_error;
+use super::gw_common::{changed_each, gw_error};
 use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
@@ -80,15 +80,9 @@ pub(crate) async fn create(
         }
     }
     check(errors)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, c) in channels.into_iter().enumerate() {
-        match api.gateway.create_channel(c) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, channels, |c| {
+        api.gateway.create_channel(c).map(std::iter::once)
+    }))
 }
 
 /// Lists channels.
@@ -136,15 +130,11 @@ fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     fixed.push("protocol_id");
     let (changes, _) = call.changes::<ChannelChanges>(&fixed)?;
     let ids = selected(&api, &call, 0)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        match api.gateway.update_channel(id, &changes, merge) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, ids, |id| {
+        api.gateway
+            .update_channel(id, &changes, merge)
+            .map(std::iter::once)
+    }))
 }
 
 /// Deletes the selected channels.

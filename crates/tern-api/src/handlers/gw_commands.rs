@@ -9,7 +9,7 @@ use serde_json::Value;
 use tern_gw::{CommandInput, GwError};
 use utoipa::IntoParams;
 
-use super::gw_common::{api_error, gw_error};
+use super::gw_common::{api_error, changed_each, gw_error};
 use super::gw_devices::selected;
 use super::{Sel, check, invalid_item};
 use crate::ApiState;
@@ -109,19 +109,12 @@ pub(crate) async fn post(State(api): State<ApiState>, call: Call) -> Result<Repl
 pub(crate) async fn queue(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
     let commands = commands(&call)?;
     let ids = selected(&api, &call, 1)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    let mut i = 0;
-    for id in ids {
-        for c in &commands {
-            match api.gateway.queue_command(id, c) {
-                Ok(item) => done.push(item),
-                Err(e) => failed.push(gw_error(&e).at(i)),
-            }
-            i += 1;
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    let each = ids
+        .iter()
+        .flat_map(|id| commands.iter().map(move |c| (*id, c)));
+    Ok(changed_each(&call, each, |(id, c)| {
+        api.gateway.queue_command(id, c).map(std::iter::once)
+    }))
 }
 
 /// Lists the queued commands of the selected devices.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use tern_gw::{DeviceChanges, DeviceInput, device};
 use utoipa::IntoParams;
 
-use super::gw_common::{api_error, gw_error};
+use super::gw_common::{api_error, changed_each};
 use super::gw_history::{self, Kind};
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
@@ -89,15 +89,9 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
         }
     }
     check(errors)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, d) in inputs.into_iter().enumerate() {
-        match api.gateway.create_device(d) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, inputs, |d| {
+        api.gateway.create_device(d).map(std::iter::once)
+    }))
 }
 
 fn wants_telemetry(call: &Call) -> bool {
@@ -150,15 +144,11 @@ pub(crate) async fn patch(State(api): State<ApiState>, call: Call) -> Result<Rep
 fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     let (changes, _) = call.changes::<DeviceChanges>(device::READ_ONLY)?;
     let ids = selected(&api, &call, 0)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        match api.gateway.update_device(id, &changes, merge) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, ids, |id| {
+        api.gateway
+            .update_device(id, &changes, merge)
+            .map(std::iter::once)
+    }))
 }
 
 /// Deletes the selected devices with their messages and telemetry.
@@ -193,15 +183,9 @@ pub(crate) async fn move_cid(State(api): State<ApiState>, call: Call) -> Result<
     let (body, _) = call.changes::<CidBody>(&[])?;
     let cid = account_in_scope(&api, &call, Some(body.cid)).map_err(ApiError::bad_request)?;
     let ids = selected(&api, &call, 1)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        match api.gateway.move_device(id, cid) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, ids, |id| {
+        api.gateway.move_device(id, cid).map(std::iter::once)
+    }))
 }
 
 /// Registers messages into the selected devices.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tern_gw::{GroupChanges, GroupInput};
 use utoipa::IntoParams;
 
-use super::gw_common::gw_error;
+use super::gw_common::changed_each;
 use super::gw_devices::selected as devices_selected;
 use super::{FieldsQuery, ListQuery, Sel, account_in_scope, check, invalid_item};
 use crate::ApiState;
@@ -96,15 +96,11 @@ pub(crate) async fn patch(State(api): State<ApiState>, call: Call) -> Result<Rep
 
 fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     let (changes, _) = call.changes::<GroupChanges>(READ_ONLY)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in selected(&api, &call, 0)?.into_iter().enumerate() {
-        match api.gateway.update_group(id, &changes, merge) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, selected(&api, &call, 0)?, |id| {
+        api.gateway
+            .update_group(id, &changes, merge)
+            .map(std::iter::once)
+    }))
 }
 
 /// Deletes groups (their devices stay, outside the group).
@@ -123,15 +119,9 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
 
 fn members(api: ApiState, call: Call, remove: bool) -> Result<Reply, ApiError> {
     let devices = devices_selected(&api, &call, 0)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, group) in selected(&api, &call, 2)?.into_iter().enumerate() {
-        match api.gateway.assign(group, &devices, remove) {
-            Ok(items) => done.extend(items),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, selected(&api, &call, 2)?, |group| {
+        api.gateway.assign(group, &devices, remove)
+    }))
 }
 
 /// The devices of the selected groups that the device selector picks.

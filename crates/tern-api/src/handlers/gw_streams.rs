@@ -11,7 +11,7 @@ use tern_gw::stream::{self, STREAM_PROTOCOLS, protocol_item};
 use tern_gw::{StreamChanges, StreamInput};
 use utoipa::IntoParams;
 
-use super::gw_common::{api_error, data_of, gw_error};
+use super::gw_common::{api_error, changed_each, data_of};
 use super::gw_history::{self, Kind};
 use super::{
     FieldsQuery, ListQuery, Sel, account_in_scope, check, gw_channels, gw_devices, invalid_item,
@@ -75,15 +75,9 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
         }
     }
     check(errors)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, s) in streams.into_iter().enumerate() {
-        match api.gateway.create_stream(s) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, streams, |s| {
+        api.gateway.create_stream(s).map(std::iter::once)
+    }))
 }
 
 /// Lists streams.
@@ -131,15 +125,11 @@ fn update(api: ApiState, call: Call, merge: bool) -> Result<Reply, ApiError> {
     fixed.push("protocol_id");
     let (changes, _) = call.changes::<StreamChanges>(&fixed)?;
     let ids = selected(&api, &call, 0)?;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        match api.gateway.update_stream(id, &changes, merge) {
-            Ok(item) => done.push(item),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, ids, |id| {
+        api.gateway
+            .update_stream(id, &changes, merge)
+            .map(std::iter::once)
+    }))
 }
 
 /// Deletes the selected streams with their queues and logs.
@@ -164,15 +154,9 @@ fn sources(api: ApiState, call: Call, devices: bool, remove: bool) -> Result<Rep
     } else {
         gw_channels::selected(&api, &call, 0)?
     };
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (i, id) in selected(&api, &call, 2)?.into_iter().enumerate() {
-        match api.gateway.stream_sources(id, devices, &picked, remove) {
-            Ok(items) => done.extend(items),
-            Err(e) => failed.push(gw_error(&e).at(i)),
-        }
-    }
-    Ok(Reply::changed(&call, done, failed))
+    Ok(changed_each(&call, selected(&api, &call, 2)?, |id| {
+        api.gateway.stream_sources(id, devices, &picked, remove)
+    }))
 }
 
 /// The sources of the selected streams that the source selector picks.
