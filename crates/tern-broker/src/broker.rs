@@ -630,10 +630,22 @@ impl Broker {
     /// Routes a message to every matching subscription of the publisher's account and its
     /// ancestors, and updates the retained tree.
     pub fn publish(&self, msg: Arc<Message>) -> Routed {
+        self.publish_with(msg, true)
+    }
+
+    /// [`Broker::publish`] for a retained message derived from state that is durable elsewhere
+    /// and republished at every start (the devices layer's `flespi/state/gw/...` items and
+    /// telemetry): a retained put is kept in memory only, no store write; a retained delete is
+    /// still written, so that a copy stored by an earlier version does not come back.
+    pub fn publish_derived(&self, msg: Arc<Message>) -> Routed {
+        self.publish_with(msg, false)
+    }
+
+    fn publish_with(&self, msg: Arc<Message>, store_retained: bool) -> Routed {
         self.tap(&msg);
         let mut ticket = 0;
         if msg.retain && self.config.retain_available {
-            ticket = self.set_retained(&msg);
+            ticket = self.set_retained(&msg, store_retained);
         }
         TARGETS.with(|cell| {
             let mut targets = cell.borrow_mut();
@@ -884,8 +896,9 @@ impl Broker {
 
     // ---- retained ------------------------------------------------------------------------
 
-    /// Sets or (empty payload) deletes a retained message; returns the store ticket.
-    fn set_retained(&self, msg: &Arc<Message>) -> Ticket {
+    /// Sets or (empty payload) deletes a retained message; returns the store ticket. With
+    /// `store_put` false a set is not written to the store (see [`Broker::publish_derived`]).
+    fn set_retained(&self, msg: &Arc<Message>, store_put: bool) -> Ticket {
         let ns = self.namespace_or_create(msg.cid);
         let mut tree = ns.retained.write();
         if msg.payload.is_empty() {
@@ -906,7 +919,7 @@ impl Broker {
                 }
                 None => Metrics::gauge(&self.metrics.retained, 1),
             }
-            if self.store.enabled() {
+            if store_put && self.store.enabled() {
                 return self.store.submit(Op::PutRetained { msg: msg.clone() });
             }
             0

@@ -9,6 +9,11 @@
 //! - `flespi/message/gw/devices/<id>`: each stored message, not retained.
 //! - `flespi/state/gw/devices/<id>/telemetry/<param>`: the raw value, retained, with the
 //!   message `timestamp` (the v5 user property the broker writes) = the parameter's `ts`.
+//!
+//! Every retained message here is derived from the layer's own durable records and published
+//! again by [`crate::Gateway::publish_all`] at start, so it goes through
+//! `Broker::publish_derived`: kept in the retained tree, not written to the store (a tracker's
+//! frame would otherwise cost a store write per telemetry parameter); deletions are written.
 
 use std::sync::Arc;
 
@@ -30,7 +35,7 @@ fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) 
         QoS::AtLeastOnce,
         retain,
     );
-    broker.publish(Arc::new(msg));
+    broker.publish_derived(Arc::new(msg));
 }
 
 fn json_bytes(v: &Value) -> Bytes {
@@ -231,7 +236,7 @@ pub fn telemetry(broker: &Broker, cid: Cid, id: u64, param: &str, value: Option<
         ),
         None => broker.message(cid, topic, Bytes::new(), QoS::AtLeastOnce, true),
     };
-    broker.publish(Arc::new(msg));
+    broker.publish_derived(Arc::new(msg));
 }
 
 /// A parameter's `ts` as the broker's message time (times before 1970 are written as 0).
