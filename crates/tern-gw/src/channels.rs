@@ -265,7 +265,7 @@ impl Gateway {
             }
         }
         // Per device, in arrival order.
-        let mut per_device: Vec<(u64, Vec<Value>)> = Vec::new();
+        let mut per_device: Vec<(u64, Vec<Map<String, Value>>)> = Vec::new();
         {
             let mut st = self.state.lock();
             let root = self.root(c.cid);
@@ -327,14 +327,14 @@ impl Gateway {
                 publish::channel_message(&self.broker, c.cid, c.id, &ident, json);
                 if let Some(id) = device {
                     match per_device.iter_mut().find(|(d, _)| *d == id) {
-                        Some((_, list)) => list.push(Value::Object(obj)),
-                        None => per_device.push((id, vec![Value::Object(obj)])),
+                        Some((_, list)) => list.push(obj),
+                        None => per_device.push((id, vec![obj])),
                     }
                 }
             }
         }
         for (id, list) in per_device {
-            self.ingest(id, &list, false)?;
+            self.ingest_checked(id, list)?;
         }
         Ok(out)
     }

@@ -33,6 +33,25 @@ impl Gateway {
                 self.options.max_messages_per_post
             )));
         }
+        self.ingest_with(id, rest, |d, now| prepare(d, messages, now, rest))
+    }
+
+    /// The device path for messages a channel checked and owns (`channel_messages`): they
+    /// carry `ident`, `timestamp` and the ingest fields already and are moved, not copied.
+    pub(crate) fn ingest_checked(
+        &self,
+        id: u64,
+        messages: Vec<Map<String, Value>>,
+    ) -> Result<(), GwError> {
+        self.ingest_with(id, false, move |d, _| Ok(prepare_checked(d, messages)))
+    }
+
+    fn ingest_with(
+        &self,
+        id: u64,
+        rest: bool,
+        prepare: impl FnOnce(&Device, f64) -> Result<Vec<Prepared>, GwError>,
+    ) -> Result<(), GwError> {
         let now = self.now();
         let mut st = self.state.lock();
         let d = st
@@ -40,7 +59,7 @@ impl Gateway {
             .get(&id)
             .ok_or(GwError::NotFound { what: "device", id })?
             .clone();
-        let prepared = prepare(&d, messages, now, rest)?;
+        let prepared = prepare(&d, now)?;
         let d_cid = d.cid;
         let sessions = crate::has_sessions(&d);
         let mut stored = Vec::with_capacity(prepared.len());
@@ -132,6 +151,27 @@ impl Gateway {
 /// A message ready to store, with its timestamp in seconds.
 type Prepared = (f64, Map<String, Value>);
 
+/// [`prepare`] for a channel's checked messages: only the device fields are added.
+fn prepare_checked(d: &Device, messages: Vec<Map<String, Value>>) -> Vec<Prepared> {
+    messages
+        .into_iter()
+        .map(|mut obj| {
+            let ts = obj
+                .get("timestamp")
+                .and_then(|v| message::timestamp_of(v).ok())
+                .unwrap_or_default();
+            add_device_fields(&mut obj, d);
+            (ts, obj)
+        })
+        .collect()
+}
+
+fn add_device_fields(obj: &mut Map<String, Value>, d: &Device) {
+    obj.insert("device.id".into(), json!(d.id));
+    obj.insert("device.name".into(), json!(d.name));
+    obj.insert("device.type.id".into(), json!(d.device_type_id));
+}
+
 /// The validate step: every message as it will be stored, with its timestamp in seconds, or the
 /// first problem (naming the message). `ident` and `timestamp` default to the device's and
 /// `now`; `rest.timestamp` (posted over REST), `device.id`, `device.name` and `device.type.id` are added.
@@ -159,9 +199,7 @@ fn prepare(d: &Device, messages: &[Value], now: f64, rest: bool) -> Result<Vec<P
         if rest {
             obj.insert("rest.timestamp".into(), json!(now));
         }
-        obj.insert("device.id".into(), json!(d.id));
-        obj.insert("device.name".into(), json!(d.name));
-        obj.insert("device.type.id".into(), json!(d.device_type_id));
+        add_device_fields(&mut obj, d);
         prepared.push((ts, obj));
     }
     Ok(prepared)
