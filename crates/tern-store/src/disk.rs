@@ -176,12 +176,12 @@ impl DiskBackend {
     }
 }
 
-impl Backend for DiskBackend {
-    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+impl DiskBackend {
+    /// Applies `ops` in one transaction: durable when `synced` (or when no durable commit came
+    /// for `MAX_NON_DURABLE`), else made durable by the next `sync`, as the fsync policy says.
+    fn commit(&mut self, ops: &[Op], synced: bool) -> Result<(), StoreError> {
         let mut tx = self.db()?.begin_write().map_err(engine)?;
-        // Made durable by the next `sync`, as the fsync policy says (or by this commit, when
-        // no sync came for a while).
-        let durable = self.last_durable.elapsed() >= MAX_NON_DURABLE;
+        let durable = synced || self.last_durable.elapsed() >= MAX_NON_DURABLE;
         if !durable {
             tx.set_durability(Durability::None).map_err(engine)?;
         }
@@ -209,6 +209,16 @@ impl Backend for DiskBackend {
             self.reclaim_if(RECLAIM_MIN_FILE)?;
         }
         Ok(())
+    }
+}
+
+impl Backend for DiskBackend {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        self.commit(ops, false)
+    }
+
+    fn apply_synced(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        self.commit(ops, true)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -63,6 +63,12 @@ pub trait Backend: Send + 'static {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError>;
     /// Makes everything applied so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// [`Backend::apply`] then [`Backend::sync`]; an engine that can do both in one durable
+    /// transaction does (`fsync = "always"`: one commit per batch instead of two).
+    fn apply_synced(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        self.apply(ops)?;
+        self.sync()
+    }
     /// Makes the backend usable again after `apply` or `sync` failed, rolled back to its last
     /// successful sync; the writer then applies every op since that sync again. Ops are
     /// idempotent when applied again in order, so a rollback to a later point is harmless.
@@ -445,6 +451,8 @@ fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: Fsync
         unwritten += batch.len() as u64;
         kept.append(&mut batch);
         let result = (|| -> Result<bool, StoreError> {
+            // With `always`, a batch is applied and synced in one go.
+            let mut synced = false;
             if broken {
                 backend.recover()?;
                 broken = false;
@@ -452,7 +460,12 @@ fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: Fsync
                     backend.apply(&kept)?;
                 }
             } else if kept.len() > fresh {
-                backend.apply(&kept[fresh..])?;
+                if sync_every.is_none() {
+                    backend.apply_synced(&kept[fresh..])?;
+                    synced = true;
+                } else {
+                    backend.apply(&kept[fresh..])?;
+                }
             }
             if kept.len() > fresh {
                 shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +476,9 @@ fn writer_loop(shared: Arc<Shared>, mut backend: Box<dyn Backend>, policy: Fsync
                     Some(every) => closing || last_sync.elapsed() >= every,
                 };
             if sync_now {
-                backend.sync()?;
+                if !synced {
+                    backend.sync()?;
+                }
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 last_sync = Instant::now();
             }
