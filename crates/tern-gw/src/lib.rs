@@ -56,6 +56,7 @@ pub mod message;
 pub mod metrics;
 mod mqtt_channels;
 mod mqtt_external;
+mod mqtt_stream;
 pub mod outbound;
 pub mod publish;
 mod quota;

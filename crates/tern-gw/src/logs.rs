@@ -314,6 +314,12 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Warning,
         Entity::Streams,
     ),
+    info(
+        crate::streams::stream_event::DELIVERY_DROPPED.1,
+        "stream messages dropped (no valid URI or topic for them)",
+        Severity::Warning,
+        Entity::Streams,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
