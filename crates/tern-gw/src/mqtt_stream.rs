@@ -206,9 +206,8 @@ pub(crate) async fn run(
         // Resolve and check the host; connect to the checked address only.
         let host = &settings.uri.host;
         let resolved = match outbound::resolve_allowed(host, settings.uri.port, policy).await {
-            Ok(addrs) => addrs
-                .first()
-                .copied()
+            Ok(addrs) => reachable(&addrs)
+                .await
                 .ok_or_else(|| format!("`{host}` resolves to no address")),
             Err(e) => Err(e.to_string()),
         };
@@ -254,6 +253,23 @@ pub(crate) async fn run(
         watcher.abort();
     }
 }
+
+/// The first of `addrs` that accepts a TCP connection (closed at once), else the first: a
+/// name with an IPv6 and an IPv4 address reaches a broker that listens on one of them.
+async fn reachable(addrs: &[std::net::SocketAddr]) -> Option<std::net::SocketAddr> {
+    if addrs.len() > 1 {
+        for a in addrs {
+            let probe = tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(a)).await;
+            if matches!(probe, Ok(Ok(_))) {
+                return Some(*a);
+            }
+        }
+    }
+    addrs.first().copied()
+}
+
+/// How long one probe of [`reachable`] may take.
+const PROBE: Duration = Duration::from_secs(5);
 
 /// The delivery loop over one client (ends only if the store cannot be read for good).
 async fn deliver(
