@@ -207,8 +207,19 @@ pub(crate) async fn post(http: SocketAddr, device: u64, ns: std::ops::Range<u64>
     .await;
 }
 
+/// An express-style receiver (`POST /post`).
 #[tokio::test]
 async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
+    in_order_through_a_500_and_a_timeout("/post").await;
+}
+
+/// An aiohttp-style receiver (`POST /`).
+#[tokio::test]
+async fn every_message_arrives_in_order_at_the_root_through_a_500_and_a_timeout() {
+    in_order_through_a_500_and_a_timeout("/").await;
+}
+
+async fn in_order_through_a_500_and_a_timeout(path: &str) {
     let data = tempfile::tempdir().unwrap();
     let http = free_addr();
     let http_s = http.to_string();
@@ -218,7 +229,7 @@ async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
     let Some(_rx) = receiver(port, &out, "200,500,hang").await else {
         return;
     };
-    let uri = format!("http://127.0.0.1:{port}/post");
+    let uri = format!("http://127.0.0.1:{port}{path}");
     let (stream, device) = stream_and_device(http, &uri, "s1").await;
     // An HTTP channel taking the same device's messages, also a source of the stream: what
     // reaches the stream both ways is sent once.
@@ -264,7 +275,7 @@ async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
     // A batch that was not acknowledged is sent again, from its first message.
     assert_eq!(requests[2].2.first(), requests[1].2.first());
     assert_eq!(requests[3].2.first(), requests[1].2.first());
-    assert!(requests.iter().all(|r| r.1 == "/post"));
+    assert!(requests.iter().all(|r| r.1 == path));
 
     // The failures are in the stream's log, and the queue is empty.
     let logs = rest(http, "GET", &format!("/gw/streams/{stream}/logs"), None).await;
