@@ -209,7 +209,8 @@ pub async fn run(p: StreamParams) -> Result<StreamReport> {
         let mut opts = p.connect.clone();
         opts.broker = p.target;
         opts.username = None;
-        let mut conn = client::connect(&opts, &format!("tb-{:08x}-stream-sub", p.tag), None).await?;
+        let mut conn =
+            client::connect(&opts, &format!("tb-{:08x}-stream-sub", p.tag), None).await?;
         conn.stream
             .write_all(&client::subscribe_packet(
                 std::slice::from_ref(&topic),
