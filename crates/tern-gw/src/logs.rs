@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(keys, vec![0, 4, 7, 8, 12, 17, 23]);
         assert_eq!(v["entities"]["base"], json!([1, 2, 3]));
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
-        assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403]));
+        assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403, 404]));
         assert_eq!(v["entities"]["webhooks"], json!([]));
     }
 
