@@ -19,6 +19,7 @@
 mod client;
 mod flow;
 mod gw;
+mod gw_stream;
 mod http;
 mod report;
 mod retained;
@@ -142,6 +143,9 @@ struct Cli {
     /// gw-history: timed reads (the median is reported).
     #[arg(long, default_value_t = 5)]
     reads: u32,
+    /// gw-stream-mqtt: the broker the MQTT stream publishes to (e.g. a Mosquitto).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    target: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,6 +166,10 @@ enum Scenario {
     GwIngest,
     /// Fill a device of tern with N messages, then time reading them all.
     GwHistory,
+    /// Queue N messages on an HTTP stream of tern, then time its drain to a local receiver.
+    GwStreamHttp,
+    /// Queue N messages on an MQTT stream (QoS 1) of tern, then time its drain to `--target`.
+    GwStreamMqtt,
 }
 
 impl Scenario {
@@ -175,6 +183,8 @@ impl Scenario {
             Scenario::RetainedFlood => "retained-flood",
             Scenario::GwIngest => "gw-ingest",
             Scenario::GwHistory => "gw-history",
+            Scenario::GwStreamHttp => "gw-stream-http",
+            Scenario::GwStreamMqtt => "gw-stream-mqtt",
         }
     }
 }
@@ -321,6 +331,20 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
                 serde_json::to_string(&gw::history(params, messages, cli.reads).await?)?
             }
         }
+        Scenario::GwStreamHttp | Scenario::GwStreamMqtt => serde_json::to_string(
+            &gw_stream::run(gw_stream::StreamParams {
+                head,
+                http: cli.http,
+                token: cli.token.clone(),
+                target: cli.target,
+                connect,
+                messages: cli.messages.unwrap_or(100_000).max(1),
+                mqtt: cli.scenario == Scenario::GwStreamMqtt,
+                timeout,
+                tag,
+            })
+            .await?,
+        )?,
         s => serde_json::to_string(&run_flow(cli, s, head, flow_cfg).await?)?,
     };
     Ok(line)

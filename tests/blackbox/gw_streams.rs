@@ -20,9 +20,14 @@ use crate::support::http::request;
 use crate::support::process::{Daemon, free_addr};
 use tern_codec::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode};
 
-const KEY: &str = "SSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSS";
+pub(crate) const KEY: &str = "SSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSS";
 
-async fn call(http: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(
+    http: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let auth = format!("Authorization: FlespiToken {KEY}");
     let body = body.map(|v| v.to_string()).unwrap_or_default();
     let r = request(http, method, path, &[&auth], &body).await;
@@ -32,7 +37,7 @@ async fn call(http: SocketAddr, method: &str, path: &str, body: Option<Value>) -
     )
 }
 
-async fn rest(http: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) async fn rest(http: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
     let (status, v) = call(http, method, path, body).await;
     assert_eq!(status, 200, "{method} {path}: {v}");
     v
@@ -128,7 +133,10 @@ async fn wait_requests(out: &Path, n: usize) {
 
 /// The retained state topics of stream `id` (`flespi/state/gw/streams/<id>` and its
 /// properties), by topic, as a master-token MQTT client sees them.
-async fn stream_state(mqtt: SocketAddr, id: u64) -> std::collections::BTreeMap<String, Value> {
+pub(crate) async fn stream_state(
+    mqtt: SocketAddr,
+    id: u64,
+) -> std::collections::BTreeMap<String, Value> {
     let mut c = connect_packet(ProtocolVersion::V5, "state-watch", true);
     c.username = Some(KEY.into());
     let (mut client, ack) = Client::connect_with(mqtt, c).await;
@@ -188,7 +196,7 @@ async fn stream_and_device(http: SocketAddr, uri: &str, ident: &str) -> (u64, u6
     (stream, device)
 }
 
-async fn post(http: SocketAddr, device: u64, ns: std::ops::Range<u64>) {
+pub(crate) async fn post(http: SocketAddr, device: u64, ns: std::ops::Range<u64>) {
     let batch: Vec<Value> = ns.map(|n| json!({"n": n})).collect();
     rest(
         http,
@@ -199,8 +207,19 @@ async fn post(http: SocketAddr, device: u64, ns: std::ops::Range<u64>) {
     .await;
 }
 
+/// An express-style receiver (`POST /post`).
 #[tokio::test]
 async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
+    in_order_through_a_500_and_a_timeout("/post").await;
+}
+
+/// An aiohttp-style receiver (`POST /`).
+#[tokio::test]
+async fn every_message_arrives_in_order_at_the_root_through_a_500_and_a_timeout() {
+    in_order_through_a_500_and_a_timeout("/").await;
+}
+
+async fn in_order_through_a_500_and_a_timeout(path: &str) {
     let data = tempfile::tempdir().unwrap();
     let http = free_addr();
     let http_s = http.to_string();
@@ -210,7 +229,7 @@ async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
     let Some(_rx) = receiver(port, &out, "200,500,hang").await else {
         return;
     };
-    let uri = format!("http://127.0.0.1:{port}/post");
+    let uri = format!("http://127.0.0.1:{port}{path}");
     let (stream, device) = stream_and_device(http, &uri, "s1").await;
     // An HTTP channel taking the same device's messages, also a source of the stream: what
     // reaches the stream both ways is sent once.
@@ -256,7 +275,7 @@ async fn every_message_arrives_in_order_through_a_500_and_a_timeout() {
     // A batch that was not acknowledged is sent again, from its first message.
     assert_eq!(requests[2].2.first(), requests[1].2.first());
     assert_eq!(requests[3].2.first(), requests[1].2.first());
-    assert!(requests.iter().all(|r| r.1 == "/post"));
+    assert!(requests.iter().all(|r| r.1 == path));
 
     // The failures are in the stream's log, and the queue is empty.
     let logs = rest(http, "GET", &format!("/gw/streams/{stream}/logs"), None).await;
@@ -457,7 +476,8 @@ async fn bad_streams_are_refused_and_validate_message_filters() {
     let protocols = rest(http, "GET", "/gw/stream-protocols/all", None).await;
     assert_eq!(
         protocols["result"],
-        json!([{"id": 1, "name": "http", "title": "HTTP POST of JSON arrays"}])
+        json!([{"id": 1, "name": "http", "title": "HTTP POST of JSON arrays"},
+            {"id": 2, "name": "mqtt", "title": "MQTT PUBLISH to another broker"}])
     );
 
     // Only matching messages are queued, and with %ident% each ident has its own URL.

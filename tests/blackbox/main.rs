@@ -23,6 +23,7 @@ mod filter;
 mod flow_control;
 mod gw;
 mod gw_mqtt_channels;
+mod gw_mqtt_streams;
 mod gw_streams;
 mod gw_tools;
 mod limits;

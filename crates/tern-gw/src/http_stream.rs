@@ -24,6 +24,7 @@ use tern_store::MessageKey;
 
 use crate::Gateway;
 use crate::logs::Origin;
+use crate::outbound;
 use crate::stream::{IDENT, Stream, target_uri};
 use crate::streams::stream_event;
 
@@ -35,11 +36,12 @@ const ANSWER_MAX: usize = 64 * 1024;
 /// How long an idle connection to the receiver is kept for the next batch.
 const IDLE: Duration = Duration::from_secs(90);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<outbound::Resolver>>, Full<Bytes>>;
 
 /// The client of one stream: TLS by its `ca` or the system's roots (a plain `http://`
 /// receiver needs neither).
-fn client(s: &Stream) -> HttpsClient {
+fn client(s: &Stream, policy: outbound::OutboundPolicy) -> HttpsClient {
     let options = tern_mqttc::TlsOptions {
         roots: match s.ca() {
             Some(pem) => tern_mqttc::Roots::Pem(pem.as_bytes().to_vec()),
@@ -67,7 +69,8 @@ fn client(s: &Stream) -> HttpsClient {
             })
         }
     };
-    let mut http = HttpConnector::new();
+    // Host names resolve to allowed addresses only (`[gw] outbound_private_targets`).
+    let mut http = HttpConnector::new_with_resolver(outbound::Resolver::new(policy));
     http.enforce_http(false);
     http.set_connect_timeout(Some(s.timeout()));
     http.set_nodelay(true);
@@ -115,10 +118,13 @@ async fn post(
         .body(Full::new(body))
         .map_err(|e| Failed::Error(format!("the request: {e}")))?;
     let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| Failed::Error(format!("{e:?}")))?;
+        let resp = client.request(req).await.map_err(|e| {
+            // A refused target says why in plain words; anything else as hyper tells it.
+            match outbound::refusal_in(&e) {
+                Some(refused) => Failed::Error(refused.to_string()),
+                None => Failed::Error(format!("{e:?}")),
+            }
+        })?;
         let status = resp.status().as_u16();
         // Read the answer (bounded) so the connection can serve the next batch.
         let _ = Limited::new(resp.into_body(), ANSWER_MAX).collect().await;
@@ -190,7 +196,8 @@ pub(crate) async fn run(
     wake: Arc<tokio::sync::Notify>,
     connected: Arc<AtomicBool>,
 ) {
-    let client = client(&s);
+    let policy = gw.options.outbound;
+    let client = client(&s, policy);
     let headers = s.headers();
     let per_ident = s.uri().contains(IDENT);
     let limit = s.limit_messages();
@@ -224,12 +231,30 @@ pub(crate) async fn run(
             Err(e) => {
                 // An ident that makes no valid URI: its messages cannot go anywhere.
                 tracing::warn!(stream = s.id, %e, "dropping a batch with no valid URI");
+                let mut fields = Map::new();
+                fields.insert("reason".into(), json!(format!("no valid URI: {e}")));
+                fields.insert("message_count".into(), json!(b.keys.len()));
+                gw.log(
+                    s.cid,
+                    Origin::Stream,
+                    s.id,
+                    stream_event::DELIVERY_DROPPED,
+                    fields,
+                );
                 gw.dequeue(s.id, &b.keys, b.contiguous).await;
                 continue;
             }
         };
         let started = Instant::now();
-        match post(&client, &s, &headers, uri, b.body).await {
+        // hyper-util does not resolve a literal address: it is checked here (a stream made
+        // before the switch was turned off, or an `%ident%` host).
+        let allowed = outbound::check_literal(uri.host().unwrap_or(""), policy)
+            .map_err(|e| Failed::Error(e.to_string()));
+        let sent = match allowed {
+            Ok(()) => post(&client, &s, &headers, uri, b.body).await,
+            Err(refused) => Err(refused),
+        };
+        match sent {
             Ok(()) => {
                 gw.dequeue(s.id, &b.keys, b.contiguous).await;
                 backoff = BACKOFF_MIN;

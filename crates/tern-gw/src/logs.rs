@@ -314,6 +314,12 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Warning,
         Entity::Streams,
     ),
+    info(
+        crate::streams::stream_event::DELIVERY_DROPPED.1,
+        "stream messages dropped (no valid URI or topic for them)",
+        Severity::Warning,
+        Entity::Streams,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
@@ -482,7 +488,7 @@ mod tests {
         assert_eq!(keys, vec![0, 4, 7, 8, 12, 17, 23]);
         assert_eq!(v["entities"]["base"], json!([1, 2, 3]));
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
-        assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403]));
+        assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403, 404]));
         assert_eq!(v["entities"]["webhooks"], json!([]));
     }
 

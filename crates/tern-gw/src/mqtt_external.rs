@@ -208,6 +208,8 @@ impl Gateway {
                 self.mqtt_payload(channel, &topic, &payload, "mqtt:external");
                 return ack;
             }
+            // tern-mqttc logs it (tracing); `connected` stays false.
+            Event::ConnectFailed { .. } => {}
             Event::SubscribeFailed { filter, reason } => {
                 tracing::warn!(
                     channel,

@@ -9,10 +9,17 @@ use tern_expr::Expr;
 use crate::error::GwError;
 
 /// The stream protocols tern serves (`GET /gw/stream-protocols/{sel}`): `(id, name, title)`.
-pub const STREAM_PROTOCOLS: &[(u64, &str, &str)] = &[(1, "http", "HTTP POST of JSON arrays")];
+pub const STREAM_PROTOCOLS: &[(u64, &str, &str)] = &[
+    (1, "http", "HTTP POST of JSON arrays"),
+    (2, "mqtt", "MQTT PUBLISH to another broker"),
+];
 
 /// The protocol of an HTTP stream.
 pub const HTTP: u64 = 1;
+/// The protocol of an MQTT stream.
+pub const MQTT: u64 = 2;
+/// `configuration.topic` of an MQTT stream when not given.
+pub const DEFAULT_TOPIC: &str = "flespi/message/gw/devices/%device.id%";
 
 /// `queue_ttl` when not given (flespi's: one day).
 pub const DEFAULT_QUEUE_TTL: u64 = 86_400;
@@ -196,7 +203,9 @@ impl StreamInput {
                 ));
             }
         }
-        .ok_or_else(|| GwError::Invalid("unknown stream protocol; known: 1 (http)".into()))?;
+        .ok_or_else(|| {
+            GwError::Invalid("unknown stream protocol; known: 1 (http), 2 (mqtt)".into())
+        })?;
         let s = Stream {
             id: 0,
             cid,
@@ -270,10 +279,137 @@ fn check(s: &Stream) -> Result<(), GwError> {
         Expr::parse(e)
             .map_err(|err| GwError::Invalid(format!("validate_message does not parse: {err}")))?;
     }
-    if s.protocol_id == HTTP {
-        check_http(&s.configuration)?;
+    match s.protocol_id {
+        HTTP => check_http(&s.configuration)?,
+        MQTT => check_mqtt(&s.configuration)?,
+        _ => {}
     }
     Ok(())
+}
+
+impl Stream {
+    /// The host the stream connects to, when the configuration names one (not one made of
+    /// `%ident%`).
+    pub fn target_host(&self) -> Option<String> {
+        match self.protocol_id {
+            HTTP if !self.uri().contains(IDENT) => check_uri(self.uri())
+                .ok()
+                .and_then(|u| u.host().map(str::to_string)),
+            HTTP => {
+                // The host is known unless `%ident%` is in it.
+                let u = check_uri(&self.uri().replace(IDENT, "ident")).ok()?;
+                let host = u.host()?;
+                (!host.contains("ident")).then(|| host.to_string())
+            }
+            MQTT => self
+                .uri()
+                .parse::<tern_mqttc::BrokerUri>()
+                .ok()
+                .map(|u| u.host),
+            _ => None,
+        }
+    }
+
+    /// Refuses a literal target address `policy` forbids ([`crate::outbound`]); a host name is
+    /// checked when connecting.
+    pub fn check_outbound(&self, policy: crate::outbound::OutboundPolicy) -> Result<(), GwError> {
+        match self.target_host() {
+            Some(host) => crate::outbound::check_literal(&host, policy)
+                .map_err(|e| GwError::Invalid(format!("configuration.uri: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An MQTT stream's configuration: `uri` (mqtt or mqtts, host and port), `username`,
+/// `password`, `client_id` (strings), `topic` (a `%expr%` template), `qos` (0 or 1), `retain`
+/// (boolean), `ca` (PEM); no other key.
+fn check_mqtt(conf: &Map<String, Value>) -> Result<(), GwError> {
+    let invalid = |m: String| Err(GwError::Invalid(m));
+    for (key, v) in conf {
+        match key.as_str() {
+            "uri" => {}
+            "username" | "password" | "client_id" => {
+                if !v.is_string() {
+                    return invalid(format!("configuration.{key} is a string"));
+                }
+                if key == "client_id"
+                    && v.as_str().is_some_and(|c| c.is_empty() || c.len() > 65_535)
+                {
+                    return invalid("configuration.client_id is 1 to 65,535 bytes".into());
+                }
+            }
+            "topic" => {
+                let Some(t) = v.as_str() else {
+                    return invalid("configuration.topic is a string (a %expr% template)".into());
+                };
+                check_topic_template(t)?;
+            }
+            "qos" => {
+                if !matches!(v.as_u64(), Some(0 | 1)) {
+                    return invalid("configuration.qos is 0 or 1".into());
+                }
+            }
+            "retain" => {
+                if !v.is_boolean() {
+                    return invalid("configuration.retain is a boolean".into());
+                }
+            }
+            "ca" => {
+                if !v
+                    .as_str()
+                    .is_some_and(|p| p.contains("-----BEGIN CERTIFICATE-----"))
+                {
+                    return invalid(
+                        "configuration.ca is the PEM text of the broker's CA certificate".into(),
+                    );
+                }
+            }
+            _ => return invalid(format!("configuration.{key}: unknown for mqtt streams")),
+        }
+    }
+    let uri = conf.get("uri").and_then(Value::as_str).ok_or_else(|| {
+        GwError::Invalid("configuration.uri (mqtt[s]://host:port) is required".into())
+    })?;
+    uri.parse::<tern_mqttc::BrokerUri>()
+        .map(|_| ())
+        .map_err(|e| GwError::Invalid(format!("configuration.uri: {e}")))
+}
+
+/// A topic template: it parses, and its constant parts make a valid topic name (no
+/// wildcards, not empty).
+fn check_topic_template(t: &str) -> Result<tern_expr::Template, GwError> {
+    let template = tern_expr::Template::parse(t)
+        .map_err(|e| GwError::Invalid(format!("configuration.topic: {e}")))?;
+    // Its text (expressions render "null" over an empty message) must make a topic name.
+    let text = template.render(&Value::Object(Map::new()), 0.0);
+    topic_name_ok(&text).map_err(|why| GwError::Invalid(format!("configuration.topic: {why}")))?;
+    Ok(template)
+}
+
+/// Whether `topic` is a valid MQTT topic name to publish to.
+pub fn topic_name_ok(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() {
+        return Err("a topic name is not empty");
+    }
+    if topic.len() > 65_535 {
+        return Err("a topic name is at most 65,535 bytes");
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err("a topic name has no wildcard (+, #) and no NUL");
+    }
+    Ok(())
+}
+
+/// The topic template of an MQTT stream (`configuration.topic`, checked when the stream was
+/// made, or the default).
+pub fn topic_template(s: &Stream) -> Result<tern_expr::Template, tern_expr::TemplateError> {
+    let t = s
+        .configuration
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_TOPIC);
+    tern_expr::Template::parse(t)
 }
 
 /// An HTTP stream's configuration: `uri` (http or https, `%ident%` allowed), `headers`
@@ -415,6 +551,11 @@ mod tests {
         ] {
             assert!(input(bad.clone()).is_err(), "{bad}");
         }
+        let policy_off = crate::outbound::OutboundPolicy {
+            private_targets: false,
+        };
+        assert!(s.check_outbound(policy_off).is_err());
+        assert!(s.check_outbound(Default::default()).is_ok());
         let changed = StreamChanges {
             validate_message: Some(Value::Null),
             ..Default::default()
@@ -423,5 +564,68 @@ mod tests {
             changed.apply(&s, true).expect("valid").validate_message,
             None
         );
+    }
+
+    #[test]
+    fn mqtt_streams_check_their_input() {
+        let s = input(json!({"protocol_name": "mqtt", "configuration": {
+            "uri": "mqtts://broker.example.com:8883", "username": "u", "password": "p",
+            "client_id": "c", "topic": "out/%ident%/%{n % 2}%", "qos": 0, "retain": true}}))
+        .expect("valid");
+        assert_eq!(s.protocol_id, MQTT);
+        assert_eq!(s.target_host().as_deref(), Some("broker.example.com"));
+        let t = topic_template(&s).expect("template");
+        assert_eq!(t.render(&json!({"ident": "a", "n": 3}), 0.0), "out/a/1");
+        let d = input(json!({"protocol_id": 2, "configuration": {"uri": "mqtt://10.0.0.1"}}))
+            .expect("valid");
+        assert_eq!(
+            topic_template(&d)
+                .expect("default")
+                .render(&json!({"device.id": 7}), 0.0),
+            "flespi/message/gw/devices/7"
+        );
+        let off = crate::outbound::OutboundPolicy {
+            private_targets: false,
+        };
+        let refused = d.check_outbound(off).expect_err("private");
+        assert!(refused.to_string().contains("private"), "{refused}");
+        for (bad, why) in [
+            (json!({}), "configuration.uri"),
+            (json!({"uri": "http://h"}), "configuration.uri"),
+            (json!({"uri": "mqtt://h:0"}), "configuration.uri"),
+            (json!({"uri": "mqtt://h", "qos": 2}), "configuration.qos"),
+            (
+                json!({"uri": "mqtt://h", "topic": "a/%(%"}),
+                "configuration.topic",
+            ),
+            (
+                json!({"uri": "mqtt://h", "topic": "a/#"}),
+                "configuration.topic",
+            ),
+            (
+                json!({"uri": "mqtt://h", "topic": ""}),
+                "configuration.topic",
+            ),
+            (
+                json!({"uri": "mqtt://h", "retain": 1}),
+                "configuration.retain",
+            ),
+            (json!({"uri": "mqtt://h", "ca": "x"}), "configuration.ca"),
+            (
+                json!({"uri": "mqtt://h", "headers": []}),
+                "configuration.headers",
+            ),
+        ] {
+            let err = input(json!({"protocol_id": 2, "configuration": bad.clone()}))
+                .expect_err("refused");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        // An expression may hold a '+'; a rendered wildcard is refused when publishing.
+        assert!(
+            input(json!({"protocol_id": 2, "configuration": {"uri": "mqtt://h", "topic": "a/%{n + 1}%"}}))
+                .is_ok()
+        );
+        assert!(topic_name_ok("a/+").is_err());
+        assert!(topic_name_ok("a/b").is_ok());
     }
 }

@@ -9,7 +9,7 @@
 //! and `queue_max_bytes` (past it the oldest go: `Op::TrimMessages`, policy drop-oldest);
 //! both are logged in the stream's log and counted ([`StreamMetrics`]).
 //!
-//! Delivery (`http_stream`): one task per enabled stream, started and stopped by
+//! Delivery (`http_stream`, `mqtt_stream`): one task per enabled stream, started and stopped by
 //! [`Gateway::run_streams`] after each stream change.
 
 use std::collections::HashMap;
@@ -28,15 +28,20 @@ use crate::{Gateway, GwError, State, publish};
 
 /// Event codes of the stream log (tern's own; `toolbox/codes` lists them).
 pub mod stream_event {
-    /// A POST failed (`reason`, `message_count`, `http_code` when answered): the batch stays
-    /// queued and is tried again after the back-off.
+    /// A POST failed (`reason`, `message_count`, `http_code` when answered), or an MQTT
+    /// stream's broker could not be reached or refused a message (`reason`): the messages stay
+    /// queued and are tried again after the back-off.
     pub const DELIVERY_FAILED: (&str, u64) = ("delivery/failed", 400);
-    /// A POST succeeded after failures (`message_count`, `ack_latency`).
+    /// A POST (an MQTT stream: a batch of PUBLISHes) succeeded after failures
+    /// (`message_count`, `ack_latency`).
     pub const DELIVERY_RESUMED: (&str, u64) = ("delivery/resumed", 401);
     /// The queue passed `queue_max_bytes`: its oldest messages were dropped (`queue_max_bytes`).
     pub const QUEUE_OVERFLOW: (&str, u64) = ("queue/overflow", 402);
     /// Queued messages older than `queue_ttl` were dropped (`queue_ttl`).
     pub const QUEUE_EXPIRED: (&str, u64) = ("queue/expired", 403);
+    /// Messages that can go nowhere were dropped (`reason`, `message_count`): an ident that
+    /// makes no valid URI, a topic template that renders no valid topic name.
+    pub const DELIVERY_DROPPED: (&str, u64) = ("delivery/dropped", 404);
 }
 
 /// Counters of the streams (for `/metrics`).
@@ -110,6 +115,7 @@ impl Gateway {
     /// Creates a stream (checked by `StreamInput::into_stream`, its account in the caller's
     /// scope).
     pub fn create_stream(&self, mut s: Stream) -> Result<Value, GwError> {
+        s.check_outbound(self.options.outbound)?;
         let mut st = self.state.lock();
         s.id = st.next_stream;
         st.next_stream += 1;
@@ -150,6 +156,7 @@ impl Gateway {
             .get(&id)
             .ok_or(GwError::NotFound { what: "stream", id })?;
         let new = changes.apply(old, merge)?;
+        new.check_outbound(self.options.outbound)?;
         let old_item = self.stream_item_of(old);
         self.put_stream(&new);
         let item = self.stream_item_of(&new);
@@ -387,7 +394,7 @@ impl Gateway {
             let st = self.state.lock();
             st.streams
                 .values()
-                .filter(|s| s.enabled && s.protocol_id == crate::stream::HTTP)
+                .filter(|s| s.enabled && s.protocol_name().is_some())
                 .map(|s| (s.id, s.clone()))
                 .collect()
         };
@@ -406,13 +413,23 @@ impl Gateway {
             }
             let wake = Arc::new(tokio::sync::Notify::new());
             let connected = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(crate::http_stream::run(
-                me.clone(),
-                s.clone(),
-                wake.clone(),
-                connected.clone(),
-            ))
-            .abort_handle();
+            let task = if s.protocol_id == crate::stream::MQTT {
+                tokio::spawn(crate::mqtt_stream::run(
+                    me.clone(),
+                    s.clone(),
+                    wake.clone(),
+                    connected.clone(),
+                ))
+                .abort_handle()
+            } else {
+                tokio::spawn(crate::http_stream::run(
+                    me.clone(),
+                    s.clone(),
+                    wake.clone(),
+                    connected.clone(),
+                ))
+                .abort_handle()
+            };
             live.insert(
                 id,
                 Live {

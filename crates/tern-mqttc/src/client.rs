@@ -100,6 +100,17 @@ impl Client {
     }
 }
 
+/// A publish queued by [`ClientHandle::enqueue`]: [`Pending::done`] resolves once the broker
+/// accepted it (QoS 0: written; QoS 1: a successful PUBACK) or it failed.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<(), PublishError>>);
+
+impl Pending {
+    pub async fn done(self) -> Result<(), PublishError> {
+        self.0.await.unwrap_or(Err(PublishError::Closed))
+    }
+}
+
 /// The owner's handle: publish, close, read the counters. Cheap to clone; the client stops
 /// when [`ClientHandle::close`] is called or the last handle is dropped.
 #[derive(Debug, Clone)]
@@ -168,6 +179,51 @@ impl ClientHandle {
             },
         }
         result.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Queues a publish and returns once it is in the client's queue (in call order, so
+    /// messages queued one after the other are sent in that order), with a [`Pending`] that
+    /// resolves as [`ClientHandle::publish`] would. Lets a caller keep many publishes in
+    /// flight and still handle their results in order.
+    pub async fn enqueue(
+        &self,
+        topic: impl Into<ByteString>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Pending, PublishError> {
+        if qos == QoS::ExactlyOnce {
+            return Err(PublishError::QoS2);
+        }
+        let (done, result) = oneshot::channel();
+        let request = Request {
+            publish: tern_codec::Publish {
+                dup: false,
+                qos,
+                retain,
+                topic: topic.into(),
+                packet_id: None,
+                properties: PublishProperties::default(),
+                payload: payload.into(),
+            },
+            done,
+        };
+        match self.overflow {
+            OverflowPolicy::Wait => self
+                .requests
+                .send(request)
+                .await
+                .map_err(|_| PublishError::Closed)?,
+            OverflowPolicy::RejectNew => match self.requests.try_send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    ClientMetrics::inc(&self.metrics.queue_drops);
+                    return Err(PublishError::QueueFull);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
+            },
+        }
+        Ok(Pending(result))
     }
 
     /// Sends DISCONNECT (when connected), stops reconnecting and waits until the client task

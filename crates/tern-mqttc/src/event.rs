@@ -29,6 +29,13 @@ pub enum Event {
     },
     /// The broker refused one filter of a SUBSCRIBE (SUBACK failure code).
     SubscribeFailed { filter: String, reason: ReasonCode },
+    /// A connection attempt failed before CONNACK (TCP, TLS, refused, timeout); the client
+    /// tries again after its back-off. `attempt` counts the failures in a row. Not waited
+    /// for: dropped when the event channel is full.
+    ConnectFailed {
+        reason: ConnectionError,
+        attempt: u32,
+    },
     /// A connection that had reached CONNACK ended. Unless `reason` is
     /// [`ConnectionError::Closed`], the client reconnects after its back-off.
     Disconnected { reason: ConnectionError },

@@ -51,7 +51,7 @@ mod options;
 mod session;
 mod tls;
 
-pub use client::{Client, ClientHandle, StartError};
+pub use client::{Client, ClientHandle, Pending, StartError};
 pub use event::{Ack, ClientMetrics, ConnectionError, Event, MetricsSnapshot, PublishError};
 pub use options::{
     Backoff, BrokerUri, ClientCert, ClientOptions, OverflowPolicy, Roots, SYSTEM_BUNDLES, Scheme,

@@ -146,6 +146,11 @@ impl Task {
                     failures = failures.saturating_add(1);
                     tracing::warn!(%uri, %client_id, error = %e, attempt = failures,
                         "MQTT client connect failed");
+                    // The owner learns why (e.g. to log it); never waited for.
+                    let _ = self.events.try_send(Event::ConnectFailed {
+                        reason: e,
+                        attempt: failures,
+                    });
                 }
             }
             let delay = backoff_delay(&self.options.backoff, failures);

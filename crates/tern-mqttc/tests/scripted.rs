@@ -461,3 +461,65 @@ async fn manual_acks_go_out_when_the_owner_says_and_never_on_a_later_connection(
 async fn disconnected_event(rx: &mut tokio::sync::mpsc::Receiver<Event>) {
     next_event(rx, disconnected).await;
 }
+
+#[tokio::test]
+async fn enqueued_publishes_go_in_call_order_and_resolve_on_puback() {
+    let broker = Scripted::bind(ProtocolVersion::V5).await;
+    let (c, mut rx) =
+        Client::start(options(&broker.uri(), "e", ProtocolVersion::V5), vec![]).unwrap();
+    let mut conn = broker.accept_connack().await;
+    connected(&mut rx).await;
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        pending.push(
+            c.enqueue("out", format!("m{i}"), QoS::AtLeastOnce, false)
+                .await
+                .unwrap(),
+        );
+    }
+    for i in 0..5 {
+        match conn.read_skip_pings().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.payload, Bytes::from(format!("m{i}")), "in call order");
+                let code = if i == 3 {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode::SUCCESS
+                };
+                let mut ack = PubAck::new(p.packet_id.unwrap());
+                ack.reason = code;
+                conn.send(Packet::PubAck(ack)).await;
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let mut results = Vec::new();
+    for p in pending {
+        results.push(p.done().await);
+    }
+    assert_eq!(
+        results,
+        vec![
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(PublishError::Rejected(ReasonCode::NOT_AUTHORIZED)),
+            Ok(())
+        ]
+    );
+    c.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_connection_attempt_is_an_event() {
+    let uri = format!("mqtt://127.0.0.1:{}", free_port());
+    let (c, mut rx) = Client::start(options(&uri, "f", ProtocolVersion::V5), vec![]).unwrap();
+    let (reason, attempt) = next_event(&mut rx, |e| match e {
+        Event::ConnectFailed { reason, attempt } => Some((reason, attempt)),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(reason, ConnectionError::Io(_)), "{reason}");
+    assert_eq!(attempt, 1);
+    c.close().await;
+}
