@@ -78,11 +78,13 @@
 //! - `state`: the `flespi/state/platform/...` topics
 //! - `bridge`: REST over MQTT
 //! - `durable`: changes refused while the store cannot write, answered once durable
+//! - `call_log`: every call of an account into its REST call log
 //! - `openapi`: the router with its OpenAPI description
 
 mod auth;
 pub mod bridge;
 mod call;
+mod call_log;
 mod durable;
 mod error;
 mod handlers;

@@ -32,7 +32,8 @@
 //!   publications
 //! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
 //!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
-//! - `logs`: entity log records (`Gateway::log`)
+//! - `logs`: entity log records (`Gateway::log`); `account_logs`: the account's REST call
+//!   log and MQTT sessions log (a bounded queue and the task that writes it)
 //! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
 //!   `commands`: Codec 12 commands, their queue and results
 //! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
@@ -41,6 +42,7 @@
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
 
+pub mod account_logs;
 pub mod channel;
 mod channels;
 pub mod commands;
@@ -255,6 +257,8 @@ pub struct Gateway {
     streams_changed: tokio::sync::Notify,
     /// The streams' counters.
     pub stream_metrics: streams::StreamMetrics,
+    /// The account logs' queue (`account_logs.rs`: REST calls and MQTT session events).
+    account_logs: account_logs::AccountLogs,
 }
 
 impl Gateway {
@@ -358,6 +362,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             streams_changed: tokio::sync::Notify::new(),
             stream_metrics: streams::StreamMetrics::default(),
+            account_logs: account_logs::AccountLogs::default(),
         });
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);

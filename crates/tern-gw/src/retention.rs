@@ -111,6 +111,16 @@ impl Gateway {
                 )
                 .collect()
         };
+        // Every account's REST call log and MQTT sessions log (`account_logs.rs`).
+        let keys: Vec<(Cid, u64)> = keys
+            .into_iter()
+            .chain(self.directory.accounts().into_iter().flat_map(|a| {
+                [
+                    (a.id, Origin::Customer.key(a.id)),
+                    (a.id, Origin::MqttSessions.key(a.id)),
+                ]
+            }))
+            .collect();
         let ttl = self.options.logs_ttl;
         let mut touched = HashSet::new();
         if ttl > 0 {
