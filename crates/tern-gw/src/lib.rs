@@ -112,8 +112,9 @@ pub struct GwOptions {
     pub commands_ttl: u64,
     /// Seconds entity log records are kept (0: not stored, only published).
     pub logs_ttl: u64,
-    /// Bytes of log records kept per account, its devices' and channels' together; past it
-    /// the oldest go at the next retention sweep (0: no cap).
+    /// Bytes of log records kept per account, all its logs together (its devices', channels',
+    /// streams', REST calls' and MQTT sessions'); past it the oldest go at the next retention
+    /// sweep (0: no cap).
     pub logs_max_bytes: u64,
 }
 

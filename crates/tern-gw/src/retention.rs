@@ -90,8 +90,9 @@ impl Gateway {
         swept
     }
 
-    /// Log retention at `now`: each device's and channel's records older than `logs_ttl` go,
-    /// then, per account past `logs_max_bytes`, the oldest records of its entities together.
+    /// Log retention at `now`: each device's, channel's and stream's records, and each
+    /// account's REST call and MQTT sessions records, older than `logs_ttl` go, then, per
+    /// account past `logs_max_bytes`, the oldest records of all its logs together.
     /// Returns how many entities lost records.
     fn sweep_logs(&self, now: f64) -> u64 {
         let keys: Vec<(Cid, u64)> = {
