@@ -251,6 +251,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_queue_drops_the_newest_and_counts_it() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let metrics = AccountLogMetrics::default();
+        for i in 0..3u8 {
+            let entry = Entry::Session {
+                cid: 1,
+                ts: u64::from(i),
+                record: Bytes::from(vec![i]),
+            };
+            offer(&tx, &metrics, entry);
+        }
+        assert_eq!(metrics.queued.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.dropped.load(Ordering::Relaxed), 1);
+        let mut kept = Vec::new();
+        while let Ok(Entry::Session { ts, .. }) = rx.try_recv() {
+            kept.push(ts);
+        }
+        assert_eq!(kept, vec![0, 1], "the oldest stay, the newest went");
+    }
+
+    #[test]
     fn a_rest_record_is_json_with_every_field() {
         let call = RestCallLog {
             cid: 7,

@@ -580,3 +580,45 @@ async fn a_sub_account_sees_only_its_own_calls_and_sessions() {
         .await;
     assert_eq!(clients(r), vec!["child-client", "child-client"]);
 }
+
+#[tokio::test]
+async fn account_logs_survive_a_restart_and_go_with_their_account() {
+    let (env, backend) = gw_env(GwOptions::default()).await;
+    env.subaccount(1001, TOP, "short-lived").await;
+    let child = env.token(json!({"cid": 1001, "access": {"type": 1}})).await;
+    let r = env
+        .call("GET", "/platform/customer?kept=1", Some(&child), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    env.mqtt(ProtocolVersion::V5, "kept", &child)
+        .await
+        .disconnect()
+        .await;
+    assert_eq!(
+        wait_stored(&env, Origin::Customer.key(1001), 1).await.len(),
+        1
+    );
+    assert_eq!(
+        wait_stored(&env, Origin::MqttSessions.key(1001), 2)
+            .await
+            .len(),
+        2
+    );
+
+    let env = env.restart(&backend, GwOptions::default()).await;
+    let r = env
+        .call("GET", "/platform/customer/logs", Some(&child), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(calls(&r.result())[0]["uri"], "/platform/customer?kept=1");
+    let r = env.call("GET", "/mqtt/logs", Some(&child), &[], None).await;
+    assert_eq!(r.result().len(), 2, "{}", r.text());
+
+    let r = env
+        .master("DELETE", "/platform/subaccounts/1001", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    env.store.flush(Duration::from_secs(5)).await;
+    assert!(stored(&env, Origin::Customer.key(1001)).is_empty());
+    assert!(stored(&env, Origin::MqttSessions.key(1001)).is_empty());
+}
