@@ -5,7 +5,8 @@
 //! Neither may slow what it records. The REST API ([`Gateway::log_rest_call`]) and the broker
 //! (the [`SessionLog`] hook, installed only while `logs_ttl` keeps records) hand a record to one
 //! bounded queue ([`QUEUE`] records) without waiting; when it is full the record is dropped and
-//! counted (`tern_gw_account_logs{event="dropped"}`: the overflow policy is *drop newest*). One
+//! counted (`tern_gw_account_logs{event="dropped"}`: the overflow policy is *drop newest*); so
+//! is a record that arrives while the store does not accept work (published, not stored). One
 //! task ([`Gateway::run_account_logs`]) takes up to [`BATCH`] records at a time, publishes the
 //! REST records on `flespi/log/platform/customer/<cid>/rest` (the broker already published
 //! its session events on `flespi/log/mqtt/sessions/<session id>/<event>`) and appends the
@@ -171,7 +172,11 @@ impl Gateway {
     /// Publishes the REST records of a batch and appends the batch to the store, one op per
     /// account log.
     fn write_account_logs(&self, batch: impl Iterator<Item = Entry>) {
-        let keep = self.options.logs_ttl > 0;
+        // While the store does not accept work (a failing disk) records are published only:
+        // the store's pending ops must not grow with them (counted as dropped).
+        let accepting = self.store.accepting();
+        let keep = self.options.logs_ttl > 0 && accepting;
+        let mut unstored = 0u64;
         let mut logs: HashMap<u64, Vec<(MessageKey, Bytes)>> = HashMap::new();
         // Whether anyone listens to an account's REST call topic, asked once per batch.
         let mut listened: HashMap<Cid, bool> = HashMap::new();
@@ -197,13 +202,21 @@ impl Gateway {
                 }
                 Entry::Session { cid, ts, record } => (Origin::MqttSessions.key(cid), ts, record),
             };
-            if keep {
+            if !keep {
+                unstored += u64::from(self.options.logs_ttl > 0);
+            } else {
                 let key_of = MessageKey {
                     ts: i64::try_from(ts).unwrap_or(i64::MAX),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
                 logs.entry(key).or_default().push((key_of, json));
             }
+        }
+        if unstored > 0 {
+            self.account_logs
+                .metrics
+                .dropped
+                .fetch_add(unstored, Ordering::Relaxed);
         }
         for (device, messages) in logs {
             self.account_logs
