@@ -48,25 +48,7 @@ impl Broker {
         }
         let view = session.view();
         let timestamp = self.clock.stamp();
-        let payload = serde_json::json!({
-            // Exact: microseconds below 2^53 divide by 10^6 to the nearest double.
-            "timestamp": timestamp as f64 / 1e6,
-            "event_code": topics::session_event::code(event),
-            "origin_type": topics::SESSIONS_LOG_ORIGIN,
-            "origin_id": view.id,
-            "event": event,
-            "session_id": view.id,
-            "client_id": view.client_id,
-            "cid": view.cid,
-            "ip": view.ip,
-            "protocol_version": view.protocol_version,
-            "clean": view.clean,
-            "published": view.stats.published,
-            "received": view.stats.received,
-            "rejected": view.stats.rejected,
-            "reason": reason.map_or("", |r| r.label()),
-        });
-        let payload = Bytes::from(payload.to_string());
+        let payload = Bytes::from(record(&view, timestamp, event, reason));
         if let Some(log) = log {
             log.logged(session.key.cid, timestamp, event, payload.clone());
         }
@@ -82,5 +64,88 @@ impl Broker {
         );
         msg.timestamp = timestamp;
         self.publish(Arc::new(msg));
+    }
+}
+
+/// The JSON of a session event, written directly (no intermediate `Value`: this runs on every
+/// connect and disconnect while the sessions log is on).
+fn record(
+    view: &crate::views::SessionView,
+    timestamp: u64,
+    event: &str,
+    reason: Option<&CloseReason>,
+) -> String {
+    use std::fmt::Write;
+    // Strings go through serde_json for their escaping.
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut out = String::with_capacity(320 + view.client_id.len());
+    let _ = write!(
+        out,
+        // Exact: microseconds below 2^53 divide by 10^6 to the nearest double.
+        "{{\"timestamp\":{},\"event_code\":{},\"origin_type\":{},\"origin_id\":{},\"event\":{},\
+         \"session_id\":{},\"client_id\":{},\"cid\":{},\"ip\":{},\"protocol_version\":{},\
+         \"clean\":{},\"published\":{},\"received\":{},\"rejected\":{},\"reason\":{}}}",
+        serde_json::json!(timestamp as f64 / 1e6),
+        topics::session_event::code(event),
+        topics::SESSIONS_LOG_ORIGIN,
+        view.id,
+        text(event),
+        view.id,
+        text(&view.client_id),
+        view.cid,
+        text(&view.ip),
+        view.protocol_version,
+        view.clean,
+        view.stats.published,
+        view.stats.received,
+        view.stats.rejected,
+        text(reason.map_or("", |r| r.label())),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionStats;
+    use crate::views::SessionView;
+
+    #[test]
+    fn a_session_record_is_json_with_every_field() {
+        let view = SessionView {
+            id: 42,
+            client_id: "a \"quoted\" \\ client".into(),
+            cid: 7,
+            connected: false,
+            clean: true,
+            ip: "10.0.0.1".into(),
+            expires: None,
+            expiry_interval: 0,
+            size: 0,
+            queued: 0,
+            protocol_version: 5,
+            subscriptions: 0,
+            stats: SessionStats {
+                published: 3,
+                received: 2,
+                rejected: 1,
+                ..SessionStats::default()
+            },
+        };
+        let json = record(
+            &view,
+            1_700_000_000_123_456,
+            topics::session_event::DISCONNECTED,
+            Some(&CloseReason::KeepAliveTimeout),
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"timestamp": 1_700_000_000.123_456, "event_code": 701,
+                "origin_type": 14, "origin_id": 42, "event": "disconnected", "session_id": 42,
+                "client_id": "a \"quoted\" \\ client", "cid": 7, "ip": "10.0.0.1",
+                "protocol_version": 5, "clean": true, "published": 3, "received": 2,
+                "rejected": 1, "reason": "keep_alive_timeout"})
+        );
     }
 }
