@@ -33,8 +33,9 @@ pub const QUEUE: usize = 16_384;
 /// Records the log task takes, publishes and writes at once.
 pub const BATCH: usize = 512;
 /// How long the log task lets records gather after a batch smaller than [`BATCH`]: at most
-/// one store op per account log and about 100 wake-ups a second however busy the REST API.
-pub const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+/// one store op per account log and about 20 wake-ups (and store transactions) a second
+/// however busy the REST API.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Longest `x-flespi-app` kept (flespi keeps 64 characters).
 pub const APP_MAX: usize = 64;
 
