@@ -14,6 +14,7 @@ use tern_broker::accounts::{Access, Rights, Token};
 use tern_codec::ReasonCode;
 
 use crate::ApiState;
+use crate::call_log::CallSlot;
 use crate::error::ApiError;
 
 /// The header that makes a call act inside another account.
@@ -32,6 +33,8 @@ pub(crate) struct Caller {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BridgeIdentity {
     pub token_id: Option<u64>,
+    /// The MQTT session's address (`host` of the call's log record).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Authenticates the call and checks that its token may call this URI.
@@ -70,8 +73,16 @@ pub(crate) fn authenticate(api: &ApiState, parts: &Parts) -> Result<Caller, ApiE
             checked?
         }
     };
+    // From here on the call has an account: it is logged (`call_log`), refused or not.
+    let slot = parts.extensions.get::<CallSlot>();
+    if let Some(slot) = slot {
+        slot.set(token.cid, token.id);
+    }
     authorize(&token, &parts.method, parts.uri.path())?;
     let cid = acting_cid(api, &token, &parts.headers)?;
+    if let Some(slot) = slot {
+        slot.set(cid, token.id);
+    }
     Ok(Caller {
         rights: Rights::of(&token.access),
         token,

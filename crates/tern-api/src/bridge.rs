@@ -193,6 +193,7 @@ fn request(call: &RestCall) -> Result<Request<Body>, ApiError> {
         .header(header::CONTENT_TYPE, "application/json")
         .extension(BridgeIdentity {
             token_id: call.principal.token_id,
+            peer: call.session.lock().last_peer.map(|a| a.ip()),
         })
         .body(Body::from(body))
         .map_err(|e| ApiError::bad_request(format!("invalid URI: {e}")))

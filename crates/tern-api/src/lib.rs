@@ -63,6 +63,10 @@
 //!   namespace are published retained (QoS 1) whenever the REST API changes the account; a deleted
 //!   sub-account's topic gets an empty retained message, which deletes it.
 //! - **REST over MQTT** (`bridge`): see [`bridge`].
+//! - **The REST call log** (`call_log`, docs/flespi.md#account-logs): every call whose token was
+//!   found, over HTTP or MQTT, is recorded in the log of the account it acted in
+//!   (`GET /platform/customer/logs`), whatever its answer; a 401 (no account) is not. The
+//!   record is queued after the answer, never written on the call's path.
 //! - **OpenAPI.** `GET /api.json` serves the OpenAPI 3.1 description generated (utoipa) from the
 //!   same handler annotations that register the routes. It needs no token.
 //!
@@ -78,11 +82,13 @@
 //! - `state`: the `flespi/state/platform/...` topics
 //! - `bridge`: REST over MQTT
 //! - `durable`: changes refused while the store cannot write, answered once durable
+//! - `call_log`: every call of an account into its REST call log
 //! - `openapi`: the router with its OpenAPI description
 
 mod auth;
 pub mod bridge;
 mod call;
+mod call_log;
 mod durable;
 mod error;
 mod handlers;

@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
     auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_logs, gw_protocols,
-    gw_streams, messages, sessions, subaccounts, subscriptions, tokens,
+    gw_streams, messages, platform_logs, sessions, subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -122,6 +122,8 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         .routes(routes!(gw_logs::device_logs))
         .routes(routes!(gw_logs::channel_logs))
         .routes(routes!(gw_logs::const_values))
+        .routes(routes!(platform_logs::customer_logs))
+        .routes(routes!(platform_logs::mqtt_logs))
         .routes(routes!(gw_streams::create))
         .routes(routes!(
             gw_streams::list,
@@ -193,6 +195,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::durable::durable,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::call_log::log_calls,
         ))
         .with_state(state)
 }

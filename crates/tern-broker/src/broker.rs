@@ -198,6 +198,8 @@ pub struct Broker {
     /// Whether the tap wants anything now ([`Broker::set_tap_active`]): every publish reads
     /// this one flag and nothing more while no in-process listener exists.
     tap_active: std::sync::atomic::AtomicBool,
+    /// The MQTT sessions log (`events.rs`), if installed: sees every session event.
+    pub(crate) session_log: std::sync::OnceLock<Arc<dyn crate::events::SessionLog>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
@@ -370,6 +372,7 @@ impl Broker {
             rest: std::sync::OnceLock::new(),
             tap: std::sync::OnceLock::new(),
             tap_active: std::sync::atomic::AtomicBool::new(false),
+            session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
         })
@@ -662,7 +665,7 @@ impl Broker {
     /// Whether any subscription of account `cid` or of an account above it matches `topic`
     /// (before `$filter` and `cid` conditions): lets the broker skip building a message that
     /// nobody can receive, such as the session events of every connect and disconnect.
-    pub(crate) fn has_subscribers(&self, cid: Cid, topic: &str) -> bool {
+    pub fn has_subscribers(&self, cid: Cid, topic: &str) -> bool {
         struct Any(bool);
         impl<K, V> Visitor<K, V> for Any {
             fn visit(&mut self, _: &K, _: &V) {
@@ -1052,6 +1055,11 @@ pub(crate) fn retained_cost(msg: &Message) -> u64 {
 
 /// The publish tap (`tap.rs`): in-process code that sees what is published.
 impl Broker {
+    /// Installs the MQTT sessions log (`events.rs`; once, later calls are ignored).
+    pub fn set_session_log(&self, log: Arc<dyn crate::events::SessionLog>) {
+        let _ = self.session_log.set(log);
+    }
+
     /// Installs the publish tap (once; later calls are ignored).
     pub fn set_publish_tap(&self, tap: Arc<dyn crate::tap::PublishTap>) {
         let _ = self.tap.set(tap);

@@ -58,7 +58,24 @@ pub mod session_event {
     pub const DISCONNECTED: &str = "disconnected";
     /// A disconnected session expired.
     pub const EXPIRED: &str = "expired";
+
+    /// The `event_code` of each in the MQTT sessions log (`GET /mqtt/logs`; tern's codes).
+    pub const CONNECTED_CODE: u64 = 700;
+    pub const DISCONNECTED_CODE: u64 = 701;
+    pub const EXPIRED_CODE: u64 = 702;
+
+    /// The `event_code` of `event`.
+    pub fn code(event: &str) -> u64 {
+        match event {
+            CONNECTED => CONNECTED_CODE,
+            DISCONNECTED => DISCONNECTED_CODE,
+            _ => EXPIRED_CODE,
+        }
+    }
 }
+
+/// The `origin_type` of the MQTT sessions log (flespi's 14, `mqtt sessions`).
+pub const SESSIONS_LOG_ORIGIN: u64 = tern_store::LOG_ORIGIN_MQTT;
 
 /// The topic of `event` of session `session_id`.
 pub fn session_event_topic(session_id: u64, event: &str) -> String {

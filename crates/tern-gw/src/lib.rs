@@ -32,7 +32,8 @@
 //!   publications
 //! - `mqtt_channels`: internal MQTT channels (the broker's publish tap and their task);
 //!   `mqtt_external`: MQTT channels on other brokers (`tern-mqttc` clients)
-//! - `logs`: entity log records (`Gateway::log`)
+//! - `logs`: entity log records (`Gateway::log`); `account_logs`: the account's REST call
+//!   log and MQTT sessions log (a bounded queue and the task that writes it)
 //! - `trackers`: Teltonika channels (their listeners, admission, `connected`, logs);
 //!   `commands`: Codec 12 commands, their queue and results
 //! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
@@ -41,6 +42,7 @@
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
 
+pub mod account_logs;
 pub mod channel;
 mod channels;
 pub mod commands;
@@ -112,8 +114,9 @@ pub struct GwOptions {
     pub commands_ttl: u64,
     /// Seconds entity log records are kept (0: not stored, only published).
     pub logs_ttl: u64,
-    /// Bytes of log records kept per account, its devices' and channels' together; past it
-    /// the oldest go at the next retention sweep (0: no cap).
+    /// Bytes of log records kept per account, all its logs together (its devices', channels',
+    /// streams', REST calls' and MQTT sessions'); past it the oldest go at the next retention
+    /// sweep (0: no cap).
     pub logs_max_bytes: u64,
     /// Whether streams, webhooks and external brokers may target private, loopback and other
     /// non-public addresses (`[gw] outbound_private_targets`, [`outbound`]).
@@ -261,6 +264,8 @@ pub struct Gateway {
     streams_changed: tokio::sync::Notify,
     /// The streams' counters.
     pub stream_metrics: streams::StreamMetrics,
+    /// The account logs' queue (`account_logs.rs`: REST calls and MQTT session events).
+    account_logs: account_logs::AccountLogs,
 }
 
 impl Gateway {
@@ -364,6 +369,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             streams_changed: tokio::sync::Notify::new(),
             stream_metrics: streams::StreamMetrics::default(),
+            account_logs: account_logs::AccountLogs::default(),
         });
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);

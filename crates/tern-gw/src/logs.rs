@@ -29,6 +29,10 @@ pub enum Origin {
     Channel,
     Stream,
     Webhook,
+    /// The account's REST calls (`GET /platform/customer/logs`; the id is the account).
+    Customer,
+    /// The account's MQTT session events (`GET /mqtt/logs`; stored under the account).
+    MqttSessions,
 }
 
 impl Origin {
@@ -39,6 +43,8 @@ impl Origin {
             Origin::Channel => tern_store::LOG_ORIGIN_CHANNEL,
             Origin::Stream => tern_store::LOG_ORIGIN_STREAM,
             Origin::Webhook => 36,
+            Origin::Customer => tern_store::LOG_ORIGIN_CUSTOMER,
+            Origin::MqttSessions => tern_store::LOG_ORIGIN_MQTT,
         }
     }
 
@@ -49,6 +55,8 @@ impl Origin {
             Origin::Channel => "gw/channels",
             Origin::Stream => "gw/streams",
             Origin::Webhook => "platform/webhooks",
+            Origin::Customer => "platform/customer",
+            Origin::MqttSessions => "mqtt/sessions",
         }
     }
 
@@ -87,6 +95,14 @@ pub mod code {
     pub const COMMAND_DELIVERED: u64 = 334;
     /// A queued command was canceled (tern's).
     pub const COMMAND_CANCELED: u64 = 335;
+    /// A REST call of the account (tern's; `GET /platform/customer/logs`).
+    pub const REST_CALL: u64 = 600;
+    /// An MQTT session connected (tern's; `GET /mqtt/logs`).
+    pub const SESSION_CONNECTED: u64 = tern_broker::topics::session_event::CONNECTED_CODE;
+    /// An MQTT session's connection ended, with `reason` (tern's).
+    pub const SESSION_DISCONNECTED: u64 = tern_broker::topics::session_event::DISCONNECTED_CODE;
+    /// A disconnected MQTT session expired (tern's).
+    pub const SESSION_EXPIRED: u64 = tern_broker::topics::session_event::EXPIRED_CODE;
 }
 
 /// The `close_code` of a [`code::CONNECTION_CLOSED`] record (flespi's numbers; the channel's
@@ -142,6 +158,10 @@ pub enum Entity {
     Devices,
     Channels,
     Streams,
+    /// The account's REST calls.
+    Customer,
+    /// MQTT sessions.
+    Mqtt,
 }
 
 impl Entity {
@@ -151,6 +171,8 @@ impl Entity {
             Entity::Devices => "devices",
             Entity::Channels => "channels",
             Entity::Streams => "streams",
+            Entity::Customer => "customer",
+            Entity::Mqtt => "mqtt",
         }
     }
 }
@@ -320,6 +342,30 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Warning,
         Entity::Streams,
     ),
+    info(
+        code::REST_CALL,
+        "REST API call",
+        Severity::Info,
+        Entity::Customer,
+    ),
+    info(
+        code::SESSION_CONNECTED,
+        "MQTT session connected",
+        Severity::Info,
+        Entity::Mqtt,
+    ),
+    info(
+        code::SESSION_DISCONNECTED,
+        "MQTT session disconnected",
+        Severity::Notice,
+        Entity::Mqtt,
+    ),
+    info(
+        code::SESSION_EXPIRED,
+        "MQTT session expired",
+        Severity::Notice,
+        Entity::Mqtt,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
@@ -327,7 +373,9 @@ pub const CODES: &[CodeInfo] = &[
 pub fn toolbox_codes() -> Value {
     let mut codes = Map::new();
     let mut entities = Map::new();
-    for name in ["base", "devices", "channels", "streams", "webhooks"] {
+    for name in [
+        "base", "devices", "channels", "streams", "webhooks", "customer", "mqtt",
+    ] {
         entities.insert(name.into(), json!([]));
     }
     for c in CODES {
@@ -490,6 +538,8 @@ mod tests {
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
         assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403, 404]));
         assert_eq!(v["entities"]["webhooks"], json!([]));
+        assert_eq!(v["entities"]["customer"], json!([600]));
+        assert_eq!(v["entities"]["mqtt"], json!([700, 701, 702]));
     }
 
     #[test]

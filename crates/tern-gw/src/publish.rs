@@ -216,6 +216,11 @@ pub fn log_record(broker: &Broker, cid: Cid, topic: String, record: &Value) {
     send(broker, cid, topic, json_bytes(record), false);
 }
 
+/// A log record already serialized, not retained.
+pub fn log_json(broker: &Broker, cid: Cid, topic: String, json: Bytes) {
+    send(broker, cid, topic, json, false);
+}
+
 /// A stored message on `flespi/message/gw/devices/<id>`.
 pub fn message(broker: &Broker, cid: Cid, id: u64, json: Bytes) {
     send(broker, cid, topics::device_message_topic(id), json, false);

@@ -90,8 +90,9 @@ impl Gateway {
         swept
     }
 
-    /// Log retention at `now`: each device's and channel's records older than `logs_ttl` go,
-    /// then, per account past `logs_max_bytes`, the oldest records of its entities together.
+    /// Log retention at `now`: each device's, channel's and stream's records, and each
+    /// account's REST call and MQTT sessions records, older than `logs_ttl` go, then, per
+    /// account past `logs_max_bytes`, the oldest records of all its logs together.
     /// Returns how many entities lost records.
     fn sweep_logs(&self, now: f64) -> u64 {
         let keys: Vec<(Cid, u64)> = {
@@ -111,6 +112,16 @@ impl Gateway {
                 )
                 .collect()
         };
+        // Every account's REST call log and MQTT sessions log (`account_logs.rs`).
+        let keys: Vec<(Cid, u64)> = keys
+            .into_iter()
+            .chain(self.directory.accounts().into_iter().flat_map(|a| {
+                [
+                    (a.id, Origin::Customer.key(a.id)),
+                    (a.id, Origin::MqttSessions.key(a.id)),
+                ]
+            }))
+            .collect();
         let ttl = self.options.logs_ttl;
         let mut touched = HashSet::new();
         if ttl > 0 {

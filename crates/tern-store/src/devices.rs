@@ -101,6 +101,11 @@ pub const LOG_ORIGIN_DEVICE: u64 = 11;
 pub const LOG_ORIGIN_CHANNEL: u64 = 9;
 /// The `origin_type` of stream logs (flespi's).
 pub const LOG_ORIGIN_STREAM: u64 = 12;
+/// The `origin_type` of an account's REST call log (flespi's `customer`; the id is the
+/// account's).
+pub const LOG_ORIGIN_CUSTOMER: u64 = 1;
+/// The `origin_type` of an account's MQTT sessions log (flespi's; the id is the account's).
+pub const LOG_ORIGIN_MQTT: u64 = 14;
 
 /// What a message-table key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -472,6 +472,9 @@ impl<'t> Tables<'t> {
             }
             Op::DelAccount { cid } => {
                 self.accounts.remove(format::id_key(*cid).as_slice())?;
+                // The account's REST call and MQTT sessions logs go with it.
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_CUSTOMER, *cid))?;
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_MQTT, *cid))?;
             }
             Op::PutToken { id, json } => {
                 self.tokens
@@ -631,6 +634,10 @@ impl<'t> Tables<'t> {
                         .streams
                         .get(format::id_key(stream).as_slice())?
                         .is_some(),
+                    crate::KeyOwner::Log(
+                        crate::LOG_ORIGIN_CUSTOMER | crate::LOG_ORIGIN_MQTT,
+                        cid,
+                    ) => self.accounts.get(format::id_key(cid).as_slice())?.is_some(),
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
                 };

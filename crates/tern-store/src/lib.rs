@@ -36,8 +36,8 @@ pub use devices::{
 };
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
 pub use devices::{
-    KeyOwner, LOG_KEY_BIT, LOG_ORIGIN_BITS, LOG_ORIGIN_CHANNEL, LOG_ORIGIN_DEVICE,
-    LOG_ORIGIN_STREAM, log_key, log_of,
+    KeyOwner, LOG_KEY_BIT, LOG_ORIGIN_BITS, LOG_ORIGIN_CHANNEL, LOG_ORIGIN_CUSTOMER,
+    LOG_ORIGIN_DEVICE, LOG_ORIGIN_MQTT, LOG_ORIGIN_STREAM, log_key, log_of,
 };
 pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;

@@ -53,6 +53,12 @@ impl MemoryState {
             }
             Op::DelAccount { cid } => {
                 self.accounts.remove(cid);
+                // The account's REST call and MQTT sessions logs go with it.
+                for origin in [crate::LOG_ORIGIN_CUSTOMER, crate::LOG_ORIGIN_MQTT] {
+                    let log = crate::log_key(origin, *cid);
+                    self.message_stats.remove(&log);
+                    self.messages.retain(|(d, _), _| *d != log);
+                }
             }
             Op::PutToken { id, json } => {
                 self.tokens.insert(*id, json.clone());
@@ -197,6 +203,10 @@ impl MemoryState {
                     | crate::KeyOwner::Log(crate::LOG_ORIGIN_STREAM, stream) => {
                         self.streams.contains_key(&stream)
                     }
+                    crate::KeyOwner::Log(
+                        crate::LOG_ORIGIN_CUSTOMER | crate::LOG_ORIGIN_MQTT,
+                        cid,
+                    ) => self.accounts.contains_key(&cid),
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
                 };

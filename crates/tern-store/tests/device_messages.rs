@@ -595,6 +595,54 @@ async fn entity_logs_on_both_backends() {
     }
 }
 
+/// An account's REST call and MQTT sessions logs (origin types 1 and 14) are kept only while
+/// the account exists, and go with it.
+#[tokio::test]
+async fn account_logs_on_both_backends() {
+    let memory = MemoryBackend::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, _) = DiskBackend::open(dir.path()).expect("open");
+    let rest = tern_store::log_key(tern_store::LOG_ORIGIN_CUSTOMER, 5);
+    let mqtt = tern_store::log_key(tern_store::LOG_ORIGIN_MQTT, 5);
+    let other = tern_store::log_key(tern_store::LOG_ORIGIN_CUSTOMER, 6);
+    for backend in [
+        Box::new(memory.clone()) as Box<dyn Backend>,
+        Box::new(disk) as Box<dyn Backend>,
+    ] {
+        let (store, _writer) = Store::start(backend, FsyncPolicy::Always);
+        let t = store.submit_all([
+            append(rest, 0, 1, 1), // before the account exists: ignored
+            Op::PutAccount {
+                cid: 5,
+                json: Bytes::from_static(b"{\"id\":5}"),
+            },
+            Op::PutAccount {
+                cid: 6,
+                json: Bytes::from_static(b"{\"id\":6}"),
+            },
+            append(rest, 10, 2, 10),
+            append(mqtt, 20, 1, 20),
+            append(other, 30, 1, 30),
+        ]);
+        store.wait(t).await;
+        assert_eq!(
+            read(&store, rest, i64::MIN, i64::MAX, false, 100),
+            vec![10, 11]
+        );
+        assert_eq!(read(&store, mqtt, i64::MIN, i64::MAX, false, 100), vec![20]);
+        let t = store.submit(Op::DelAccount { cid: 5 });
+        store.wait(t).await;
+        assert!(read(&store, rest, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert!(read(&store, mqtt, i64::MIN, i64::MAX, false, 100).is_empty());
+        assert_eq!(store.message_stats(rest).map(|s| s.count).unwrap_or(0), 0);
+        assert_eq!(
+            read(&store, other, i64::MIN, i64::MAX, false, 100),
+            vec![30],
+            "another account keeps its log"
+        );
+    }
+}
+
 /// A device's and a channel's logs travel through export and import as message lines under
 /// their log keys.
 #[test]

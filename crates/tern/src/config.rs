@@ -496,8 +496,8 @@ pub struct Gw {
     pub max_channel_connections: usize,
     /// Seconds command results (`commands-result`) are kept.
     pub commands_ttl: u64,
-    /// Seconds device and channel log records are kept (`GET /gw/{devices,channels}/{sel}/logs`);
-    /// 0: published, not stored.
+    /// Seconds log records are kept (entity logs, and each account's REST call and MQTT
+    /// sessions logs); 0: published, not stored.
     pub logs_ttl: u64,
     /// Bytes of log records kept per account; past it the oldest go at the next retention
     /// sweep. 0: no cap.

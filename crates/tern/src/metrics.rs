@@ -22,7 +22,8 @@
 //! - the devices layer: `tern_gw_messages_ingested{route}`, `tern_gw_messages_refused{reason}`,
 //!   `tern_gw_stored_bytes`, `tern_gw_devices`, `tern_gw_channels`,
 //!   `tern_gw_retention_sweeps`, `tern_gw_retention_devices{action}`,
-//!   `tern_gw_retention_messages`, the streams' `tern_gw_stream_messages{event}`
+//!   `tern_gw_retention_messages`, the streams' `tern_gw_stream_messages{event}`, the account
+//!   logs' `tern_gw_account_logs{event}`
 //! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
 //!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
 //!   `tern_teltonika_ack_latency_seconds` (histogram)
@@ -501,6 +502,19 @@ impl TernCollector {
                 ("failures", &sm.failures),
                 ("overflows", &sm.overflows),
                 ("expiries", &sm.expiries),
+            ]
+            .map(|(e, v)| ([("event", e)], ConstCounter::new(load_u(v)))),
+        )?;
+        let am = self.gateway.account_log_metrics();
+        family(
+            enc,
+            "tern_gw_account_logs",
+            "Records of the REST call and MQTT sessions logs: queued, stored, and dropped because the log queue was full (overflow policy: drop the newest)",
+            MetricType::Counter,
+            [
+                ("queued", &am.queued),
+                ("stored", &am.stored),
+                ("dropped", &am.dropped),
             ]
             .map(|(e, v)| ([("event", e)], ConstCounter::new(load_u(v)))),
         )?;

@@ -168,6 +168,9 @@ impl Server {
         tracker.spawn(gateway.clone().run_mqtt_channels());
         // HTTP streams' delivery tasks (docs/flespi.md#streams).
         tracker.spawn(gateway.clone().run_streams());
+        // The account's REST call and MQTT sessions logs (docs/flespi.md#logs): their queue
+        // and writer, before any connection or call can log.
+        tracker.spawn(gateway.run_account_logs());
         // Teltonika channels' listeners (docs/teltonika.md).
         gateway.start_trackers();
         let acceptor = Acceptor::new(

@@ -11,5 +11,6 @@ mod gw_quotas;
 mod messages;
 mod openapi;
 mod platform;
+mod platform_logs;
 mod sessions;
 mod support;

@@ -90,6 +90,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("delete", "/gw/streams/{sel}/channels/{source_sel}"),
     ("get", "/gw/streams/{sel}/logs"),
     ("get", "/gw/stream-protocols/{sel}"),
+    ("get", "/platform/customer/logs"),
+    ("get", "/mqtt/logs"),
 ];
 
 #[tokio::test]

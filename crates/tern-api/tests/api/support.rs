@@ -100,6 +100,7 @@ impl Env {
         );
         gateway.publish_all();
         tokio::spawn(gateway.run_mqtt_channels());
+        tokio::spawn(gateway.run_account_logs());
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http_addr = http.local_addr().expect("addr");
         // The plain listener, as the daemon tells it (a channel's `uri` names it).
