@@ -151,6 +151,10 @@ pub enum Func {
     Round,
     Floor,
     Ceil,
+    /// `json(doc, "/pointer")`: RFC 6901 into a JSON value or a string holding JSON.
+    Json,
+    /// `strescape(s)`: `s` escaped for the inside of a JSON string.
+    StrEscape,
 }
 
 /// Precedence levels, lowest first (docs/expressions.md). Binary levels are left-associative, the
@@ -295,7 +299,7 @@ impl Path {
 
 impl Func {
     /// Every function, for tests and documentation.
-    pub const ALL: [Func; 19] = [
+    pub const ALL: [Func; 21] = [
         Func::Not,
         Func::ToNumber,
         Func::ToString,
@@ -315,6 +319,8 @@ impl Func {
         Func::Round,
         Func::Floor,
         Func::Ceil,
+        Func::Json,
+        Func::StrEscape,
     ];
 
     pub fn name(self) -> &'static str {
@@ -338,6 +344,8 @@ impl Func {
             Func::Round => "round",
             Func::Floor => "floor",
             Func::Ceil => "ceil",
+            Func::Json => "json",
+            Func::StrEscape => "strescape",
         }
     }
 

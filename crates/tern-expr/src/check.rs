@@ -23,7 +23,9 @@ impl Func {
             | Func::Abs
             | Func::Round
             | Func::Floor
-            | Func::Ceil => Arity::Exactly(1),
+            | Func::Ceil
+            | Func::StrEscape => Arity::Exactly(1),
+            Func::Json => Arity::Exactly(2),
             Func::If => Arity::Exactly(3),
             Func::Distance => Arity::Exactly(4),
             Func::Min | Func::Max => Arity::AtLeast(2),

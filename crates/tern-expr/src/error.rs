@@ -136,4 +136,7 @@ pub enum EvalErrorKind {
     /// A wildcard match that would take more than [`crate::Pattern`]'s step budget.
     #[error("wildcard match too costly")]
     MatchTooCostly,
+    /// The second argument of `json()` is not a string.
+    #[error("json() takes a string JSON pointer as its second argument")]
+    NotAPointer,
 }

@@ -39,6 +39,8 @@ pub(crate) enum Val<'a> {
     Object(&'a serde_json::Map<String, Json>),
     Levels(&'a str),
     Dyn(&'a dyn Composite),
+    /// An array or object that `json()` parsed out of a string: owned, as nothing borrows it.
+    Doc(Box<Json>),
 }
 
 type Kind = EvalErrorKind;
@@ -68,6 +70,17 @@ impl<'a> Val<'a> {
         }
     }
 
+    /// An owned JSON value: scalars become plain values, arrays and objects a [`Val::Doc`].
+    fn from_owned_json(j: Json) -> Val<'a> {
+        match j {
+            Json::Null => Val::Null,
+            Json::Bool(b) => Val::Bool(b),
+            Json::Number(n) => Val::Num(n.as_f64().unwrap_or(f64::NAN)),
+            Json::String(s) => Val::Owned(s),
+            doc => Val::Doc(Box::new(doc)),
+        }
+    }
+
     fn type_name(&self) -> TypeName {
         match self {
             Val::Null => TypeName::Null,
@@ -80,6 +93,8 @@ impl<'a> Val<'a> {
                 CompositeKind::Array => TypeName::Array,
                 CompositeKind::Object => TypeName::Object,
             },
+            Val::Doc(d) if d.is_array() => TypeName::Array,
+            Val::Doc(_) => TypeName::Object,
         }
     }
 
@@ -94,7 +109,7 @@ impl<'a> Val<'a> {
     fn is_composite(&self) -> bool {
         matches!(
             self,
-            Val::Array(_) | Val::Object(_) | Val::Levels(_) | Val::Dyn(_)
+            Val::Array(_) | Val::Object(_) | Val::Levels(_) | Val::Dyn(_) | Val::Doc(_)
         )
     }
 
@@ -150,6 +165,11 @@ impl<'a> Val<'a> {
         match self {
             Val::Object(map) => map.get(key).map(Val::from_json),
             Val::Dyn(c) if c.kind() == CompositeKind::Object => c.field(key).map(Val::from_ref),
+            // Only after `json()` on a string: the member is copied out of the parsed document.
+            Val::Doc(d) => d
+                .as_object()
+                .and_then(|m| m.get(key))
+                .map(|v| Val::from_owned_json(v.clone())),
             _ => None,
         }
     }
@@ -332,6 +352,15 @@ fn element<'a>(base: &Val<'a>, index: &Val<'_>) -> Result<Option<Val<'a>>, Kind>
         Val::Dyn(c) if c.kind() == CompositeKind::Array => {
             Ok(array_index()?.and_then(|i| c.element(i)).map(Val::from_ref))
         }
+        Val::Doc(d) if d.is_array() => Ok(array_index()?
+            .and_then(|i| d.get(i))
+            .map(|v| Val::from_owned_json(v.clone()))),
+        Val::Doc(_) => match index {
+            Val::Str(key) => Ok(base.member(key)),
+            Val::Owned(key) => Ok(base.member(key)),
+            Val::Num(n) => Ok(base.member(NumBuf::format(*n).as_str())),
+            other => Err(Kind::BadIndex(other.type_name())),
+        },
         Val::Object(_) | Val::Dyn(_) => match index {
             Val::Str(key) => Ok(base.member(key)),
             Val::Owned(key) => Ok(base.member(key)),
@@ -500,10 +529,113 @@ fn call<'a, C: Context + ?Sized>(
             }
             Val::Num(acc)
         }
+        Func::Json => {
+            let doc = arg(0)?;
+            let pointer = arg(1)?;
+            let Some(pointer) = pointer.as_str() else {
+                return Err(EvalError {
+                    span: args.get(1).map_or(span, |n| n.span),
+                    kind: Kind::NotAPointer,
+                });
+            };
+            json_pointer(doc, pointer)
+        }
+        Func::StrEscape => {
+            let v = arg(0)?;
+            let mut out = String::new();
+            match &v {
+                Val::Null => {}
+                Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Val::Num(n) => out.push_str(NumBuf::format(*n).as_str()),
+                Val::Str(s) => escape_into(&mut out, s),
+                Val::Owned(s) => escape_into(&mut out, s),
+                other => return Err(fail(Kind::NotAValue(other.type_name()))),
+            }
+            if out.len() > MAX_STRING {
+                return Err(fail(Kind::StringTooLong));
+            }
+            Val::Owned(out)
+        }
         // Resolved to `NodeKind::Exists` by the checker; as a call it would have no literal.
         Func::Exists => Val::Bool(false),
     };
     Ok(v)
+}
+
+/// `json(doc, pointer)`: the RFC 6901 `pointer` into `doc`, which is either a JSON value the
+/// context lends (walked in place) or a string holding JSON text (parsed, then the target is
+/// moved out). `null` when the target is absent, the pointer is not `""` or `/...`, or the
+/// string is not JSON.
+fn json_pointer<'a>(doc: Val<'a>, pointer: &str) -> Val<'a> {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        return Val::Null;
+    }
+    let text = match &doc {
+        Val::Str(s) => Some(*s),
+        Val::Owned(s) => Some(s.as_str()),
+        _ => None,
+    };
+    if let Some(text) = text {
+        let Ok(mut parsed) = serde_json::from_str::<Json>(text) else {
+            return Val::Null;
+        };
+        return parsed
+            .pointer_mut(pointer)
+            .map_or(Val::Null, |v| Val::from_owned_json(v.take()));
+    }
+    let mut cur = doc;
+    for token in pointer.split('/').skip(1) {
+        let token = unescape_token(token);
+        let next = match cur.type_name() {
+            TypeName::Array => {
+                // RFC 6901 array indexes: digits, no leading zero (except "0" itself).
+                let valid = !token.is_empty()
+                    && token.bytes().all(|b| b.is_ascii_digit())
+                    && (token == "0" || !token.starts_with('0'));
+                match token.parse::<u32>() {
+                    Ok(i) if valid => element(&cur, &Val::Num(f64::from(i))).ok().flatten(),
+                    _ => None,
+                }
+            }
+            TypeName::Object => cur.member(&token),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return Val::Null,
+        }
+    }
+    cur
+}
+
+/// A pointer token with `~1` → `/` and `~0` → `~` (in that order, per RFC 6901).
+fn unescape_token(token: &str) -> std::borrow::Cow<'_, str> {
+    if token.contains('~') {
+        std::borrow::Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        std::borrow::Cow::Borrowed(token)
+    }
+}
+
+/// Appends `s` escaped as the inside of a JSON string (no quotes): `"`, `\\`, and control
+/// characters become escapes.
+pub(crate) fn escape_into(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// Great-circle distance in km between two points given in degrees (haversine formula).
@@ -524,6 +656,41 @@ pub(crate) fn eval_value<C: Context + ?Sized>(root: &Node, ctx: &C) -> Result<Va
             span: root.span,
             kind,
         })
+}
+
+/// Appends the template text of `root` evaluated on `ctx` (docs/expressions.md, Templates): a
+/// string as is, other scalars as `tostring()` but `null` for null, arrays and objects as their
+/// JSON text. An evaluation error writes `null`.
+pub(crate) fn render_into<C: Context + ?Sized>(root: &Node, ctx: &C, out: &mut String) {
+    let v = match eval(root, &Env::new(ctx)) {
+        Ok(v) => v,
+        Err(_) => Val::Null,
+    };
+    match v {
+        Val::Null => out.push_str("null"),
+        Val::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        Val::Num(n) => out.push_str(NumBuf::format(n).as_str()),
+        Val::Str(s) => out.push_str(s),
+        Val::Owned(s) => out.push_str(&s),
+        // Serializing JSON values into a string cannot fail.
+        Val::Array(items) => out.push_str(&serde_json::to_string(items).unwrap_or_default()),
+        Val::Object(map) => out.push_str(&serde_json::to_string(map).unwrap_or_default()),
+        Val::Doc(doc) => out.push_str(&serde_json::to_string(&*doc).unwrap_or_default()),
+        Val::Levels(topic) => {
+            out.push('[');
+            for (i, level) in topic.split('/').enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                escape_into(out, level);
+                out.push('"');
+            }
+            out.push(']');
+        }
+        // A context's own composite cannot be listed: it renders as null.
+        Val::Dyn(_) => out.push_str("null"),
+    }
 }
 
 /// The predicate rule: errors and non-values fail.

@@ -25,6 +25,7 @@
 //! - `value`: result values, borrowed values, their type names, number conversions;
 //! - `context`: what an expression is evaluated on (JSON, text payload, MQTT message);
 //! - `eval`: the evaluator;
+//! - `template`: `%expr%` templates (webhook URIs and bodies, stream topics) and their rendering;
 //! - `error`: parse and evaluation errors (`at <offset>: <message>`);
 //! - `tests`: whole-language tests (syntax, semantics, spec examples) and property tests.
 
@@ -36,6 +37,7 @@ mod eval;
 mod lexer;
 mod parser;
 mod span;
+mod template;
 mod value;
 mod wildcard;
 
@@ -50,6 +52,7 @@ pub use context::{Context, JsonContext, MessageContext, Payload, TextContext};
 pub use error::{Arity, EvalError, EvalErrorKind, ParseError, ParseErrorKind};
 pub use eval::{EARTH_RADIUS_KM, MAX_STRING, distance_km};
 pub use parser::{MAX_DEPTH, MAX_SOURCE};
+pub use template::{Template, TemplateError};
 pub use value::{
     Composite, CompositeKind, TypeName, UserProperties, Value, ValueRef, parse_number, truthy_str,
 };

@@ -5,6 +5,7 @@ mod props;
 mod semantics;
 mod spec;
 mod syntax;
+mod template;
 
 use serde_json::json;
 
