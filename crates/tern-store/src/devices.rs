@@ -70,6 +70,22 @@ pub fn stream_of(key: DeviceId) -> Option<u64> {
         .then_some(key & !STREAM_KEY_BIT)
 }
 
+/// A webhook's pending calls (tern-gw `webhooks`, docs/flespi.md#webhooks): the publications
+/// that triggered it and are not yet delivered, keyed by the webhook id with this bit set, in
+/// arrival order like a stream's queue.
+pub const WEBHOOK_KEY_BIT: u64 = 1 << 57;
+
+/// The message-table key of webhook `id`'s pending calls.
+pub fn webhook_key(id: u64) -> DeviceId {
+    id | WEBHOOK_KEY_BIT
+}
+
+/// The webhook whose pending calls `key` holds, if it is a webhook's.
+pub fn webhook_of(key: DeviceId) -> Option<u64> {
+    (key & (CHANNEL_KEY_BIT | LOG_KEY_BIT | STREAM_KEY_BIT | WEBHOOK_KEY_BIT) == WEBHOOK_KEY_BIT)
+        .then_some(key & !WEBHOOK_KEY_BIT)
+}
+
 /// Entity logs (tern-gw `logs`, docs/flespi.md#devices) share the message table and its stats
 /// too: a log's key has this bit set, the entity's `origin_type` in the [`LOG_ORIGIN_BITS`]
 /// bits below it, and the entity's id in the rest. It never has [`CHANNEL_KEY_BIT`], and device
@@ -101,6 +117,8 @@ pub const LOG_ORIGIN_DEVICE: u64 = 11;
 pub const LOG_ORIGIN_CHANNEL: u64 = 9;
 /// The `origin_type` of stream logs (flespi's).
 pub const LOG_ORIGIN_STREAM: u64 = 12;
+/// The `origin_type` of webhook logs (flespi's).
+pub const LOG_ORIGIN_WEBHOOK: u64 = 36;
 
 /// What a message-table key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +128,8 @@ pub enum KeyOwner {
     Channel(u64),
     /// A stream's queue.
     Stream(u64),
+    /// A webhook's pending calls.
+    Webhook(u64),
     /// The log of an entity: `(origin_type, id)`.
     Log(u64, u64),
 }
@@ -123,6 +143,8 @@ impl KeyOwner {
             KeyOwner::Log(origin, id)
         } else if let Some(stream) = stream_of(key) {
             KeyOwner::Stream(stream)
+        } else if let Some(webhook) = webhook_of(key) {
+            KeyOwner::Webhook(webhook)
         } else {
             KeyOwner::Device(device_of(key))
         }

@@ -30,6 +30,7 @@ pub struct MemoryState {
     pub groups: BTreeMap<u64, Bytes>,
     pub channels: BTreeMap<u64, Bytes>,
     pub streams: BTreeMap<u64, Bytes>,
+    pub webhooks: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
     pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
     pub message_stats: BTreeMap<DeviceId, MessageStats>,
@@ -175,6 +176,17 @@ impl MemoryState {
                 self.message_stats.remove(&log);
                 self.messages.retain(|(d, _), _| *d != key && *d != log);
             }
+            Op::PutWebhook { id, json } => {
+                self.webhooks.insert(*id, json.clone());
+            }
+            Op::DelWebhook { id } => {
+                self.webhooks.remove(id);
+                let key = crate::webhook_key(*id);
+                let log = crate::log_key(crate::LOG_ORIGIN_WEBHOOK, *id);
+                self.message_stats.remove(&key);
+                self.message_stats.remove(&log);
+                self.messages.retain(|(d, _), _| *d != key && *d != log);
+            }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
                     self.telemetry.insert(*device, json.clone());
@@ -196,6 +208,10 @@ impl MemoryState {
                     crate::KeyOwner::Stream(stream)
                     | crate::KeyOwner::Log(crate::LOG_ORIGIN_STREAM, stream) => {
                         self.streams.contains_key(&stream)
+                    }
+                    crate::KeyOwner::Webhook(webhook)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_WEBHOOK, webhook) => {
+                        self.webhooks.contains_key(&webhook)
                     }
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
@@ -298,6 +314,7 @@ impl MemoryState {
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
             channels: self.channels.iter().map(|(k, v)| (*k, v.clone())).collect(),
             streams: self.streams.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            webhooks: self.webhooks.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self
                 .telemetry
                 .iter()
