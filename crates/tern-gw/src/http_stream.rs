@@ -35,13 +35,20 @@ const ANSWER_MAX: usize = 64 * 1024;
 /// How long an idle connection to the receiver is kept for the next batch.
 const IDLE: Duration = Duration::from_secs(90);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The client of one stream: TLS by its `ca` or the system's roots (a plain `http://`
 /// receiver needs neither).
 fn client(s: &Stream) -> HttpsClient {
+    https_client(s.ca(), s.timeout(), s.id)
+}
+
+/// A pooled client (at most one idle connection per host) whose TLS trusts `ca` or the
+/// system's roots, connecting within `timeout`; `owner` names the stream or webhook in logs.
+/// Streams and webhooks share it.
+pub(crate) fn https_client(ca: Option<&str>, timeout: Duration, owner: u64) -> HttpsClient {
     let options = tern_mqttc::TlsOptions {
-        roots: match s.ca() {
+        roots: match ca {
             Some(pem) => tern_mqttc::Roots::Pem(pem.as_bytes().to_vec()),
             None => tern_mqttc::Roots::System,
         },
@@ -51,7 +58,7 @@ fn client(s: &Stream) -> HttpsClient {
         Ok(c) => (*c).clone(),
         Err(err) => {
             // https receivers fail the handshake then (logged per POST); http ones work.
-            tracing::warn!(stream = s.id, %err, "no TLS roots for this stream");
+            tracing::warn!(owner, %err, "no TLS roots for this stream or webhook");
             rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
@@ -69,7 +76,7 @@ fn client(s: &Stream) -> HttpsClient {
     };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(s.timeout()));
+    http.set_connect_timeout(Some(timeout));
     http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

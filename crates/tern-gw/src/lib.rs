@@ -37,6 +37,8 @@
 //!   `commands`: Codec 12 commands, their queue and results
 //! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
 //!   durable queue; `http_stream`: the delivery task of an http stream
+//! - `webhook`: the webhook record, its checks and compiled triggers and steps; `webhooks`:
+//!   webhook operations, the trigger tap, the durable pending calls and the delivery tasks
 //! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
@@ -65,6 +67,8 @@ pub mod telemetry;
 mod telemetry_ops;
 mod trackers;
 pub mod types;
+pub mod webhook;
+pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -89,6 +93,8 @@ pub use message::{DeleteData, MessageQuery, MessagesData};
 pub use stream::{Stream, StreamChanges, StreamInput};
 pub use telemetry::Telemetry;
 pub use trackers::{ACK_BUCKETS, TrackerMetrics, TrackerPorts};
+pub use webhook::Webhook;
+pub use webhooks::{PlatformCaller, WebhookMetrics};
 
 /// Settings of the devices layer. Every number is a default, not part of the protocol.
 #[derive(Debug, Clone)]
@@ -174,6 +180,7 @@ struct State {
     next_group: u64,
     next_channel: u64,
     next_stream: u64,
+    next_webhook: u64,
     /// What each account tree uses, for the quotas.
     usage: quota::Usage,
 }
@@ -255,6 +262,8 @@ pub struct Gateway {
     streams_changed: tokio::sync::Notify,
     /// The streams' counters.
     pub stream_metrics: streams::StreamMetrics,
+    /// The webhooks (`webhooks.rs`).
+    webhooks: webhooks::Webhooks,
 }
 
 impl Gateway {
@@ -325,6 +334,8 @@ impl Gateway {
             stored("next_channel").max(state.channels.keys().next_back().map_or(1, |k| k + 1));
         state.next_stream =
             stored("next_stream").max(state.streams.keys().next_back().map_or(1, |k| k + 1));
+        state.next_webhook = stored("next_webhook");
+        let webhooks = webhooks::Webhooks::load(&broker, &store, snapshot);
         let now = broker.clock.now() / 1_000_000;
         state.online = state
             .devices
@@ -358,7 +369,9 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             streams_changed: tokio::sync::Notify::new(),
             stream_metrics: streams::StreamMetrics::default(),
+            webhooks,
         });
+        gw.load_webhooks();
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
         gw.load_usage(&mut gw.state.lock(), &snapshot.message_stats);
@@ -442,6 +455,7 @@ impl Gateway {
             "next_group": st.next_group,
             "next_channel": st.next_channel,
             "next_stream": st.next_stream,
+            "next_webhook": st.next_webhook,
         });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
@@ -660,6 +674,7 @@ impl Gateway {
         }
         self.channels_of_accounts_deleted(gone);
         self.streams_of_accounts_deleted(gone);
+        self.webhooks_of_accounts_deleted(gone);
         let mut st = self.state.lock();
         let groups: Vec<u64> = st
             .groups

@@ -142,6 +142,7 @@ pub enum Entity {
     Devices,
     Channels,
     Streams,
+    Webhooks,
 }
 
 impl Entity {
@@ -151,6 +152,7 @@ impl Entity {
             Entity::Devices => "devices",
             Entity::Channels => "channels",
             Entity::Streams => "streams",
+            Entity::Webhooks => "webhooks",
         }
     }
 }
@@ -314,10 +316,40 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Warning,
         Entity::Streams,
     ),
+    info(
+        crate::webhooks::webhook_event::CALL_DONE.1,
+        "webhook request answered",
+        Severity::Info,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_FAILED.1,
+        "webhook request refused (4xx or validate failed): call dropped",
+        Severity::Warning,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_RETRY.1,
+        "webhook request failed (network, timeout or 5xx): retried after the back-off",
+        Severity::Notice,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_DROPPED.1,
+        "webhook request failed after the last retry: call dropped",
+        Severity::Alert,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::QUEUE_OVERFLOW.1,
+        "webhook pending queue full: new calls dropped",
+        Severity::Alert,
+        Entity::Webhooks,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
-/// entity; `webhooks` log nothing yet.
+/// entity.
 pub fn toolbox_codes() -> Value {
     let mut codes = Map::new();
     let mut entities = Map::new();
