@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
     auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_logs, gw_protocols,
-    gw_streams, messages, sessions, subaccounts, subscriptions, tokens,
+    gw_streams, messages, platform_webhooks, sessions, subaccounts, subscriptions, tokens,
 };
 
 #[derive(OpenApi)]
@@ -141,6 +141,14 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(gw_streams::logs))
         .routes(routes!(gw_streams::protocols))
+        .routes(routes!(platform_webhooks::create))
+        .routes(routes!(
+            platform_webhooks::list,
+            platform_webhooks::put,
+            platform_webhooks::patch,
+            platform_webhooks::delete
+        ))
+        .routes(routes!(platform_webhooks::logs))
         .routes(routes!(gw_protocols::list))
         .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))

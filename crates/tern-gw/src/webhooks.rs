@@ -333,7 +333,8 @@ impl Gateway {
         }
     }
 
-    /// Checks that every trigger's `filter.cid` is the webhook's account or one below it.
+    /// Checks that every trigger's `filter.cid` and every step's `cid` is the webhook's account
+    /// or one below it.
     fn check_trigger_accounts(&self, w: &Webhook) -> Result<(), GwError> {
         let compiled = w.compile()?;
         for t in &compiled.triggers {
@@ -343,6 +344,17 @@ impl Gateway {
             {
                 return Err(GwError::Invalid(format!(
                     "trigger filter.cid {c} is not account {} or one of its sub-accounts",
+                    w.cid
+                )));
+            }
+        }
+        for s in &compiled.steps {
+            if let Step::Platform { cid: Some(c), .. } = s
+                && *c != w.cid
+                && !self.directory.is_within(*c, w.cid)
+            {
+                return Err(GwError::Invalid(format!(
+                    "flespi-platform cid {c} is not account {} or one of its sub-accounts",
                     w.cid
                 )));
             }

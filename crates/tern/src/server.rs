@@ -168,6 +168,8 @@ impl Server {
         tracker.spawn(gateway.clone().run_mqtt_channels());
         // HTTP streams' delivery tasks (docs/flespi.md#streams).
         tracker.spawn(gateway.clone().run_streams());
+        // Webhooks' delivery tasks (docs/flespi.md#webhooks).
+        tracker.spawn(gateway.clone().run_webhooks());
         // Teltonika channels' listeners (docs/teltonika.md).
         gateway.start_trackers();
         let acceptor = Acceptor::new(
