@@ -58,6 +58,7 @@ pub mod message;
 pub mod metrics;
 mod mqtt_channels;
 mod mqtt_external;
+pub mod outbound;
 pub mod publish;
 mod quota;
 mod retention;
@@ -119,6 +120,9 @@ pub struct GwOptions {
     /// Bytes of log records kept per account, its devices' and channels' together; past it
     /// the oldest go at the next retention sweep (0: no cap).
     pub logs_max_bytes: u64,
+    /// Whether streams, webhooks and external brokers may target private, loopback and other
+    /// non-public addresses (`[gw] outbound_private_targets`, [`outbound`]).
+    pub outbound: outbound::OutboundPolicy,
 }
 
 impl Default for GwOptions {
@@ -133,6 +137,7 @@ impl Default for GwOptions {
             commands_ttl: 30 * 86_400,
             logs_ttl: 30 * 86_400,
             logs_max_bytes: 64 * 1024 * 1024,
+            outbound: outbound::OutboundPolicy::default(),
         }
     }
 }

@@ -502,6 +502,11 @@ pub struct Gw {
     /// Bytes of log records kept per account; past it the oldest go at the next retention
     /// sweep. 0: no cap.
     pub logs_max_bytes: u64,
+    /// Whether streams, webhooks and external MQTT brokers may target loopback, private,
+    /// link-local, CGNAT and other non-public addresses. On by default (local receivers
+    /// work); off, a literal address there is refused at create/update (400) and a host name
+    /// is checked once resolved, at connect time.
+    pub outbound_private_targets: bool,
 }
 
 impl Default for Gw {
@@ -520,6 +525,7 @@ impl Default for Gw {
             commands_ttl: d.commands_ttl,
             logs_ttl: d.logs_ttl,
             logs_max_bytes: d.logs_max_bytes,
+            outbound_private_targets: d.outbound.private_targets,
         }
     }
 }
@@ -1122,6 +1128,9 @@ impl Config {
             commands_ttl: self.gw.commands_ttl,
             logs_ttl: self.gw.logs_ttl,
             logs_max_bytes: self.gw.logs_max_bytes,
+            outbound: tern_gw::outbound::OutboundPolicy {
+                private_targets: self.gw.outbound_private_targets,
+            },
         }
     }
 
@@ -1344,6 +1353,21 @@ mod tests {
         let c = Config::parse("[auth]\nanonymous_cid = 5\n", "tern.toml").unwrap();
         assert_eq!(c.auth.anonymous_cid, Some(5));
         assert_eq!(Config::default().auth.anonymous_cid, None);
+    }
+
+    #[test]
+    fn outbound_private_targets_is_a_gw_switch() {
+        assert!(Config::default().gw().outbound.private_targets);
+        let c = Config::parse("[gw]\noutbound_private_targets = false\n", "t.toml").unwrap();
+        assert!(!c.gw().outbound.private_targets);
+        let err =
+            Config::parse("[gw]\n\noutbound_private_targets = \"no\"\n", "t.toml").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert_eq!(
+            err.key.as_deref(),
+            Some("gw.outbound_private_targets"),
+            "{err}"
+        );
     }
 
     #[test]
