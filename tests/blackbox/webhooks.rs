@@ -567,3 +567,49 @@ async fn bad_webhooks_are_refused_and_only_master_tokens_may_call() {
 fn t_of(topic: &str) -> Value {
     json!([{"topic": topic}])
 }
+
+/// With `[gw] outbound_private_targets = false`: a literal loopback target is a 400 at create,
+/// and a host name resolving there is refused before the request and logged.
+#[tokio::test]
+async fn the_outbound_switch_refuses_private_targets() {
+    let data = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let http_s = http.to_string();
+    let d = Daemon::spawn_env(
+        data.path(),
+        &["--http", &http_s, "--master-token", KEY],
+        &[("TERN_GW_OUTBOUND_PRIVATE_TARGETS", "false")],
+    )
+    .await;
+    let rx = Receiver::start(&[]).await;
+    let (status, v) = call_as(
+        http,
+        KEY,
+        "POST",
+        "/platform/webhooks",
+        Some(json!({"name": "x", "triggers": t_of("o/1"),
+                    "configuration": {"type": "custom-server", "uri": rx.uri("/x")}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("loopback"), "{v}");
+    let port = rx.addr.port();
+    let w = create(
+        http,
+        json!({"name": "x", "triggers": t_of("o/1"),
+               "configuration": {"type": "custom-server",
+                                 "uri": format!("http://localhost:{port}/x")}}),
+    )
+    .await;
+    let mut p = publisher(d.mqtt, "pub4").await;
+    p.publish("o/1", b"x", QoS::AtLeastOnce, false).await;
+    let failed = wait_log(http, w, |r| r["event_code"] == 411).await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("outbound_private_targets")),
+        "{failed}"
+    );
+    assert!(rx.got().is_empty());
+    d.kill().await;
+}

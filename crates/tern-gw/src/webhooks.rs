@@ -349,6 +349,15 @@ impl Gateway {
             }
         }
         for s in &compiled.steps {
+            // A literal address the outbound switch refuses is refused now (a host name is
+            // checked before each request).
+            if let Step::CustomServer { uri, .. } = s
+                && let Ok(probe) = crate::webhook::check_http_uri(&uri.render(&Value::Null, 0.0))
+                && let Some(host) = probe.host()
+            {
+                crate::outbound::check_literal(host, self.options.outbound)
+                    .map_err(|e| GwError::Invalid(format!("`uri`: {e}")))?;
+            }
             if let Step::Platform { cid: Some(c), .. } = s
                 && *c != w.cid
                 && !self.directory.is_within(*c, w.cid)
@@ -660,6 +669,32 @@ enum Attempt {
     Answered(u16, Bytes),
     /// No answer: why.
     NoAnswer(String),
+    /// The outbound switch refuses the target (not retried).
+    Refused(String),
+}
+
+/// The outbound switch's check of a rendered URI's host (`[gw] outbound_private_targets`):
+/// its addresses are resolved and each checked before the request.
+async fn allowed(uri: &str, policy: crate::outbound::OutboundPolicy) -> Result<(), String> {
+    if policy.private_targets {
+        return Ok(());
+    }
+    let Ok(parsed) = crate::webhook::check_http_uri(uri) else {
+        // Refused by the request itself, with its reason.
+        return Ok(());
+    };
+    let host = parsed.host().unwrap_or("");
+    let port = parsed
+        .port_u16()
+        .unwrap_or(if parsed.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    crate::outbound::resolve_allowed(host, port, policy)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn clip(b: &[u8]) -> String {
@@ -780,11 +815,12 @@ async fn run_chain(
                         .map(|(n, v)| (n.clone(), v.render_with(&ctx).into_owned()))
                         .collect();
                     let client = clients.get(i).and_then(Option::as_ref);
-                    let attempt = match client {
-                        Some(c) => {
+                    let attempt = match (client, allowed(&uri, gw.options.outbound).await) {
+                        (_, Err(refused)) => Attempt::Refused(refused),
+                        (Some(c), Ok(())) => {
                             request(c, method.clone(), &uri, &headers, body.clone(), *timeout).await
                         }
-                        None => Attempt::NoAnswer("no HTTP client".into()),
+                        (None, Ok(())) => Attempt::NoAnswer("no HTTP client".into()),
                     };
                     (attempt, body)
                 }
@@ -878,6 +914,17 @@ async fn run_chain(
                 Attempt::NoAnswer(why) => {
                     fields.insert("reason".into(), json!(why));
                     true
+                }
+                Attempt::Refused(why) => {
+                    fields.insert("reason".into(), json!(why));
+                    gw.log(
+                        w.cid,
+                        Origin::Webhook,
+                        w.id,
+                        webhook_event::CALL_FAILED,
+                        fields,
+                    );
+                    return Outcome::Failed;
                 }
             };
             debug_assert!(retryable);
