@@ -25,6 +25,7 @@ mod retained;
 mod rss;
 mod storm;
 mod track;
+mod webhook;
 mod wire;
 
 use std::io::Write;
@@ -162,6 +163,8 @@ enum Scenario {
     GwIngest,
     /// Fill a device of tern with N messages, then time reading them all.
     GwHistory,
+    /// N webhooks sharing a name call a local receiver once per device message; calls/s.
+    GwWebhook,
 }
 
 impl Scenario {
@@ -175,6 +178,7 @@ impl Scenario {
             Scenario::RetainedFlood => "retained-flood",
             Scenario::GwIngest => "gw-ingest",
             Scenario::GwHistory => "gw-history",
+            Scenario::GwWebhook => "gw-webhook",
         }
     }
 }
@@ -302,7 +306,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             })
             .await?,
         )?,
-        Scenario::GwIngest | Scenario::GwHistory => {
+        Scenario::GwIngest | Scenario::GwHistory | Scenario::GwWebhook => {
             let params = gw::GwParams {
                 head,
                 http: cli.http,
@@ -316,6 +320,9 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             };
             if cli.scenario == Scenario::GwIngest {
                 serde_json::to_string(&gw::ingest(params).await?)?
+            } else if cli.scenario == Scenario::GwWebhook {
+                let messages = cli.messages.unwrap_or(10_000).max(1);
+                serde_json::to_string(&webhook::run(params, messages).await?)?
             } else {
                 let messages = cli.messages.unwrap_or(100_000).max(1);
                 serde_json::to_string(&gw::history(params, messages, cli.reads).await?)?

@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(v["entities"]["base"], json!([1, 2, 3]));
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
         assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403]));
-        assert_eq!(v["entities"]["webhooks"], json!([]));
+        assert_eq!(v["entities"]["webhooks"], json!([410, 411, 412, 413, 414]));
     }
 
     #[test]
