@@ -285,6 +285,22 @@ mod tests {
             assert_eq!(KeyOwner::of(id), KeyOwner::Device(id));
             assert_eq!(KeyOwner::of(channel_key(id)), KeyOwner::Channel(id));
             assert_eq!(KeyOwner::of(stream_key(id)), KeyOwner::Stream(id));
+            assert_eq!(KeyOwner::of(webhook_key(id)), KeyOwner::Webhook(id));
+            assert_eq!(webhook_of(webhook_key(id)), Some(id));
+            for other in [
+                id,
+                channel_key(id),
+                stream_key(id),
+                queue_key(id),
+                commands_key(id),
+            ] {
+                assert_eq!(webhook_of(other), None);
+            }
+            assert_eq!(webhook_of(log_key(LOG_ORIGIN_WEBHOOK, id)), None);
+            assert_eq!(
+                KeyOwner::of(log_key(LOG_ORIGIN_WEBHOOK, id)),
+                KeyOwner::Log(LOG_ORIGIN_WEBHOOK, id)
+            );
             assert_eq!(stream_of(id), None);
             assert_eq!(stream_of(channel_key(id)), None);
             assert_eq!(stream_of(commands_key(id)), None);
