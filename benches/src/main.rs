@@ -26,6 +26,7 @@ mod retained;
 mod rss;
 mod storm;
 mod track;
+mod webhook;
 mod wire;
 
 use std::io::Write;
@@ -170,6 +171,8 @@ enum Scenario {
     GwStreamHttp,
     /// Queue N messages on an MQTT stream (QoS 1) of tern, then time its drain to `--target`.
     GwStreamMqtt,
+    /// N webhooks sharing a name call a local receiver once per device message; calls/s.
+    GwWebhook,
 }
 
 impl Scenario {
@@ -185,6 +188,7 @@ impl Scenario {
             Scenario::GwHistory => "gw-history",
             Scenario::GwStreamHttp => "gw-stream-http",
             Scenario::GwStreamMqtt => "gw-stream-mqtt",
+            Scenario::GwWebhook => "gw-webhook",
         }
     }
 }
@@ -312,7 +316,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             })
             .await?,
         )?,
-        Scenario::GwIngest | Scenario::GwHistory => {
+        Scenario::GwIngest | Scenario::GwHistory | Scenario::GwWebhook => {
             let params = gw::GwParams {
                 head,
                 http: cli.http,
@@ -326,6 +330,9 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             };
             if cli.scenario == Scenario::GwIngest {
                 serde_json::to_string(&gw::ingest(params).await?)?
+            } else if cli.scenario == Scenario::GwWebhook {
+                let messages = cli.messages.unwrap_or(10_000).max(1);
+                serde_json::to_string(&webhook::run(params, messages).await?)?
             } else {
                 let messages = cli.messages.unwrap_or(100_000).max(1);
                 serde_json::to_string(&gw::history(params, messages, cli.reads).await?)?

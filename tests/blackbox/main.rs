@@ -44,5 +44,6 @@ mod tls;
 mod topic_alias;
 mod trust;
 mod v5_properties;
+mod webhooks;
 mod websocket;
 mod wills;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
 use tern_broker::Cid;
 use tern_broker::accounts::{Access, Rights, Token};
 use tern_codec::ReasonCode;
@@ -39,7 +40,13 @@ pub(crate) struct BridgeIdentity {
 
 /// Authenticates the call and checks that its token may call this URI.
 pub(crate) fn authenticate(api: &ApiState, parts: &Parts) -> Result<Caller, ApiError> {
+    let platform = parts
+        .extensions
+        .get::<crate::handlers::platform_webhooks::PlatformIdentity>();
     let token = match parts.extensions.get::<BridgeIdentity>() {
+        // A webhook's flespi-platform step (an extension no HTTP client can set): a master
+        // token of its account, made for this call only.
+        None if let Some(p) = platform => platform_token(api, p.cid)?,
         Some(bridge) => {
             let id = bridge
                 .token_id
@@ -87,6 +94,30 @@ pub(crate) fn authenticate(api: &ApiState, parts: &Parts) -> Result<Caller, ApiE
         rights: Rights::of(&token.access),
         token,
         cid,
+    })
+}
+
+/// The master token a webhook's `flespi-platform` step calls as (never stored; id 0).
+fn platform_token(api: &ApiState, cid: Cid) -> Result<Token, ApiError> {
+    if api.directory.account(cid).is_none() {
+        return Err(ApiError::unauthorized("the webhook's account is gone"));
+    }
+    Ok(Token {
+        id: 0,
+        key: String::new(),
+        info: "webhook".into(),
+        enabled: true,
+        expire: 0,
+        ttl: 0,
+        created: 0,
+        accessed: 0,
+        ips: String::new(),
+        cid,
+        metadata: Value::Object(Default::default()),
+        access: tern_broker::accounts::Access {
+            kind: Access::MASTER,
+            acl: Vec::new(),
+        },
     })
 }
 

@@ -51,6 +51,10 @@ use crate::openapi::bridge_router;
 /// The broker keeps the bridge and the bridge keeps the [`ApiState`] (and so the broker): the
 /// pair lives as long as the process, as the daemon's broker does.
 pub fn install_bridge(broker: &Arc<Broker>, state: ApiState) {
+    // Webhooks' flespi-platform steps call the same router in process.
+    state.gateway.set_platform_caller(Arc::new(
+        crate::handlers::platform_webhooks::PlatformCalls::new(bridge_router(state.clone())),
+    ));
     let permits = Arc::new(Semaphore::new(state.options.bridge_max_calls.max(1)));
     let bridge = Bridge {
         router: bridge_router(state.clone()),

@@ -17,7 +17,8 @@ use crate::ApiState;
 use crate::error::{method_not_allowed, unknown_uri};
 use crate::handlers::{
     auth, customer, gw_channels, gw_commands, gw_devices, gw_groups, gw_logs, gw_protocols,
-    gw_streams, messages, platform_logs, sessions, subaccounts, subscriptions, tokens,
+    gw_streams, messages, platform_logs, platform_webhooks, sessions, subaccounts, subscriptions,
+    tokens,
 };
 
 #[derive(OpenApi)]
@@ -143,6 +144,14 @@ fn endpoints() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(gw_streams::logs))
         .routes(routes!(gw_streams::protocols))
+        .routes(routes!(platform_webhooks::create))
+        .routes(routes!(
+            platform_webhooks::list,
+            platform_webhooks::put,
+            platform_webhooks::patch,
+            platform_webhooks::delete
+        ))
+        .routes(routes!(platform_webhooks::logs))
         .routes(routes!(gw_protocols::list))
         .routes(routes!(gw_protocols::device_types))
         .routes(routes!(gw_groups::create))

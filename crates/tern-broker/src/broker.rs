@@ -195,9 +195,12 @@ pub struct Broker {
     pub(crate) rest: std::sync::OnceLock<Arc<dyn crate::bridge::RestBridge>>,
     /// The publish tap (`tap.rs`), if installed.
     pub(crate) tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
-    /// Whether the tap wants anything now ([`Broker::set_tap_active`]): every publish reads
-    /// this one flag and nothing more while no in-process listener exists.
-    tap_active: std::sync::atomic::AtomicBool,
+    /// The trigger tap (`tap.rs`: webhooks), if installed: it sees `flespi/` topics too.
+    pub(crate) trigger_tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
+    /// Which taps want anything now ([`Broker::set_tap_active`], [`Broker::set_trigger_active`]:
+    /// bits [`TAP_CHANNELS`], [`TAP_TRIGGERS`]): every publish reads this one byte and nothing
+    /// more while no in-process listener exists.
+    tap_active: std::sync::atomic::AtomicU8,
     /// The MQTT sessions log (`events.rs`), if installed: sees every session event.
     pub(crate) session_log: std::sync::OnceLock<Arc<dyn crate::events::SessionLog>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
@@ -371,7 +374,8 @@ impl Broker {
             store,
             rest: std::sync::OnceLock::new(),
             tap: std::sync::OnceLock::new(),
-            tap_active: std::sync::atomic::AtomicBool::new(false),
+            trigger_tap: std::sync::OnceLock::new(),
+            tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
@@ -1053,6 +1057,11 @@ pub(crate) fn retained_cost(msg: &Message) -> u64 {
     (msg.topic.len() + msg.payload.len()) as u64
 }
 
+/// Bit of `tap_active`: the channels' publish tap is on.
+const TAP_CHANNELS: u8 = 1;
+/// Bit of `tap_active`: the trigger tap is on.
+const TAP_TRIGGERS: u8 = 2;
+
 /// The publish tap (`tap.rs`): in-process code that sees what is published.
 impl Broker {
     /// Installs the MQTT sessions log (`events.rs`; once, later calls are ignored).
@@ -1067,12 +1076,42 @@ impl Broker {
 
     /// Turns the tap on (it has listeners) or off; off, a publish does not call it.
     pub fn set_tap_active(&self, active: bool) {
-        self.tap_active.store(active, Ordering::Relaxed);
+        self.set_tap_bit(TAP_CHANNELS, active);
     }
 
-    /// Hands `msg` to the tap, if one is installed and active and the topic is not reserved.
+    /// Installs the trigger tap (once; later calls are ignored): it sees every publication,
+    /// `flespi/` topics included, before routing.
+    pub fn set_trigger_tap(&self, tap: Arc<dyn crate::tap::PublishTap>) {
+        let _ = self.trigger_tap.set(tap);
+    }
+
+    /// Turns the trigger tap on (some trigger exists) or off.
+    pub fn set_trigger_active(&self, active: bool) {
+        self.set_tap_bit(TAP_TRIGGERS, active);
+    }
+
+    fn set_tap_bit(&self, bit: u8, on: bool) {
+        if on {
+            self.tap_active.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.tap_active.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands `msg` to the taps that are installed and active: the channels' tap only when the
+    /// topic is not reserved, the trigger tap always.
     pub(crate) fn tap(&self, msg: &Arc<Message>) {
-        if !self.tap_active.load(Ordering::Relaxed) {
+        let active = self.tap_active.load(Ordering::Relaxed);
+        if active == 0 {
+            return;
+        }
+        if active & TAP_TRIGGERS != 0
+            && let Some(tap) = self.trigger_tap.get()
+        {
+            // The trigger tap counts what it could not queue itself.
+            let _ = tap.published(msg);
+        }
+        if active & TAP_CHANNELS == 0 {
             return;
         }
         if let Some(tap) = self.tap.get()

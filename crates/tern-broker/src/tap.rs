@@ -2,6 +2,9 @@
 //! docs/flespi.md#devices) sees what is published, without a session or a socket. One tap may be
 //! installed; `Broker::publish` hands it every message outside the reserved `flespi/` prefix
 //! (so what the tap's owner publishes under `flespi/` never comes back to it), before routing.
+//! A second one, the trigger tap (`Broker::set_trigger_tap`, the devices layer's webhooks), sees
+//! every publication, `flespi/` topics included; each is switched on and off by one bit of one
+//! byte that every publish reads, so a broker with neither pays one relaxed load.
 //! The tap is called on the publisher's path with broker state borrowed: it must not block nor
 //! call back into the broker; it copies what it wants into its own bounded queue.
 

@@ -36,14 +36,27 @@ const ANSWER_MAX: usize = 64 * 1024;
 /// How long an idle connection to the receiver is kept for the next batch.
 const IDLE: Duration = Duration::from_secs(90);
 
-type HttpsClient =
+pub(crate) type HttpsClient =
     Client<hyper_rustls::HttpsConnector<HttpConnector<outbound::Resolver>>, Full<Bytes>>;
 
 /// The client of one stream: TLS by its `ca` or the system's roots (a plain `http://`
 /// receiver needs neither).
 fn client(s: &Stream, policy: outbound::OutboundPolicy) -> HttpsClient {
+    https_client(s.ca(), s.timeout(), s.id, policy)
+}
+
+/// A pooled client (at most one idle connection per host) whose TLS trusts `ca` or the
+/// system's roots, connecting within `timeout` to addresses `policy` allows (host names are
+/// resolved and checked by `outbound::Resolver`); `owner` names the stream or webhook in logs.
+/// Streams and webhooks share it.
+pub(crate) fn https_client(
+    ca: Option<&str>,
+    timeout: Duration,
+    owner: u64,
+    policy: outbound::OutboundPolicy,
+) -> HttpsClient {
     let options = tern_mqttc::TlsOptions {
-        roots: match s.ca() {
+        roots: match ca {
             Some(pem) => tern_mqttc::Roots::Pem(pem.as_bytes().to_vec()),
             None => tern_mqttc::Roots::System,
         },
@@ -53,7 +66,7 @@ fn client(s: &Stream, policy: outbound::OutboundPolicy) -> HttpsClient {
         Ok(c) => (*c).clone(),
         Err(err) => {
             // https receivers fail the handshake then (logged per POST); http ones work.
-            tracing::warn!(stream = s.id, %err, "no TLS roots for this stream");
+            tracing::warn!(owner, %err, "no TLS roots for this stream or webhook");
             rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
@@ -72,7 +85,7 @@ fn client(s: &Stream, policy: outbound::OutboundPolicy) -> HttpsClient {
     // Host names resolve to allowed addresses only (`[gw] outbound_private_targets`).
     let mut http = HttpConnector::new_with_resolver(outbound::Resolver::new(policy));
     http.enforce_http(false);
-    http.set_connect_timeout(Some(s.timeout()));
+    http.set_connect_timeout(Some(timeout));
     http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

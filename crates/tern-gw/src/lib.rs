@@ -38,6 +38,8 @@
 //!   `commands`: Codec 12 commands, their queue and results
 //! - `stream`: the stream record, inputs, item; `streams`: stream operations, sources and the
 //!   durable queue; `http_stream`: the delivery task of an http stream
+//! - `webhook`: the webhook record, its checks and compiled triggers and steps; `webhooks`:
+//!   webhook operations, the trigger tap, the durable pending calls and the delivery tasks
 //! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
 //!   uses; `metrics`: the counters `/metrics` shows
 //! - `error`: `GwError`
@@ -69,6 +71,8 @@ pub mod telemetry;
 mod telemetry_ops;
 mod trackers;
 pub mod types;
+pub mod webhook;
+pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -93,6 +97,8 @@ pub use message::{DeleteData, MessageQuery, MessagesData};
 pub use stream::{Stream, StreamChanges, StreamInput};
 pub use telemetry::Telemetry;
 pub use trackers::{ACK_BUCKETS, TrackerMetrics, TrackerPorts};
+pub use webhook::Webhook;
+pub use webhooks::{PlatformCaller, WebhookMetrics};
 
 /// Settings of the devices layer. Every number is a default, not part of the protocol.
 #[derive(Debug, Clone)]
@@ -183,6 +189,7 @@ struct State {
     next_group: u64,
     next_channel: u64,
     next_stream: u64,
+    next_webhook: u64,
     /// What each account tree uses, for the quotas.
     usage: quota::Usage,
 }
@@ -266,6 +273,8 @@ pub struct Gateway {
     pub stream_metrics: streams::StreamMetrics,
     /// The account logs' queue (`account_logs.rs`: REST calls and MQTT session events).
     account_logs: account_logs::AccountLogs,
+    /// The webhooks (`webhooks.rs`).
+    webhooks: webhooks::Webhooks,
 }
 
 impl Gateway {
@@ -336,6 +345,8 @@ impl Gateway {
             stored("next_channel").max(state.channels.keys().next_back().map_or(1, |k| k + 1));
         state.next_stream =
             stored("next_stream").max(state.streams.keys().next_back().map_or(1, |k| k + 1));
+        state.next_webhook = stored("next_webhook");
+        let webhooks = webhooks::Webhooks::load(&broker, &store, snapshot);
         let now = broker.clock.now() / 1_000_000;
         state.online = state
             .devices
@@ -370,7 +381,9 @@ impl Gateway {
             streams_changed: tokio::sync::Notify::new(),
             stream_metrics: streams::StreamMetrics::default(),
             account_logs: account_logs::AccountLogs::default(),
+            webhooks,
         });
+        gw.load_webhooks();
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
         gw.load_usage(&mut gw.state.lock(), &snapshot.message_stats);
@@ -454,6 +467,7 @@ impl Gateway {
             "next_group": st.next_group,
             "next_channel": st.next_channel,
             "next_stream": st.next_stream,
+            "next_webhook": st.next_webhook,
         });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
@@ -672,6 +686,7 @@ impl Gateway {
         }
         self.channels_of_accounts_deleted(gone);
         self.streams_of_accounts_deleted(gone);
+        self.webhooks_of_accounts_deleted(gone);
         let mut st = self.state.lock();
         let groups: Vec<u64> = st
             .groups

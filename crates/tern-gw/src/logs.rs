@@ -162,6 +162,7 @@ pub enum Entity {
     Customer,
     /// MQTT sessions.
     Mqtt,
+    Webhooks,
 }
 
 impl Entity {
@@ -173,6 +174,7 @@ impl Entity {
             Entity::Streams => "streams",
             Entity::Customer => "customer",
             Entity::Mqtt => "mqtt",
+            Entity::Webhooks => "webhooks",
         }
     }
 }
@@ -366,10 +368,40 @@ pub const CODES: &[CodeInfo] = &[
         Severity::Notice,
         Entity::Mqtt,
     ),
+    info(
+        crate::webhooks::webhook_event::CALL_DONE.1,
+        "webhook request answered",
+        Severity::Info,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_FAILED.1,
+        "webhook request refused (4xx or validate failed): call dropped",
+        Severity::Warning,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_RETRY.1,
+        "webhook request failed (network, timeout or 5xx): retried after the back-off",
+        Severity::Notice,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::CALL_DROPPED.1,
+        "webhook request failed after the last retry: call dropped",
+        Severity::Alert,
+        Entity::Webhooks,
+    ),
+    info(
+        crate::webhooks::webhook_event::QUEUE_OVERFLOW.1,
+        "webhook pending queue full: new calls dropped",
+        Severity::Alert,
+        Entity::Webhooks,
+    ),
 ];
 
 /// The `toolbox/codes` value (spec flespi-gw §7): `codes` by number and the codes of each
-/// entity; `webhooks` log nothing yet.
+/// entity.
 pub fn toolbox_codes() -> Value {
     let mut codes = Map::new();
     let mut entities = Map::new();
@@ -537,7 +569,7 @@ mod tests {
         assert_eq!(v["entities"]["base"], json!([1, 2, 3]));
         assert_eq!(v["entities"]["channels"], json!([100, 101, 102]));
         assert_eq!(v["entities"]["streams"], json!([400, 401, 402, 403, 404]));
-        assert_eq!(v["entities"]["webhooks"], json!([]));
+        assert_eq!(v["entities"]["webhooks"], json!([410, 411, 412, 413, 414]));
         assert_eq!(v["entities"]["customer"], json!([600]));
         assert_eq!(v["entities"]["mqtt"], json!([700, 701, 702]));
     }

@@ -70,6 +70,22 @@ pub fn stream_of(key: DeviceId) -> Option<u64> {
         .then_some(key & !STREAM_KEY_BIT)
 }
 
+/// A webhook's pending calls (tern-gw `webhooks`, docs/flespi.md#webhooks): the publications
+/// that triggered it and are not yet delivered, keyed by the webhook id with this bit set, in
+/// arrival order like a stream's queue.
+pub const WEBHOOK_KEY_BIT: u64 = 1 << 57;
+
+/// The message-table key of webhook `id`'s pending calls.
+pub fn webhook_key(id: u64) -> DeviceId {
+    id | WEBHOOK_KEY_BIT
+}
+
+/// The webhook whose pending calls `key` holds, if it is a webhook's.
+pub fn webhook_of(key: DeviceId) -> Option<u64> {
+    (key & (CHANNEL_KEY_BIT | LOG_KEY_BIT | STREAM_KEY_BIT | WEBHOOK_KEY_BIT) == WEBHOOK_KEY_BIT)
+        .then_some(key & !WEBHOOK_KEY_BIT)
+}
+
 /// Entity logs (tern-gw `logs`, docs/flespi.md#devices) share the message table and its stats
 /// too: a log's key has this bit set, the entity's `origin_type` in the [`LOG_ORIGIN_BITS`]
 /// bits below it, and the entity's id in the rest. It never has [`CHANNEL_KEY_BIT`], and device
@@ -106,6 +122,8 @@ pub const LOG_ORIGIN_STREAM: u64 = 12;
 pub const LOG_ORIGIN_CUSTOMER: u64 = 1;
 /// The `origin_type` of an account's MQTT sessions log (flespi's; the id is the account's).
 pub const LOG_ORIGIN_MQTT: u64 = 14;
+/// The `origin_type` of webhook logs (flespi's).
+pub const LOG_ORIGIN_WEBHOOK: u64 = 36;
 
 /// What a message-table key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +133,8 @@ pub enum KeyOwner {
     Channel(u64),
     /// A stream's queue.
     Stream(u64),
+    /// A webhook's pending calls.
+    Webhook(u64),
     /// The log of an entity: `(origin_type, id)`.
     Log(u64, u64),
 }
@@ -128,6 +148,8 @@ impl KeyOwner {
             KeyOwner::Log(origin, id)
         } else if let Some(stream) = stream_of(key) {
             KeyOwner::Stream(stream)
+        } else if let Some(webhook) = webhook_of(key) {
+            KeyOwner::Webhook(webhook)
         } else {
             KeyOwner::Device(device_of(key))
         }
@@ -268,6 +290,22 @@ mod tests {
             assert_eq!(KeyOwner::of(id), KeyOwner::Device(id));
             assert_eq!(KeyOwner::of(channel_key(id)), KeyOwner::Channel(id));
             assert_eq!(KeyOwner::of(stream_key(id)), KeyOwner::Stream(id));
+            assert_eq!(KeyOwner::of(webhook_key(id)), KeyOwner::Webhook(id));
+            assert_eq!(webhook_of(webhook_key(id)), Some(id));
+            for other in [
+                id,
+                channel_key(id),
+                stream_key(id),
+                queue_key(id),
+                commands_key(id),
+            ] {
+                assert_eq!(webhook_of(other), None);
+            }
+            assert_eq!(webhook_of(log_key(LOG_ORIGIN_WEBHOOK, id)), None);
+            assert_eq!(
+                KeyOwner::of(log_key(LOG_ORIGIN_WEBHOOK, id)),
+                KeyOwner::Log(LOG_ORIGIN_WEBHOOK, id)
+            );
             assert_eq!(stream_of(id), None);
             assert_eq!(stream_of(channel_key(id)), None);
             assert_eq!(stream_of(commands_key(id)), None);

@@ -67,6 +67,7 @@ const DEVICES: TableDefinition<Bin, Bin> = TableDefinition::new("devices");
 const GROUPS: TableDefinition<Bin, Bin> = TableDefinition::new("groups");
 const CHANNELS: TableDefinition<Bin, Bin> = TableDefinition::new("channels");
 const STREAMS: TableDefinition<Bin, Bin> = TableDefinition::new("streams");
+const WEBHOOKS: TableDefinition<Bin, Bin> = TableDefinition::new("webhooks");
 const TELEMETRY: TableDefinition<Bin, Bin> = TableDefinition::new("telemetry");
 const MESSAGES: TableDefinition<Bin, Bin> = TableDefinition::new("device_messages");
 const MESSAGE_STATS: TableDefinition<Bin, Bin> = TableDefinition::new("device_message_stats");
@@ -417,6 +418,7 @@ struct Tables<'t> {
     groups: Table<'t, Bin, Bin>,
     channels: Table<'t, Bin, Bin>,
     streams: Table<'t, Bin, Bin>,
+    webhooks: Table<'t, Bin, Bin>,
     telemetry: Table<'t, Bin, Bin>,
     messages: Table<'t, Bin, Bin>,
     message_stats: Table<'t, Bin, Bin>,
@@ -440,6 +442,7 @@ impl<'t> Tables<'t> {
             groups: tx.open_table(GROUPS).map_err(engine)?,
             channels: tx.open_table(CHANNELS).map_err(engine)?,
             streams: tx.open_table(STREAMS).map_err(engine)?,
+            webhooks: tx.open_table(WEBHOOKS).map_err(engine)?,
             telemetry: tx.open_table(TELEMETRY).map_err(engine)?,
             messages: tx.open_table(MESSAGES).map_err(engine)?,
             message_stats: tx.open_table(MESSAGE_STATS).map_err(engine)?,
@@ -607,6 +610,15 @@ impl<'t> Tables<'t> {
                 self.drop_messages(crate::stream_key(*id))?;
                 self.drop_messages(crate::log_key(crate::LOG_ORIGIN_STREAM, *id))?;
             }
+            Op::PutWebhook { id, json } => {
+                self.webhooks
+                    .insert(format::id_key(*id).as_slice(), versioned(json).as_slice())?;
+            }
+            Op::DelWebhook { id } => {
+                self.webhooks.remove(format::id_key(*id).as_slice())?;
+                self.drop_messages(crate::webhook_key(*id))?;
+                self.drop_messages(crate::log_key(crate::LOG_ORIGIN_WEBHOOK, *id))?;
+            }
             Op::PutTelemetry { device, json } => {
                 let k = format::id_key(*device);
                 if self.devices.get(k.as_slice())?.is_some() {
@@ -638,6 +650,11 @@ impl<'t> Tables<'t> {
                         crate::LOG_ORIGIN_CUSTOMER | crate::LOG_ORIGIN_MQTT,
                         cid,
                     ) => self.accounts.get(format::id_key(cid).as_slice())?.is_some(),
+                    crate::KeyOwner::Webhook(webhook)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_WEBHOOK, webhook) => self
+                        .webhooks
+                        .get(format::id_key(webhook).as_slice())?
+                        .is_some(),
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
                 };
@@ -959,6 +976,7 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
         (GROUPS, &mut snap.groups),
         (CHANNELS, &mut snap.channels),
         (STREAMS, &mut snap.streams),
+        (WEBHOOKS, &mut snap.webhooks),
         (TELEMETRY, &mut snap.telemetry),
     ] {
         let Some(table) = optional(def)? else {

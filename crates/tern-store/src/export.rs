@@ -75,6 +75,12 @@ pub fn export(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
             json: Data::of(json),
         })?;
     }
+    for (id, json) in &snapshot.webhooks {
+        line(&Line::Webhook {
+            id: *id,
+            json: Data::of(json),
+        })?;
+    }
     for (device, json) in &snapshot.telemetry {
         line(&Line::Telemetry {
             device: *device,
@@ -288,6 +294,11 @@ enum Line {
         id: u64,
         json: Data,
     },
+    /// A webhook (its JSON document).
+    Webhook {
+        id: u64,
+        json: Data,
+    },
     /// A device message (after its device): key (`ts` in µs, `seq`) and JSON document.
     Message {
         device: u64,
@@ -386,6 +397,10 @@ impl Line {
                 json: json.bytes()?,
             },
             Line::Stream { id, json } => Op::PutStream {
+                id,
+                json: json.bytes()?,
+            },
+            Line::Webhook { id, json } => Op::PutWebhook {
                 id,
                 json: json.bytes()?,
             },

@@ -31,13 +31,13 @@ mod model;
 mod op;
 
 pub use devices::{
-    CHANNEL_KEY_BIT, COMMANDS_KEY_BIT, QUEUE_KEY_BIT, STREAM_KEY_BIT, channel_key, channel_of,
-    commands_key, device_of, queue_key, stream_key, stream_of,
+    CHANNEL_KEY_BIT, COMMANDS_KEY_BIT, QUEUE_KEY_BIT, STREAM_KEY_BIT, WEBHOOK_KEY_BIT, channel_key,
+    channel_of, commands_key, device_of, queue_key, stream_key, stream_of, webhook_key, webhook_of,
 };
 pub use devices::{DeviceId, DeviceMessage, MessageKey, MessageRange, MessageStats, Reader, Visit};
 pub use devices::{
     KeyOwner, LOG_KEY_BIT, LOG_ORIGIN_BITS, LOG_ORIGIN_CHANNEL, LOG_ORIGIN_CUSTOMER,
-    LOG_ORIGIN_DEVICE, LOG_ORIGIN_MQTT, LOG_ORIGIN_STREAM, log_key, log_of,
+    LOG_ORIGIN_DEVICE, LOG_ORIGIN_MQTT, LOG_ORIGIN_STREAM, LOG_ORIGIN_WEBHOOK, log_key, log_of,
 };
 pub use disk::{DiskBackend, STORE_FILE, export_dir, load};
 pub use error::StoreError;

@@ -30,6 +30,7 @@ pub struct MemoryState {
     pub groups: BTreeMap<u64, Bytes>,
     pub channels: BTreeMap<u64, Bytes>,
     pub streams: BTreeMap<u64, Bytes>,
+    pub webhooks: BTreeMap<u64, Bytes>,
     pub telemetry: BTreeMap<DeviceId, Bytes>,
     pub messages: BTreeMap<(DeviceId, MessageKey), Bytes>,
     pub message_stats: BTreeMap<DeviceId, MessageStats>,
@@ -181,6 +182,17 @@ impl MemoryState {
                 self.message_stats.remove(&log);
                 self.messages.retain(|(d, _), _| *d != key && *d != log);
             }
+            Op::PutWebhook { id, json } => {
+                self.webhooks.insert(*id, json.clone());
+            }
+            Op::DelWebhook { id } => {
+                self.webhooks.remove(id);
+                let key = crate::webhook_key(*id);
+                let log = crate::log_key(crate::LOG_ORIGIN_WEBHOOK, *id);
+                self.message_stats.remove(&key);
+                self.message_stats.remove(&log);
+                self.messages.retain(|(d, _), _| *d != key && *d != log);
+            }
             Op::PutTelemetry { device, json } => {
                 if self.devices.contains_key(device) {
                     self.telemetry.insert(*device, json.clone());
@@ -207,6 +219,10 @@ impl MemoryState {
                         crate::LOG_ORIGIN_CUSTOMER | crate::LOG_ORIGIN_MQTT,
                         cid,
                     ) => self.accounts.contains_key(&cid),
+                    crate::KeyOwner::Webhook(webhook)
+                    | crate::KeyOwner::Log(crate::LOG_ORIGIN_WEBHOOK, webhook) => {
+                        self.webhooks.contains_key(&webhook)
+                    }
                     // Entities the store keeps no record of: nothing would delete their log.
                     crate::KeyOwner::Log(..) => false,
                 };
@@ -308,6 +324,7 @@ impl MemoryState {
             groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
             channels: self.channels.iter().map(|(k, v)| (*k, v.clone())).collect(),
             streams: self.streams.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            webhooks: self.webhooks.iter().map(|(k, v)| (*k, v.clone())).collect(),
             telemetry: self
                 .telemetry
                 .iter()

@@ -182,6 +182,8 @@ pub struct Snapshot {
     pub channels: Vec<(u64, Bytes)>,
     /// Streams as JSON documents, by id.
     pub streams: Vec<(u64, Bytes)>,
+    /// Webhooks as JSON documents, by id.
+    pub webhooks: Vec<(u64, Bytes)>,
     /// Each device's telemetry document.
     pub telemetry: Vec<(u64, Bytes)>,
     /// How many messages and bytes each device has stored (the messages themselves are read

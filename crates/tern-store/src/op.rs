@@ -120,6 +120,15 @@ pub enum Op {
     DelStream {
         id: u64,
     },
+    /// A webhook (`/platform/webhooks`; its JSON document, tern-gw owns the schema).
+    PutWebhook {
+        id: u64,
+        json: Bytes,
+    },
+    /// Deletes a webhook with its pending calls and log.
+    DelWebhook {
+        id: u64,
+    },
     /// Replaces a device's telemetry document.
     PutTelemetry {
         device: DeviceId,

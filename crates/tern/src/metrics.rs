@@ -518,6 +518,28 @@ impl TernCollector {
             ]
             .map(|(e, v)| ([("event", e)], ConstCounter::new(load_u(v)))),
         )?;
+        let wm = self.gateway.webhook_metrics();
+        family(
+            enc,
+            "tern_gw_webhook_calls",
+            "Webhook calls by outcome: queued (a trigger matched), done (every step answered), failed (4xx or validate break: dropped), dropped (still failing after 5 retries), overflow (pending queue full: not queued, policy drop-newest); retries counts step attempts retried",
+            MetricType::Counter,
+            [
+                ("queued", &wm.queued),
+                ("done", &wm.done),
+                ("failed", &wm.failed),
+                ("dropped", &wm.dropped),
+                ("overflow", &wm.overflow),
+                ("retries", &wm.retries),
+            ]
+            .map(|(e, v)| ([("outcome", e)], ConstCounter::new(load_u(v)))),
+        )?;
+        gauge(
+            enc,
+            "tern_gw_webhook_pending",
+            "Webhook calls queued durably and not yet done, all webhooks",
+            load_u(&wm.pending) as i64,
+        )?;
         self.encode_trackers(enc)
     }
 

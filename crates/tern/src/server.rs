@@ -171,6 +171,8 @@ impl Server {
         // The account's REST call and MQTT sessions logs (docs/flespi.md#logs): their queue
         // and writer, before any connection or call can log.
         tracker.spawn(gateway.run_account_logs());
+        // Webhooks' delivery tasks (docs/flespi.md#webhooks).
+        tracker.spawn(gateway.clone().run_webhooks());
         // Teltonika channels' listeners (docs/teltonika.md).
         gateway.start_trackers();
         let acceptor = Acceptor::new(

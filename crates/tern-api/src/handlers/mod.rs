@@ -18,6 +18,7 @@ pub(crate) mod gw_protocols;
 pub(crate) mod gw_streams;
 pub(crate) mod messages;
 pub(crate) mod platform_logs;
+pub(crate) mod platform_webhooks;
 pub(crate) mod sessions;
 pub(crate) mod subaccounts;
 pub(crate) mod subscriptions;
