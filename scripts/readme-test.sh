@@ -118,3 +118,24 @@ grep -qE '^flespi/message/gw/devices/[0-9]+ \{.*"ident":"35209308000000[0-2]"' "
   cat "$work/out"
   exit 1
 }
+# The streams and webhooks walkthroughs start tests/python/stream_receiver.py as receiver.
+ln -s "$PWD/tests" "$work/tests"
+run_block "### Streams"
+grep -q '"position.speed": *42' "$work/received.jsonl" &&
+  grep -qE '^fleet/tr-7/speed/43 \{' "$work/out" || {
+  echo "readme-test: FAILED: the streams walkthrough: no message at the receiver or at the second broker:"
+  cat "$work/out"
+  exit 1
+}
+run_block "### Reading logs"
+grep -q '"app":"my-dashboard/1.0"' "$work/out" || {
+  echo "readme-test: FAILED: the logs walkthrough showed no REST call with its app:"
+  cat "$work/out"
+  exit 1
+}
+run_block "### Webhooks"
+grep -q 'kitchen' "$work/received.jsonl" || {
+  echo "readme-test: FAILED: the webhook walkthrough's receiver got no call:"
+  cat "$work/out"
+  exit 1
+}

@@ -75,8 +75,9 @@ const MESSAGE_STATS: TableDefinition<Bin, Bin> = TableDefinition::new("device_me
 const META_MAGIC: &str = "magic";
 const META_VERSION: &str = "format_version";
 
-/// redb's page cache for the open store (reads happen at load; writes touch few pages).
-const CACHE_BYTES: usize = 64 << 20;
+/// redb's page cache for the open store: at most this much, filled as pages are read or
+/// written (a busy devices layer touches a leaf per device and batch; a broker alone, few).
+const CACHE_BYTES: usize = 256 << 20;
 /// Compact automatically only files at least this large.
 const RECLAIM_MIN_FILE: u64 = 64 << 20;
 /// How often the writer considers compacting.
