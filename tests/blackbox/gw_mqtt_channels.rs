@@ -342,3 +342,75 @@ async fn an_external_channel_over_tls_with_a_password_resumes_after_a_restart() 
     assert!(after.iter().all(|m| m["peer"] == "mqtt:external"));
     drop(broker);
 }
+
+/// With `[gw] outbound_private_targets = false` an external channel's broker at a literal
+/// loopback address is refused at create and at update (400 naming the rule), and one named
+/// `localhost` is created but never connected to: its host is resolved and checked when the
+/// client starts, and the refusal is logged.
+#[tokio::test]
+async fn the_outbound_switch_refuses_loopback_brokers() {
+    use crate::gw_streams::{KEY, call, rest};
+    use crate::support::process::{Daemon, free_addr};
+    let data = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let http_s = http.to_string();
+    let d = Daemon::spawn_env(
+        data.path(),
+        &["--http", &http_s, "--master-token", KEY],
+        &[("TERN_GW_OUTBOUND_PRIVATE_TARGETS", "false")],
+    )
+    .await;
+    let port = free_addr().port();
+    let channel = |uri: String| {
+        json!({"name": "ext", "protocol_name": "mqtt",
+            "configuration": {"broker": {"uri": uri}, "topics": ["t/#"]}})
+    };
+    let (status, v) = call(
+        http,
+        "POST",
+        "/gw/channels",
+        Some(channel(format!("mqtt://127.0.0.1:{port}"))),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let reason = v["errors"][0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("loopback") && reason.contains("outbound_private_targets"),
+        "{v}"
+    );
+    let created = rest(
+        http,
+        "POST",
+        "/gw/channels",
+        Some(channel(format!("mqtt://localhost:{port}"))),
+    )
+    .await;
+    let id = created["result"][0]["id"].as_u64().expect("channel id");
+    assert!(
+        d.wait_for_log("external MQTT channel not connected").await,
+        "no refusal logged: {}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("localhost") && log.contains("loopback"),
+        "{log}"
+    );
+    let (status, v) = call(
+        http,
+        "PATCH",
+        &format!("/gw/channels/{id}"),
+        Some(json!({"configuration": {"broker": {"uri": format!("mqtt://[::1]:{port}")}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let item = rest(
+        http,
+        "GET",
+        &format!("/gw/channels/{id}?fields=connections_count"),
+        None,
+    )
+    .await;
+    assert_eq!(item["result"][0]["connections_count"], json!(0), "{item}");
+    d.kill().await;
+}

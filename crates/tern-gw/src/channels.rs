@@ -55,6 +55,7 @@ impl Gateway {
     /// scope); fails when the `channels` quota is used up; a Teltonika channel gets its port and
     /// listener here (a port in use: refused).
     pub fn create_channel(&self, mut c: Channel) -> Result<Value, GwError> {
+        c.check_outbound(self.options.outbound)?;
         let mut st = self.state.lock();
         self.check_count(&st, c.cid, crate::quota::Counted::Channels)?;
         c.id = st.next_channel;
@@ -98,6 +99,7 @@ impl Gateway {
             id,
         })?;
         let mut new = changes.apply(old, merge)?;
+        new.check_outbound(self.options.outbound)?;
         let old_item = self.channel_item_of(old);
         self.sync_tracker(&st, &mut new)?;
         let item = self.channel_item_of(&new);

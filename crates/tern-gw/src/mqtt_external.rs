@@ -13,12 +13,32 @@ use tern_mqttc::{Client, ClientHandle, ClientOptions, Event, QoS, Roots, Subscri
 use crate::{Channel, Gateway};
 
 /// A running client: the configuration it was started with, and its handle (dropping the
-/// last handle stops the client).
+/// last handle stops the client) or, when private targets are forbidden, the task that resolves
+/// and checks the broker's host, then runs the client (stopped when this is dropped).
 #[derive(Debug)]
 pub(crate) struct External {
     configuration: Map<String, Value>,
-    _handle: ClientHandle,
+    _run: Running,
 }
+
+#[derive(Debug)]
+enum Running {
+    Client { _handle: ClientHandle },
+    Checked(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        if let Running::Checked(task) = &self._run {
+            task.abort();
+        }
+    }
+}
+
+/// The first wait after an external broker's host was refused or did not resolve; doubled up
+/// to [`RESOLVE_BACKOFF_MAX`].
+const RESOLVE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const RESOLVE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The client options of an external channel's `broker` object.
 pub(crate) fn client_options(
@@ -84,6 +104,24 @@ pub(crate) fn qos_of(broker: &Map<String, Value>) -> Result<QoS, String> {
 }
 
 impl Channel {
+    /// Refuses an external broker at a literal address `policy` forbids ([`crate::outbound`]);
+    /// a host name is checked when connecting.
+    pub(crate) fn check_outbound(
+        &self,
+        policy: crate::outbound::OutboundPolicy,
+    ) -> Result<(), crate::GwError> {
+        let Some(uri) = self
+            .external_broker()
+            .and_then(|b| b.get("uri"))
+            .and_then(Value::as_str)
+            .and_then(|u| u.parse::<tern_mqttc::BrokerUri>().ok())
+        else {
+            return Ok(());
+        };
+        crate::outbound::check_literal(&uri.host, policy)
+            .map_err(|e| crate::GwError::Invalid(format!("configuration.broker.uri: {e}")))
+    }
+
     /// An MQTT channel's external broker object, if it has one.
     pub fn external_broker(&self) -> Option<&Map<String, Value>> {
         if self.protocol().map(|p| p.name) != Some("mqtt") {
@@ -125,6 +163,18 @@ impl Gateway {
             let Some(broker) = c.external_broker() else {
                 continue;
             };
+            if !self.options.outbound.private_targets {
+                // `[gw] outbound_private_targets = false`: connect only to a checked address.
+                let task = tokio::spawn(self.clone().run_checked(c.clone()));
+                running.insert(
+                    c.id,
+                    External {
+                        configuration: c.configuration.clone(),
+                        _run: Running::Checked(task),
+                    },
+                );
+                continue;
+            }
             let started = client_options(c.id, broker).and_then(|options| {
                 let qos = qos_of(broker)?;
                 let subs = c
@@ -147,12 +197,74 @@ impl Gateway {
                         c.id,
                         External {
                             configuration: c.configuration.clone(),
-                            _handle: handle,
+                            _run: Running::Client { _handle: handle },
                         },
                     );
                 }
                 Err(err) => {
                     tracing::warn!(channel = c.id, %err, "external MQTT channel not started")
+                }
+            }
+        }
+    }
+
+    /// An external channel's client under `[gw] outbound_private_targets = false`: the
+    /// broker's host is resolved and checked ([`crate::outbound::resolve_allowed`]) and the
+    /// client connects to the checked address (TLS still verifies the host name); a refused
+    /// or unresolvable host is logged and tried again with back-off. Runs until aborted (the
+    /// channel changed or went) or the client stops.
+    async fn run_checked(self: Arc<Self>, c: Channel) {
+        let Some(broker) = c.external_broker() else {
+            return;
+        };
+        let mut backoff = RESOLVE_BACKOFF_MIN;
+        loop {
+            let started = async {
+                let mut options = client_options(c.id, broker)?;
+                let qos = qos_of(broker)?;
+                let host = options.uri.host.clone();
+                let addrs = crate::outbound::resolve_allowed(
+                    &host,
+                    options.uri.port,
+                    self.options.outbound,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let addr = addrs
+                    .first()
+                    .ok_or_else(|| format!("`{host}` resolves to no address"))?;
+                options.uri.host = addr.ip().to_string();
+                options.tls.server_name = Some(host);
+                let subs = c
+                    .configuration
+                    .get("topics")
+                    .and_then(Value::as_array)
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(Value::as_str)
+                            .map(|f| Subscription::new(f, qos))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Client::start(options, subs).map_err(|e| e.to_string())
+            }
+            .await;
+            match started {
+                Ok((handle, events)) => {
+                    // The client lives as long as this task: the pump ends when it stops.
+                    self.clone().pump(c.id, events).await;
+                    drop(handle);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        channel = c.id,
+                        %err,
+                        retry_in = backoff.as_secs(),
+                        "external MQTT channel not connected"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RESOLVE_BACKOFF_MAX);
                 }
             }
         }
