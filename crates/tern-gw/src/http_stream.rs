@@ -217,27 +217,9 @@ pub(crate) async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
     loop {
-        let read = {
-            let gw = gw.clone();
-            let id = s.id;
-            tokio::task::spawn_blocking(move || gw.queued(id, limit)).await
+        let Some(queued) = gw.next_queued(s.id, limit, &wake, backoff).await else {
+            return;
         };
-        let queued = match read {
-            Ok(Ok(q)) => q,
-            Ok(Err(err)) => {
-                tracing::error!(stream = s.id, %err, "could not read the stream's queue");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-            Err(_) => return,
-        };
-        if queued.is_empty() {
-            // A message queued after the read left a permit: no wake-up is lost. The wake-up
-            // comes when the append is submitted; the reader sees it once it is applied.
-            wake.notified().await;
-            gw.settled().await;
-            continue;
-        }
         let b = batch(queued, per_ident);
         let uri = match target_uri(s.uri(), b.ident.as_deref()) {
             Ok(u) => u,

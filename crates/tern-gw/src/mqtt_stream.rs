@@ -282,26 +282,9 @@ async fn deliver(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let read = {
-            let gw = gw.clone();
-            let id = s.id;
-            tokio::task::spawn_blocking(move || gw.queued(id, BATCH)).await
+        let Some(queued) = gw.next_queued(s.id, BATCH, wake, BACKOFF_MIN).await else {
+            return;
         };
-        let queued = match read {
-            Ok(Ok(q)) => q,
-            Ok(Err(err)) => {
-                tracing::error!(stream = s.id, %err, "could not read the stream's queue");
-                tokio::time::sleep(BACKOFF_MIN).await;
-                continue;
-            }
-            Err(_) => return,
-        };
-        if queued.is_empty() {
-            // A message queued after the read left a permit: no wake-up is lost.
-            wake.notified().await;
-            gw.settled().await;
-            continue;
-        }
         link.pending.store(queued.len(), Ordering::Relaxed);
         let started = Instant::now();
         let (done, failure) = publish_batch(gw, s, settings, handle, queued).await;

@@ -457,6 +457,35 @@ impl Gateway {
         }
     }
 
+    /// The oldest `limit` messages queued for stream `id`, read on the blocking pool; while
+    /// there are none, waits for `wake` (a message queued after the read left a permit, so no
+    /// wake-up is lost; it comes when the append is submitted and the reader sees it once
+    /// applied). A failed read is logged and tried again after `retry`. `None` when the
+    /// runtime is shutting down.
+    pub(crate) async fn next_queued(
+        self: &Arc<Self>,
+        id: u64,
+        limit: usize,
+        wake: &tokio::sync::Notify,
+        retry: std::time::Duration,
+    ) -> Option<Vec<(MessageKey, Bytes)>> {
+        loop {
+            let gw = self.clone();
+            match tokio::task::spawn_blocking(move || gw.queued(id, limit)).await {
+                Ok(Ok(q)) if q.is_empty() => {
+                    wake.notified().await;
+                    self.settled().await;
+                }
+                Ok(Ok(q)) => return Some(q),
+                Ok(Err(err)) => {
+                    tracing::error!(stream = id, %err, "could not read the stream's queue");
+                    tokio::time::sleep(retry).await;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Reads up to `limit` of the oldest queued messages of stream `id`. Blocking.
     pub(crate) fn queued(
         &self,

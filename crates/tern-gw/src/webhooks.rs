@@ -714,6 +714,11 @@ fn context(record: &[u8]) -> Value {
     Value::Object(doc)
 }
 
+/// A record in webhook `w`'s log.
+fn webhook_log(gw: &Gateway, w: &Webhook, event: (&str, u64), fields: Map<String, Value>) {
+    gw.log(w.cid, Origin::Webhook, w.id, event, fields);
+}
+
 /// Delivers webhook `w`'s pending calls until the task is stopped.
 async fn deliver(gw: Arc<Gateway>, w: Webhook, m: Arc<Member>) {
     let clients: Vec<Option<crate::http_stream::HttpsClient>> = m
@@ -735,13 +740,7 @@ async fn deliver(gw: Arc<Gateway>, w: Webhook, m: Arc<Member>) {
         if overflowed > 0 {
             let mut fields = Map::new();
             fields.insert("dropped".into(), json!(overflowed));
-            gw.log(
-                w.cid,
-                Origin::Webhook,
-                w.id,
-                webhook_event::QUEUE_OVERFLOW,
-                fields,
-            );
+            webhook_log(&gw, &w, webhook_event::QUEUE_OVERFLOW, fields);
         }
         let read = {
             let gw = gw.clone();
@@ -860,35 +859,17 @@ async fn run_chain(
                     if *code >= 500 {
                         true
                     } else if *code >= 400 {
-                        gw.log(
-                            w.cid,
-                            Origin::Webhook,
-                            w.id,
-                            webhook_event::CALL_FAILED,
-                            fields,
-                        );
+                        webhook_log(gw, w, webhook_event::CALL_FAILED, fields);
                         return Outcome::Failed;
                     } else {
                         match validate(step, *code, answer, now) {
                             None => {
-                                gw.log(
-                                    w.cid,
-                                    Origin::Webhook,
-                                    w.id,
-                                    webhook_event::CALL_DONE,
-                                    fields,
-                                );
+                                webhook_log(gw, w, webhook_event::CALL_DONE, fields);
                                 break;
                             }
                             Some(Action::Skip) => {
                                 fields.insert("reason".into(), json!("validate failed: skipped"));
-                                gw.log(
-                                    w.cid,
-                                    Origin::Webhook,
-                                    w.id,
-                                    webhook_event::CALL_DONE,
-                                    fields,
-                                );
+                                webhook_log(gw, w, webhook_event::CALL_DONE, fields);
                                 break;
                             }
                             Some(Action::Break) => {
@@ -896,13 +877,7 @@ async fn run_chain(
                                     "reason".into(),
                                     json!("validate failed: chain stopped"),
                                 );
-                                gw.log(
-                                    w.cid,
-                                    Origin::Webhook,
-                                    w.id,
-                                    webhook_event::CALL_FAILED,
-                                    fields,
-                                );
+                                webhook_log(gw, w, webhook_event::CALL_FAILED, fields);
                                 return Outcome::Failed;
                             }
                             Some(Action::Retry) => {
@@ -918,38 +893,20 @@ async fn run_chain(
                 }
                 Attempt::Refused(why) => {
                     fields.insert("reason".into(), json!(why));
-                    gw.log(
-                        w.cid,
-                        Origin::Webhook,
-                        w.id,
-                        webhook_event::CALL_FAILED,
-                        fields,
-                    );
+                    webhook_log(gw, w, webhook_event::CALL_FAILED, fields);
                     return Outcome::Failed;
                 }
             };
             debug_assert!(retryable);
             if retry >= MAX_RETRIES {
-                gw.log(
-                    w.cid,
-                    Origin::Webhook,
-                    w.id,
-                    webhook_event::CALL_DROPPED,
-                    fields,
-                );
+                webhook_log(gw, w, webhook_event::CALL_DROPPED, fields);
                 return Outcome::Dropped;
             }
             let delay = BACKOFF_MIN * 2u32.pow(retry);
             retry += 1;
             fields.insert("retry".into(), json!(retry));
             fields.insert("retry_in".into(), json!(delay.as_secs()));
-            gw.log(
-                w.cid,
-                Origin::Webhook,
-                w.id,
-                webhook_event::CALL_RETRY,
-                fields,
-            );
+            webhook_log(gw, w, webhook_event::CALL_RETRY, fields);
             gw.webhooks
                 .hooks
                 .metrics

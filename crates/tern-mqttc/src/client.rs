@@ -147,38 +147,10 @@ impl ClientHandle {
         retain: bool,
         properties: PublishProperties,
     ) -> Result<(), PublishError> {
-        if qos == QoS::ExactlyOnce {
-            return Err(PublishError::QoS2);
-        }
-        let (done, result) = oneshot::channel();
-        let request = Request {
-            publish: tern_codec::Publish {
-                dup: false,
-                qos,
-                retain,
-                topic: topic.into(),
-                packet_id: None,
-                properties,
-                payload: payload.into(),
-            },
-            done,
-        };
-        match self.overflow {
-            OverflowPolicy::Wait => self
-                .requests
-                .send(request)
-                .await
-                .map_err(|_| PublishError::Closed)?,
-            OverflowPolicy::RejectNew => match self.requests.try_send(request) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    ClientMetrics::inc(&self.metrics.queue_drops);
-                    return Err(PublishError::QueueFull);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
-            },
-        }
-        result.await.unwrap_or(Err(PublishError::Closed))
+        self.queue(topic.into(), payload.into(), qos, retain, properties)
+            .await?
+            .done()
+            .await
     }
 
     /// Queues a publish and returns once it is in the client's queue (in call order, so
@@ -192,6 +164,25 @@ impl ClientHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<Pending, PublishError> {
+        self.queue(
+            topic.into(),
+            payload.into(),
+            qos,
+            retain,
+            PublishProperties::default(),
+        )
+        .await
+    }
+
+    /// Puts one publish in the client's queue by the overflow policy.
+    async fn queue(
+        &self,
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> Result<Pending, PublishError> {
         if qos == QoS::ExactlyOnce {
             return Err(PublishError::QoS2);
         }
@@ -201,10 +192,10 @@ impl ClientHandle {
                 dup: false,
                 qos,
                 retain,
-                topic: topic.into(),
+                topic,
                 packet_id: None,
-                properties: PublishProperties::default(),
-                payload: payload.into(),
+                properties,
+                payload,
             },
             done,
         };
