@@ -123,7 +123,9 @@ async function restOnTheSamePort () {
   check(props.correlationData && props.correlationData.toString() === `corr-${run}`, `correlation data echoed: ${JSON.stringify(props)}`)
   check(String(userProps(packet).http_code) === '200', `http_code: ${JSON.stringify(userProps(packet))}`)
   const over = JSON.parse(payload.toString())
-  check(JSON.stringify(over.result) === JSON.stringify(body.result), `REST over MQTT answers like HTTP: ${payload}`)
+  // `accessed` is the time of the token's last use, so it moves when the two calls straddle a second.
+  const stable = (result) => JSON.stringify((result || []).map(({ accessed, ...rest }) => rest))
+  check(stable(over.result) === stable(body.result), `REST over MQTT answers like HTTP: ${payload}`)
   await client.endAsync()
 }
 
