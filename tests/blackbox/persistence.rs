@@ -472,7 +472,7 @@ async fn a_store_of_a_future_format_version_is_refused_and_left_untouched() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("format version 2, this tern reads version 1"),
+        err.contains("format version 99, this tern reads version 2"),
         "{err}"
     );
     assert_eq!(

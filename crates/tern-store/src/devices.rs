@@ -222,13 +222,26 @@ pub trait Reader: Send + Sync + fmt::Debug {
     fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError>;
 }
 
-/// The key of a device message: `device (u64) | ts (i64, sign flipped) | seq (u64)`, all
-/// big-endian, so keys sort by device, then time, then arrival.
+/// The key of a device message in the message index (and, in format 1, of the message table):
+/// `device (u64) | ts (i64, sign flipped) | seq (u64)`, all big-endian, so keys sort by
+/// device, then time, then arrival.
 pub(crate) fn message_key(device: DeviceId, key: MessageKey) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&device.to_be_bytes());
     k[8..16].copy_from_slice(&ts_bytes(key.ts));
     k[16..].copy_from_slice(&key.seq.to_be_bytes());
+    k
+}
+
+/// Where the document of the message indexed under `index_key` ([`message_key`]) is kept in
+/// the message data table: `seq | device | ts`, the same three words with the arrival sequence
+/// first. Sequences grow with arrival, so a batch of new messages of many devices lands at the
+/// right edge of the data table (a few fresh pages) instead of in one leaf per device; only the
+/// small index entries go to each device's range.
+pub(crate) fn data_key(index_key: &[u8; 24]) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&index_key[16..]);
+    k[8..].copy_from_slice(&index_key[..16]);
     k
 }
 
@@ -332,5 +345,11 @@ mod tests {
         assert!(k(1, i64::MAX, u64::MAX) < k(2, i64::MIN, 0));
         let (d, key) = decode_message_key(&k(7, -3, 4)).expect("decodes");
         assert_eq!((d, key), (7, MessageKey { ts: -3, seq: 4 }));
+        // The data key leads with the arrival sequence and converts back.
+        assert!(data_key(&k(9, 5, 1)) < data_key(&k(1, 0, 2)));
+        assert_eq!(
+            data_key(&k(7, -3, 4)),
+            [&4u64.to_be_bytes()[..], &k(7, -3, 4)[..16]].concat()[..]
+        );
     }
 }

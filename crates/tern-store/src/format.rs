@@ -1,4 +1,4 @@
-//! The on-disk format, version 1: key layouts and record encodings, as bytes only (the engine's
+//! The on-disk format ([`FORMAT_VERSION`]): key layouts and record encodings, as bytes only (the engine's
 //! tables are in `disk`).
 //!
 //! Every integer is big-endian, so keys sort numerically. A session is keyed by
@@ -23,8 +23,10 @@ use crate::model::{
     Cid, InflightPhase, Message, QueuedRecord, SessionKey, SessionRecord, SubscriptionRecord,
 };
 
-/// The store format this build reads and writes. A store of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// The store format this build writes. Version 1 (messages in one table in device order) is
+/// read and converted when opened for writing (`disk::migrate_messages`); a newer one is
+/// refused.
+pub const FORMAT_VERSION: u32 = 2;
 /// The identity of a tern store, kept in the meta table beside the version.
 pub const MAGIC: &[u8] = b"tern-store";
 /// The version byte every value starts with.
