@@ -108,6 +108,13 @@ if [[ "$(ulimit -Hn)" != unlimited && "$(ulimit -Hn)" -lt $FDS ]]; then
     ulimit -Hn "$FDS" 2>/dev/null || true
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Where the hard limit cannot be raised (no CAP_SYS_RESOURCE: this VM's is 20,000), the idle
+# run holds what fits in one process.
+if [[ "$(ulimit -n)" != unlimited && "$IDLE_CONNECTIONS" -gt $(($(ulimit -n) - 1024)) ]]; then
+    echo "== the descriptor limit is $(ulimit -n): idle memory at $(($(ulimit -n) - 1024))" \
+        "connections instead of $IDLE_CONNECTIONS" >&2
+    IDLE_CONNECTIONS=$(($(ulimit -n) - 1024))
+fi
 
 BROKER_PID=
 # On disk (not tmpfs), so that fsync costs what it costs.

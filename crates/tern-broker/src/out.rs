@@ -50,6 +50,8 @@ impl OutBuf {
     /// Frees the buffers once everything was written, so that an idle connection holds no
     /// write buffer. Does nothing while bytes wait.
     pub fn release(&mut self) {
+        // Even at no capacity left: a consumed buffer still holds the allocation it advanced
+        // through (or a share of it, once split).
         if self.is_empty() {
             self.tail = BytesMut::new();
             self.segments = VecDeque::new();

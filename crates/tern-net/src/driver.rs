@@ -236,7 +236,9 @@ where
         // A connection gives its read buffer back once it has handled everything and the last
         // read did not fill it (the client has paused): idle connections hold no buffer at all,
         // also after a burst. A client that streams keeps its buffer between reads.
-        if self.rbuf.is_empty() && !self.read_filled && self.rbuf.capacity() > 0 {
+        // (Replaced even with no capacity left: an emptied buffer may still hold a share of
+        // the allocation its packets were split from.)
+        if self.rbuf.is_empty() && !self.read_filled {
             self.rbuf = BytesMut::new();
         }
         if !was_connected && conn.is_connected() {
@@ -261,6 +263,11 @@ where
     fn prepare(&mut self, timer: Pin<&mut Sleep>) {
         if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
             self.fill_pending = self.conn.fill(OUT_FILL_LIMIT);
+        }
+        // Everything went out and nothing waits to be encoded: give the write buffer back, so
+        // that an idle connection holds none (the next packet takes a new one).
+        if !self.fill_pending {
+            self.conn.out().release();
         }
         // Backpressure: while subscribers this client publishes to are congested, stop
         // reading from it (instead of dropping), for at most `backpressure_timeout` in all:
@@ -337,14 +344,7 @@ where
     fn on_wrote(&mut self, res: io::Result<Written>) -> Result<(), CloseReason> {
         match res {
             Ok(Written::Bytes(0)) => return Err(CloseReason::ConnectionLost),
-            Ok(Written::Bytes(_)) => {
-                self.unflushed = true;
-                // Everything went out and nothing waits to be encoded: give the write buffer
-                // back, so that an idle connection holds none (the next packet takes a new one).
-                if !self.fill_pending && self.conn.out().is_empty() {
-                    self.conn.out().release();
-                }
-            }
+            Ok(Written::Bytes(_)) => self.unflushed = true,
             Ok(Written::Flushed) => self.unflushed = false,
             Err(err) => return Err(io_close_reason(&self.conn, &err, "write")),
         }
