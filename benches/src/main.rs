@@ -308,7 +308,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
                 && limit < u64::from(connections) + 16
             {
                 bail!(
-                    "the file descriptor limit ({limit}) is below --connections ({connections}): raise the hard limit (ulimit -Hn) or run as root"
+                    "the file descriptor limit ({limit}) is below --connections ({connections}): raise the hard limit first (ulimit -Hn, which needs CAP_SYS_RESOURCE)"
                 );
             }
             let source_ips = if cli.source_ips == 0 && connections <= 20_000 {

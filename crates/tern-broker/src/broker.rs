@@ -315,11 +315,14 @@ impl RegistryShard {
     }
 }
 
+/// One shard of the [`ConnectionMap`]: connection id → its signals.
+type KickShard = HashMap<u64, std::sync::Weak<crate::session::Kick>>;
+
 /// Every live connection's signals by connection id, in [`SHARDS`] shards (by id), so that
 /// registering a new connection takes no broker-wide lock.
 #[derive(Debug)]
 struct ConnectionMap {
-    shards: Box<[Mutex<HashMap<u64, std::sync::Weak<crate::session::Kick>>>]>,
+    shards: Box<[Mutex<KickShard>]>,
 }
 
 impl Default for ConnectionMap {
@@ -331,10 +334,7 @@ impl Default for ConnectionMap {
 }
 
 impl ConnectionMap {
-    fn shard(
-        &self,
-        id: u64,
-    ) -> parking_lot::MutexGuard<'_, HashMap<u64, std::sync::Weak<crate::session::Kick>>> {
+    fn shard(&self, id: u64) -> parking_lot::MutexGuard<'_, KickShard> {
         self.shards[id as usize % SHARDS].lock()
     }
 
