@@ -12,7 +12,8 @@
 #
 # Settings (environment): DURATION (s per publishing scenario, 10), CLIENTS (the N of fan-in,
 # fan-out and pairs, 8), PAYLOAD (bytes, 64), INFLIGHT (QoS 1 publisher window, 100),
-# CONNECTIONS (connect storm, 5000), RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
+# CONNECTIONS (connect storm, 5000), IDLE_CONNECTIONS (idle memory, 50000; 0 skips it),
+# RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
 # 1000), THREADS (generator threads, default every core), TERN_PORT/MOSQ_PORT/RUMQ_PORT
 # (18831/18832/18833),
 # OUT (target/bench), STORE_TABLE (0 skips the second table).
@@ -41,6 +42,7 @@ CLIENTS=${CLIENTS:-8}
 PAYLOAD=${PAYLOAD:-64}
 INFLIGHT=${INFLIGHT:-100}
 CONNECTIONS=${CONNECTIONS:-5000}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-50000}
 RETAINED=${RETAINED:-100000}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 TERN_PORT=${TERN_PORT:-18831}
@@ -98,8 +100,21 @@ if "$TERN_BIN" check-config "$OUT/tern-store-on.toml" >/dev/null 2>&1 &&
     HAS_STORE=1
 fi
 
-# The storm holds thousands of sockets in the generator and in the broker.
+# The storm and the idle-memory run hold thousands of sockets in the generator and in the
+# broker (both inherit this limit; tern and tern-bench also raise their own): above the hard
+# limit where we may (root), else up to it.
+FDS=$((IDLE_CONNECTIONS + 4096))
+if [[ "$(ulimit -Hn)" != unlimited && "$(ulimit -Hn)" -lt $FDS ]]; then
+    ulimit -Hn "$FDS" 2>/dev/null || true
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Where the hard limit cannot be raised (no CAP_SYS_RESOURCE: this VM's is 20,000), the idle
+# run holds what fits in one process.
+if [[ "$(ulimit -n)" != unlimited && "$IDLE_CONNECTIONS" -gt $(($(ulimit -n) - 1024)) ]]; then
+    echo "== the descriptor limit is $(ulimit -n): idle memory at $(($(ulimit -n) - 1024))" \
+        "connections instead of $IDLE_CONNECTIONS" >&2
+    IDLE_CONNECTIONS=$(($(ulimit -n) - 1024))
+fi
 
 BROKER_PID=
 # On disk (not tmpfs), so that fsync costs what it costs.
@@ -129,6 +144,7 @@ persistence false
 max_inflight_messages 1024
 max_queued_messages 1000000
 max_queued_bytes 1073741824
+max_connections -1
 log_dest stderr
 log_type error
 log_type warning
@@ -224,6 +240,12 @@ scenario fanout-q1 $B --scenario fan-out --qos 1 --clients "$CLIENTS" "${FLOW[@]
 scenario pairs-q0 $B --scenario pairs --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
 scenario latency-q1 $B --scenario latency --qos 1 --rate "$LATENCY_RATE" "${FLOW[@]}"
 scenario storm $B --scenario connect-storm --connections "$CONNECTIONS"
+# Memory per idle connection: IDLE_CONNECTIONS held open and idle while the broker's VmRSS is
+# sampled (from 127.0.0.2.. so that the ephemeral ports of one address do not run out).
+if [[ "$IDLE_CONNECTIONS" != 0 ]]; then
+    scenario idle $B --scenario idle-memory --connections "$IDLE_CONNECTIONS" --hold 5 \
+        --timeout 120
+fi
 scenario retained $B --scenario retained-flood --qos 1 --messages "$RETAINED" --inflight "$INFLIGHT"
 
 if [[ -n "$HAS_STORE" && "$STORE_TABLE" != 0 ]]; then
@@ -282,6 +304,7 @@ labels() { # rows: substitute the run's settings into the labels
     r=${r//8×/$CLIENTS×}
     r=${r//1k msg\/s/$LATENCY_RATE msg\/s}
     r=${r//connect storm|/connect storm, $CONNECTIONS conns|}
+    r=${r//idle connections|/$IDLE_CONNECTIONS idle connections|}
     r=${r//retained flood|/retained flood, $RETAINED topics|}
     echo "$r"
 }
@@ -320,6 +343,8 @@ latency-q1|latency QoS 1 @ 1k msg/s|lost|.lost
 storm|connect storm|connections/s|.conn_per_s
 storm|connect storm|failed|.failed
 storm|connect storm|broker RSS per connection KiB|.rss_per_conn_kib
+idle|idle connections|broker VmRSS per connection, bytes|.rss_per_conn_bytes
+idle|idle connections|connected|.connected
 retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
 retained|retained flood|`#` subscriber: all received, ms|(if .lost == 0 then (.deliver_s * 1000 | floor) else "not all (\(.delivered) received)" end)
 retained|retained flood|`#` subscriber msg/s|.delivered_per_s
@@ -376,7 +401,7 @@ table() { # broker-a broker-b rows
     echo
     echo "| scenario | tern | mosquitto |"
     echo "|---|---:|---:|"
-    for key in fanin-q0 fanin-q1 fanout-q0 fanout-q1 pairs-q0 latency-q1 storm retained; do
+    for key in fanin-q0 fanin-q1 fanout-q0 fanout-q1 pairs-q0 latency-q1 storm idle retained; do
         expr='((.rss.end_kib // .rss_after_kib) / 1024 * 10 | floor) / 10'
         echo "| $key | $(val "$key" tern "$expr") | $(val "$key" mosquitto "$expr") |"
     done

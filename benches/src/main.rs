@@ -10,7 +10,7 @@
 //! - `wire`: what goes on the wire on the hot paths (templates, stamps, in-place parsing)
 //! - `client`: connecting and subscribing
 //! - `flow`: publisher and subscriber tasks (fan-in, fan-out, pairs, latency)
-//! - `retained`, `storm`: the retained flood and the connection storm
+//! - `retained`, `storm`: the retained flood, the connection storm and idle memory
 //! - `gw`: the devices layer (HTTP channel ingest, a device's history read); `http`: its
 //!   HTTP/1.1 client
 //! - `track`: exact loss, duplicate and order accounting, timelines, latency percentiles
@@ -86,10 +86,15 @@ struct Cli {
     /// The broker's process id: its RSS is read from /proc/<pid>/status.
     #[arg(long)]
     broker_pid: Option<u32>,
-    /// connect-storm: connections to open.
-    #[arg(long, default_value_t = 5000)]
-    connections: u32,
-    /// connect-storm: source addresses 127.0.0.2 .. 127.0.0.(1+N); 0 = let the kernel pick.
+    /// connect-storm, idle-memory: connections to open (idle-memory: default 10000).
+    #[arg(long)]
+    connections: Option<u32>,
+    /// idle-memory: seconds the connections are held idle while the broker's VmRSS is sampled.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// connect-storm, idle-memory: source addresses 127.0.0.2 .. 127.0.0.(1+N); 0 = let the
+    /// kernel pick. Raised to one address per 20,000 connections (an address has ~28k
+    /// ephemeral ports towards one broker port).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..=250))]
     source_ips: u8,
     /// connect-storm: handshakes in parallel.
@@ -161,6 +166,8 @@ enum Scenario {
     Latency,
     /// K connections as fast as possible; rate and broker RSS per connection.
     ConnectStorm,
+    /// K connections held idle; the broker's VmRSS per connection, sampled while held.
+    IdleMemory,
     /// Store N retained messages, then time a `#` subscriber receiving them all.
     RetainedFlood,
     /// N clients POST batches to an HTTP channel of tern; stored and published msg/s.
@@ -183,6 +190,7 @@ impl Scenario {
             Scenario::Pairs => "pairs",
             Scenario::Latency => "latency",
             Scenario::ConnectStorm => "connect-storm",
+            Scenario::IdleMemory => "idle-memory",
             Scenario::RetainedFlood => "retained-flood",
             Scenario::GwIngest => "gw-ingest",
             Scenario::GwHistory => "gw-history",
@@ -291,19 +299,44 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
         offline: cli.offline,
     };
     let line = match cli.scenario {
-        Scenario::ConnectStorm => serde_json::to_string(
-            &storm::run(storm::StormParams {
-                head,
-                connect,
-                connections: cli.connections,
-                source_ips: cli.source_ips,
-                concurrency: cli.concurrency,
-                timeout,
-                tag,
-                broker_pid: cli.broker_pid,
-            })
-            .await?,
-        )?,
+        Scenario::ConnectStorm | Scenario::IdleMemory => {
+            let idle = cli.scenario == Scenario::IdleMemory;
+            let connections = cli.connections.unwrap_or(if idle { 10_000 } else { 5_000 });
+            // One descriptor per connection, and a few for the runtime.
+            let fd_limit = storm::raise_fd_limit(u64::from(connections) + 256);
+            if let Some(limit) = fd_limit
+                && limit < u64::from(connections) + 16
+            {
+                bail!(
+                    "the file descriptor limit ({limit}) is below --connections ({connections}): raise the hard limit first (ulimit -Hn, which needs CAP_SYS_RESOURCE)"
+                );
+            }
+            let source_ips = if cli.source_ips == 0 && connections <= 20_000 {
+                0
+            } else {
+                cli.source_ips
+                    .max(connections.div_ceil(20_000).min(250) as u8)
+            };
+            serde_json::to_string(
+                &storm::run(storm::StormParams {
+                    head,
+                    connect,
+                    connections,
+                    source_ips,
+                    concurrency: cli.concurrency,
+                    timeout,
+                    tag,
+                    broker_pid: cli.broker_pid,
+                    hold: if idle {
+                        secs(cli.hold, "hold")?.max(Duration::from_secs(2))
+                    } else {
+                        Duration::from_secs(1)
+                    },
+                    fd_limit,
+                })
+                .await?,
+            )?
+        }
         Scenario::RetainedFlood => serde_json::to_string(
             &retained::run(retained::RetainedParams {
                 head,

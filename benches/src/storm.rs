@@ -1,6 +1,10 @@
 //! Connection storm: K clients connect as fast as `concurrency` handshakes in parallel allow,
 //! from several loopback source addresses (each has its own ~28k ephemeral ports), then stay
 //! connected and idle while the broker's RSS is read.
+//!
+//! The idle-memory scenario is the same storm held longer: the broker's VmRSS is sampled while
+//! every connection is open and idle, and the growth over the RSS before the storm, divided by
+//! the connections, is what one idle connection costs the broker.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -32,9 +36,16 @@ pub struct StormReport {
     /// TCP connect + CONNECT/CONNACK, per connection.
     pub handshake_us: Option<Latency>,
     pub rss_before_kib: Option<u64>,
-    /// With every connection open and idle, after a one-second settle.
+    /// With every connection open and idle, after the settle (the median of the samples).
     pub rss_after_kib: Option<u64>,
     pub rss_per_conn_kib: Option<f64>,
+    /// idle-memory: the same in bytes, and every VmRSS sample taken while holding (KiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_conn_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_samples_kib: Vec<u64>,
+    /// The generator's own descriptor limit (it needs one per connection).
+    pub fd_limit: Option<u64>,
     pub errors: Vec<String>,
 }
 
@@ -47,6 +58,10 @@ pub struct StormParams {
     pub timeout: Duration,
     pub tag: u32,
     pub broker_pid: Option<u32>,
+    /// How long the connections are held idle after the storm, VmRSS read every 500 ms
+    /// (the storm: one second, one sample).
+    pub hold: Duration,
+    pub fd_limit: Option<u64>,
 }
 
 struct Worker {
@@ -113,9 +128,25 @@ pub async fn run(p: StormParams) -> Result<StormReport> {
     }
     let connect_s = t0.elapsed().as_secs_f64();
 
-    // Let the broker finish whatever it does after CONNACK before reading its memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = p.broker_pid.and_then(vm_rss_kib);
+    // Let the broker finish whatever it does after CONNACK before reading its memory; a long
+    // hold samples it every 500 ms and reports the median.
+    let mut samples = Vec::new();
+    let held_until = Instant::now() + p.hold;
+    loop {
+        let left = held_until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+        if let Some(kib) = p.broker_pid.and_then(vm_rss_kib) {
+            samples.push(kib);
+        }
+        if Instant::now() >= held_until {
+            break;
+        }
+    }
+    let rss_after = {
+        let mut sorted = samples.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied()
+    };
 
     let connected: u32 = all.iter().map(|w| w.streams.len() as u32).sum();
     let failed = all.iter().map(|w| w.failed).sum();
@@ -135,6 +166,13 @@ pub async fn run(p: StormParams) -> Result<StormReport> {
         }
         _ => None,
     };
+    let rss_per_conn_bytes = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if connected > 0 && p.hold > Duration::from_secs(1) => {
+            Some(a.saturating_sub(b) * 1024 / u64::from(connected))
+        }
+        _ => None,
+    };
+    let many = p.hold > Duration::from_secs(1);
     for w in &all {
         for s in &w.streams {
             let _ = s.try_write(&wire::DISCONNECT);
@@ -154,6 +192,41 @@ pub async fn run(p: StormParams) -> Result<StormReport> {
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         rss_per_conn_kib,
+        rss_per_conn_bytes,
+        rss_samples_kib: if many { samples } else { Vec::new() },
+        fd_limit: p.fd_limit,
         errors,
     })
+}
+
+/// Raises the soft descriptor limit to what `wanted` needs: to the hard limit, and above it
+/// where the process may (root). Returns the soft limit in force afterwards.
+#[cfg(unix)]
+pub fn raise_fd_limit(wanted: u64) -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current?;
+    if soft >= wanted {
+        return Some(soft);
+    }
+    if now.maximum.is_some_and(|h| h < wanted) {
+        let both = Rlimit {
+            current: Some(wanted),
+            maximum: Some(wanted),
+        };
+        if setrlimit(Resource::Nofile, both).is_ok() {
+            return Some(wanted);
+        }
+    }
+    let target = now.maximum.map_or(wanted, |h| h.min(wanted));
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: now.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).map_or(Some(soft), |()| Some(target))
+}
+
+#[cfg(not(unix))]
+pub fn raise_fd_limit(_wanted: u64) -> Option<u64> {
+    None
 }

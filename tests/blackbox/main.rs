@@ -18,6 +18,7 @@ mod accounts;
 mod clients;
 mod config;
 mod connect;
+mod connection_cost;
 mod cors;
 mod filter;
 mod flow_control;

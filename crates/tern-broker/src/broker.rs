@@ -185,7 +185,7 @@ pub struct Broker {
     /// Bytes queued in every outbox, against `config.max_total_queued_bytes`.
     pub queue_budget: QueueBudget,
     pub(crate) auth: Box<dyn Authenticator>,
-    sessions: Mutex<Registry>,
+    sessions: Registry,
     namespaces: RwLock<HashMap<Cid, Arc<Namespace>>>,
     next_session_id: AtomicU64,
     next_conn_id: AtomicU64,
@@ -206,26 +206,83 @@ pub struct Broker {
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
     /// Every live connection's signals, by connection id: shutdown kicks them all.
-    connections: Mutex<HashMap<u64, std::sync::Weak<crate::session::Kick>>>,
+    connections: ConnectionMap,
 }
 
-/// Every session by its key. A table of the sessions themselves, hashed by the key each
-/// session carries, rather than a map from a second copy of the key: one word per session.
-#[derive(Default)]
+/// Shards of the session registry and of the connection map: a connect locks one shard of
+/// each (chosen by the session key's hash, by the connection id), never a broker-wide lock, so
+/// connects on different cores do not queue behind each other.
+const SHARDS: usize = 32;
+
+/// Every session by its key, in [`SHARDS`] shards each behind its own lock. A shard is a
+/// table of the sessions themselves, hashed by the key each session carries, rather than a map
+/// from a second copy of the key: one word per session.
 pub(crate) struct Registry {
+    shards: Box<[Mutex<RegistryShard>]>,
+    hasher: std::hash::RandomState,
+}
+
+/// One shard of the [`Registry`]: the sessions whose keys hash to it. Held (locked) by the
+/// connect handler's takeover step, so that finding and replacing a key's session is one step.
+pub(crate) struct RegistryShard {
     table: hashbrown::HashTable<Arc<Session>>,
     hasher: std::hash::RandomState,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        let hasher = std::hash::RandomState::new();
+        Registry {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(RegistryShard {
+                        table: hashbrown::HashTable::new(),
+                        hasher: hasher.clone(),
+                    })
+                })
+                .collect(),
+            hasher,
+        }
+    }
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions: usize = self.shards.iter().map(|s| s.lock().table.len()).sum();
         f.debug_struct("Registry")
-            .field("sessions", &self.table.len())
+            .field("sessions", &sessions)
             .finish()
     }
 }
 
 impl Registry {
+    /// The shard of `key`, locked.
+    pub fn shard(&self, key: &SessionKey) -> parking_lot::MutexGuard<'_, RegistryShard> {
+        let hash = self.hasher.hash_one(key);
+        // The high bits: hashbrown uses the low ones for buckets and the top seven for tags.
+        self.shards[(hash >> 32) as usize % SHARDS].lock()
+    }
+
+    pub fn get(&self, key: &SessionKey) -> Option<Arc<Session>> {
+        self.shard(key).get(key).cloned()
+    }
+
+    /// Adds `session` under its key, replacing (and returning) the one there was.
+    pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.shard(&session.key).insert(session)
+    }
+
+    /// A snapshot of every session, one shard at a time.
+    pub fn values(&self) -> Vec<Arc<Session>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().table.iter().cloned());
+        }
+        all
+    }
+}
+
+impl RegistryShard {
     pub fn get(&self, key: &SessionKey) -> Option<&Arc<Session>> {
         let hash = self.hasher.hash_one(key);
         self.table.find(hash, |s| s.key == *key)
@@ -256,9 +313,37 @@ impl Registry {
             Err(_) => None,
         }
     }
+}
 
-    pub fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
-        self.table.iter()
+/// One shard of the [`ConnectionMap`]: connection id → its signals.
+type KickShard = HashMap<u64, std::sync::Weak<crate::session::Kick>>;
+
+/// Every live connection's signals by connection id, in [`SHARDS`] shards (by id), so that
+/// registering a new connection takes no broker-wide lock.
+#[derive(Debug)]
+struct ConnectionMap {
+    shards: Box<[Mutex<KickShard>]>,
+}
+
+impl Default for ConnectionMap {
+    fn default() -> Self {
+        ConnectionMap {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl ConnectionMap {
+    fn shard(&self, id: u64) -> parking_lot::MutexGuard<'_, KickShard> {
+        self.shards[id as usize % SHARDS].lock()
+    }
+
+    fn all(&self) -> Vec<Arc<crate::session::Kick>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().values().filter_map(std::sync::Weak::upgrade));
+        }
+        all
     }
 }
 
@@ -365,7 +450,7 @@ impl Broker {
             clock,
             metrics: Metrics::default(),
             auth,
-            sessions: Mutex::new(Registry::default()),
+            sessions: Registry::default(),
             namespaces: RwLock::new(HashMap::new()),
             next_session_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
@@ -378,7 +463,7 @@ impl Broker {
             tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
+            connections: ConnectionMap::default(),
         })
     }
 
@@ -396,27 +481,21 @@ impl Broker {
     /// 0x8B).
     pub fn shut_down(&self) {
         self.shutdown.cancel();
-        let kicks: Vec<Arc<crate::session::Kick>> = self
-            .connections
-            .lock()
-            .values()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect();
-        for kick in kicks {
+        for kick in self.connections.all() {
             kick.kick(crate::close::CloseReason::ServerShuttingDown);
         }
     }
 
     /// Registers a connection's signals for shutdown.
     pub(crate) fn register_connection(&self, id: u64, kick: &Arc<crate::session::Kick>) {
-        self.connections.lock().insert(id, Arc::downgrade(kick));
+        self.connections.shard(id).insert(id, Arc::downgrade(kick));
         if self.shutdown.is_cancelled() {
             kick.kick(crate::close::CloseReason::ServerShuttingDown);
         }
     }
 
     pub(crate) fn unregister_connection(&self, id: u64) {
-        self.connections.lock().remove(&id);
+        self.connections.shard(id).remove(&id);
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -502,24 +581,33 @@ impl Broker {
 
     /// The session with this key, if any.
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
-        self.sessions.lock().get(key).cloned()
+        self.sessions.get(key)
     }
 
     /// A snapshot of every session.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions.lock().values().cloned().collect()
+        self.sessions.values()
     }
 
-    /// Runs `f` with the registry locked (the connect handler's takeover step).
-    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        f(&mut self.sessions.lock())
+    /// Runs `f` with the registry (each call locks the one shard it needs).
+    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        f(&self.sessions)
+    }
+
+    /// The registry shard of `key`, locked (the connect handler's takeover step: finding and
+    /// replacing the key's session is one step). Lock order: registry shard, then session.
+    pub(crate) fn session_shard(
+        &self,
+        key: &SessionKey,
+    ) -> parking_lot::MutexGuard<'_, RegistryShard> {
+        self.sessions.shard(key)
     }
 
     /// Ends a session: removes it from the registry and the index, drops its queue. The will,
     /// if still pending, is the caller's business.
     pub fn end_session(&self, session: &Arc<Session>) {
         {
-            let mut reg = self.sessions.lock();
+            let mut reg = self.sessions.shard(&session.key);
             if reg
                 .get(&session.key)
                 .is_some_and(|s| Arc::ptr_eq(s, session))

@@ -15,6 +15,10 @@ use bytes::{Buf, Bytes, BytesMut};
 /// is cheaper than one more segment and the reference count it touches.
 pub const SHARE_PAYLOAD_FROM: usize = 1024;
 
+/// The write buffer's first allocation after it was released: room for a burst of small
+/// packets (acknowledgements, a CONNACK with its v5 properties) without growing.
+const TAIL_FIRST: usize = 1024;
+
 /// Encoded packets waiting to be written: frozen segments, then the tail being appended to.
 #[derive(Debug, Default)]
 pub struct OutBuf {
@@ -34,9 +38,24 @@ impl OutBuf {
         self.len() == 0
     }
 
-    /// The buffer packets are encoded into; it is written after every segment.
+    /// The buffer packets are encoded into; it is written after every segment. Allocated on
+    /// first use after a [`release`](OutBuf::release).
     pub fn tail(&mut self) -> &mut BytesMut {
+        if self.tail.capacity() == 0 {
+            self.tail.reserve(TAIL_FIRST);
+        }
         &mut self.tail
+    }
+
+    /// Frees the buffers once everything was written, so that an idle connection holds no
+    /// write buffer. Does nothing while bytes wait.
+    pub fn release(&mut self) {
+        // Even at no capacity left: a consumed buffer still holds the allocation it advanced
+        // through (or a share of it, once split).
+        if self.is_empty() {
+            self.tail = BytesMut::new();
+            self.segments = VecDeque::new();
+        }
     }
 
     /// Appends `bytes` without copying them: what was encoded so far is frozen into a segment

@@ -56,11 +56,42 @@ impl Acceptor {
     }
 }
 
-/// Accepts connections on `listener` until the broker shuts down. Each accepted socket that
-/// fits under the connection limit is handed to `handle` in a task of the tracker, together
-/// with its permit (released when the task drops it).
+/// Accepts connections on `listener` until the broker shuts down, with one accept loop per
+/// worker thread of the runtime (see [`accept_loops`]). Each accepted socket that fits under
+/// the connection limit is handed to `handle` in a task of the tracker, together with its
+/// permit (released when the task drops it).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    kind: Listener,
+    acceptor: Acceptor,
+    handle: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = Arc::new(listener);
+    for _ in 1..accept_loops() {
+        acceptor.tracker.spawn(accept_some(
+            listener.clone(),
+            kind,
+            acceptor.clone(),
+            handle.clone(),
+        ));
+    }
+    accept_some(listener, kind, acceptor, handle).await;
+}
+
+/// How many accept loops a listener runs: one per worker thread, so that a storm of
+/// connections is accepted on every core. The loops share the one listening socket (tokio
+/// wakes every task waiting on it); each spawns the connections it accepts on its own worker,
+/// so a connection starts where it was accepted instead of being handed across threads.
+pub fn accept_loops() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers().max(1))
+}
+
+/// One accept loop.
+async fn accept_some<F, Fut>(
+    listener: Arc<TcpListener>,
     kind: Listener,
     acceptor: Acceptor,
     mut handle: F,

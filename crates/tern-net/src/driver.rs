@@ -175,8 +175,11 @@ struct Driver<S> {
     /// Until when a pause for congested subscribers may last: one deadline for the whole
     /// pause, whichever and however many subscribers cause it.
     pressure_deadline: Option<Instant>,
-    /// Bytes to read per syscall: grows while reads fill the buffer.
+    /// Bytes to read per syscall: grows while reads fill the buffer, back to the first size
+    /// after a small read.
     read_size: u32,
+    /// The last read filled all the room it had: the client is streaming.
+    read_filled: bool,
     listener: Listener,
     /// Bytes handed to the writer that a buffering transport may still hold.
     unflushed: bool,
@@ -212,6 +215,7 @@ where
             deadline,
             pressure_deadline: None,
             read_size: READ_FIRST as u32,
+            read_filled: false,
             listener,
             unflushed: false,
             fill_pending: false,
@@ -229,9 +233,12 @@ where
         let conn = &mut self.conn;
         let was_connected = conn.is_connected();
         let processed = process(conn, &mut self.rbuf);
-        // A quiet connection gives its read buffer back between reads: idle connections then
-        // hold no buffer at all.
-        if self.rbuf.is_empty() && self.read_size == READ_FIRST as u32 {
+        // A connection gives its read buffer back once it has handled everything and the last
+        // read did not fill it (the client has paused): idle connections hold no buffer at all,
+        // also after a burst. A client that streams keeps its buffer between reads.
+        // (Replaced even with no capacity left: an emptied buffer may still hold a share of
+        // the allocation its packets were split from.)
+        if self.rbuf.is_empty() && !self.read_filled {
             self.rbuf = BytesMut::new();
         }
         if !was_connected && conn.is_connected() {
@@ -256,6 +263,11 @@ where
     fn prepare(&mut self, timer: Pin<&mut Sleep>) {
         if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
             self.fill_pending = self.conn.fill(OUT_FILL_LIMIT);
+        }
+        // Everything went out and nothing waits to be encoded: give the write buffer back, so
+        // that an idle connection holds none (the next packet takes a new one).
+        if !self.fill_pending {
+            self.conn.out().release();
         }
         // Backpressure: while subscribers this client publishes to are congested, stop
         // reading from it (instead of dropping), for at most `backpressure_timeout` in all:
@@ -345,9 +357,17 @@ where
             Ok(Read { bytes: 0, .. }) => return Err(CloseReason::ConnectionLost),
             // A read that filled the buffer: the client sends a lot, read more at once.
             Ok(Read { filled: true, .. }) => {
-                self.read_size = (self.read_size * 2).min(READ_CHUNK as u32)
+                self.read_size = (self.read_size * 2).min(READ_CHUNK as u32);
+                self.read_filled = true;
             }
-            Ok(_) => {}
+            Ok(Read { bytes, .. }) => {
+                self.read_filled = false;
+                // A small read: the client is quiet again, and its next read goes to the
+                // stack (see `poll_read_some`) instead of a buffer of the burst's size.
+                if bytes <= READ_FIRST {
+                    self.read_size = READ_FIRST as u32;
+                }
+            }
             Err(err) => return Err(io_close_reason(&self.conn, &err, "read")),
         }
         // A client whose reads never filled the first buffer is not streaming: it is the one

@@ -85,7 +85,7 @@ pub async fn serve_http(
         acceptor: acceptor.clone(),
         options,
     });
-    accept_loop(listener, kind, acceptor, |stream, addr, permit| {
+    accept_loop(listener, kind, acceptor, move |stream, addr, permit| {
         let shared = shared.clone();
         let tls = tls.clone();
         let local = stream.local_addr().ok().or(bound).map(LocalAddr);

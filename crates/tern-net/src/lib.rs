@@ -15,10 +15,12 @@
 //!   ACKs after storage, commands (the records go to a `TrackerSink` above)
 //! - `request_line`: percent-encoding what a client left raw in the first request line
 //! - `metrics`: counters by listener and protocol version
+//! - `limits`: the process's file descriptor limit, raised for many connections
 
 pub mod accept;
 pub mod driver;
 pub mod http;
+mod limits;
 mod listener;
 pub mod metrics;
 mod request_line;
@@ -30,6 +32,7 @@ pub mod ws;
 pub use accept::{Acceptor, ConnectionLimit};
 pub use driver::{Peer, TransportClose, run_connection};
 pub use http::{HttpOptions, LocalAddr, serve_http};
+pub use limits::raise_fd_limit;
 pub use listener::Listener;
 pub use metrics::NetMetrics;
 pub use tcp::serve_tcp;

@@ -14,7 +14,7 @@ pub async fn serve_tcp(listener: TcpListener, acceptor: Acceptor) {
         listener,
         Listener::Mqtt,
         acceptor,
-        |stream, addr, permit| {
+        move |stream, addr, permit| {
             // The connection's future is built here, outside the task's async block, so that
             // the task holds it and the permit and nothing else.
             let peer = Peer {

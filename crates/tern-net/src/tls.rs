@@ -257,7 +257,7 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<TlsContext>, acceptor: Ac
         listener,
         Listener::Mqtts,
         acceptor,
-        |stream, addr, permit| {
+        move |stream, addr, permit| {
             let tls = tls.clone();
             let ctx = ctx.clone();
             async move {

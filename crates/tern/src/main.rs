@@ -409,6 +409,18 @@ fn daemon(cli: &Cli) -> ExitCode {
         }
     };
     logging::init(&config.log.level, config.log.format);
+    // Every connection is a socket: the descriptor limit must hold `max_connections` of them
+    // with room for the store, listeners and outbound clients.
+    let wanted = config.listeners.max_connections as u64 + 1024;
+    match tern_net::raise_fd_limit(wanted) {
+        Some(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections = config.listeners.max_connections,
+            "the file descriptor limit is below listeners.max_connections: connections past it are refused"
+        ),
+        Some(limit) => tracing::debug!(limit, "file descriptor limit"),
+        None => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,7 +7,7 @@ use tern_codec::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, Q
 
 use crate::auth::Credentials;
 use crate::auth::Principal;
-use crate::broker::{Broker, Registry};
+use crate::broker::{Broker, RegistryShard};
 use crate::close::CloseReason;
 use crate::connection::{ClientLimits, Connection};
 use crate::message::Message;
@@ -372,58 +372,59 @@ impl Connection {
         will: Option<WillSpec>,
     ) -> Attached {
         let broker = &self.broker;
-        broker.with_registry(|reg| {
-            let existing = reg.get(&key).cloned();
-            if let Some(existing) = existing {
-                let mut st = existing.lock();
-                if let Some(old) = st.conn.take() {
-                    old.kick.kick(CloseReason::SessionTakenOver);
-                }
-                let old_will = st.will.take();
-                if clean_start && st.stored {
-                    // Delete the old session's stored state before the new one is written.
-                    broker
-                        .store
-                        .submit(tern_store::Op::DelSession { key: key.clone() });
-                    st.stored = false;
-                }
-                if !clean_start && !st.ended {
-                    // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
-                    st.set_origin(origin);
-                    st.conn = Some(link);
-                    st.disconnected_at = None;
-                    st.expiry_interval = expiry;
-                    st.clean = false;
-                    st.resend = st.inflight.len();
-                    st.will = will;
-                    broker.persist_session(&existing, &mut st);
-                    drop(st);
-                    return Attached {
-                        session: existing.clone(),
-                        present: true,
-                        replaced: None,
-                        will: old_will.filter(|w| w.delay == 0),
-                    };
-                }
+        // The key's registry shard stays locked until the session is found, taken over or
+        // made: two connects with one client id cannot both create it.
+        let mut shard = broker.session_shard(&key);
+        let reg = &mut *shard;
+        let existing = reg.get(&key).cloned();
+        if let Some(existing) = existing {
+            let mut st = existing.lock();
+            if let Some(old) = st.conn.take() {
+                old.kick.kick(CloseReason::SessionTakenOver);
+            }
+            let old_will = st.will.take();
+            if clean_start && st.stored {
+                // Delete the old session's stored state before the new one is written.
+                broker
+                    .store
+                    .submit(tern_store::Op::DelSession { key: key.clone() });
+                st.stored = false;
+            }
+            if !clean_start && !st.ended {
+                // Resume: a will whose delay has not passed is not sent ([MQTT-3.1.3-9]).
+                st.set_origin(origin);
+                st.conn = Some(link);
+                st.disconnected_at = None;
+                st.expiry_interval = expiry;
+                st.clean = false;
+                st.resend = st.inflight.len();
+                st.will = will;
+                broker.persist_session(&existing, &mut st);
                 drop(st);
-                let session =
-                    new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
-                // The old session ends, so its will goes out whatever its delay.
                 return Attached {
-                    session,
-                    present: false,
-                    replaced: Some(existing),
-                    will: old_will,
+                    session: existing.clone(),
+                    present: true,
+                    replaced: None,
+                    will: old_will.filter(|w| w.delay == 0),
                 };
             }
+            drop(st);
             let session = new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
-            Attached {
+            // The old session ends, so its will goes out whatever its delay.
+            return Attached {
                 session,
                 present: false,
-                replaced: None,
-                will: None,
-            }
-        })
+                replaced: Some(existing),
+                will: old_will,
+            };
+        }
+        let session = new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
+        Attached {
+            session,
+            present: false,
+            replaced: None,
+            will: None,
+        }
     }
 }
 
@@ -432,7 +433,7 @@ impl Connection {
 /// in its account.
 fn new_session(
     broker: &Broker,
-    reg: &mut Registry,
+    reg: &mut RegistryShard,
     key: SessionKey,
     clean_start: bool,
     expiry: u32,
