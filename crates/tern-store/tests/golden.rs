@@ -273,14 +273,14 @@ fn empty_store_file_is_refused() {
 
 #[test]
 fn future_format_version_is_refused() {
-    let dir = copy_into_temp("corrupt/future_version.redb");
+    let dir = copy_into_temp("corrupt/future_version_3.redb");
     let err = refused(dir.path());
     assert!(
         matches!(
             err,
             StoreError::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
@@ -288,9 +288,79 @@ fn future_format_version_is_refused() {
     );
     assert!(
         err.to_string()
-            .contains("format version 2, this tern reads version 1"),
+            .contains("format version 3, this tern reads version 2"),
         "{err}"
     );
+}
+
+/// `corrupt/future_version.redb` was written as format 1 contents under a version record of 2,
+/// when 2 was a future version. Format 2 only added tables, so it is a valid format 2 store.
+#[test]
+fn format_1_contents_under_version_2_load() {
+    let expected = reference(&v1_ops());
+    let dir = copy_into_temp("corrupt/future_version.redb");
+    assert_eq!(tern_store::load(dir.path()).expect("load"), expected);
+    assert_eq!(DiskBackend::open(dir.path()).expect("open").1, expected);
+}
+
+/// A format 1 store opens, is migrated to format 2 (the version record), and its per-entry
+/// queue records keep working beside packs written after the migration.
+#[test]
+fn v1_store_is_migrated_and_keeps_working() {
+    use tern_store::Backend;
+    let dir = copy_into_temp("v1/tern.redb");
+    let (mut backend, snapshot) = DiskBackend::open(dir.path()).expect("open v1");
+    let mut ops = v1_ops();
+    assert_eq!(snapshot, reference(&ops));
+    let dev1 = key(7, "dev-1");
+    let more = vec![
+        // A format 1 entry acknowledged, another sent; then new entries, as packs.
+        Op::Dequeue {
+            key: dev1.clone(),
+            seq: 1,
+        },
+        Op::SetInflight {
+            key: dev1.clone(),
+            seq: 3,
+            packet_id: 9,
+            phase: InflightPhase::Sent,
+        },
+        Op::Enqueue {
+            key: dev1.clone(),
+            entry: ops
+                .iter()
+                .find_map(|op| match op {
+                    Op::Enqueue { entry, .. } if entry.seq == 3 => Some(QueuedRecord {
+                        seq: 4,
+                        inflight: None,
+                        ..entry.clone()
+                    }),
+                    _ => None,
+                })
+                .expect("entry 3"),
+        },
+    ];
+    backend.apply(&more).expect("apply");
+    backend.sync().expect("sync");
+    drop(backend);
+    ops.extend(more);
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    {
+        use redb::{ReadableDatabase, ReadableTable};
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).expect("open");
+        let tx = db.begin_read().expect("read");
+        let version = tx
+            .open_table(meta)
+            .expect("meta")
+            .get("format_version")
+            .expect("get")
+            .map(|v| v.value().to_vec());
+        assert_eq!(version.as_deref(), Some(2u32.to_be_bytes().as_slice()));
+    }
+    let (_, snapshot) = DiskBackend::open(dir.path()).expect("reopen");
+    assert_eq!(snapshot, reference(&ops));
+    let seqs: Vec<u64> = snapshot.sessions[0].queue.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
 }
 
 #[test]
@@ -450,6 +520,25 @@ fn write_golden_files() {
     tx.open_table(redb::TableDefinition::<u64, u64>::new("something_else"))
         .expect("table")
         .insert(1, 2)
+        .expect("insert");
+    tx.commit().expect("commit");
+    drop(db);
+    compact(&path);
+}
+
+/// `corrupt/future_version_3.redb`, added with format 2 (when `future_version.redb`'s 2 became
+/// a version this build reads): the v1 fixture with a version record of 3.
+/// `cargo test -p tern-store --test golden write_future_version_3 -- --ignored`.
+#[test]
+#[ignore = "writes a committed fixture"]
+fn write_future_version_3() {
+    let path = golden("corrupt/future_version_3.redb");
+    std::fs::copy(golden("v1/tern.redb"), &path).expect("copy");
+    let db = redb::Database::open(&path).expect("open");
+    let tx = db.begin_write().expect("tx");
+    tx.open_table(META)
+        .expect("meta")
+        .insert("format_version", 3u32.to_be_bytes().as_slice())
         .expect("insert");
     tx.commit().expect("commit");
     drop(db);
