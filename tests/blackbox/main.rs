@@ -19,6 +19,7 @@ mod clients;
 mod config;
 mod connect;
 mod cors;
+mod durable_offline;
 mod filter;
 mod flow_control;
 mod gw;
