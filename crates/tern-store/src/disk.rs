@@ -440,6 +440,11 @@ struct Tables<'t> {
     known: HashMap<SessionKey, Option<Rc<[u8]>>>,
 }
 
+/// Runs of fewer consecutive deliveries than this are written as per-entry `queue` records: a
+/// lone message (a broker at low rate, one delivery per commit) then costs one record in one
+/// table, patched in place when sent, as in format 1, instead of a pack plus a state record.
+const PACK_MIN: usize = 4;
+
 /// What one batch does to session queues, kept in memory until [`Tables::finish`].
 #[derive(Default)]
 struct QueueBatch {
@@ -748,8 +753,9 @@ impl<'t> Tables<'t> {
     // A delivery lives in exactly one place: a pack (while its state there is not removed) or
     // a per-entry record of the `queue` table. Enqueues above every seq stored for the session
     // (the broker's only kind: seqs grow) collect in `batch.appends` and are written by
-    // `finish` as one pack per run of consecutive seqs, so a batch costs one B-tree insert per
-    // session instead of one per delivery; an entry sent or removed within the same batch is
+    // `finish` as one pack per run of consecutive seqs (`PACK_MIN` or more; shorter runs as
+    // per-entry records), so a batch costs one B-tree insert per session instead of one per
+    // delivery; an entry sent or removed within the same batch is
     // changed in memory (removed ones are never written). Any other enqueue (a seq at or below
     // what is stored: only from tests and imports) replaces the entry as a per-entry record.
     // State changes of stored pack entries collect in `batch.states` and are written once per
@@ -974,6 +980,15 @@ impl<'t> Tables<'t> {
                     end += 1;
                 }
                 let run = &live[start..end];
+                start = end;
+                if run.len() < PACK_MIN {
+                    for p in run {
+                        let k = format::session_child_key(sk, &p.record.seq.to_be_bytes());
+                        self.queue
+                            .insert(k.as_slice(), format::encode_queued(&p.record)?.as_slice())?;
+                    }
+                    continue;
+                }
                 format::pack_start(&mut value);
                 state.clear();
                 for p in run {
@@ -995,7 +1010,6 @@ impl<'t> Tables<'t> {
                 if !state.is_empty() {
                     self.pack_states.insert(key.as_slice(), state.as_slice())?;
                 }
-                start = end;
             }
         }
         let states = std::mem::take(&mut self.batch.states);
