@@ -346,7 +346,7 @@ fn v1_store_is_migrated_and_keeps_working() {
     ops.extend(more);
     let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
     {
-        use redb::{ReadableDatabase, ReadableTable};
+        use redb::ReadableDatabase;
         let db = redb::Database::open(dir.path().join(STORE_FILE)).expect("open");
         let tx = db.begin_read().expect("read");
         let version = tx
