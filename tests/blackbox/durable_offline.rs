@@ -30,20 +30,23 @@ async fn publish_until_killed(mut c: Client, p: u32, acked: Arc<Mutex<Vec<u32>>>
     let mut next = 0u32;
     let mut in_flight = HashMap::new();
     let topic = format!("dur/{p}");
+    // Once a write fails (the broker is gone), only read what it acknowledged before.
+    let mut writing = true;
     loop {
-        while in_flight.len() < WINDOW {
+        while writing && in_flight.len() < WINDOW {
             next += 1;
             let id = (next % 60_000 + 1) as u16;
             in_flight.insert(id, next);
             let payload = format!("{p}:{next}");
-            c.send(Packet::Publish(publish_packet(
-                &topic,
-                payload.as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                Some(id),
-            )))
-            .await;
+            writing = c
+                .try_send(Packet::Publish(publish_packet(
+                    &topic,
+                    payload.as_bytes(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Some(id),
+                )))
+                .await;
         }
         match c.read(WAIT).await {
             Read::Packet(Packet::PubAck(a)) => {

@@ -544,3 +544,113 @@ fn write_future_version_3() {
     drop(db);
     compact(&path);
 }
+
+/// What `tests/golden/v2/tern.redb` holds: the v1 contents, then two more batches that write
+/// format 2 queue packs. Frozen: the fixture was written from these batches.
+fn v2_batches() -> Vec<Vec<Op>> {
+    let dev1 = key(7, "dev-1");
+    let template = v1_ops()
+        .into_iter()
+        .find_map(|op| match op {
+            Op::Enqueue { entry, .. } => Some(entry),
+            _ => None,
+        })
+        .expect("a v1 entry");
+    let entry = |seq: u64| QueuedRecord {
+        seq,
+        msg: Arc::new(Message {
+            payload: Bytes::from(format!("pack-{seq}")),
+            timestamp: 1_700_000_000_001_000 + seq,
+            ..(*template.msg).clone()
+        }),
+        inflight: None,
+        ..template.clone()
+    };
+    let enqueue = |seq: u64| Op::Enqueue {
+        key: dev1.clone(),
+        entry: entry(seq),
+    };
+    vec![
+        v1_ops(),
+        // One pack of six (seqs 4-9).
+        (4..=9).map(enqueue).collect(),
+        // Its state record: one removed, one sent, one released; a run of two stays per-entry.
+        vec![
+            Op::Dequeue {
+                key: dev1.clone(),
+                seq: 4,
+            },
+            Op::SetInflight {
+                key: dev1.clone(),
+                seq: 5,
+                packet_id: 7,
+                phase: InflightPhase::Sent,
+            },
+            Op::SetInflight {
+                key: dev1.clone(),
+                seq: 6,
+                packet_id: 8,
+                phase: InflightPhase::Released,
+            },
+            enqueue(10),
+            enqueue(11),
+        ],
+    ]
+}
+
+#[test]
+fn v2_store_loads_exactly() {
+    let all: Vec<Op> = v2_batches().concat();
+    let expected = reference(&all);
+    let seqs: Vec<u64> = expected.sessions[0].queue.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
+    let before = files(&golden("v2"));
+    assert_eq!(tern_store::load(&golden("v2")).expect("load v2"), expected);
+    assert_eq!(files(&golden("v2")), before, "load changed the fixture");
+    let dir = copy_into_temp("v2/tern.redb");
+    assert_eq!(DiskBackend::open(dir.path()).expect("open v2").1, expected);
+    // The fixture holds a pack and its state record.
+    {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).expect("open");
+        let tx = db.begin_read().expect("read");
+        for table in ["queue_packs", "queue_pack_states"] {
+            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(table);
+            assert_eq!(
+                tx.open_table(def).expect(table).len().expect("len"),
+                1,
+                "{table}"
+            );
+        }
+    }
+    let mut out = Vec::new();
+    tern_store::export(&expected, &mut out).expect("export");
+    let committed = std::fs::read(golden("v2/export.jsonl")).expect("read export.jsonl");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&committed)
+    );
+}
+
+/// `cargo test -p tern-store --test golden write_v2_golden -- --ignored` (once, with format 2).
+#[test]
+#[ignore = "writes the committed fixtures"]
+fn write_v2_golden() {
+    use tern_store::Backend;
+    let v2 = golden("v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut backend, _) = DiskBackend::open(tmp.path()).expect("create");
+    let batches = v2_batches();
+    for batch in &batches {
+        backend.apply(batch).expect("apply");
+    }
+    backend.sync().expect("sync");
+    drop(backend);
+    let store = tmp.path().join(STORE_FILE);
+    compact(&store);
+    std::fs::copy(&store, v2.join(STORE_FILE)).expect("copy");
+    let mut export = Vec::new();
+    tern_store::export(&reference(&batches.concat()), &mut export).expect("export");
+    std::fs::write(v2.join("export.jsonl"), export).expect("write");
+}
