@@ -369,6 +369,7 @@ durable-latency|latency QoS 1 @ 1k msg/s|delivery p99 µs|.latency_us.p99_us
 durable-retained|retained flood|stored msg/s (QoS 1)|.stored_per_s
 durable-retained|retained flood|`#` subscriber: all received, ms|(.deliver_s * 1000 | floor)
 durable-offline|fan-in 8→1 QoS 1, offline session|acked msg/s|.acked_per_s
+durable-offline|fan-in 8→1 QoS 1, offline session|PUBACK p50 µs|.ack_latency_us.p50_us
 durable-offline|fan-in 8→1 QoS 1, offline session|PUBACK p99 µs|.ack_latency_us.p99_us
 durable-offline|fan-in 8→1 QoS 1, offline session|delivered after reconnect|.delivered
 durable-offline|fan-in 8→1 QoS 1, offline session|acked but lost|.lost_acked

@@ -20,6 +20,7 @@ mod config;
 mod connect;
 mod connection_cost;
 mod cors;
+mod durable_offline;
 mod filter;
 mod flow_control;
 mod gw;

@@ -452,7 +452,7 @@ async fn a_store_of_a_future_format_version_is_refused_and_left_untouched() {
     let data = tempfile::tempdir().unwrap();
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tern-store/tests/golden/corrupt/future_version.redb"
+        "/../tern-store/tests/golden/corrupt/future_version_3.redb"
     );
     std::fs::copy(fixture, data.path().join(tern_store::STORE_FILE)).unwrap();
     let before = snapshot_files(data.path());
@@ -472,7 +472,7 @@ async fn a_store_of_a_future_format_version_is_refused_and_left_untouched() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("format version 99, this tern reads version 2"),
+        err.contains("format version 3, this tern reads version 2"),
         "{err}"
     );
     assert_eq!(

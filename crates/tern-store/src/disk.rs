@@ -48,9 +48,9 @@ use redb::{
 
 use crate::devices::{self, MessageKey, MessageRange, MessageStats, Reader, Visit};
 use crate::error::StoreError;
-use crate::format::{self, FORMAT_VERSION, FormatError, MAGIC};
+use crate::format::{self, FORMAT_VERSION, FormatError, MAGIC, OLDEST_FORMAT_VERSION};
 use crate::handle::Backend;
-use crate::model::{SessionKey, SessionSnapshot, Snapshot};
+use crate::model::{QueuedRecord, SessionKey, SessionSnapshot, Snapshot};
 use crate::op::Op;
 
 /// The store file inside the data directory.
@@ -68,6 +68,10 @@ const SESSIONS: TableDefinition<Bin, Bin> = TableDefinition::new("sessions");
 const SUBSCRIPTIONS: TableDefinition<Bin, Bin> = TableDefinition::new("subscriptions");
 const QUEUE: TableDefinition<Bin, Bin> = TableDefinition::new("queue");
 const INCOMING: TableDefinition<Bin, Bin> = TableDefinition::new("incoming");
+// Format 2: the deliveries a batch enqueues to one session, as one value (`format::pack_key`),
+// and the state of a pack whose entries were sent or removed. Absent from format 1 stores.
+const QUEUE_PACKS: TableDefinition<Bin, Bin> = TableDefinition::new("queue_packs");
+const QUEUE_PACK_STATES: TableDefinition<Bin, Bin> = TableDefinition::new("queue_pack_states");
 // The devices layer (tern-gw). Stores made before these tables existed open as they are: a
 // missing table reads as empty and the first write transaction creates it.
 const GW_META: TableDefinition<&str, Bin> = TableDefinition::new("gw_meta");
@@ -206,20 +210,22 @@ impl DiskBackend {
             tx.set_durability(Durability::None).map_err(engine)?;
         }
         {
+            let fail = |e| match e {
+                Fail::Engine(e) => e,
+                Fail::Encode(e) => StoreError::Record {
+                    what: "op",
+                    detail: e.0,
+                },
+                Fail::Corrupt(e) => StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: e.0,
+                },
+            };
             let mut tables = Tables::open(&tx)?;
             for op in ops {
-                tables.apply(op).map_err(|e| match e {
-                    Fail::Engine(e) => e,
-                    Fail::Encode(e) => StoreError::Record {
-                        what: "op",
-                        detail: e.0,
-                    },
-                    Fail::Corrupt(e) => StoreError::Corrupt {
-                        path: self.path.clone(),
-                        detail: e.0,
-                    },
-                })?;
+                tables.apply(op).map_err(fail)?;
             }
+            tables.finish().map_err(fail)?;
         }
         tx.commit().map_err(engine)?;
         if durable {
@@ -468,6 +474,10 @@ struct Tables<'t> {
     subscriptions: Table<'t, Bin, Bin>,
     queue: Table<'t, Bin, Bin>,
     incoming: Table<'t, Bin, Bin>,
+    packs: Table<'t, Bin, Bin>,
+    pack_states: Table<'t, Bin, Bin>,
+    /// What this batch does to session queues before it is written (`finish`).
+    batch: QueueBatch,
     gw_meta: Table<'t, &'static str, Bin>,
     devices: Table<'t, Bin, Bin>,
     groups: Table<'t, Bin, Bin>,
@@ -483,6 +493,42 @@ struct Tables<'t> {
     known: HashMap<SessionKey, Option<Rc<[u8]>>>,
 }
 
+/// Runs of fewer consecutive deliveries than this are written as per-entry `queue` records: a
+/// lone message (a broker at low rate, one delivery per commit) then costs one record in one
+/// table, patched in place when sent, as in format 1, instead of a pack plus a state record.
+const PACK_MIN: usize = 4;
+
+/// What one batch does to session queues, kept in memory until [`Tables::finish`].
+#[derive(Default)]
+struct QueueBatch {
+    /// Per session key: deliveries enqueued above every stored seq, by seq.
+    appends: HashMap<Rc<[u8]>, Appends>,
+    /// States of stored packs read or changed in this batch, by pack key.
+    states: BTreeMap<Vec<u8>, PackState>,
+}
+
+struct Appends {
+    /// The highest seq the session had stored when the batch first enqueued to it.
+    stored_max: Option<u64>,
+    /// In seq order.
+    entries: Vec<Pending>,
+}
+
+struct Pending {
+    record: QueuedRecord,
+    /// Dequeued in the same batch: never written.
+    removed: bool,
+}
+
+/// A stored pack's state record, being changed.
+struct PackState {
+    count: u32,
+    /// The record as it will be written (`format::pack_state_len(count)` bytes).
+    bytes: Vec<u8>,
+    removed: u32,
+    dirty: bool,
+}
+
 impl<'t> Tables<'t> {
     fn open(tx: &'t WriteTransaction) -> Result<Tables<'t>, StoreError> {
         Ok(Tables {
@@ -493,6 +539,9 @@ impl<'t> Tables<'t> {
             subscriptions: tx.open_table(SUBSCRIPTIONS).map_err(engine)?,
             queue: tx.open_table(QUEUE).map_err(engine)?,
             incoming: tx.open_table(INCOMING).map_err(engine)?,
+            packs: tx.open_table(QUEUE_PACKS).map_err(engine)?,
+            pack_states: tx.open_table(QUEUE_PACK_STATES).map_err(engine)?,
+            batch: QueueBatch::default(),
             gw_meta: tx.open_table(GW_META).map_err(engine)?,
             devices: tx.open_table(DEVICES).map_err(engine)?,
             groups: tx.open_table(GROUPS).map_err(engine)?,
@@ -561,7 +610,8 @@ impl<'t> Tables<'t> {
             Op::DelSession { key } => {
                 let sk = format::session_key(key)?;
                 self.sessions.remove(sk.as_slice())?;
-                for table in [&mut self.subscriptions, &mut self.queue, &mut self.incoming] {
+                self.clear_queue(&sk)?;
+                for table in [&mut self.subscriptions, &mut self.incoming] {
                     clear_prefix(table, &sk)?;
                 }
                 self.known.insert(key.clone(), None);
@@ -581,9 +631,7 @@ impl<'t> Tables<'t> {
             }
             Op::Enqueue { key, entry } => {
                 if let Some(sk) = self.session(key)? {
-                    let k = format::session_child_key(&sk, &entry.seq.to_be_bytes());
-                    self.queue
-                        .insert(k.as_slice(), format::encode_queued(entry)?.as_slice())?;
+                    self.enqueue(sk, entry)?;
                 }
             }
             Op::SetInflight {
@@ -593,25 +641,18 @@ impl<'t> Tables<'t> {
                 phase,
             } => {
                 if let Some(sk) = self.session(key)? {
-                    let k = format::session_child_key(&sk, &seq.to_be_bytes());
-                    let value = self.queue.get(k.as_slice())?.map(|v| v.value().to_vec());
-                    if let Some(mut value) = value {
-                        format::check_queued_header(&value).map_err(Fail::Corrupt)?;
-                        value[format::INFLIGHT_AT..format::INFLIGHT_END]
-                            .copy_from_slice(&format::inflight_bytes(Some((*packet_id, *phase))));
-                        self.queue.insert(k.as_slice(), value.as_slice())?;
-                    }
+                    let state = format::inflight_bytes(Some((*packet_id, *phase)));
+                    self.set_entry_state(&sk, *seq, state)?;
                 }
             }
             Op::Dequeue { key, seq } => {
                 if let Some(sk) = self.session(key)? {
-                    self.queue
-                        .remove(format::session_child_key(&sk, &seq.to_be_bytes()).as_slice())?;
+                    self.set_entry_state(&sk, *seq, [format::PACK_REMOVED, 0, 0])?;
                 }
             }
             Op::ClearQueue { key } => {
                 if let Some(sk) = self.session(key)? {
-                    clear_prefix(&mut self.queue, &sk)?;
+                    self.clear_queue(&sk)?;
                 }
             }
             Op::PutIncoming { key, packet_id } => {
@@ -764,6 +805,286 @@ impl<'t> Tables<'t> {
             Op::TrimMessages { device, max_bytes } => {
                 let (lo, hi) = devices::message_bounds(*device, i64::MIN, i64::MAX);
                 self.remove_messages(*device, lo, hi, Some(*max_bytes))?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- session queues (format 2: packs; format 1 per-entry records still read and written)
+    //
+    // A delivery lives in exactly one place: a pack (while its state there is not removed) or
+    // a per-entry record of the `queue` table. Enqueues above every seq stored for the session
+    // (the broker's only kind: seqs grow) collect in `batch.appends` and are written by
+    // `finish` as one pack per run of consecutive seqs (`PACK_MIN` or more; shorter runs as
+    // per-entry records), so a batch costs one B-tree insert per session instead of one per
+    // delivery; an entry sent or removed within the same batch is
+    // changed in memory (removed ones are never written). Any other enqueue (a seq at or below
+    // what is stored: only from tests and imports) replaces the entry as a per-entry record.
+    // State changes of stored pack entries collect in `batch.states` and are written once per
+    // pack by `finish`, which deletes a pack once every entry is removed.
+
+    fn enqueue(&mut self, sk: Rc<[u8]>, entry: &QueuedRecord) -> Result<(), Fail> {
+        if !self.batch.appends.contains_key(&sk) {
+            let stored_max = self.stored_max(&sk)?;
+            self.batch.appends.insert(
+                sk.clone(),
+                Appends {
+                    stored_max,
+                    entries: Vec::new(),
+                },
+            );
+        }
+        if let Some(app) = self.batch.appends.get_mut(&sk)
+            && app.stored_max.is_none_or(|max| entry.seq > max)
+        {
+            let pending = Pending {
+                record: entry.clone(),
+                removed: false,
+            };
+            match app.entries.last() {
+                Some(last) if last.record.seq >= entry.seq => {
+                    match app
+                        .entries
+                        .binary_search_by_key(&entry.seq, |p| p.record.seq)
+                    {
+                        Ok(i) => app.entries[i] = pending,
+                        Err(i) => app.entries.insert(i, pending),
+                    }
+                }
+                _ => app.entries.push(pending),
+            }
+            return Ok(());
+        }
+        // At or below what is stored: the new entry replaces the stored one.
+        self.pack_entry_state(&sk, entry.seq, [format::PACK_REMOVED, 0, 0])?;
+        let k = format::session_child_key(&sk, &entry.seq.to_be_bytes());
+        self.queue
+            .insert(k.as_slice(), format::encode_queued(entry)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Sets the in-flight bytes of an entry, or removes it (`PACK_REMOVED`); nothing if the
+    /// session has no entry `seq`.
+    fn set_entry_state(&mut self, sk: &Rc<[u8]>, seq: u64, state: [u8; 3]) -> Result<(), Fail> {
+        let removed = state[0] == format::PACK_REMOVED;
+        if let Some(app) = self.batch.appends.get_mut(sk)
+            && app.stored_max.is_none_or(|max| seq > max)
+        {
+            if let Ok(i) = app.entries.binary_search_by_key(&seq, |p| p.record.seq) {
+                let p = &mut app.entries[i];
+                if removed {
+                    p.removed = true;
+                } else if !p.removed {
+                    p.record.inflight = Some((
+                        u16::from_be_bytes([state[1], state[2]]),
+                        if state[0] == 2 {
+                            crate::model::InflightPhase::Released
+                        } else {
+                            crate::model::InflightPhase::Sent
+                        },
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self.pack_entry_state(sk, seq, state)? {
+            return Ok(());
+        }
+        let k = format::session_child_key(sk, &seq.to_be_bytes());
+        if removed {
+            self.queue.remove(k.as_slice())?;
+        } else {
+            let value = self.queue.get(k.as_slice())?.map(|v| v.value().to_vec());
+            if let Some(mut value) = value {
+                format::check_queued_header(&value).map_err(Fail::Corrupt)?;
+                value[format::INFLIGHT_AT..format::INFLIGHT_END].copy_from_slice(&state);
+                self.queue.insert(k.as_slice(), value.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// If a stored pack holds entry `seq` (not removed): sets its state to `state` and returns
+    /// true.
+    fn pack_entry_state(&mut self, sk: &[u8], seq: u64, state: [u8; 3]) -> Result<bool, Fail> {
+        let Some((key, first)) = self.pack_of(sk, seq)? else {
+            return Ok(false);
+        };
+        if !self.batch.states.contains_key(&key) {
+            let (_, count) = format::decode_pack_rest(&key[sk.len()..]).map_err(Fail::Corrupt)?;
+            let loaded = self
+                .pack_states
+                .get(key.as_slice())?
+                .map(|v| v.value().to_vec());
+            let st = match loaded {
+                Some(bytes) => {
+                    if bytes.len() != format::pack_state_len(count) {
+                        return Err(Fail::Corrupt(FormatError(format!(
+                            "queue pack state of {} bytes for {count} entries",
+                            bytes.len()
+                        ))));
+                    }
+                    let removed = (0..count as usize)
+                        .filter(|i| bytes[format::pack_state_at(*i)] == format::PACK_REMOVED)
+                        .count() as u32;
+                    PackState {
+                        count,
+                        bytes,
+                        removed,
+                        dirty: false,
+                    }
+                }
+                None => {
+                    let mut bytes = vec![0u8; format::pack_state_len(count)];
+                    bytes[0] = format::RECORD_V1;
+                    PackState {
+                        count,
+                        bytes,
+                        removed: 0,
+                        dirty: false,
+                    }
+                }
+            };
+            self.batch.states.insert(key.clone(), st);
+        }
+        let Some(st) = self.batch.states.get_mut(&key) else {
+            return Ok(false);
+        };
+        let at = format::pack_state_at((seq - first) as usize);
+        if st.bytes[at] == format::PACK_REMOVED {
+            return Ok(false);
+        }
+        if state[0] == format::PACK_REMOVED {
+            st.removed += 1;
+        }
+        st.bytes[at..at + 3].copy_from_slice(&state);
+        st.dirty = true;
+        Ok(true)
+    }
+
+    /// The key and first seq of the stored pack whose range holds `seq`, if any: the last pack
+    /// key at or below `session | seq | u32::MAX`, checked in the batch's states first.
+    fn pack_of(&mut self, sk: &[u8], seq: u64) -> Result<Option<(Vec<u8>, u64)>, Fail> {
+        let hi = format::pack_key(sk, seq, u32::MAX);
+        let contains = |k: &[u8]| -> Result<Option<u64>, Fail> {
+            if !k.starts_with(sk) {
+                return Ok(None);
+            }
+            let (first, count) = format::decode_pack_rest(&k[sk.len()..]).map_err(Fail::Corrupt)?;
+            Ok((seq >= first && seq - first < u64::from(count)).then_some(first))
+        };
+        if let Some((k, _)) = self.batch.states.range(..=hi.clone()).next_back()
+            && let Some(first) = contains(k)?
+        {
+            return Ok(Some((k.clone(), first)));
+        }
+        let found = match self.packs.range(sk..=hi.as_slice())?.next_back() {
+            Some(item) => Some(item?.0.value().to_vec()),
+            None => None,
+        };
+        Ok(match found {
+            Some(k) => contains(&k)?.map(|first| (k, first)),
+            None => None,
+        })
+    }
+
+    /// The highest seq the session has stored (packs or per-entry records), if any.
+    fn stored_max(&self, sk: &[u8]) -> Result<Option<u64>, Fail> {
+        let end = format::prefix_end(sk);
+        let last = |table: &Table<'_, Bin, Bin>| -> Result<Option<Vec<u8>>, Fail> {
+            let item = match &end {
+                Some(end) => table.range(sk..end.as_slice())?.next_back(),
+                None => table.range(sk..)?.next_back(),
+            };
+            Ok(match item {
+                Some(item) => Some(item?.0.value().to_vec()),
+                None => None,
+            })
+        };
+        let mut max = None;
+        if let Some(k) = last(&self.packs)? {
+            let (first, count) = format::decode_pack_rest(&k[sk.len()..]).map_err(Fail::Corrupt)?;
+            max = Some(first + u64::from(count) - 1);
+        }
+        if let Some(k) = last(&self.queue)? {
+            let seq = format::decode_seq(&k[sk.len()..]).map_err(Fail::Corrupt)?;
+            max = max.max(Some(seq));
+        }
+        Ok(max)
+    }
+
+    /// Removes every queued delivery of a session: stored, and pending in this batch.
+    fn clear_queue(&mut self, sk: &[u8]) -> Result<(), Fail> {
+        self.batch.appends.remove(sk);
+        self.batch.states.retain(|k, _| !k.starts_with(sk));
+        for table in [&mut self.queue, &mut self.packs, &mut self.pack_states] {
+            clear_prefix(table, sk)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the batch did to session queues: each session's appends as one pack per
+    /// run of consecutive seqs (entries removed in the batch left out), then each changed
+    /// pack's state (or the pack deleted, once every entry is removed).
+    fn finish(&mut self) -> Result<(), Fail> {
+        let mut value = Vec::new();
+        let mut state = Vec::new();
+        let appends = std::mem::take(&mut self.batch.appends);
+        for (sk, app) in &appends {
+            let live: Vec<&Pending> = app.entries.iter().filter(|p| !p.removed).collect();
+            let mut start = 0;
+            while start < live.len() {
+                let mut end = start + 1;
+                while end < live.len()
+                    && live[end].record.seq == live[end - 1].record.seq + 1
+                    && end - start < u32::MAX as usize
+                {
+                    end += 1;
+                }
+                let run = &live[start..end];
+                start = end;
+                if run.len() < PACK_MIN {
+                    for p in run {
+                        let k = format::session_child_key(sk, &p.record.seq.to_be_bytes());
+                        self.queue
+                            .insert(k.as_slice(), format::encode_queued(&p.record)?.as_slice())?;
+                    }
+                    continue;
+                }
+                format::pack_start(&mut value);
+                state.clear();
+                for p in run {
+                    format::put_pack_entry(&mut value, &p.record)?;
+                    if p.record.inflight.is_some() && state.is_empty() {
+                        state.push(format::RECORD_V1);
+                        state.resize(format::pack_state_len(run.len() as u32), 0);
+                    }
+                }
+                if !state.is_empty() {
+                    for (i, p) in run.iter().enumerate() {
+                        let at = format::pack_state_at(i);
+                        state[at..at + 3]
+                            .copy_from_slice(&format::inflight_bytes(p.record.inflight));
+                    }
+                }
+                let key = format::pack_key(sk, run[0].record.seq, run.len() as u32);
+                self.packs.insert(key.as_slice(), value.as_slice())?;
+                if !state.is_empty() {
+                    self.pack_states.insert(key.as_slice(), state.as_slice())?;
+                }
+            }
+        }
+        let states = std::mem::take(&mut self.batch.states);
+        for (key, st) in &states {
+            if !st.dirty {
+                continue;
+            }
+            if st.removed >= st.count {
+                self.packs.remove(key.as_slice())?;
+                self.pack_states.remove(key.as_slice())?;
+            } else {
+                self.pack_states
+                    .insert(key.as_slice(), st.bytes.as_slice())?;
             }
         }
         Ok(())
@@ -1024,9 +1345,9 @@ fn verify_with<T>(
     }
 }
 
-/// Checks the store's identity and format version.
-/// Returns the version found: this build's, or an older one it converts when opening for
-/// writing.
+/// Checks the store's identity and format version. Returns the version found: this build's,
+/// or an older one it converts when opening for writing ([`migrate_messages`]: format 2's
+/// message tables; format 1's per-entry queue records stay valid beside format 2's queue packs).
 fn check_meta(path: &Path, db: &impl ReadableDatabase) -> Result<u32, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
@@ -1063,7 +1384,7 @@ fn check_meta(path: &Path, db: &impl ReadableDatabase) -> Result<u32, StoreError
             ));
         }
     };
-    if !(1..=FORMAT_VERSION).contains(&found) {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
         return Err(StoreError::UnsupportedVersion {
             path: path.to_path_buf(),
             found,
@@ -1201,6 +1522,39 @@ fn read_snapshot(path: &Path, db: &impl ReadableDatabase) -> Result<Snapshot, St
         session
             .queue
             .push(format::decode_queued(seq, value).map_err(fail)?);
+    }
+    // Format 2's packs (absent from format 1 stores), with their states.
+    let mut pack_states: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    if let Some(table) = optional(QUEUE_PACK_STATES)? {
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            pack_states.insert(k.value().to_vec(), v.value().to_vec());
+        }
+    }
+    if let Some(table) = optional(QUEUE_PACKS)? {
+        for item in table.iter().map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let fail = |e| corrupt("queue_packs", k.value(), e);
+            let (session, rest) = owner(&mut sessions, k.value()).map_err(fail)?;
+            let (first, count) = format::decode_pack_rest(&rest).map_err(fail)?;
+            let state = pack_states.remove(k.value());
+            let value = Bytes::copy_from_slice(v.value());
+            format::decode_pack(first, count, value, state.as_deref(), &mut session.queue)
+                .map_err(fail)?;
+        }
+    }
+    if let Some((k, _)) = pack_states.first_key_value() {
+        return Err(corrupt(
+            "queue_pack_states",
+            k,
+            FormatError("the state of a queue pack that does not exist".into()),
+        ));
+    }
+    for s in sessions.values_mut() {
+        // Per-entry records (format 1, or entries replaced) and packs, in seq order.
+        if !s.queue.is_sorted_by_key(|q| q.seq) {
+            s.queue.sort_by_key(|q| q.seq);
+        }
     }
     for item in open(INCOMING)?.iter().map_err(engine)? {
         let (k, v) = item.map_err(engine)?;

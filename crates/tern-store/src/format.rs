@@ -1,5 +1,8 @@
-//! The on-disk format ([`FORMAT_VERSION`]): key layouts and record encodings, as bytes only (the engine's
-//! tables are in `disk`).
+//! The on-disk format, version 2: key layouts and record encodings, as bytes only (the engine's
+//! tables are in `disk`). Version 2 added queue packs ([`pack_key`], [`put_pack_entry`],
+//! [`decode_pack`]) and moved device messages into `message_data` and `message_index`; a
+//! version 1 store is read as it is and converted when opened for writing (its per-entry
+//! `queue` records stay valid; its messages move to the new tables).
 //!
 //! Every integer is big-endian, so keys sort numerically. A session is keyed by
 //! `cid (u64) | client id length (u16) | client id`: the length makes the key self-delimiting, so
@@ -23,10 +26,14 @@ use crate::model::{
     Cid, InflightPhase, Message, QueuedRecord, SessionKey, SessionRecord, SubscriptionRecord,
 };
 
-/// The store format this build writes. Version 1 (messages in one table in device order) is
-/// read and converted when opened for writing (`disk::migrate_messages`); a newer one is
-/// refused.
+/// The store format this build writes. A store of a version from [`OLDEST_FORMAT_VERSION`] up
+/// to this one is read (and an older one converted when opened for writing:
+/// `disk::migrate_messages`); any other is refused.
 pub const FORMAT_VERSION: u32 = 2;
+/// The oldest store format this build reads: version 1 has no queue packs, only per-entry queue
+/// records, which version 2 still reads and writes, and its device messages in one table in
+/// device order, which the conversion moves.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The identity of a tern store, kept in the meta table beside the version.
 pub const MAGIC: &[u8] = b"tern-store";
 /// The version byte every value starts with.
@@ -638,6 +645,158 @@ pub fn decode_queued(seq: u64, value: Bytes) -> Result<QueuedRecord, FormatError
         sub_ids,
         inflight,
     })
+}
+
+/// The key of a queue pack: `session key | first seq (u64) | count (u32)`. A pack holds the
+/// deliveries `first..first + count` of one session, enqueued in one batch: one value instead
+/// of one record per delivery. The count is in the key so that finding the pack of a seq (the
+/// last key at or below `session | seq | u32::MAX`) reads no value.
+pub fn pack_key(session: &[u8], first: u64, count: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(session.len() + 12);
+    k.extend_from_slice(session);
+    k.extend_from_slice(&first.to_be_bytes());
+    k.extend_from_slice(&count.to_be_bytes());
+    k
+}
+
+/// The first seq and the count of a pack key's rest (after the session key).
+pub fn decode_pack_rest(rest: &[u8]) -> Result<(u64, u32), FormatError> {
+    let (Ok(first), Ok(count)) = (
+        <[u8; 8]>::try_from(rest.get(..8).unwrap_or_default()),
+        <[u8; 4]>::try_from(rest.get(8..).unwrap_or_default()),
+    ) else {
+        return err(
+            "queue pack key",
+            format_args!("{} bytes after the session key, expected 12", rest.len()),
+        );
+    };
+    let (first, count) = (u64::from_be_bytes(first), u32::from_be_bytes(count));
+    if count == 0 || first.checked_add(u64::from(count) - 1).is_none() {
+        return err(
+            "queue pack key",
+            format_args!("{count} entries from seq {first}"),
+        );
+    }
+    Ok((first, count))
+}
+
+/// Starts a pack value: the record version byte; [`put_pack_entry`] appends the entries.
+pub fn pack_start(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.push(RECORD_V1);
+}
+
+/// Appends one delivery to a pack value: `length (u32) | qos | retain | sub ids | message`,
+/// written straight into the pack's buffer (no record of its own). The in-flight state is not
+/// in the pack, which is never rewritten: it is in the pack's state record ([`pack_state_at`]).
+pub fn put_pack_entry(buf: &mut Vec<u8>, q: &QueuedRecord) -> Result<(), FormatError> {
+    let at = buf.len();
+    let mut w = Writer {
+        buf: std::mem::take(buf),
+    };
+    w.u32(0);
+    w.u8(q.qos as u8);
+    w.u8(u8::from(q.retain));
+    let done = w.len(q.sub_ids.len(), "subscription ids").and_then(|()| {
+        for id in &q.sub_ids {
+            w.u32(*id);
+        }
+        put_message(&mut w, &q.msg)
+    });
+    *buf = w.buf;
+    if let Err(e) = done {
+        buf.truncate(at);
+        return Err(e);
+    }
+    let Ok(len) = u32::try_from(buf.len() - at - 4) else {
+        buf.truncate(at);
+        return err("queue pack entry", "over 4 GiB");
+    };
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// In a pack's state record, the state of an entry that was removed (acknowledged, expired or
+/// dropped); the others are [`inflight_bytes`].
+pub const PACK_REMOVED: u8 = 3;
+
+/// A pack's state record: the version byte, then 3 bytes per entry: [`inflight_bytes`] or
+/// `[PACK_REMOVED, 0, 0]`. Absent while every entry is queued and unsent.
+pub fn pack_state_len(count: u32) -> usize {
+    1 + 3 * count as usize
+}
+
+/// Offset of entry `i`'s 3 state bytes in a pack's state record.
+pub fn pack_state_at(i: usize) -> usize {
+    1 + 3 * i
+}
+
+/// The deliveries of a pack, without those its state record (if any) marks removed, with their
+/// in-flight state. Messages are slices of `value`.
+pub fn decode_pack(
+    first: u64,
+    count: u32,
+    value: Bytes,
+    state: Option<&[u8]>,
+    out: &mut Vec<QueuedRecord>,
+) -> Result<(), FormatError> {
+    if let Some(s) = state
+        && (s.len() != pack_state_len(count) || s.first() != Some(&RECORD_V1))
+    {
+        return err(
+            "queue pack state",
+            format_args!(
+                "{} bytes or unknown record version for {count} entries",
+                s.len()
+            ),
+        );
+    }
+    let mut r = Reader::record(value, "queue pack")?;
+    for i in 0..count as usize {
+        let len = r.u32("queue pack entry length")?;
+        let mut e = Reader::new(r.take(len as usize, "queue pack entry")?);
+        let (phase, id) = match state {
+            Some(s) => {
+                let b = &s[pack_state_at(i)..pack_state_at(i) + 3];
+                (b[0], u16::from_be_bytes([b[1], b[2]]))
+            }
+            None => (0, 0),
+        };
+        let inflight = match (phase, id) {
+            (0, 0) | (PACK_REMOVED, 0) => None,
+            (1, id) => Some((id, InflightPhase::Sent)),
+            (2, id) => Some((id, InflightPhase::Released)),
+            _ => {
+                return err(
+                    "queue pack state",
+                    format_args!("phase {phase} with packet id {id}"),
+                );
+            }
+        };
+        let Some(qos) = QoS::from_u8(e.u8("queued qos")?) else {
+            return err("queued qos", "not 0, 1 or 2");
+        };
+        let retain = e.flag("queued retain")?;
+        let n = e.count(4, "queued subscription ids")?;
+        let mut sub_ids = SmallVec::with_capacity(n);
+        for _ in 0..n {
+            sub_ids.push(e.u32("queued subscription id")?);
+        }
+        let msg = Arc::new(get_message(&mut e)?);
+        e.finish("queue pack entry")?;
+        if phase == PACK_REMOVED {
+            continue;
+        }
+        out.push(QueuedRecord {
+            seq: first + i as u64,
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            inflight,
+        });
+    }
+    r.finish("queue pack")
 }
 
 /// Checks that `value` is a queued record whose in-flight bytes can be patched.

@@ -271,3 +271,99 @@ fn an_orphan_entry_is_refused() {
     );
     assert_eq!(common::files(tmp.path()), before);
 }
+
+/// What the broker does to a persistent session's queue (format 2 packs): seqs that only grow,
+/// many enqueued per batch, sent and removed in any order, in the batch that enqueued them or
+/// later, a queue cleared now and then; two sessions interleaved.
+#[derive(Debug, Clone)]
+enum QueueStep {
+    Enqueue(u8, u8),
+    Sent(u8, u16),
+    Released(u8, u16),
+    Dequeue(u8, u16),
+    Clear(u8),
+    EndBatch { sync: bool, reopen: bool },
+}
+
+fn queue_step() -> impl Strategy<Value = QueueStep> {
+    prop_oneof![
+        6 => (0u8..2, 1u8..40).prop_map(|(s, n)| QueueStep::Enqueue(s, n)),
+        3 => (0u8..2, any::<u16>()).prop_map(|(s, i)| QueueStep::Sent(s, i)),
+        1 => (0u8..2, any::<u16>()).prop_map(|(s, i)| QueueStep::Released(s, i)),
+        4 => (0u8..2, any::<u16>()).prop_map(|(s, i)| QueueStep::Dequeue(s, i)),
+        1 => (0u8..2).prop_map(QueueStep::Clear),
+        3 => (any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(sync, reopen)| QueueStep::EndBatch { sync, reopen }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn broker_queue_patterns_match_the_reference_model(
+        steps in prop::collection::vec(queue_step(), 1..80)
+    ) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut b, _) = DiskBackend::open(tmp.path()).expect("open");
+        let ids = ["s0", "s1"];
+        let mut all = vec![session(1, ids[0]), session(1, ids[1])];
+        let mut batch = all.clone();
+        let mut next = [1u64, 1];
+        // Seqs the reference model holds per session (sent or not).
+        let mut live: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for step in steps {
+            match step {
+                QueueStep::Enqueue(s, n) => {
+                    let s = usize::from(s);
+                    for _ in 0..n {
+                        batch.push(enqueue(1, ids[s], next[s]));
+                        live[s].push(next[s]);
+                        next[s] += 1;
+                    }
+                }
+                QueueStep::Sent(s, i) | QueueStep::Released(s, i) => {
+                    let s_ = usize::from(s);
+                    if !live[s_].is_empty() {
+                        let seq = live[s_][usize::from(i) % live[s_].len()];
+                        let phase = if matches!(step, QueueStep::Sent(..)) {
+                            tern_store::InflightPhase::Sent
+                        } else {
+                            tern_store::InflightPhase::Released
+                        };
+                        batch.push(Op::SetInflight { key: key(1, ids[s_]), seq, packet_id: i, phase });
+                    }
+                }
+                QueueStep::Dequeue(s, i) => {
+                    let s = usize::from(s);
+                    if !live[s].is_empty() {
+                        let seq = live[s].remove(usize::from(i) % live[s].len());
+                        batch.push(Op::Dequeue { key: key(1, ids[s]), seq });
+                    }
+                }
+                QueueStep::Clear(s) => {
+                    let s = usize::from(s);
+                    live[s].clear();
+                    batch.push(Op::ClearQueue { key: key(1, ids[s]) });
+                }
+                QueueStep::EndBatch { sync, reopen: again } => {
+                    b.apply(&batch).expect("apply");
+                    all.append(&mut batch);
+                    if sync {
+                        b.sync().expect("sync");
+                    }
+                    if again {
+                        drop(b);
+                        let (nb, snap) = reopen(tmp.path());
+                        prop_assert_eq!(snap, reference(&all));
+                        b = nb;
+                    }
+                }
+            }
+        }
+        b.apply(&batch).expect("apply");
+        all.append(&mut batch);
+        drop(b);
+        prop_assert_eq!(reopen(tmp.path()).1, reference(&all));
+    }
+}

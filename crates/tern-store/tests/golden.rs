@@ -273,13 +273,13 @@ fn empty_store_file_is_refused() {
 
 #[test]
 fn future_format_version_is_refused() {
-    let dir = copy_into_temp("corrupt/future_version.redb");
+    let dir = copy_into_temp("corrupt/future_version_3.redb");
     let err = refused(dir.path());
     assert!(
         matches!(
             err,
             StoreError::UnsupportedVersion {
-                found: 99,
+                found: 3,
                 supported: 2,
                 ..
             }
@@ -288,9 +288,79 @@ fn future_format_version_is_refused() {
     );
     assert!(
         err.to_string()
-            .contains("format version 99, this tern reads version 2"),
+            .contains("format version 3, this tern reads version 2"),
         "{err}"
     );
+}
+
+/// `corrupt/future_version.redb` was written as format 1 contents under a version record of 2,
+/// when 2 was a future version. Format 2 only added tables, so it is a valid format 2 store.
+#[test]
+fn format_1_contents_under_version_2_load() {
+    let expected = reference(&v1_ops());
+    let dir = copy_into_temp("corrupt/future_version.redb");
+    assert_eq!(tern_store::load(dir.path()).expect("load"), expected);
+    assert_eq!(DiskBackend::open(dir.path()).expect("open").1, expected);
+}
+
+/// A format 1 store opens, is migrated to format 2 (the version record), and its per-entry
+/// queue records keep working beside packs written after the migration.
+#[test]
+fn v1_store_is_migrated_and_keeps_working() {
+    use tern_store::Backend;
+    let dir = copy_into_temp("v1/tern.redb");
+    let (mut backend, snapshot) = DiskBackend::open(dir.path()).expect("open v1");
+    let mut ops = v1_ops();
+    assert_eq!(snapshot, reference(&ops));
+    let dev1 = key(7, "dev-1");
+    let more = vec![
+        // A format 1 entry acknowledged, another sent; then new entries, as packs.
+        Op::Dequeue {
+            key: dev1.clone(),
+            seq: 1,
+        },
+        Op::SetInflight {
+            key: dev1.clone(),
+            seq: 3,
+            packet_id: 9,
+            phase: InflightPhase::Sent,
+        },
+        Op::Enqueue {
+            key: dev1.clone(),
+            entry: ops
+                .iter()
+                .find_map(|op| match op {
+                    Op::Enqueue { entry, .. } if entry.seq == 3 => Some(QueuedRecord {
+                        seq: 4,
+                        inflight: None,
+                        ..entry.clone()
+                    }),
+                    _ => None,
+                })
+                .expect("entry 3"),
+        },
+    ];
+    backend.apply(&more).expect("apply");
+    backend.sync().expect("sync");
+    drop(backend);
+    ops.extend(more);
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    {
+        use redb::ReadableDatabase;
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).expect("open");
+        let tx = db.begin_read().expect("read");
+        let version = tx
+            .open_table(meta)
+            .expect("meta")
+            .get("format_version")
+            .expect("get")
+            .map(|v| v.value().to_vec());
+        assert_eq!(version.as_deref(), Some(2u32.to_be_bytes().as_slice()));
+    }
+    let (_, snapshot) = DiskBackend::open(dir.path()).expect("reopen");
+    assert_eq!(snapshot, reference(&ops));
+    let seqs: Vec<u64> = snapshot.sessions[0].queue.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
 }
 
 #[test]
@@ -429,7 +499,7 @@ fn write_golden_files() {
     edit("future_version.redb", &|tx| {
         tx.open_table(META)
             .expect("meta")
-            .insert("format_version", 99u32.to_be_bytes().as_slice())
+            .insert("format_version", 2u32.to_be_bytes().as_slice())
             .expect("insert");
     });
     edit("bad_record.redb", &|tx| {
@@ -454,4 +524,133 @@ fn write_golden_files() {
     tx.commit().expect("commit");
     drop(db);
     compact(&path);
+}
+
+/// `corrupt/future_version_3.redb`, added with format 2 (when `future_version.redb`'s 2 became
+/// a version this build reads): the v1 fixture with a version record of 3.
+/// `cargo test -p tern-store --test golden write_future_version_3 -- --ignored`.
+#[test]
+#[ignore = "writes a committed fixture"]
+fn write_future_version_3() {
+    let path = golden("corrupt/future_version_3.redb");
+    std::fs::copy(golden("v1/tern.redb"), &path).expect("copy");
+    let db = redb::Database::open(&path).expect("open");
+    let tx = db.begin_write().expect("tx");
+    tx.open_table(META)
+        .expect("meta")
+        .insert("format_version", 3u32.to_be_bytes().as_slice())
+        .expect("insert");
+    tx.commit().expect("commit");
+    drop(db);
+    compact(&path);
+}
+
+/// What `tests/golden/v2/tern.redb` holds: the v1 contents, then two more batches that write
+/// format 2 queue packs. Frozen: the fixture was written from these batches.
+fn v2_batches() -> Vec<Vec<Op>> {
+    let dev1 = key(7, "dev-1");
+    let template = v1_ops()
+        .into_iter()
+        .find_map(|op| match op {
+            Op::Enqueue { entry, .. } => Some(entry),
+            _ => None,
+        })
+        .expect("a v1 entry");
+    let entry = |seq: u64| QueuedRecord {
+        seq,
+        msg: Arc::new(Message {
+            payload: Bytes::from(format!("pack-{seq}")),
+            timestamp: 1_700_000_000_001_000 + seq,
+            ..(*template.msg).clone()
+        }),
+        inflight: None,
+        ..template.clone()
+    };
+    let enqueue = |seq: u64| Op::Enqueue {
+        key: dev1.clone(),
+        entry: entry(seq),
+    };
+    vec![
+        v1_ops(),
+        // One pack of six (seqs 4-9).
+        (4..=9).map(enqueue).collect(),
+        // Its state record: one removed, one sent, one released; a run of two stays per-entry.
+        vec![
+            Op::Dequeue {
+                key: dev1.clone(),
+                seq: 4,
+            },
+            Op::SetInflight {
+                key: dev1.clone(),
+                seq: 5,
+                packet_id: 7,
+                phase: InflightPhase::Sent,
+            },
+            Op::SetInflight {
+                key: dev1.clone(),
+                seq: 6,
+                packet_id: 8,
+                phase: InflightPhase::Released,
+            },
+            enqueue(10),
+            enqueue(11),
+        ],
+    ]
+}
+
+#[test]
+fn v2_store_loads_exactly() {
+    let all: Vec<Op> = v2_batches().concat();
+    let expected = reference(&all);
+    let seqs: Vec<u64> = expected.sessions[0].queue.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
+    let before = files(&golden("v2"));
+    assert_eq!(tern_store::load(&golden("v2")).expect("load v2"), expected);
+    assert_eq!(files(&golden("v2")), before, "load changed the fixture");
+    let dir = copy_into_temp("v2/tern.redb");
+    assert_eq!(DiskBackend::open(dir.path()).expect("open v2").1, expected);
+    // The fixture holds a pack and its state record.
+    {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).expect("open");
+        let tx = db.begin_read().expect("read");
+        for table in ["queue_packs", "queue_pack_states"] {
+            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(table);
+            assert_eq!(
+                tx.open_table(def).expect(table).len().expect("len"),
+                1,
+                "{table}"
+            );
+        }
+    }
+    let mut out = Vec::new();
+    tern_store::export(&expected, &mut out).expect("export");
+    let committed = std::fs::read(golden("v2/export.jsonl")).expect("read export.jsonl");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&committed)
+    );
+}
+
+/// `cargo test -p tern-store --test golden write_v2_golden -- --ignored` (once, with format 2).
+#[test]
+#[ignore = "writes the committed fixtures"]
+fn write_v2_golden() {
+    use tern_store::Backend;
+    let v2 = golden("v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut backend, _) = DiskBackend::open(tmp.path()).expect("create");
+    let batches = v2_batches();
+    for batch in &batches {
+        backend.apply(batch).expect("apply");
+    }
+    backend.sync().expect("sync");
+    drop(backend);
+    let store = tmp.path().join(STORE_FILE);
+    compact(&store);
+    std::fs::copy(&store, v2.join(STORE_FILE)).expect("copy");
+    let mut export = Vec::new();
+    tern_store::export(&reference(&batches.concat()), &mut export).expect("export");
+    std::fs::write(v2.join("export.jsonl"), export).expect("write");
 }
