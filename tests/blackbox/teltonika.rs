@@ -931,6 +931,17 @@ async fn acked_records_survive_kill_9_and_the_port_is_kept() {
             .unwrap();
         acked += ack(&mut s).await.unwrap();
     }
+    // The telemetry as the last ACKed record left it: tern writes it at most once a second,
+    // so the kill below most likely comes before that and the restart replays it.
+    let telemetry = format!("/gw/devices/{id}/telemetry/all");
+    let (status, before) = call(http, &key, "GET", &telemetry, None).await;
+    assert_eq!(status, 200, "{before}");
+    let last_ts = (1_700_000_000_000u64 + 19 * 10_000 + 4 * 1000) as f64 / 1000.0;
+    assert_eq!(
+        before["result"][0]["telemetry"]["timestamp"]["value"].as_f64(),
+        Some(last_ts),
+        "{before}"
+    );
     // One more frame, half sent: never ACKed, never stored.
     let half = frame(5, 1_800_000_000_000);
     s.write_all(&half[..half.len() / 2]).await.unwrap();
@@ -946,6 +957,9 @@ async fn acked_records_survive_kill_9_and_the_port_is_kept() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"].as_array().unwrap().len(), acked as usize);
+    let (status, after) = call(http, &key, "GET", &telemetry, None).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after, before, "telemetry after kill -9 and restart");
     // The channel listens on the same port again.
     let mut s = tracker(port, IMEI).await;
     s.write_all(&frame(1, 1_900_000_000_000)).await.unwrap();

@@ -113,7 +113,9 @@ impl Gateway {
                 removed.push(k);
             }
         }
-        if !touched.is_empty() || !removed.is_empty() {
+        let tel_changed = !touched.is_empty() || !removed.is_empty();
+        if tel_changed && d.messages_ttl == 0 {
+            // Nothing stored to replay it from after a crash: written with the batch.
             let doc = tel.to_json(None);
             self.store.submit(Op::PutTelemetry {
                 device: id,
@@ -130,6 +132,11 @@ impl Gateway {
         }
         for k in &removed {
             publish::telemetry(&self.broker, d.cid, id, k, None);
+        }
+        if tel_changed && d.messages_ttl > 0 {
+            // Written by the next flush (at most a second away), or replayed from the messages
+            // stored with this batch after a crash.
+            st.telemetry_dirty.insert(id);
         }
         let last_active = now as u64;
         if !prepared.is_empty() && d.last_active != Some(last_active) {

@@ -192,6 +192,12 @@ struct State {
     next_webhook: u64,
     /// What each account tree uses, for the quotas.
     usage: quota::Usage,
+    /// Devices whose telemetry changed since it was last written (`telemetry_ops.rs`: written
+    /// at most once a second, replayed from the stored messages after a crash).
+    telemetry_dirty: HashSet<u64>,
+    /// Every device message with an arrival sequence below this is in the stored telemetry
+    /// (kept in the devices layer's record beside the id counters).
+    telemetry_seq: Option<u64>,
 }
 
 impl State {
@@ -346,6 +352,8 @@ impl Gateway {
         state.next_stream =
             stored("next_stream").max(state.streams.keys().next_back().map_or(1, |k| k + 1));
         state.next_webhook = stored("next_webhook");
+        state.telemetry_seq = meta.get("telemetry_seq").and_then(Value::as_u64);
+        replay_telemetry(&store, &mut state);
         let webhooks = webhooks::Webhooks::load(&broker, &store, snapshot);
         let now = broker.clock.now() / 1_000_000;
         state.online = state
@@ -383,6 +391,15 @@ impl Gateway {
             account_logs: account_logs::AccountLogs::default(),
             webhooks,
         });
+        {
+            // The replay of a crash starts here until the first flush moves it: written before
+            // any message can arrive (a store made before telemetry was deferred has none).
+            let mut st = gw.state.lock();
+            if st.telemetry_seq.is_none() {
+                st.telemetry_seq = Some(seq);
+                gw.put_counters(&st);
+            }
+        }
         gw.load_webhooks();
         gw.load_queues();
         gw.refresh_taps(&gw.state.lock().channels);
@@ -468,6 +485,7 @@ impl Gateway {
             "next_channel": st.next_channel,
             "next_stream": st.next_stream,
             "next_webhook": st.next_webhook,
+            "telemetry_seq": st.telemetry_seq,
         });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
@@ -704,6 +722,52 @@ impl Gateway {
 /// Whether `d`'s protocol holds connections (its `connected` comes from them).
 fn has_sessions(d: &Device) -> bool {
     types::protocol(d.protocol_id()).is_some_and(|p| p.sessions)
+}
+
+/// Applies to telemetry the stored device messages that came after the telemetry was last
+/// written (a crash, or a kill, since the last flush: `telemetry_ops.rs`), so that telemetry
+/// after a restart reflects every stored message. They are applied in arrival order, as they
+/// were; a message applies only where it is at least as new as the parameter, so applying one
+/// twice changes nothing. The devices they touch are written at the next flush.
+fn replay_telemetry(store: &Store, state: &mut State) {
+    let Some(since) = state.telemetry_seq else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut replayed = 0u64;
+    let result = store.messages_since(since, &mut |owner, key, json| {
+        if tern_store::KeyOwner::of(owner) != tern_store::KeyOwner::Device(owner) {
+            return tern_store::Visit::More;
+        }
+        if !state.devices.contains_key(&owner) {
+            return tern_store::Visit::More;
+        }
+        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(json) else {
+            return tern_store::Visit::More;
+        };
+        let ts = obj
+            .get("timestamp")
+            .and_then(|v| message::timestamp_of(v).ok())
+            .unwrap_or(key.ts as f64 / 1e6);
+        let changes = state.telemetry.entry(owner).or_default().apply(&obj, ts);
+        if !changes.is_empty() {
+            state.telemetry_dirty.insert(owner);
+        }
+        replayed += 1;
+        tern_store::Visit::More
+    });
+    match result {
+        Ok(()) if replayed > 0 => tracing::info!(
+            messages = replayed,
+            devices = state.telemetry_dirty.len(),
+            took = ?started.elapsed(),
+            "telemetry replayed from the messages stored after it was last written"
+        ),
+        Ok(()) => {}
+        Err(err) => {
+            tracing::error!(%err, "telemetry replay failed; telemetry may miss the last second")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -251,12 +251,15 @@ impl Gateway {
         silent.len()
     }
 
-    /// Runs [`Gateway::retention_pass`] every `retention_interval` and [`Gateway::check_activity`]
-    /// every [`ACTIVITY_EVERY`] until the broker shuts down.
+    /// Runs [`Gateway::retention_pass`] every `retention_interval`, [`Gateway::check_activity`]
+    /// every [`ACTIVITY_EVERY`] and [`Gateway::flush_telemetry`] every second (and once more at
+    /// shutdown) until the broker shuts down.
     pub async fn run_retention(self: Arc<Self>) {
         let shutdown = self.broker.shutdown_token().clone();
         let mut sweep = tokio::time::interval(self.options.retention_interval);
         let mut activity = tokio::time::interval(ACTIVITY_EVERY);
+        let mut telemetry = tokio::time::interval(crate::telemetry_ops::FLUSH_EVERY);
+        telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         loop {
             tokio::select! {
@@ -266,7 +269,11 @@ impl Gateway {
                 _ = activity.tick() => {
                     self.check_activity(self.now());
                 }
-                _ = shutdown.cancelled() => return,
+                _ = telemetry.tick() => self.flush_telemetry(),
+                _ = shutdown.cancelled() => {
+                    self.flush_telemetry();
+                    return;
+                }
             }
         }
     }

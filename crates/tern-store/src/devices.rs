@@ -220,6 +220,15 @@ pub trait Reader: Send + Sync + fmt::Debug {
 
     /// How many messages and bytes `device` has stored (a point lookup).
     fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError>;
+
+    /// Visits the messages (of every owner: devices, buffers, logs, queues) whose arrival
+    /// sequence is at least `seq`, in arrival order, until the visitor says stop: what came in
+    /// since a point (the devices layer replays them into telemetry after a crash).
+    fn messages_since(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(DeviceId, MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError>;
 }
 
 /// The key of a device message in the message index (and, in format 1, of the message table):
@@ -243,6 +252,14 @@ pub(crate) fn data_key(index_key: &[u8; 24]) -> [u8; 24] {
     k[..8].copy_from_slice(&index_key[16..]);
     k[8..].copy_from_slice(&index_key[..16]);
     k
+}
+
+/// The owner and key of a message-data key ([`data_key`]).
+pub(crate) fn decode_data_key(k: &[u8; 24]) -> Result<(DeviceId, MessageKey), String> {
+    let mut index = [0u8; 24];
+    index[..16].copy_from_slice(&k[8..]);
+    index[16..].copy_from_slice(&k[..8]);
+    decode_message_key(&index)
 }
 
 fn ts_bytes(ts: i64) -> [u8; 8] {

@@ -359,6 +359,44 @@ impl Reader for DiskReader {
         }
     }
 
+    fn messages_since(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(u64, MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        let guard = self.db.read();
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
+        let tx = db.begin_read().map_err(engine)?;
+        let data = match tx.open_table(MESSAGE_DATA) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(engine(e)),
+        };
+        let mut from = [0u8; 24];
+        from[..8].copy_from_slice(&seq.to_be_bytes());
+        for item in data.range(from.as_slice()..).map_err(engine)? {
+            let (k, v) = item.map_err(engine)?;
+            let dk = <[u8; 24]>::try_from(k.value())
+                .map_err(|_| StoreError::Engine("a message data key is not 24 bytes".into()))?;
+            let (owner, key) = devices::decode_data_key(&dk).map_err(StoreError::Engine)?;
+            let json = match v.value().split_first() {
+                Some((&format::RECORD_V1, json)) => json,
+                _ => {
+                    return Err(StoreError::Engine(format!(
+                        "message {} of {owner}: unknown record version",
+                        key.seq
+                    )));
+                }
+            };
+            if visit(owner, key, json) == Visit::Stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn message_stats(&self, device: u64) -> Result<MessageStats, StoreError> {
         let guard = self.db.read();
         let db = guard

@@ -200,6 +200,19 @@ impl Store {
         }
     }
 
+    /// The messages that arrived with a sequence of at least `seq`, in arrival order
+    /// ([`Reader::messages_since`]; none for a disabled store).
+    pub fn messages_since(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(crate::DeviceId, MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        match &self.reader {
+            Some(r) => r.messages_since(seq, visit),
+            None => Ok(()),
+        }
+    }
+
     /// How many messages and bytes `device` has stored (zero for a disabled store).
     pub fn message_stats(&self, device: u64) -> Result<crate::MessageStats, StoreError> {
         match &self.reader {

@@ -398,6 +398,26 @@ impl Reader for MemoryBackend {
         Ok(())
     }
 
+    fn messages_since(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(DeviceId, MessageKey, &[u8]) -> Visit,
+    ) -> Result<(), StoreError> {
+        let state = self.state.lock();
+        let mut since: Vec<_> = state
+            .messages
+            .iter()
+            .filter(|((_, key), _)| key.seq >= seq)
+            .collect();
+        since.sort_by_key(|((owner, key), _)| (key.seq, *owner, key.ts));
+        for ((owner, key), json) in since {
+            if visit(*owner, *key, json) == Visit::Stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn message_stats(&self, device: DeviceId) -> Result<MessageStats, StoreError> {
         Ok(self
             .state

@@ -106,7 +106,37 @@ async fn run(backend: Box<dyn Backend>) -> Store {
     let t = store.submit_all(ops());
     store.wait(t).await;
     check_reads(&store).await;
+    check_since(&store);
     store
+}
+
+/// What arrived since a sequence: every owner's messages, in arrival order.
+fn check_since(store: &Store) {
+    let mut seen = Vec::new();
+    store
+        .messages_since(500, &mut |owner, key, _| {
+            seen.push((owner, key.seq));
+            Visit::More
+        })
+        .expect("since");
+    let mut expected = vec![(1, 500), (1, 501)];
+    expected.extend((1000..1020).map(|seq| (2, seq)));
+    assert_eq!(seen, expected);
+    let mut first = None;
+    store
+        .messages_since(1010, &mut |owner, key, json| {
+            first = Some((owner, key, json.to_vec()));
+            Visit::Stop
+        })
+        .expect("since");
+    assert_eq!(
+        first,
+        Some((
+            2,
+            MessageKey { ts: 100, seq: 1010 },
+            b"{\"timestamp\":100}".to_vec()
+        ))
+    );
 }
 
 #[tokio::test]
