@@ -124,20 +124,11 @@ where
                 // between, say, a SUBSCRIBE on another connection and this PUBLISH sent right
                 // after it, and the new subscriber would miss it. (Here, at the top of the
                 // loop, the wait adds nothing to the task's size.)
-                let publish = woken && driver.rbuf.first().is_some_and(|b| b >> 4 == 3);
-                if publish {
+                if woken && driver.rbuf.first().is_some_and(|b| b >> 4 == 3) {
                     tokio::task::yield_now().await;
                 }
                 if let Err(reason) = driver.on_received() {
                     break reason;
-                }
-                // And once more after handling it, when it left an acknowledgement to write:
-                // the subscribers it woke (tokio runs the last-woken first) write the message
-                // before this task writes the PUBACK. Writing the PUBACK first wakes the
-                // publishing client, which on a busy machine takes this worker's core and
-                // holds the delivery back (issue 20: 74 µs median between the two writes).
-                if publish && !driver.conn.out().is_empty() {
-                    tokio::task::yield_now().await;
                 }
             }
             driver.prepare(timer.as_mut());
