@@ -14,8 +14,8 @@
 # fan-out and pairs, 8), PAYLOAD (bytes, 64), INFLIGHT (QoS 1 publisher window, 100),
 # CONNECTIONS (connect storm, 5000), IDLE_CONNECTIONS (idle memory, 50000; 0 skips it),
 # RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
-# 1000), THREADS (generator threads, default every core), TERN_PORT/MOSQ_PORT/RUMQ_PORT
-# (18831/18832/18833),
+# 1000), LATENCY_RUNS (alternating latency rounds, 3), THREADS (generator threads, default every
+# core), TERN_PORT/MOSQ_PORT/RUMQ_PORT/RELAY_PORT (18831/18832/18833/18834),
 # OUT (target/bench), STORE_TABLE (0 skips the second table).
 #
 # Equivalent settings: both brokers listen on 127.0.0.1 with anonymous access, keep nothing on
@@ -48,6 +48,8 @@ LATENCY_RATE=${LATENCY_RATE:-1000}
 TERN_PORT=${TERN_PORT:-18831}
 MOSQ_PORT=${MOSQ_PORT:-18832}
 RUMQ_PORT=${RUMQ_PORT:-18833}
+RELAY_PORT=${RELAY_PORT:-18834}
+LATENCY_RUNS=${LATENCY_RUNS:-3}
 RUMQTTD=${RUMQTTD:-}
 OUT=${OUT:-target/bench}
 STORE_TABLE=${STORE_TABLE:-1}
@@ -169,7 +171,7 @@ next_connection_delay_ms = 0
     dynamic_filters = true
 EOF
 
-start_broker() { # name: tern (store off), tern-store (store on), mosquitto, rumqttd
+start_broker() { # name: tern (store off), tern-store (store on), mosquitto, rumqttd, relay
     local name=$1
     case $name in
     tern*)
@@ -189,6 +191,11 @@ start_broker() { # name: tern (store off), tern-store (store on), mosquitto, rum
         mosquitto -c "$OUT/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
         BROKER_PID=$!
         PORT=$MOSQ_PORT
+        ;;
+    relay)
+        "$BENCH" relay --listen "127.0.0.1:$RELAY_PORT" >>"$OUT/relay.log" 2>&1 &
+        BROKER_PID=$!
+        PORT=$RELAY_PORT
         ;;
     rumqttd)
         "$RUMQTTD" -q -c "$OUT/rumqttd.toml" >>"$OUT/rumqttd.log" 2>&1 &
@@ -223,6 +230,30 @@ run() { # key broker tern-bench-args...
 
 # A broker may still be delivering its backlog when the publishers stop: give it 20 s.
 FLOW=(--duration "$DURATION" --inflight "$INFLIGHT" --drain 20)
+# key brokers: one line per broker with key `key`, from the runs `key-1`, `key-2`, ...: the
+# median of each latency figure, the sum of losses, and every run's p50/p99 (`runs`).
+median_runs() {
+    local key=$1 brokers=$2
+    for b in ${brokers//,/ }; do
+        jq -sc --arg k "$key" --arg b "$b" '
+            def med: map(select(. != null)) | sort
+                | if length == 0 then null
+                  elif length % 2 == 1 then .[length / 2 | floor]
+                  else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+            def lat(f): [.[] | f] as $runs
+                | reduce ("p50_us", "p90_us", "p99_us", "max_us") as $p ({};
+                    .[$p] = ([$runs[] | .[$p]?] | med));
+            [.[] | select(.label == $b and (.key | startswith($k + "-")))] as $r
+            | select($r | length > 0)
+            | {key: $k, label: $b, runs_n: ($r | length), rss: $r[0].rss,
+               latency_us: ($r | lat(.latency_us)), ack_latency_us: ($r | lat(.ack_latency_us)),
+               lost: ([$r[] | .lost // 0] | add),
+               runs: ([$r[] | "\(.latency_us.p50_us // "-")/\(.latency_us.p99_us // "-")"]
+                   | join(", ")),
+               error: ([$r[] | .error // empty] | first)}' "$RESULTS" >>"$RESULTS"
+    done
+}
+
 scenario() { # key brokers args...: against each broker of the comma-separated list in turn
     local key=$1 brokers=$2
     shift 2
@@ -238,7 +269,14 @@ scenario fanin-q1 $B --scenario fan-in --qos 1 --clients "$CLIENTS" "${FLOW[@]}"
 scenario fanout-q0 $B --scenario fan-out --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
 scenario fanout-q1 $B --scenario fan-out --qos 1 --clients "$CLIENTS" "${FLOW[@]}"
 scenario pairs-q0 $B --scenario pairs --qos 0 --clients "$CLIENTS" "${FLOW[@]}"
-scenario latency-q1 $B --scenario latency --qos 1 --rate "$LATENCY_RATE" "${FLOW[@]}"
+# Latency: LATENCY_RUNS rounds alternating the brokers (tern, mosquitto, relay, tern, ...), so
+# that a noisy moment of the shared machine does not fall on one broker only; the tables show
+# each run and the median. The relay (`tern-bench relay`) forwards and acknowledges and does
+# nothing else: the floor of this machine, generator included.
+for i in $(seq "$LATENCY_RUNS"); do
+    scenario "latency-q1-$i" "$B,relay" --scenario latency --qos 1 --rate "$LATENCY_RATE" "${FLOW[@]}"
+done
+median_runs latency-q1 "$B,relay"
 scenario storm $B --scenario connect-storm --connections "$CONNECTIONS"
 # Memory per idle connection: IDLE_CONNECTIONS held open and idle while the broker's VmRSS is
 # sampled (from 127.0.0.2.. so that the ephemeral ports of one address do not run out).
@@ -340,6 +378,7 @@ latency-q1|latency QoS 1 @ 1k msg/s|p99 µs|.latency_us.p99_us
 latency-q1|latency QoS 1 @ 1k msg/s|max µs|.latency_us.max_us
 latency-q1|latency QoS 1 @ 1k msg/s|PUBACK p99 µs|.ack_latency_us.p99_us
 latency-q1|latency QoS 1 @ 1k msg/s|lost|.lost
+latency-q1|latency QoS 1 @ 1k msg/s|each run p50/p99 µs|.runs
 storm|connect storm|connections/s|.conn_per_s
 storm|connect storm|failed|.failed
 storm|connect storm|broker RSS per connection KiB|.rss_per_conn_kib
@@ -397,6 +436,23 @@ table() { # broker-a broker-b rows
     echo "Load before: \`${LOAD_BEFORE#*load }\`; after: \`${LOAD_AFTER#*load }\`."
     echo
     table tern mosquitto "$ROWS"
+    echo
+    echo "Latency QoS 1 at $LATENCY_RATE msg/s, $LATENCY_RUNS runs alternating the brokers; the relay" \
+        "(\`tern-bench relay\`: forward and PUBACK, nothing else) is the machine's floor. Median (each run):"
+    echo
+    echo "| metric | tern | mosquitto | relay | tern/mosquitto | tern/relay |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for m in p50 p90 p99 max; do
+        t=$(val latency-q1 tern ".latency_us.${m}_us")
+        mq=$(val latency-q1 mosquitto ".latency_us.${m}_us")
+        rl=$(val latency-q1 relay ".latency_us.${m}_us")
+        each() { # broker
+            jq -r --arg b "$1" --arg m "${m}_us" 'select(.label == $b and (.key | test("^latency-q1-[0-9]+$")))
+                | .latency_us[$m] // "-"' "$RESULTS" | paste -sd/ - | sed 's/^$/-/'
+        }
+        echo "| $m µs | $(fmt "$t") ($(each tern)) | $(fmt "$mq") ($(each mosquitto)) |" \
+            "$(fmt "$rl") ($(each relay)) | $(ratio "$t" "$mq") | $(ratio "$t" "$rl") |"
+    done
     echo
     echo "Broker RSS at the end of each scenario, MiB (the storm: with every connection open):"
     echo

@@ -14,6 +14,7 @@
 //! - `gw`: the devices layer (HTTP channel ingest, a device's history read); `http`: its
 //!   HTTP/1.1 client
 //! - `track`: exact loss, duplicate and order accounting, timelines, latency percentiles
+//! - `relay`: `tern-bench relay --listen ADDR`, the minimal forwarder that measures the floor
 //! - `report`: the JSON line; `rss`: the broker's memory from /proc
 
 mod client;
@@ -21,6 +22,7 @@ mod flow;
 mod gw;
 mod gw_stream;
 mod http;
+mod relay;
 mod report;
 mod retained;
 mod rss;
@@ -209,7 +211,27 @@ enum Version {
     V5,
 }
 
+/// `tern-bench relay --listen ADDR`: see [`relay`].
+#[derive(Debug, Parser)]
+#[command(name = "tern-bench relay")]
+struct RelayCli {
+    /// Address to accept MQTT connections on.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    listen: SocketAddr,
+}
+
 fn main() -> std::process::ExitCode {
+    // The relay is a server, not a scenario: its own arguments, no runtime, no JSON line.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "relay") {
+        let cli = RelayCli::parse_from(std::env::args_os().skip(1));
+        return match relay::run(cli.listen) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern-bench relay: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let threads = cli
         .threads
