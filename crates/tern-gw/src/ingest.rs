@@ -143,8 +143,14 @@ impl Gateway {
             let mut new = d;
             new.last_active = Some(last_active);
             self.put_device(&new);
-            let old_item = st.devices.get(&id).map(|o| self.item_of(o));
-            let item = self.item_of(&new);
+            // Once a second per device: `messages_size` from the counters kept here rather
+            // than a store read (twice) under the lock.
+            let size = st
+                .usage
+                .key_bytes(id)
+                .unwrap_or_else(|| self.messages_size(id));
+            let old_item = st.devices.get(&id).map(|o| o.item(self.connected(o), size));
+            let item = new.item(self.connected(&new), size);
             publish::state(&self.broker, new.cid, id, old_item.as_ref(), &item);
             st.insert_device(new);
         }

@@ -198,6 +198,9 @@ struct State {
     /// Every device message with an arrival sequence below this is in the stored telemetry
     /// (kept in the devices layer's record beside the id counters).
     telemetry_seq: Option<u64>,
+    /// A flush is writing its documents chunk by chunk: nothing else may move
+    /// `telemetry_seq` past the devices it took and has not written yet.
+    telemetry_flushing: bool,
 }
 
 impl State {

@@ -93,6 +93,12 @@ impl Usage {
     }
 
     /// Adds bytes and messages to `key`, counted in `chain` when the key is new.
+    /// The bytes counted for `key` (its stored messages, appends in flight included), if any
+    /// were counted since the start.
+    pub(crate) fn key_bytes(&self, key: u64) -> Option<u64> {
+        self.keys.get(&key).map(|k| k.bytes)
+    }
+
     fn add_bytes(&mut self, key: u64, chain: impl FnOnce() -> Vec<Cid>, bytes: u64, n: u64) {
         let Usage {
             keys,

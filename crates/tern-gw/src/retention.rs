@@ -269,9 +269,9 @@ impl Gateway {
                 _ = activity.tick() => {
                     self.check_activity(self.now());
                 }
-                _ = telemetry.tick() => self.flush_telemetry(),
+                _ = telemetry.tick() => self.flush_telemetry().await,
                 _ = shutdown.cancelled() => {
-                    self.flush_telemetry();
+                    self.flush_telemetry().await;
                     return;
                 }
             }

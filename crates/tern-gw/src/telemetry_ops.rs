@@ -56,37 +56,80 @@ impl Gateway {
     }
 
     /// Writes the telemetry of every device whose telemetry changed since the last flush,
-    /// with the arrival sequence the replay starts from.
-    pub fn flush_telemetry(&self) {
+    /// then the arrival sequence the replay starts from. The documents are made [`FLUSH_CHUNK`]
+    /// devices at a time, yielding between chunks, so that ingest never waits for the whole
+    /// flush on the state lock (1,000 documents took that lock for tens of milliseconds).
+    pub async fn flush_telemetry(&self) {
+        let (dirty, seq) = {
+            let mut st = self.state.lock();
+            if st.telemetry_dirty.is_empty() {
+                return;
+            }
+            // Device messages take their sequence and update telemetry under this lock:
+            // every one below `seq` is in the documents written below (or in newer ones).
+            let seq = self.seq.load(std::sync::atomic::Ordering::Relaxed);
+            let dirty: Vec<u64> = std::mem::take(&mut st.telemetry_dirty)
+                .into_iter()
+                .collect();
+            st.telemetry_flushing = true;
+            (dirty, seq)
+        };
+        for chunk in dirty.chunks(FLUSH_CHUNK) {
+            let ops = {
+                let st = self.state.lock();
+                telemetry_ops(&st, chunk)
+            };
+            if !ops.is_empty() {
+                self.store.submit_all(ops);
+            }
+            tokio::task::yield_now().await;
+        }
         let mut st = self.state.lock();
-        self.flush_locked(&mut st);
+        st.telemetry_flushing = false;
+        // A synchronous flush (a telemetry delete) may have recorded a later point already.
+        if st.telemetry_seq.is_none_or(|s| s < seq) {
+            st.telemetry_seq = Some(seq);
+            self.put_counters(&st);
+        }
     }
 
+    /// [`Gateway::flush_telemetry`] in one go under the lock already held (a telemetry delete:
+    /// rare, and the replay must start after what it deleted).
     fn flush_locked(&self, st: &mut State) {
-        if st.telemetry_dirty.is_empty() {
-            return;
-        }
-        // Device messages take their sequence and update telemetry under this lock: every
-        // one below `seq` is in the documents written here.
         let seq = self.seq.load(std::sync::atomic::Ordering::Relaxed);
-        let dirty = std::mem::take(&mut st.telemetry_dirty);
-        let mut ops = Vec::with_capacity(dirty.len());
-        for id in dirty {
-            if !st.devices.contains_key(&id) {
-                continue;
-            }
-            match st.telemetry.get(&id) {
-                Some(t) if !t.is_empty() => ops.push(Op::PutTelemetry {
-                    device: id,
-                    json: Bytes::from(serde_json::to_vec(&t.to_json(None)).unwrap_or_default()),
-                }),
-                _ => ops.push(Op::DelTelemetry { device: id }),
-            }
-        }
+        let dirty: Vec<u64> = std::mem::take(&mut st.telemetry_dirty)
+            .into_iter()
+            .collect();
+        let ops = telemetry_ops(st, &dirty);
         if !ops.is_empty() {
             self.store.submit_all(ops);
         }
-        st.telemetry_seq = Some(seq);
-        self.put_counters(st);
+        // While a flush is halfway, the devices it took are not written yet: the point stays
+        // where it is (a crash then replays a little more).
+        if !st.telemetry_flushing {
+            st.telemetry_seq = Some(seq);
+            self.put_counters(st);
+        }
     }
+}
+
+/// Devices' telemetry documents flushed at once.
+const FLUSH_CHUNK: usize = 64;
+
+/// The write of each device's telemetry (a delete once it is empty); devices gone are skipped.
+fn telemetry_ops(st: &State, ids: &[u64]) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !st.devices.contains_key(id) {
+            continue;
+        }
+        match st.telemetry.get(id) {
+            Some(t) if !t.is_empty() => ops.push(Op::PutTelemetry {
+                device: *id,
+                json: Bytes::from(serde_json::to_vec(&t.to_json(None)).unwrap_or_default()),
+            }),
+            _ => ops.push(Op::DelTelemetry { device: *id }),
+        }
+    }
+    ops
 }
