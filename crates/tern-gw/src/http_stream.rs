@@ -19,14 +19,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tern_store::MessageKey;
 
 use crate::Gateway;
-use crate::logs::Origin;
 use crate::outbound;
 use crate::stream::{IDENT, Stream, target_uri};
-use crate::streams::stream_event;
 
 /// The first delay after a failure; doubled after each one up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -226,16 +224,7 @@ pub(crate) async fn run(
             Err(e) => {
                 // An ident that makes no valid URI: its messages cannot go anywhere.
                 tracing::warn!(stream = s.id, %e, "dropping a batch with no valid URI");
-                let mut fields = Map::new();
-                fields.insert("reason".into(), json!(format!("no valid URI: {e}")));
-                fields.insert("message_count".into(), json!(b.keys.len()));
-                gw.log(
-                    s.cid,
-                    Origin::Stream,
-                    s.id,
-                    stream_event::DELIVERY_DROPPED,
-                    fields,
-                );
+                gw.stream_dropped(&s, format!("no valid URI: {e}"), b.keys.len());
                 gw.dequeue(s.id, &b.keys, b.contiguous).await;
                 continue;
             }
@@ -255,16 +244,7 @@ pub(crate) async fn run(
                 backoff = BACKOFF_MIN;
                 if failing {
                     failing = false;
-                    let mut fields = Map::new();
-                    fields.insert("message_count".into(), json!(b.keys.len()));
-                    fields.insert("ack_latency".into(), json!(started.elapsed().as_secs_f64()));
-                    gw.log(
-                        s.cid,
-                        Origin::Stream,
-                        s.id,
-                        stream_event::DELIVERY_RESUMED,
-                        fields,
-                    );
+                    gw.stream_resumed(&s, b.keys.len(), started.elapsed().as_secs_f64());
                 }
                 if !connected.swap(true, Ordering::Relaxed) {
                     gw.republish_stream(s.id, true);
@@ -272,21 +252,11 @@ pub(crate) async fn run(
             }
             Err(why) => {
                 failing = true;
-                gw.stream_metrics.failures.fetch_add(1, Ordering::Relaxed);
-                let mut fields = Map::new();
-                fields.insert("reason".into(), json!(why.reason()));
-                fields.insert("message_count".into(), json!(b.keys.len()));
-                if let Failed::Status(code) = why {
-                    fields.insert("http_code".into(), json!(code));
-                }
-                fields.insert("retry_in".into(), json!(backoff.as_secs()));
-                gw.log(
-                    s.cid,
-                    Origin::Stream,
-                    s.id,
-                    stream_event::DELIVERY_FAILED,
-                    fields,
-                );
+                let http_code = match why {
+                    Failed::Status(code) => Some(code),
+                    _ => None,
+                };
+                gw.stream_failed(&s, why.reason(), b.keys.len(), http_code, backoff.as_secs());
                 if connected.swap(false, Ordering::Relaxed) {
                     gw.republish_stream(s.id, false);
                 }

@@ -116,11 +116,8 @@ impl Gateway {
         let tel_changed = !touched.is_empty() || !removed.is_empty();
         if tel_changed && d.messages_ttl == 0 {
             // Nothing stored to replay it from after a crash: written with the batch.
-            let doc = tel.to_json(None);
-            self.store.submit(Op::PutTelemetry {
-                device: id,
-                json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
-            });
+            self.store
+                .submit(crate::telemetry_ops::telemetry_op(id, Some(tel)));
         }
         for (_, json) in stored {
             publish::message(&self.broker, d.cid, id, json);

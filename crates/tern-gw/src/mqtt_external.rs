@@ -103,6 +103,20 @@ pub(crate) fn qos_of(broker: &Map<String, Value>) -> Result<QoS, String> {
     }
 }
 
+/// The subscriptions of external channel `c`: its `configuration.topics` at `qos`.
+fn subscriptions(c: &Channel, qos: QoS) -> Vec<Subscription> {
+    c.configuration
+        .get("topics")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(|f| Subscription::new(f, qos))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Channel {
     /// Refuses an external broker at a literal address `policy` forbids ([`crate::outbound`]);
     /// a host name is checked when connecting.
@@ -177,18 +191,7 @@ impl Gateway {
             }
             let started = client_options(c.id, broker).and_then(|options| {
                 let qos = qos_of(broker)?;
-                let subs = c
-                    .configuration
-                    .get("topics")
-                    .and_then(Value::as_array)
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(Value::as_str)
-                            .map(|f| Subscription::new(f, qos))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Client::start(options, subs).map_err(|e| e.to_string())
+                Client::start(options, subscriptions(&c, qos)).map_err(|e| e.to_string())
             });
             match started {
                 Ok((handle, events)) => {
@@ -235,18 +238,7 @@ impl Gateway {
                     .ok_or_else(|| format!("`{host}` resolves to no address"))?;
                 options.uri.host = addr.ip().to_string();
                 options.tls.server_name = Some(host);
-                let subs = c
-                    .configuration
-                    .get("topics")
-                    .and_then(Value::as_array)
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(Value::as_str)
-                            .map(|f| Subscription::new(f, qos))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Client::start(options, subs).map_err(|e| e.to_string())
+                Client::start(options, subscriptions(&c, qos)).map_err(|e| e.to_string())
             }
             .await;
             match started {

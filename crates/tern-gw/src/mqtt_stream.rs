@@ -25,15 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tern_mqttc::{Client, ClientHandle, ClientOptions, Event, Pending, QoS, Roots};
 use tern_store::MessageKey;
 
 use crate::Gateway;
-use crate::logs::Origin;
 use crate::outbound;
 use crate::stream::{Stream, topic_name_ok, topic_template};
-use crate::streams::stream_event;
 
 /// Messages read from the queue at once (removed together once all are delivered).
 pub(crate) const BATCH: usize = 1000;
@@ -117,21 +115,6 @@ struct Link {
 }
 
 impl Gateway {
-    fn stream_failed(&self, s: &Stream, reason: String, message_count: usize, retry_in: u64) {
-        self.stream_metrics.failures.fetch_add(1, Ordering::Relaxed);
-        let mut fields = Map::new();
-        fields.insert("reason".into(), json!(reason));
-        fields.insert("message_count".into(), json!(message_count));
-        fields.insert("retry_in".into(), json!(retry_in));
-        self.log(
-            s.cid,
-            Origin::Stream,
-            s.id,
-            stream_event::DELIVERY_FAILED,
-            fields,
-        );
-    }
-
     fn stream_connected(&self, s: &Stream, link: &Link, now: bool) {
         if link.connected.swap(now, Ordering::Relaxed) != now {
             self.republish_stream(s.id, now);
@@ -157,6 +140,7 @@ async fn watch(
                     &s,
                     format!("cannot connect to the broker: {reason}"),
                     link.pending.load(Ordering::Relaxed),
+                    None,
                     0,
                 );
                 gw.stream_connected(&s, &link, false);
@@ -170,6 +154,7 @@ async fn watch(
                     &s,
                     format!("disconnected from the broker: {reason}"),
                     link.pending.load(Ordering::Relaxed),
+                    None,
                     0,
                 );
                 gw.stream_connected(&s, &link, false);
@@ -215,7 +200,7 @@ pub(crate) async fn run(
             Ok(a) => a,
             Err(reason) => {
                 link.failing.store(true, Ordering::Relaxed);
-                gw.stream_failed(&s, reason, 0, backoff.as_secs());
+                gw.stream_failed(&s, reason, 0, None, backoff.as_secs());
                 gw.stream_connected(&s, &link, false);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -228,7 +213,7 @@ pub(crate) async fn run(
         let (handle, events) = match started {
             Ok(v) => v,
             Err(e) => {
-                gw.stream_failed(&s, e, 0, backoff.as_secs());
+                gw.stream_failed(&s, e, 0, None, backoff.as_secs());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -295,22 +280,13 @@ async fn deliver(
             None => {
                 backoff = BACKOFF_MIN;
                 if link.failing.swap(false, Ordering::Relaxed) {
-                    let mut fields = Map::new();
-                    fields.insert("message_count".into(), json!(done.len()));
-                    fields.insert("ack_latency".into(), json!(started.elapsed().as_secs_f64()));
-                    gw.log(
-                        s.cid,
-                        Origin::Stream,
-                        s.id,
-                        stream_event::DELIVERY_RESUMED,
-                        fields,
-                    );
+                    gw.stream_resumed(s, done.len(), started.elapsed().as_secs_f64());
                 }
                 gw.stream_connected(s, link, true);
             }
             Some((reason, left)) => {
                 link.failing.store(true, Ordering::Relaxed);
-                gw.stream_failed(s, reason, left, backoff.as_secs());
+                gw.stream_failed(s, reason, left, None, backoff.as_secs());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -359,19 +335,7 @@ async fn publish_batch(
             if waiting.is_empty() {
                 dropped += 1;
                 done.push(key);
-                let mut fields = Map::new();
-                fields.insert(
-                    "reason".into(),
-                    json!(format!("the topic `{topic}` is not valid: {why}")),
-                );
-                fields.insert("message_count".into(), json!(1));
-                gw.log(
-                    s.cid,
-                    Origin::Stream,
-                    s.id,
-                    stream_event::DELIVERY_DROPPED,
-                    fields,
-                );
+                gw.stream_dropped(s, format!("the topic `{topic}` is not valid: {why}"), 1);
                 continue;
             }
             // Wait for what is before it first; it is dropped on the next turn.

@@ -84,6 +84,63 @@ pub(crate) enum Source {
 }
 
 impl Gateway {
+    /// Logs that a delivery of stream `s` failed (400) and counts it; `http_code` for an
+    /// http stream's answer.
+    pub(crate) fn stream_failed(
+        &self,
+        s: &Stream,
+        reason: String,
+        message_count: usize,
+        http_code: Option<u16>,
+        retry_in: u64,
+    ) {
+        self.stream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+        let mut fields = Map::new();
+        fields.insert("reason".into(), json!(reason));
+        fields.insert("message_count".into(), json!(message_count));
+        if let Some(code) = http_code {
+            fields.insert("http_code".into(), json!(code));
+        }
+        fields.insert("retry_in".into(), json!(retry_in));
+        self.log(
+            s.cid,
+            Origin::Stream,
+            s.id,
+            stream_event::DELIVERY_FAILED,
+            fields,
+        );
+    }
+
+    /// Logs that stream `s` delivers again after failures (401).
+    pub(crate) fn stream_resumed(&self, s: &Stream, message_count: usize, ack_latency: f64) {
+        let mut fields = Map::new();
+        fields.insert("message_count".into(), json!(message_count));
+        fields.insert("ack_latency".into(), json!(ack_latency));
+        self.log(
+            s.cid,
+            Origin::Stream,
+            s.id,
+            stream_event::DELIVERY_RESUMED,
+            fields,
+        );
+    }
+
+    /// Logs messages of stream `s` dropped because they can go nowhere (404).
+    pub(crate) fn stream_dropped(&self, s: &Stream, reason: String, message_count: usize) {
+        let mut fields = Map::new();
+        fields.insert("reason".into(), json!(reason));
+        fields.insert("message_count".into(), json!(message_count));
+        self.log(
+            s.cid,
+            Origin::Stream,
+            s.id,
+            stream_event::DELIVERY_DROPPED,
+            fields,
+        );
+    }
+}
+
+impl Gateway {
     fn put_stream(&self, s: &Stream) {
         match serde_json::to_vec(s) {
             Ok(json) => {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tern_store::Op;
 
+use crate::telemetry::Telemetry;
 use crate::{Gateway, GwError, State, publish};
 
 /// How often changed telemetry is written.
@@ -123,13 +124,18 @@ fn telemetry_ops(st: &State, ids: &[u64]) -> Vec<Op> {
         if !st.devices.contains_key(id) {
             continue;
         }
-        match st.telemetry.get(id) {
-            Some(t) if !t.is_empty() => ops.push(Op::PutTelemetry {
-                device: *id,
-                json: Bytes::from(serde_json::to_vec(&t.to_json(None)).unwrap_or_default()),
-            }),
-            _ => ops.push(Op::DelTelemetry { device: *id }),
-        }
+        ops.push(telemetry_op(*id, st.telemetry.get(id)));
     }
     ops
+}
+
+/// The write of device `id`'s telemetry `t`: its document, or a delete once it is empty.
+pub(crate) fn telemetry_op(id: u64, t: Option<&Telemetry>) -> Op {
+    match t {
+        Some(t) if !t.is_empty() => Op::PutTelemetry {
+            device: id,
+            json: Bytes::from(serde_json::to_vec(&t.to_json(None)).unwrap_or_default()),
+        },
+        _ => Op::DelTelemetry { device: id },
+    }
 }

@@ -312,13 +312,11 @@ impl Reader for DiskReader {
             .as_ref()
             .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
         let tx = db.begin_read().map_err(engine)?;
-        let (index, data) = match (tx.open_table(MESSAGE_INDEX), tx.open_table(MESSAGE_DATA)) {
-            (Ok(index), Ok(data)) => (index, data),
-            (Err(TableError::TableDoesNotExist(_)), _)
-            | (_, Err(TableError::TableDoesNotExist(_))) => {
-                return Ok(());
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(engine(e)),
+        let (Some(index), Some(data)) = (
+            read_table(&tx, MESSAGE_INDEX)?,
+            read_table(&tx, MESSAGE_DATA)?,
+        ) else {
+            return Ok(());
         };
         let (lo, hi) = devices::message_bounds(range.device, range.from, range.to);
         let mut iter = index.range(lo.as_slice()..=hi.as_slice()).map_err(engine)?;
@@ -344,15 +342,12 @@ impl Reader for DiskReader {
                     range.device, key.ts
                 )));
             };
-            let json = match v.value().split_first() {
-                Some((&format::RECORD_V1, json)) => json,
-                _ => {
-                    return Err(StoreError::Engine(format!(
-                        "device {} message at {}: unknown record version",
-                        range.device, key.ts
-                    )));
-                }
-            };
+            let json = record_json(v.value()).ok_or_else(|| {
+                StoreError::Engine(format!(
+                    "device {} message at {}: unknown record version",
+                    range.device, key.ts
+                ))
+            })?;
             if visit(key, json) == Visit::Stop {
                 return Ok(());
             }
@@ -369,10 +364,8 @@ impl Reader for DiskReader {
             .as_ref()
             .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
         let tx = db.begin_read().map_err(engine)?;
-        let data = match tx.open_table(MESSAGE_DATA) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(engine(e)),
+        let Some(data) = read_table(&tx, MESSAGE_DATA)? else {
+            return Ok(());
         };
         let mut from = [0u8; 24];
         from[..8].copy_from_slice(&seq.to_be_bytes());
@@ -381,15 +374,12 @@ impl Reader for DiskReader {
             let dk = <[u8; 24]>::try_from(k.value())
                 .map_err(|_| StoreError::Engine("a message data key is not 24 bytes".into()))?;
             let (owner, key) = devices::decode_data_key(&dk).map_err(StoreError::Engine)?;
-            let json = match v.value().split_first() {
-                Some((&format::RECORD_V1, json)) => json,
-                _ => {
-                    return Err(StoreError::Engine(format!(
-                        "message {} of {owner}: unknown record version",
-                        key.seq
-                    )));
-                }
-            };
+            let json = record_json(v.value()).ok_or_else(|| {
+                StoreError::Engine(format!(
+                    "message {} of {owner}: unknown record version",
+                    key.seq
+                ))
+            })?;
             if visit(owner, key, json) == Visit::Stop {
                 break;
             }
@@ -403,10 +393,8 @@ impl Reader for DiskReader {
             .as_ref()
             .ok_or_else(|| StoreError::Engine("the store file is closed after a failure".into()))?;
         let tx = db.begin_read().map_err(engine)?;
-        let table = match tx.open_table(MESSAGE_STATS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(MessageStats::default()),
-            Err(e) => return Err(engine(e)),
+        let Some(table) = read_table(&tx, MESSAGE_STATS)? else {
+            return Ok(MessageStats::default());
         };
         match table
             .get(format::id_key(device).as_slice())
@@ -450,34 +438,28 @@ pub fn export_dir(dir: &Path, out: &mut dyn std::io::Write) -> Result<(), StoreE
             crate::export::export_message(device, key, &json, &mut *out).map_err(io)
         };
         // A format 1 store (exports read without converting): its one table.
-        match tx.open_table(MESSAGES_V1) {
-            Ok(table) => {
-                for item in table.iter().map_err(engine)? {
-                    let (k, v) = item.map_err(engine)?;
-                    write("device_messages", k.value(), v.value())?;
-                }
+        if let Some(table) = read_table(&tx, MESSAGES_V1)? {
+            for item in table.iter().map_err(engine)? {
+                let (k, v) = item.map_err(engine)?;
+                write("device_messages", k.value(), v.value())?;
             }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(engine(e)),
         }
-        match (tx.open_table(MESSAGE_INDEX), tx.open_table(MESSAGE_DATA)) {
-            (Ok(index), Ok(data)) => {
-                for item in index.iter().map_err(engine)? {
-                    let (k, _) = item.map_err(engine)?;
-                    let ik = <[u8; 24]>::try_from(k.value())
-                        .map_err(|_| corrupt("message_index", "a key is not 24 bytes".into()))?;
-                    let v = data
-                        .get(devices::data_key(&ik).as_slice())
-                        .map_err(engine)?
-                        .ok_or_else(|| {
-                            corrupt("message_data", "an indexed message is missing".into())
-                        })?;
-                    write("message_data", &ik, v.value())?;
-                }
+        if let (Some(index), Some(data)) = (
+            read_table(&tx, MESSAGE_INDEX)?,
+            read_table(&tx, MESSAGE_DATA)?,
+        ) {
+            for item in index.iter().map_err(engine)? {
+                let (k, _) = item.map_err(engine)?;
+                let ik = <[u8; 24]>::try_from(k.value())
+                    .map_err(|_| corrupt("message_index", "a key is not 24 bytes".into()))?;
+                let v = data
+                    .get(devices::data_key(&ik).as_slice())
+                    .map_err(engine)?
+                    .ok_or_else(|| {
+                        corrupt("message_data", "an indexed message is missing".into())
+                    })?;
+                write("message_data", &ik, v.value())?;
             }
-            (Err(TableError::TableDoesNotExist(_)), _)
-            | (_, Err(TableError::TableDoesNotExist(_))) => {}
-            (Err(e), _) | (_, Err(e)) => return Err(engine(e)),
         }
         out.flush().map_err(io)
     })
@@ -1188,6 +1170,27 @@ impl<'t> Tables<'t> {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Table `def` of a read transaction; `None` when the store has never written it.
+fn read_table(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<Bin, Bin>,
+) -> Result<Option<redb::ReadOnlyTable<Bin, Bin>>, StoreError> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(engine(e)),
+    }
+}
+
+/// The JSON document of a stored record, without copying it; `None` for an unknown record
+/// version.
+fn record_json(v: &[u8]) -> Option<&[u8]> {
+    match v.split_first() {
+        Some((&format::RECORD_V1, json)) => Some(json),
+        _ => None,
     }
 }
 
