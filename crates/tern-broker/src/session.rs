@@ -243,6 +243,12 @@ pub struct Kick {
     waker: AtomicWaker,
 }
 
+thread_local! {
+    /// Delivery signals sent from this thread that woke a connection (see
+    /// [`Kick::wakes_on_this_thread`]).
+    static WAKES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// What woke a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
@@ -266,8 +272,16 @@ impl Kick {
     /// Tells the connection that deliveries are waiting.
     pub fn deliveries(&self) {
         if !self.deliveries.swap(true, Ordering::AcqRel) {
+            WAKES.set(WAKES.get().wrapping_add(1));
             self.waker.wake();
         }
+    }
+
+    /// How many connections this thread has signalled deliveries to so far (wrapping). The
+    /// difference across a synchronous step is how many subscribers that step woke: a
+    /// connection driver asks it around handling what it read (see `tern_net::driver`).
+    pub fn wakes_on_this_thread() -> u32 {
+        WAKES.get()
     }
 
     /// The pending reason, if the connection was asked to close.
