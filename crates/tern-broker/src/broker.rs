@@ -92,6 +92,9 @@ pub struct Routed {
     pub sessions: usize,
     /// The store ticket after which every stored copy is durable (0: nothing stored).
     pub ticket: Ticket,
+    /// In cluster mode, the fabric ticket after which the cluster has the message (0: nothing
+    /// to wait for).
+    pub fabric: crate::fabric::FabricTicket,
     /// Connected sessions whose outbox is over the backpressure mark: the publisher should
     /// pause reading until they drained.
     pub pressure: SmallVec<[Arc<Session>; 1]>,
@@ -746,9 +749,10 @@ impl Broker {
             ticket = self.set_retained(&msg, store_retained);
         }
         let routed = self.route(&msg);
-        self.to_fabric(&msg, store_retained);
+        let fabric = self.to_fabric(&msg, store_retained);
         Routed {
             ticket: routed.ticket.max(ticket),
+            fabric,
             ..routed
         }
     }
@@ -880,6 +884,7 @@ impl Broker {
         Routed {
             sessions: pushed,
             ticket,
+            fabric: 0,
             pressure,
         }
     }

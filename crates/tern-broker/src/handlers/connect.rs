@@ -169,9 +169,11 @@ impl Connection {
     fn apply_connect(&mut self, plan: ConnectPlan) -> Result<(), CloseReason> {
         self.keep_alive = plan.keep_alive;
         self.limits = plan.limits;
+        let connected_at = self.broker.clock.stamp();
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),
+            connected_at,
         };
         let origin = Origin {
             peer: self.peer,
@@ -192,6 +194,9 @@ impl Connection {
         if let Some(will) = attached.will {
             self.broker.publish_will(will);
         }
+        // A connection of the same client on another cluster node gives way (fabric.rs).
+        self.broker
+            .connected_to_fabric(&attached.session.key, connected_at);
         self.session = Some(attached.session.clone());
         // The token document is for the v5 CONNACK only: not kept for the connection's life.
         let Principal {
