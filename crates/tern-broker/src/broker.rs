@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
@@ -202,6 +202,8 @@ pub struct Broker {
     pub(crate) trigger_tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
     /// The other nodes of a cluster (`fabric.rs`), if this node is in one.
     pub(crate) fabric: std::sync::OnceLock<Arc<dyn crate::fabric::Fabric>>,
+    /// Cluster mode: this node lost the cluster (`Broker::set_unavailable`).
+    pub(crate) unavailable: AtomicBool,
     /// Which taps want anything now ([`Broker::set_tap_active`], [`Broker::set_trigger_active`]:
     /// bits [`TAP_CHANNELS`], [`TAP_TRIGGERS`]): every publish reads this one byte and nothing
     /// more while no in-process listener exists.
@@ -466,6 +468,7 @@ impl Broker {
             tap: std::sync::OnceLock::new(),
             trigger_tap: std::sync::OnceLock::new(),
             fabric: std::sync::OnceLock::new(),
+            unavailable: AtomicBool::new(false),
             tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
@@ -489,6 +492,13 @@ impl Broker {
         self.shutdown.cancel();
         for kick in self.connections.all() {
             kick.kick(crate::close::CloseReason::ServerShuttingDown);
+        }
+    }
+
+    /// Asks every connection to close with `reason`.
+    pub(crate) fn kick_all(&self, reason: crate::close::CloseReason) {
+        for kick in self.connections.all() {
+            kick.kick(reason.clone());
         }
     }
 

@@ -53,6 +53,24 @@ impl Broker {
         let _ = self.fabric.set(fabric);
     }
 
+    /// Cluster mode: marks this node unavailable (it lost NATS or its JetStream quorum for too
+    /// long) or available again. Unavailable, every connection is closed with 0x88 (Server
+    /// unavailable), new CONNECTs are refused with it and `/health` answers 503, so that a load
+    /// balancer moves the clients to a node that has the cluster.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        let was = self
+            .unavailable
+            .swap(unavailable, std::sync::atomic::Ordering::AcqRel);
+        if unavailable && !was {
+            self.kick_all(CloseReason::ClusterUnavailable);
+        }
+    }
+
+    /// Whether this node is marked unavailable ([`Broker::set_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether a fabric is installed (cluster mode).
     pub fn is_clustered(&self) -> bool {
         self.fabric.get().is_some()

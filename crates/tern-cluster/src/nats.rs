@@ -75,6 +75,9 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// How long the shard streams keep a message.
     pub stream_max_age: Duration,
+    /// How long NATS (or its JetStream quorum) may be out of reach before this node closes its
+    /// clients with 0x88 and answers `/health` 503; `None`: never.
+    pub unavailable_after: Option<Duration>,
 }
 
 /// What the cluster counts (read by the daemon's `/metrics`).
@@ -102,6 +105,10 @@ pub struct ClusterMetrics {
     pub confirmed: AtomicU64,
     /// Sessions ended here because their client connected to another node.
     pub takeovers: AtomicU64,
+    /// Set while this node is marked unavailable (cut off from the cluster).
+    pub unavailable: AtomicBool,
+    /// Times this node marked itself unavailable.
+    pub unavailable_total: AtomicU64,
     /// Retained puts and deletes written to the bucket.
     pub retained_written: AtomicU64,
     /// Retained puts and deletes applied from the bucket's watch.
@@ -396,6 +403,15 @@ pub async fn start(
         config.node.clone(),
         shutdown.clone(),
     ));
+    if let Some(after) = config.unavailable_after {
+        tokio::spawn(run_watchdog(
+            broker.clone(),
+            js.clone(),
+            after,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(run_notices(
         broker.clone(),
         notices,
@@ -626,6 +642,54 @@ fn stored(fabric: &NatsFabric, ticket: FabricTicket) {
     fabric.metrics.stored.fetch_add(1, Ordering::Relaxed);
     fabric.metrics.confirmed.store(ticket, Ordering::Release);
     fabric.confirmed.send_replace(ticket);
+}
+
+/// Watches this node's link to the cluster: once a second, whether the NATS connection is up
+/// and JetStream answers (the retained bucket's stream info, which needs its quorum). Out of
+/// reach for `after` in a row: the node is marked unavailable (`Broker::set_unavailable`:
+/// clients closed with 0x88, CONNECT refused, `/health` 503) until the cluster answers again.
+async fn run_watchdog(
+    broker: Arc<Broker>,
+    js: jetstream::Context,
+    after: Duration,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let reachable = metrics.connected.load(Ordering::Relaxed)
+            && tokio::time::timeout(
+                Duration::from_secs(2),
+                js.get_stream(format!("KV_{RETAINED_BUCKET}")),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let now = tokio::time::Instant::now();
+        if reachable {
+            out_since = None;
+            if metrics.unavailable.swap(false, Ordering::Relaxed) {
+                broker.set_unavailable(false);
+                tracing::warn!("cluster: NATS and JetStream answer again; accepting clients");
+            }
+            continue;
+        }
+        let since = *out_since.get_or_insert(now);
+        if now.duration_since(since) >= after && !metrics.unavailable.swap(true, Ordering::Relaxed)
+        {
+            metrics.unavailable_total.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                after = ?after,
+                "cluster: NATS or its JetStream quorum out of reach; closing clients with 0x88 until it answers"
+            );
+            broker.set_unavailable(true);
+        }
+    }
 }
 
 /// Connect notices of other nodes: a client that connected there gives way here.

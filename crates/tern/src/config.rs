@@ -72,6 +72,10 @@ pub struct Cluster {
     pub queue: usize,
     /// Seconds to wait for NATS at start before giving up.
     pub connect_timeout: u64,
+    /// Seconds NATS (or its JetStream quorum) may be out of reach before this node closes its
+    /// clients with 0x88 and answers `/health` 503, so that a load balancer moves them; 0:
+    /// never.
+    pub unavailable_after: u64,
 }
 
 impl Default for Cluster {
@@ -84,6 +88,7 @@ impl Default for Cluster {
             stream_max_age: 3_600,
             queue: 65_536,
             connect_timeout: 10,
+            unavailable_after: 10,
         }
     }
 }
@@ -1223,6 +1228,8 @@ impl Config {
             queue: self.cluster.queue,
             shards: self.cluster.shards,
             stream_max_age: Duration::from_secs(self.cluster.stream_max_age),
+            unavailable_after: (self.cluster.unavailable_after > 0)
+                .then(|| Duration::from_secs(self.cluster.unavailable_after)),
         })
     }
 

@@ -27,7 +27,8 @@
 //! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
 //!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
 //!   `tern_teltonika_ack_latency_seconds` (histogram)
-//! - cluster mode: `tern_cluster_nats_connected`, `tern_cluster_messages_sent`,
+//! - cluster mode: `tern_cluster_nats_connected`, `tern_cluster_unavailable`,
+//!   `tern_cluster_unavailable_periods`, `tern_cluster_messages_sent`,
 //!   `tern_cluster_messages_received`, `tern_cluster_messages_stored`,
 //!   `tern_cluster_store_retries`, `tern_cluster_takeovers`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
 //!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`
@@ -454,6 +455,18 @@ impl TernCollector {
             "tern_cluster_nats_connected",
             "1 while this node is connected to a NATS server",
             i64::from(m.connected.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            enc,
+            "tern_cluster_unavailable",
+            "1 while this node is cut off from the cluster (clients closed with 0x88, /health 503)",
+            i64::from(m.unavailable.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_unavailable_periods",
+            "Times this node marked itself unavailable (cluster.unavailable_after)",
+            load_u(&m.unavailable_total),
         )?;
         counter(
             enc,

@@ -57,6 +57,11 @@ impl Connection {
         let v5 = connect.protocol.is_v5();
         let config = &self.broker.config;
 
+        // Cluster mode, cut off from NATS: the client should go to a node that has it.
+        if self.broker.is_unavailable() {
+            return Err(ReasonCode::SERVER_UNAVAILABLE);
+        }
+
         if connect.properties.authentication_method.is_some() {
             // No enhanced authentication method is supported (MQTT 5 4.12).
             return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
