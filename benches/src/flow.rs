@@ -75,6 +75,9 @@ pub struct FlowConfig {
     /// Subscribers subscribe with a persistent session and stay away while the publishers
     /// run, then reconnect and drain what was queued (fan-in to offline sessions).
     pub offline: bool,
+    /// Where the subscribers connect, when not to the publishers' broker (another node of a
+    /// cluster: `--sub-broker`).
+    pub sub_broker: Option<std::net::SocketAddr>,
 }
 
 /// One publisher.
@@ -702,6 +705,9 @@ async fn subscriber(
 ) -> SubResult {
     let mut result = SubResult::new(spec.publishers.clone());
     let mut opts = cfg.connect.clone();
+    if let Some(addr) = cfg.sub_broker {
+        opts.broker = addr;
+    }
     if cfg.persistent || cfg.offline {
         opts.clean_start = false;
         opts.session_expiry = 300;

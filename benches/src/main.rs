@@ -55,6 +55,10 @@ struct Cli {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: SocketAddr,
+    /// Subscribers connect here instead of `--broker` (another node of a tern cluster: the
+    /// messages cross nodes).
+    #[arg(long)]
+    sub_broker: Option<SocketAddr>,
     /// QoS of every PUBLISH and subscription.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -319,6 +323,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
         persistent: cli.persistent,
         json: cli.json,
         offline: cli.offline,
+        sub_broker: cli.sub_broker,
     };
     let line = match cli.scenario {
         Scenario::ConnectStorm | Scenario::IdleMemory => {
