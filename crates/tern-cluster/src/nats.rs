@@ -359,19 +359,14 @@ pub async fn start(
         std::num::NonZeroU32::new(config.shards.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     let mut readers = Vec::new();
     for shard in 0..shards.get() {
-        let stream = shard_stream(&js, shard, &config).await?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                ..Default::default()
-            })
+        let mut stream = shard_stream(&js, shard, &config).await?;
+        // This node reads what is appended from now on: the sequence after the last one.
+        let last = stream
+            .info()
             .await
-            .map_err(|e| ClusterError::Nats(format!("reader of {}: {e}", stream_name(shard))))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ClusterError::Nats(format!("reader of {}: {e}", stream_name(shard))))?;
-        readers.push(messages);
+            .map(|i| i.state.last_sequence)
+            .map_err(|e| ClusterError::Nats(format!("info of {}: {e}", stream_name(shard))))?;
+        readers.push((stream, last + 1));
     }
 
     let queue = config.queue.max(1);
@@ -419,10 +414,11 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    for messages in readers {
+    for (stream, next) in readers {
         tokio::spawn(run_reader(
             broker.clone(),
-            messages,
+            stream,
+            next,
             config.node.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -762,47 +758,88 @@ fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, S
     ))
 }
 
-/// Routes what other nodes appended to one shard stream to this node's sessions.
+/// Routes what other nodes appended to one shard stream to this node's sessions. The reader is
+/// an ordered consumer from `next` (the stream's next sequence when the node started); when it
+/// fails (NATS restarted and lost the ephemeral consumer, a leader moved), it is created again
+/// from the sequence after the last one read, so nothing appended meanwhile is skipped.
 async fn run_reader(
     broker: Arc<Broker>,
-    mut messages: jetstream::consumer::pull::Ordered,
+    stream: jetstream::stream::Stream,
+    mut next: u64,
     node: String,
     metrics: Arc<ClusterMetrics>,
     shutdown: CancellationToken,
 ) {
+    let mut wait = Duration::from_millis(100);
     loop {
-        let next = tokio::select! {
-            m = messages.next() => m,
-            () = shutdown.cancelled() => None,
-        };
-        let msg = match next {
-            None => return,
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
+        let mut messages = match open_reader(&stream, next).await {
+            Ok(m) => m,
+            Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cluster: shard stream reader error");
+                tracing::warn!(error = %e, stream = %stream.cached_info().config.name, "cluster: shard stream reader not created, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        let own = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(NODE_HEADER))
-            .is_some_and(|v| v.as_str() == node);
-        if own {
-            continue;
-        }
-        match decode_on(&msg.subject, msg.payload.clone(), false) {
-            Ok(m) => {
-                metrics.received.fetch_add(1, Ordering::Relaxed);
-                broker.publish_remote(Arc::new(m));
+        wait = Duration::from_millis(100);
+        loop {
+            let item = tokio::select! {
+                m = messages.next() => m,
+                () = shutdown.cancelled() => return,
+            };
+            let msg = match item {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, next, "cluster: shard stream reader failed, reading again from its next message");
+                    break;
+                }
+                None => break,
+            };
+            if let Ok(info) = msg.info() {
+                next = info.stream_sequence + 1;
             }
-            Err(e) => {
-                metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable stream message skipped");
+            let own = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(NODE_HEADER))
+                .is_some_and(|v| v.as_str() == node);
+            if own {
+                continue;
+            }
+            match decode_on(&msg.subject, msg.payload.clone(), false) {
+                Ok(m) => {
+                    metrics.received.fetch_add(1, Ordering::Relaxed);
+                    broker.publish_remote(Arc::new(m));
+                }
+                Err(e) => {
+                    metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable stream message skipped");
+                }
             }
         }
     }
+}
+
+/// An ordered consumer of `stream` from sequence `from` on.
+async fn open_reader(
+    stream: &jetstream::stream::Stream,
+    from: u64,
+) -> Result<jetstream::consumer::pull::Ordered, String> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
 }
 
 /// Publishes the live queue on core NATS.
