@@ -197,6 +197,8 @@ pub struct Broker {
     pub(crate) tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
     /// The trigger tap (`tap.rs`: webhooks), if installed: it sees `flespi/` topics too.
     pub(crate) trigger_tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
+    /// The other nodes of a cluster (`fabric.rs`), if this node is in one.
+    pub(crate) fabric: std::sync::OnceLock<Arc<dyn crate::fabric::Fabric>>,
     /// Which taps want anything now ([`Broker::set_tap_active`], [`Broker::set_trigger_active`]:
     /// bits [`TAP_CHANNELS`], [`TAP_TRIGGERS`]): every publish reads this one byte and nothing
     /// more while no in-process listener exists.
@@ -460,6 +462,7 @@ impl Broker {
             rest: std::sync::OnceLock::new(),
             tap: std::sync::OnceLock::new(),
             trigger_tap: std::sync::OnceLock::new(),
+            fabric: std::sync::OnceLock::new(),
             tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
@@ -742,15 +745,22 @@ impl Broker {
         if msg.retain && self.config.retain_available {
             ticket = self.set_retained(&msg, store_retained);
         }
+        let routed = self.route(&msg);
+        self.to_fabric(&msg, store_retained);
+        Routed {
+            ticket: routed.ticket.max(ticket),
+            ..routed
+        }
+    }
+
+    /// Routes `msg` to this node's matching sessions.
+    pub(crate) fn route(&self, msg: &Arc<Message>) -> Routed {
         TARGETS.with(|cell| {
             let mut targets = cell.borrow_mut();
-            self.collect_targets(&msg, &mut targets);
-            let routed = self.push_targets(&msg, &mut targets);
+            self.collect_targets(msg, &mut targets);
+            let routed = self.push_targets(msg, &mut targets);
             targets.clear();
-            Routed {
-                ticket: routed.ticket.max(ticket),
-                ..routed
-            }
+            routed
         })
     }
 
@@ -993,7 +1003,7 @@ impl Broker {
 
     /// Sets or (empty payload) deletes a retained message; returns the store ticket. With
     /// `store_put` false a set is not written to the store (see [`Broker::publish_derived`]).
-    fn set_retained(&self, msg: &Arc<Message>, store_put: bool) -> Ticket {
+    pub(crate) fn set_retained(&self, msg: &Arc<Message>, store_put: bool) -> Ticket {
         let ns = self.namespace_or_create(msg.cid);
         let mut tree = ns.retained.write();
         if msg.payload.is_empty() {
@@ -1014,7 +1024,8 @@ impl Broker {
                 }
                 None => Metrics::gauge(&self.metrics.retained, 1),
             }
-            if store_put && self.store.enabled() {
+            // In cluster mode the cluster's retained bucket is the durable copy (`fabric.rs`).
+            if store_put && self.store.enabled() && !self.is_clustered() {
                 return self.store.submit(Op::PutRetained { msg: msg.clone() });
             }
             0

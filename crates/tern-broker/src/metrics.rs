@@ -61,6 +61,8 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     pub subscriptions: AtomicI64,
     pub retained: AtomicI64,
+    /// Messages other nodes of the cluster published, routed here (`fabric.rs`).
+    pub messages_in_remote: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -96,6 +98,7 @@ impl Default for Metrics {
             subscriptions: AtomicI64::new(0),
             retained: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
+            messages_in_remote: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),

@@ -15,11 +15,15 @@
 //!   receive at least every matching topic), [`shard_of`] (the stable hash that picks a topic's
 //!   shard), and [`SubjectError`], each message saying what is wrong with a subject
 
+mod nats;
 mod subject;
 
 #[cfg(test)]
 mod proptests;
 
+pub use nats::{
+    Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
+};
 pub use subject::{
     Decoded, LIVE_PREFIX, SHARD_PREFIX, SubjectError, SubjectKind, decode_subject, encode_filter,
     encode_topic, shard_of,

@@ -44,6 +44,12 @@ pub use error::StoreError;
 pub use export::{EXPORT_VERSION, export, import};
 pub use fault::{FaultSwitch, FaultyBackend};
 pub use format::FORMAT_VERSION;
+/// A whole message (topic, payload, flags, account, timestamp, expiry, v5 properties) as one
+/// versioned record: the retained record of the store, also what the cluster sends between
+/// nodes (`tern-cluster`), so one encoding serves both.
+pub use format::{
+    FormatError, decode_retained as decode_message_record, encode_retained as encode_message_record,
+};
 pub use handle::{Backend, DEFAULT_MAX_QUEUED, FsyncPolicy, Store, Ticket, Writer};
 pub use memory::{MemoryBackend, MemorySession, MemoryState};
 pub use model::*;

@@ -46,6 +46,39 @@ pub struct Config {
     pub accounts: Vec<AccountSpec>,
     /// Tokens to create (or update) at start, by key (`[[tokens]]`).
     pub tokens: Vec<TokenSpec>,
+    /// Cluster mode (`[cluster]`): off while `nats` is empty.
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`: tern nodes sharing publications and retained messages through NATS (issue 17,
+/// first slice; README "Cluster mode").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// NATS server URLs, e.g. `["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]`. Empty: a
+    /// single node, no NATS.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster. Empty: the host name.
+    pub node: String,
+    /// Replicas of the JetStream KV bucket of retained messages (at most the NATS servers).
+    pub retained_replicas: usize,
+    /// Messages each outgoing queue (live, retained) holds; full: the newest is dropped and
+    /// counted (`tern_cluster_dropped_total{queue}`).
+    pub queue: usize,
+    /// Seconds to wait for NATS at start before giving up.
+    pub connect_timeout: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            nats: Vec::new(),
+            node: String::new(),
+            retained_replicas: 1,
+            queue: 65_536,
+            connect_timeout: 10,
+        }
+    }
 }
 
 /// `[quotas]`: per-account limits (an account's own `limits` override them). Each bounds an
@@ -821,6 +854,29 @@ impl Config {
 
     fn validate(&self, layers: &Layers<'_>) -> Result<(), ConfigError> {
         let fail = |key: &str, message: String| Err(layers.error(key, message));
+        for (i, url) in self.cluster.nats.iter().enumerate() {
+            let rest = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .unwrap_or(url);
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return fail(
+                    &format!("cluster.nats.{i}"),
+                    format!("{url:?} is not a NATS server address (nats://host:port)"),
+                );
+            }
+        }
+        if !self.cluster.nats.is_empty() {
+            if self.cluster.retained_replicas == 0 || self.cluster.retained_replicas > 5 {
+                return fail(
+                    "cluster.retained_replicas",
+                    "must be 1 to 5 (JetStream's limit)".into(),
+                );
+            }
+            if self.cluster.queue == 0 {
+                return fail("cluster.queue", "must be at least 1".into());
+            }
+        }
         if self.mqtt.max_qos > 2 {
             return fail(
                 "mqtt.max_qos",
@@ -1135,6 +1191,26 @@ impl Config {
     }
 
     /// The broker core's settings.
+    /// Cluster mode's settings, or `None` for a single node (`cluster.nats` empty).
+    pub fn cluster(&self) -> Option<tern_cluster::ClusterConfig> {
+        if self.cluster.nats.is_empty() {
+            return None;
+        }
+        let node = if self.cluster.node.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        } else {
+            self.cluster.node.clone()
+        };
+        Some(tern_cluster::ClusterConfig {
+            nats: self.cluster.nats.clone(),
+            node: if node.is_empty() { "tern".into() } else { node },
+            retained_replicas: self.cluster.retained_replicas,
+            queue: self.cluster.queue,
+        })
+    }
+
     pub fn broker(&self) -> BrokerConfig {
         BrokerConfig {
             max_qos: QoS::from_u8(self.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),

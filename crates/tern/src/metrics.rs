@@ -27,6 +27,9 @@
 //! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
 //!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
 //!   `tern_teltonika_ack_latency_seconds` (histogram)
+//! - cluster mode: `tern_cluster_nats_connected`, `tern_cluster_messages_sent`,
+//!   `tern_cluster_messages_received`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
+//!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -68,6 +71,7 @@ impl Exporter {
         tls: Option<Arc<TlsContext>>,
         directory: Arc<Directory>,
         gateway: Arc<Gateway>,
+        cluster: Option<Arc<tern_cluster::Cluster>>,
     ) -> Exporter {
         let mut registry = Registry::default();
         let started = SystemTime::now()
@@ -80,6 +84,7 @@ impl Exporter {
             tls,
             directory,
             gateway,
+            cluster,
             started,
         }));
         Exporter { registry }
@@ -104,6 +109,7 @@ struct TernCollector {
     tls: Option<Arc<TlsContext>>,
     directory: Arc<Directory>,
     gateway: Arc<Gateway>,
+    cluster: Option<Arc<tern_cluster::Cluster>>,
     started: f64,
 }
 
@@ -403,6 +409,7 @@ impl Collector for TernCollector {
             load_i(&b.inflight),
         )?;
         self.encode_gw(&mut enc)?;
+        self.encode_cluster(&mut enc)?;
         family(
             &mut enc,
             "tern_build_info",
@@ -435,6 +442,72 @@ impl Collector for TernCollector {
 }
 
 impl TernCollector {
+    /// Cluster mode's families (`tern_cluster_*`), only in cluster mode.
+    fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let m = &cluster.metrics;
+        gauge(
+            enc,
+            "tern_cluster_nats_connected",
+            "1 while this node is connected to a NATS server",
+            i64::from(m.connected.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_messages_sent",
+            "Publications of this node sent to the other nodes",
+            load_u(&m.sent),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_messages_received",
+            "Publications of other nodes received and routed here",
+            load_u(&m.received),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_undecodable",
+            "Messages or retained entries from NATS that did not decode (skipped)",
+            load_u(&m.undecodable),
+        )?;
+        family(
+            enc,
+            "tern_cluster_dropped",
+            "Publications not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
+            MetricType::Counter,
+            [
+                (
+                    [("queue", "live")],
+                    ConstCounter::new(load_u(&m.dropped_live)),
+                ),
+                (
+                    [("queue", "retained")],
+                    ConstCounter::new(load_u(&m.dropped_retained)),
+                ),
+            ],
+        )?;
+        counter(
+            enc,
+            "tern_cluster_retained_written",
+            "Retained puts and deletes written to the cluster's retained bucket",
+            load_u(&m.retained_written),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_retained_applied",
+            "Retained puts and deletes applied from the cluster's retained bucket",
+            load_u(&m.retained_applied),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_errors",
+            "Failed NATS operations (publish, retained write, watch)",
+            load_u(&m.errors),
+        )
+    }
+
     /// The devices layer's families (`tern_gw_*`).
     fn encode_gw(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let m = &self.gateway.metrics;

@@ -142,6 +142,25 @@ impl Server {
                 "state restored"
             );
         }
+        // Cluster mode (README "Cluster mode"): the fabric installed and the retained replica
+        // loaded before anything publishes or any client connects.
+        let cluster = match config.cluster() {
+            Some(cluster) => {
+                let timeout = Duration::from_secs(config.cluster.connect_timeout.max(1));
+                let node = cluster.node.clone();
+                let c = tern_cluster::start(
+                    broker.clone(),
+                    cluster,
+                    broker.shutdown_token().clone(),
+                    timeout,
+                )
+                .await
+                .context("cluster mode")?;
+                tracing::info!(node = %node, nats = %config.cluster.nats.join(","), "cluster mode");
+                Some(Arc::new(c))
+            }
+            None => None,
+        };
         // REST over MQTT (docs/flespi.md#rest-over-mqtt) and the state topics of
         // docs/flespi.md#broker-events, whether or not an HTTP listener runs.
         // The devices layer (docs/flespi.md#devices): its records from the store, its retained
@@ -187,6 +206,7 @@ impl Server {
             tls.clone(),
             directory.clone(),
             gateway.clone(),
+            cluster.clone(),
         ));
 
         if let Some(listener) = mqtt {
