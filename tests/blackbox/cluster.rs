@@ -28,6 +28,9 @@ use crate::support::{Client, QUIET};
 const ANON_CID: u64 = 4242;
 /// How long a message, a subscription or a retained update gets to cross between nodes.
 const CROSS: Duration = Duration::from_secs(10);
+/// `cluster.connect_timeout`: also how long a node waits for the retained replica at start,
+/// which must fit in the 10 s `Daemon::spawn` waits for the listener.
+const CONNECT_TIMEOUT: u64 = 5;
 /// The two nodes of [`Cluster::pair`].
 const A: usize = 0;
 const B: usize = 1;
@@ -50,7 +53,8 @@ impl Node {
             &config,
             format!(
                 "[auth]\nanonymous = true\nanonymous_cid = {ANON_CID}\n\n\
-                 [cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\nretained_replicas = 1\n",
+                 [cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\nretained_replicas = 1\n\
+                 connect_timeout = {CONNECT_TIMEOUT}\n",
                 nats.url()
             ),
         )
@@ -126,11 +130,13 @@ impl Cluster {
         for n in &self.nodes {
             out.push_str(&format!("\n--- node {} ---\n{}", n.name, n.daemon.log()));
         }
+        out.push_str(&format!("\n--- nats-server ---\n{}", self.nats.log()));
         out
     }
 
     /// Publishes probes on `topic` (whose last level is [`PROBE`]) from node `from` until each
-    /// of `subs` received one: their subscriptions are known across the cluster.
+    /// of `subs` received one: their subscriptions are known across the cluster. Retained
+    /// messages delivered on subscribing are acknowledged and skipped.
     async fn ready(&self, from: usize, topic: &str, subs: &mut [&mut Client]) {
         assert!(topic.ends_with(PROBE));
         static PROBERS: AtomicU32 = AtomicU32::new(0);
@@ -161,6 +167,8 @@ impl Cluster {
                 }
                 match s.read(Duration::from_millis(100)).await {
                     Read::Packet(Packet::Publish(m)) if is_probe(&m) => *r = true,
+                    // What the node retains (its own account state too) comes on subscribing.
+                    Read::Packet(Packet::Publish(m)) if m.retain => s.ack(&m).await,
                     Read::Timeout => {}
                     other => panic!("during the probes: {other:?}{}", self.logs()),
                 }
