@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
@@ -92,6 +92,9 @@ pub struct Routed {
     pub sessions: usize,
     /// The store ticket after which every stored copy is durable (0: nothing stored).
     pub ticket: Ticket,
+    /// In cluster mode, the fabric ticket after which the cluster has the message (0: nothing
+    /// to wait for).
+    pub fabric: crate::fabric::FabricTicket,
     /// Connected sessions whose outbox is over the backpressure mark: the publisher should
     /// pause reading until they drained.
     pub pressure: SmallVec<[Arc<Session>; 1]>,
@@ -199,6 +202,8 @@ pub struct Broker {
     pub(crate) trigger_tap: std::sync::OnceLock<Arc<dyn crate::tap::PublishTap>>,
     /// The other nodes of a cluster (`fabric.rs`), if this node is in one.
     pub(crate) fabric: std::sync::OnceLock<Arc<dyn crate::fabric::Fabric>>,
+    /// Cluster mode: this node lost the cluster (`Broker::set_unavailable`).
+    pub(crate) unavailable: AtomicBool,
     /// Which taps want anything now ([`Broker::set_tap_active`], [`Broker::set_trigger_active`]:
     /// bits [`TAP_CHANNELS`], [`TAP_TRIGGERS`]): every publish reads this one byte and nothing
     /// more while no in-process listener exists.
@@ -463,6 +468,7 @@ impl Broker {
             tap: std::sync::OnceLock::new(),
             trigger_tap: std::sync::OnceLock::new(),
             fabric: std::sync::OnceLock::new(),
+            unavailable: AtomicBool::new(false),
             tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
@@ -486,6 +492,13 @@ impl Broker {
         self.shutdown.cancel();
         for kick in self.connections.all() {
             kick.kick(crate::close::CloseReason::ServerShuttingDown);
+        }
+    }
+
+    /// Asks every connection to close with `reason`.
+    pub(crate) fn kick_all(&self, reason: crate::close::CloseReason) {
+        for kick in self.connections.all() {
+            kick.kick(reason.clone());
         }
     }
 
@@ -746,9 +759,10 @@ impl Broker {
             ticket = self.set_retained(&msg, store_retained);
         }
         let routed = self.route(&msg);
-        self.to_fabric(&msg, store_retained);
+        let fabric = self.to_fabric(&msg, store_retained);
         Routed {
             ticket: routed.ticket.max(ticket),
+            fabric,
             ..routed
         }
     }
@@ -880,6 +894,7 @@ impl Broker {
         Routed {
             sessions: pushed,
             ticket,
+            fabric: 0,
             pressure,
         }
     }

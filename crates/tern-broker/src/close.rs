@@ -39,6 +39,10 @@ pub enum CloseReason {
     /// v5 client gets PUBACK/PUBREC 0x97 instead and stays connected). Closed rather than left
     /// waiting (v5 DISCONNECT 0x97).
     StoreUnavailable,
+    /// Cluster mode: this node lost NATS (or its JetStream quorum) for longer than
+    /// `cluster.unavailable_after` (0x88 Server unavailable), so that the client reconnects to
+    /// a node that has it.
+    ClusterUnavailable,
     /// The client sent more unacknowledged QoS 1/2 PUBLISH packets than Receive Maximum (0x93).
     ReceiveMaximumExceeded,
     /// The client sent a packet larger than the broker's Maximum Packet Size (0x95).
@@ -71,6 +75,7 @@ impl CloseReason {
             CloseReason::AccessRevoked => ReasonCode::NOT_AUTHORIZED,
             CloseReason::SlowConsumer => ReasonCode::QUOTA_EXCEEDED,
             CloseReason::StoreUnavailable => ReasonCode::QUOTA_EXCEEDED,
+            CloseReason::ClusterUnavailable => ReasonCode::SERVER_UNAVAILABLE,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
             CloseReason::Violation { code, .. } => *code,
@@ -93,6 +98,7 @@ impl CloseReason {
             CloseReason::AccessRevoked => "access_revoked",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::StoreUnavailable => "store_unavailable",
+            CloseReason::ClusterUnavailable => "cluster_unavailable",
             CloseReason::ReceiveMaximumExceeded => "receive_maximum_exceeded",
             CloseReason::PacketTooLarge => "packet_too_large",
             CloseReason::Violation { code, .. } => match code.0 {
@@ -123,6 +129,7 @@ impl CloseReason {
         "access_revoked",
         "slow_consumer",
         "store_unavailable",
+        "cluster_unavailable",
         "receive_maximum_exceeded",
         "packet_too_large",
         "malformed_packet",

@@ -326,12 +326,26 @@ impl Connection {
     /// Sends an acknowledgement once the store ops it depends on are durable (`ticket`),
     /// keeping acknowledgements in the order their packets arrived.
     pub(crate) fn send_after(&mut self, ticket: Ticket, packet: Packet) {
+        self.send_after_fabric(ticket, 0, packet);
+    }
+
+    /// [`Connection::send_after`], also waiting until the cluster confirmed `fabric`
+    /// (`fabric.rs`).
+    pub(crate) fn send_after_fabric(
+        &mut self,
+        ticket: Ticket,
+        fabric: crate::fabric::FabricTicket,
+        packet: Packet,
+    ) {
         let none_held = self.held.as_ref().is_none_or(|h| !h.holds_acks());
-        if none_held && ticket <= self.broker.store().durable() {
+        if none_held
+            && ticket <= self.broker.store().durable()
+            && (fabric == 0 || fabric <= self.broker.fabric_confirmed())
+        {
             self.send(&packet);
             return;
         }
-        self.held().hold(ticket, packet);
+        self.held().hold(ticket, fabric, packet);
     }
 
     /// Unacknowledged inbound QoS 1 messages: PUBACKs held until the store has the message.
@@ -342,10 +356,11 @@ impl Connection {
     /// Sends the held acknowledgements whose ops are durable now.
     pub fn release_acks(&mut self) {
         let durable = self.broker.store().durable();
+        let confirmed = self.broker.fabric_confirmed();
         let Some(mut held) = self.held.take() else {
             return;
         };
-        while let Some(packet) = held.release(durable) {
+        while let Some(packet) = held.release(durable, confirmed) {
             self.send(&packet);
         }
         self.held = Some(held);
@@ -355,7 +370,7 @@ impl Connection {
     /// when nothing is held). Then call [`Connection::acks_durable`].
     pub fn poll_acks_durable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.held.as_mut() {
-            Some(held) => held.poll_acks_durable(self.broker.store(), cx),
+            Some(held) => held.poll_acks_durable(&self.broker, cx),
             None => Poll::Pending,
         }
     }

@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tern_codec::Packet;
-use tern_store::{Store, Ticket};
+use tern_store::Ticket;
+
+use crate::broker::Broker;
+use crate::fabric::FabricTicket;
 
 use crate::message::SessionId;
 use crate::session::Session;
@@ -32,12 +35,14 @@ type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Acknowledgements and reads a publishing connection holds back.
 #[derive(Default)]
 pub(crate) struct Held {
-    /// Acknowledgements waiting for their store ticket to become durable, in arrival order.
-    acks: VecDeque<(Ticket, Packet)>,
+    /// Acknowledgements waiting for their store ticket to become durable (and, in cluster
+    /// mode, their fabric ticket to be confirmed), in arrival order.
+    acks: VecDeque<(Ticket, FabricTicket, Packet)>,
     /// How many of `acks` are PUBACKs (unacknowledged inbound QoS 1 messages).
     pubacks: usize,
-    /// The wait for the store to reach the oldest held acknowledgement's ticket.
-    acks_wait: Option<(Ticket, Wait)>,
+    /// The wait for the store (and the fabric) to reach the oldest held acknowledgement's
+    /// tickets.
+    acks_wait: Option<((Ticket, FabricTicket), Wait)>,
     /// Congested sessions this connection's publishes went to: reading pauses until they
     /// drained.
     pressure: Vec<Arc<Session>>,
@@ -56,14 +61,15 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
-    /// Holds `packet` until the store reaches `ticket`, after every acknowledgement held
-    /// before it (the order their packets arrived).
-    pub(crate) fn hold(&mut self, ticket: Ticket, packet: Packet) {
-        let ticket = ticket.max(self.acks.back().map_or(0, |(t, _)| *t));
+    /// Holds `packet` until the store reaches `ticket` and the fabric `fabric`, after every
+    /// acknowledgement held before it (the order their packets arrived).
+    pub(crate) fn hold(&mut self, ticket: Ticket, fabric: FabricTicket, packet: Packet) {
+        let (last, last_fabric) = self.acks.back().map_or((0, 0), |(t, f, _)| (*t, *f));
         if matches!(packet, Packet::PubAck(_)) {
             self.pubacks += 1;
         }
-        self.acks.push_back((ticket, packet));
+        self.acks
+            .push_back((ticket.max(last), fabric.max(last_fabric), packet));
     }
 
     /// Whether acknowledgements are held.
@@ -76,36 +82,49 @@ impl Held {
         self.pubacks
     }
 
-    /// The ticket the oldest held acknowledgement waits for.
+    /// The store ticket the oldest held acknowledgement waits for.
     pub(crate) fn oldest(&self) -> Option<Ticket> {
-        self.acks.front().map(|(t, _)| *t)
+        self.acks.front().map(|(t, _, _)| *t)
     }
 
-    /// Takes the next held acknowledgement if the store has what it acknowledges (`durable`).
-    pub(crate) fn release(&mut self, durable: Ticket) -> Option<Packet> {
-        if self.acks.front().is_none_or(|(t, _)| *t > durable) {
+    /// Takes the next held acknowledgement if the store has what it acknowledges (`durable`)
+    /// and the fabric confirmed it (`confirmed`).
+    pub(crate) fn release(&mut self, durable: Ticket, confirmed: FabricTicket) -> Option<Packet> {
+        if self
+            .acks
+            .front()
+            .is_none_or(|(t, f, _)| *t > durable || *f > confirmed)
+        {
             return None;
         }
-        let (_, packet) = self.acks.pop_front()?;
+        let (_, _, packet) = self.acks.pop_front()?;
         if matches!(packet, Packet::PubAck(_)) {
             self.pubacks -= 1;
         }
         Some(packet)
     }
 
-    /// Ready when `store` reached the oldest held acknowledgement's ticket, or fails; pending
-    /// when nothing is held.
-    pub(crate) fn poll_acks_durable(&mut self, store: &Store, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(ticket) = self.oldest() else {
+    /// Ready when the store reached the oldest held acknowledgement's ticket (or fails) and
+    /// the fabric confirmed its fabric ticket; pending when nothing is held.
+    pub(crate) fn poll_acks_durable(&mut self, broker: &Broker, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(&(ticket, fabric, _)) = self.acks.front() else {
             self.acks_wait = None;
             return Poll::Pending;
         };
-        if self.acks_wait.as_ref().is_none_or(|(t, _)| *t != ticket) {
-            let store = store.clone();
+        if self
+            .acks_wait
+            .as_ref()
+            .is_none_or(|(t, _)| *t != (ticket, fabric))
+        {
+            let store = broker.store().clone();
+            let fabric_wait = broker.fabric_wait(fabric);
             let wait: Wait = Box::pin(async move {
                 store.wait_or_failing(ticket).await;
+                if let Some(w) = fabric_wait {
+                    w.await;
+                }
             });
-            self.acks_wait = Some((ticket, wait));
+            self.acks_wait = Some(((ticket, fabric), wait));
         }
         let Some((_, wait)) = self.acks_wait.as_mut() else {
             return Poll::Pending;

@@ -230,6 +230,9 @@ pub struct ConnLink {
     /// That connection's signals: closing it (takeover, administrative action, slow
     /// consumer) and waking it for deliveries.
     pub kick: Arc<Kick>,
+    /// When its CONNECT was accepted (broker clock): the older of two connections of one
+    /// client on two cluster nodes gives way (`fabric.rs`).
+    pub connected_at: Micros,
 }
 
 /// The signals one connection waits for: a request to close it (takeover, administrative

@@ -1,7 +1,20 @@
-//! The NATS side of cluster mode, first slice (issue 17; `scale-out.md` §3.2 "QoS 0" and
-//! "Retained"): every publication goes to the other nodes over core NATS, and retained
-//! messages live in the JetStream KV bucket `tern_ret`, replicated into every node's retained
-//! tree.
+//! The NATS side of cluster mode (issue 17; `scale-out.md` §3.2): QoS 0 publications go to the
+//! other nodes over core NATS, QoS 1 and 2 ones are stored once in JetStream shard streams
+//! before the publisher's acknowledgement, and retained messages live in the JetStream KV
+//! bucket `tern_ret`, replicated into every node's retained tree.
+//!
+//! - QoS 1/2: [`NatsFabric::published`] gives the message the next fabric ticket and queues it
+//!   (bounded, `[cluster] queue`) for one task that appends it to stream `TERN_Q_<s>` (subject
+//!   `tern.q.<s>.<acct>.<topic>`, `s` = [`crate::shard_of`] the account and topic, so one
+//!   topic keeps its order) with a `Nats-Msg-Id` (node, start, ticket: a retried append is
+//!   deduplicated) and up to [`DURABLE_INFLIGHT`] appends waiting for their JetStream ack.
+//!   Acks are taken in order; each moves the confirmed ticket on, which releases the held
+//!   PUBACKs and PUBRECs (`tern_broker::fabric`). A failed append is retried with back-off, so
+//!   during a JetStream leader election the acknowledgements wait (backpressure, not errors).
+//!   A full queue: the message goes the QoS 0 way instead and is counted
+//!   (`tern_cluster_dropped{queue="durable"}`), acknowledged without waiting.
+//!   Every node reads every shard with an ordered consumer from the moment it started and
+//!   routes what other nodes appended (header `Tern-Node`) to its sessions.
 //!
 //! - Out: [`NatsFabric::published`] encodes a message (`tern_store`'s message record, the
 //!   subject from [`encode_topic`]) on the publisher's path and `try_send`s it into one of two
@@ -21,6 +34,7 @@
 //! after JetStream, sessions and takeover across nodes, wills after a node crash, `$share`
 //! across nodes, accounts and tokens in KV, REST over the whole cluster, health on quorum.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,14 +42,22 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tern_broker::{Broker, Fabric, Message};
-use tokio::sync::mpsc;
+use tern_broker::{Broker, Fabric, FabricTicket, FabricWait, Message, Micros, SessionKey};
+use tern_codec::QoS;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::subject::{SubjectKind, decode_subject, encode_topic};
+use crate::subject::{SubjectKind, decode_subject, encode_topic, shard_of};
 
 /// The KV bucket of retained messages.
 pub const RETAINED_BUCKET: &str = "tern_ret";
+
+/// Appends to the shard streams waiting for their JetStream ack at most (below async-nats's
+/// own limit of 5,000, so that an append never waits for a permit while acks are not read).
+pub const DURABLE_INFLIGHT: usize = 1024;
+
+/// The header that names the node a stream message was published on.
+const NODE_HEADER: &str = "Tern-Node";
 
 /// `[cluster]` as the daemon hands it over.
 #[derive(Debug, Clone)]
@@ -44,10 +66,18 @@ pub struct ClusterConfig {
     pub nats: Vec<String>,
     /// This node's name, unique in the cluster (the NATS connection name, logs).
     pub node: String,
-    /// Replicas of the retained bucket (1 for a single NATS server, 3 in a 3-server cluster).
-    pub retained_replicas: usize,
+    /// Replicas of the retained bucket and of the shard streams (1 for a single NATS server,
+    /// 3 in a 3-server cluster).
+    pub replicas: usize,
     /// Messages each outgoing queue holds at most.
     pub queue: usize,
+    /// QoS 1/2 shard streams (`TERN_Q_0` ..).
+    pub shards: u32,
+    /// How long the shard streams keep a message.
+    pub stream_max_age: Duration,
+    /// How long NATS (or its JetStream quorum) may be out of reach before this node closes its
+    /// clients with 0x88 and answers `/health` 503; `None`: never.
+    pub unavailable_after: Option<Duration>,
 }
 
 /// What the cluster counts (read by the daemon's `/metrics`).
@@ -65,6 +95,20 @@ pub struct ClusterMetrics {
     pub dropped_live: AtomicU64,
     /// Dropped because the retained queue was full.
     pub dropped_retained: AtomicU64,
+    /// QoS 1/2 messages sent the QoS 0 way because the durable queue was full.
+    pub dropped_durable: AtomicU64,
+    /// QoS 1/2 messages appended to a shard stream (JetStream acknowledged).
+    pub stored: AtomicU64,
+    /// Appends retried after an error or a missing ack.
+    pub store_retries: AtomicU64,
+    /// The last confirmed fabric ticket.
+    pub confirmed: AtomicU64,
+    /// Sessions ended here because their client connected to another node.
+    pub takeovers: AtomicU64,
+    /// Set while this node is marked unavailable (cut off from the cluster).
+    pub unavailable: AtomicBool,
+    /// Times this node marked itself unavailable.
+    pub unavailable_total: AtomicU64,
     /// Retained puts and deletes written to the bucket.
     pub retained_written: AtomicU64,
     /// Retained puts and deletes applied from the bucket's watch.
@@ -82,21 +126,39 @@ struct Out {
     delete: bool,
 }
 
+/// One QoS 1/2 message for the shard streams.
+#[derive(Debug)]
+struct Durable {
+    ticket: FabricTicket,
+    subject: String,
+    record: Bytes,
+}
+
 /// The fabric the broker calls (see the module).
 #[derive(Debug)]
 pub struct NatsFabric {
     live: mpsc::Sender<Out>,
     retained: mpsc::Sender<Out>,
+    durable: mpsc::Sender<Durable>,
+    /// The last ticket given out; taken with the queue's send under this lock, so that the
+    /// queue holds tickets in order.
+    next: parking_lot::Mutex<FabricTicket>,
+    confirmed: watch::Sender<FabricTicket>,
+    shards: std::num::NonZeroU32,
     metrics: Arc<ClusterMetrics>,
+    node: String,
 }
 
+/// The first tokens of a connect notice: `tern.s.<acct>.<client id as topic tokens>`.
+pub const SESSION_PREFIX: &str = "tern.s.";
+
 impl Fabric for NatsFabric {
-    fn published(&self, msg: &Arc<Message>, durable_retained: bool) {
+    fn published(&self, msg: &Arc<Message>, durable_retained: bool) -> FabricTicket {
         let Ok(record) = tern_store::encode_message_record(msg) else {
             // Only a message too large for the record's lengths fails here; such a message
             // cannot have been accepted from a client.
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            return;
+            return 0;
         };
         let record = Bytes::from(record);
         if msg.retain && durable_retained {
@@ -114,6 +176,27 @@ impl Fabric for NatsFabric {
             }
         }
         let mut subject = String::with_capacity(LIVE_CAPACITY);
+        if msg.qos != QoS::AtMostOnce {
+            let shard = shard_of(msg.cid, &msg.topic, self.shards);
+            encode_topic(SubjectKind::Shard(shard), msg.cid, &msg.topic, &mut subject);
+            let mut next = self.next.lock();
+            let ticket = *next + 1;
+            match self.durable.try_send(Durable {
+                ticket,
+                subject,
+                record: record.clone(),
+            }) {
+                Ok(()) => {
+                    *next = ticket;
+                    return ticket;
+                }
+                Err(_) => {
+                    drop(next);
+                    self.metrics.dropped_durable.fetch_add(1, Ordering::Relaxed);
+                    subject = String::with_capacity(LIVE_CAPACITY);
+                }
+            }
+        }
         encode_topic(SubjectKind::Live, msg.cid, &msg.topic, &mut subject);
         let out = Out {
             subject,
@@ -123,6 +206,30 @@ impl Fabric for NatsFabric {
         if self.live.try_send(out).is_err() {
             self.metrics.dropped_live.fetch_add(1, Ordering::Relaxed);
         }
+        0
+    }
+
+    fn confirmed(&self) -> FabricTicket {
+        self.metrics.confirmed.load(Ordering::Acquire)
+    }
+
+    fn connected(&self, key: &SessionKey, at: Micros) {
+        let subject = notice_subject(key);
+        let out = Out {
+            subject,
+            record: Bytes::from(format!("{at} {}", self.node)),
+            delete: false,
+        };
+        if self.live.try_send(out).is_err() {
+            self.metrics.dropped_live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn wait_confirmed(&self, ticket: FabricTicket) -> FabricWait {
+        let mut rx = self.confirmed.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|c| *c >= ticket).await;
+        })
     }
 }
 
@@ -197,28 +304,43 @@ pub async fn start(
         })?;
     metrics.connected.store(true, Ordering::Relaxed);
     let js = jetstream::new(client.clone());
-    let bucket = retained_bucket(&js, config.retained_replicas).await?;
+    let bucket = retained_bucket(&js, config.replicas).await?;
 
     // The replica first, so that a subscriber connecting right after start finds what the
     // cluster retains: the watch delivers every current value, then the changes.
     let mut watch = bucket
-        .watch_all()
+        .watch_with_history(">")
         .await
         .map_err(|e| ClusterError::Nats(format!("watch of {RETAINED_BUCKET}: {e}")))?;
-    let pending = bucket
+    let stored = bucket
         .status()
         .await
         .map(|s| s.values())
         .map_err(|e| ClusterError::Nats(format!("status of {RETAINED_BUCKET}: {e}")))?;
+    // The last value of every key (deletes included) comes first; `delta` counts what is left
+    // of that snapshot.
     let mut loaded = 0u64;
-    while loaded < pending {
-        match tokio::time::timeout(connect_timeout, watch.next()).await {
-            Ok(Some(Ok(entry))) => {
-                apply_entry(&broker, &metrics, entry);
-                loaded += 1;
+    if stored > 0 {
+        loop {
+            match tokio::time::timeout(connect_timeout, watch.next()).await {
+                Ok(Some(Ok(entry))) => {
+                    let last = entry.delta == 0;
+                    apply_entry(&broker, &metrics, entry);
+                    loaded += 1;
+                    if last {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(ClusterError::Nats(format!("retained watch: {e}")));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(ClusterError::Nats(format!(
+                        "the retained replica did not load within {connect_timeout:?}"
+                    )));
+                }
             }
-            Ok(Some(Err(e))) => return Err(ClusterError::Nats(format!("retained watch: {e}"))),
-            Ok(None) | Err(_) => break,
         }
     }
     tracing::info!(node = %config.node, retained = loaded, "cluster: retained replica loaded");
@@ -227,15 +349,85 @@ pub async fn start(
         .subscribe(format!("{}>", crate::subject::LIVE_PREFIX))
         .await
         .map_err(|e| ClusterError::Nats(format!("subscribe: {e}")))?;
+    let notices = client
+        .subscribe(format!("{SESSION_PREFIX}>"))
+        .await
+        .map_err(|e| ClusterError::Nats(format!("subscribe: {e}")))?;
+
+    // The shard streams and this node's reader of each, from now on.
+    let shards =
+        std::num::NonZeroU32::new(config.shards.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let mut readers = Vec::new();
+    for shard in 0..shards.get() {
+        let stream = shard_stream(&js, shard, &config).await?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Nats(format!("reader of {}: {e}", stream_name(shard))))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("reader of {}: {e}", stream_name(shard))))?;
+        readers.push(messages);
+    }
 
     let queue = config.queue.max(1);
     let (live_tx, live_rx) = mpsc::channel(queue);
     let (ret_tx, ret_rx) = mpsc::channel(queue);
-    broker.set_fabric(Arc::new(NatsFabric {
+    let (durable_tx, durable_rx) = mpsc::channel(queue);
+    let (confirmed_tx, _) = watch::channel(0);
+    let fabric = Arc::new(NatsFabric {
         live: live_tx,
         retained: ret_tx,
+        durable: durable_tx,
+        next: parking_lot::Mutex::new(0),
+        confirmed: confirmed_tx,
+        shards,
         metrics: metrics.clone(),
-    }));
+        node: config.node.clone(),
+    });
+    broker.set_fabric(fabric.clone());
+
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    tokio::spawn(run_durable_out(
+        js.clone(),
+        durable_rx,
+        fabric,
+        format!("{}-{started}", config.node),
+        config.node.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(after) = config.unavailable_after {
+        tokio::spawn(run_watchdog(
+            broker.clone(),
+            js.clone(),
+            after,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(run_notices(
+        broker.clone(),
+        notices,
+        config.node.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    for messages in readers {
+        tokio::spawn(run_reader(
+            broker.clone(),
+            messages,
+            config.node.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     tokio::spawn(run_live_out(
         client.clone(),
@@ -304,6 +496,313 @@ async fn retained_bucket(
     js.get_key_value(RETAINED_BUCKET)
         .await
         .map_err(|e| ClusterError::Nats(format!("open bucket {RETAINED_BUCKET}: {e}")))
+}
+
+fn stream_name(shard: u32) -> String {
+    format!("TERN_Q_{shard}")
+}
+
+/// Shard stream `shard`: created on first use (limits retention, `stream_max_age`).
+async fn shard_stream(
+    js: &jetstream::Context,
+    shard: u32,
+    config: &ClusterConfig,
+) -> Result<jetstream::stream::Stream, ClusterError> {
+    let name = stream_name(shard);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        description: Some(format!("tern: QoS 1/2 messages of shard {shard}")),
+        subjects: vec![format!("{}{shard}.>", crate::subject::SHARD_PREFIX)],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas.max(1),
+        max_age: config.stream_max_age,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Nats(format!("create stream {name}: {e}")))
+}
+
+/// An append to a shard stream in flight: the message and the wait for its JetStream ack
+/// (true: stored).
+type Pending = (
+    Durable,
+    std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
+);
+
+/// Appends the durable queue to the shard streams, [`DURABLE_INFLIGHT`] at a time, and moves
+/// the confirmed ticket on as their acks arrive, in order. A failed append is sent again with
+/// the same message id (JetStream drops the duplicate) after a back-off, until it is stored;
+/// the tickets after it wait (backpressure while JetStream elects a leader).
+async fn run_durable_out(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Durable>,
+    fabric: Arc<NatsFabric>,
+    id_prefix: String,
+    node: String,
+    shutdown: CancellationToken,
+) {
+    let appender = Appender {
+        js,
+        id_prefix,
+        node,
+    };
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    loop {
+        let room = pending.len() < DURABLE_INFLIGHT;
+        let front = async {
+            match pending.front_mut() {
+                Some((_, ack)) => ack.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            ok = front => {
+                let Some((d, _)) = pending.pop_front() else { continue };
+                if !ok {
+                    // Shut down while retrying: what is unconfirmed was not acknowledged, and
+                    // its publishers send it again.
+                    if !appender.retry(&d, &fabric.metrics, &shutdown).await {
+                        return;
+                    }
+                }
+                stored(&fabric, d.ticket);
+            }
+            next = rx.recv(), if room => {
+                let Some(d) = next else { return };
+                match appender.append(&d).await {
+                    Ok(ack) => {
+                        let wait = Box::pin(async move { ack.await.is_ok() });
+                        pending.push_back((d, wait));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: append to a shard stream failed, retrying");
+                        // Confirmed in order: it goes behind the pending ones as a failed wait.
+                        pending.push_back((d, Box::pin(async { false })));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends to the shard streams with this node's message ids and header.
+struct Appender {
+    js: jetstream::Context,
+    id_prefix: String,
+    node: String,
+}
+
+impl Appender {
+    async fn append(
+        &self,
+        d: &Durable,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(d.record.clone())
+            .message_id(format!("{}-{}", self.id_prefix, d.ticket))
+            .header(NODE_HEADER, self.node.as_str());
+        self.js.send_publish(d.subject.clone(), message).await
+    }
+
+    /// Appends `d` until JetStream acknowledges it (back-off 50 ms doubling to 2 s; the same
+    /// message id, so a first append that did land is not stored twice); false on shutdown.
+    async fn retry(
+        &self,
+        d: &Durable,
+        metrics: &ClusterMetrics,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            metrics.store_retries.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return false,
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+            let Ok(ack) = self.append(d).await else {
+                continue;
+            };
+            let ok = tokio::select! {
+                r = ack => r.is_ok(),
+                () = shutdown.cancelled() => return false,
+            };
+            if ok {
+                return true;
+            }
+        }
+    }
+}
+
+/// Every ticket up to `ticket` is stored: release the acknowledgements waiting for them.
+fn stored(fabric: &NatsFabric, ticket: FabricTicket) {
+    fabric.metrics.stored.fetch_add(1, Ordering::Relaxed);
+    fabric.metrics.confirmed.store(ticket, Ordering::Release);
+    fabric.confirmed.send_replace(ticket);
+}
+
+/// Watches this node's link to the cluster: once a second, whether the NATS connection is up
+/// and JetStream answers (the retained bucket's stream info, which needs its quorum). Out of
+/// reach for `after` in a row: the node is marked unavailable (`Broker::set_unavailable`:
+/// clients closed with 0x88, CONNECT refused, `/health` 503) until the cluster answers again.
+async fn run_watchdog(
+    broker: Arc<Broker>,
+    js: jetstream::Context,
+    after: Duration,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let reachable = metrics.connected.load(Ordering::Relaxed)
+            && tokio::time::timeout(
+                Duration::from_secs(2),
+                js.get_stream(format!("KV_{RETAINED_BUCKET}")),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let now = tokio::time::Instant::now();
+        if reachable {
+            out_since = None;
+            if metrics.unavailable.swap(false, Ordering::Relaxed) {
+                broker.set_unavailable(false);
+                tracing::warn!("cluster: NATS and JetStream answer again; accepting clients");
+            }
+            continue;
+        }
+        let since = *out_since.get_or_insert(now);
+        if now.duration_since(since) >= after && !metrics.unavailable.swap(true, Ordering::Relaxed)
+        {
+            metrics.unavailable_total.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                after = ?after,
+                "cluster: NATS or its JetStream quorum out of reach; closing clients with 0x88 until it answers"
+            );
+            broker.set_unavailable(true);
+        }
+    }
+}
+
+/// Connect notices of other nodes: a client that connected there gives way here.
+async fn run_notices(
+    broker: Arc<Broker>,
+    mut sub: async_nats::Subscriber,
+    node: String,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            msg = sub.next() => msg,
+            () = shutdown.cancelled() => None,
+        };
+        let Some(msg) = msg else { return };
+        match decode_notice(&msg.subject, &msg.payload) {
+            Ok((key, at, from)) => {
+                if from != node && broker.take_over_remote(&key, at, from < node) {
+                    metrics.takeovers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client_id = %key.client_id, cid = key.cid, node = %from, "cluster: client connected to another node, session taken over");
+                }
+            }
+            Err(e) => {
+                metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable connect notice skipped");
+            }
+        }
+    }
+}
+
+/// The subject of a connect notice: `tern.s.<acct>.<client id in lowercase hex>` (a client id
+/// may hold any character, `+` and `#` included, so it is not spelled as a topic).
+fn notice_subject(key: &SessionKey) -> String {
+    use std::fmt::Write as _;
+    let mut subject = String::with_capacity(SESSION_PREFIX.len() + 21 + 2 * key.client_id.len());
+    let _ = write!(subject, "{SESSION_PREFIX}{}.", key.cid);
+    for b in key.client_id.as_bytes() {
+        let _ = write!(subject, "{b:02x}");
+    }
+    subject
+}
+
+/// A connect notice: the session key from the subject, `<at> <node>` from the payload.
+fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, String), String> {
+    let tail = subject
+        .strip_prefix(SESSION_PREFIX)
+        .ok_or("not a connect notice")?;
+    let (cid, hex) = tail.split_once('.').ok_or("no client id")?;
+    let cid = cid.parse::<u64>().map_err(|e| e.to_string())?;
+    if hex.len() % 2 != 0 {
+        return Err("odd hex length".into());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| e.to_string())?;
+    let client_id = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
+    let (at, from) = text.split_once(' ').ok_or("no node in the notice")?;
+    let at = at.parse::<Micros>().map_err(|e| e.to_string())?;
+    Ok((
+        SessionKey {
+            cid,
+            client_id: client_id.into(),
+        },
+        at,
+        from.to_string(),
+    ))
+}
+
+/// Routes what other nodes appended to one shard stream to this node's sessions.
+async fn run_reader(
+    broker: Arc<Broker>,
+    mut messages: jetstream::consumer::pull::Ordered,
+    node: String,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            m = messages.next() => m,
+            () = shutdown.cancelled() => None,
+        };
+        let msg = match next {
+            None => return,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cluster: shard stream reader error");
+                continue;
+            }
+        };
+        let own = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(NODE_HEADER))
+            .is_some_and(|v| v.as_str() == node);
+        if own {
+            continue;
+        }
+        match decode_on(&msg.subject, msg.payload.clone(), false) {
+            Ok(m) => {
+                metrics.received.fetch_add(1, Ordering::Relaxed);
+                broker.publish_remote(Arc::new(m));
+            }
+            Err(e) => {
+                metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable stream message skipped");
+            }
+        }
+    }
 }
 
 /// Publishes the live queue on core NATS.
@@ -378,7 +877,7 @@ async fn run_inbound(
             () = shutdown.cancelled() => None,
         };
         let Some(msg) = msg else { return };
-        match decode_live(&msg.subject, msg.payload) {
+        match decode_on(&msg.subject, msg.payload, true) {
             Ok(m) => {
                 metrics.received.fetch_add(1, Ordering::Relaxed);
                 broker.publish_remote(Arc::new(m));
@@ -391,11 +890,17 @@ async fn run_inbound(
     }
 }
 
-/// A live message: the record, checked against its subject (the account and topic must agree).
-fn decode_live(subject: &str, payload: Bytes) -> Result<Message, String> {
+/// A live (`live`) or shard stream message: the record, checked against its subject (the
+/// account and topic must agree).
+fn decode_on(subject: &str, payload: Bytes, live: bool) -> Result<Message, String> {
     let d = decode_subject(subject).map_err(|e| e.to_string())?;
-    if d.kind != SubjectKind::Live {
-        return Err("not a live subject".into());
+    let kind_ok = match d.kind {
+        SubjectKind::Live => live,
+        SubjectKind::Shard(_) => !live,
+        SubjectKind::RetainedKey => false,
+    };
+    if !kind_ok {
+        return Err("unexpected kind of subject".into());
     }
     let m = tern_store::decode_message_record(payload).map_err(|e| e.to_string())?;
     if m.cid != d.acct || *m.topic != *d.topic {
@@ -468,5 +973,35 @@ fn deleted(cid: u64, topic: String) -> Message {
         timestamp: 0,
         expires_at: None,
         origin: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_notices_round_trip_any_client_id() {
+        for id in ["c1", "a/b", "+#*> .=", "тест", "x"] {
+            let key = SessionKey {
+                cid: 42,
+                client_id: id.into(),
+            };
+            let subject = notice_subject(&key);
+            assert!(subject.starts_with("tern.s.42."), "{subject}");
+            assert!(
+                subject[SESSION_PREFIX.len()..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.'),
+                "{subject}"
+            );
+            let (back, at, node) = decode_notice(&subject, b"17 n2").unwrap();
+            assert_eq!(back, key);
+            assert_eq!((at, node.as_str()), (17, "n2"));
+        }
+        assert!(decode_notice("tern.s.1.6", b"1 n").is_err());
+        assert!(decode_notice("tern.s.1.zz", b"1 n").is_err());
+        assert!(decode_notice("tern.s.1.61", b"1").is_err());
+        assert!(decode_notice("tern.m.1.61", b"1 n").is_err());
     }
 }

@@ -60,13 +60,22 @@ pub struct Cluster {
     pub nats: Vec<String>,
     /// This node's name, unique in the cluster. Empty: the host name.
     pub node: String,
-    /// Replicas of the JetStream KV bucket of retained messages (at most the NATS servers).
-    pub retained_replicas: usize,
+    /// Replicas of the JetStream KV bucket of retained messages and of the QoS 1/2 shard
+    /// streams (at most the NATS servers; 3 in a 3-server NATS cluster).
+    pub replicas: usize,
+    /// QoS 1/2 shard streams (`TERN_Q_0` ..): a topic's messages stay in one, in order.
+    pub shards: u32,
+    /// Seconds the shard streams keep a message.
+    pub stream_max_age: u64,
     /// Messages each outgoing queue (live, retained) holds; full: the newest is dropped and
     /// counted (`tern_cluster_dropped_total{queue}`).
     pub queue: usize,
     /// Seconds to wait for NATS at start before giving up.
     pub connect_timeout: u64,
+    /// Seconds NATS (or its JetStream quorum) may be out of reach before this node closes its
+    /// clients with 0x88 and answers `/health` 503, so that a load balancer moves them; 0:
+    /// never.
+    pub unavailable_after: u64,
 }
 
 impl Default for Cluster {
@@ -74,9 +83,12 @@ impl Default for Cluster {
         Cluster {
             nats: Vec::new(),
             node: String::new(),
-            retained_replicas: 1,
+            replicas: 1,
+            shards: 4,
+            stream_max_age: 3_600,
             queue: 65_536,
             connect_timeout: 10,
+            unavailable_after: 10,
         }
     }
 }
@@ -867,11 +879,17 @@ impl Config {
             }
         }
         if !self.cluster.nats.is_empty() {
-            if self.cluster.retained_replicas == 0 || self.cluster.retained_replicas > 5 {
+            if self.cluster.replicas == 0 || self.cluster.replicas > 5 {
                 return fail(
-                    "cluster.retained_replicas",
+                    "cluster.replicas",
                     "must be 1 to 5 (JetStream's limit)".into(),
                 );
+            }
+            if self.cluster.shards == 0 || self.cluster.shards > 1024 {
+                return fail("cluster.shards", "must be 1 to 1024".into());
+            }
+            if self.cluster.stream_max_age == 0 {
+                return fail("cluster.stream_max_age", "must be at least 1 second".into());
             }
             if self.cluster.queue == 0 {
                 return fail("cluster.queue", "must be at least 1".into());
@@ -1206,8 +1224,12 @@ impl Config {
         Some(tern_cluster::ClusterConfig {
             nats: self.cluster.nats.clone(),
             node: if node.is_empty() { "tern".into() } else { node },
-            retained_replicas: self.cluster.retained_replicas,
+            replicas: self.cluster.replicas,
             queue: self.cluster.queue,
+            shards: self.cluster.shards,
+            stream_max_age: Duration::from_secs(self.cluster.stream_max_age),
+            unavailable_after: (self.cluster.unavailable_after > 0)
+                .then(|| Duration::from_secs(self.cluster.unavailable_after)),
         })
     }
 

@@ -27,8 +27,10 @@
 //! - Teltonika channels: `tern_teltonika_connections`, `tern_teltonika_frames`,
 //!   `tern_teltonika_records`, `tern_teltonika_refused{kind}`, `tern_teltonika_commands{outcome}`,
 //!   `tern_teltonika_ack_latency_seconds` (histogram)
-//! - cluster mode: `tern_cluster_nats_connected`, `tern_cluster_messages_sent`,
-//!   `tern_cluster_messages_received`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
+//! - cluster mode: `tern_cluster_nats_connected`, `tern_cluster_unavailable`,
+//!   `tern_cluster_unavailable_periods`, `tern_cluster_messages_sent`,
+//!   `tern_cluster_messages_received`, `tern_cluster_messages_stored`,
+//!   `tern_cluster_store_retries`, `tern_cluster_takeovers`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
 //!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
@@ -454,6 +456,18 @@ impl TernCollector {
             "1 while this node is connected to a NATS server",
             i64::from(m.connected.load(Ordering::Relaxed)),
         )?;
+        gauge(
+            enc,
+            "tern_cluster_unavailable",
+            "1 while this node is cut off from the cluster (clients closed with 0x88, /health 503)",
+            i64::from(m.unavailable.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_unavailable_periods",
+            "Times this node marked itself unavailable (cluster.unavailable_after)",
+            load_u(&m.unavailable_total),
+        )?;
         counter(
             enc,
             "tern_cluster_messages_sent",
@@ -486,7 +500,29 @@ impl TernCollector {
                     [("queue", "retained")],
                     ConstCounter::new(load_u(&m.dropped_retained)),
                 ),
+                (
+                    [("queue", "durable")],
+                    ConstCounter::new(load_u(&m.dropped_durable)),
+                ),
             ],
+        )?;
+        counter(
+            enc,
+            "tern_cluster_messages_stored",
+            "QoS 1/2 publications of this node stored in the cluster's shard streams",
+            load_u(&m.stored),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_store_retries",
+            "Appends to a shard stream sent again after an error or a missing acknowledgement",
+            load_u(&m.store_retries),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_takeovers",
+            "Sessions ended here because their client connected to another node (its connection closed with 0x8E)",
+            load_u(&m.takeovers),
         )?;
         counter(
             enc,

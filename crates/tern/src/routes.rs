@@ -35,13 +35,23 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// 200 `{"status":"ok"}` while serving; 503 `{"status":"stopping"}` once shutdown began, and
 /// 503 `{"status":"store_failing","store":"<why>"}` while the store cannot write (disk full, I/O
-/// error): nothing is acknowledged then, so a load balancer should send clients elsewhere.
+/// error): nothing is acknowledged then, so a load balancer should send clients elsewhere; in
+/// cluster mode 503 `{"status":"cluster_unavailable"}` while the node is cut off from NATS or
+/// its JetStream quorum (`cluster.unavailable_after`).
 async fn health(State(r): State<Routes>) -> Response {
     if r.broker.shutdown_token().is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, JSON)],
             "{\"status\":\"stopping\"}\n",
+        )
+            .into_response();
+    }
+    if r.broker.is_unavailable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, JSON)],
+            "{\"status\":\"cluster_unavailable\"}\n",
         )
             .into_response();
     }

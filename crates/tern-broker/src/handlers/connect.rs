@@ -57,6 +57,11 @@ impl Connection {
         let v5 = connect.protocol.is_v5();
         let config = &self.broker.config;
 
+        // Cluster mode, cut off from NATS: the client should go to a node that has it.
+        if self.broker.is_unavailable() {
+            return Err(ReasonCode::SERVER_UNAVAILABLE);
+        }
+
         if connect.properties.authentication_method.is_some() {
             // No enhanced authentication method is supported (MQTT 5 4.12).
             return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
@@ -169,9 +174,11 @@ impl Connection {
     fn apply_connect(&mut self, plan: ConnectPlan) -> Result<(), CloseReason> {
         self.keep_alive = plan.keep_alive;
         self.limits = plan.limits;
+        let connected_at = self.broker.clock.stamp();
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),
+            connected_at,
         };
         let origin = Origin {
             peer: self.peer,
@@ -192,6 +199,9 @@ impl Connection {
         if let Some(will) = attached.will {
             self.broker.publish_will(will);
         }
+        // A connection of the same client on another cluster node gives way (fabric.rs).
+        self.broker
+            .connected_to_fabric(&attached.session.key, connected_at);
         self.session = Some(attached.session.clone());
         // The token document is for the v5 CONNACK only: not kept for the connection's life.
         let Principal {

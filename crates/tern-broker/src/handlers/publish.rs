@@ -11,6 +11,7 @@ use crate::bridge::RestCall;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::connection::{Connection, owns};
+use crate::fabric::FabricTicket;
 use crate::message::{Cid, Message};
 use crate::metrics::Metrics;
 use crate::session::Session;
@@ -58,7 +59,7 @@ impl Connection {
                     v5: self.protocol.is_v5(),
                     max_packet_size: self.limits.maximum_packet_size,
                 });
-                self.acknowledge(&session, qos, pid, 0);
+                self.acknowledge(&session, qos, pid, 0, 0);
                 Ok(())
             }
             PublishPlan::Route(cid) => {
@@ -185,18 +186,25 @@ impl Connection {
             origin: Some(session.id),
         };
         let routed = broker.publish(Arc::new(msg));
-        self.acknowledge(session, qos, pid, routed.ticket);
+        self.acknowledge(session, qos, pid, routed.ticket, routed.fabric);
         for s in routed.pressure {
             self.pressed_by(s);
         }
     }
 
-    /// Acknowledges an accepted PUBLISH once every stored copy is durable (`ticket`): never
-    /// lose an acknowledged message.
-    fn acknowledge(&mut self, session: &Arc<Session>, qos: QoS, pid: Option<u16>, ticket: Ticket) {
+    /// Acknowledges an accepted PUBLISH once every stored copy is durable (`ticket`) and, in
+    /// cluster mode, the cluster has it (`fabric`): never lose an acknowledged message.
+    fn acknowledge(
+        &mut self,
+        session: &Arc<Session>,
+        qos: QoS,
+        pid: Option<u16>,
+        ticket: Ticket,
+        fabric: FabricTicket,
+    ) {
         match (qos, pid) {
             (QoS::AtLeastOnce, Some(pid)) => {
-                self.send_after(ticket, Packet::PubAck(PubAck::new(pid)))
+                self.send_after_fabric(ticket, fabric, Packet::PubAck(PubAck::new(pid)))
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 let mut ticket = ticket;
@@ -210,7 +218,7 @@ impl Connection {
                         });
                     }
                 }
-                self.send_after(ticket, Packet::PubRec(PubAck::new(pid)));
+                self.send_after_fabric(ticket, fabric, Packet::PubRec(PubAck::new(pid)));
             }
             _ => {}
         }
