@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need besides Rust itself: the test runner cargo-nextest (built from
 # crates.io), Debian's mosquitto-clients (mosquitto_pub/mosquitto_sub) and mosquitto (the broker
-# tern-mqttc's tests connect to, with mosquitto_passwd), PyPI's paho-mqtt and
-# gmqtt, and MQTT.js from npm (tests/node, pinned by its package-lock.json). Idempotent; quick
-# when all is present.
+# tern-mqttc's tests connect to, with mosquitto_passwd), Debian's nats-server (the NATS server
+# the cluster tests run their nodes on, with JetStream), PyPI's paho-mqtt and gmqtt, and MQTT.js
+# from npm (tests/node, pinned by its package-lock.json). Idempotent; quick when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,12 @@ if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null 2>&1; then
   echo "installing mosquitto"
   sudo_if_needed apt-get update -qq
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq mosquitto >/dev/null
+fi
+
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/bin/nats-server ]; then
+  echo "installing nats-server"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq nats-server >/dev/null
 fi
 
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then

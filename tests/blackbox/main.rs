@@ -16,6 +16,7 @@ mod support;
 
 mod accounts;
 mod clients;
+mod cluster;
 mod config;
 mod connect;
 mod connection_cost;

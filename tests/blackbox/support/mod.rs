@@ -10,6 +10,7 @@ pub mod http;
 /// Mosquitto and its certificates, shared with tern-mqttc's tests.
 #[path = "../../../crates/tern-mqttc/tests/support/mosquitto.rs"]
 pub mod mosquitto;
+pub mod nats;
 pub mod process;
 pub mod transport;
 
