@@ -273,6 +273,11 @@ pub async fn start(
     let metrics = Arc::new(ClusterMetrics::default());
     let events = metrics.clone();
     let node = config.node.clone();
+    // Bumped at every (re)connect: the shard stream readers open their consumers again then
+    // (a restarted NATS server may have lost them, and async-nats's ordered consumer does not
+    // say so).
+    let (connects_tx, connects) = watch::channel(0u64);
+    let connects_tx = Arc::new(connects_tx);
     let options = async_nats::ConnectOptions::new()
         .name(format!("tern {}", config.node))
         .no_echo()
@@ -280,10 +285,12 @@ pub async fn start(
         .event_callback(move |event| {
             let metrics = events.clone();
             let node = node.clone();
+            let connects = connects_tx.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         metrics.connected.store(true, Ordering::Relaxed);
+                        connects.send_modify(|n| *n += 1);
                         tracing::info!(node = %node, "cluster: connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
@@ -419,6 +426,7 @@ pub async fn start(
             broker.clone(),
             stream,
             next,
+            connects.clone(),
             config.node.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -760,12 +768,14 @@ fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, S
 
 /// Routes what other nodes appended to one shard stream to this node's sessions. The reader is
 /// an ordered consumer from `next` (the stream's next sequence when the node started); when it
-/// fails (NATS restarted and lost the ephemeral consumer, a leader moved), it is created again
-/// from the sequence after the last one read, so nothing appended meanwhile is skipped.
+/// fails, or the client reconnects (NATS restarted and lost the ephemeral consumer), it is
+/// created again from the sequence after the last one read, so nothing appended meanwhile is
+/// skipped.
 async fn run_reader(
     broker: Arc<Broker>,
     stream: jetstream::stream::Stream,
     mut next: u64,
+    mut connects: watch::Receiver<u64>,
     node: String,
     metrics: Arc<ClusterMetrics>,
     shutdown: CancellationToken,
@@ -786,9 +796,17 @@ async fn run_reader(
             }
         };
         wait = Duration::from_millis(100);
+        connects.mark_unchanged();
         loop {
             let item = tokio::select! {
                 m = messages.next() => m,
+                changed = connects.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tracing::info!(next, "cluster: reconnected to NATS, reading the shard stream again from its next message");
+                    break;
+                }
                 () = shutdown.cancelled() => return,
             };
             let msg = match item {
@@ -835,6 +853,9 @@ async fn open_reader(
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
+            // Pull requests of 2 s, so missed heartbeats (a restarted NATS server that lost
+            // the consumer) are noticed within seconds, not after half a minute.
+            max_expires: Duration::from_secs(2),
             ..Default::default()
         })
         .await
