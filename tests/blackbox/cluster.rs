@@ -45,19 +45,26 @@ struct Node {
 impl Node {
     /// Starts node `name` on `nats`, its configuration in a file in its data directory.
     async fn start(nats: &NatsServer, name: &str) -> Node {
+        Node::start_with(nats, name, "", &[]).await
+    }
+
+    /// [`Node::start`] with more `[cluster]` keys and command-line arguments.
+    async fn start_with(nats: &NatsServer, name: &str, cluster: &str, args: &[&str]) -> Node {
         let data = tempfile::tempdir().expect("tempdir");
         let config = data.path().join("tern.toml");
         std::fs::write(
             &config,
             format!(
                 "[auth]\nanonymous = true\nanonymous_cid = {ANON_CID}\n\n\
-                 [cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\nreplicas = 1\n",
+                 [cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\nreplicas = 1\n{cluster}",
                 nats.url()
             ),
         )
         .expect("write the node's configuration");
         let config = config.to_str().expect("utf-8 path");
-        let daemon = Daemon::spawn(data.path(), &["--config", config, "--anonymous"]).await;
+        let mut all = vec!["--config", config, "--anonymous"];
+        all.extend_from_slice(args);
+        let daemon = Daemon::spawn(data.path(), &all).await;
         Node {
             name: name.into(),
             daemon,
@@ -163,9 +170,10 @@ impl Cluster {
                     continue;
                 }
                 match s.read(Duration::from_millis(100)).await {
-                    Read::Packet(Packet::Publish(m)) if is_probe(&m) => *r = true,
-                    // What the node retains (its own account state too) comes on subscribing.
-                    Read::Packet(Packet::Publish(m)) if m.retain => s.ack(&m).await,
+                    Read::Packet(Packet::Publish(m)) if m.topic.ends_with(PROBE) => *r = true,
+                    // What the node retains (its own account state too) comes on subscribing;
+                    // a `#` subscriber also sees the broker's own `flespi/` events.
+                    Read::Packet(Packet::Publish(m)) if m.retain || is_probe(&m) => s.ack(&m).await,
                     Read::Timeout => {}
                     other => panic!("during the probes: {other:?}{}", self.logs()),
                 }
@@ -250,8 +258,10 @@ impl Cluster {
     }
 }
 
+/// A probe, or what the broker itself publishes under `flespi/` (session events of the probing
+/// clients, account state): a `#` subscriber sees those too, and the tests skip them.
 fn is_probe(m: &Publish) -> bool {
-    m.topic.ends_with(PROBE)
+    m.topic.ends_with(PROBE) || m.topic.starts_with("flespi/")
 }
 
 /// The harness itself: the NATS server answers `/healthz` and runs JetStream in its own store
@@ -593,4 +603,111 @@ async fn node_survives_nats_restart() {
     // The clients of both nodes stayed connected throughout.
     s.ping().await;
     p.ping().await;
+}
+
+/// The same client id connecting to another node takes the session over: the older connection
+/// is closed with 0x8E (3.1.1: closed) and the newer one keeps working, there and across.
+#[tokio::test]
+async fn takeover_across_nodes() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    for (v, id) in [(ProtocolVersion::V5, "tk5"), (ProtocolVersion::V311, "tk3")] {
+        let mut old = cl.client(A, v, id).await;
+        let mut new = cl.client(B, v, id).await;
+        let d = old.drain_until_closed(CROSS).await;
+        if v == ProtocolVersion::V5 {
+            assert_eq!(
+                d.map(|d| d.reason),
+                Some(ReasonCode::SESSION_TAKEN_OVER),
+                "{id} on node A{}",
+                cl.logs()
+            );
+        }
+        new.ping().await;
+        // The newer connection is not taken over in turn by the notice of the older one.
+        cl.quiet(&mut new, "the newer connection").await;
+        new.ping().await;
+    }
+}
+
+/// QoS 2 across nodes: the publisher's exchange completes on its node, the subscriber on the
+/// other node gets the message at QoS 2 once.
+#[tokio::test]
+async fn qos2_cross_node() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    let mut s = cl
+        .subscriber(A, ProtocolVersion::V5, "q2-sub", "q2/#", QoS::ExactlyOnce)
+        .await;
+    cl.ready(B, &format!("q2/{PROBE}"), &mut [&mut s]).await;
+    let mut p = cl.client(B, ProtocolVersion::V5, "q2-pub").await;
+    p.publish("q2/x", b"exactly", QoS::ExactlyOnce, false).await;
+    let m = cl.recv(&mut s, "QoS 2 across nodes").await;
+    assert_eq!(
+        (&*m.topic, &m.payload[..], m.qos),
+        ("q2/x", &b"exactly"[..], QoS::ExactlyOnce)
+    );
+    cl.quiet(&mut s, "after the QoS 2 message").await;
+}
+
+/// A node that loses NATS for longer than `unavailable_after` closes its clients (v5:
+/// DISCONNECT 0x9C Use another server; 0x88 is not a DISCONNECT code), refuses CONNECT with
+/// 0x88 (3.1.1: return code 3) and answers /health 503; once NATS is back
+/// it takes clients again.
+#[tokio::test]
+async fn node_without_nats_moves_its_clients() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let http = crate::support::process::free_addr();
+    let http_arg = http.to_string();
+    let node = Node::start_with(
+        &nats,
+        "lone",
+        "unavailable_after = 1\n",
+        &["--http", &http_arg],
+    )
+    .await;
+    let health = || async { http::get(http, "/health", &[]).await };
+    assert_eq!(health().await.status, 200);
+    let mut c = Client::connect(node.addr(), ProtocolVersion::V5, "moved").await;
+
+    nats.kill();
+    let d = c.drain_until_closed(CROSS).await;
+    assert_eq!(
+        d.map(|d| d.reason),
+        Some(ReasonCode::USE_ANOTHER_SERVER),
+        "{}",
+        node.daemon.log()
+    );
+    let h = health().await;
+    assert_eq!(h.status, 503);
+    assert!(h.body.contains("cluster_unavailable"), "{}", h.body);
+    // The codec reads the 3.1.1 return code 3 as 0x88.
+    for (v, code) in [
+        (ProtocolVersion::V5, ReasonCode::SERVER_UNAVAILABLE),
+        (ProtocolVersion::V311, ReasonCode::SERVER_UNAVAILABLE),
+    ] {
+        let (_, ack) = Client::connect_with(
+            node.addr(),
+            tern_testclient::connect_packet(v, "refused", true),
+        )
+        .await;
+        assert_eq!(ack.code, code, "{v:?}");
+    }
+
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + CROSS;
+    while health().await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node did not take clients again:{}",
+            node.daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut back = Client::connect(node.addr(), ProtocolVersion::V5, "moved").await;
+    back.ping().await;
 }

@@ -40,8 +40,9 @@ pub enum CloseReason {
     /// waiting (v5 DISCONNECT 0x97).
     StoreUnavailable,
     /// Cluster mode: this node lost NATS (or its JetStream quorum) for longer than
-    /// `cluster.unavailable_after` (0x88 Server unavailable), so that the client reconnects to
-    /// a node that has it.
+    /// `cluster.unavailable_after`, so that the client reconnects to a node that has it. The
+    /// v5 DISCONNECT says 0x9C (Use another server): 0x88 (Server unavailable) is a CONNACK
+    /// code only, which a new CONNECT gets.
     ClusterUnavailable,
     /// The client sent more unacknowledged QoS 1/2 PUBLISH packets than Receive Maximum (0x93).
     ReceiveMaximumExceeded,
@@ -75,7 +76,7 @@ impl CloseReason {
             CloseReason::AccessRevoked => ReasonCode::NOT_AUTHORIZED,
             CloseReason::SlowConsumer => ReasonCode::QUOTA_EXCEEDED,
             CloseReason::StoreUnavailable => ReasonCode::QUOTA_EXCEEDED,
-            CloseReason::ClusterUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            CloseReason::ClusterUnavailable => ReasonCode::USE_ANOTHER_SERVER,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
             CloseReason::Violation { code, .. } => *code,

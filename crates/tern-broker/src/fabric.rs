@@ -54,8 +54,9 @@ impl Broker {
     }
 
     /// Cluster mode: marks this node unavailable (it lost NATS or its JetStream quorum for too
-    /// long) or available again. Unavailable, every connection is closed with 0x88 (Server
-    /// unavailable), new CONNECTs are refused with it and `/health` answers 503, so that a load
+    /// long) or available again. Unavailable, every connection is closed (v5: DISCONNECT 0x9C
+    /// Use another server; 0x88 is a CONNACK code only), new CONNECTs are refused with 0x88
+    /// (Server unavailable) and `/health` answers 503, so that a load
     /// balancer moves the clients to a node that has the cluster.
     pub fn set_unavailable(&self, unavailable: bool) {
         let was = self

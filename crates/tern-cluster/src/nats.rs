@@ -76,7 +76,7 @@ pub struct ClusterConfig {
     /// How long the shard streams keep a message.
     pub stream_max_age: Duration,
     /// How long NATS (or its JetStream quorum) may be out of reach before this node closes its
-    /// clients with 0x88 and answers `/health` 503; `None`: never.
+    /// clients (v5: DISCONNECT 0x9C) and answers `/health` 503; `None`: never.
     pub unavailable_after: Option<Duration>,
 }
 
@@ -651,7 +651,7 @@ fn stored(fabric: &NatsFabric, ticket: FabricTicket) {
 /// Watches this node's link to the cluster: once a second, whether the NATS connection is up
 /// and JetStream answers (the retained bucket's stream info, which needs its quorum). Out of
 /// reach for `after` in a row: the node is marked unavailable (`Broker::set_unavailable`:
-/// clients closed with 0x88, CONNECT refused, `/health` 503) until the cluster answers again.
+/// clients closed with DISCONNECT 0x9C, CONNECT refused with 0x88, `/health` 503) until the cluster answers again.
 async fn run_watchdog(
     broker: Arc<Broker>,
     js: jetstream::Context,
@@ -689,7 +689,7 @@ async fn run_watchdog(
             metrics.unavailable_total.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 after = ?after,
-                "cluster: NATS or its JetStream quorum out of reach; closing clients with 0x88 until it answers"
+                "cluster: NATS or its JetStream quorum out of reach; closing clients (0x9C) until it answers"
             );
             broker.set_unavailable(true);
         }

@@ -73,7 +73,8 @@ pub struct Cluster {
     /// Seconds to wait for NATS at start before giving up.
     pub connect_timeout: u64,
     /// Seconds NATS (or its JetStream quorum) may be out of reach before this node closes its
-    /// clients with 0x88 and answers `/health` 503, so that a load balancer moves them; 0:
+    /// clients (v5: DISCONNECT 0x9C), refuses CONNECT with 0x88 and answers `/health` 503, so
+    /// that a load balancer moves them; 0:
     /// never.
     pub unavailable_after: u64,
 }
