@@ -1470,6 +1470,49 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_and_their_errors() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert!(c.cluster().is_none(), "no NATS: a single node");
+        let c = Config::parse(
+            "[cluster]\nnats = [\"nats://10.0.0.1:4222\", \"nats://10.0.0.2:4222\"]\nnode = \"n1\"\nshards = 8\n",
+            "t.toml",
+        )
+        .unwrap();
+        let cl = c.cluster().expect("cluster mode");
+        assert_eq!(cl.nats.len(), 2);
+        assert_eq!((cl.node.as_str(), cl.shards, cl.replicas), ("n1", 8, 1));
+        assert_eq!(cl.unavailable_after, Some(Duration::from_secs(10)));
+        for (text, key, line) in [
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\n\nreplicas = 9\n",
+                "cluster.replicas",
+                4,
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nshards = 0\n",
+                "cluster.shards",
+                3,
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nqueue = 0\n",
+                "cluster.queue",
+                3,
+            ),
+        ] {
+            let err = Config::parse(text, "t.toml").unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert_eq!(err.line, Some(line), "{err}");
+        }
+        let err = Config::parse("[cluster]\nnats = [\"nats://\"]\n", "t.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("not a NATS server address"),
+            "{err}"
+        );
+        let err = Config::parse("[cluster]\nretained_replicas = 1\n", "t.toml").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+    }
+
+    #[test]
     fn sections_are_the_config_fields() {
         assert_eq!(
             sections(),
@@ -1487,7 +1530,8 @@ mod tests {
                 "quotas",
                 "gw",
                 "accounts",
-                "tokens"
+                "tokens",
+                "cluster"
             ]
         );
     }

@@ -174,7 +174,8 @@ impl Connection {
     fn apply_connect(&mut self, plan: ConnectPlan) -> Result<(), CloseReason> {
         self.keep_alive = plan.keep_alive;
         self.limits = plan.limits;
-        let connected_at = self.broker.clock.stamp();
+        // `now`, not `stamp`: a connect must not move the stamps messages get.
+        let connected_at = self.broker.clock.now();
         let link = ConnLink {
             conn_id: self.id,
             kick: self.kick.clone(),
