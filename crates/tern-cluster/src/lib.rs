@@ -1,19 +1,23 @@
-//! tern-cluster: the seam between one tern node and the cluster of issue 17 (tern nodes sharing
-//! state through NATS JetStream).
+//! tern-cluster: cluster mode (issue 17): tern nodes sharing publications, QoS 1/2 messages,
+//! retained messages and client ownership through NATS JetStream (README "Cluster mode"; the
+//! design is `scale-out.md` §3). The broker core knows only the seam it calls,
+//! `tern_broker::Fabric`; this crate implements it.
 //!
-//! This is only the first part of that seam, and not a cluster yet: nothing here talks to NATS.
-//! It holds the encoding every later part relies on, the MQTT topic → NATS subject mapping: QoS 0
-//! goes out on core NATS as `tern.m.<acct>.<topic>`, QoS 1 is appended to shard stream `s` as
-//! `tern.q.<s>.<acct>.<topic>`, and a retained message is stored in the KV bucket `tern_ret` under
-//! `<acct>.<topic>`. The encoding is pure and bijective, so a node receiving a subject recovers the
-//! exact topic, account and shard. The `Fabric` trait, its NATS implementation and the client
-//! come later.
+//! Built so far: QoS 0 on core NATS as `tern.m.<acct>.<topic>`; QoS 1/2 appended to shard stream
+//! `TERN_Q_<s>` as `tern.q.<s>.<acct>.<topic>` before the publisher's acknowledgement, and read
+//! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
+//! into every node's retained tree; takeover of a client connected to another node; a node cut
+//! off from NATS marked unavailable. Not yet: sessions that move between nodes, wills after a
+//! node crash, `$share` across nodes, accounts and tokens in KV, REST over the whole cluster.
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
 //!   [`SubjectKind`]s, [`encode_filter`] (a topic filter as the one or two NATS subjects that
 //!   receive at least every matching topic), [`shard_of`] (the stable hash that picks a topic's
 //!   shard), and [`SubjectError`], each message saying what is wrong with a subject
+//! - `nats`: [`start`] connects, sets up the bucket and the streams, loads the retained
+//!   replica, installs the [`NatsFabric`] and runs its tasks (queues out, readers in, connect
+//!   notices, the watchdog); [`ClusterMetrics`] are read by the daemon's `/metrics`
 
 mod nats;
 mod subject;

@@ -149,7 +149,7 @@ pub struct NatsFabric {
     node: String,
 }
 
-/// The first tokens of a connect notice: `tern.s.<acct>.<client id as topic tokens>`.
+/// The first tokens of a connect notice: `tern.s.<acct>.<client id in lowercase hex>`.
 pub const SESSION_PREFIX: &str = "tern.s.";
 
 impl Fabric for NatsFabric {
