@@ -9,7 +9,11 @@
 #   - `docker stop` ends the container with exit code 0 within the grace period, and a v5
 #     client gets DISCONNECT 0x8B;
 #   - docker/compose.yaml comes up on the same image (Debian's docker-compose or the compose
-#     plugin), serves, and goes down with its volume.
+#     plugin), serves, and goes down with its volume;
+#   - docker/cluster/compose.yaml (three tern nodes, three NATS servers) comes up with a
+#     `FROM scratch` image of the host's nats-server (Debian's, installed by test-deps) and its
+#     libraries: every node turns healthy, a message published on one node reaches a
+#     subscriber on another, a retained message set on a third is seen on the first; down.
 # Everything created (containers, volumes, the image, a dockerd it started) is removed on exit.
 # It skips, saying so and exiting 0, only where no Docker Engine can run at all.
 set -euo pipefail
@@ -17,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 run_id="ternci$$"
 image="tern-ci:$run_id"
+nats_image="tern-ci-nats:$run_id"
 vol="$run_id-data"
 tmp=$(mktemp -d)
 started_dockerd=""
@@ -42,7 +47,7 @@ cleanup() {
   for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1; done
   if [ "${#compose[@]}" -gt 0 ]; then "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1; fi
   docker volume rm -f "$vol" >/dev/null 2>&1
-  docker image rm -f "$image" >/dev/null 2>&1
+  docker image rm -f "$image" "$nats_image" >/dev/null 2>&1
   if [ -n "$started_dockerd" ]; then
     kill "$started_dockerd" 2>/dev/null
     for _ in $(seq 1 50); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.2; done
@@ -197,16 +202,21 @@ TERN_HTTP_PORT=$(free_port)
 TERN_HTTPS_PORT=$(free_port)
 export TERN_MQTT_PORT TERN_MQTTS_PORT TERN_HTTP_PORT TERN_HTTPS_PORT
 "${compose[@]}" up -d >"$tmp/compose" 2>&1 || fail "compose up: $(cat "$tmp/compose")"
-ccid=$("${compose[@]}" ps -q tern)
-[ -n "$ccid" ] || fail "compose started no tern container"
-containers+=("$ccid")
-# compose.yaml keeps the image's 30 s health interval: ask `tern health` directly.
-ok=""
-for _ in $(seq 1 100); do
-  if docker exec "$ccid" /tern health >/dev/null 2>&1; then ok=yes; break; fi
-  sleep 0.2
-done
-[ -n "$ok" ] || fail "the compose service did not answer tern health"
+# service_healthy SERVICE TRIES: waits until `tern health` answers in the compose service's
+# container (the compose files keep the image's 30 s health interval: ask directly, every
+# 0.2 s); its id in `healthy_cid`.
+service_healthy() {
+  healthy_cid=$("${compose[@]}" ps -q "$1")
+  [ -n "$healthy_cid" ] || fail "compose started no $1 container"
+  containers+=("$healthy_cid")
+  for _ in $(seq 1 "$2"); do
+    if docker exec "$healthy_cid" /tern health >/dev/null 2>&1; then return; fi
+    sleep 0.2
+  done
+  fail "compose service $1 did not answer tern health"
+}
+service_healthy tern 100
+ccid=$healthy_cid
 logs=$(docker logs "$ccid" 2>&1)
 ckey=$(sed -n 's/^master token: \([A-Za-z0-9]\{64\}\)$/\1/p' <<<"$logs")
 [ -n "$ckey" ] || fail "compose: no master token in the logs"
@@ -217,5 +227,60 @@ python3 tests/python/deploy_probe.py ws 127.0.0.1 "$TERN_HTTP_PORT" "$ckey" || f
 "${compose[@]}" down -v >/dev/null 2>&1 || fail "compose down"
 compose=()
 log "compose: up, serving on the published ports, down with its volume"
+
+# --- cluster compose -----------------------------------------------------------------------
+nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+[ -x "$nats_bin" ] || fail "nats-server is not installed (scripts/test-deps.sh installs it)"
+nctx="$tmp/nats-image"
+mkdir -p "$nctx"
+cp "$nats_bin" "$nctx/nats-server"
+# The binary and the libraries it links, at their own paths.
+for lib in $(ldd "$nats_bin" | grep -o '/[^ ]*'); do
+  mkdir -p "$nctx/root$(dirname "$lib")"
+  cp -L "$lib" "$nctx/root$lib"
+done
+printf 'FROM scratch\nCOPY root/ /\nCOPY nats-server /nats-server\nENTRYPOINT ["/nats-server"]\n' \
+  >"$nctx/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t "$nats_image" "$nctx" >/dev/null 2>&1 \
+  || fail "could not build the nats-server image"
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose -p "${run_id}cl" -f docker/cluster/compose.yaml)
+else
+  compose=(docker-compose -p "${run_id}cl" -f docker/cluster/compose.yaml)
+fi
+TERN_MASTER_TOKEN=$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 64)
+export NATS_IMAGE="$nats_image" TERN_MASTER_TOKEN
+ports=()
+for n in 1 2 3; do
+  mqtt=$(free_port)
+  export "TERN${n}_MQTT_PORT=$mqtt" "TERN${n}_HTTP_PORT=$(free_port)"
+  ports+=("$mqtt")
+done
+"${compose[@]}" up -d >"$tmp/cluster" 2>&1 || fail "cluster compose up: $(cat "$tmp/cluster")"
+for n in 1 2 3; do
+  service_healthy "tern$n" 300
+done
+sub_out="$tmp/cluster-sub"
+mosquitto_sub -h 127.0.0.1 -p "${ports[0]}" -u "$TERN_MASTER_TOKEN" -q 1 -t ci/cluster -C 1 -W 20 \
+  >"$sub_out" &
+sub_pid=$!
+# The subscription is in place once a probe through the same node comes back.
+for _ in $(seq 1 50); do
+  mosquitto_pub -h 127.0.0.1 -p "${ports[1]}" -u "$TERN_MASTER_TOKEN" -q 1 -t ci/cluster -m across
+  sleep 0.2
+  [ -s "$sub_out" ] && break
+done
+wait "$sub_pid" || true
+[ "$(head -n 1 "$sub_out")" = across ] || fail "cluster: a message published on tern2 did not reach tern1"
+mosquitto_pub -h 127.0.0.1 -p "${ports[2]}" -u "$TERN_MASTER_TOKEN" -q 1 -r -t ci/cluster-kept -m kept
+got=""
+for _ in $(seq 1 50); do
+  got=$(mosquitto_sub -h 127.0.0.1 -p "${ports[0]}" -u "$TERN_MASTER_TOKEN" -t ci/cluster-kept -C 1 -W 1 || true)
+  [ "$got" = kept ] && break
+done
+[ "$got" = kept ] || fail "cluster: a retained message set on tern3 is not on tern1"
+"${compose[@]}" down -v >/dev/null 2>&1 || fail "cluster compose down"
+compose=()
+log "cluster compose: three nodes healthy, a message across nodes, a retained message on every node"
 
 log "ok"

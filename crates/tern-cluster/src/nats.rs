@@ -311,7 +311,13 @@ pub async fn start(
         })?;
     metrics.connected.store(true, Ordering::Relaxed);
     let js = jetstream::new(client.clone());
-    let bucket = retained_bucket(&js, config.replicas).await?;
+    // A NATS cluster that is still forming has no peers to place replicas on yet ("no suitable
+    // peers for placement"): the setup is retried until `connect_timeout` is spent.
+    let setup_until = tokio::time::Instant::now() + connect_timeout;
+    let bucket = retry_until(setup_until, "the retained bucket", || {
+        retained_bucket(&js, config.replicas)
+    })
+    .await?;
 
     // The replica first, so that a subscriber connecting right after start finds what the
     // cluster retains: the watch delivers every current value, then the changes.
@@ -366,7 +372,10 @@ pub async fn start(
         std::num::NonZeroU32::new(config.shards.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     let mut readers = Vec::new();
     for shard in 0..shards.get() {
-        let mut stream = shard_stream(&js, shard, &config).await?;
+        let mut stream = retry_until(setup_until, "a shard stream", || {
+            shard_stream(&js, shard, &config)
+        })
+        .await?;
         // This node reads what is appended from now on: the sequence after the last one.
         let last = stream
             .info()
@@ -500,6 +509,31 @@ async fn retained_bucket(
     js.get_key_value(RETAINED_BUCKET)
         .await
         .map_err(|e| ClusterError::Nats(format!("open bucket {RETAINED_BUCKET}: {e}")))
+}
+
+/// Runs `step` until it succeeds or `until` passes (back-off 100 ms doubling to 2 s); the last
+/// error then.
+async fn retry_until<T, F, Fut>(
+    until: tokio::time::Instant,
+    what: &str,
+    mut step: F,
+) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() + wait < until => {
+                tracing::warn!(error = %e, "cluster: setting up {what} failed, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn stream_name(shard: u32) -> String {
