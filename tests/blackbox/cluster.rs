@@ -685,6 +685,13 @@ async fn node_without_nats_moves_its_clients() {
     let h = health().await;
     assert_eq!(h.status, 503);
     assert!(h.body.contains("cluster_unavailable"), "{}", h.body);
+    let metrics = http::get(http, "/metrics", &[]).await.body;
+    for line in [
+        "tern_cluster_unavailable 1",
+        "tern_cluster_nats_connected 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     // The codec reads the 3.1.1 return code 3 as 0x88.
     for (v, code) in [
         (ProtocolVersion::V5, ReasonCode::SERVER_UNAVAILABLE),
@@ -710,4 +717,12 @@ async fn node_without_nats_moves_its_clients() {
     }
     let mut back = Client::connect(node.addr(), ProtocolVersion::V5, "moved").await;
     back.ping().await;
+    let metrics = http::get(http, "/metrics", &[]).await.body;
+    for line in [
+        "tern_cluster_unavailable 0",
+        "tern_cluster_unavailable_periods_total 1",
+        "tern_cluster_nats_connected 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }

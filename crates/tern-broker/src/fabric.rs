@@ -17,7 +17,6 @@ use std::sync::Arc;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::message::{Message, Micros};
-use crate::metrics::Metrics;
 use crate::session::SessionKey;
 
 /// A position in the fabric's stream of durable publications (QoS 1/2 messages stored by the
@@ -81,7 +80,6 @@ impl Broker {
     /// was published on ran them), no fabric, and the retained tree is left to
     /// [`Broker::apply_remote_retained`]. Returns how many sessions it was queued for.
     pub fn publish_remote(&self, msg: Arc<Message>) -> usize {
-        Metrics::add(&self.metrics.messages_in_remote, 1);
         self.route(&msg).sessions
     }
 
@@ -116,7 +114,6 @@ impl Broker {
         if let Some(kick) = kick {
             kick.kick(CloseReason::SessionTakenOver);
         }
-        Metrics::add(&self.metrics.remote_takeovers, 1);
         true
     }
 

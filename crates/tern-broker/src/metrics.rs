@@ -61,10 +61,6 @@ pub struct Metrics {
     pub sessions: AtomicI64,
     pub subscriptions: AtomicI64,
     pub retained: AtomicI64,
-    /// Messages other nodes of the cluster published, routed here (`fabric.rs`).
-    /// Sessions ended here because their client connected to another cluster node.
-    pub remote_takeovers: AtomicU64,
-    pub messages_in_remote: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -100,8 +96,6 @@ impl Default for Metrics {
             subscriptions: AtomicI64::new(0),
             retained: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
-            messages_in_remote: AtomicU64::new(0),
-            remote_takeovers: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),

@@ -105,8 +105,6 @@ pub struct ClusterMetrics {
     pub confirmed: AtomicU64,
     /// Sessions ended here because their client connected to another node.
     pub takeovers: AtomicU64,
-    /// Set while this node is marked unavailable (cut off from the cluster).
-    pub unavailable: AtomicBool,
     /// Times this node marked itself unavailable.
     pub unavailable_total: AtomicU64,
     /// Retained puts and deletes written to the bucket.
@@ -711,15 +709,14 @@ async fn run_watchdog(
         let now = tokio::time::Instant::now();
         if reachable {
             out_since = None;
-            if metrics.unavailable.swap(false, Ordering::Relaxed) {
+            if broker.is_unavailable() {
                 broker.set_unavailable(false);
                 tracing::warn!("cluster: NATS and JetStream answer again; accepting clients");
             }
             continue;
         }
         let since = *out_since.get_or_insert(now);
-        if now.duration_since(since) >= after && !metrics.unavailable.swap(true, Ordering::Relaxed)
-        {
+        if now.duration_since(since) >= after && !broker.is_unavailable() {
             metrics.unavailable_total.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 after = ?after,
@@ -739,11 +736,9 @@ async fn run_notices(
     shutdown: CancellationToken,
 ) {
     loop {
-        let msg = tokio::select! {
-            msg = sub.next() => msg,
-            () = shutdown.cancelled() => None,
+        let Some(msg) = until_shutdown(sub.next(), &shutdown).await else {
+            return;
         };
-        let Some(msg) = msg else { return };
         match decode_notice(&msg.subject, &msg.payload) {
             Ok((key, at, from)) => {
                 if from != node && broker.take_over_remote(&key, at, from < node) {
@@ -863,16 +858,7 @@ async fn run_reader(
             if own {
                 continue;
             }
-            match decode_on(&msg.subject, msg.payload.clone(), false) {
-                Ok(m) => {
-                    metrics.received.fetch_add(1, Ordering::Relaxed);
-                    broker.publish_remote(Arc::new(m));
-                }
-                Err(e) => {
-                    metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable stream message skipped");
-                }
-            }
+            route_remote(&broker, &metrics, &msg.subject, msg.payload.clone(), false);
         }
     }
 }
@@ -897,6 +883,38 @@ async fn open_reader(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
+/// The next item of `next`, or `None` once `shutdown` is cancelled: every task's loop.
+async fn until_shutdown<T>(
+    next: impl Future<Output = Option<T>>,
+    shutdown: &CancellationToken,
+) -> Option<T> {
+    tokio::select! {
+        item = next => item,
+        () = shutdown.cancelled() => None,
+    }
+}
+
+/// Routes a message another node published (a live or shard stream subject, `live`) to this
+/// node's sessions; one that does not decode is counted and skipped.
+fn route_remote(
+    broker: &Broker,
+    metrics: &ClusterMetrics,
+    subject: &str,
+    payload: Bytes,
+    live: bool,
+) {
+    match decode_on(subject, payload, live) {
+        Ok(m) => {
+            metrics.received.fetch_add(1, Ordering::Relaxed);
+            broker.publish_remote(Arc::new(m));
+        }
+        Err(e) => {
+            metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject = %subject, error = %e, "cluster: undecodable message skipped");
+        }
+    }
+}
+
 /// Publishes the live queue on core NATS.
 async fn run_live_out(
     client: async_nats::Client,
@@ -905,11 +923,9 @@ async fn run_live_out(
     shutdown: CancellationToken,
 ) {
     loop {
-        let out = tokio::select! {
-            out = rx.recv() => out,
-            () = shutdown.cancelled() => None,
+        let Some(out) = until_shutdown(rx.recv(), &shutdown).await else {
+            return;
         };
-        let Some(out) = out else { return };
         match client.publish(out.subject, out.record).await {
             Ok(()) => {
                 metrics.sent.fetch_add(1, Ordering::Relaxed);
@@ -930,11 +946,9 @@ async fn run_retained_out(
     shutdown: CancellationToken,
 ) {
     loop {
-        let out = tokio::select! {
-            out = rx.recv() => out,
-            () = shutdown.cancelled() => None,
+        let Some(out) = until_shutdown(rx.recv(), &shutdown).await else {
+            return;
         };
-        let Some(out) = out else { return };
         let res = if out.delete {
             bucket.delete(&out.subject).await.map_err(|e| e.to_string())
         } else {
@@ -964,21 +978,10 @@ async fn run_inbound(
     shutdown: CancellationToken,
 ) {
     loop {
-        let msg = tokio::select! {
-            msg = sub.next() => msg,
-            () = shutdown.cancelled() => None,
+        let Some(msg) = until_shutdown(sub.next(), &shutdown).await else {
+            return;
         };
-        let Some(msg) = msg else { return };
-        match decode_on(&msg.subject, msg.payload, true) {
-            Ok(m) => {
-                metrics.received.fetch_add(1, Ordering::Relaxed);
-                broker.publish_remote(Arc::new(m));
-            }
-            Err(e) => {
-                metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable message skipped");
-            }
-        }
+        route_remote(&broker, &metrics, &msg.subject, msg.payload, true);
     }
 }
 
@@ -1009,11 +1012,7 @@ async fn run_watch(
     shutdown: CancellationToken,
 ) {
     loop {
-        let entry = tokio::select! {
-            entry = watch.next() => entry,
-            () = shutdown.cancelled() => None,
-        };
-        match entry {
+        match until_shutdown(watch.next(), &shutdown).await {
             None => return,
             Some(Ok(entry)) => apply_entry(&broker, &metrics, entry),
             Some(Err(e)) => {

@@ -460,7 +460,7 @@ impl TernCollector {
             enc,
             "tern_cluster_unavailable",
             "1 while this node is cut off from the cluster (clients closed with 0x88, /health 503)",
-            i64::from(m.unavailable.load(Ordering::Relaxed)),
+            i64::from(self.broker.is_unavailable()),
         )?;
         counter(
             enc,
