@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod http;
 /// Mosquitto and its certificates, shared with tern-mqttc's tests.
 #[path = "../../../crates/tern-mqttc/tests/support/mosquitto.rs"]
