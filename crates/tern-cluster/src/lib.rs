@@ -8,7 +8,8 @@
 //! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
 //! off from NATS marked unavailable. Not yet: sessions that move between nodes, wills after a
-//! node crash, `$share` across nodes, accounts and tokens in KV, REST over the whole cluster.
+//! node crash, `$share` across nodes, REST over the whole cluster (accounts and tokens are in KV:
+//! `cfg`).
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
@@ -18,13 +19,18 @@
 //! - `nats`: [`start`] connects, sets up the bucket and the streams, loads the retained
 //!   replica, installs the [`NatsFabric`] and runs its tasks (queues out, readers in, connect
 //!   notices, the watchdog); [`ClusterMetrics`] are read by the daemon's `/metrics`
+//! - `cfg`: accounts and tokens in the KV bucket `tern_cfg` ([`CfgReplica`], installed in the
+//!   directory by [`start`]): loaded before the listeners open, then followed; ids that no two
+//!   nodes share
 
+mod cfg;
 mod nats;
 mod subject;
 
 #[cfg(test)]
 mod proptests;
 
+pub use cfg::{CFG_BUCKET, CfgReplica, ID_BLOCK, ID_LOW};
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };

@@ -113,6 +113,14 @@ pub struct ClusterMetrics {
     pub retained_applied: AtomicU64,
     /// Failed NATS operations (publish, KV write; logged).
     pub errors: AtomicU64,
+    /// Account and token changes of this node written to the config bucket.
+    pub cfg_written: AtomicU64,
+    /// Account and token changes of other nodes applied here.
+    pub cfg_applied: AtomicU64,
+    /// Account and token changes not sent because the config queue was full.
+    pub dropped_cfg: AtomicU64,
+    /// Blocks of account or token ids reserved.
+    pub cfg_id_blocks: AtomicU64,
 }
 
 /// One message for the other nodes: its subject (or KV key) and its record.
@@ -261,6 +269,7 @@ pub struct Cluster {
 /// answers within `connect_timeout`.
 pub async fn start(
     broker: Arc<Broker>,
+    directory: Arc<tern_broker::accounts::Directory>,
     config: ClusterConfig,
     shutdown: CancellationToken,
     connect_timeout: Duration,
@@ -355,6 +364,20 @@ pub async fn start(
         }
     }
     tracing::info!(node = %config.node, retained = loaded, "cluster: retained replica loaded");
+    // Accounts and tokens (cfg.rs): loaded before any client connects, then followed.
+    crate::cfg::start(crate::cfg::CfgStart {
+        js: &js,
+        broker: broker.clone(),
+        directory,
+        metrics: metrics.clone(),
+        node: &config.node,
+        replicas: config.replicas,
+        queue: config.queue,
+        setup_until,
+        connect_timeout,
+        shutdown: shutdown.clone(),
+    })
+    .await?;
 
     let inbound = client
         .subscribe(format!("{}>", crate::subject::LIVE_PREFIX))
@@ -511,7 +534,7 @@ async fn retained_bucket(
 
 /// Runs `step` until it succeeds or `until` passes (back-off 100 ms doubling to 2 s); the last
 /// error then.
-async fn retry_until<T, F, Fut>(
+pub(crate) async fn retry_until<T, F, Fut>(
     until: tokio::time::Instant,
     what: &str,
     mut step: F,
@@ -884,7 +907,7 @@ async fn open_reader(
 }
 
 /// The next item of `next`, or `None` once `shutdown` is cancelled: every task's loop.
-async fn until_shutdown<T>(
+pub(crate) async fn until_shutdown<T>(
     next: impl Future<Output = Option<T>>,
     shutdown: &CancellationToken,
 ) -> Option<T> {

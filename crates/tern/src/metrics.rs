@@ -31,7 +31,8 @@
 //!   `tern_cluster_unavailable_periods`, `tern_cluster_messages_sent`,
 //!   `tern_cluster_messages_received`, `tern_cluster_messages_stored`,
 //!   `tern_cluster_store_retries`, `tern_cluster_takeovers`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
-//!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`
+//!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`,
+//!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -489,7 +490,7 @@ impl TernCollector {
         family(
             enc,
             "tern_cluster_dropped",
-            "Publications not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
+            "Publications (and, queue cfg, account and token changes) not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
             MetricType::Counter,
             [
                 (
@@ -503,6 +504,10 @@ impl TernCollector {
                 (
                     [("queue", "durable")],
                     ConstCounter::new(load_u(&m.dropped_durable)),
+                ),
+                (
+                    [("queue", "cfg")],
+                    ConstCounter::new(load_u(&m.dropped_cfg)),
                 ),
             ],
         )?;
@@ -535,6 +540,24 @@ impl TernCollector {
             "tern_cluster_retained_applied",
             "Retained puts and deletes applied from the cluster's retained bucket",
             load_u(&m.retained_applied),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_cfg_written",
+            "Account and token changes of this node written to the cluster's config bucket (tern_cfg)",
+            load_u(&m.cfg_written),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_cfg_applied",
+            "Account and token changes of other nodes applied here from the config bucket",
+            load_u(&m.cfg_applied),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_cfg_id_blocks",
+            "Blocks of account or token ids this node reserved in the config bucket",
+            load_u(&m.cfg_id_blocks),
         )?;
         counter(
             enc,

@@ -150,12 +150,14 @@ impl Server {
                 let node = cluster.node.clone();
                 let c = tern_cluster::start(
                     broker.clone(),
+                    directory.clone(),
                     cluster,
                     broker.shutdown_token().clone(),
                     timeout,
                 )
                 .await
                 .context("cluster mode")?;
+                crate::state::settle_cluster(config, &directory)?;
                 tracing::info!(node = %node, nats = %config.cluster.nats.join(","), "cluster mode");
                 Some(Arc::new(c))
             }

@@ -86,6 +86,32 @@ pub fn open_with(config: &Config, faults: Option<FaultSwitch>) -> anyhow::Result
 }
 
 /// Creates the `[[accounts]]` that do not exist yet, and creates or updates `[[tokens]]`.
+/// Cluster mode, once the cluster's accounts and tokens are loaded (they win over this node's
+/// own: another node's master token may have taken the id of the one this node bootstrapped):
+/// the top account, the master token, the configured accounts and tokens and the anonymous
+/// account are made sure of again, and what is made now goes to every node.
+pub(crate) fn settle_cluster(config: &Config, directory: &Directory) -> anyhow::Result<()> {
+    let new_master = directory
+        .bootstrap(config.auth.top_cid, config.auth.master_token.as_deref())
+        .map_err(|e| anyhow::anyhow!("auth.master_token: {e}"))?;
+    if let Some(token) = new_master
+        && config.auth.master_token.is_none()
+        && config.store.enabled
+    {
+        let path = config.store.data_dir.join(MASTER_TOKEN_FILE);
+        write_secret(&path, &token.key)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::warn!(file = %path.display(), "the cluster had no master token: a new one is in the file");
+    }
+    provision(config, directory)?;
+    if config.auth.anonymous {
+        directory
+            .anonymous_account(config.auth.anonymous_cid)
+            .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))?;
+    }
+    Ok(())
+}
+
 fn provision(config: &Config, directory: &Directory) -> anyhow::Result<()> {
     let top = directory.top().unwrap_or(config.auth.top_cid);
     for a in &config.accounts {

@@ -9,6 +9,8 @@
 //! - `model`: the Account and Token documents
 //! - `acl`: topic rights of master, standard and ACL tokens
 //! - `limiter`: the per-address limit on failed logins
+//! - `replica`: cluster mode's seam ([`DirectoryReplica`]): this node's changes handed out,
+//!   other nodes' changes applied ([`Directory::apply_remote`]), ids that no two nodes share
 //!
 //! Quotas are hierarchical: an account's limits bound it together with every account below it,
 //! so a use in account X (a session, a subscription, retained bytes, a token, a sub-account)
@@ -22,6 +24,7 @@
 pub mod acl;
 mod limiter;
 pub mod model;
+mod replica;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +42,7 @@ use tern_store::{Op, Snapshot, Store};
 
 pub use limiter::FailLimiter;
 pub use model::{Access, Account, AclEntry, Limits, Token};
+pub use replica::{DirectoryChange, DirectoryReplica, IdKind, RemoteEffect, narrows};
 
 // The rights and quota types the accounts produce, at their former paths.
 pub use crate::quota::{QuotaChain, QuotaDefaults};
@@ -124,6 +128,9 @@ pub enum DirectoryError {
     },
     #[error("the anonymous account cannot be the top account")]
     AnonymousTop,
+    /// Cluster mode: no id that no other node uses could be taken now (NATS out of reach).
+    #[error("no new {0} id can be taken now (the cluster is out of reach); try again")]
+    NoId(&'static str),
 }
 
 #[derive(Debug, Default)]
@@ -287,6 +294,8 @@ pub struct Directory {
     /// What token `expire`, `ttl` and `created` are measured against: the wall clock, or the
     /// broker's manual clock in tests ([`Clock::share`]).
     clock: Clock,
+    /// Cluster mode: where this node's changes go and its new ids come from (set once).
+    replica: std::sync::OnceLock<Arc<dyn DirectoryReplica>>,
 }
 
 impl Directory {
@@ -338,6 +347,7 @@ impl Directory {
             anonymous: AtomicU64::new(0),
             metrics: AuthMetrics::default(),
             clock,
+            replica: std::sync::OnceLock::new(),
         })
     }
 
@@ -389,8 +399,9 @@ impl Directory {
         {
             return Ok(None);
         }
+        let id = self.new_id(IdKind::Token, &st.tokens)?;
         let token = Token {
-            id: next_id(st.tokens.keys()),
+            id,
             key: master_key.map_or_else(generate_key, str::to_string),
             info: "master token".into(),
             enabled: true,
@@ -456,7 +467,7 @@ impl Directory {
                 return Err(DirectoryError::DuplicateAccount(id));
             }
             Some(id) => id,
-            None => next_id(st.accounts.keys()),
+            None => self.new_id(IdKind::Account, &st.accounts)?,
         };
         let defaults = self.config.quotas;
         st.check_limits(new.parent, &new.limits, &Limits::default(), &defaults)?;
@@ -497,6 +508,17 @@ impl Directory {
     /// deleted account id, so the broker can drop their sessions and retained messages.
     pub fn delete_account(&self, cid: Cid) -> Result<Vec<Cid>, DirectoryError> {
         let mut st = self.state.write();
+        self.remove_account(&mut st, cid, true)
+    }
+
+    /// [`Directory::delete_account`] on the locked state; handed to the replica when
+    /// `replicate`.
+    fn remove_account(
+        &self,
+        st: &mut State,
+        cid: Cid,
+        replicate: bool,
+    ) -> Result<Vec<Cid>, DirectoryError> {
         if !st.accounts.contains_key(&cid) {
             return Err(DirectoryError::NoAccount(cid));
         }
@@ -517,6 +539,9 @@ impl Directory {
             st.below.remove(id);
             st.accounts.remove(id);
             self.store.submit(Op::DelAccount { cid: *id });
+            if replicate {
+                self.hand_out(DirectoryChange::DelAccount(*id));
+            }
         }
         let tokens: Vec<u64> = st
             .tokens
@@ -529,6 +554,9 @@ impl Directory {
                 st.by_key.remove(&t.key);
             }
             self.store.submit(Op::DelToken { id });
+            if replicate {
+                self.hand_out(DirectoryChange::DelToken(id));
+            }
         }
         Ok(gone)
     }
@@ -666,7 +694,7 @@ impl Directory {
             return Err(DirectoryError::DuplicateKey);
         }
         st.check_room(token.cid, Counted::Token, &self.config.quotas)?;
-        token.id = next_id(st.tokens.keys());
+        token.id = self.new_id(IdKind::Token, &st.tokens)?;
         token.created = self.now_secs();
         self.persist_token(&token);
         for c in st.chain(token.cid) {
@@ -694,14 +722,30 @@ impl Directory {
 
     pub fn delete_token(&self, id: u64) -> Result<Token, DirectoryError> {
         let mut st = self.state.write();
+        self.remove_token(&mut st, id, true)
+    }
+
+    /// [`Directory::delete_token`] on the locked state; handed to the replica when
+    /// `replicate`.
+    fn remove_token(
+        &self,
+        st: &mut State,
+        id: u64,
+        replicate: bool,
+    ) -> Result<Token, DirectoryError> {
         let t = st.tokens.remove(&id).ok_or(DirectoryError::NoToken(id))?;
-        st.by_key.remove(&t.key);
+        if st.by_key.get(&t.key) == Some(&id) {
+            st.by_key.remove(&t.key);
+        }
         for c in st.chain(t.cid) {
             if let Some(b) = st.below.get_mut(&c) {
                 b.tokens = b.tokens.saturating_sub(1);
             }
         }
         self.store.submit(Op::DelToken { id });
+        if replicate {
+            self.hand_out(DirectoryChange::DelToken(id));
+        }
         Ok(t)
     }
 
@@ -721,7 +765,9 @@ impl Directory {
         // reconnect storm from turning into a write storm.
         if token.accessed != now {
             token.accessed = now;
-            self.persist_token(&token);
+            // Only a token with a `ttl` needs the other nodes to know its last use (it is
+            // refused `ttl` seconds after it); the others' `accessed` stays this node's.
+            self.persist_token_to(&token, token.ttl != 0);
             st.tokens.insert(id, token.clone());
         }
         Ok(token)
@@ -747,25 +793,75 @@ impl Directory {
         }
     }
 
+    /// Writes an account to the store and hands it to the replica.
     fn persist_account(&self, a: &Account) {
-        if self.store.enabled()
+        self.persist_account_to(a, true);
+    }
+
+    /// Writes an account to the store, and hands it to the replica when `replicate`.
+    fn persist_account_to(&self, a: &Account, replicate: bool) {
+        let replica = self.replica.get().filter(|_| replicate);
+        if (self.store.enabled() || replica.is_some())
             && let Ok(json) = serde_json::to_vec(a)
         {
-            self.store.submit(Op::PutAccount {
-                cid: a.id,
-                json: Bytes::from(json),
-            });
+            let json = Bytes::from(json);
+            if let Some(r) = replica {
+                r.changed(DirectoryChange::Account {
+                    cid: a.id,
+                    json: json.clone(),
+                });
+            }
+            if self.store.enabled() {
+                self.store.submit(Op::PutAccount { cid: a.id, json });
+            }
         }
     }
 
+    /// Writes a token to the store and hands it to the replica.
     fn persist_token(&self, t: &Token) {
-        if self.store.enabled()
+        self.persist_token_to(t, true);
+    }
+
+    /// Writes a token to the store, and hands it to the replica when `replicate`.
+    fn persist_token_to(&self, t: &Token, replicate: bool) {
+        let replica = self.replica.get().filter(|_| replicate);
+        if (self.store.enabled() || replica.is_some())
             && let Ok(json) = serde_json::to_vec(t)
         {
-            self.store.submit(Op::PutToken {
-                id: t.id,
-                json: Bytes::from(json),
-            });
+            let json = Bytes::from(json);
+            if let Some(r) = replica {
+                r.changed(DirectoryChange::Token {
+                    id: t.id,
+                    json: json.clone(),
+                });
+            }
+            if self.store.enabled() {
+                self.store.submit(Op::PutToken { id: t.id, json });
+            }
+        }
+    }
+
+    /// Hands a delete to the replica, if any.
+    fn hand_out(&self, change: DirectoryChange) {
+        if let Some(r) = self.replica.get() {
+            r.changed(change);
+        }
+    }
+
+    /// A new account or token id, not in `taken`: from the replica in cluster mode (an id no
+    /// other node hands out), otherwise the next after the highest in `taken`.
+    fn new_id<V>(&self, kind: IdKind, taken: &HashMap<u64, V>) -> Result<u64, DirectoryError> {
+        let Some(r) = self.replica.get() else {
+            return Ok(next_id(taken.keys()));
+        };
+        // An id of the replica's is never another node's, but one could have been given
+        // explicitly (a sub-account's `id`): skipped.
+        loop {
+            match r.new_id(kind) {
+                Some(id) if taken.contains_key(&id) => {}
+                Some(id) => return Ok(id),
+                None => return Err(DirectoryError::NoId(kind.name())),
+            }
         }
     }
 

@@ -495,3 +495,220 @@ fn namespaces_nest() {
     assert!(d.account(a11.id).is_none());
     assert_eq!(d.delete_account(1), Err(DirectoryError::TopAccount));
 }
+
+/// A replica that records what it is handed and gives ids from 1000 on (none when `dry`).
+#[derive(Debug, Default)]
+struct Recorder {
+    changes: parking_lot::Mutex<Vec<DirectoryChange>>,
+    next: std::sync::atomic::AtomicU64,
+    dry: std::sync::atomic::AtomicBool,
+}
+
+impl DirectoryReplica for Recorder {
+    fn changed(&self, change: DirectoryChange) {
+        self.changes.lock().push(change);
+    }
+
+    fn new_id(&self, _: IdKind) -> Option<u64> {
+        if self.dry.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(1000 + self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn replicated() -> (Arc<Directory>, Arc<Recorder>) {
+    let d = dir(DirectoryConfig::default());
+    let r = Arc::new(Recorder::default());
+    assert!(d.set_replica(r.clone()));
+    assert!(!d.set_replica(r.clone()), "set once");
+    (d, r)
+}
+
+fn taken(r: &Recorder) -> Vec<DirectoryChange> {
+    std::mem::take(&mut *r.changes.lock())
+}
+
+/// The document of a change, for another directory to apply.
+fn doc<T: serde::Serialize>(t: &T) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(t).unwrap())
+}
+
+#[test]
+fn every_change_is_handed_to_the_replica_with_its_ids() {
+    let (d, r) = replicated();
+    let sub = d
+        .create_account(1, None, "sub", serde_json::json!({}))
+        .unwrap();
+    assert_eq!(sub.id, 1000, "the replica's id");
+    let t = token(&d, sub.id);
+    assert_eq!(t.id, 1001);
+    assert_eq!(
+        taken(&r),
+        vec![
+            DirectoryChange::Account {
+                cid: sub.id,
+                json: doc(&sub)
+            },
+            DirectoryChange::Token {
+                id: t.id,
+                json: doc(&t)
+            },
+        ]
+    );
+    // A use of a token without a ttl stays here; with one, the other nodes need it.
+    d.authenticate(&creds(Some(&t.key), None, "10.0.0.1"))
+        .unwrap();
+    assert!(taken(&r).is_empty());
+    let mut with_ttl = t.clone();
+    with_ttl.ttl = 3600;
+    with_ttl.accessed = 0;
+    d.update_token(with_ttl).unwrap();
+    assert_eq!(taken(&r).len(), 1);
+    d.authenticate(&creds(Some(&t.key), None, "10.0.0.1"))
+        .unwrap();
+    assert!(
+        matches!(&taken(&r)[..], [DirectoryChange::Token { id, .. }] if *id == t.id),
+        "the use of a token with a ttl"
+    );
+    // Deleting the account deletes its token: both handed out.
+    d.delete_account(sub.id).unwrap();
+    assert_eq!(
+        taken(&r),
+        vec![
+            DirectoryChange::DelAccount(sub.id),
+            DirectoryChange::DelToken(t.id)
+        ]
+    );
+    // No id to be had: refused.
+    r.dry.store(true, Ordering::Relaxed);
+    assert_eq!(
+        d.create_token(Token {
+            cid: 1,
+            key: String::new(),
+            ..t.clone()
+        })
+        .map(|_| ())
+        .unwrap_err(),
+        DirectoryError::NoId("token")
+    );
+}
+
+#[test]
+fn remote_changes_apply_without_coming_back() {
+    let (here, r) = replicated();
+    // "There": another node's directory.
+    let there = dir(DirectoryConfig::default());
+    let sub = there
+        .create_account(1, Some(50), "sub", serde_json::json!({}))
+        .unwrap();
+    let mut t = token(&there, 50);
+    t.id = 60;
+    // The token first: it may come before its account.
+    let put_t = DirectoryChange::Token {
+        id: 60,
+        json: doc(&t),
+    };
+    let e = here.apply_remote(put_t.clone()).unwrap();
+    assert!(e.changed);
+    assert!(e.revoke_tokens.is_empty());
+    let e = here
+        .apply_remote(DirectoryChange::Account {
+            cid: 50,
+            json: doc(&sub),
+        })
+        .unwrap();
+    assert!(e.changed);
+    assert_eq!(
+        here.usage(1),
+        (1, 2),
+        "counted: one sub-account, two tokens"
+    );
+    assert_eq!(
+        here.authenticate(&creds(Some(&t.key), None, "10.0.0.1"))
+            .map(|p| p.cid),
+        Ok(50)
+    );
+    assert!(taken(&r).is_empty(), "nothing handed back out");
+    // The same document again (a node's own write coming back): nothing to do.
+    assert_eq!(here.apply_remote(put_t).unwrap(), RemoteEffect::default());
+
+    // Narrowed: its connections end.
+    let mut narrowed = here.token(60).unwrap();
+    narrowed.access = Access {
+        kind: Access::ACL,
+        acl: vec![],
+    };
+    let e = here
+        .apply_remote(DirectoryChange::Token {
+            id: 60,
+            json: doc(&narrowed),
+        })
+        .unwrap();
+    assert_eq!(e.revoke_tokens, vec![60]);
+    // An older `accessed` from another node does not move this node's back.
+    let mine = here.token(60).unwrap().accessed;
+    assert!(mine > 0);
+    let mut stale = here.token(60).unwrap();
+    stale.accessed = 0;
+    stale.info = "renamed".into();
+    here.apply_remote(DirectoryChange::Token {
+        id: 60,
+        json: doc(&stale),
+    })
+    .unwrap();
+    let now = here.token(60).unwrap();
+    assert_eq!((now.accessed, now.info.as_str()), (mine, "renamed"));
+
+    // Account disabled: its connections end.
+    let mut off = sub.clone();
+    off.enabled = false;
+    let e = here
+        .apply_remote(DirectoryChange::Account {
+            cid: 50,
+            json: doc(&off),
+        })
+        .unwrap();
+    assert_eq!(e.revoke_accounts, vec![50]);
+
+    // Deleted token: refused, its connections end.
+    let e = here.apply_remote(DirectoryChange::DelToken(60)).unwrap();
+    assert_eq!(e.revoke_tokens, vec![60]);
+    assert!(
+        here.authenticate(&creds(Some(&t.key), None, "10.0.0.1"))
+            .is_err()
+    );
+    // Deleted account: it and everything in it.
+    let e = here.apply_remote(DirectoryChange::DelAccount(50)).unwrap();
+    assert_eq!(e.deleted_accounts, vec![50]);
+    assert!(here.account(50).is_none());
+    assert_eq!(here.usage(1), (0, 1));
+    // Twice: nothing.
+    assert_eq!(
+        here.apply_remote(DirectoryChange::DelAccount(50)).unwrap(),
+        RemoteEffect::default()
+    );
+    // The top account is never deleted from elsewhere; a document under another id is refused.
+    assert!(here.apply_remote(DirectoryChange::DelAccount(1)).is_err());
+    assert!(
+        here.apply_remote(DirectoryChange::Account {
+            cid: 51,
+            json: doc(&sub)
+        })
+        .is_err()
+    );
+    assert!(taken(&r).is_empty(), "nothing handed back out");
+}
+
+#[test]
+fn the_same_key_on_two_tokens_opens_the_older() {
+    let here = dir(DirectoryConfig::default());
+    let there = dir(DirectoryConfig::default());
+    let mut t = token(&there, 1);
+    for id in [80, 70] {
+        t.id = id;
+        here.apply_remote(DirectoryChange::Token { id, json: doc(&t) })
+            .unwrap();
+    }
+    assert_eq!(here.token_by_key(&t.key).map(|t| t.id), Some(70));
+}

@@ -1,0 +1,373 @@
+//! Cluster mode (issue 17): accounts and tokens changed over REST on one node are in force on
+//! every node (the KV bucket `tern_cfg`). A token created on one node opens a CONNECT on
+//! another; deleted, it ends the connections made with it everywhere and is refused everywhere;
+//! its ACL changed on one node restricts its clients on the others; a sub-account created on
+//! one node is listed by the others, and deleted, its clients are closed everywhere; a node
+//! started later has it all before it lets anyone in; two nodes creating tokens at the same
+//! time never hand out the same id.
+//!
+//! Every node has REST on its own port and the same configured master token; the harness is
+//! `support::cluster`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tern_codec::*;
+
+use crate::support::Client;
+use crate::support::client::{Read, connect_packet};
+use crate::support::cluster::{CROSS, Node};
+use crate::support::http;
+use crate::support::nats::NatsServer;
+use crate::support::process::free_addr;
+
+/// Every node's master token.
+const MASTER: &str = "ClusterCfgMasterToken0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+
+/// A node with REST on its own port and [`MASTER`] as its master token.
+struct RestNode {
+    node: Node,
+    http: SocketAddr,
+}
+
+impl RestNode {
+    async fn start(nats: &NatsServer, name: &str) -> RestNode {
+        let http = free_addr();
+        let node = Node::start_with(
+            nats,
+            name,
+            "",
+            &["--master-token", MASTER, "--http", &http.to_string()],
+        )
+        .await;
+        RestNode { node, http }
+    }
+
+    /// A REST call as the master token; the JSON answer, which must be 200.
+    async fn rest(&self, method: &str, path: &str, body: &str) -> Value {
+        let auth = format!("Authorization: FlespiToken {MASTER}");
+        let r = http::request(
+            self.http,
+            method,
+            path,
+            &[&auth, "Content-Type: application/json"],
+            body,
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "{method} {path} on {}: {}",
+            self.node.name, r.body
+        );
+        serde_json::from_str(&r.body).expect("a JSON answer")
+    }
+
+    /// Creates a token (`body` as POST takes it); its id and key.
+    async fn new_token(&self, body: Value) -> (u64, String) {
+        let v = self
+            .rest("POST", "/platform/tokens", &body.to_string())
+            .await;
+        let t = &v["result"][0];
+        let id = t["id"].as_u64().expect("a token id");
+        let key = t["key"].as_str().expect("a token key").to_string();
+        (id, key)
+    }
+
+    /// The ids of the sub-accounts the master token sees.
+    async fn subaccounts(&self) -> Vec<u64> {
+        let v = self.rest("GET", "/platform/subaccounts/all", "").await;
+        ids(&v)
+    }
+
+    /// The ids of the tokens the master token sees.
+    async fn tokens(&self) -> Vec<u64> {
+        let v = self.rest("GET", "/platform/tokens/all", "").await;
+        ids(&v)
+    }
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v["result"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Two nodes, `a` and `b`, on one NATS server; `None` without `nats-server`.
+async fn pair() -> Option<(NatsServer, RestNode, RestNode)> {
+    let nats = NatsServer::start().await?;
+    let a = RestNode::start(&nats, "cfg-a").await;
+    let b = RestNode::start(&nats, "cfg-b").await;
+    Some((nats, a, b))
+}
+
+fn logs(nodes: &[&RestNode], nats: &NatsServer) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        out.push_str(&format!(
+            "\n--- node {} ---\n{}",
+            n.node.name,
+            n.node.daemon.log()
+        ));
+    }
+    out.push_str(&format!("\n--- nats-server ---\n{}", nats.log()));
+    out
+}
+
+/// A CONNECT (v5) with `key` as the username: the client and the CONNACK code.
+async fn connect_key(node: &RestNode, id: &str, key: &str) -> (Client, ReasonCode) {
+    let mut c = connect_packet(ProtocolVersion::V5, id, true);
+    c.username = Some(ByteString::from(key));
+    let (client, ack) = Client::connect_with(node.node.addr(), c).await;
+    (client, ack.code)
+}
+
+/// Connects with `key` until the node accepts it (the token reached it); fails after
+/// [`CROSS`]. Attempts are spaced so that the node's limit on failed logins stays far away.
+async fn connect_when_known(
+    node: &RestNode,
+    id: &str,
+    key: &str,
+    all: &[&RestNode],
+    nats: &NatsServer,
+) -> Client {
+    let deadline = tokio::time::Instant::now() + CROSS;
+    loop {
+        let (c, code) = connect_key(node, id, key).await;
+        if code == ReasonCode::SUCCESS {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {} still refuses the token ({code:?}) after {CROSS:?}:{}",
+            node.node.name,
+            logs(all, nats)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Reads until the node closes the connection; the DISCONNECT reason it sent. Fails unless
+/// that happens within [`CROSS`].
+async fn closed_within(c: &mut Client, what: &str, logs: impl Fn() -> String) -> ReasonCode {
+    let deadline = tokio::time::Instant::now() + CROSS;
+    let mut reason = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.read(left).await {
+            Read::Closed => return reason.expect("a DISCONNECT before the close"),
+            Read::Packet(Packet::Disconnect(d)) => reason = Some(d.reason),
+            Read::Packet(_) => {}
+            Read::Timeout => panic!("{what}: still connected after {CROSS:?}:{}", logs()),
+        }
+    }
+}
+
+/// Polls `check` (every 100 ms) until it holds; fails after [`CROSS`].
+async fn until<F, Fut>(what: &str, logs: impl Fn() -> String, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CROSS;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {CROSS:?}:{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A token created over REST on node A lets a client in on node B, which publishes and
+/// subscribes there with it.
+#[tokio::test]
+async fn a_token_made_on_one_node_connects_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let (_, key) = a.new_token(json!({"info": "made on a"})).await;
+    let mut c = connect_when_known(&b, "on-b", &key, &[&a, &b], &nats).await;
+    assert_eq!(
+        c.subscribe("cfg/made/#", QoS::AtLeastOnce).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    c.publish("cfg/made/x", b"hello", QoS::AtMostOnce, false)
+        .await;
+    let m = loop {
+        match c.read(CROSS).await {
+            Read::Packet(Packet::Publish(m)) if !m.topic.starts_with("flespi/") => break m,
+            Read::Packet(Packet::Publish(m)) => c.ack(&m).await,
+            other => panic!("expected its own message back, got {other:?}"),
+        }
+    };
+    assert_eq!(m.payload, Bytes::from_static(b"hello"));
+}
+
+/// A token deleted on node A closes the connection made with it on node B (0x87), and node B
+/// refuses it from then on.
+#[tokio::test]
+async fn a_token_deleted_on_one_node_disconnects_and_is_refused_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let (id, key) = a.new_token(json!({"info": "to delete"})).await;
+    let mut c = connect_when_known(&b, "doomed", &key, &[&a, &b], &nats).await;
+    a.rest("DELETE", &format!("/platform/tokens/{id}"), "")
+        .await;
+    let reason = closed_within(&mut c, "the client of the deleted token on b", || {
+        logs(&[&a, &b], &nats)
+    })
+    .await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    let (_, code) = connect_key(&b, "doomed-again", &key).await;
+    assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD, "refused on b");
+    let (_, code) = connect_key(&a, "doomed-on-a", &key).await;
+    assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD, "refused on a");
+}
+
+/// An ACL token narrowed on node A: its client on node B is closed (0x87, as on the node where
+/// the change was made), and reconnected there it has only the rights left.
+#[tokio::test]
+async fn an_acl_narrowed_on_one_node_restricts_its_client_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let entry =
+        |topic: &str| json!({"uri": "mqtt", "topic": topic, "actions": ["publish", "subscribe"]});
+    let (id, key) = a
+        .new_token(json!({
+            "info": "acl",
+            "access": {"type": 2, "acl": [entry("acl/a/#"), entry("acl/b/#")]}
+        }))
+        .await;
+    let mut c = connect_when_known(&b, "acl-client", &key, &[&a, &b], &nats).await;
+    assert_eq!(
+        c.subscribe("acl/b/#", QoS::AtLeastOnce).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let patch = json!({"access": {"type": 2, "acl": [entry("acl/a/#")]}});
+    a.rest(
+        "PATCH",
+        &format!("/platform/tokens/{id}"),
+        &patch.to_string(),
+    )
+    .await;
+    let reason = closed_within(&mut c, "the client of the narrowed token on b", || {
+        logs(&[&a, &b], &nats)
+    })
+    .await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    let (mut c, code) = connect_key(&b, "acl-client", &key).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    assert_eq!(
+        c.subscribe("acl/b/#", QoS::AtLeastOnce).await,
+        ReasonCode::NOT_AUTHORIZED,
+        "acl/b/# was taken away"
+    );
+    assert_eq!(
+        c.subscribe("acl/a/#", QoS::AtLeastOnce).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+}
+
+/// A sub-account created on node A is listed on node B, and a token of it works there;
+/// deleted on node A, it is gone from node B and its client there is closed.
+#[tokio::test]
+async fn a_subaccount_made_on_one_node_is_listed_and_deleted_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let v = a
+        .rest("POST", "/platform/subaccounts", r#"{"name":"sub-on-a"}"#)
+        .await;
+    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    let all = || logs(&[&a, &b], &nats);
+    until("the sub-account listed on b", all, || async {
+        b.subaccounts().await.contains(&cid)
+    })
+    .await;
+    let (_, key) = a.new_token(json!({"info": "sub", "cid": cid})).await;
+    let mut c = connect_when_known(&b, "sub-client", &key, &[&a, &b], &nats).await;
+
+    a.rest("DELETE", &format!("/platform/subaccounts/{cid}"), "")
+        .await;
+    closed_within(&mut c, "the sub-account's client on b", all).await;
+    assert!(!b.subaccounts().await.contains(&cid), "gone from b");
+    let (_, code) = connect_key(&b, "sub-client", &key).await;
+    assert_ne!(code, ReasonCode::SUCCESS, "its token went with it");
+}
+
+/// A node started after accounts and tokens were made elsewhere has them before it accepts
+/// its first connection: no waiting.
+#[tokio::test]
+async fn a_node_started_later_has_what_was_made_before() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let (token_id, key) = a.new_token(json!({"info": "early"})).await;
+    let v = a
+        .rest("POST", "/platform/subaccounts", r#"{"name":"early-sub"}"#)
+        .await;
+    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    // Node B has them: they are in the bucket.
+    let all = || logs(&[&a, &b], &nats);
+    until("the sub-account listed on b", all, || async {
+        b.subaccounts().await.contains(&cid)
+    })
+    .await;
+
+    let c = RestNode::start(&nats, "cfg-c").await;
+    let (_, code) = connect_key(&c, "late", &key).await;
+    assert_eq!(
+        code,
+        ReasonCode::SUCCESS,
+        "the token works at once on the new node:{}",
+        logs(&[&a, &b, &c], &nats)
+    );
+    assert!(c.subaccounts().await.contains(&cid));
+    assert!(c.tokens().await.contains(&token_id));
+    // Its own new token gets an id of its own, and works on the first node.
+    let (own_id, own_key) = c.new_token(json!({"info": "made on c"})).await;
+    assert_ne!(own_id, token_id);
+    connect_when_known(&a, "from-c", &own_key, &[&a, &b, &c], &nats).await;
+}
+
+/// Two nodes creating tokens at the same time hand out different ids, and each node ends with
+/// every token.
+#[tokio::test]
+async fn nodes_creating_tokens_at_once_never_share_an_id() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    const EACH: usize = 10;
+    async fn make(n: &RestNode, tag: &str) -> Vec<u64> {
+        let body: Vec<Value> = (0..EACH)
+            .map(|i| json!({"info": format!("{tag}{i}")}))
+            .collect();
+        let v = n
+            .rest("POST", "/platform/tokens", &Value::from(body).to_string())
+            .await;
+        ids(&v)
+    }
+    let (from_a, from_b) = tokio::join!(make(&a, "a"), make(&b, "b"));
+    assert_eq!((from_a.len(), from_b.len()), (EACH, EACH));
+    let mut all: Vec<u64> = from_a.iter().chain(&from_b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 2 * EACH, "distinct ids: {from_a:?} {from_b:?}");
+    for n in [&a, &b] {
+        until(
+            &format!("every token on {}", n.node.name),
+            || logs(&[&a, &b], &nats),
+            || async {
+                let have = n.tokens().await;
+                all.iter().all(|id| have.contains(id))
+            },
+        )
+        .await;
+    }
+}
