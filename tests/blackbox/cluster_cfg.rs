@@ -371,3 +371,122 @@ async fn nodes_creating_tokens_at_once_never_share_an_id() {
         .await;
     }
 }
+
+/// A sub-account disabled on node A closes its client on node B (0x87) and node B refuses its
+/// token then (0x8A, banned); a quota lowered on node A holds on node B. Node B counts what it
+/// applied.
+#[tokio::test]
+async fn an_account_disabled_or_limited_on_one_node_is_so_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let all = || logs(&[&a, &b], &nats);
+    let v = a
+        .rest("POST", "/platform/subaccounts", r#"{"name":"limited"}"#)
+        .await;
+    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    let (_, key) = a.new_token(json!({"info": "limited", "cid": cid})).await;
+    let mut c = connect_when_known(&b, "limited-1", &key, &[&a, &b], &nats).await;
+
+    a.rest(
+        "PATCH",
+        &format!("/platform/subaccounts/{cid}"),
+        r#"{"enabled":false}"#,
+    )
+    .await;
+    let reason = closed_within(&mut c, "the disabled account's client on b", all).await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    let (_, code) = connect_key(&b, "limited-1", &key).await;
+    assert_eq!(code, ReasonCode::BANNED);
+
+    // Enabled again, with room for one session.
+    a.rest(
+        "PATCH",
+        &format!("/platform/subaccounts/{cid}"),
+        r#"{"enabled":true,"limits":{"mqtt_sessions":1}}"#,
+    )
+    .await;
+    let _first = connect_when_known(&b, "limited-1", &key, &[&a, &b], &nats).await;
+    let (_, code) = connect_key(&b, "limited-2", &key).await;
+    assert_eq!(
+        code,
+        ReasonCode::QUOTA_EXCEEDED,
+        "one session at most:{}",
+        all()
+    );
+
+    let m = http::get(b.http, "/metrics", &[]).await;
+    let applied = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_cluster_cfg_applied_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(applied >= 4, "b applied a's changes: {}", m.body);
+    assert!(
+        m.body
+            .contains("tern_cluster_dropped_total{queue=\"cfg\"} 0"),
+        "{}",
+        m.body
+    );
+}
+
+/// A node down while tokens are deleted and created elsewhere has the changes as soon as it is
+/// back, although its own store still had the deleted token.
+#[tokio::test]
+async fn a_node_restarted_has_what_changed_while_it_was_down() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let (gone_id, gone_key) = a
+        .new_token(json!({"info": "deleted while b is down"}))
+        .await;
+    connect_when_known(&b, "before", &gone_key, &[&a, &b], &nats).await;
+
+    let RestNode {
+        node: Node {
+            name,
+            daemon,
+            _data: data,
+        },
+        ..
+    } = b;
+    daemon.kill().await;
+    a.rest("DELETE", &format!("/platform/tokens/{gone_id}"), "")
+        .await;
+    let (_, new_key) = a.new_token(json!({"info": "made while b is down"})).await;
+
+    let http = free_addr();
+    let config = data.path().join("tern.toml");
+    let daemon = crate::support::process::Daemon::spawn(
+        data.path(),
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--anonymous",
+            "--master-token",
+            MASTER,
+            "--http",
+            &http.to_string(),
+        ],
+    )
+    .await;
+    let b = RestNode {
+        node: Node {
+            name,
+            daemon,
+            _data: data,
+        },
+        http,
+    };
+    let (_, code) = connect_key(&b, "after", &gone_key).await;
+    assert_eq!(
+        code,
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        "the deleted token is refused at once:{}",
+        logs(&[&a, &b], &nats)
+    );
+    let (_, code) = connect_key(&b, "after-new", &new_key).await;
+    assert_eq!(code, ReasonCode::SUCCESS, "the new token works at once");
+    assert!(!b.tokens().await.contains(&gone_id));
+}
