@@ -3,8 +3,9 @@
 //! another; deleted, it ends the connections made with it everywhere and is refused everywhere;
 //! its ACL changed on one node restricts its clients on the others; a sub-account created on
 //! one node is listed by the others, and deleted, its clients are closed everywhere; a node
-//! started later has it all before it lets anyone in; two nodes creating tokens at the same
-//! time never hand out the same id.
+//! started later, or restarted after changes, has them all before it lets anyone in; changes
+//! made while NATS is down arrive once it is back; two nodes creating tokens at the same time
+//! never hand out the same id.
 //!
 //! Every node has REST on its own port and the same configured master token; the harness is
 //! `support::cluster`.
@@ -489,4 +490,32 @@ async fn a_node_restarted_has_what_changed_while_it_was_down() {
     let (_, code) = connect_key(&b, "after-new", &new_key).await;
     assert_eq!(code, ReasonCode::SUCCESS, "the new token works at once");
     assert!(!b.tokens().await.contains(&gone_id));
+}
+
+/// Changes made on node A while NATS is down reach node B once NATS is back: a token made then
+/// connects on node B, and a token deleted then closes its client on node B.
+#[tokio::test]
+async fn changes_made_while_nats_is_down_arrive_when_it_is_back() {
+    let Some((mut nats, a, b)) = pair().await else {
+        return;
+    };
+    let (old_id, old_key) = a
+        .new_token(json!({"info": "deleted during the outage"}))
+        .await;
+    let mut c = connect_when_known(&b, "outage", &old_key, &[&a, &b], &nats).await;
+
+    nats.kill();
+    a.rest("DELETE", &format!("/platform/tokens/{old_id}"), "")
+        .await;
+    let (_, new_key) = a.new_token(json!({"info": "made during the outage"})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart().await;
+
+    // Back: the writes waited for NATS, and node B's watch resumes.
+    let reason = closed_within(&mut c, "the deleted token's client on b", || {
+        logs(&[&a, &b], &nats)
+    })
+    .await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    connect_when_known(&b, "outage-new", &new_key, &[&a, &b], &nats).await;
 }

@@ -6,9 +6,10 @@
 //!   node (and its start) that wrote it. A deleted one is a KV delete.
 //! - Out: the directory hands every change made on this node to [`CfgReplica`]
 //!   (`tern_broker::accounts::DirectoryReplica`), which `try_send`s it into a bounded queue
-//!   (`[cluster] queue`); one task writes the queue to the bucket in order (retried a few times
-//!   with back-off). Full: the change is dropped, counted (`tern_cluster_dropped{queue="cfg"}`)
-//!   and logged; the other nodes miss it until the next change of that account or token.
+//!   (`[cluster] queue`); one task writes the queue to the bucket in order (retried with
+//!   back-off: while NATS is away until it is back, otherwise [`WRITE_TRIES`] times). Full:
+//!   the change is dropped, counted (`tern_cluster_dropped{queue="cfg"}`) and logged; the other
+//!   nodes miss it until the next change of that account or token.
 //! - In: before the node's listeners open, the bucket's current values are loaded (a watch
 //!   with history) and applied to the directory and the store; then what only this node has
 //!   (its own bootstrap, or accounts from before cluster mode) is added to the bucket with a
@@ -54,7 +55,7 @@ pub const ID_BLOCK: u64 = 1024;
 pub const ID_LOW: u64 = 512;
 
 /// How often a write to the bucket is tried before it is given up (logged, counted).
-const WRITE_TRIES: u32 = 8;
+pub const WRITE_TRIES: u32 = 8;
 
 /// What the cfg part of [`crate::start`] needs.
 pub(crate) struct CfgStart<'a> {
@@ -135,11 +136,17 @@ pub(crate) async fn start(s: CfgStart<'_>) -> Result<(), ClusterError> {
         if seen.contains(&key) {
             continue;
         }
-        if let Some(value) = value
-            && bucket.create(&key, value).await.is_ok()
-        {
-            added += 1;
-            s.metrics.cfg_written.fetch_add(1, Ordering::Relaxed);
+        let Some(value) = value else { continue };
+        match bucket.create(&key, value).await {
+            Ok(_) => {
+                added += 1;
+                s.metrics.cfg_written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) => {}
+            Err(e) => {
+                s.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %key, error = %e, "cluster: this node's own account or token not added to the config bucket");
+            }
         }
     }
     // The first ids, so that a creation right after start has one.
@@ -537,7 +544,13 @@ async fn run_writer(
                     replica.metrics.cfg_written.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(e) if tries < WRITE_TRIES && !shutdown.is_cancelled() => {
+                // Without NATS, the write waits for it (the changes behind it queue up, bounded);
+                // with NATS, a write that keeps failing is given up.
+                Err(e)
+                    if (tries < WRITE_TRIES
+                        || !replica.metrics.connected.load(Ordering::Relaxed))
+                        && !shutdown.is_cancelled() =>
+                {
                     tracing::warn!(key = %w.key, error = %e, "cluster: config write failed, retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
@@ -564,7 +577,15 @@ async fn run_watch(
 ) {
     loop {
         match until_shutdown(watch.next(), &shutdown).await {
-            None => return,
+            None => {
+                if !shutdown.is_cancelled() {
+                    replica.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "cluster: the config watch ended: changes of other nodes no longer arrive"
+                    );
+                }
+                return;
+            }
             Some(Ok(entry)) => replica.apply(&broker, &directory, entry),
             Some(Err(e)) => {
                 replica.metrics.errors.fetch_add(1, Ordering::Relaxed);

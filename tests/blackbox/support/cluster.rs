@@ -1,8 +1,8 @@
 //! The cluster harness (issue 17): real `nats-server` and `tern` processes in cluster mode on
 //! loopback, and the probes that tell when a subscription is known across the cluster.
 //!
-//! Accounts are not replicated: every node lets anonymous clients in with the same pinned
-//! anonymous account id, so they share one namespace.
+//! Every node lets anonymous clients in with the same pinned anonymous account id, so they
+//! share one namespace (accounts and tokens made over REST are replicated: `cluster_cfg`).
 //!
 //! Subscriptions and retained messages travel between nodes asynchronously, so a test first
 //! sends probes (QoS 0, on a topic ending in [`PROBE`]) from the publishing node until each
