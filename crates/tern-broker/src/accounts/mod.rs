@@ -550,7 +550,9 @@ impl Directory {
             .map(|t| t.id)
             .collect();
         for id in tokens {
-            if let Some(t) = st.tokens.remove(&id) {
+            if let Some(t) = st.tokens.remove(&id)
+                && st.by_key.get(&t.key) == Some(&id)
+            {
                 st.by_key.remove(&t.key);
             }
             self.store.submit(Op::DelToken { id });
