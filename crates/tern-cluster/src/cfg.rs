@@ -343,6 +343,18 @@ impl CfgReplica {
             .map_or(0, |(next, last)| (last + 1).saturating_sub(*next))
     }
 
+    /// Whether an entry of `key` (`own`: written by this node, as far as can be told) is to be
+    /// applied: not while an own write of the key is still to come, which is later in the
+    /// bucket's order and wins. A delete carries no origin: while an own write of the key is
+    /// on its way, a delete is taken for it (deletes are final: a later own put still wins).
+    fn takes(&self, key: &str, own: bool) -> bool {
+        let mut pending = self.pending.lock();
+        if pending.get(key).is_none_or(|n| *n == 0) {
+            return true;
+        }
+        own && unpend(&mut pending, key) == 0
+    }
+
     /// Applies one entry of the bucket to the directory, and its effect to the broker.
     fn apply(&self, broker: &Broker, directory: &Directory, entry: kv::Entry) {
         let Some(key) = parse_key(&entry.key) else {
@@ -369,20 +381,8 @@ impl CfgReplica {
                 Key::Ids => return,
             }
         };
-        // A delete carries no origin: while an own write of the key is on its way, a delete is
-        // taken for it (deletes are final: a later own put still wins).
-        {
-            let mut pending = self.pending.lock();
-            if pending.get(&entry.key).is_some_and(|n| *n > 0) {
-                if !own {
-                    // Older than the own write still to come, which wins.
-                    return;
-                }
-                if unpend(&mut pending, &entry.key) > 0 {
-                    // A later own write of the key is still to come.
-                    return;
-                }
-            }
+        if !self.takes(&entry.key, own) {
+            return;
         }
         match directory.apply_remote(change) {
             Ok(effect) => {
@@ -644,6 +644,42 @@ mod tests {
             None,
             "kinds have their own blocks"
         );
+    }
+
+    /// Node 1 writes a token twice while node 2 writes it once in between: node 1 skips what
+    /// comes before its last write (its own first write, node 2's) and applies its last one,
+    /// the bucket's last value; without pending writes everything is applied.
+    #[test]
+    fn entries_before_an_own_write_still_to_come_are_skipped() {
+        let (r, _rx) = replica(8);
+        let json = Bytes::from_static(b"{}");
+        let put = DirectoryChange::Token {
+            id: 5,
+            json: json.clone(),
+        };
+        r.changed(put.clone());
+        r.changed(put);
+        assert!(
+            !r.takes("token.5", true),
+            "own first write: a later one is coming"
+        );
+        assert!(
+            !r.takes("token.5", false),
+            "node 2's: older than the own one to come"
+        );
+        assert!(
+            r.takes("token.5", true),
+            "own last write: applied (the same value)"
+        );
+        assert!(
+            r.takes("token.5", false),
+            "nothing pending: node 2's next one applies"
+        );
+        assert!(r.takes("token.6", false));
+        // A delete on its way: a delete coming back is taken for it.
+        r.changed(DirectoryChange::DelToken(7));
+        assert!(r.takes("token.7", true));
+        assert!(r.pending.lock().is_empty());
     }
 
     #[test]
