@@ -48,15 +48,16 @@ impl RestNode {
 
     /// A REST call as the master token; the JSON answer, which must be 200.
     async fn rest(&self, method: &str, path: &str, body: &str) -> Value {
+        self.rest_in(None, method, path, body).await
+    }
+
+    /// [`RestNode::rest`] acting in account `cid` (`x-flespi-cid`) when given.
+    async fn rest_in(&self, cid: Option<u64>, method: &str, path: &str, body: &str) -> Value {
         let auth = format!("Authorization: FlespiToken {MASTER}");
-        let r = http::request(
-            self.http,
-            method,
-            path,
-            &[&auth, "Content-Type: application/json"],
-            body,
-        )
-        .await;
+        let acting = cid.map(|c| format!("x-flespi-cid: {c}"));
+        let mut headers = vec![auth.as_str(), "Content-Type: application/json"];
+        headers.extend(acting.as_deref());
+        let r = http::request(self.http, method, path, &headers, body).await;
         assert_eq!(
             r.status, 200,
             "{method} {path} on {}: {}",
@@ -80,6 +81,16 @@ impl RestNode {
     async fn subaccounts(&self) -> Vec<u64> {
         let v = self.rest("GET", "/platform/subaccounts/all", "").await;
         ids(&v)
+    }
+
+    /// The `tern_gw_devices` gauge of the node.
+    async fn devices(&self) -> u64 {
+        let m = http::get(self.http, "/metrics", &[]).await;
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix("tern_gw_devices "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("tern_gw_devices in /metrics")
     }
 
     /// The ids of the tokens the master token sees.
@@ -276,7 +287,8 @@ async fn an_acl_narrowed_on_one_node_restricts_its_client_on_another() {
 }
 
 /// A sub-account created on node A is listed on node B, and a token of it works there;
-/// deleted on node A, it is gone from node B and its client there is closed.
+/// deleted on node A, it is gone from node B, its client there is closed and the device made in
+/// it on node B goes with it.
 #[tokio::test]
 async fn a_subaccount_made_on_one_node_is_listed_and_deleted_on_another() {
     let Some((nats, a, b)) = pair().await else {
@@ -293,10 +305,18 @@ async fn a_subaccount_made_on_one_node_is_listed_and_deleted_on_another() {
     .await;
     let (_, key) = a.new_token(json!({"info": "sub", "cid": cid})).await;
     let mut c = connect_when_known(&b, "sub-client", &key, &[&a, &b], &nats).await;
+    let device = json!({"name": "truck", "device_type_id": 1, "configuration": {"ident": "35"}});
+    b.rest_in(Some(cid), "POST", "/gw/devices", &device.to_string())
+        .await;
+    assert_eq!(b.devices().await, 1);
 
     a.rest("DELETE", &format!("/platform/subaccounts/{cid}"), "")
         .await;
     closed_within(&mut c, "the sub-account's client on b", all).await;
+    until("the device gone from b", all, || async {
+        b.devices().await == 0
+    })
+    .await;
     assert!(!b.subaccounts().await.contains(&cid), "gone from b");
     let (_, code) = connect_key(&b, "sub-client", &key).await;
     assert_ne!(code, ReasonCode::SUCCESS, "its token went with it");

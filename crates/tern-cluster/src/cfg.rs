@@ -74,7 +74,7 @@ pub(crate) struct CfgStart<'a> {
 /// Sets up the bucket, loads it into the directory, adds what only this node has, reserves
 /// ids, installs the replica in the directory and starts the writer, the watch and the id
 /// reservations.
-pub(crate) async fn start(s: CfgStart<'_>) -> Result<(), ClusterError> {
+pub(crate) async fn start(s: CfgStart<'_>) -> Result<Arc<CfgReplica>, ClusterError> {
     let bucket = retry_until(s.setup_until, "the config bucket", || {
         cfg_bucket(s.js, s.replicas)
     })
@@ -92,6 +92,7 @@ pub(crate) async fn start(s: CfgStart<'_>) -> Result<(), ClusterError> {
         ids: parking_lot::Mutex::new(HashMap::new()),
         refill: Notify::new(),
         metrics: s.metrics.clone(),
+        deleted: std::sync::OnceLock::new(),
     });
 
     // Everything the cluster has, before any client connects or any REST call is answered.
@@ -178,8 +179,14 @@ pub(crate) async fn start(s: CfgStart<'_>) -> Result<(), ClusterError> {
         s.directory.clone(),
         s.shutdown.clone(),
     ));
-    tokio::spawn(run_watch(s.broker, s.directory, watch, replica, s.shutdown));
-    Ok(())
+    tokio::spawn(run_watch(
+        s.broker,
+        s.directory,
+        watch,
+        replica.clone(),
+        s.shutdown,
+    ));
+    Ok(replica)
 }
 
 /// The bucket: created on first use as its stream (see `retained_bucket` in `nats.rs`).
@@ -272,6 +279,20 @@ pub struct CfgReplica {
     /// Wakes the id reservation task.
     refill: Notify,
     metrics: Arc<ClusterMetrics>,
+    /// Called with the accounts another node deleted (set once).
+    deleted: std::sync::OnceLock<DeletedHook>,
+}
+
+/// What else goes with accounts another node deleted (the daemon's devices layer).
+pub struct DeletedHook(pub Box<DeletedFn>);
+
+/// Called with the ids of the deleted accounts.
+pub type DeletedFn = dyn Fn(&[u64]) + Send + Sync;
+
+impl std::fmt::Debug for DeletedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeletedHook")
+    }
 }
 
 impl DirectoryReplica for CfgReplica {
@@ -315,6 +336,12 @@ impl DirectoryReplica for CfgReplica {
 }
 
 impl CfgReplica {
+    /// Installs what is called with the accounts another node deleted, after their sessions
+    /// and retained messages went (once; later calls are refused: `false`).
+    pub fn on_accounts_deleted(&self, hook: DeletedHook) -> bool {
+        self.deleted.set(hook).is_ok()
+    }
+
     /// The key and the value (`None`: a delete) of a change.
     fn record(&self, change: &DirectoryChange) -> (String, Option<Bytes>) {
         match change {
@@ -390,6 +417,11 @@ impl CfgReplica {
                     self.metrics.cfg_applied.fetch_add(1, Ordering::Relaxed);
                 }
                 act(broker, &effect);
+                if !effect.deleted_accounts.is_empty()
+                    && let Some(hook) = self.deleted.get()
+                {
+                    (hook.0)(&effect.deleted_accounts);
+                }
             }
             Err(e) => {
                 self.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -626,6 +658,7 @@ mod tests {
             ids: parking_lot::Mutex::new(HashMap::new()),
             refill: Notify::new(),
             metrics: Arc::new(ClusterMetrics::default()),
+            deleted: std::sync::OnceLock::new(),
         });
         (r, rx)
     }

@@ -30,7 +30,7 @@ mod subject;
 #[cfg(test)]
 mod proptests;
 
-pub use cfg::{CFG_BUCKET, CfgReplica, ID_BLOCK, ID_LOW};
+pub use cfg::{CFG_BUCKET, CfgReplica, DeletedHook, ID_BLOCK, ID_LOW, WRITE_TRIES};
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };

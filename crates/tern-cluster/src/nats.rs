@@ -262,6 +262,8 @@ pub enum ClusterError {
 pub struct Cluster {
     pub metrics: Arc<ClusterMetrics>,
     pub node: String,
+    /// Accounts and tokens across the cluster (`cfg.rs`).
+    pub cfg: Arc<crate::cfg::CfgReplica>,
 }
 
 /// Connects to NATS, sets up the retained bucket, loads the retained replica, installs the
@@ -365,7 +367,7 @@ pub async fn start(
     }
     tracing::info!(node = %config.node, retained = loaded, "cluster: retained replica loaded");
     // Accounts and tokens (cfg.rs): loaded before any client connects, then followed.
-    crate::cfg::start(crate::cfg::CfgStart {
+    let cfg = crate::cfg::start(crate::cfg::CfgStart {
         js: &js,
         broker: broker.clone(),
         directory,
@@ -493,6 +495,7 @@ pub async fn start(
     Ok(Cluster {
         metrics,
         node: config.node,
+        cfg,
     })
 }
 

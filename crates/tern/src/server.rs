@@ -175,6 +175,14 @@ impl Server {
             config.gw(),
         );
         gateway.publish_all();
+        // Accounts deleted on another node take their devices, channels and streams here too.
+        if let Some(c) = &cluster {
+            let gw = gateway.clone();
+            c.cfg
+                .on_accounts_deleted(tern_cluster::DeletedHook(Box::new(move |gone| {
+                    gw.accounts_deleted(gone)
+                })));
+        }
         let api = tern_api::ApiState::with_options(
             broker.clone(),
             directory.clone(),
