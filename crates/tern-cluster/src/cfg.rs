@@ -30,7 +30,7 @@
 //!   Keys are 64 characters from each node's CSPRNG; a key given explicitly to two new tokens
 //!   on two nodes at once opens the one with the lower id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -274,8 +274,9 @@ pub struct CfgReplica {
     origin: String,
     /// Keys with own writes queued or on their way, and how many.
     pending: parking_lot::Mutex<HashMap<String, u32>>,
-    /// Reserved ids not handed out yet: the next and the last of each kind's block.
-    ids: parking_lot::Mutex<HashMap<IdKind, (u64, u64)>>,
+    /// Reserved ids not handed out yet: blocks of each kind (the next and the last id), in the
+    /// order they were reserved.
+    ids: parking_lot::Mutex<HashMap<IdKind, VecDeque<(u64, u64)>>>,
     /// Wakes the id reservation task.
     refill: Notify,
     metrics: Arc<ClusterMetrics>,
@@ -318,20 +319,24 @@ impl DirectoryReplica for CfgReplica {
 
     fn new_id(&self, kind: IdKind) -> Option<u64> {
         let mut ids = self.ids.lock();
-        let (next, last) = ids.get_mut(&kind)?;
-        if *next > *last {
-            drop(ids);
-            self.refill.notify_one();
-            return None;
-        }
-        let id = *next;
-        *next += 1;
-        let low = *last + 1 - *next <= ID_LOW;
+        let blocks = ids.entry(kind).or_default();
+        let id = match blocks.front_mut() {
+            Some((next, last)) => {
+                let id = *next;
+                *next += 1;
+                if *next > *last {
+                    blocks.pop_front();
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let low = left(blocks) <= ID_LOW;
         drop(ids);
         if low {
             self.refill.notify_one();
         }
-        Some(id)
+        id
     }
 }
 
@@ -356,18 +361,17 @@ impl CfgReplica {
         }
     }
 
-    /// A block of reserved ids replaces what is left of the last one.
-    fn add_ids(&self, kind: IdKind, (first, last): (u64, u64)) {
-        self.ids.lock().insert(kind, (first, last));
+    /// A block of reserved ids, handed out after what is left of the earlier ones.
+    fn add_ids(&self, kind: IdKind, block: (u64, u64)) {
+        if block.0 <= block.1 {
+            self.ids.lock().entry(kind).or_default().push_back(block);
+        }
         self.metrics.cfg_id_blocks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Ids of `kind` left.
     fn ids_left(&self, kind: IdKind) -> u64 {
-        self.ids
-            .lock()
-            .get(&kind)
-            .map_or(0, |(next, last)| (last + 1).saturating_sub(*next))
+        self.ids.lock().get(&kind).map_or(0, left)
     }
 
     /// Whether an entry of `key` (`own`: written by this node, as far as can be told) is to be
@@ -429,6 +433,14 @@ impl CfgReplica {
             }
         }
     }
+}
+
+/// Ids left in `blocks`.
+fn left(blocks: &VecDeque<(u64, u64)>) -> u64 {
+    blocks
+        .iter()
+        .map(|(next, last)| (last + 1).saturating_sub(*next))
+        .sum()
 }
 
 /// One pending write of `key` fewer; what is left.
@@ -514,10 +526,7 @@ async fn run_ids(
                     tokens
                 };
                 match reserve(&bucket, kind, floor).await {
-                    Ok(block) => {
-                        // What was left of the last block goes unused (ids need not be dense).
-                        replica.add_ids(kind, block);
-                    }
+                    Ok(block) => replica.add_ids(kind, block),
                     Err(e) => {
                         replica.metrics.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "cluster: reserving ids failed, retrying");
@@ -668,10 +677,14 @@ mod tests {
         let (r, _rx) = replica(1);
         assert_eq!(r.new_id(IdKind::Token), None, "nothing reserved yet");
         r.add_ids(IdKind::Token, (100, 102));
+        r.add_ids(IdKind::Token, (200, 200));
+        assert_eq!(r.ids_left(IdKind::Token), 4);
         assert_eq!(r.new_id(IdKind::Token), Some(100));
         assert_eq!(r.new_id(IdKind::Token), Some(101));
         assert_eq!(r.new_id(IdKind::Token), Some(102));
-        assert_eq!(r.new_id(IdKind::Token), None, "the block is used up");
+        assert_eq!(r.new_id(IdKind::Token), Some(200), "then the next block");
+        assert_eq!(r.new_id(IdKind::Token), None, "the blocks are used up");
+        assert_eq!(r.ids_left(IdKind::Token), 0);
         assert_eq!(
             r.new_id(IdKind::Account),
             None,
