@@ -85,7 +85,6 @@ pub fn open_with(config: &Config, faults: Option<FaultSwitch>) -> anyhow::Result
     })
 }
 
-/// Creates the `[[accounts]]` that do not exist yet, and creates or updates `[[tokens]]`.
 /// Cluster mode, once the cluster's accounts and tokens are loaded (they win over this node's
 /// own: another node's master token may have taken the id of the one this node bootstrapped):
 /// the top account, the master token, the configured accounts and tokens and the anonymous
@@ -112,6 +111,7 @@ pub(crate) fn settle_cluster(config: &Config, directory: &Directory) -> anyhow::
     Ok(())
 }
 
+/// Creates the `[[accounts]]` that do not exist yet, and creates or updates `[[tokens]]`.
 fn provision(config: &Config, directory: &Directory) -> anyhow::Result<()> {
     let top = directory.top().unwrap_or(config.auth.top_cid);
     for a in &config.accounts {
