@@ -20,6 +20,7 @@
 //!   notices, the watchdog); [`ClusterMetrics`] are read by the daemon's `/metrics`
 
 mod nats;
+mod sessions;
 mod subject;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod proptests;
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };
+pub use sessions::{NODES_BUCKET, SESSIONS_BUCKET};
 pub use subject::{
     Decoded, LIVE_PREFIX, SHARD_PREFIX, SubjectError, SubjectKind, decode_subject, encode_filter,
     encode_topic, shard_of,
