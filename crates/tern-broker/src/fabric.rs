@@ -97,7 +97,7 @@ pub(crate) struct Adopted {
 
 /// A persistent session of this node as [`Broker::session_image`] reads it.
 #[derive(Debug, Clone)]
-pub struct SessionView {
+pub struct SessionCheckpoint {
     pub image: SessionImage,
     /// When its connection's CONNECT was accepted; `None` while disconnected.
     pub connected_at: Option<Micros>,
@@ -250,7 +250,7 @@ impl Broker {
 
     /// A persistent session of this node as the cluster keeps it, with where its deliveries
     /// stand; `None` if there is none (or it is not stored).
-    pub fn session_image(&self, key: &SessionKey) -> Option<SessionView> {
+    pub fn session_image(&self, key: &SessionKey) -> Option<SessionCheckpoint> {
         let session = self.session(key)?;
         let st = session.lock();
         // A session that is not stored counts while it has a will (its node may die).
@@ -263,7 +263,7 @@ impl Broker {
             .map(crate::persist::sub_record)
             .collect();
         subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
-        Some(SessionView {
+        Some(SessionCheckpoint {
             image: SessionImage {
                 record: crate::persist::record(&session, &st),
                 subscriptions,

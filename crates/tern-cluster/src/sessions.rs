@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tern_broker::fabric::{Adoption, SessionImage, SessionView};
+use tern_broker::fabric::{Adoption, SessionImage, SessionCheckpoint};
 use tern_broker::session::{Session, WillSpec};
 use tern_broker::{Broker, Fabric, Micros, SessionKey};
 use tokio::sync::mpsc;
@@ -600,7 +600,7 @@ impl Sessions {
     }
 
     /// Writes the record of a session of this node if it changed.
-    async fn write_view(&self, key: &SessionKey, k: &str, view: SessionView) {
+    async fn write_view(&self, key: &SessionKey, k: &str, view: SessionCheckpoint) {
         let (record, value) = {
             let mut tracked = self.tracked.lock();
             let Some(t) = tracked.get_mut(key) else {
@@ -914,7 +914,7 @@ impl Sessions {
 
 /// Promotes the candidates the session's acknowledgements reached, and adds `positions` as a
 /// new candidate (or as the floor when nothing is pending).
-fn advance(t: &mut Track, view: &SessionView, positions: &[u64]) {
+fn advance(t: &mut Track, view: &SessionCheckpoint, positions: &[u64]) {
     while let Some((tail, p)) = t.candidates.front() {
         if view.low < *tail {
             break;
@@ -1036,8 +1036,8 @@ mod tests {
         assert!(Record::decode(key("c"), Bytes::from(longer)).is_err());
     }
 
-    fn view(low: u64, tail: u64) -> SessionView {
-        SessionView {
+    fn view(low: u64, tail: u64) -> SessionCheckpoint {
+        SessionCheckpoint {
             image: SessionImage {
                 record: SessionRecord {
                     key: key("c"),
