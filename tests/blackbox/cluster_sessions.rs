@@ -314,3 +314,52 @@ async fn will_published_after_its_node_is_killed() {
         }
     }
 }
+
+/// A client still connected to node A connects again to node B (MQTT 3.1.1, clean session 0):
+/// node A closes the old connection, node B resumes the session with what node A had not
+/// delivered yet, and from then on only node B delivers.
+#[tokio::test]
+async fn live_session_taken_over_by_another_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let old_connect = connect_packet(ProtocolVersion::V311, "hopper", false);
+    let (mut old, _) = Client::connect_with(cluster.nodes[A].addr(), old_connect.clone()).await;
+    old.subscribe("hp/#", QoS::AtLeastOnce).await;
+    cluster.ready(B, "hp/~probe~", &mut [&mut old]).await;
+    records_written(&cluster, A, 2).await;
+
+    // Queued on node A behind a client that does not read.
+    let waiting = batch("waiting", 10);
+    publish_all(&cluster, B, "hp-p1", "hp/t", &waiting).await;
+
+    let (mut new, ack) = Client::connect_with(cluster.nodes[B].addr(), old_connect).await;
+    assert!(ack.session_present, "resumed on node B{}", cluster.logs());
+    receive_all(
+        &cluster,
+        &mut new,
+        &waiting.iter().cloned().collect(),
+        "after the takeover",
+    )
+    .await;
+    // The old connection was closed by node A.
+    loop {
+        match old.read(CROSS).await {
+            Read::Closed => break,
+            Read::Packet(Packet::Publish(_)) => {}
+            other => panic!("the old connection: {other:?}{}", cluster.logs()),
+        }
+    }
+    // Live again, from both nodes, to the new connection only.
+    let after = batch("after", 6);
+    publish_all(&cluster, A, "hp-p2", "hp/t", &after[..3]).await;
+    publish_all(&cluster, B, "hp-p3", "hp/t", &after[3..]).await;
+    receive_all(
+        &cluster,
+        &mut new,
+        &after.iter().cloned().collect(),
+        "after, live",
+    )
+    .await;
+    new.disconnect().await;
+}

@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tern_broker::fabric::{Adoption, SessionImage, SessionCheckpoint};
+use tern_broker::fabric::{Adoption, SessionCheckpoint, SessionImage};
 use tern_broker::session::{Session, WillSpec};
 use tern_broker::{Broker, Fabric, Micros, SessionKey};
 use tokio::sync::mpsc;
