@@ -19,6 +19,10 @@
 #   (QoS 0), so the cross-node figure is what was forwarded while 8 publishers and every
 #   process share the cores
 # - QoS 0 paced at PACED_RATE msg/s (100000) from one publisher: single node; across nodes
+# - resume: RESUME_CLIENTS (500) persistent sessions (MQTT 5) on node A, which is killed
+#   (kill -9); the clients reconnect to node B and a publisher there sends each one message:
+#   the time from the kill to every CONNACK (session present) and every message delivered.
+#   These nodes run with their store on (persistent sessions have records in the cluster)
 #
 # Needs nats-server (Debian's package) on PATH. Every JSON line and log is kept in $OUT.
 set -euo pipefail
@@ -29,6 +33,7 @@ DURATION=${DURATION:-10}
 INFLIGHT=${INFLIGHT:-100}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 PACED_RATE=${PACED_RATE:-100000}
+RESUME_CLIENTS=${RESUME_CLIENTS:-500}
 NODES=${NODES:-2}
 OUT=${OUT:-target/bench-cluster}
 NATS_PORT=${NATS_PORT:-14322}
@@ -59,13 +64,15 @@ wait_port() {
     return 1
 }
 
-# start_tern NAME PORT [NATS]: a tern with the store off, anonymous access in account 7.
+# start_tern NAME PORT [NATS [store]]: a tern with the store off (on with "store"), anonymous
+# access in account 7.
 start_tern() {
-    local name=$1 port=$2 nats=${3:-} dir="$OUT/run/$1"
+    local name=$1 port=$2 nats=${3:-} store=${4:-} dir="$OUT/run/$1"
     rm -rf "$dir"
     mkdir -p "$dir"
     {
-        printf '[store]\nenabled = false\n[auth]\nanonymous = true\nanonymous_cid = 7\n'
+        [[ "$store" == store ]] || printf '[store]\nenabled = false\n'
+        printf '[auth]\nanonymous = true\nanonymous_cid = 7\n'
         printf '[mqtt]\nmax_inflight = 1024\n[session]\nmax_queued_bytes = 1073741824\n'
         if [[ -n "$nats" ]]; then
             printf '[cluster]\nnats = ["%s"]\nnode = "%s"\n' "$nats" "$name"
@@ -123,6 +130,14 @@ for round in $(seq "$ROUNDS"); do
     bench cross-fanin1 "$A" "$B" --scenario fan-in --qos 1 --clients 8 "${FLOW[@]}"
     bench cross-paced0 "$A" "$B" "${PACED0[@]}"
     cleanup
+
+    echo "round $round: node death to sessions resumed" >&2
+    start_nats
+    start_tern r1 $((BASE_PORT + 1)) "nats://127.0.0.1:$NATS_PORT" store
+    VICTIM=${PIDS[-1]}
+    start_tern r2 $((BASE_PORT + 2)) "nats://127.0.0.1:$NATS_PORT" store
+    bench resume "$A" "$B" --scenario resume --clients "$RESUME_CLIENTS" --broker-pid "$VICTIM" --timeout 60
+    cleanup
 done
 
 # One table row: KEY LABEL JQ-FIELD: every run's figure and their median.
@@ -166,3 +181,8 @@ row cross-paced0 "QoS 0 at $PACED_RATE msg/s, across nodes, p50 µs" .latency_us
 row single-lat1 "latency QoS 1, single node, lost" .lost
 row cross-lat1 "latency QoS 1, across nodes, lost" .lost
 row cross-fanin1 "fan-in QoS 1 across nodes, acked but lost" .lost_acked
+row resume "$RESUME_CLIENTS sessions after kill -9 of their node: resumed (session present)" .resumed
+row resume "resume: kill to the last CONNACK, ms" .all_connacks_ms
+row resume "resume: kill to the last missed message delivered, ms" .all_delivered_ms
+row resume "resume: kill to CONNACK per client, p50 ms" '(.connack_us.p50_us / 1000)'
+row resume "resume: kill to message per client, p50 ms" '(.delivered_us.p50_us / 1000)'

@@ -41,6 +41,8 @@ pub struct Conn {
     pub version: ProtocolVersion,
     /// The broker's Receive Maximum (MQTT 5 CONNACK); 65,535 when it sets none.
     pub receive_maximum: u16,
+    /// CONNACK's session present flag.
+    pub session_present: bool,
 }
 
 /// Connects, from `source` when given (a loopback address other than the broker's, so a storm
@@ -113,6 +115,7 @@ async fn connect_inner(
                 rbuf,
                 version: opts.version,
                 receive_maximum: ack.properties.receive_maximum.unwrap_or(u16::MAX),
+                session_present: ack.session_present,
             });
         }
         if stream.read_buf(&mut rbuf).await? == 0 {

@@ -24,6 +24,7 @@ mod gw_stream;
 mod http;
 mod relay;
 mod report;
+mod resume;
 mod retained;
 mod rss;
 mod storm;
@@ -186,6 +187,10 @@ enum Scenario {
     GwStreamMqtt,
     /// N webhooks sharing a name call a local receiver once per device message; calls/s.
     GwWebhook,
+    /// Cluster: N persistent sessions on `--broker` (node A, `--broker-pid`), node A killed,
+    /// the clients resume on `--sub-broker`; time from the kill to every session resumed and
+    /// its missed message delivered.
+    Resume,
 }
 
 impl Scenario {
@@ -203,6 +208,7 @@ impl Scenario {
             Scenario::GwStreamHttp => "gw-stream-http",
             Scenario::GwStreamMqtt => "gw-stream-mqtt",
             Scenario::GwWebhook => "gw-webhook",
+            Scenario::Resume => "resume",
         }
     }
 }
@@ -412,6 +418,30 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             })
             .await?,
         )?,
+        Scenario::Resume => {
+            let (Some(other), Some(victim)) = (cli.sub_broker, cli.broker_pid) else {
+                bail!("resume needs --sub-broker (node B) and --broker-pid (node A, killed)");
+            };
+            let mut head = head;
+            head.mqtt = "5";
+            let mut connect = connect;
+            connect.version = ProtocolVersion::V5;
+            connect.clean_start = false;
+            connect.session_expiry = 3600;
+            serde_json::to_string(
+                &resume::run(resume::ResumeParams {
+                    head,
+                    connect,
+                    other,
+                    clients: cli.clients,
+                    victim,
+                    settle: Duration::from_secs(2),
+                    timeout,
+                    tag,
+                })
+                .await?,
+            )?
+        }
         s => serde_json::to_string(&run_flow(cli, s, head, flow_cfg).await?)?,
     };
     Ok(line)

@@ -104,6 +104,7 @@ impl Broker {
                     key: session.key.clone(),
                     filter: identity.to_stored(),
                 });
+                self.session_dirty(&session.key);
             }
             removed
         };

@@ -650,6 +650,9 @@ impl Broker {
                     key: session.key.clone(),
                 });
             }
+            // Cluster mode: the cluster's record of it (a persistent session, or one with a
+            // will) goes too.
+            self.session_dirty(&session.key);
             st.stored = false;
             let dropped = st.queue.len() as i64;
             Metrics::gauge(&self.metrics.queued, -dropped);
@@ -775,6 +778,18 @@ impl Broker {
             let routed = self.push_targets(msg, &mut targets);
             targets.clear();
             routed
+        })
+    }
+
+    /// Routes `msg` to the non-shared subscriptions of `session` only (a cluster replay).
+    pub(crate) fn route_to(&self, session: &Arc<Session>, msg: &Arc<Message>) -> bool {
+        TARGETS.with(|cell| {
+            let mut targets = cell.borrow_mut();
+            self.collect_targets(msg, &mut targets);
+            targets.retain(|t| !t.shared && t.session.id == session.id);
+            let routed = self.push_targets(msg, &mut targets);
+            targets.clear();
+            routed.sessions > 0
         })
     }
 

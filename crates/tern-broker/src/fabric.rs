@@ -14,10 +14,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::broker::Broker;
+use tern_store::{SessionRecord, SubscriptionRecord};
+
+use crate::broker::{Broker, RegistryShard};
 use crate::close::CloseReason;
 use crate::message::{Message, Micros};
-use crate::session::SessionKey;
+use crate::session::{
+    ConnLink, Origin, Session, SessionKey, Subscription, SubscriptionKey, WillSpec,
+};
 
 /// A position in the fabric's stream of durable publications (QoS 1/2 messages stored by the
 /// cluster): a publisher's acknowledgement waits until the fabric confirmed it. 0: nothing to
@@ -44,6 +48,67 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// A client connected on this node at `at` (broker clock): a connection of the same
     /// client on another node must give way ([`Broker::take_over_remote`] there).
     fn connected(&self, key: &SessionKey, at: Micros);
+
+    /// A client resumes (Clean Start 0) a session this node does not hold: the cluster's
+    /// image of it, if the cluster keeps one. The broker makes the session from it, holding
+    /// what is routed to it, and calls [`Adoption::start`] with it: the fabric then replays
+    /// what the session missed ([`Broker::route_replayed`]) and releases the hold
+    /// ([`Broker::release_hold`]). Called with the client's registry shard locked: it must
+    /// not wait.
+    fn adopt(&self, _key: &SessionKey) -> Option<Adoption> {
+        None
+    }
+
+    /// The durable state of a persistent session of this node changed (connected,
+    /// disconnected, subscribed, unsubscribed, its will) or it ended, or a client connected
+    /// with Clean Start (whose earlier session, wherever it is, ends): the fabric reads it
+    /// again with [`Broker::session_image`]. Must not block.
+    fn session_changed(&self, _key: &SessionKey) {}
+}
+
+/// A persistent session as the cluster keeps it: enough to make it again on any node.
+#[derive(Debug, Clone)]
+pub struct SessionImage {
+    pub record: SessionRecord,
+    pub subscriptions: Vec<SubscriptionRecord>,
+}
+
+/// The fabric's answer to [`Fabric::adopt`].
+pub struct Adoption {
+    pub image: SessionImage,
+    /// Called once with the session made from the image, its subscriptions indexed.
+    pub start: Box<dyn FnOnce(Arc<Session>) + Send>,
+}
+
+impl std::fmt::Debug for Adoption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adoption")
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An adopted session's subscriptions to index and its start, after the registry shard is
+/// unlocked.
+pub(crate) struct Adopted {
+    subs: Vec<Subscription>,
+    start: Box<dyn FnOnce(Arc<Session>) + Send>,
+}
+
+/// A persistent session of this node as [`Broker::session_image`] reads it.
+#[derive(Debug, Clone)]
+pub struct SessionCheckpoint {
+    pub image: SessionImage,
+    /// When its connection's CONNECT was accepted; `None` while disconnected.
+    pub connected_at: Option<Micros>,
+    /// The sequence of its oldest QoS 1/2 delivery not yet completed (queued, held or in
+    /// flight), or `tail` when none is pending.
+    pub low: u64,
+    /// The sequence its next QoS 1/2 delivery gets: every delivery pushed before this view
+    /// was taken is completed once `low` reaches `tail`.
+    pub tail: u64,
+    /// Its deliveries are held (a replay is running).
+    pub holding: bool,
 }
 
 impl Broker {
@@ -110,6 +175,135 @@ impl Broker {
             // The connection here is the newer one: the other node gives way.
             return false;
         }
+        self.end_session(&session);
+        if let Some(kick) = kick {
+            kick.kick(CloseReason::SessionTakenOver);
+        }
+        true
+    }
+
+    /// Tells the fabric, if there is one, that the durable state of `key`'s session changed.
+    pub(crate) fn session_dirty(&self, key: &SessionKey) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.session_changed(key);
+        }
+    }
+
+    /// The cluster's image of `key`'s session, if there is a fabric and it keeps one.
+    pub(crate) fn adoption(&self, key: &SessionKey) -> Option<Adoption> {
+        self.fabric.get()?.adopt(key)
+    }
+
+    /// Makes the session of a connecting client from the cluster's image (the client's
+    /// registry shard `reg` is locked): its subscriptions and creation time come from the
+    /// image, everything about the connection from the CONNECT. Its deliveries are held until
+    /// the fabric's replay releases them. The will of the connection it had elsewhere is not
+    /// sent: the session resumed.
+    pub(crate) fn adopt(
+        &self,
+        reg: &mut RegistryShard,
+        adoption: Adoption,
+        key: SessionKey,
+        expiry: u32,
+        (link, origin): (ConnLink, Origin),
+        will: Option<WillSpec>,
+    ) -> (Arc<Session>, Adopted) {
+        let Adoption { image, start } = adoption;
+        let cid = key.cid;
+        let session = Arc::new(Session::new(self.next_session_id(), key, false, expiry));
+        let mut subs = Vec::with_capacity(image.subscriptions.len());
+        {
+            let mut st = session.lock();
+            st.created = image.record.created;
+            st.hold = Some(Box::default());
+            for sub in &image.subscriptions {
+                let parsed = SubscriptionKey::from_stored(&sub.filter)
+                    .and_then(|key| Subscription::parse(key, sub.options, sub.id));
+                match parsed {
+                    Ok(s) => {
+                        st.subscriptions.insert(s.clone());
+                        subs.push(s);
+                    }
+                    Err(err) => {
+                        tracing::warn!(filter = %sub.filter, %err, "cluster: a subscription of an adopted session no longer parses; dropped");
+                    }
+                }
+            }
+            st.set_origin(origin);
+            st.conn = Some(link);
+            st.will = will;
+            self.persist_session(&session, &mut st);
+        }
+        reg.insert(session.clone());
+        self.session_added(cid);
+        (session, Adopted { subs, start })
+    }
+
+    /// Indexes an adopted session's subscriptions (its deliveries are held) and starts the
+    /// fabric's replay.
+    pub(crate) fn adopted(&self, session: &Arc<Session>, adopted: Adopted) {
+        for sub in &adopted.subs {
+            self.index(session, sub);
+        }
+        (adopted.start)(session.clone());
+    }
+
+    /// A persistent session of this node as the cluster keeps it, with where its deliveries
+    /// stand; `None` if there is none (or it is not stored).
+    pub fn session_image(&self, key: &SessionKey) -> Option<SessionCheckpoint> {
+        let session = self.session(key)?;
+        let st = session.lock();
+        // A session that is not stored counts while it has a will (its node may die).
+        if st.ended || !(st.stored || st.will.is_some()) {
+            return None;
+        }
+        let mut subscriptions: Vec<SubscriptionRecord> = st
+            .subscriptions
+            .values()
+            .map(crate::persist::sub_record)
+            .collect();
+        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+        Some(SessionCheckpoint {
+            image: SessionImage {
+                record: crate::persist::record(&session, &st),
+                subscriptions,
+            },
+            connected_at: st.conn.as_ref().map(|c| c.connected_at),
+            low: st.pending_low(),
+            tail: st.next_seq,
+            holding: st.hold.is_some(),
+        })
+    }
+
+    /// Routes a message a replay found to `session` only, past its hold, as routing would
+    /// have when it was published (its non-shared subscriptions, their conditions, No
+    /// Local). Returns whether it was queued.
+    pub fn route_replayed(&self, session: &Arc<Session>, msg: &Arc<Message>) -> bool {
+        if msg.is_expired(self.clock.now()) {
+            return false;
+        }
+        crate::session::replaying(|| self.route_to(session, msg))
+    }
+
+    /// Releases an adopted session's hold: what was routed to it during the replay goes out
+    /// after what the replay queued.
+    pub fn release_hold(&self, session: &Arc<Session>) {
+        let mut st = session.lock();
+        if let Some(held) = st.hold.take() {
+            st.queue.extend(*held);
+        }
+        drop(st);
+        session.wake();
+    }
+
+    /// Ends this node's copy of `key`'s session without its will: the cluster gave the
+    /// session to another node (its record there is newer). A connection on it closes with
+    /// 0x8E (Session taken over).
+    pub fn forget_session(&self, key: &SessionKey) -> bool {
+        let Some(session) = self.session(key) else {
+            return false;
+        };
+        let kick = session.lock().conn.as_ref().map(|l| l.kick.clone());
         self.end_session(&session);
         if let Some(kick) = kick {
             kick.kick(CloseReason::SessionTakenOver);

@@ -20,6 +20,7 @@ impl Broker {
                 key: session.key.clone(),
                 sub: sub_record(sub),
             });
+            self.session_dirty(&session.key);
         }
         st.subscriptions.insert(sub.clone()).is_none()
     }
@@ -28,6 +29,10 @@ impl Broker {
     /// stored. A session whose expiry dropped to 0 stays stored until it ends (and is deleted).
     pub(crate) fn persist_session(&self, session: &Session, st: &mut SessionState) -> Ticket {
         if !self.store.enabled() || st.ended || (st.expiry_interval == 0 && !st.stored) {
+            if st.will.is_some() && !st.ended {
+                // Cluster mode: a will outlives this node in the cluster's record.
+                self.session_dirty(&session.key);
+            }
             return 0;
         }
         let first = !st.stored;
@@ -35,6 +40,7 @@ impl Broker {
         let mut ticket = self.store.submit(Op::PutSession {
             record: record(session, st),
         });
+        self.session_dirty(&session.key);
         if first {
             // A session that becomes stored brings along what it already has.
             for sub in st.subscriptions.values() {

@@ -420,6 +420,10 @@ pub struct SessionState {
     pub last_protocol: u8,
     /// The token of the current or last connection.
     pub token_id: Option<u64>,
+    /// Cluster mode: a session adopted from another node holds the deliveries routed to it
+    /// here until the replay of what it missed there is queued (fabric.rs), so that old
+    /// messages go out before new ones. `None` otherwise.
+    pub hold: Option<Box<VecDeque<Delivery>>>,
 }
 
 /// A session's subscriptions by full filter string. The map is allocated with the first
@@ -578,6 +582,36 @@ pub struct SessionStats {
     pub dropped: u64,
 }
 
+thread_local! {
+    /// Set while a replay pushes into a session: its deliveries pass a hold (see
+    /// [`SessionState::hold`]).
+    static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with pushes going past every session's hold (a replay's deliveries).
+pub(crate) fn replaying<R>(f: impl FnOnce() -> R) -> R {
+    REPLAYING.set(true);
+    let out = f();
+    REPLAYING.set(false);
+    out
+}
+
+impl SessionState {
+    /// Where the session's QoS 1/2 deliveries stand (cluster checkpoints, fabric.rs): the
+    /// sequence of the oldest one not yet completed (queued, held or in flight), or the next
+    /// sequence when none is pending.
+    pub fn pending_low(&self) -> u64 {
+        let stored = |d: &Delivery| (d.seq != 0).then_some(d.seq);
+        self.queue
+            .iter()
+            .filter_map(stored)
+            .chain(self.inflight.iter().filter_map(|f| stored(&f.delivery)))
+            .chain(self.hold.iter().flat_map(|h| h.iter().filter_map(stored)))
+            .min()
+            .unwrap_or(self.next_seq)
+    }
+}
+
 impl Session {
     pub(crate) fn new(
         id: SessionId,
@@ -609,6 +643,7 @@ impl Session {
                 last_peer: None,
                 last_protocol: 0,
                 token_id: None,
+                hold: None,
             }),
             congested: AtomicBool::new(false),
             exempt: AtomicBool::new(false),
@@ -769,7 +804,10 @@ impl SessionState {
             });
         }
         self.queued_bytes += cost;
-        self.queue.push_back(delivery);
+        match &mut self.hold {
+            Some(held) if !REPLAYING.get() => held.push_back(delivery),
+            _ => self.queue.push_back(delivery),
+        }
         (Push::Queued, ticket)
     }
 
@@ -820,6 +858,9 @@ impl SessionState {
     /// clean start).
     pub fn clear_messages(&mut self) {
         self.queue.clear();
+        if let Some(held) = &mut self.hold {
+            held.clear();
+        }
         self.queued_bytes = 0;
         self.inflight.clear();
         self.resend = 0;
@@ -831,7 +872,10 @@ impl SessionState {
     /// consumer. Stored deliveries are dequeued in the store. The caller gives the bytes back
     /// to the broker-wide budget.
     pub fn drop_queue(&mut self, key: &SessionKey, store: &Store) -> DroppedQueue {
-        let dropped = std::mem::take(&mut self.queue);
+        let mut dropped = std::mem::take(&mut self.queue);
+        if let Some(held) = &mut self.hold {
+            dropped.extend(held.drain(..));
+        }
         let bytes = std::mem::take(&mut self.queued_bytes);
         self.stats.dropped += dropped.len() as u64;
         let ticket = store.submit_all(dropped.iter().filter(|d| d.seq != 0).map(|d| Op::Dequeue {

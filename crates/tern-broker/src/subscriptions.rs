@@ -131,6 +131,7 @@ impl Broker {
                             key: session.key.clone(),
                             filter: key.to_stored(),
                         });
+                        self.session_dirty(&session.key);
                     }
                     removed.push(sub.clone());
                     return false;

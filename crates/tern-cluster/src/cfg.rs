@@ -43,7 +43,7 @@ use tern_broker::accounts::{Directory, DirectoryChange, DirectoryReplica, IdKind
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::nats::{ClusterError, ClusterMetrics, retry_until, until_shutdown};
+use crate::nats::{ClusterError, ClusterMetrics, kv_bucket, retry_until, until_shutdown};
 
 /// The KV bucket of accounts and tokens.
 pub const CFG_BUCKET: &str = "tern_cfg";
@@ -76,7 +76,7 @@ pub(crate) struct CfgStart<'a> {
 /// reservations.
 pub(crate) async fn start(s: CfgStart<'_>) -> Result<Arc<CfgReplica>, ClusterError> {
     let bucket = retry_until(s.setup_until, "the config bucket", || {
-        cfg_bucket(s.js, s.replicas)
+        kv_bucket(s.js, CFG_BUCKET, "tern: accounts and tokens", s.replicas)
     })
     .await?;
     let started = std::time::SystemTime::now()
@@ -187,35 +187,6 @@ pub(crate) async fn start(s: CfgStart<'_>) -> Result<Arc<CfgReplica>, ClusterErr
         s.shutdown,
     ));
     Ok(replica)
-}
-
-/// The bucket: created on first use as its stream (see `retained_bucket` in `nats.rs`).
-async fn cfg_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(CFG_BUCKET).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{CFG_BUCKET}"),
-        description: Some("tern: accounts and tokens".to_string()),
-        subjects: vec![format!("$KV.{CFG_BUCKET}.>")],
-        max_messages_per_subject: 1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        num_replicas: replicas.max(1),
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    if let Err(e) = js.get_or_create_stream(config).await {
-        return Err(ClusterError::Nats(format!(
-            "create bucket {CFG_BUCKET}: {e}"
-        )));
-    }
-    js.get_key_value(CFG_BUCKET)
-        .await
-        .map_err(|e| ClusterError::Nats(format!("open bucket {CFG_BUCKET}: {e}")))
 }
 
 /// A key of the bucket.

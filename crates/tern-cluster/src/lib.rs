@@ -7,9 +7,9 @@
 //! `TERN_Q_<s>` as `tern.q.<s>.<acct>.<topic>` before the publisher's acknowledgement, and read
 //! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
-//! off from NATS marked unavailable. Not yet: sessions that move between nodes, wills after a
-//! node crash, `$share` across nodes, REST over the whole cluster (accounts and tokens are in KV:
-//! `cfg`).
+//! off from NATS marked unavailable; persistent sessions and wills across nodes (`sessions`);
+//! accounts and tokens in KV (`cfg`). Not yet: `$share` across nodes, REST over the whole
+//! cluster.
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
@@ -25,6 +25,7 @@
 
 mod cfg;
 mod nats;
+mod sessions;
 mod subject;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use cfg::{CFG_BUCKET, CfgReplica, DeletedHook, ID_BLOCK, ID_LOW, WRITE_TRIES
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };
+pub use sessions::{NODES_BUCKET, SESSIONS_BUCKET};
 pub use subject::{
     Decoded, LIVE_PREFIX, SHARD_PREFIX, SubjectError, SubjectKind, decode_subject, encode_filter,
     encode_topic, shard_of,

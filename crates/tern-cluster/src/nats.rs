@@ -42,11 +42,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tern_broker::fabric::Adoption;
 use tern_broker::{Broker, Fabric, FabricTicket, FabricWait, Message, Micros, SessionKey};
 use tern_codec::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::sessions::{NODES_BUCKET, Positions, SESSIONS_BUCKET, Sessions, SessionsSetup};
 use crate::subject::{SubjectKind, decode_subject, encode_topic, shard_of};
 
 /// The KV bucket of retained messages.
@@ -113,6 +115,16 @@ pub struct ClusterMetrics {
     pub retained_applied: AtomicU64,
     /// Failed NATS operations (publish, KV write; logged).
     pub errors: AtomicU64,
+    /// Persistent sessions resumed here from the cluster's record (`sessions.rs`).
+    pub sessions_adopted: AtomicU64,
+    /// Messages queued by the replays of resumed sessions.
+    pub sessions_replayed: AtomicU64,
+    /// Sessions this node gave up because another node's record of them was newer.
+    pub sessions_lost: AtomicU64,
+    /// Session record writes and deletes (checkpoints included).
+    pub session_writes: AtomicU64,
+    /// Wills of clients whose node died, published by this node.
+    pub wills_published: AtomicU64,
     /// Account and token changes of this node written to the config bucket.
     pub cfg_written: AtomicU64,
     /// Account and token changes of other nodes applied here.
@@ -153,6 +165,15 @@ pub struct NatsFabric {
     shards: std::num::NonZeroU32,
     metrics: Arc<ClusterMetrics>,
     node: String,
+    /// Persistent sessions across nodes, set once at start.
+    sessions: std::sync::OnceLock<Arc<Sessions>>,
+}
+
+impl NatsFabric {
+    /// The last fabric ticket given out.
+    pub(crate) fn issued(&self) -> FabricTicket {
+        *self.next.lock()
+    }
 }
 
 /// The first tokens of a connect notice: `tern.s.<acct>.<client id in lowercase hex>`.
@@ -228,6 +249,16 @@ impl Fabric for NatsFabric {
         };
         if self.live.try_send(out).is_err() {
             self.metrics.dropped_live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn adopt(&self, key: &SessionKey) -> Option<Adoption> {
+        self.sessions.get()?.adopt(key)
+    }
+
+    fn session_changed(&self, key: &SessionKey) {
+        if let Some(sessions) = self.sessions.get() {
+            sessions.changed(key);
         }
     }
 
@@ -422,7 +453,45 @@ pub async fn start(
         shards,
         metrics: metrics.clone(),
         node: config.node.clone(),
+        sessions: std::sync::OnceLock::new(),
     });
+
+    // Persistent sessions: their records and the node heartbeats, loaded before the fabric is
+    // installed (sessions restored from this node's store are left to the records first).
+    let positions: Positions = readers
+        .iter()
+        .map(|(_, next)| AtomicU64::new(next - 1))
+        .collect();
+    let sessions_bucket = retry_until(setup_until, "the sessions bucket", || {
+        kv_bucket(
+            &js,
+            SESSIONS_BUCKET,
+            "tern: persistent sessions of every account",
+            config.replicas,
+        )
+    })
+    .await?;
+    let nodes_bucket = retry_until(setup_until, "the nodes bucket", || {
+        kv_bucket(&js, NODES_BUCKET, "tern: node heartbeats", config.replicas)
+    })
+    .await?;
+    let sessions = Sessions::start(
+        SessionsSetup {
+            node: config.node.clone(),
+            broker: broker.clone(),
+            bucket: sessions_bucket,
+            nodes: nodes_bucket,
+            streams: readers.iter().map(|(s, _)| s.clone()).collect(),
+            positions: positions.clone(),
+            fabric: Arc::downgrade(&fabric),
+            metrics: metrics.clone(),
+        },
+        connect_timeout,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(ClusterError::Nats)?;
+    let _ = fabric.sessions.set(sessions);
     broker.set_fabric(fabric.clone());
 
     let started = std::time::SystemTime::now()
@@ -453,11 +522,12 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    for (stream, next) in readers {
+    for (shard, (stream, next)) in readers.into_iter().enumerate() {
         tokio::spawn(run_reader(
             broker.clone(),
             stream,
             next,
+            (positions.clone(), shard),
             connects.clone(),
             config.node.clone(),
             metrics.clone(),
@@ -506,13 +576,31 @@ async fn retained_bucket(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(RETAINED_BUCKET).await {
+    kv_bucket(
+        js,
+        RETAINED_BUCKET,
+        "tern: retained messages of every account",
+        replicas,
+    )
+    .await
+}
+
+/// KV bucket `name`: created on first use, history 1, `replicas` copies. Created as its
+/// stream (what `create_key_value` would make), since async-nats's bucket creation first reads
+/// the account's JetStream info in a shape that nats-server 2.9 does not answer with.
+pub(crate) async fn kv_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
     let config = jetstream::stream::Config {
-        name: format!("KV_{RETAINED_BUCKET}"),
-        description: Some("tern: retained messages of every account".to_string()),
-        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        name: format!("KV_{name}"),
+        description: Some(description.to_string()),
+        subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
@@ -526,13 +614,11 @@ async fn retained_bucket(
     // Two nodes starting together may both create it: the same config, so the second one
     // succeeds too (or finds it).
     if let Err(e) = js.get_or_create_stream(config).await {
-        return Err(ClusterError::Nats(format!(
-            "create bucket {RETAINED_BUCKET}: {e}"
-        )));
+        return Err(ClusterError::Nats(format!("create bucket {name}: {e}")));
     }
-    js.get_key_value(RETAINED_BUCKET)
+    js.get_key_value(name)
         .await
-        .map_err(|e| ClusterError::Nats(format!("open bucket {RETAINED_BUCKET}: {e}")))
+        .map_err(|e| ClusterError::Nats(format!("open bucket {name}: {e}")))
 }
 
 /// Runs `step` until it succeeds or `until` passes (back-off 100 ms doubling to 2 s); the last
@@ -783,13 +869,7 @@ async fn run_notices(
 /// The subject of a connect notice: `tern.s.<acct>.<client id in lowercase hex>` (a client id
 /// may hold any character, `+` and `#` included, so it is not spelled as a topic).
 fn notice_subject(key: &SessionKey) -> String {
-    use std::fmt::Write as _;
-    let mut subject = String::with_capacity(SESSION_PREFIX.len() + 21 + 2 * key.client_id.len());
-    let _ = write!(subject, "{SESSION_PREFIX}{}.", key.cid);
-    for b in key.client_id.as_bytes() {
-        let _ = write!(subject, "{b:02x}");
-    }
-    subject
+    format!("{SESSION_PREFIX}{}", crate::sessions::kv_key(key))
 }
 
 /// A connect notice: the session key from the subject, `<at> <node>` from the payload.
@@ -797,28 +877,11 @@ fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, S
     let tail = subject
         .strip_prefix(SESSION_PREFIX)
         .ok_or("not a connect notice")?;
-    let (cid, hex) = tail.split_once('.').ok_or("no client id")?;
-    let cid = cid.parse::<u64>().map_err(|e| e.to_string())?;
-    if hex.len() % 2 != 0 {
-        return Err("odd hex length".into());
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|e| e.to_string())?;
-    let client_id = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let key = crate::sessions::parse_kv_key(tail)?;
     let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
     let (at, from) = text.split_once(' ').ok_or("no node in the notice")?;
     let at = at.parse::<Micros>().map_err(|e| e.to_string())?;
-    Ok((
-        SessionKey {
-            cid,
-            client_id: client_id.into(),
-        },
-        at,
-        from.to_string(),
-    ))
+    Ok((key, at, from.to_string()))
 }
 
 /// Routes what other nodes appended to one shard stream to this node's sessions. The reader is
@@ -826,10 +889,12 @@ fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, S
 /// fails, or the client reconnects (NATS restarted and lost the ephemeral consumer), it is
 /// created again from the sequence after the last one read, so nothing appended meanwhile is
 /// skipped.
+#[allow(clippy::too_many_arguments)]
 async fn run_reader(
     broker: Arc<Broker>,
     stream: jetstream::stream::Stream,
     mut next: u64,
+    position: (Positions, usize),
     mut connects: watch::Receiver<u64>,
     node: String,
     metrics: Arc<ClusterMetrics>,
@@ -881,16 +946,18 @@ async fn run_reader(
                 .as_ref()
                 .and_then(|h| h.get(NODE_HEADER))
                 .is_some_and(|v| v.as_str() == node);
-            if own {
-                continue;
+            // A message of this node's own was routed here before it was appended.
+            if !own {
+                route_remote(&broker, &metrics, &msg.subject, msg.payload.clone(), false);
             }
-            route_remote(&broker, &metrics, &msg.subject, msg.payload.clone(), false);
+            // Routed (or this node's own): persistent sessions' cursors may pass it.
+            position.0[position.1].store(next - 1, Ordering::Release);
         }
     }
 }
 
 /// An ordered consumer of `stream` from sequence `from` on.
-async fn open_reader(
+pub(crate) async fn open_reader(
     stream: &jetstream::stream::Stream,
     from: u64,
 ) -> Result<jetstream::consumer::pull::Ordered, String> {
@@ -1013,7 +1080,7 @@ async fn run_inbound(
 
 /// A live (`live`) or shard stream message: the record, checked against its subject (the
 /// account and topic must agree).
-fn decode_on(subject: &str, payload: Bytes, live: bool) -> Result<Message, String> {
+pub(crate) fn decode_on(subject: &str, payload: Bytes, live: bool) -> Result<Message, String> {
     let d = decode_subject(subject).map_err(|e| e.to_string())?;
     let kind_ok = match d.kind {
         SubjectKind::Live => live,

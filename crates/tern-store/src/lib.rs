@@ -50,6 +50,12 @@ pub use format::FORMAT_VERSION;
 pub use format::{
     FormatError, decode_retained as decode_message_record, encode_retained as encode_message_record,
 };
+/// A session's record and a subscription's, as the store keeps them: also what the cluster
+/// keeps of a persistent session (`tern-cluster`).
+pub use format::{
+    decode_session as decode_session_record, decode_subscription as decode_subscription_record,
+    encode_session as encode_session_record, encode_subscription as encode_subscription_record,
+};
 pub use handle::{Backend, DEFAULT_MAX_QUEUED, FsyncPolicy, Store, Ticket, Writer};
 pub use memory::{MemoryBackend, MemorySession, MemoryState};
 pub use model::*;

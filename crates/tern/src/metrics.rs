@@ -31,7 +31,10 @@
 //!   `tern_cluster_unavailable_periods`, `tern_cluster_messages_sent`,
 //!   `tern_cluster_messages_received`, `tern_cluster_messages_stored`,
 //!   `tern_cluster_store_retries`, `tern_cluster_takeovers`, `tern_cluster_dropped{queue}`, `tern_cluster_undecodable`,
-//!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`, `tern_cluster_errors`,
+//!   `tern_cluster_retained_written`, `tern_cluster_retained_applied`,
+//!   `tern_cluster_sessions_resumed`, `tern_cluster_sessions_replayed`,
+//!   `tern_cluster_sessions_lost`, `tern_cluster_session_writes`,
+//!   `tern_cluster_wills_published`, `tern_cluster_errors`,
 //!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
@@ -540,6 +543,36 @@ impl TernCollector {
             "tern_cluster_retained_applied",
             "Retained puts and deletes applied from the cluster's retained bucket",
             load_u(&m.retained_applied),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_sessions_resumed",
+            "Persistent sessions resumed on this node from the cluster's record (their client was last on another node, or on this one before a restart)",
+            load_u(&m.sessions_adopted),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_sessions_replayed",
+            "Messages queued by the replays of resumed sessions (from their cursors in the shard streams)",
+            load_u(&m.sessions_replayed),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_sessions_lost",
+            "Sessions this node gave up because another node's record of them was newer",
+            load_u(&m.sessions_lost),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_session_writes",
+            "Session record writes and deletes (connects, subscriptions, cursor checkpoints)",
+            load_u(&m.session_writes),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_wills_published",
+            "Wills of clients whose node died (or of sessions left after a restart) published by this node",
+            load_u(&m.wills_published),
         )?;
         counter(
             enc,

@@ -22,6 +22,9 @@ struct Attached {
     replaced: Option<Arc<Session>>,
     /// The will of a connection that was taken over, due now.
     will: Option<WillSpec>,
+    /// Cluster mode: the session was adopted from the cluster's record of it (fabric.rs);
+    /// its subscriptions are indexed and its replay started once the registry is unlocked.
+    adopted: Option<crate::fabric::Adopted>,
 }
 
 /// What an accepted CONNECT does, decided by [`Connection::check_connect`] before anything
@@ -196,6 +199,9 @@ impl Connection {
         );
         if let Some(old) = &attached.replaced {
             self.broker.discard_session(old, false);
+        }
+        if let Some(adopted) = attached.adopted {
+            self.broker.adopted(&attached.session, adopted);
         }
         if let Some(will) = attached.will {
             self.broker.publish_will(will);
@@ -383,11 +389,28 @@ impl Connection {
         will: Option<WillSpec>,
     ) -> Attached {
         let broker = &self.broker;
+        if clean_start {
+            // Cluster mode: a session of this client kept by the cluster ends too.
+            broker.session_dirty(&key);
+        }
         // The key's registry shard stays locked until the session is found, taken over or
         // made: two connects with one client id cannot both create it.
         let mut shard = broker.session_shard(&key);
         let reg = &mut *shard;
         let existing = reg.get(&key).cloned();
+        if existing.is_none()
+            && !clean_start
+            && let Some(adoption) = broker.adoption(&key)
+        {
+            let (session, adopted) = broker.adopt(reg, adoption, key, expiry, (link, origin), will);
+            return Attached {
+                session,
+                present: true,
+                replaced: None,
+                will: None,
+                adopted: Some(adopted),
+            };
+        }
         if let Some(existing) = existing {
             let mut st = existing.lock();
             if let Some(old) = st.conn.take() {
@@ -417,6 +440,7 @@ impl Connection {
                     present: true,
                     replaced: None,
                     will: old_will.filter(|w| w.delay == 0),
+                    adopted: None,
                 };
             }
             drop(st);
@@ -427,6 +451,7 @@ impl Connection {
                 present: false,
                 replaced: Some(existing),
                 will: old_will,
+                adopted: None,
             };
         }
         let session = new_session(broker, reg, key, clean_start, expiry, (link, origin), will);
@@ -435,6 +460,7 @@ impl Connection {
             present: false,
             replaced: None,
             will: None,
+            adopted: None,
         }
     }
 }

@@ -47,6 +47,7 @@ impl Connection {
                     }
                 }
                 if st.stored {
+                    self.broker.session_dirty(&session.key);
                     for sub in &removed[before..] {
                         self.broker.store.submit(Op::DelSubscription {
                             key: session.key.clone(),

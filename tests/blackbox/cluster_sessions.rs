@@ -1,0 +1,365 @@
+//! Cluster mode (issue 17): persistent sessions and wills across nodes. A persistent session
+//! resumes on another node (session present, its subscriptions, every message acknowledged to
+//! its publishers delivered) after a clean disconnect and after `kill -9` of its node; a Clean
+//! Start on another node ends it everywhere; the will of a client whose node was killed is
+//! published by a node that is still up. The harness is `support::cluster`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_codec::*;
+
+use crate::support::client::{Read, connect_packet};
+use crate::support::cluster::*;
+use crate::support::http;
+use crate::support::nats::NatsServer;
+use crate::support::process::free_addr;
+use crate::support::{Client, QUIET};
+
+/// How long a resumed session gets to deliver its backlog.
+const BACKLOG: Duration = Duration::from_secs(20);
+
+/// A CONNECT of a persistent session (MQTT 5, expiry an hour).
+fn persistent(id: &str) -> Connect {
+    let mut c = connect_packet(ProtocolVersion::V5, id, false);
+    c.properties.session_expiry_interval = Some(3600);
+    c
+}
+
+/// Connects a persistent session to node `n`; returns the client and CONNACK's session
+/// present flag.
+async fn resume(cluster: &Cluster, n: usize, id: &str) -> (Client, bool) {
+    let (c, ack) = Client::connect_with(cluster.nodes[n].addr(), persistent(id)).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "{id} connects to node {n}");
+    (c, ack.session_present)
+}
+
+/// Reads PUBLISHes (acknowledging them) until every payload of `want` was seen; probes and
+/// the broker's own events are skipped. Fails after [`BACKLOG`] with what is missing.
+async fn receive_all(cluster: &Cluster, c: &mut Client, want: &BTreeSet<String>, what: &str) {
+    let mut got = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + BACKLOG;
+    while !want.is_subset(&got) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.read(left).await {
+            Read::Packet(Packet::Publish(m)) => {
+                c.ack(&m).await;
+                if !is_probe(&m) {
+                    got.insert(String::from_utf8_lossy(&m.payload).into_owned());
+                }
+            }
+            other => panic!(
+                "{what}: got {other:?} while still missing {:?}{}",
+                want.difference(&got).collect::<Vec<_>>(),
+                cluster.logs()
+            ),
+        }
+    }
+}
+
+/// Publishes `payloads` at QoS 1 on `topic` from a client of node `n`, each acknowledged.
+async fn publish_all(cluster: &Cluster, n: usize, id: &str, topic: &str, payloads: &[String]) {
+    let mut p = cluster.client(n, ProtocolVersion::V311, id).await;
+    for m in payloads {
+        p.publish(topic, m.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    p.disconnect().await;
+}
+
+fn batch(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// A NATS server and two nodes, [`A`] and [`B`], with their HTTP listeners (`/metrics`).
+async fn pair() -> Option<Cluster> {
+    let nats = NatsServer::start().await?;
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let addr = free_addr();
+        let mut node = Node::start_with(&nats, name, "", &["--http", &addr.to_string()]).await;
+        node.daemon.http = Some(addr);
+        nodes.push(node);
+    }
+    Some(Cluster { nodes, nats })
+}
+
+/// `tern_cluster_session_writes_total` of node `n`.
+async fn session_writes(cluster: &Cluster, n: usize) -> u64 {
+    let addr = cluster.nodes[n]
+        .daemon
+        .http
+        .expect("the node's HTTP listener");
+    let body = http::get(addr, "/metrics", &[]).await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix("tern_cluster_session_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until node `n` wrote `count` session records (each connect of a persistent session
+/// or one with a will, each subscription change): what it holds is in the cluster.
+async fn records_written(cluster: &Cluster, n: usize, count: u64) {
+    let deadline = tokio::time::Instant::now() + CROSS;
+    loop {
+        if session_writes(cluster, n).await >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {n} wrote no session record{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A session that disconnected from node A resumes on node B: session present, its
+/// subscription still there, and the messages published while it was away (on either node)
+/// delivered; node A keeps no copy that would deliver them again.
+#[tokio::test]
+async fn persistent_session_moves_after_disconnect() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (mut s, present) = resume(&cluster, A, "mover").await;
+    assert!(!present);
+    assert_eq!(s.subscribe("mv/#", QoS::AtLeastOnce).await, ReasonCode(1));
+    cluster.ready(B, "mv/~probe~", &mut [&mut s]).await;
+    records_written(&cluster, A, 2).await;
+    s.disconnect().await;
+
+    let early = batch("early", 20);
+    publish_all(&cluster, A, "mv-pa", "mv/a", &early[..10]).await;
+    publish_all(&cluster, B, "mv-pb", "mv/b", &early[10..]).await;
+
+    let (mut s, present) = resume(&cluster, B, "mover").await;
+    assert!(
+        present,
+        "the session resumes on the other node{}",
+        cluster.logs()
+    );
+    receive_all(
+        &cluster,
+        &mut s,
+        &early.iter().cloned().collect(),
+        "backlog on B",
+    )
+    .await;
+
+    // Its subscription came along: new messages from both nodes arrive live.
+    let late = batch("late", 10);
+    publish_all(&cluster, A, "mv-pa2", "mv/a", &late[..5]).await;
+    publish_all(&cluster, B, "mv-pb2", "mv/b", &late[5..]).await;
+    receive_all(
+        &cluster,
+        &mut s,
+        &late.iter().cloned().collect(),
+        "live on B",
+    )
+    .await;
+    s.disconnect().await;
+}
+
+/// `kill -9` of the node a persistent session is connected to: the client reconnects to
+/// another node and gets every message whose PUBACK its publishers received, those it had
+/// not acknowledged yet and those published while it was away (duplicates allowed).
+#[tokio::test]
+async fn persistent_session_resumes_after_its_node_is_killed() {
+    let Some(mut cluster) = pair().await else {
+        return;
+    };
+    let (mut s, _) = resume(&cluster, A, "survivor").await;
+    assert_eq!(s.subscribe("kl/#", QoS::AtLeastOnce).await, ReasonCode(1));
+    cluster.ready(B, "kl/~probe~", &mut [&mut s]).await;
+    records_written(&cluster, A, 2).await;
+
+    // Received but never acknowledged: in flight when the node dies.
+    let before = batch("before", 10);
+    publish_all(&cluster, B, "kl-p1", "kl/t", &before).await;
+    let mut seen = 0;
+    while seen < before.len() {
+        match s.read(CROSS).await {
+            Read::Packet(Packet::Publish(m)) if is_probe(&m) => s.ack(&m).await,
+            Read::Packet(Packet::Publish(_)) => seen += 1,
+            other => panic!("before the kill: {other:?}{}", cluster.logs()),
+        }
+    }
+
+    let node = cluster.nodes.remove(A);
+    node.daemon.kill().await;
+    drop(s);
+
+    // Published while the client has no node.
+    let during = batch("during", 10);
+    // The surviving node is now index 0.
+    publish_all(&cluster, 0, "kl-p2", "kl/t", &during).await;
+
+    let (mut s, present) = resume(&cluster, 0, "survivor").await;
+    assert!(
+        present,
+        "the session resumes on the surviving node{}",
+        cluster.logs()
+    );
+    let want: BTreeSet<String> = before.iter().chain(&during).cloned().collect();
+    receive_all(&cluster, &mut s, &want, "after the kill").await;
+    s.disconnect().await;
+}
+
+/// A Clean Start on another node ends the session there too: a later resume finds none.
+#[tokio::test]
+async fn clean_start_elsewhere_ends_the_session() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (mut s, _) = resume(&cluster, A, "cleaner").await;
+    s.subscribe("cl/#", QoS::AtLeastOnce).await;
+    records_written(&cluster, A, 2).await;
+    s.disconnect().await;
+
+    let mut fresh = connect_packet(ProtocolVersion::V5, "cleaner", true);
+    fresh.properties.session_expiry_interval = Some(0);
+    let (c, ack) = Client::connect_with(cluster.nodes[B].addr(), fresh).await;
+    assert!(!ack.session_present);
+    c.disconnect().await;
+
+    // Give the delete a moment to reach every replica, then resume anywhere: nothing.
+    let deadline = tokio::time::Instant::now() + CROSS;
+    for n in [A, B] {
+        loop {
+            let (c, present) = resume(&cluster, n, "cleaner").await;
+            if !present {
+                c.disconnect().await;
+                break;
+            }
+            // A replica that has not seen the delete yet resumed it: end it again.
+            drop(c);
+            let mut fresh = connect_packet(ProtocolVersion::V5, "cleaner", true);
+            fresh.properties.session_expiry_interval = Some(0);
+            let (c, _) = Client::connect_with(cluster.nodes[B].addr(), fresh).await;
+            c.disconnect().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {n} still resumes the session{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The will of a client connected to a node that is killed is published by the node that is
+/// left, for a persistent session and for a clean one.
+#[tokio::test]
+async fn will_published_after_its_node_is_killed() {
+    let Some(mut cluster) = pair().await else {
+        return;
+    };
+    let mut watcher = cluster
+        .subscriber(
+            B,
+            ProtocolVersion::V5,
+            "will-watch",
+            "wl/#",
+            QoS::AtLeastOnce,
+        )
+        .await;
+    cluster.ready(A, "wl/~probe~", &mut [&mut watcher]).await;
+    for (id, expiry) in [("will-p", 600), ("will-c", 0)] {
+        let mut c = connect_packet(ProtocolVersion::V5, id, expiry == 0);
+        c.properties.session_expiry_interval = Some(expiry);
+        c.will = Some(Will {
+            topic: ByteString::from(format!("wl/{id}")),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        let (w, ack) = Client::connect_with(cluster.nodes[A].addr(), c).await;
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
+        std::mem::forget(w);
+    }
+    records_written(&cluster, A, 2).await;
+    let node = cluster.nodes.remove(A);
+    node.daemon.kill().await;
+
+    let mut wills = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while wills.len() < 2 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watcher.read(left).await {
+            Read::Packet(Packet::Publish(m)) => {
+                watcher.ack(&m).await;
+                if m.topic.starts_with("wl/will-") {
+                    assert_eq!(&m.payload[..], b"gone");
+                    assert!(wills.insert(m.topic.to_string()), "{} twice", m.topic);
+                }
+            }
+            other => panic!(
+                "waiting for the wills: {other:?}, got {wills:?}{}",
+                cluster.logs()
+            ),
+        }
+    }
+    // Once each.
+    loop {
+        match watcher.read(QUIET).await {
+            Read::Timeout => break,
+            Read::Packet(Packet::Publish(m)) => {
+                watcher.ack(&m).await;
+                assert!(!m.topic.starts_with("wl/will-"), "{} again", m.topic);
+            }
+            other => panic!("after the wills: {other:?}"),
+        }
+    }
+}
+
+/// A client still connected to node A connects again to node B (MQTT 3.1.1, clean session 0):
+/// node A closes the old connection, node B resumes the session with what node A had not
+/// delivered yet, and from then on only node B delivers.
+#[tokio::test]
+async fn live_session_taken_over_by_another_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let old_connect = connect_packet(ProtocolVersion::V311, "hopper", false);
+    let (mut old, _) = Client::connect_with(cluster.nodes[A].addr(), old_connect.clone()).await;
+    old.subscribe("hp/#", QoS::AtLeastOnce).await;
+    cluster.ready(B, "hp/~probe~", &mut [&mut old]).await;
+    records_written(&cluster, A, 2).await;
+
+    // Queued on node A behind a client that does not read.
+    let waiting = batch("waiting", 10);
+    publish_all(&cluster, B, "hp-p1", "hp/t", &waiting).await;
+
+    let (mut new, ack) = Client::connect_with(cluster.nodes[B].addr(), old_connect).await;
+    assert!(ack.session_present, "resumed on node B{}", cluster.logs());
+    receive_all(
+        &cluster,
+        &mut new,
+        &waiting.iter().cloned().collect(),
+        "after the takeover",
+    )
+    .await;
+    // The old connection was closed by node A.
+    loop {
+        match old.read(CROSS).await {
+            Read::Closed => break,
+            Read::Packet(Packet::Publish(_)) => {}
+            other => panic!("the old connection: {other:?}{}", cluster.logs()),
+        }
+    }
+    // Live again, from both nodes, to the new connection only.
+    let after = batch("after", 6);
+    publish_all(&cluster, A, "hp-p2", "hp/t", &after[..3]).await;
+    publish_all(&cluster, B, "hp-p3", "hp/t", &after[3..]).await;
+    receive_all(
+        &cluster,
+        &mut new,
+        &after.iter().cloned().collect(),
+        "after, live",
+    )
+    .await;
+    new.disconnect().await;
+}
