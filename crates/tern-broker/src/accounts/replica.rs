@@ -180,11 +180,26 @@ impl Directory {
             st.top = Some(a.id);
         }
         let disabled = !a.enabled && old.as_ref().is_none_or(|o| o.enabled);
-        let moved = old.as_ref().is_none_or(|o| o.parent != a.parent);
         let cid = a.id;
+        let parent = a.parent;
         st.accounts.insert(cid, a);
-        if moved {
-            st.recount();
+        match old {
+            // New: it and what came before it below it (a chain stops at an account not known
+            // yet) count for every account above it. Counted, not recounted: a node loading
+            // the bucket applies every account.
+            None => {
+                let sub = st.below.get(&cid).copied().unwrap_or_default();
+                if let Some(p) = parent {
+                    for c in st.chain(p) {
+                        let b = st.below.entry(c).or_default();
+                        b.accounts += sub.accounts + 1;
+                        b.tokens += sub.tokens;
+                    }
+                }
+            }
+            // Moved (ids are never reused, so only a broken document does this).
+            Some(o) if o.parent != parent => st.recount(),
+            Some(_) => {}
         }
         if disabled {
             effect.revoke_accounts = super::descendants_of(&st.accounts, cid);

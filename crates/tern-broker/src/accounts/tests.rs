@@ -700,6 +700,62 @@ fn remote_changes_apply_without_coming_back() {
     assert!(taken(&r).is_empty(), "nothing handed back out");
 }
 
+/// A sub-account, its own sub-account and their tokens arriving in any order are counted
+/// against every account above them as if they had been made here.
+#[test]
+fn remote_accounts_in_any_order_are_counted() {
+    let there = dir(DirectoryConfig::default());
+    let mid = there
+        .create_account(1, Some(10), "mid", serde_json::json!({}))
+        .unwrap();
+    let leaf = there
+        .create_account(10, Some(11), "leaf", serde_json::json!({}))
+        .unwrap();
+    let mut t1 = token(&there, 11);
+    t1.id = 20;
+    let mut t2 = token(&there, 10);
+    t2.id = 21;
+    let changes = [
+        DirectoryChange::Token {
+            id: 20,
+            json: doc(&t1),
+        },
+        DirectoryChange::Account {
+            cid: 11,
+            json: doc(&leaf),
+        },
+        DirectoryChange::Token {
+            id: 21,
+            json: doc(&t2),
+        },
+        DirectoryChange::Account {
+            cid: 10,
+            json: doc(&mid),
+        },
+    ];
+    // Every order of the four.
+    let n = changes.len();
+    let orders = (0..n.pow(n as u32)).filter_map(|k| {
+        let order: Vec<usize> = (0..n).map(|d| k / n.pow(d as u32) % n).collect();
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        (seen.len() == n).then_some(order)
+    });
+    let mut tried = 0;
+    for order in orders {
+        let here = dir(DirectoryConfig::default());
+        for &i in &order {
+            here.apply_remote(changes[i].clone()).unwrap();
+        }
+        assert_eq!(here.usage(1), (2, 3), "order {order:?}");
+        assert_eq!(here.usage(10), (1, 2), "order {order:?}");
+        assert_eq!(here.usage(11), (0, 1), "order {order:?}");
+        tried += 1;
+    }
+    assert_eq!(tried, 24);
+}
+
 #[test]
 fn the_same_key_on_two_tokens_opens_the_older() {
     let here = dir(DirectoryConfig::default());
