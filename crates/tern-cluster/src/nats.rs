@@ -248,6 +248,16 @@ impl Fabric for NatsFabric {
         self.sessions.get()?.adopt(key)
     }
 
+    fn cluster_sessions(
+        &self,
+        cids: &[tern_broker::Cid],
+    ) -> Vec<tern_broker::fabric::ClusterSession> {
+        self.sessions
+            .get()
+            .map(|s| s.cluster_sessions(cids))
+            .unwrap_or_default()
+    }
+
     fn session_changed(&self, key: &SessionKey) {
         if let Some(sessions) = self.sessions.get() {
             sessions.changed(key);
