@@ -431,7 +431,9 @@ impl Sessions {
                 cursors: rec.cursors.clone(),
                 image: view.image,
             };
-            if !self.claim(&key, &k, claim, rev).await {
+            // Lost to a newer claim: the session ended here. Not written (NATS errors): the
+            // replay goes on, and the next checkpoint writes the record.
+            if !self.claim(&key, &k, claim, rev).await && session.lock().ended {
                 return;
             }
         }
