@@ -62,7 +62,9 @@ const NODE_HEADER: &str = "Tern-Node";
 /// `[cluster]` as the daemon hands it over.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    /// NATS server URLs (`nats://host:port`), tried in this order: the node's own server
+    /// first, so that a partition that cuts a machine off takes its tern node and its NATS
+    /// server together. The client fails over to the next one that answers.
     pub nats: Vec<String>,
     /// This node's name, unique in the cluster (the NATS connection name, logs).
     pub node: String,
@@ -279,6 +281,9 @@ pub async fn start(
     let options = async_nats::ConnectOptions::new()
         .name(format!("tern {}", config.node))
         .no_echo()
+        // The configured order, not a shuffle: a node on the majority side of a partition must
+        // not sit on a minority server (the cluster fault tests saw it lose JetStream then).
+        .retain_servers_order()
         .connection_timeout(connect_timeout)
         .event_callback(move |event| {
             let metrics = events.clone();
