@@ -686,9 +686,10 @@ fn stored(fabric: &NatsFabric, ticket: FabricTicket) {
 }
 
 /// Watches this node's link to the cluster: once a second, whether the NATS connection is up
-/// and JetStream answers (the retained bucket's stream info, which needs its quorum). Out of
-/// reach for `after` in a row: the node is marked unavailable (`Broker::set_unavailable`:
-/// clients closed with DISCONNECT 0x9C, CONNECT refused with 0x88, `/health` 503) until the cluster answers again.
+/// and JetStream answers (the retained bucket's stream info) from a leader that sees its
+/// quorum ([`has_quorum`]). Out of reach for `after` in a row: the node is marked unavailable
+/// (`Broker::set_unavailable`: clients closed with DISCONNECT 0x9C, CONNECT refused with
+/// 0x88, `/health` 503) until the cluster answers again.
 async fn run_watchdog(
     broker: Arc<Broker>,
     js: jetstream::Context,
@@ -710,7 +711,7 @@ async fn run_watchdog(
                 js.get_stream(format!("KV_{RETAINED_BUCKET}")),
             )
             .await
-            .is_ok_and(|r| r.is_ok());
+            .is_ok_and(|r| r.is_ok_and(|s| has_quorum(s.cached_info())));
         let now = tokio::time::Instant::now();
         if reachable {
             out_since = None;
@@ -730,6 +731,21 @@ async fn run_watchdog(
             broker.set_unavailable(true);
         }
     }
+}
+
+/// Whether the stream's leader, which answered its info, sees a quorum: itself and its current
+/// peers are more than half of the group. A leader cut off on the minority side of a partition
+/// still answers the info from its own state, so an answer alone is not enough.
+fn has_quorum(info: &jetstream::stream::Info) -> bool {
+    let Some(cluster) = &info.cluster else {
+        return true;
+    };
+    let current = cluster
+        .replicas
+        .iter()
+        .filter(|p| p.current && !p.offline)
+        .count();
+    2 * (1 + current) > 1 + cluster.replicas.len()
 }
 
 /// Connect notices of other nodes: a client that connected there gives way here.
