@@ -17,6 +17,7 @@ mod support;
 mod accounts;
 mod clients;
 mod cluster;
+mod cluster_faults;
 mod config;
 mod connect;
 mod connection_cost;
