@@ -603,6 +603,14 @@ async fn run_durable_out(
             ok = front => {
                 let Some((d, _)) = pending.pop_front() else { continue };
                 if !ok {
+                    // What waits behind it was sent about when it was and is likely to fail
+                    // the same way: send it all again now (the same ids, so what did land is
+                    // not stored twice), not each one after the ack timeout of the one before.
+                    for (behind, wait) in pending.iter_mut() {
+                        if let Ok(ack) = appender.append(behind).await {
+                            *wait = Box::pin(async move { ack.await.is_ok() });
+                        }
+                    }
                     // Shut down while retrying: what is unconfirmed was not acknowledged, and
                     // its publishers send it again.
                     if !appender.retry(&d, &fabric.metrics, &shutdown).await {
