@@ -17,6 +17,7 @@ mod support;
 mod accounts;
 mod clients;
 mod cluster;
+mod cluster_faults;
 mod cluster_sessions;
 mod config;
 mod connect;
