@@ -2,8 +2,10 @@
 # Installs what the tests need besides Rust itself: the test runner cargo-nextest (built from
 # crates.io), Debian's mosquitto-clients (mosquitto_pub/mosquitto_sub) and mosquitto (the broker
 # tern-mqttc's tests connect to, with mosquitto_passwd), Debian's nats-server (the NATS server
-# the cluster tests run their nodes on, with JetStream), PyPI's paho-mqtt and gmqtt, and MQTT.js
-# from npm (tests/node, pinned by its package-lock.json). Idempotent; quick when all is present.
+# the cluster tests run their nodes on, with JetStream), Debian's iproute2 (`ip netns`: the cluster
+# partition test cuts a node and its NATS server off in a network namespace, as root), PyPI's
+# paho-mqtt and gmqtt, and MQTT.js from npm (tests/node, pinned by its package-lock.json).
+# Idempotent; quick when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,12 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] &&
   echo "installing nats-server"
   sudo_if_needed apt-get update -qq
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq nats-server >/dev/null
+fi
+
+if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  echo "installing iproute2"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq iproute2 >/dev/null
 fi
 
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then

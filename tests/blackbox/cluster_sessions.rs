@@ -17,6 +17,9 @@ use crate::support::nats::NatsServer;
 use crate::support::process::free_addr;
 use crate::support::{Client, QUIET};
 
+/// The master token of every node of [`pair`].
+const MASTER: &str = "C1usterSess10nsMasterT0ken0123456789abcdefABCDEF0123456789abcdef";
+
 /// How long a resumed session gets to deliver its backlog.
 const BACKLOG: Duration = Duration::from_secs(20);
 
@@ -78,7 +81,8 @@ async fn pair() -> Option<Cluster> {
     let mut nodes = Vec::new();
     for name in ["n1", "n2"] {
         let addr = free_addr();
-        let mut node = Node::start_with(&nats, name, "", &["--http", &addr.to_string()]).await;
+        let args = ["--http", &addr.to_string(), "--master-token", MASTER];
+        let mut node = Node::start_with(&nats, name, "", &args).await;
         node.daemon.http = Some(addr);
         nodes.push(node);
     }
@@ -362,4 +366,64 @@ async fn live_session_taken_over_by_another_node() {
     )
     .await;
     new.disconnect().await;
+}
+
+/// REST on any node lists the sessions of every node: one connected to node A and one that
+/// left it, with their subscriptions, from node B.
+#[tokio::test]
+async fn rest_lists_the_sessions_of_every_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (mut online, _) = resume(&cluster, A, "ls-online").await;
+    online.subscribe("ls/on/#", QoS::AtLeastOnce).await;
+    let (mut offline, _) = resume(&cluster, A, "ls-offline").await;
+    offline.subscribe("ls/off/+", QoS::AtMostOnce).await;
+    records_written(&cluster, A, 4).await;
+    offline.disconnect().await;
+
+    let http_b = cluster.nodes[B]
+        .daemon
+        .http
+        .expect("node B's HTTP listener");
+    let auth = format!("Authorization: FlespiToken {MASTER}");
+    let deadline = tokio::time::Instant::now() + CROSS;
+    loop {
+        let r = http::get(http_b, "/mqtt/sessions/all", &[&auth]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let find = |id: &str| {
+            body["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["client_id"] == id)
+                .cloned()
+        };
+        if let (Some(on), Some(off)) = (find("ls-online"), find("ls-offline"))
+            && off["connected"] == false
+        {
+            assert_eq!(on["connected"], true, "{on}");
+            assert_eq!(on["subscriptions"], 1, "{on}");
+            assert!(
+                off["expires"].is_number(),
+                "an offline session expires: {off}"
+            );
+            assert_eq!(off["protocol_version"], 5, "{off}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node B's /mqtt/sessions/all: {}{}",
+            r.body,
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http::get(http_b, "/mqtt/sessions/all/subscriptions/all", &[&auth]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for topic in ["ls/on/#", "ls/off/+"] {
+        assert!(r.body.contains(topic), "{topic} in {}", r.body);
+    }
+    online.disconnect().await;
 }

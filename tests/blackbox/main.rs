@@ -18,6 +18,7 @@ mod accounts;
 mod clients;
 mod cluster;
 mod cluster_cfg;
+mod cluster_faults;
 mod cluster_sessions;
 mod config;
 mod connect;

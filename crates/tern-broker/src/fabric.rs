@@ -18,7 +18,7 @@ use tern_store::{SessionRecord, SubscriptionRecord};
 
 use crate::broker::{Broker, RegistryShard};
 use crate::close::CloseReason;
-use crate::message::{Message, Micros};
+use crate::message::{Cid, Message, Micros};
 use crate::session::{
     ConnLink, Origin, Session, SessionKey, Subscription, SubscriptionKey, WillSpec,
 };
@@ -64,6 +64,22 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// with Clean Start (whose earlier session, wherever it is, ends): the fabric reads it
     /// again with [`Broker::session_image`]. Must not block.
     fn session_changed(&self, _key: &SessionKey) {}
+
+    /// The sessions of accounts `cids` that the cluster keeps (persistent ones, and those
+    /// with a will), as last written by their nodes: the REST API of any node lists them.
+    fn cluster_sessions(&self, _cids: &[Cid]) -> Vec<ClusterSession> {
+        Vec::new()
+    }
+}
+
+/// A session as the cluster's record has it (see [`Fabric::cluster_sessions`]).
+#[derive(Debug, Clone)]
+pub struct ClusterSession {
+    pub image: SessionImage,
+    pub connected: bool,
+    /// Address and protocol level of its current or last connection.
+    pub ip: String,
+    pub protocol: u8,
 }
 
 /// A persistent session as the cluster keeps it: enough to make it again on any node.
@@ -109,6 +125,9 @@ pub struct SessionCheckpoint {
     pub tail: u64,
     /// Its deliveries are held (a replay is running).
     pub holding: bool,
+    /// Address and protocol level of its current or last connection.
+    pub ip: String,
+    pub protocol: u8,
 }
 
 impl Broker {
@@ -272,6 +291,8 @@ impl Broker {
             low: st.pending_low(),
             tail: st.next_seq,
             holding: st.hold.is_some(),
+            ip: st.last_ip(),
+            protocol: st.last_protocol,
         })
     }
 
@@ -309,6 +330,59 @@ impl Broker {
             kick.kick(CloseReason::SessionTakenOver);
         }
         true
+    }
+
+    /// The REST views of the sessions of accounts `cids` that the cluster keeps and this node
+    /// does not hold (connected to another node, or offline since), with their subscriptions;
+    /// empty on a single node. Queue sizes and counters live on their node: 0 here.
+    pub fn cluster_session_views(
+        &self,
+        cids: &[Cid],
+    ) -> Vec<(crate::SessionView, Vec<crate::SubscriptionView>)> {
+        let Some(fabric) = self.fabric.get() else {
+            return Vec::new();
+        };
+        fabric
+            .cluster_sessions(cids)
+            .into_iter()
+            .filter(|r| self.session(&r.image.record.key).is_none())
+            .map(|r| {
+                let rec = &r.image.record;
+                let subs: Vec<crate::SubscriptionView> = r
+                    .image
+                    .subscriptions
+                    .iter()
+                    .filter_map(|s| {
+                        SubscriptionKey::from_stored(&s.filter)
+                            .and_then(|k| Subscription::parse(k, s.options, s.id))
+                            .ok()
+                    })
+                    .map(|s| s.view())
+                    .collect();
+                let expires = match (r.connected, rec.disconnected_at) {
+                    (false, Some(at)) if rec.expiry_interval != u32::MAX => {
+                        Some((at + u64::from(rec.expiry_interval) * 1_000_000) as f64 / 1e6)
+                    }
+                    _ => None,
+                };
+                let view = crate::SessionView {
+                    id: crate::session::public_id_of(&rec.key),
+                    client_id: rec.key.client_id.to_string(),
+                    cid: rec.key.cid,
+                    connected: r.connected,
+                    clean: false,
+                    ip: r.ip,
+                    expires,
+                    expiry_interval: rec.expiry_interval,
+                    size: 0,
+                    queued: 0,
+                    protocol_version: r.protocol,
+                    subscriptions: subs.len() as u64,
+                    stats: Default::default(),
+                };
+                (view, subs)
+            })
+            .collect()
     }
 
     /// Tells the fabric, if there is one, that `key` connected here at `at`.

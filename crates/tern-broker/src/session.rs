@@ -582,6 +582,16 @@ pub struct SessionStats {
     pub dropped: u64,
 }
 
+/// The stable public id of the session of `key` ([`Session::public_id`]).
+pub fn public_id_of(key: &SessionKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.cid.to_be_bytes().iter().chain(key.client_id.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & ((1 << 53) - 1)).max(1)
+}
+
 thread_local! {
     /// Set while a replay pushes into a session: its deliveries pass a hold (see
     /// [`SessionState::hold`]).
@@ -654,18 +664,7 @@ impl Session {
     /// A stable identifier derived from the session key (the same across restarts and safe
     /// as a JSON number): the `<session id>` of event topics and the REST API.
     pub fn public_id(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self
-            .key
-            .cid
-            .to_be_bytes()
-            .iter()
-            .chain(self.key.client_id.as_bytes())
-        {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h & ((1 << 53) - 1)).max(1)
+        public_id_of(&self.key)
     }
 
     /// Locks the session state for a short synchronous step.

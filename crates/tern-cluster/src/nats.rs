@@ -64,7 +64,9 @@ const NODE_HEADER: &str = "Tern-Node";
 /// `[cluster]` as the daemon hands it over.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    /// NATS server URLs (`nats://host:port`), tried in this order: the node's own server
+    /// first, so that a partition that cuts a machine off takes its tern node and its NATS
+    /// server together. The client fails over to the next one that answers.
     pub nats: Vec<String>,
     /// This node's name, unique in the cluster (the NATS connection name, logs).
     pub node: String,
@@ -256,6 +258,16 @@ impl Fabric for NatsFabric {
         self.sessions.get()?.adopt(key)
     }
 
+    fn cluster_sessions(
+        &self,
+        cids: &[tern_broker::Cid],
+    ) -> Vec<tern_broker::fabric::ClusterSession> {
+        self.sessions
+            .get()
+            .map(|s| s.cluster_sessions(cids))
+            .unwrap_or_default()
+    }
+
     fn session_changed(&self, key: &SessionKey) {
         if let Some(sessions) = self.sessions.get() {
             sessions.changed(key);
@@ -321,6 +333,9 @@ pub async fn start(
     let options = async_nats::ConnectOptions::new()
         .name(format!("tern {}", config.node))
         .no_echo()
+        // The configured order, not a shuffle: a node on the majority side of a partition must
+        // not sit on a minority server (the cluster fault tests saw it lose JetStream then).
+        .retain_servers_order()
         .connection_timeout(connect_timeout)
         .event_callback(move |event| {
             let metrics = events.clone();
@@ -710,6 +725,14 @@ async fn run_durable_out(
             ok = front => {
                 let Some((d, _)) = pending.pop_front() else { continue };
                 if !ok {
+                    // What waits behind it was sent about when it was and is likely to fail
+                    // the same way: send it all again now (the same ids, so what did land is
+                    // not stored twice), not each one after the ack timeout of the one before.
+                    for (behind, wait) in pending.iter_mut() {
+                        if let Ok(ack) = appender.append(behind).await {
+                            *wait = Box::pin(async move { ack.await.is_ok() });
+                        }
+                    }
                     // Shut down while retrying: what is unconfirmed was not acknowledged, and
                     // its publishers send it again.
                     if !appender.retry(&d, &fabric.metrics, &shutdown).await {
@@ -793,9 +816,10 @@ fn stored(fabric: &NatsFabric, ticket: FabricTicket) {
 }
 
 /// Watches this node's link to the cluster: once a second, whether the NATS connection is up
-/// and JetStream answers (the retained bucket's stream info, which needs its quorum). Out of
-/// reach for `after` in a row: the node is marked unavailable (`Broker::set_unavailable`:
-/// clients closed with DISCONNECT 0x9C, CONNECT refused with 0x88, `/health` 503) until the cluster answers again.
+/// and JetStream answers (the retained bucket's stream info) from a leader that sees its
+/// quorum ([`has_quorum`]). Out of reach for `after` in a row: the node is marked unavailable
+/// (`Broker::set_unavailable`: clients closed with DISCONNECT 0x9C, CONNECT refused with
+/// 0x88, `/health` 503) until the cluster answers again.
 async fn run_watchdog(
     broker: Arc<Broker>,
     js: jetstream::Context,
@@ -817,7 +841,7 @@ async fn run_watchdog(
                 js.get_stream(format!("KV_{RETAINED_BUCKET}")),
             )
             .await
-            .is_ok_and(|r| r.is_ok());
+            .is_ok_and(|r| r.is_ok_and(|s| has_quorum(s.cached_info())));
         let now = tokio::time::Instant::now();
         if reachable {
             out_since = None;
@@ -837,6 +861,21 @@ async fn run_watchdog(
             broker.set_unavailable(true);
         }
     }
+}
+
+/// Whether the stream's leader, which answered its info, sees a quorum: itself and its current
+/// peers are more than half of the group. A leader cut off on the minority side of a partition
+/// still answers the info from its own state, so an answer alone is not enough.
+fn has_quorum(info: &jetstream::stream::Info) -> bool {
+    let Some(cluster) = &info.cluster else {
+        return true;
+    };
+    let current = cluster
+        .replicas
+        .iter()
+        .filter(|p| p.current && !p.offline)
+        .count();
+    2 * (1 + current) > 1 + cluster.replicas.len()
 }
 
 /// Connect notices of other nodes: a client that connected there gives way here.

@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tern_broker::fabric::{Adoption, SessionCheckpoint, SessionImage};
+use tern_broker::fabric::{Adoption, ClusterSession, SessionCheckpoint, SessionImage};
 use tern_broker::session::{Session, WillSpec};
 use tern_broker::{Broker, Fabric, Micros, SessionKey};
 use tokio::sync::mpsc;
@@ -108,6 +108,9 @@ pub struct Record {
     /// When its client's CONNECT was accepted on the owner (the owner's clock).
     pub at: Micros,
     pub connected: bool,
+    /// Address and protocol level of its current or last connection (for REST).
+    pub ip: String,
+    pub protocol: u8,
     pub cursors: Vec<u64>,
     pub image: SessionImage,
 }
@@ -123,6 +126,8 @@ impl Record {
         put_bytes(&mut b, self.owner.as_bytes())?;
         b.put_u64(self.at);
         b.put_u8(u8::from(self.connected));
+        put_bytes(&mut b, self.ip.as_bytes())?;
+        b.put_u8(self.protocol);
         b.put_u32(u32::try_from(self.cursors.len()).map_err(|e| e.to_string())?);
         for c in &self.cursors {
             b.put_u64(*c);
@@ -144,6 +149,8 @@ impl Record {
         let owner = String::from_utf8(get_bytes(&mut v)?.to_vec()).map_err(|e| e.to_string())?;
         let at = get_u64(&mut v)?;
         let connected = get_u8(&mut v)? != 0;
+        let ip = String::from_utf8(get_bytes(&mut v)?.to_vec()).map_err(|e| e.to_string())?;
+        let protocol = get_u8(&mut v)?;
         let n = get_u32(&mut v)? as usize;
         if n > v.remaining() / 8 {
             return Err("cursor count past the end".into());
@@ -170,6 +177,8 @@ impl Record {
             owner,
             at,
             connected,
+            ip,
+            protocol,
             cursors,
             image: SessionImage {
                 record,
@@ -357,6 +366,21 @@ impl Sessions {
         }
     }
 
+    /// See [`Fabric::cluster_sessions`]: the replica's records of accounts `cids`.
+    pub(crate) fn cluster_sessions(&self, cids: &[tern_broker::Cid]) -> Vec<ClusterSession> {
+        self.replica
+            .lock()
+            .values()
+            .filter(|(_, rec)| cids.contains(&rec.image.record.key.cid))
+            .map(|(_, rec)| ClusterSession {
+                image: rec.image.clone(),
+                connected: rec.connected,
+                ip: rec.ip.clone(),
+                protocol: rec.protocol,
+            })
+            .collect()
+    }
+
     /// See [`Fabric::adopt`].
     pub(crate) fn adopt(self: &Arc<Self>, key: &SessionKey) -> Option<Adoption> {
         let k = kv_key(key);
@@ -402,10 +426,14 @@ impl Sessions {
                 owner: self.node.clone(),
                 at,
                 connected: view.connected_at.is_some(),
+                ip: view.ip,
+                protocol: view.protocol,
                 cursors: rec.cursors.clone(),
                 image: view.image,
             };
-            if !self.claim(&key, &k, claim, rev).await {
+            // Lost to a newer claim: the session ended here. Not written (NATS errors): the
+            // replay goes on, and the next checkpoint writes the record.
+            if !self.claim(&key, &k, claim, rev).await && session.lock().ended {
                 return;
             }
         }
@@ -613,6 +641,8 @@ impl Sessions {
                 owner: self.node.clone(),
                 at: t.at,
                 connected: view.connected_at.is_some(),
+                ip: view.ip,
+                protocol: view.protocol,
                 cursors: t.floor.clone(),
                 image: view.image,
             };
@@ -1001,6 +1031,8 @@ mod tests {
             owner: "n1".into(),
             at: 42,
             connected: true,
+            ip: "10.0.0.1".into(),
+            protocol: 5,
             cursors: vec![1, 0, 99],
             image: SessionImage {
                 record: SessionRecord {
@@ -1022,6 +1054,7 @@ mod tests {
         let back = Record::decode(key("c"), v.clone()).unwrap();
         assert_eq!(back.owner, "n1");
         assert_eq!((back.at, back.connected), (42, true));
+        assert_eq!((back.ip.as_str(), back.protocol), ("10.0.0.1", 5));
         assert_eq!(back.cursors, vec![1, 0, 99]);
         assert_eq!(back.image.record, rec.image.record);
         assert_eq!(back.image.subscriptions, rec.image.subscriptions);
@@ -1053,6 +1086,8 @@ mod tests {
             low,
             tail,
             holding: false,
+            ip: String::new(),
+            protocol: 4,
         }
     }
 

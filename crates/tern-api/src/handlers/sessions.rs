@@ -35,7 +35,43 @@ pub(crate) fn selected(
     Ok(out)
 }
 
-/// Lists sessions.
+/// Cluster mode: the sessions in scope that other nodes hold (or held: offline since), from
+/// the cluster's records, that the selector `n` segments from the end picks, each with its
+/// item and its subscriptions' views. Empty on a single node.
+pub(crate) fn selected_in_cluster(
+    api: &ApiState,
+    call: &Call,
+    n: usize,
+) -> Result<Vec<(Value, Vec<tern_broker::SubscriptionView>)>, ApiError> {
+    if !api.broker.is_clustered() {
+        return Ok(Vec::new());
+    }
+    let sel = call.selector(n)?;
+    let now = api.now_secs();
+    Ok(api
+        .broker
+        .cluster_session_views(&call.caller.scope(api))
+        .into_iter()
+        .map(|(view, subs)| (to_value(&SessionItem::from(view)), subs))
+        .filter(|(item, _)| sel.matches(item, now))
+        .collect())
+}
+
+/// Sorts items as sessions are listed: by account, then client id.
+pub(crate) fn sort_items(items: &mut [Value]) {
+    let key = |v: &Value| {
+        (
+            v.get("cid").and_then(Value::as_u64).unwrap_or(0),
+            v.get("client_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    items.sort_by_cached_key(key);
+}
+
+/// Lists sessions (in cluster mode, those of every node).
 #[utoipa::path(
     get, path = "/mqtt/sessions/{sel}", tag = "mqtt", params(Sel, ListQuery),
     security(("FlespiToken" = [])),
@@ -47,10 +83,15 @@ pub(crate) fn selected(
 )]
 pub(crate) async fn list(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
     call.data::<NoData>()?;
-    let items = selected(&api, &call, 0)?
+    let mut items: Vec<Value> = selected(&api, &call, 0)?
         .into_iter()
         .map(|(_, v)| v)
         .collect();
+    let elsewhere = selected_in_cluster(&api, &call, 0)?;
+    if !elsewhere.is_empty() {
+        items.extend(elsewhere.into_iter().map(|(v, _)| v));
+        sort_items(&mut items);
+    }
     Ok(Reply::list(&call, items))
 }
 

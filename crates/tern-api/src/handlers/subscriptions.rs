@@ -179,7 +179,19 @@ fn selected(
 )]
 pub(crate) async fn list(State(api): State<ApiState>, call: Call) -> Result<Reply, ApiError> {
     call.data::<NoData>()?;
-    let items = selected(&api, &call)?.into_iter().map(|(_, v)| v).collect();
+    let mut items: Vec<Value> = selected(&api, &call)?.into_iter().map(|(_, v)| v).collect();
+    // Cluster mode: the subscriptions of sessions other nodes hold too.
+    let sel = call.selector(0)?;
+    let now = api.now_secs();
+    for (session, subs) in super::sessions::selected_in_cluster(&api, &call, 2)? {
+        let sid = session.get("id").and_then(Value::as_u64).unwrap_or(0);
+        for view in subs {
+            let item = to_value(&SubscriptionItem::new(view, sid));
+            if sel.matches(&item, now) {
+                items.push(item);
+            }
+        }
+    }
     Ok(Reply::list(&call, items))
 }
 
