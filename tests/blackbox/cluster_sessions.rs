@@ -89,33 +89,34 @@ async fn pair() -> Option<Cluster> {
     Some(Cluster { nodes, nats })
 }
 
-/// `tern_cluster_session_writes_total` of node `n`.
-async fn session_writes(cluster: &Cluster, n: usize) -> u64 {
+/// Waits until node `n`'s REST API lists session `client_id` with `subscriptions`
+/// subscriptions: the cluster's record of it, written by the node that holds it, reached `n`.
+async fn known_on(cluster: &Cluster, n: usize, client_id: &str, subscriptions: u64) {
     let addr = cluster.nodes[n]
         .daemon
         .http
         .expect("the node's HTTP listener");
-    let body = http::get(addr, "/metrics", &[]).await.body;
-    body.lines()
-        .find_map(|l| l.strip_prefix("tern_cluster_session_writes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until node `n` wrote `count` session records (each connect of a persistent session
-/// or one with a will, each subscription change): what it holds is in the cluster.
-async fn records_written(cluster: &Cluster, n: usize, count: u64) {
+    let auth = format!("Authorization: FlespiToken {MASTER}");
     let deadline = tokio::time::Instant::now() + CROSS;
     loop {
-        if session_writes(cluster, n).await >= count {
+        let r = http::get(addr, "/mqtt/sessions/all", &[&auth]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+        let known = body["result"].as_array().is_some_and(|all| {
+            all.iter().any(|s| {
+                s["client_id"] == client_id && s["subscriptions"].as_u64() == Some(subscriptions)
+            })
+        });
+        if known {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node {n} wrote no session record{}",
+            "node {n} does not list {client_id} with {subscriptions} subscriptions: {}{}",
+            r.body,
             cluster.logs()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -131,7 +132,7 @@ async fn persistent_session_moves_after_disconnect() {
     assert!(!present);
     assert_eq!(s.subscribe("mv/#", QoS::AtLeastOnce).await, ReasonCode(1));
     cluster.ready(B, "mv/~probe~", &mut [&mut s]).await;
-    records_written(&cluster, A, 2).await;
+    known_on(&cluster, B, "mover", 1).await;
     s.disconnect().await;
 
     let early = batch("early", 20);
@@ -177,7 +178,7 @@ async fn persistent_session_resumes_after_its_node_is_killed() {
     let (mut s, _) = resume(&cluster, A, "survivor").await;
     assert_eq!(s.subscribe("kl/#", QoS::AtLeastOnce).await, ReasonCode(1));
     cluster.ready(B, "kl/~probe~", &mut [&mut s]).await;
-    records_written(&cluster, A, 2).await;
+    known_on(&cluster, B, "survivor", 1).await;
 
     // Received but never acknowledged: in flight when the node dies.
     let before = batch("before", 10);
@@ -219,7 +220,7 @@ async fn clean_start_elsewhere_ends_the_session() {
     };
     let (mut s, _) = resume(&cluster, A, "cleaner").await;
     s.subscribe("cl/#", QoS::AtLeastOnce).await;
-    records_written(&cluster, A, 2).await;
+    known_on(&cluster, B, "cleaner", 1).await;
     s.disconnect().await;
 
     let mut fresh = connect_packet(ProtocolVersion::V5, "cleaner", true);
@@ -284,7 +285,8 @@ async fn will_published_after_its_node_is_killed() {
         assert_eq!(ack.code, ReasonCode::SUCCESS);
         std::mem::forget(w);
     }
-    records_written(&cluster, A, 2).await;
+    known_on(&cluster, B, "will-p", 0).await;
+    known_on(&cluster, B, "will-c", 0).await;
     let node = cluster.nodes.remove(A);
     node.daemon.kill().await;
 
@@ -331,7 +333,7 @@ async fn live_session_taken_over_by_another_node() {
     let (mut old, _) = Client::connect_with(cluster.nodes[A].addr(), old_connect.clone()).await;
     old.subscribe("hp/#", QoS::AtLeastOnce).await;
     cluster.ready(B, "hp/~probe~", &mut [&mut old]).await;
-    records_written(&cluster, A, 2).await;
+    known_on(&cluster, B, "hopper", 1).await;
 
     // Queued on node A behind a client that does not read.
     let waiting = batch("waiting", 10);
@@ -379,7 +381,6 @@ async fn rest_lists_the_sessions_of_every_node() {
     online.subscribe("ls/on/#", QoS::AtLeastOnce).await;
     let (mut offline, _) = resume(&cluster, A, "ls-offline").await;
     offline.subscribe("ls/off/+", QoS::AtMostOnce).await;
-    records_written(&cluster, A, 4).await;
     offline.disconnect().await;
 
     let http_b = cluster.nodes[B]
