@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Cluster mode against a single node, on loopback (issue 17; README "Cluster mode"): one
-# nats-server with JetStream and two (NODES) tern nodes in cluster mode, and a single tern
+# nats-server with JetStream and NODES (3) tern nodes in cluster mode, and a single tern
 # without a cluster, each freshly started per round, the same tern-bench for all. Rounds
 # alternate single / cluster so that a noisy moment of a shared machine does not fall on one
 # side only; the table shows every run and the median.
@@ -34,7 +34,7 @@ INFLIGHT=${INFLIGHT:-100}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 PACED_RATE=${PACED_RATE:-100000}
 RESUME_CLIENTS=${RESUME_CLIENTS:-500}
-NODES=${NODES:-2}
+NODES=${NODES:-3}
 OUT=${OUT:-target/bench-cluster}
 NATS_PORT=${NATS_PORT:-14322}
 BASE_PORT=${BASE_PORT:-18931}
@@ -92,11 +92,13 @@ start_nats() {
     wait_port "$NATS_PORT"
 }
 
-# bench KEY PUB_PORT SUB_PORT args...: one tern-bench run, its JSON line kept.
+# bench KEY PUB_PORT SUB_PORTS args...: one tern-bench run, its JSON line kept (SUB_PORTS:
+# one port, or several comma-separated that the subscribers take in turn).
 bench() {
-    local key=$1 pub=$2 sub=$3
+    local key=$1 pub=$2 subs
+    subs=$(sed 's/\([0-9][0-9]*\)/127.0.0.1:\1/g' <<< "$3")
     shift 3
-    "$BENCH_BIN" --broker "127.0.0.1:$pub" --sub-broker "127.0.0.1:$sub" --keep-alive 600 "$@" \
+    "$BENCH_BIN" --broker "127.0.0.1:$pub" --sub-broker "$subs" --keep-alive 600 "$@" \
         >> "$OUT/$key.jsonl" 2>> "$OUT/bench.log" || echo '{"error":"run failed"}' >> "$OUT/$key.jsonl"
 }
 
@@ -113,6 +115,8 @@ for round in $(seq "$ROUNDS"); do
     bench single-fanin0 "$BASE_PORT" "$BASE_PORT" --scenario fan-in --qos 0 --clients 8 "${FLOW[@]}"
     bench single-fanin1 "$BASE_PORT" "$BASE_PORT" --scenario fan-in --qos 1 --clients 8 "${FLOW[@]}"
     bench single-paced0 "$BASE_PORT" "$BASE_PORT" "${PACED0[@]}"
+    bench single-fanout0 "$BASE_PORT" "$BASE_PORT" --scenario fan-out --qos 0 --clients 8 "${FLOW[@]}"
+    bench single-fanout1 "$BASE_PORT" "$BASE_PORT" --scenario fan-out --qos 1 --clients 8 "${FLOW[@]}"
     cleanup
 
     echo "round $round: cluster of $NODES" >&2
@@ -129,6 +133,10 @@ for round in $(seq "$ROUNDS"); do
     bench cross-fanin0 "$A" "$B" --scenario fan-in --qos 0 --clients 8 "${FLOW[@]}"
     bench cross-fanin1 "$A" "$B" --scenario fan-in --qos 1 --clients 8 "${FLOW[@]}"
     bench cross-paced0 "$A" "$B" "${PACED0[@]}"
+    # Fan-out 1→8 with the subscribers spread over every other node.
+    OTHERS=$(seq -s, $((BASE_PORT + 2)) $((BASE_PORT + NODES)))
+    bench spread-fanout0 "$A" "$OTHERS" --scenario fan-out --qos 0 --clients 8 "${FLOW[@]}"
+    bench spread-fanout1 "$A" "$OTHERS" --scenario fan-out --qos 1 --clients 8 "${FLOW[@]}"
     cleanup
 
     echo "round $round: node death to sessions resumed" >&2
@@ -181,6 +189,11 @@ row cross-paced0 "QoS 0 at $PACED_RATE msg/s, across nodes, p50 µs" .latency_us
 row single-lat1 "latency QoS 1, single node, lost" .lost
 row cross-lat1 "latency QoS 1, across nodes, lost" .lost
 row cross-fanin1 "fan-in QoS 1 across nodes, acked but lost" .lost_acked
+row single-fanout0 "fan-out 1→8 QoS 0, single node, delivered msg/s" .delivered_per_s
+row spread-fanout0 "fan-out 1→8 QoS 0, cluster of $NODES, subscribers on the other nodes, delivered msg/s" .delivered_per_s
+row single-fanout1 "fan-out 1→8 QoS 1, single node, delivered msg/s" .delivered_per_s
+row spread-fanout1 "fan-out 1→8 QoS 1, cluster of $NODES, subscribers on the other nodes, delivered msg/s" .delivered_per_s
+row spread-fanout1 "fan-out 1→8 QoS 1, cluster of $NODES, lost" .lost
 row resume "$RESUME_CLIENTS sessions after kill -9 of their node: resumed (session present)" .resumed
 row resume "resume: kill to the last CONNACK, ms" .all_connacks_ms
 row resume "resume: kill to the last missed message delivered, ms" .all_delivered_ms

@@ -77,7 +77,9 @@ pub struct FlowConfig {
     pub offline: bool,
     /// Where the subscribers connect, when not to the publishers' broker (another node of a
     /// cluster: `--sub-broker`).
-    pub sub_broker: Option<std::net::SocketAddr>,
+    /// Subscribers connect to these in turn (other nodes of a tern cluster); empty: the
+    /// publishers' broker.
+    pub sub_broker: Vec<std::net::SocketAddr>,
 }
 
 /// One publisher.
@@ -705,8 +707,10 @@ async fn subscriber(
 ) -> SubResult {
     let mut result = SubResult::new(spec.publishers.clone());
     let mut opts = cfg.connect.clone();
-    if let Some(addr) = cfg.sub_broker {
-        opts.broker = addr;
+    if !cfg.sub_broker.is_empty() {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        opts.broker = cfg.sub_broker[i % cfg.sub_broker.len()];
     }
     if cfg.persistent || cfg.offline {
         opts.clean_start = false;

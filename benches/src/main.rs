@@ -57,9 +57,9 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: SocketAddr,
     /// Subscribers connect here instead of `--broker` (another node of a tern cluster: the
-    /// messages cross nodes).
-    #[arg(long)]
-    sub_broker: Option<SocketAddr>,
+    /// messages cross nodes); several, comma-separated: subscribers take them in turn.
+    #[arg(long, value_delimiter = ',')]
+    sub_broker: Vec<SocketAddr>,
     /// QoS of every PUBLISH and subscription.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -329,7 +329,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
         persistent: cli.persistent,
         json: cli.json,
         offline: cli.offline,
-        sub_broker: cli.sub_broker,
+        sub_broker: cli.sub_broker.clone(),
     };
     let line = match cli.scenario {
         Scenario::ConnectStorm | Scenario::IdleMemory => {
@@ -419,7 +419,7 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
             .await?,
         )?,
         Scenario::Resume => {
-            let (Some(other), Some(victim)) = (cli.sub_broker, cli.broker_pid) else {
+            let (Some(&other), Some(victim)) = (cli.sub_broker.first(), cli.broker_pid) else {
                 bail!("resume needs --sub-broker (node B) and --broker-pid (node A, killed)");
             };
             let mut head = head;
