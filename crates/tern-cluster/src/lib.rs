@@ -7,8 +7,10 @@
 //! `TERN_Q_<s>` as `tern.q.<s>.<acct>.<topic>` before the publisher's acknowledgement, and read
 //! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
-//! off from NATS marked unavailable. Not yet: sessions that move between nodes, wills after a
-//! node crash, `$share` across nodes, accounts and tokens in KV, REST over the whole cluster.
+//! off from NATS marked unavailable; `$share` groups across nodes (each message to one member in
+//! the cluster, through the member registry in the KV bucket `tern_share`). Not yet: sessions
+//! that move between nodes, wills after a node crash, accounts and tokens in KV, REST over the
+//! whole cluster.
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
@@ -18,9 +20,12 @@
 //! - `nats`: [`start`] connects, sets up the bucket and the streams, loads the retained
 //!   replica, installs the [`NatsFabric`] and runs its tasks (queues out, readers in, connect
 //!   notices, the watchdog); [`ClusterMetrics`] are read by the daemon's `/metrics`
+//! - `share`: the `$share` member registry (each node's groups in KV `tern_share`, watched by
+//!   every node) and the choice every node computes alike: which node delivers a group's copy
 
 mod nats;
 mod sessions;
+mod share;
 mod subject;
 
 #[cfg(test)]
@@ -30,6 +35,7 @@ pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };
 pub use sessions::{NODES_BUCKET, SESSIONS_BUCKET};
+pub use share::{HEARTBEAT as SHARE_HEARTBEAT, SHARE_BUCKET, STALE_AFTER as SHARE_STALE_AFTER};
 pub use subject::{
     Decoded, LIVE_PREFIX, SHARD_PREFIX, SubjectError, SubjectKind, decode_subject, encode_filter,
     encode_topic, shard_of,
