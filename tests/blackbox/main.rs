@@ -19,6 +19,7 @@ mod clients;
 mod cluster;
 mod cluster_faults;
 mod cluster_sessions;
+mod cluster_share;
 mod config;
 mod connect;
 mod connection_cost;
