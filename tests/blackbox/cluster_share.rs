@@ -449,3 +449,43 @@ async fn a_sticky_member_that_leaves_moves_only_its_own_keys() {
         }
     }
 }
+
+/// Three nodes with one member each; the third node is killed (SIGKILL: it deletes nothing).
+/// Its entry in the registry goes stale within seconds and the two nodes left deliver every
+/// message again, each exactly once, to both of their members.
+#[tokio::test]
+async fn a_dead_node_stops_being_chosen() {
+    let Some(mut cl) = Cluster::start(&["n1", "n2", "n3"]).await else {
+        return;
+    };
+    const C: usize = 2;
+    let mut group = members(
+        &cl,
+        "$share/dn/cdn/+/+",
+        QoS::AtLeastOnce,
+        &[(A, "dn-a"), (B, "dn-b"), (C, "dn-c")],
+    )
+    .await;
+    settle(&cl, &mut group, &[A, B, C], "cdn").await;
+
+    let dead = cl.nodes.remove(C);
+    dead.daemon.kill().await;
+    drop(group.pop());
+    // Messages chosen for the dead node are lost until its entry is stale: settle waits that
+    // out (bounded).
+    settle(&cl, &mut group, &[A, B], "cdn").await;
+    let count = 40;
+    publish_batch(&cl, &[A, B], "cdn/t", "after", count, QoS::AtLeastOnce).await;
+    let got = collect(&cl, &mut group, 2 * count).await;
+    assert_each_once(&cl, &got, "after", &[A, B], count, "the two live nodes");
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "both live members get a share: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        cl.nodes[A].daemon.log().contains("went stale"),
+        "node A saw the dead node's entry go stale:{}",
+        cl.logs()
+    );
+}
