@@ -20,6 +20,7 @@ mod cluster;
 mod cluster_cfg;
 mod cluster_faults;
 mod cluster_sessions;
+mod cluster_share;
 mod config;
 mod connect;
 mod connection_cost;

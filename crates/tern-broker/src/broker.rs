@@ -11,8 +11,9 @@
 //!   ops (an op is submitted under the session's lock, so the store sees changes in order)
 //!
 //! A session's state lock is never held while taking the registry or an index lock; the
-//! directory's lock is never taken under `namespaces`. The timer queue, `connections` and
-//! `conditions` are leaves: nothing is taken under them.
+//! directory's lock is never taken under `namespaces`. The timer queue, `connections`,
+//! `conditions` and `share_members` (taken under a namespace's `subs`) are leaves: nothing is
+//! taken under them.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -204,6 +205,9 @@ pub struct Broker {
     pub(crate) fabric: std::sync::OnceLock<Arc<dyn crate::fabric::Fabric>>,
     /// Cluster mode: this node lost the cluster (`Broker::set_unavailable`).
     pub(crate) unavailable: AtomicBool,
+    /// Members on this node of each shared group, by (namespace, group, filter)
+    /// ([`Broker::shared_groups`]); changed only by shared subscribes and unsubscribes.
+    pub(crate) share_members: Mutex<HashMap<ShareGroupKey, usize>>,
     /// Which taps want anything now ([`Broker::set_tap_active`], [`Broker::set_trigger_active`]:
     /// bits [`TAP_CHANNELS`], [`TAP_TRIGGERS`]): every publish reads this one byte and nothing
     /// more while no in-process listener exists.
@@ -354,6 +358,9 @@ impl ConnectionMap {
     }
 }
 
+/// A shared group's identity on this node: (namespace, group string, inner filter).
+pub(crate) type ShareGroupKey = (Cid, Box<str>, Box<str>);
+
 /// One matching subscription found while routing.
 struct Target {
     /// The session's id and whether this is a shared subscription (low bit), copied here so
@@ -368,6 +375,11 @@ struct Target {
 
 struct Collector<'a> {
     msg: &'a Message,
+    /// The broker's fabric: read only when a shared group matches (cluster mode: which node
+    /// delivers the group's copy).
+    fabric: &'a std::sync::OnceLock<Arc<dyn crate::fabric::Fabric>>,
+    /// The namespace being walked (the account whose subscriptions match now).
+    ns: Cid,
     payload: LazyPayload<'a>,
     /// Unix seconds, for `now()` in filter expressions.
     now: f64,
@@ -415,6 +427,18 @@ impl Visitor<SubKey, SubEntry> for Collector<'_> {
         };
         if !self.passes(first) {
             return;
+        }
+        if let Some(fabric) = self.fabric.get() {
+            let share = crate::fabric::ShareGroupRef {
+                cid: self.ns,
+                name: group.name(),
+                filter: group.filter(),
+                mode: group.mode(),
+            };
+            if !fabric.share_here(&share, self.msg) {
+                // Another node delivers this group's copy.
+                return;
+            }
         }
         if let Some((key, entry)) = group.pick_where(topic, |k| k.session.is_connected()) {
             self.push(key, entry, true);
@@ -468,6 +492,7 @@ impl Broker {
             tap: std::sync::OnceLock::new(),
             trigger_tap: std::sync::OnceLock::new(),
             fabric: std::sync::OnceLock::new(),
+            share_members: Mutex::new(HashMap::new()),
             unavailable: AtomicBool::new(false),
             tap_active: std::sync::atomic::AtomicU8::new(0),
             session_log: std::sync::OnceLock::new(),
@@ -692,6 +717,7 @@ impl Broker {
         let Some(ns) = self.namespace(session.key.cid) else {
             return;
         };
+        let mut shares_changed = false;
         let mut index = ns.subs.write();
         for sub in subs {
             let key = SubKey {
@@ -699,13 +725,27 @@ impl Broker {
                 identity: sub.key.clone(),
             };
             let removed = match &sub.share_group {
-                Some(group) => index.remove_shared(group, &sub.topic_filter, &key),
+                Some(group) => {
+                    let removed = index.remove_shared(group, &sub.topic_filter, &key);
+                    if removed.is_some() {
+                        let left = index
+                            .shared_group(group, &sub.topic_filter)
+                            .map_or(0, |g| g.members().len());
+                        self.count_share_members(ns.cid, group, &sub.topic_filter, left);
+                        shares_changed = true;
+                    }
+                    removed
+                }
                 None => index.remove(&sub.topic_filter, &key),
             };
             if removed.is_some() {
                 Metrics::gauge(&self.metrics.subscriptions, -1);
                 ns.count(|u| &u.subscriptions, -1);
             }
+        }
+        drop(index);
+        if shares_changed {
+            self.shares_changed();
         }
     }
 
@@ -723,16 +763,28 @@ impl Broker {
         let old = {
             let mut index = ns.subs.write();
             match &sub.share_group {
-                Some(group) => index.insert_shared_with_mode(
-                    group,
-                    sub.share_mode,
-                    &sub.topic_filter,
-                    key,
-                    entry,
-                ),
+                Some(group) => {
+                    let old = index.insert_shared_with_mode(
+                        group,
+                        sub.share_mode,
+                        &sub.topic_filter,
+                        key,
+                        entry,
+                    );
+                    if old.is_none() {
+                        let members = index
+                            .shared_group(group, &sub.topic_filter)
+                            .map_or(0, |g| g.members().len());
+                        self.count_share_members(ns.cid, group, &sub.topic_filter, members);
+                    }
+                    old
+                }
                 None => index.insert(&sub.topic_filter, key, entry),
             }
         };
+        if old.is_none() && sub.share_group.is_some() {
+            self.shares_changed();
+        }
         if old.is_none() {
             Metrics::gauge(&self.metrics.subscriptions, 1);
             ns.count(|u| &u.subscriptions, 1);
@@ -841,11 +893,14 @@ impl Broker {
     fn collect_targets(&self, msg: &Message, targets: &mut Vec<Target>) {
         let mut collector = Collector {
             msg,
+            fabric: &self.fabric,
+            ns: msg.cid,
             payload: LazyPayload::new(&msg.payload),
             now: self.clock.now() as f64 / 1e6,
             out: targets,
         };
         self.walk_chain(msg.cid, |ns| {
+            collector.ns = ns.cid;
             ns.subs.read().for_each_match(&msg.topic, &mut collector);
             true
         });
@@ -1318,5 +1373,105 @@ mod tests {
         assert!(broker.metrics.drops(DropReason::TotalOverflow) > 0);
         let queued: usize = sessions.iter().map(|s| s.lock().queue.len()).sum();
         assert_eq!(broker.metrics.queued.load(Ordering::Relaxed), queued as i64);
+    }
+
+    /// A fabric for which another node delivers group `away`; it counts its pings.
+    #[derive(Debug, Default)]
+    struct ShareStub {
+        pings: AtomicU64,
+    }
+
+    impl crate::fabric::Fabric for ShareStub {
+        fn published(&self, _: &Arc<Message>, _: bool) -> crate::fabric::FabricTicket {
+            0
+        }
+        fn confirmed(&self) -> crate::fabric::FabricTicket {
+            0
+        }
+        fn wait_confirmed(&self, _: crate::fabric::FabricTicket) -> crate::fabric::FabricWait {
+            Box::pin(async {})
+        }
+        fn connected(&self, _: &SessionKey, _: Micros) {}
+        fn share_here(&self, group: &crate::fabric::ShareGroupRef<'_>, _: &Message) -> bool {
+            group.name != "away"
+        }
+        fn shares_changed(&self) {
+            self.pings.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The broker counts each shared group's members on this node as they join and leave,
+    /// pings the fabric at each change, and delivers a group's copy only where the fabric says.
+    #[test]
+    fn shared_groups_are_counted_and_routed_where_the_fabric_says() {
+        let broker = Broker::new(BrokerConfig::default(), Box::new(Anonymous { cid: 1 }));
+        let session = |name: &str| {
+            let s = Arc::new(Session::new(
+                broker.next_session_id(),
+                SessionKey {
+                    cid: 1,
+                    client_id: ByteString::from(name),
+                },
+                false,
+                u32::MAX,
+            ));
+            broker.with_registry(|reg| reg.insert(s.clone()));
+            s
+        };
+        let sub = |filter: &str| {
+            let options = tern_codec::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            Subscription::parse(SubscriptionKey::new(filter.into(), None), options, None)
+                .expect("a valid filter")
+        };
+        let (s1, s2) = (session("s1"), session("s2"));
+        let (here, away) = (sub("$share/here/t/+"), sub("$share/away/t/+"));
+        // Before the fabric is installed (a restored session): counted all the same.
+        broker.index(&s1, &here);
+        let stub = Arc::new(ShareStub::default());
+        broker.set_fabric(stub.clone());
+        broker.index(&s2, &here);
+        broker.index(&s1, &away);
+        broker.index(&s1, &away);
+        let count = |name: &str, members| crate::fabric::SharedGroupCount {
+            cid: 1,
+            name: name.into(),
+            filter: "t/+".into(),
+            members,
+        };
+        let mut groups = broker.shared_groups();
+        groups.sort();
+        assert_eq!(groups, vec![count("away", 1), count("here", 2)]);
+        assert_eq!(
+            stub.pings.load(Ordering::Relaxed),
+            2,
+            "a re-SUBSCRIBE changes no count"
+        );
+
+        let msg = Arc::new(Message {
+            topic: "t/1".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            cid: 1,
+            timestamp: 1,
+            expires_at: None,
+            origin: None,
+        });
+        assert_eq!(
+            broker.route(&msg).sessions,
+            1,
+            "one copy for `here`, none for `away`"
+        );
+
+        broker.unindex(&s2, std::slice::from_ref(&here));
+        assert_eq!(broker.shared_groups().len(), 2);
+        assert!(broker.shared_groups().contains(&count("here", 1)));
+        broker.unindex(&s1, &[here, away]);
+        assert_eq!(broker.shared_groups(), vec![]);
+        assert_eq!(stub.pings.load(Ordering::Relaxed), 4);
     }
 }

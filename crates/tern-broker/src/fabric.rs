@@ -10,6 +10,14 @@
 //!
 //! Like the taps, the fabric is called on the publisher's path with broker state borrowed: it
 //! must not block nor call back into the broker.
+//!
+//! Shared subscriptions across nodes: every node routes every publication, so each node asks
+//! the fabric, for each `$share` group the message matched here, whether this node delivers
+//! the group's copy ([`Fabric::share_here`]); the fabric answers the same on every node (one
+//! node per message and group). The broker keeps the count of members of each group on this
+//! node ([`Broker::shared_groups`]) and pings the fabric when it changes
+//! ([`Fabric::shares_changed`]), so that the fabric can tell the other nodes. Without a fabric
+//! none of this runs: a group's choice reads no more than before.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +30,7 @@ use crate::message::{Cid, Message, Micros};
 use crate::session::{
     ConnLink, Origin, Session, SessionKey, Subscription, SubscriptionKey, WillSpec,
 };
+use tern_topic::ShareMode;
 
 /// A position in the fabric's stream of durable publications (QoS 1/2 messages stored by the
 /// cluster): a publisher's acknowledgement waits until the fabric confirmed it. 0: nothing to
@@ -38,6 +47,19 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// layer's derived state, which every node republishes from its own records). Returns the
     /// ticket the publisher's acknowledgement waits for (0: none).
     fn published(&self, msg: &Arc<Message>, durable_retained: bool) -> FabricTicket;
+
+    /// Whether this node delivers `msg`'s copy for `group`, a shared group with members on
+    /// this node that `msg` matched (on the node it was published on and on every node that
+    /// routes it from the fabric). The fabric must answer so that one node in the cluster
+    /// delivers it. The default: every node delivers (each picks among its own members).
+    fn share_here(&self, group: &ShareGroupRef<'_>, msg: &Message) -> bool {
+        let _ = (group, msg);
+        true
+    }
+
+    /// The members of a shared group on this node changed (a member joined or left): the
+    /// fabric reads [`Broker::shared_groups`] later, off this path. The default does nothing.
+    fn shares_changed(&self) {}
 
     /// Every ticket up to this one is confirmed (stored by the cluster).
     fn confirmed(&self) -> FabricTicket;
@@ -128,6 +150,28 @@ pub struct SessionCheckpoint {
     /// Address and protocol level of its current or last connection.
     pub ip: String,
     pub protocol: u8,
+}
+
+/// A shared group as [`Fabric::share_here`] sees it: `$share/<name>/<filter>` in account
+/// `cid`'s namespace (the subscribers' account, which may be an ancestor of the publisher's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareGroupRef<'a> {
+    pub cid: Cid,
+    /// The whole group string, e.g. `g:2`.
+    pub name: &'a str,
+    /// The inner filter, without `$share/<name>/`.
+    pub filter: &'a str,
+    pub mode: ShareMode,
+}
+
+/// A shared group with members on this node ([`Broker::shared_groups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SharedGroupCount {
+    pub cid: Cid,
+    pub name: Box<str>,
+    pub filter: Box<str>,
+    /// Members on this node (sessions, connected or not), at least 1.
+    pub members: usize,
 }
 
 impl Broker {
@@ -383,6 +427,40 @@ impl Broker {
                 (view, subs)
             })
             .collect()
+    }
+
+    /// Every shared group with members on this node, with their count, in no particular order
+    /// (what a fabric tells the other nodes, see [`Fabric::shares_changed`]).
+    pub fn shared_groups(&self) -> Vec<SharedGroupCount> {
+        self.share_members
+            .lock()
+            .iter()
+            .map(|((cid, name, filter), &members)| SharedGroupCount {
+                cid: *cid,
+                name: name.clone(),
+                filter: filter.clone(),
+                members,
+            })
+            .collect()
+    }
+
+    /// Records that shared group `name` on `filter` in `cid`'s namespace has `members` members
+    /// here now. Called with the namespace's index locked for writing, so that the counts of one
+    /// group are recorded in the order the index changed.
+    pub(crate) fn count_share_members(&self, cid: Cid, name: &str, filter: &str, members: usize) {
+        let mut counts = self.share_members.lock();
+        if members == 0 {
+            counts.remove(&(cid, Box::from(name), Box::from(filter)));
+        } else {
+            counts.insert((cid, name.into(), filter.into()), members);
+        }
+    }
+
+    /// Tells the fabric, if there is one, that the members of a shared group here changed.
+    pub(crate) fn shares_changed(&self) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.shares_changed();
+        }
     }
 
     /// Tells the fabric, if there is one, that `key` connected here at `at`.

@@ -79,7 +79,7 @@ pub use close::CloseReason;
 pub use config::BrokerConfig;
 pub use connection::Connection;
 pub use events::SessionLog;
-pub use fabric::{Fabric, FabricTicket, FabricWait};
+pub use fabric::{Fabric, FabricTicket, FabricWait, ShareGroupRef, SharedGroupCount};
 pub use message::{Cid, Clock, Delivery, Message, Micros, SessionId};
 pub use metrics::{DropReason, Metrics};
 pub use restore::Restored;

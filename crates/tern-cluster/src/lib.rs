@@ -8,8 +8,9 @@
 //! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
 //! off from NATS marked unavailable; persistent sessions and wills across nodes (`sessions`);
-//! accounts and tokens in KV (`cfg`). Not yet: `$share` across nodes, REST over the whole
-//! cluster.
+//! accounts and tokens in KV (`cfg`); `$share` groups across nodes (each message to one member
+//! in the cluster, through the member registry in the KV bucket `tern_share`). Not yet: REST
+//! calls that act on another node's session, the devices layer across nodes.
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
@@ -22,10 +23,13 @@
 //! - `cfg`: accounts and tokens in the KV bucket `tern_cfg` ([`CfgReplica`], installed in the
 //!   directory by [`start`]): loaded before the listeners open, then followed; ids that no two
 //!   nodes share
+//! - `share`: the `$share` member registry (each node's groups in KV `tern_share`, watched by
+//!   every node) and the choice every node computes alike: which node delivers a group's copy
 
 mod cfg;
 mod nats;
 mod sessions;
+mod share;
 mod subject;
 
 #[cfg(test)]
@@ -36,6 +40,7 @@ pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };
 pub use sessions::{NODES_BUCKET, SESSIONS_BUCKET};
+pub use share::{HEARTBEAT as SHARE_HEARTBEAT, SHARE_BUCKET, STALE_AFTER as SHARE_STALE_AFTER};
 pub use subject::{
     Decoded, LIVE_PREFIX, SHARD_PREFIX, SubjectError, SubjectKind, decode_subject, encode_filter,
     encode_topic, shard_of,

@@ -169,6 +169,8 @@ pub struct NatsFabric {
     node: String,
     /// Persistent sessions across nodes, set once at start.
     sessions: std::sync::OnceLock<Arc<Sessions>>,
+    /// `$share` groups across nodes (`share.rs`).
+    share: Arc<crate::share::ShareRegistry>,
 }
 
 impl NatsFabric {
@@ -240,6 +242,14 @@ impl Fabric for NatsFabric {
 
     fn confirmed(&self) -> FabricTicket {
         self.metrics.confirmed.load(Ordering::Acquire)
+    }
+
+    fn share_here(&self, group: &tern_broker::ShareGroupRef<'_>, msg: &Message) -> bool {
+        self.share.here(group, msg)
+    }
+
+    fn shares_changed(&self) {
+        self.share.changed();
     }
 
     fn connected(&self, key: &SessionKey, at: Micros) {
@@ -454,6 +464,17 @@ pub async fn start(
         readers.push((stream, last + 1));
     }
 
+    let share = retry_until(setup_until, "the $share registry", || {
+        crate::share::start(
+            &js,
+            broker.clone(),
+            &config.node,
+            config.replicas,
+            shutdown.clone(),
+        )
+    })
+    .await?;
+
     let queue = config.queue.max(1);
     let (live_tx, live_rx) = mpsc::channel(queue);
     let (ret_tx, ret_rx) = mpsc::channel(queue);
@@ -469,6 +490,7 @@ pub async fn start(
         metrics: metrics.clone(),
         node: config.node.clone(),
         sessions: std::sync::OnceLock::new(),
+        share,
     });
 
     // Persistent sessions: their records and the node heartbeats, loaded before the fabric is

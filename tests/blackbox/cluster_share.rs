@@ -1,0 +1,491 @@
+//! `$share` groups across cluster nodes (issue 17): a group with members on several nodes gets
+//! each message once in the whole cluster (not once per node), whichever node it was published
+//! on, at QoS 0 and QoS 1 (none lost); members on every node get a share; a sticky group keeps
+//! every message of one topic with one member across nodes; a member that leaves hands its share
+//! to the members that stay.
+//!
+//! The nodes learn each other's members through the `tern_share` KV bucket, asynchronously: each
+//! test first publishes batches on the group's filter until two batches in a row arrive exactly
+//! once (a node that does not know the group yet delivers it to its own members too).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tern_codec::*;
+
+use crate::support::Client;
+use crate::support::QUIET;
+use crate::support::client::Read;
+use crate::support::cluster::*;
+
+/// One member of a group: its node, its name and its client.
+struct Member {
+    node: usize,
+    name: String,
+    client: Client,
+}
+
+/// A member's deliveries: (topic, payload).
+type Got = Vec<(String, String)>;
+
+/// Reads what arrived at each member (acknowledging as its QoS requires) until `expected`
+/// deliveries arrived in all, or [`CROSS`] passed, then until each member was quiet for
+/// [`QUIET`] (a duplicate would come then). Returns each member's deliveries, in order.
+async fn collect(cl: &Cluster, members: &mut [Member], expected: usize) -> Vec<Got> {
+    let mut got: Vec<Got> = vec![Vec::new(); members.len()];
+    let deadline = tokio::time::Instant::now() + CROSS;
+    let mut total = 0;
+    while total < expected && tokio::time::Instant::now() < deadline {
+        for (m, g) in members.iter_mut().zip(got.iter_mut()) {
+            total += read_some(cl, m, g, Duration::from_millis(20)).await;
+        }
+    }
+    for (m, g) in members.iter_mut().zip(got.iter_mut()) {
+        read_some(cl, m, g, QUIET).await;
+    }
+    got
+}
+
+/// Reads `m`'s deliveries into `g` until none comes for `wait`; returns how many.
+async fn read_some(cl: &Cluster, m: &mut Member, g: &mut Got, wait: Duration) -> usize {
+    let mut n = 0;
+    loop {
+        match m.client.read(wait).await {
+            Read::Packet(Packet::Publish(p)) => {
+                m.client.ack(&p).await;
+                // The broker's own session events, for a `#` member.
+                if p.topic.starts_with("flespi/") {
+                    continue;
+                }
+                g.push((
+                    p.topic.to_string(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                ));
+                n += 1;
+            }
+            Read::Timeout => return n,
+            other => panic!("{}: expected PUBLISH, got {other:?}{}", m.name, cl.logs()),
+        }
+    }
+}
+
+/// Publishes `count` messages on `<topic>/<i>` from each node of `from` (payload
+/// `<tag>-<node>-<i>`) at `qos` (a QoS 1 publisher gets its PUBACK first).
+async fn publish_batch(
+    cl: &Cluster,
+    from: &[usize],
+    topic: &str,
+    tag: &str,
+    count: usize,
+    qos: QoS,
+) {
+    for &n in from {
+        let id = format!("pub-{tag}-{n}");
+        let mut p = cl.client(n, ProtocolVersion::V311, &id).await;
+        for i in 0..count {
+            p.publish(
+                &format!("{topic}/{i}"),
+                format!("{tag}-{n}-{i}").as_bytes(),
+                qos,
+                false,
+            )
+            .await;
+        }
+        p.disconnect().await;
+    }
+}
+
+/// How often each payload arrived, over every member.
+fn tally(got: &[Got]) -> HashMap<&str, usize> {
+    let mut seen = HashMap::new();
+    for (_, payload) in got.iter().flatten() {
+        *seen.entry(payload.as_str()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Publishes batches on `<topic>/settle` from every node of `from` until two batches in a row
+/// reach the members exactly once each: every node knows the group's members.
+async fn settle(cl: &Cluster, members: &mut [Member], from: &[usize], topic: &str) {
+    let deadline = tokio::time::Instant::now() + CROSS * 2;
+    let per_node = 10;
+    let mut good = 0;
+    let mut round = 0;
+    while good < 2 {
+        round += 1;
+        let tag = format!("settle{round}");
+        publish_batch(
+            cl,
+            from,
+            &format!("{topic}/settle"),
+            &tag,
+            per_node,
+            QoS::AtMostOnce,
+        )
+        .await;
+        let got = collect(cl, members, per_node * from.len()).await;
+        let seen = tally(&got);
+        let exact = seen.len() == per_node * from.len()
+            && seen.values().all(|&n| n == 1)
+            && seen.keys().all(|p| p.starts_with(&tag));
+        good = if exact { good + 1 } else { 0 };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group on {topic} did not settle (round {round}: {seen:?}){}",
+            cl.logs()
+        );
+    }
+}
+
+/// Connects and subscribes the members, `(node, name)` each, to `filter` at `qos`.
+async fn members(cl: &Cluster, filter: &str, qos: QoS, who: &[(usize, &str)]) -> Vec<Member> {
+    let mut out = Vec::new();
+    for &(node, name) in who {
+        let client = cl
+            .subscriber(node, ProtocolVersion::V5, name, filter, qos)
+            .await;
+        out.push(Member {
+            node,
+            name: name.to_string(),
+            client,
+        })
+    }
+    out
+}
+
+/// Asserts that every payload of `tags` from `from` nodes (`count` each) arrived exactly once.
+fn assert_each_once(
+    cl: &Cluster,
+    got: &[Got],
+    tag: &str,
+    from: &[usize],
+    count: usize,
+    what: &str,
+) {
+    let seen = tally(got);
+    for &n in from {
+        for i in 0..count {
+            let payload = format!("{tag}-{n}-{i}");
+            assert_eq!(
+                seen.get(payload.as_str()).copied().unwrap_or(0),
+                1,
+                "{what}: {payload} must arrive exactly once in the cluster (per member: {:?}){}",
+                got.iter().map(Vec::len).collect::<Vec<_>>(),
+                cl.logs()
+            );
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        from.len() * count,
+        "{what}: nothing else arrives: {seen:?}"
+    );
+}
+
+/// A plain group with members on two nodes (two on one, one on the other): at QoS 0 and QoS 1,
+/// every message published on either node reaches exactly one member in the cluster, none is
+/// lost, and the members of both nodes get some.
+#[tokio::test]
+async fn a_group_across_two_nodes_gets_each_message_once() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let q = qos as u8;
+        let filter = format!("$share/g/csh{q}/+/+");
+        let mut group = members(
+            &cl,
+            &filter,
+            qos,
+            &[
+                (A, &format!("m{q}-a1")),
+                (A, &format!("m{q}-a2")),
+                (B, &format!("m{q}-b1")),
+            ],
+        )
+        .await;
+        // A plain subscriber gets every message, on top of the group.
+        let mut plain = cl
+            .subscriber(
+                B,
+                ProtocolVersion::V311,
+                &format!("plain{q}"),
+                &format!("csh{q}/#"),
+                qos,
+            )
+            .await;
+        settle(&cl, &mut group, &[A, B], &format!("csh{q}")).await;
+        while let Read::Packet(Packet::Publish(p)) = plain.read(QUIET).await {
+            plain.ack(&p).await;
+        }
+
+        let count = 60;
+        publish_batch(&cl, &[A, B], &format!("csh{q}/t"), "msg", count, qos).await;
+        let got = collect(&cl, &mut group, 2 * count).await;
+        assert_each_once(&cl, &got, "msg", &[A, B], count, &format!("QoS {q}"));
+        for node in [A, B] {
+            let on_node: usize = group
+                .iter()
+                .zip(&got)
+                .filter(|(m, _)| m.node == node)
+                .map(|(_, g)| g.len())
+                .sum();
+            assert!(
+                on_node > 0,
+                "QoS {q}: the members on node {node} get a share: {:?}",
+                got.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
+        // Deliveries keep the subscriber's QoS, and the plain subscriber got all of them.
+        let mut plain_got = 0;
+        while plain_got < 2 * count {
+            let m = cl.recv(&mut plain, "the plain subscriber").await;
+            assert_eq!(m.qos, qos);
+            plain_got += 1;
+        }
+        cl.quiet(&mut plain, "the plain subscriber").await;
+        for m in group {
+            m.client.disconnect().await;
+        }
+        plain.disconnect().await;
+    }
+}
+
+/// A sticky group (`$share/s:2/...`: the first two topic levels pick the member) with members
+/// on two nodes: every message of one topic, published on either node, goes to the same member
+/// in the cluster, and the topics are spread over the members of both nodes.
+#[tokio::test]
+async fn a_sticky_group_across_nodes_keeps_each_topic_with_one_member() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    let mut group = members(
+        &cl,
+        "$share/s:2/cst/#",
+        QoS::AtLeastOnce,
+        &[(A, "st-a1"), (B, "st-b1"), (B, "st-b2")],
+    )
+    .await;
+    settle(&cl, &mut group, &[A, B], "cst/x").await;
+
+    // Topics cst/<k>/<i>: the hashed levels are `cst/<k>`, so each k is one sticky key.
+    let (keys, per_key) = (16, 4);
+    for n in [A, B] {
+        let mut p = cl
+            .client(n, ProtocolVersion::V311, &format!("st-pub-{n}"))
+            .await;
+        for i in 0..per_key {
+            for k in 0..keys {
+                p.publish(
+                    &format!("cst/{k}/{i}"),
+                    format!("st-{n}-{k}-{i}").as_bytes(),
+                    QoS::AtLeastOnce,
+                    false,
+                )
+                .await;
+            }
+        }
+        p.disconnect().await;
+    }
+    let got = collect(&cl, &mut group, 2 * keys * per_key).await;
+    let seen = tally(&got);
+    assert_eq!(
+        seen.len(),
+        2 * keys * per_key,
+        "every message arrives: {seen:?}{}",
+        cl.logs()
+    );
+    assert!(seen.values().all(|&n| n == 1), "each once: {seen:?}");
+    // Each key's messages at one member.
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (i, g) in got.iter().enumerate() {
+        for (topic, _) in g {
+            let key = topic.split('/').take(2).collect::<Vec<_>>().join("/");
+            let was = *owner.entry(key.clone()).or_insert(i);
+            assert_eq!(
+                was, i,
+                "{key}: every message of one sticky key goes to one member ({} and {})",
+                group[was].name, group[i].name
+            );
+        }
+    }
+    assert_eq!(owner.len(), keys);
+    for node in [A, B] {
+        assert!(
+            owner.values().any(|&i| group[i].node == node),
+            "the members on node {node} hold some keys: {owner:?}"
+        );
+    }
+}
+
+/// Three nodes with one member each: all three get a share. The member on the third node
+/// leaves (disconnects, its session ends): soon the other two get every message, each exactly
+/// once, still both of them.
+#[tokio::test]
+async fn a_member_that_leaves_hands_its_share_to_the_others() {
+    let Some(cl) = Cluster::start(&["n1", "n2", "n3"]).await else {
+        return;
+    };
+    const C: usize = 2;
+    let all = [A, B, C];
+    let mut group = members(
+        &cl,
+        "$share/lv/clv/+/+",
+        QoS::AtLeastOnce,
+        &[(A, "lv-a"), (B, "lv-b"), (C, "lv-c")],
+    )
+    .await;
+    settle(&cl, &mut group, &all, "clv").await;
+    let count = 40;
+    publish_batch(&cl, &all, "clv/t", "before", count, QoS::AtLeastOnce).await;
+    let got = collect(&cl, &mut group, 3 * count).await;
+    assert_each_once(&cl, &got, "before", &all, count, "three members");
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "each of the three gets a share: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    let leaver = group.pop().expect("three members");
+    leaver.client.disconnect().await;
+    // Until the other nodes know: batches from every node until two arrive exactly once at
+    // the two that stay.
+    settle(&cl, &mut group, &all, "clv").await;
+    publish_batch(&cl, &all, "clv/t", "after", count, QoS::AtLeastOnce).await;
+    let got = collect(&cl, &mut group, 3 * count).await;
+    assert_each_once(&cl, &got, "after", &all, count, "two members left");
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "both members that stay get a share: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+/// Which member got each sticky key (`<first level>/<k>`), checking that no key went to two.
+fn owners(cl: &Cluster, group: &[Member], got: &[Got]) -> HashMap<String, String> {
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for (m, g) in group.iter().zip(got) {
+        for (topic, _) in g {
+            let key = topic.split('/').take(2).collect::<Vec<_>>().join("/");
+            let was = owner.entry(key.clone()).or_insert_with(|| m.name.clone());
+            assert_eq!(
+                *was,
+                m.name,
+                "{key}: every message of one sticky key goes to one member{}",
+                cl.logs()
+            );
+        }
+    }
+    owner
+}
+
+/// A sticky group with one member on each of three nodes: when the member of the third node
+/// leaves, its keys move to the other two, and the keys of the two that stay do not move.
+#[tokio::test]
+async fn a_sticky_member_that_leaves_moves_only_its_own_keys() {
+    let Some(cl) = Cluster::start(&["n1", "n2", "n3"]).await else {
+        return;
+    };
+    const C: usize = 2;
+    let all = [A, B, C];
+    let mut group = members(
+        &cl,
+        "$share/sk:2/csk/#",
+        QoS::AtLeastOnce,
+        &[(A, "sk-a"), (B, "sk-b"), (C, "sk-c")],
+    )
+    .await;
+    settle(&cl, &mut group, &all, "csk/x").await;
+    let keys = 30;
+    // Topics csk/<k>/<node>: one message per key from each node.
+    let send_keys = |tag: &'static str| {
+        let cl = &cl;
+        async move {
+            for n in all {
+                let mut p = cl
+                    .client(n, ProtocolVersion::V311, &format!("sk-pub-{tag}-{n}"))
+                    .await;
+                for k in 0..keys {
+                    p.publish(
+                        &format!("csk/{k}/{n}"),
+                        format!("{tag}-{n}-{k}").as_bytes(),
+                        QoS::AtLeastOnce,
+                        false,
+                    )
+                    .await;
+                }
+                p.disconnect().await;
+            }
+        }
+    };
+    send_keys("before").await;
+    let got = collect(&cl, &mut group, 3 * keys).await;
+    assert_each_once(&cl, &got, "before", &all, keys, "three sticky members");
+    let before = owners(&cl, &group, &got);
+    assert_eq!(before.len(), keys);
+    for m in &group {
+        assert!(
+            before.values().any(|o| *o == m.name),
+            "{} holds some keys: {before:?}",
+            m.name
+        );
+    }
+
+    let leaver = group.pop().expect("three members");
+    leaver.client.disconnect().await;
+    settle(&cl, &mut group, &all, "csk/x").await;
+    send_keys("after").await;
+    let got = collect(&cl, &mut group, 3 * keys).await;
+    assert_each_once(&cl, &got, "after", &all, keys, "two sticky members");
+    let after = owners(&cl, &group, &got);
+    assert_eq!(after.len(), keys);
+    for (key, was) in &before {
+        if *was != leaver.name {
+            assert_eq!(
+                after.get(key),
+                Some(was),
+                "{key} stays with {was} when another member leaves"
+            );
+        }
+    }
+}
+
+/// Three nodes with one member each; the third node is killed (SIGKILL: it deletes nothing).
+/// Its entry in the registry goes stale within seconds and the two nodes left deliver every
+/// message again, each exactly once, to both of their members.
+#[tokio::test]
+async fn a_dead_node_stops_being_chosen() {
+    let Some(mut cl) = Cluster::start(&["n1", "n2", "n3"]).await else {
+        return;
+    };
+    const C: usize = 2;
+    let mut group = members(
+        &cl,
+        "$share/dn/cdn/+/+",
+        QoS::AtLeastOnce,
+        &[(A, "dn-a"), (B, "dn-b"), (C, "dn-c")],
+    )
+    .await;
+    settle(&cl, &mut group, &[A, B, C], "cdn").await;
+
+    let dead = cl.nodes.remove(C);
+    dead.daemon.kill().await;
+    drop(group.pop());
+    // Messages chosen for the dead node are lost until its entry is stale: settle waits that
+    // out (bounded).
+    settle(&cl, &mut group, &[A, B], "cdn").await;
+    let count = 40;
+    publish_batch(&cl, &[A, B], "cdn/t", "after", count, QoS::AtLeastOnce).await;
+    let got = collect(&cl, &mut group, 2 * count).await;
+    assert_each_once(&cl, &got, "after", &[A, B], count, "the two live nodes");
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "both live members get a share: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        cl.nodes[A].daemon.log().contains("went stale"),
+        "node A saw the dead node's entry go stale:{}",
+        cl.logs()
+    );
+}
