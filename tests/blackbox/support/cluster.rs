@@ -229,7 +229,11 @@ impl Cluster {
                 match p {
                     Packet::Publish(m) => {
                         c.ack(&m).await;
-                        got.push(m);
+                        // A message published while this subscriber subscribes may also come
+                        // live (retain flag clear): only what is retained counts here.
+                        if m.retain {
+                            got.push(m);
+                        }
                     }
                     other => panic!("{what}: unexpected {other:?}"),
                 }
