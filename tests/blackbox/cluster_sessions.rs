@@ -14,7 +14,7 @@ use crate::support::client::{Read, connect_packet};
 use crate::support::cluster::*;
 use crate::support::http;
 use crate::support::nats::NatsServer;
-use crate::support::process::free_addr;
+use crate::support::process::{Daemon, free_addr};
 use crate::support::{Client, QUIET};
 
 /// The master token of every node of [`pair`].
@@ -427,4 +427,91 @@ async fn rest_lists_the_sessions_of_every_node() {
         assert!(r.body.contains(topic), "{topic} in {}", r.body);
     }
     online.disconnect().await;
+}
+
+/// A node that ran alone (no `[cluster]`) joins a cluster with the persistent sessions of its
+/// store: a client resumes its session on another node of the cluster, subscription included.
+#[tokio::test]
+async fn a_node_that_ran_alone_brings_its_sessions() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("tern.toml");
+    let base = format!("[auth]\nanonymous = true\nanonymous_cid = {ANON_CID}\n");
+    std::fs::write(&config, &base).expect("write the configuration");
+    let config_arg = config.to_str().expect("utf-8 path").to_string();
+    let alone = Daemon::spawn(data.path(), &["--config", &config_arg, "--anonymous"]).await;
+    let (mut s, _) = Client::connect_with(alone.mqtt, persistent("settler")).await;
+    assert_eq!(s.subscribe("st/#", QoS::AtLeastOnce).await, ReasonCode(1));
+    s.disconnect().await;
+    // A clean stop writes everything down.
+    let mut alone = alone;
+    alone.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), alone.child.wait())
+        .await
+        .expect("the node stops in time")
+        .expect("its exit status");
+    assert!(status.success(), "{status}: {}", alone.log());
+
+    // The same data directory, now in cluster mode, and a second node.
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[cluster]\nnats = [\"{}\"]\nnode = \"joined\"\nreplicas = 1\n",
+            nats.url()
+        ),
+    )
+    .expect("write the configuration");
+    let addr = free_addr();
+    let joined = Daemon::spawn(
+        data.path(),
+        &[
+            "--config",
+            &config_arg,
+            "--anonymous",
+            "--http",
+            &addr.to_string(),
+            "--master-token",
+            MASTER,
+        ],
+    )
+    .await;
+    let other_http = free_addr();
+    let mut other = Node::start_with(
+        &nats,
+        "other",
+        "",
+        &["--http", &other_http.to_string(), "--master-token", MASTER],
+    )
+    .await;
+    other.daemon.http = Some(other_http);
+    let mut joined_node = Node {
+        name: "joined".into(),
+        daemon: joined,
+        _data: data,
+    };
+    joined_node.daemon.http = Some(addr);
+    let cluster = Cluster {
+        nodes: vec![joined_node, other],
+        nats,
+    };
+    known_on(&cluster, A, "settler", 1).await;
+
+    let (mut s, present) = resume(&cluster, B, "settler").await;
+    assert!(
+        present,
+        "the session of the node that ran alone resumes elsewhere{}",
+        cluster.logs()
+    );
+    let msgs = batch("settled", 3);
+    publish_all(&cluster, A, "st-pub", "st/x", &msgs).await;
+    receive_all(
+        &cluster,
+        &mut s,
+        &msgs.iter().cloned().collect(),
+        "on the other node",
+    )
+    .await;
+    s.disconnect().await;
 }

@@ -33,6 +33,9 @@
 //!   of a session it no longer holds, after a restart) is an orphan: any node marks it
 //!   disconnected, publishes its will once its delay has passed, and deletes it once its
 //!   session expired, each step a compare-and-set so one node does it.
+//! - **At start**, a session restored from the node's own store is dropped if the cluster has
+//!   a record of it (the record decides), and kept, its record written, if not (a node that
+//!   ran alone before joins the cluster with its sessions).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -322,15 +325,27 @@ impl Sessions {
         let watch = load(&sessions.bucket, load_timeout, |e| sessions.apply(e)).await?;
         let beats = load(&sessions.nodes, load_timeout, |e| sessions.beat(e)).await?;
         // The records decide where sessions live; a copy restored from this node's store may
-        // be stale (taken over elsewhere) and misses what was published while it was down.
+        // be stale (taken over elsewhere) and misses what was published while it was down. A
+        // session the cluster has no record of (this node ran alone before) is kept, and its
+        // record written.
+        let mut kept = Vec::new();
         for session in sessions.broker.sessions() {
-            let stored = session.lock().stored;
-            if stored && sessions.broker.forget_session(&session.key) {
+            if !session.lock().stored {
+                continue;
+            }
+            let known = sessions.replica.lock().contains_key(&kv_key(&session.key));
+            if !known {
+                kept.push(session.key.clone());
+            } else if sessions.broker.forget_session(&session.key) {
                 tracing::debug!(client_id = %session.key.client_id, cid = session.key.cid, "cluster: restored session left to the cluster's record");
             }
         }
         sessions.heartbeat().await;
         tokio::spawn(sessions.clone().run_writer(rx, shutdown.clone()));
+        for key in kept {
+            tracing::info!(client_id = %key.client_id, cid = key.cid, "cluster: a session of this node's store joins the cluster");
+            sessions.changed(&key);
+        }
         tokio::spawn(sessions.clone().run_watch(watch, beats, shutdown.clone()));
         tokio::spawn(sessions.clone().run_heartbeat(shutdown));
         Ok(sessions)
