@@ -89,9 +89,14 @@ async fn pair() -> Option<Cluster> {
     Some(Cluster { nodes, nats })
 }
 
-/// Waits until node `n`'s REST API lists session `client_id` with `subscriptions`
-/// subscriptions: the cluster's record of it, written by the node that holds it, reached `n`.
-async fn known_on(cluster: &Cluster, n: usize, client_id: &str, subscriptions: u64) {
+/// Waits until node `n`'s REST session listing (`/mqtt/sessions/all`'s `result`) satisfies
+/// `done`; fails with it after [`CROSS`].
+async fn listing_on(
+    cluster: &Cluster,
+    n: usize,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) {
     let addr = cluster.nodes[n]
         .daemon
         .http
@@ -102,22 +107,29 @@ async fn known_on(cluster: &Cluster, n: usize, client_id: &str, subscriptions: u
         let r = http::get(addr, "/mqtt/sessions/all", &[&auth]).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
-        let known = body["result"].as_array().is_some_and(|all| {
-            all.iter().any(|s| {
-                s["client_id"] == client_id && s["subscriptions"].as_u64() == Some(subscriptions)
-            })
-        });
-        if known {
+        if body["result"].as_array().is_some_and(|all| done(all)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node {n} does not list {client_id} with {subscriptions} subscriptions: {}{}",
+            "node {n}: {what}: {}{}",
             r.body,
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until node `n` lists session `client_id` with `subscriptions` subscriptions: the
+/// cluster's record of it, written by the node that holds it, reached `n`.
+async fn known_on(cluster: &Cluster, n: usize, client_id: &str, subscriptions: u64) {
+    let what = format!("lists {client_id} with {subscriptions} subscriptions");
+    listing_on(cluster, n, &what, |all| {
+        all.iter().any(|s| {
+            s["client_id"] == client_id && s["subscriptions"].as_u64() == Some(subscriptions)
+        })
+    })
+    .await;
 }
 
 /// A session that disconnected from node A resumes on node B: session present, its
@@ -514,4 +526,42 @@ async fn a_node_that_ran_alone_brings_its_sessions() {
     )
     .await;
     s.disconnect().await;
+}
+
+/// REST DELETE on node B of a session connected to node A: node A disconnects its client
+/// (0x98) and the session is gone everywhere.
+#[tokio::test]
+async fn rest_deletes_a_session_held_by_another_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (mut c, _) = resume(&cluster, A, "doomed").await;
+    c.subscribe("dm/#", QoS::AtLeastOnce).await;
+    known_on(&cluster, B, "doomed", 1).await;
+
+    let http_b = cluster.nodes[B]
+        .daemon
+        .http
+        .expect("node B's HTTP listener");
+    let auth = format!("Authorization: FlespiToken {MASTER}");
+    let r = http::request(http_b, "DELETE", "/mqtt/sessions/all", &[&auth], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("doomed"), "{}", r.body);
+
+    match c.read(CROSS).await {
+        Read::Packet(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::ADMINISTRATIVE_ACTION, "{d:?}");
+        }
+        other => panic!("node A's client: {other:?}{}", cluster.logs()),
+    }
+    // Gone from every node's listing, and nothing to resume.
+    for n in [A, B] {
+        listing_on(&cluster, n, "doomed is gone", |all| {
+            all.iter().all(|s| s["client_id"] != "doomed")
+        })
+        .await;
+    }
+    let (c, present) = resume(&cluster, B, "doomed").await;
+    assert!(!present, "the removed session does not resume");
+    c.disconnect().await;
 }

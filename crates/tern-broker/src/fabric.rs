@@ -87,6 +87,10 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// again with [`Broker::session_image`]. Must not block.
     fn session_changed(&self, _key: &SessionKey) {}
 
+    /// REST removes `key`'s session, which another node holds or held: that node ends it
+    /// (DISCONNECT 0x98 to a connected client) and the cluster's record goes.
+    fn remove_session(&self, _key: &SessionKey) {}
+
     /// The sessions of accounts `cids` that the cluster keeps (persistent ones, and those
     /// with a will), as last written by their nodes: the REST API of any node lists them.
     fn cluster_sessions(&self, _cids: &[Cid]) -> Vec<ClusterSession> {
@@ -460,6 +464,14 @@ impl Broker {
     pub(crate) fn shares_changed(&self) {
         if let Some(fabric) = self.fabric.get() {
             fabric.shares_changed();
+        }
+    }
+
+    /// Removes a session that another node holds (see [`Fabric::remove_session`]); nothing on a
+    /// single node.
+    pub fn remove_cluster_session(&self, key: &SessionKey) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.remove_session(key);
         }
     }
 

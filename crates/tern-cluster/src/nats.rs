@@ -278,6 +278,22 @@ impl Fabric for NatsFabric {
             .unwrap_or_default()
     }
 
+    fn remove_session(&self, key: &SessionKey) {
+        let mut record = REMOVE_NOTICE.to_vec();
+        record.extend_from_slice(self.node.as_bytes());
+        let out = Out {
+            subject: notice_subject(key),
+            record: Bytes::from(record),
+            delete: false,
+        };
+        if self.live.try_send(out).is_err() {
+            self.metrics.dropped_live.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sessions) = self.sessions.get() {
+            sessions.remove(key);
+        }
+    }
+
     fn session_changed(&self, key: &SessionKey) {
         if let Some(sessions) = self.sessions.get() {
             sessions.changed(key);
@@ -912,6 +928,28 @@ async fn run_notices(
         let Some(msg) = until_shutdown(sub.next(), &shutdown).await else {
             return;
         };
+        // A removal (REST DELETE on another node): `remove <node>`.
+        if let Some(from) = msg.payload.strip_prefix(REMOVE_NOTICE) {
+            let key = msg
+                .subject
+                .strip_prefix(SESSION_PREFIX)
+                .ok_or_else(|| "not a notice".to_string())
+                .and_then(crate::sessions::parse_kv_key);
+            match key {
+                Ok(key) if from != node.as_bytes() => {
+                    if let Some(session) = broker.session(&key) {
+                        broker.remove_session(&session);
+                        tracing::info!(client_id = %key.client_id, cid = key.cid, "cluster: session removed over REST on another node");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %msg.subject, error = %e, "cluster: undecodable removal notice skipped");
+                }
+            }
+            continue;
+        }
         match decode_notice(&msg.subject, &msg.payload) {
             Ok((key, at, from)) => {
                 if from != node && broker.take_over_remote(&key, at, from < node) {
@@ -926,6 +964,9 @@ async fn run_notices(
         }
     }
 }
+
+/// The payload of a removal notice starts so, the node's name follows.
+const REMOVE_NOTICE: &[u8] = b"remove ";
 
 /// The subject of a connect notice: `tern.s.<acct>.<client id in lowercase hex>` (a client id
 /// may hold any character, `+` and `#` included, so it is not spelled as a topic).

@@ -396,6 +396,35 @@ impl Sessions {
             .collect()
     }
 
+    /// See [`Fabric::remove_session`]: deletes the record as this node last saw it (its node,
+    /// told by the removal notice, ends the session and deletes a newer one).
+    pub(crate) fn remove(self: &Arc<Self>, key: &SessionKey) {
+        let k = kv_key(key);
+        let Some((rev, _)) = self.replica.lock().get(&k).cloned() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.delete_record(&k, rev).await;
+        });
+    }
+
+    /// Deletes record `k` if it is still at revision `rev`; whether it was.
+    async fn delete_record(&self, k: &str, rev: u64) -> bool {
+        match self.bucket.delete_expect_revision(k, Some(rev)).await {
+            Ok(()) => {
+                self.replica.lock().remove(k);
+                self.metrics.session_writes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                // Someone else wrote it since: theirs now.
+                tracing::debug!(key = %k, error = %e, "cluster: session record not deleted");
+                false
+            }
+        }
+    }
+
     /// See [`Fabric::adopt`].
     pub(crate) fn adopt(self: &Arc<Self>, key: &SessionKey) -> Option<Adoption> {
         let k = kv_key(key);
@@ -623,16 +652,7 @@ impl Sessions {
             };
             let here = self.broker.session(key).is_some_and(|s| s.is_connected());
             if rec.owner == self.node || here {
-                match self.bucket.delete_expect_revision(&k, Some(rev)).await {
-                    Ok(()) => {
-                        self.replica.lock().remove(&k);
-                        self.metrics.session_writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        // Someone else wrote it since: theirs now.
-                        tracing::debug!(key = %k, error = %e, "cluster: session record not deleted");
-                    }
-                }
+                self.delete_record(&k, rev).await;
             }
             return;
         };
@@ -899,16 +919,10 @@ impl Sessions {
                 continue;
             }
             if rec.expired(now) {
-                if self
-                    .bucket
-                    .delete_expect_revision(&k, Some(rev))
-                    .await
-                    .is_ok()
+                if self.delete_record(&k, rev).await
+                    && let Some((msg, delay)) = &r.will
                 {
-                    self.replica.lock().remove(&k);
-                    if let Some((msg, delay)) = &r.will {
-                        self.publish_will(msg.clone(), *delay, r.token_id, &rec);
-                    }
+                    self.publish_will(msg.clone(), *delay, r.token_id, &rec);
                 }
                 continue;
             }

@@ -111,5 +111,19 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
         api.broker.remove_session(&session);
         done.push(item);
     }
+    // Cluster mode: the sessions other nodes hold, removed there.
+    for (item, _) in selected_in_cluster(&api, &call, 0)? {
+        let (Some(cid), Some(client_id)) = (
+            item.get("cid").and_then(Value::as_u64),
+            item.get("client_id").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        api.broker.remove_cluster_session(&tern_broker::SessionKey {
+            cid,
+            client_id: client_id.into(),
+        });
+        done.push(item);
+    }
     Ok(Reply::changed(&call, done, Vec::new()))
 }
