@@ -58,6 +58,10 @@ pub const RETAINED_BUCKET: &str = "tern_ret";
 /// own limit of 5,000, so that an append never waits for a permit while acks are not read).
 pub const DURABLE_INFLIGHT: usize = 1024;
 
+/// How long a shard stream reader may receive nothing before it checks that the stream has
+/// nothing more for it.
+const READER_IDLE_CHECK: Duration = Duration::from_secs(3);
+
 /// The header that names the node a stream message was published on.
 const NODE_HEADER: &str = "Tern-Node";
 
@@ -1019,6 +1023,12 @@ async fn run_reader(
         };
         wait = Duration::from_millis(100);
         connects.mark_unchanged();
+        // A consumer whose server died (a stream leader killed) may go quiet without an error:
+        // when nothing arrived for a while, the stream is asked whether there is more, and the
+        // reader is opened again if there is.
+        let mut idle = tokio::time::interval(READER_IDLE_CHECK);
+        idle.reset();
+        let mut got = false;
         loop {
             let item = tokio::select! {
                 m = messages.next() => m,
@@ -1029,8 +1039,26 @@ async fn run_reader(
                     tracing::info!(next, "cluster: reconnected to NATS, reading the shard stream again from its next message");
                     break;
                 }
+                _ = idle.tick() => {
+                    if std::mem::take(&mut got) {
+                        continue;
+                    }
+                    let mut probe = stream.clone();
+                    let behind = tokio::time::timeout(READER_IDLE_CHECK, probe.info())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .is_some_and(|i| i.state.last_sequence >= next);
+                    if behind {
+                        metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(next, "cluster: shard stream reader stalled behind the stream, reading again from its next message");
+                        break;
+                    }
+                    continue;
+                }
                 () = shutdown.cancelled() => return,
             };
+            got = true;
             let msg = match item {
                 Some(Ok(msg)) => msg,
                 Some(Err(e)) => {

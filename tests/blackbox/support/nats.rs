@@ -158,7 +158,7 @@ impl Drop for NatsServer {
 }
 
 /// How long a NATS cluster gets to elect its JetStream meta leader after its servers start.
-const FORM: Duration = Duration::from_secs(30);
+const FORM: Duration = Duration::from_secs(60);
 
 /// Where one member of a [`NatsCluster`] runs: its address, and the network namespace it runs
 /// in (`None`: this one). In a namespace the member uses the standard ports on its own address
