@@ -651,6 +651,17 @@ pub(crate) async fn kv_bucket(
     description: &str,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
+    kv_bucket_aged(js, name, description, replicas, Duration::ZERO).await
+}
+
+/// [`kv_bucket`] whose entries NATS forgets `max_age` after their last write (zero: never).
+pub(crate) async fn kv_bucket_aged(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
@@ -659,6 +670,7 @@ pub(crate) async fn kv_bucket(
         description: Some(description.to_string()),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
+        max_age,
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,

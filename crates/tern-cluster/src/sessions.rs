@@ -572,12 +572,7 @@ impl Sessions {
         for _ in 0..3 {
             match self.write(k, value.clone(), Some(rev)).await {
                 Ok(new) => {
-                    self.replica
-                        .lock()
-                        .insert(k.to_string(), (new, Arc::new(record)));
-                    if let Some(t) = self.tracked.lock().get_mut(key) {
-                        t.written = Some(value);
-                    }
+                    self.wrote(key, k, new, record, value);
                     return true;
                 }
                 Err(WriteError::Conflict) => match self.fresh(k, key).await {
@@ -596,6 +591,16 @@ impl Sessions {
             }
         }
         false
+    }
+
+    /// `record` (encoded: `value`) is in the bucket at revision `rev`.
+    fn wrote(&self, key: &SessionKey, k: &str, rev: u64, record: Record, value: Bytes) {
+        self.replica
+            .lock()
+            .insert(k.to_string(), (rev, Arc::new(record)));
+        if let Some(t) = self.tracked.lock().get_mut(key) {
+            t.written = Some(value);
+        }
     }
 
     /// The session went to `owner`: this node's copy ends.
@@ -692,14 +697,7 @@ impl Sessions {
         };
         let rev = self.replica.lock().get(k).map_or(0, |(rev, _)| *rev);
         match self.write(k, value.clone(), Some(rev)).await {
-            Ok(new) => {
-                self.replica
-                    .lock()
-                    .insert(k.to_string(), (new, Arc::new(record)));
-                if let Some(t) = self.tracked.lock().get_mut(key) {
-                    t.written = Some(value);
-                }
-            }
+            Ok(new) => self.wrote(key, k, new, record, value),
             Err(WriteError::Conflict) => match self.fresh(k, key).await {
                 Some((_, other)) if other.owner != self.node && other.at > record.at => {
                     self.give_up(key, &other.owner);

@@ -129,32 +129,14 @@ pub(crate) async fn start(
 /// The bucket: history 1, entries kept [`BUCKET_MAX_AGE`]. Created as its stream, like the
 /// retained bucket (nats-server 2.9 does not answer async-nats's bucket creation).
 async fn share_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(SHARE_BUCKET).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{SHARE_BUCKET}"),
-        description: Some("tern: members of $share groups, by node".to_string()),
-        subjects: vec![format!("$KV.{SHARE_BUCKET}.>")],
-        max_messages_per_subject: 1,
-        max_age: BUCKET_MAX_AGE,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        num_replicas: replicas.max(1),
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    if let Err(e) = js.get_or_create_stream(config).await {
-        return Err(ClusterError::Nats(format!(
-            "create bucket {SHARE_BUCKET}: {e}"
-        )));
-    }
-    js.get_key_value(SHARE_BUCKET)
-        .await
-        .map_err(|e| ClusterError::Nats(format!("open bucket {SHARE_BUCKET}: {e}")))
+    crate::nats::kv_bucket_aged(
+        js,
+        SHARE_BUCKET,
+        "tern: members of $share groups, by node",
+        replicas,
+        BUCKET_MAX_AGE,
+    )
+    .await
 }
 
 /// Writes this node's entry when its groups change and every [`HEARTBEAT`]; deletes it when
