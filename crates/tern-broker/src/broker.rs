@@ -947,7 +947,12 @@ impl Broker {
                     j += 1;
                 }
             }
-            let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, sub_ids);
+            let delivery = Delivery::new(
+                self.share_copy(msg, first.shared),
+                qos.min(msg.qos),
+                rap && msg.retain,
+                sub_ids,
+            );
             let paid = prepaid > 0;
             prepaid -= usize::from(paid);
             let (queued, t, congested) = self.push_pressure(&targets[i].session, delivery, paid);
@@ -967,6 +972,55 @@ impl Broker {
             fabric: 0,
             pressure,
         }
+    }
+
+    /// The message a delivery carries: `msg` itself, except for a shared group's QoS 1/2 copy in
+    /// cluster mode, which gets its own `Arc` that the fabric watches
+    /// ([`crate::fabric::Fabric::share_delivering`]: it is acknowledged once only the fabric
+    /// holds it). A single node reads one bool here.
+    fn share_copy(&self, msg: &Arc<Message>, shared: bool) -> Arc<Message> {
+        if shared
+            && msg.qos != QoS::AtMostOnce
+            && let Some(fabric) = self.fabric.get()
+        {
+            let copy = Arc::new(Message::clone(msg));
+            fabric.share_delivering(&copy);
+            return copy;
+        }
+        msg.clone()
+    }
+
+    /// Delivers `msg` to one member of shared group `name` on `filter` in `cid`'s namespace on
+    /// this node, as routing would (a connected member first), without asking the fabric:
+    /// the fabric hands over a message chosen for a node that died (`share.rs`). Returns
+    /// whether it was queued.
+    pub fn deliver_shared(&self, cid: Cid, name: &str, filter: &str, msg: &Arc<Message>) -> bool {
+        if msg.is_expired(self.clock.now()) {
+            return false;
+        }
+        let Some(ns) = self.namespace(cid) else {
+            return false;
+        };
+        let target = {
+            let index = ns.subs.read();
+            let Some(group) = index.shared_group(name, filter) else {
+                return false;
+            };
+            let Some((key, entry)) =
+                group.pick_where(&msg.topic, |k: &SubKey| k.session.is_connected())
+            else {
+                return false;
+            };
+            Target {
+                order: key.session.id << 1 | 1,
+                session: key.session.clone(),
+                qos: entry.qos,
+                retain_as_published: entry.retain_as_published,
+                id: entry.id,
+                shared: true,
+            }
+        };
+        self.push_targets(msg, &mut [target]).sessions > 0
     }
 
     /// Pushes one delivery into a session and accounts for the outcome. Returns whether it was
@@ -1379,6 +1433,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct ShareStub {
         pings: AtomicU64,
+        /// The copies the broker made for members ([`Fabric::share_delivering`]).
+        copies: Mutex<Vec<Arc<Message>>>,
     }
 
     impl crate::fabric::Fabric for ShareStub {
@@ -1397,6 +1453,9 @@ mod tests {
         }
         fn shares_changed(&self) {
             self.pings.fetch_add(1, Ordering::Relaxed);
+        }
+        fn share_delivering(&self, msg: &Arc<Message>) {
+            self.copies.lock().push(msg.clone());
         }
     }
 
@@ -1440,6 +1499,7 @@ mod tests {
             name: name.into(),
             filter: "t/+".into(),
             members,
+            connected: 0,
         };
         let mut groups = broker.shared_groups();
         groups.sort();
@@ -1466,6 +1526,23 @@ mod tests {
             1,
             "one copy for `here`, none for `away`"
         );
+        {
+            // The group's QoS 1 copy is its own message, which the fabric watches.
+            let copies = stub.copies.lock();
+            assert_eq!(copies.len(), 1);
+            assert!(!Arc::ptr_eq(&copies[0], &msg));
+            assert_eq!(copies[0].payload, msg.payload);
+        }
+        // A message handed over: to a member of `away` here, whatever the fabric says.
+        assert!(broker.deliver_shared(1, "away", "t/+", &msg));
+        assert_eq!(
+            s1.lock().queue.len(),
+            1 + usize::from(s2.lock().queue.is_empty())
+        );
+        assert!(!broker.deliver_shared(1, "none", "t/+", &msg));
+        assert_eq!(stub.copies.lock().len(), 2);
+        // Nobody is connected here.
+        assert!(broker.shared_groups().iter().all(|g| g.connected == 0));
 
         broker.unindex(&s2, std::slice::from_ref(&here));
         assert_eq!(broker.shared_groups().len(), 2);

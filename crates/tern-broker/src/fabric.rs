@@ -16,8 +16,11 @@
 //! the group's copy ([`Fabric::share_here`]); the fabric answers the same on every node (one
 //! node per message and group). The broker keeps the count of members of each group on this
 //! node ([`Broker::shared_groups`]) and pings the fabric when it changes
-//! ([`Fabric::shares_changed`]), so that the fabric can tell the other nodes. Without a fabric
-//! none of this runs: a group's choice reads no more than before.
+//! ([`Fabric::shares_changed`]), so that the fabric can tell the other nodes, with how many of
+//! them are connected. A group's QoS 1/2 copy for a member here gets its own `Arc`, shown to the
+//! fabric ([`Fabric::share_delivering`]), which so learns when the member acknowledged it; and
+//! [`Broker::deliver_shared`] delivers a message the fabric hands over from a node that died.
+//! Without a fabric none of this runs: a group's choice reads no more than before.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,6 +99,14 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     fn cluster_sessions(&self, _cids: &[Cid]) -> Vec<ClusterSession> {
         Vec::new()
     }
+
+    // ---- `$share` QoS 1/2 across a node's crash (tern-cluster's share.rs) ----
+
+    /// A shared group's QoS 1/2 copy was made for one member of this node: `msg` is its own
+    /// `Arc`, held by that member's delivery until its client acknowledged it (or the session
+    /// dropped it), so that the fabric can tell when every copy it saw is done. Called on the
+    /// routing path with broker state borrowed: it must not block. The default does nothing.
+    fn share_delivering(&self, _msg: &Arc<Message>) {}
 }
 
 /// A session as the cluster's record has it (see [`Fabric::cluster_sessions`]).
@@ -176,6 +187,8 @@ pub struct SharedGroupCount {
     pub filter: Box<str>,
     /// Members on this node (sessions, connected or not), at least 1.
     pub members: usize,
+    /// Of them, those with a connection now.
+    pub connected: usize,
 }
 
 impl Broker {
@@ -436,7 +449,8 @@ impl Broker {
     /// Every shared group with members on this node, with their count, in no particular order
     /// (what a fabric tells the other nodes, see [`Fabric::shares_changed`]).
     pub fn shared_groups(&self) -> Vec<SharedGroupCount> {
-        self.share_members
+        let mut groups: Vec<SharedGroupCount> = self
+            .share_members
             .lock()
             .iter()
             .map(|((cid, name, filter), &members)| SharedGroupCount {
@@ -444,8 +458,24 @@ impl Broker {
                 name: name.clone(),
                 filter: filter.clone(),
                 members,
+                connected: 0,
             })
-            .collect()
+            .collect();
+        // The connected members, from the index (`share_members` is a leaf lock, so it is
+        // read first and let go).
+        for g in &mut groups {
+            if let Some(ns) = self.namespace(g.cid) {
+                let index = ns.subs.read();
+                g.connected = index.shared_group(&g.name, &g.filter).map_or(0, |group| {
+                    group
+                        .members()
+                        .iter()
+                        .filter(|(k, _)| k.session.is_connected())
+                        .count()
+                });
+            }
+        }
+        groups
     }
 
     /// Records that shared group `name` on `filter` in `cid`'s namespace has `members` members
