@@ -139,6 +139,13 @@ pub struct ClusterMetrics {
     pub dropped_cfg: AtomicU64,
     /// Blocks of account or token ids reserved.
     pub cfg_id_blocks: AtomicU64,
+    /// `$share` QoS 1/2 messages of a node that went away delivered here (`share.rs`).
+    pub share_redelivered: AtomicU64,
+    /// `$share` QoS 1/2 messages not kept for another node (the limit), copies not watched,
+    /// and kept messages dropped (their node stopped, or no member to hand them to).
+    pub dropped_share: AtomicU64,
+    /// `$share` QoS 1/2 messages kept for other nodes now.
+    pub share_kept: AtomicU64,
 }
 
 /// One message for the other nodes: its subject (or KV key) and its record.
@@ -156,6 +163,17 @@ struct Durable {
     ticket: FabricTicket,
     subject: String,
     record: Bytes,
+    /// `$share` groups chose other nodes for it: kept for them once its stream position is
+    /// known (`share.rs`).
+    keep: Option<Box<Keep>>,
+}
+
+/// A message of this node to keep for other nodes once appended at a position of `shard`.
+#[derive(Debug)]
+struct Keep {
+    shard: u32,
+    msg: Arc<Message>,
+    chosen: Vec<crate::share::Chosen>,
 }
 
 /// The fabric the broker calls (see the module).
@@ -214,12 +232,22 @@ impl Fabric for NatsFabric {
         if msg.qos != QoS::AtMostOnce {
             let shard = shard_of(msg.cid, &msg.topic, self.shards);
             encode_topic(SubjectKind::Shard(shard), msg.cid, &msg.topic, &mut subject);
+            // The routing just before this call noted the groups that chose another node.
+            let chosen = crate::share::take_chosen(msg);
+            let keep = (!chosen.is_empty()).then(|| {
+                Box::new(Keep {
+                    shard,
+                    msg: msg.clone(),
+                    chosen,
+                })
+            });
             let mut next = self.next.lock();
             let ticket = *next + 1;
             match self.durable.try_send(Durable {
                 ticket,
                 subject,
                 record: record.clone(),
+                keep,
             }) {
                 Ok(()) => {
                     *next = ticket;
@@ -256,7 +284,13 @@ impl Fabric for NatsFabric {
         self.share.changed();
     }
 
+    fn share_delivering(&self, msg: &Arc<Message>) {
+        self.share.delivering(msg);
+    }
+
     fn connected(&self, key: &SessionKey, at: Micros) {
+        // A member that connects may change its groups' connected counts.
+        self.share.changed();
         let subject = notice_subject(key);
         let out = Out {
             subject,
@@ -299,6 +333,8 @@ impl Fabric for NatsFabric {
     }
 
     fn session_changed(&self, key: &SessionKey) {
+        // A persistent member that disconnects may change its groups' connected counts.
+        self.share.changed();
         if let Some(sessions) = self.sessions.get() {
             sessions.changed(key);
         }
@@ -484,14 +520,22 @@ pub async fn start(
         readers.push((stream, last + 1));
     }
 
+    // Where each shard stream reader is (persistent sessions' cursors, `$share` handover).
+    let positions: Positions = readers
+        .iter()
+        .map(|(_, next)| AtomicU64::new(next - 1))
+        .collect();
     let share = retry_until(setup_until, "the $share registry", || {
-        crate::share::start(
-            &js,
-            broker.clone(),
-            &config.node,
-            config.replicas,
-            shutdown.clone(),
-        )
+        crate::share::start(crate::share::ShareStart {
+            js: &js,
+            broker: broker.clone(),
+            node: &config.node,
+            replicas: config.replicas,
+            limit: config.queue.max(1),
+            positions: positions.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        })
     })
     .await?;
 
@@ -515,10 +559,6 @@ pub async fn start(
 
     // Persistent sessions: their records and the node heartbeats, loaded before the fabric is
     // installed (sessions restored from this node's store are left to the records first).
-    let positions: Positions = readers
-        .iter()
-        .map(|(_, next)| AtomicU64::new(next - 1))
-        .collect();
     let sessions_bucket = retry_until(setup_until, "the sessions bucket", || {
         kv_bucket(
             &js,
@@ -549,6 +589,7 @@ pub async fn start(
     .await
     .map_err(ClusterError::Nats)?;
     let _ = fabric.sessions.set(sessions);
+    let share = fabric.share.clone();
     broker.set_fabric(fabric.clone());
 
     let started = std::time::SystemTime::now()
@@ -582,6 +623,7 @@ pub async fn start(
     for (shard, (stream, next)) in readers.into_iter().enumerate() {
         tokio::spawn(run_reader(
             broker.clone(),
+            share.clone(),
             stream,
             next,
             (positions.clone(), shard),
@@ -741,10 +783,10 @@ async fn shard_stream(
 }
 
 /// An append to a shard stream in flight: the message and the wait for its JetStream ack
-/// (true: stored).
+/// (`Some(stream sequence)`: stored).
 type Pending = (
     Durable,
-    std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
+    std::pin::Pin<Box<dyn Future<Output = Option<u64>> + Send>>,
 );
 
 /// Appends the durable queue to the shard streams, [`DURABLE_INFLIGHT`] at a time, and moves
@@ -776,22 +818,27 @@ async fn run_durable_out(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
-            ok = front => {
+            seq = front => {
                 let Some((d, _)) = pending.pop_front() else { continue };
-                if !ok {
+                let mut seq = seq;
+                if seq.is_none() {
                     // What waits behind it was sent about when it was and is likely to fail
                     // the same way: send it all again now (the same ids, so what did land is
                     // not stored twice), not each one after the ack timeout of the one before.
                     for (behind, wait) in pending.iter_mut() {
                         if let Ok(ack) = appender.append(behind).await {
-                            *wait = Box::pin(async move { ack.await.is_ok() });
+                            *wait = Box::pin(async move { ack.await.ok().map(|a| a.sequence) });
                         }
                     }
                     // Shut down while retrying: what is unconfirmed was not acknowledged, and
                     // its publishers send it again.
-                    if !appender.retry(&d, &fabric.metrics, &shutdown).await {
+                    seq = appender.retry(&d, &fabric.metrics, &shutdown).await;
+                    if seq.is_none() {
                         return;
                     }
+                }
+                if let (Some(keep), Some(seq)) = (d.keep, seq) {
+                    fabric.share.keep(keep.shard, seq, &keep.msg, keep.chosen);
                 }
                 stored(&fabric, d.ticket);
             }
@@ -799,13 +846,13 @@ async fn run_durable_out(
                 let Some(d) = next else { return };
                 match appender.append(&d).await {
                     Ok(ack) => {
-                        let wait = Box::pin(async move { ack.await.is_ok() });
+                        let wait = Box::pin(async move { ack.await.ok().map(|a| a.sequence) });
                         pending.push_back((d, wait));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cluster: append to a shard stream failed, retrying");
                         // Confirmed in order: it goes behind the pending ones as a failed wait.
-                        pending.push_back((d, Box::pin(async { false })));
+                        pending.push_back((d, Box::pin(async { None })));
                     }
                 }
             }
@@ -833,30 +880,31 @@ impl Appender {
     }
 
     /// Appends `d` until JetStream acknowledges it (back-off 50 ms doubling to 2 s; the same
-    /// message id, so a first append that did land is not stored twice); false on shutdown.
+    /// message id, so a first append that did land is not stored twice): its stream sequence;
+    /// `None` on shutdown.
     async fn retry(
         &self,
         d: &Durable,
         metrics: &ClusterMetrics,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Option<u64> {
         let mut wait = Duration::from_millis(50);
         loop {
             metrics.store_retries.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return None,
             }
             wait = (wait * 2).min(Duration::from_secs(2));
             let Ok(ack) = self.append(d).await else {
                 continue;
             };
-            let ok = tokio::select! {
-                r = ack => r.is_ok(),
-                () = shutdown.cancelled() => return false,
+            let acked = tokio::select! {
+                r = ack => r.ok(),
+                () = shutdown.cancelled() => return None,
             };
-            if ok {
-                return true;
+            if let Some(ack) = acked {
+                return Some(ack.sequence);
             }
         }
     }
@@ -1010,6 +1058,7 @@ fn decode_notice(subject: &str, payload: &[u8]) -> Result<(SessionKey, Micros, S
 #[allow(clippy::too_many_arguments)]
 async fn run_reader(
     broker: Arc<Broker>,
+    share: Arc<crate::share::ShareRegistry>,
     stream: jetstream::stream::Stream,
     mut next: u64,
     position: (Positions, usize),
@@ -1089,8 +1138,13 @@ async fn run_reader(
                 .and_then(|h| h.get(NODE_HEADER))
                 .is_some_and(|v| v.as_str() == node);
             // A message of this node's own was routed here before it was appended.
-            if !own {
-                route_remote(&broker, &metrics, &msg.subject, msg.payload.clone(), false);
+            if !own
+                && let Some((routed, chosen)) =
+                    route_remote(&broker, &metrics, &msg.subject, msg.payload.clone(), false)
+                && !chosen.is_empty()
+            {
+                // `$share` groups chose other nodes for it: kept for them (`share.rs`).
+                share.keep(position.1 as u32, next - 1, &routed, chosen);
             }
             // Routed (or this node's own): persistent sessions' cursors may pass it.
             position.0[position.1].store(next - 1, Ordering::Release);
@@ -1130,22 +1184,27 @@ pub(crate) async fn until_shutdown<T>(
 }
 
 /// Routes a message another node published (a live or shard stream subject, `live`) to this
-/// node's sessions; one that does not decode is counted and skipped.
+/// node's sessions; one that does not decode is counted and skipped. Returns the message and
+/// the `$share` groups that chose another node for it (`share.rs`).
 fn route_remote(
     broker: &Broker,
     metrics: &ClusterMetrics,
     subject: &str,
     payload: Bytes,
     live: bool,
-) {
+) -> Option<(Arc<Message>, Vec<crate::share::Chosen>)> {
     match decode_on(subject, payload, live) {
         Ok(m) => {
             metrics.received.fetch_add(1, Ordering::Relaxed);
-            broker.publish_remote(Arc::new(m));
+            let m = Arc::new(m);
+            broker.publish_remote(m.clone());
+            let chosen = crate::share::take_chosen(&m);
+            Some((m, chosen))
         }
         Err(e) => {
             metrics.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %subject, error = %e, "cluster: undecodable message skipped");
+            None
         }
     }
 }

@@ -35,7 +35,8 @@
 //!   `tern_cluster_sessions_resumed`, `tern_cluster_sessions_replayed`,
 //!   `tern_cluster_sessions_lost`, `tern_cluster_session_writes`,
 //!   `tern_cluster_wills_published`, `tern_cluster_errors`,
-//!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`
+//!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`,
+//!   `tern_cluster_share_redelivered`, `tern_cluster_share_kept`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -512,6 +513,10 @@ impl TernCollector {
                     [("queue", "cfg")],
                     ConstCounter::new(load_u(&m.dropped_cfg)),
                 ),
+                (
+                    [("queue", "share")],
+                    ConstCounter::new(load_u(&m.dropped_share)),
+                ),
             ],
         )?;
         counter(
@@ -585,6 +590,18 @@ impl TernCollector {
             "tern_cluster_cfg_applied",
             "Account and token changes of other nodes applied here from the config bucket",
             load_u(&m.cfg_applied),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_share_redelivered",
+            "$share QoS 1/2 messages chosen for a node that went away before its members acknowledged them, delivered here",
+            load_u(&m.share_redelivered),
+        )?;
+        gauge(
+            enc,
+            "tern_cluster_share_kept",
+            "$share QoS 1/2 messages kept for other nodes until their members acknowledge them (at most cluster.queue)",
+            load_u(&m.share_kept),
         )?;
         counter(
             enc,
