@@ -2,20 +2,24 @@
 //! each message once in the whole cluster (not once per node), whichever node it was published
 //! on, at QoS 0 and QoS 1 (none lost); members on every node get a share; a sticky group keeps
 //! every message of one topic with one member across nodes; a member that leaves hands its share
-//! to the members that stay.
+//! to the members that stay; the QoS 1 messages chosen for a node that is killed reach a member
+//! on a node that survives; a node whose members are all offline gets no share while another
+//! node has a connected member.
 //!
 //! The nodes learn each other's members through the `tern_share` KV bucket, asynchronously: each
 //! test first publishes batches on the group's filter until two batches in a row arrive exactly
 //! once (a node that does not know the group yet delivers it to its own members too).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_codec::*;
 
 use crate::support::Client;
 use crate::support::QUIET;
-use crate::support::client::Read;
+use crate::support::client::{Read, connect_packet, publish_packet};
 use crate::support::cluster::*;
 
 /// One member of a group: its node, its name and its client.
@@ -488,4 +492,278 @@ async fn a_dead_node_stops_being_chosen() {
         "node A saw the dead node's entry go stale:{}",
         cl.logs()
     );
+}
+
+/// Publishes QoS 1 messages `<topic>/<i>` with payload `<tag>-<i>` one after the other (each
+/// after the PUBACK of the one before, a few ms apart) until `stop` or the connection is gone;
+/// the payload of each one acknowledged goes into `acked`.
+async fn publish_until(
+    mut c: Client,
+    topic: String,
+    tag: String,
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let payload = format!("{tag}-{i}");
+        let id = c.next_id();
+        let p = publish_packet(
+            &format!("{topic}/{i}"),
+            payload.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            Some(id),
+        );
+        if !c.try_send(Packet::Publish(p)).await {
+            return;
+        }
+        match c.read(CROSS * 3).await {
+            Read::Packet(Packet::PubAck(a)) if a.packet_id == id => {
+                acked.lock().expect("acked").push(payload);
+            }
+            // Its node was killed (or stalled): this one was not acknowledged.
+            _ => return,
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+}
+
+/// Reads a member's deliveries (acknowledging each) into `got` until its connection is gone,
+/// or `stop` once nothing came for a moment.
+async fn receive_until(mut c: Client, got: Arc<Mutex<HashSet<String>>>, stop: Arc<AtomicBool>) {
+    loop {
+        match c.read(Duration::from_millis(200)).await {
+            Read::Packet(Packet::Publish(p)) => {
+                if let Some(id) = p.packet_id {
+                    c.send_unchecked(Packet::PubAck(PubAck::new(id))).await;
+                }
+                got.lock()
+                    .expect("got")
+                    .insert(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Read::Packet(_) => {}
+            Read::Closed => return,
+            Read::Timeout if stop.load(Ordering::Relaxed) => return,
+            Read::Timeout => {}
+        }
+    }
+}
+
+/// Waits (bounded by `within`) until `done` holds; returns whether it did.
+async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+/// A group with one QoS 1 member on node A and one on node B; a publisher on each node keeps
+/// publishing sequence-numbered QoS 1 messages; node A is killed (SIGKILL) while they do.
+/// Every message a publisher got a PUBACK for reaches a member: the one on A before the kill,
+/// or the one on B (the messages chosen for A that its member had not acknowledged are handed
+/// over to B once A's registry entry is stale; some may arrive twice).
+#[tokio::test]
+async fn qos1_messages_chosen_for_a_killed_node_reach_a_surviving_member() {
+    let Some(mut cl) = Cluster::pair().await else {
+        return;
+    };
+    let mut group = members(
+        &cl,
+        "$share/cr/ccr/+/+",
+        QoS::AtLeastOnce,
+        &[(A, "cr-a"), (B, "cr-b")],
+    )
+    .await;
+    settle(&cl, &mut group, &[A, B], "ccr").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    let mut got = Vec::new();
+    for m in group {
+        let set = Arc::new(Mutex::new(HashSet::new()));
+        got.push(set.clone());
+        receivers.push(tokio::spawn(receive_until(m.client, set, stop.clone())));
+    }
+    let (got_a, got_b) = (got[0].clone(), got[1].clone());
+    let mut publishers = Vec::new();
+    let mut acked = Vec::new();
+    for n in [A, B] {
+        let list = Arc::new(Mutex::new(Vec::new()));
+        acked.push(list.clone());
+        let c = cl
+            .client(n, ProtocolVersion::V311, &format!("cr-pub-{n}"))
+            .await;
+        publishers.push(tokio::spawn(publish_until(
+            c,
+            format!("ccr/{n}"),
+            format!("cr{n}"),
+            list,
+            stop.clone(),
+        )));
+    }
+    // Both members take part before the kill.
+    let both = wait_until(CROSS, || {
+        got_a.lock().expect("got").len() >= 20 && got_b.lock().expect("got").len() >= 20
+    })
+    .await;
+    assert!(
+        both,
+        "both members get messages before the kill{}",
+        cl.logs()
+    );
+
+    let killed = cl.nodes.remove(A);
+    killed.daemon.kill().await;
+    let at_kill = got_a.lock().expect("got").len();
+    // B's publisher goes on through the time A's entry takes to go stale, and after.
+    let published_after = |n: usize| acked[B].lock().expect("acked").len() >= n;
+    let before = acked[B].lock().expect("acked").len();
+    let went_on = wait_until(CROSS * 2, || {
+        published_after(before + 200) && cl.nodes[0].daemon.log().contains("handed over")
+    })
+    .await;
+    assert!(
+        went_on,
+        "B's publisher goes on and B hands over what was chosen for A{}",
+        cl.logs()
+    );
+    let more = acked[B].lock().expect("acked").len() + 50;
+    assert!(
+        wait_until(CROSS, || published_after(more)).await,
+        "B's publisher goes on after the handover{}",
+        cl.logs()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        let _ = p.await;
+    }
+
+    let acked: Vec<String> = acked
+        .iter()
+        .flat_map(|l| l.lock().expect("acked").clone())
+        .collect();
+    let missing = |got_a: &HashSet<String>, got_b: &HashSet<String>| -> Vec<String> {
+        acked
+            .iter()
+            .filter(|p| !got_a.contains(*p) && !got_b.contains(*p))
+            .cloned()
+            .collect()
+    };
+    let all_there = wait_until(CROSS * 2, || {
+        missing(&got_a.lock().expect("got"), &got_b.lock().expect("got")).is_empty()
+    })
+    .await;
+    let (a, b) = (
+        got_a.lock().expect("got").clone(),
+        got_b.lock().expect("got").clone(),
+    );
+    let lost = missing(&a, &b);
+    assert!(
+        all_there,
+        "every acknowledged message reaches a member: {} of {} acknowledged are missing \
+         (A's member got {} before the kill, B's {}): {:?}{}",
+        lost.len(),
+        acked.len(),
+        at_kill,
+        b.len(),
+        &lost[..lost.len().min(20)],
+        cl.logs()
+    );
+    let from_a = acked.iter().filter(|p| p.starts_with("cr0-")).count();
+    assert!(
+        from_a > 0,
+        "A's publisher got acknowledgements before the kill"
+    );
+    for r in receivers {
+        r.abort();
+    }
+}
+
+/// A persistent member on node A that is offline and a connected member on node B: every
+/// message of the group, published on either node, goes to B's member (a node whose members
+/// are all offline gets no share while another node has a connected one). A's member, when
+/// it comes back, finds none of them queued.
+#[tokio::test]
+async fn connected_members_on_another_node_are_preferred_to_offline_ones() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    let filter = "$share/pf/cpf/+/+";
+    let persistent = |id: &str| {
+        let mut c = connect_packet(ProtocolVersion::V5, id, false);
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    };
+    let (mut offline, _) = Client::connect_with(cl.nodes[A].addr(), persistent("pf-a")).await;
+    assert_eq!(
+        offline.subscribe(filter, QoS::AtLeastOnce).await,
+        ReasonCode(1)
+    );
+    let mut group = vec![
+        Member {
+            node: A,
+            name: "pf-a".into(),
+            client: offline,
+        },
+        Member {
+            node: B,
+            name: "pf-b".into(),
+            client: cl
+                .subscriber(B, ProtocolVersion::V5, "pf-b", filter, QoS::AtLeastOnce)
+                .await,
+        },
+    ];
+    settle(&cl, &mut group, &[A, B], "cpf").await;
+    offline = group.remove(0).client;
+    offline.disconnect().await;
+
+    // Until both nodes know that A's member is offline: QoS 1 batches from both nodes until
+    // one arrives whole at B's member (bounded).
+    let per_node = 10;
+    let deadline = tokio::time::Instant::now() + CROSS * 2;
+    let mut round = 0;
+    loop {
+        round += 1;
+        let tag = format!("warm{round}");
+        publish_batch(&cl, &[A, B], "cpf/w", &tag, per_node, QoS::AtLeastOnce).await;
+        let got = collect(&cl, &mut group, 2 * per_node).await;
+        let seen = tally(&got);
+        if (0..per_node).all(|i| {
+            [A, B]
+                .iter()
+                .all(|n| seen.contains_key(format!("{tag}-{n}-{i}").as_str()))
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's connected member never got a whole batch (round {round}: {seen:?}){}",
+            cl.logs()
+        );
+    }
+
+    let count = 30;
+    publish_batch(&cl, &[A, B], "cpf/t", "pf", count, QoS::AtLeastOnce).await;
+    let got = collect(&cl, &mut group, 2 * count).await;
+    assert_each_once(&cl, &got, "pf", &[A, B], count, "the connected member on B");
+
+    // A's member comes back: none of them was queued for it.
+    let (mut back, ack) = Client::connect_with(cl.nodes[A].addr(), persistent("pf-a")).await;
+    assert!(ack.session_present, "A's member resumes its session");
+    let mut queued = Vec::new();
+    while let Read::Packet(Packet::Publish(p)) = back.read(QUIET).await {
+        back.ack(&p).await;
+        queued.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert!(
+        queued.iter().all(|p| !p.starts_with("pf-")),
+        "nothing of the group's messages waited for the offline member: {queued:?}"
+    );
+    back.disconnect().await;
 }
