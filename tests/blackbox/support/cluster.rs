@@ -99,101 +99,6 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
-    /// A connected client of node `n`.
-    pub async fn client(&self, n: usize, version: ProtocolVersion, id: &str) -> Client {
-        Client::connect(self.nodes[n].addr(), version, id).await
-    }
-
-    /// A client of node `n` subscribed to `filter` at `qos` (granted as asked).
-    pub async fn subscriber(
-        &self,
-        n: usize,
-        version: ProtocolVersion,
-        id: &str,
-        filter: &str,
-        qos: QoS,
-    ) -> Client {
-        let mut c = self.client(n, version, id).await;
-        assert_eq!(
-            c.subscribe(filter, qos).await,
-            ReasonCode(qos as u8),
-            "{id} subscribes to {filter}"
-        );
-        c
-    }
-
-    /// Every node's log, for a failure message.
-    pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            out.push_str(&format!("\n--- node {} ---\n{}", n.name, n.daemon.log()));
-        }
-        out.push_str(&format!("\n--- nats-server ---\n{}", self.nats.log()));
-        out
-    }
-
-    /// Publishes probes on `topic` (whose last level is [`PROBE`]) from node `from` until each
-    /// of `subs` received one: their subscriptions are known across the cluster. Retained
-    /// messages delivered on subscribing are acknowledged and skipped.
-    pub async fn ready(&self, from: usize, topic: &str, subs: &mut [&mut Client]) {
-        assert!(topic.ends_with(PROBE));
-        static PROBERS: AtomicU32 = AtomicU32::new(0);
-        let id = format!("probe-{}", PROBERS.fetch_add(1, Ordering::Relaxed));
-        let mut p = self.client(from, ProtocolVersion::V311, &id).await;
-        let mut ready = vec![false; subs.len()];
-        let deadline = tokio::time::Instant::now() + CROSS;
-        let mut n = 0u32;
-        while ready.contains(&false) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "probes on {topic} from node {} did not reach subscribers {:?} within {CROSS:?}:{}",
-                self.nodes[from].name,
-                ready
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| !**r)
-                    .map(|(i, _)| i)
-                    .collect::<Vec<_>>(),
-                self.logs()
-            );
-            n += 1;
-            p.publish(topic, n.to_string().as_bytes(), QoS::AtMostOnce, false)
-                .await;
-            for (s, r) in subs.iter_mut().zip(ready.iter_mut()) {
-                if *r {
-                    continue;
-                }
-                match s.read(Duration::from_millis(100)).await {
-                    Read::Packet(Packet::Publish(m)) if m.topic.ends_with(PROBE) => *r = true,
-                    // What the node retains (its own account state too) comes on subscribing;
-                    // a `#` subscriber also sees the broker's own `flespi/` events.
-                    Read::Packet(Packet::Publish(m)) if m.retain || is_probe(&m) => s.ack(&m).await,
-                    Read::Timeout => {}
-                    other => panic!("during the probes: {other:?}{}", self.logs()),
-                }
-            }
-        }
-        p.disconnect().await;
-    }
-
-    /// The next PUBLISH that is not a probe (acknowledged as its QoS requires); fails with the
-    /// nodes' logs unless it comes within [`CROSS`].
-    pub async fn recv(&self, c: &mut Client, what: &str) -> Publish {
-        let deadline = tokio::time::Instant::now() + CROSS;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match c.read(left).await {
-                Read::Packet(Packet::Publish(m)) => {
-                    c.ack(&m).await;
-                    if !is_probe(&m) {
-                        return m;
-                    }
-                }
-                other => panic!("{what}: expected PUBLISH, got {other:?}{}", self.logs()),
-            }
-        }
-    }
-
     /// Asserts that nothing but probes arrives for [`QUIET`].
     pub async fn quiet(&self, c: &mut Client, what: &str) {
         loop {
@@ -253,6 +158,132 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Nodes for Cluster {
+    fn mqtt(&self, n: usize) -> SocketAddr {
+        self.nodes[n].addr()
+    }
+
+    fn name(&self, n: usize) -> &str {
+        &self.nodes[n].name
+    }
+
+    /// Every node's log and the NATS server's.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out.push_str(&format!("\n--- node {} ---\n{}", n.name, n.daemon.log()));
+        }
+        out.push_str(&format!("\n--- nats-server ---\n{}", self.nats.log()));
+        out
+    }
+}
+
+/// What clients and probes need of a fixture's nodes: [`Cluster`] (one NATS server) and
+/// [`FaultCluster`] (several) both have it, so the helpers below serve both.
+// Only this test crate implements and calls it: the `Send` bound `async fn` in a public
+// trait cannot promise does not matter here.
+#[allow(async_fn_in_trait)]
+pub trait Nodes {
+    /// Node `n`'s MQTT address.
+    fn mqtt(&self, n: usize) -> SocketAddr;
+
+    /// Node `n`'s name.
+    fn name(&self, n: usize) -> &str;
+
+    /// Every node's log (and NATS's), for a failure message.
+    fn logs(&self) -> String;
+
+    /// A connected client of node `n`.
+    async fn client(&self, n: usize, version: ProtocolVersion, id: &str) -> Client {
+        Client::connect(self.mqtt(n), version, id).await
+    }
+
+    /// A client of node `n` subscribed to `filter` at `qos` (granted as asked).
+    async fn subscriber(
+        &self,
+        n: usize,
+        version: ProtocolVersion,
+        id: &str,
+        filter: &str,
+        qos: QoS,
+    ) -> Client {
+        let mut c = self.client(n, version, id).await;
+        assert_eq!(
+            c.subscribe(filter, qos).await,
+            ReasonCode(qos as u8),
+            "{id} subscribes to {filter}"
+        );
+        c
+    }
+
+    /// Publishes probes on `topic` (whose last level is [`PROBE`]) from node `from` until each
+    /// of `subs` received one: their subscriptions are known across the cluster. Retained
+    /// messages delivered on subscribing are acknowledged and skipped.
+    async fn ready(&self, from: usize, topic: &str, subs: &mut [&mut Client]) {
+        assert!(topic.ends_with(PROBE));
+        static PROBERS: AtomicU32 = AtomicU32::new(0);
+        let id = format!("probe-{}", PROBERS.fetch_add(1, Ordering::Relaxed));
+        let mut p = self.client(from, ProtocolVersion::V311, &id).await;
+        let mut ready = vec![false; subs.len()];
+        let deadline = tokio::time::Instant::now() + CROSS;
+        let mut n = 0u32;
+        while ready.contains(&false) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "probes on {topic} from node {} did not reach subscribers {:?} within {CROSS:?}:{}",
+                self.name(from),
+                ready
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| !**r)
+                    .map(|(i, _)| i)
+                    .collect::<Vec<_>>(),
+                self.logs()
+            );
+            n += 1;
+            p.publish(topic, n.to_string().as_bytes(), QoS::AtMostOnce, false)
+                .await;
+            for (s, r) in subs.iter_mut().zip(ready.iter_mut()) {
+                if *r {
+                    continue;
+                }
+                match s.read(Duration::from_millis(100)).await {
+                    Read::Packet(Packet::Publish(m)) if m.topic.ends_with(PROBE) => *r = true,
+                    // What the node retains (its own account state too) comes on subscribing;
+                    // a `#` subscriber also sees the broker's own `flespi/` events.
+                    Read::Packet(Packet::Publish(m)) if m.retain || is_probe(&m) => s.ack(&m).await,
+                    Read::Timeout => {}
+                    other => panic!("during the probes: {other:?}{}", self.logs()),
+                }
+            }
+        }
+        p.disconnect().await;
+    }
+
+    /// The next PUBLISH that is not a probe (acknowledged as its QoS requires); fails with the
+    /// nodes' logs unless it comes within `wait`.
+    async fn recv_within(&self, c: &mut Client, wait: Duration, what: &str) -> Publish {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match c.read(left).await {
+                Read::Packet(Packet::Publish(m)) => {
+                    c.ack(&m).await;
+                    if !is_probe(&m) {
+                        return m;
+                    }
+                }
+                other => panic!("{what}: expected PUBLISH, got {other:?}{}", self.logs()),
+            }
+        }
+    }
+
+    /// [`Nodes::recv_within`] [`CROSS`].
+    async fn recv(&self, c: &mut Client, what: &str) -> Publish {
+        self.recv_within(c, CROSS, what).await
     }
 }
 
@@ -423,90 +454,25 @@ impl FaultCluster {
         }
         FaultCluster { nodes, nats }
     }
+}
 
-    /// A connected client of node `n`.
-    pub async fn client(&self, n: usize, version: ProtocolVersion, id: &str) -> Client {
-        Client::connect(self.nodes[n].mqtt, version, id).await
+impl Nodes for FaultCluster {
+    fn mqtt(&self, n: usize) -> SocketAddr {
+        self.nodes[n].mqtt
     }
 
-    /// A client of node `n` subscribed to `filter` at `qos` (granted as asked).
-    pub async fn subscriber(
-        &self,
-        n: usize,
-        version: ProtocolVersion,
-        id: &str,
-        filter: &str,
-        qos: QoS,
-    ) -> Client {
-        let mut c = self.client(n, version, id).await;
-        assert_eq!(
-            c.subscribe(filter, qos).await,
-            ReasonCode(qos as u8),
-            "{id} subscribes to {filter}"
-        );
-        c
+    fn name(&self, n: usize) -> &str {
+        &self.nodes[n].name
     }
 
-    /// Every node's log and the end of every NATS server's, for a failure message.
-    pub fn logs(&self) -> String {
+    /// Every node's log and the end of every NATS server's.
+    fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
             out.push_str(&format!("\n--- node {} ---\n{}", n.name, n.log()));
         }
         out.push_str(&self.nats.logs());
         out
-    }
-
-    /// As [`Cluster::ready`]: probes on `topic` from node `from` until each of `subs` got one.
-    pub async fn ready(&self, from: usize, topic: &str, subs: &mut [&mut Client]) {
-        assert!(topic.ends_with(PROBE));
-        static PROBERS: AtomicU32 = AtomicU32::new(0);
-        let id = format!("fprobe-{}", PROBERS.fetch_add(1, Ordering::Relaxed));
-        let mut p = self.client(from, ProtocolVersion::V311, &id).await;
-        let mut ready = vec![false; subs.len()];
-        let deadline = tokio::time::Instant::now() + CROSS;
-        let mut n = 0u32;
-        while ready.contains(&false) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "probes on {topic} from node {} did not reach subscribers {ready:?} within {CROSS:?}:{}",
-                self.nodes[from].name,
-                self.logs()
-            );
-            n += 1;
-            p.publish(topic, n.to_string().as_bytes(), QoS::AtMostOnce, false)
-                .await;
-            for (s, r) in subs.iter_mut().zip(ready.iter_mut()) {
-                if *r {
-                    continue;
-                }
-                match s.read(Duration::from_millis(100)).await {
-                    Read::Packet(Packet::Publish(m)) if m.topic.ends_with(PROBE) => *r = true,
-                    Read::Packet(Packet::Publish(m)) if m.retain || is_probe(&m) => s.ack(&m).await,
-                    Read::Timeout => {}
-                    other => panic!("during the probes: {other:?}{}", self.logs()),
-                }
-            }
-        }
-        p.disconnect().await;
-    }
-
-    /// The next PUBLISH that is not a probe (acknowledged); fails with the logs unless it
-    /// comes within `wait`.
-    pub async fn recv_within(&self, c: &mut Client, wait: Duration, what: &str) -> Publish {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match c.read(left).await {
-                Read::Packet(Packet::Publish(m)) => {
-                    c.ack(&m).await;
-                    if !is_probe(&m) {
-                        return m;
-                    }
-                }
-                other => panic!("{what}: expected PUBLISH, got {other:?}{}", self.logs()),
-            }
-        }
     }
 }
 
