@@ -565,3 +565,124 @@ async fn rest_deletes_a_session_held_by_another_node() {
     assert!(!present, "the removed session does not resume");
     c.disconnect().await;
 }
+
+/// Reads PUBLISHes without acknowledging them until `n` that are not probes came; returns
+/// them.
+async fn unacknowledged(cluster: &Cluster, c: &mut Client, n: usize, what: &str) -> Vec<Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.read(CROSS).await {
+            Read::Packet(Packet::Publish(m)) if is_probe(&m) => c.ack(&m).await,
+            Read::Packet(Packet::Publish(m)) => got.push(m),
+            other => panic!("{what}: {other:?} after {}{}", got.len(), cluster.logs()),
+        }
+    }
+    got
+}
+
+/// A persistent session `id` on node A subscribed to `<prefix>/#` at QoS 1, known to node B,
+/// that received five messages published on node B and acknowledged none: the client and
+/// those messages.
+async fn in_flight_on_a(cluster: &Cluster, id: &str, prefix: &str) -> (Client, Vec<Publish>) {
+    let (mut s, _) = resume(cluster, A, id).await;
+    let filter = format!("{prefix}/#");
+    assert_eq!(s.subscribe(&filter, QoS::AtLeastOnce).await, ReasonCode(1));
+    cluster
+        .ready(B, &format!("{prefix}/{PROBE}"), &mut [&mut s])
+        .await;
+    known_on(cluster, B, id, 1).await;
+    let topic = format!("{prefix}/t");
+    let publisher = format!("{id}-p1");
+    publish_all(cluster, B, &publisher, &topic, &batch("sent", 5)).await;
+    let sent = unacknowledged(cluster, &mut s, 5, "in flight on A").await;
+    assert!(sent.iter().all(|m| !m.dup), "first deliveries: {sent:?}");
+    (s, sent)
+}
+
+/// Reads until every payload of `sent` and `away` came, acknowledging each: those of `sent`
+/// (in flight, never acknowledged, on the session's former node) must come again with DUP=1
+/// under the packet ids they had there, those of `away` (published while the client was
+/// away) with DUP=0.
+async fn resent_then_new(cluster: &Cluster, c: &mut Client, sent: &[Publish], away: &[String]) {
+    let mut want_dup: std::collections::BTreeMap<String, u16> = sent
+        .iter()
+        .map(|m| {
+            let id = m.packet_id.expect("a QoS 1 delivery has a packet id");
+            (String::from_utf8_lossy(&m.payload).into_owned(), id)
+        })
+        .collect();
+    let mut want_new: BTreeSet<String> = away.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + BACKLOG;
+    while !want_dup.is_empty() || !want_new.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = match c.read(left).await {
+            Read::Packet(Packet::Publish(m)) => m,
+            other => panic!(
+                "still missing {want_dup:?} and {want_new:?}: {other:?}{}",
+                cluster.logs()
+            ),
+        };
+        c.ack(&m).await;
+        if is_probe(&m) {
+            continue;
+        }
+        let payload = String::from_utf8_lossy(&m.payload).into_owned();
+        if let Some(id) = want_dup.remove(&payload) {
+            assert!(m.dup, "{payload} was in flight: DUP=1 ({m:?})");
+            assert_eq!(m.packet_id, Some(id), "{payload} keeps its packet id");
+        } else if want_new.remove(&payload) {
+            assert!(!m.dup, "{payload} is a first delivery: DUP=0 ({m:?})");
+        }
+    }
+}
+
+/// A QoS 1 subscriber on node A receives messages and acknowledges none, then disconnects
+/// and resumes on node B: node B sends them again with DUP=1 under their packet ids, and
+/// what was published while the client was away with DUP=0.
+#[tokio::test]
+async fn inflight_resent_with_dup_on_another_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (s, sent) = in_flight_on_a(&cluster, "duper", "dp").await;
+    s.disconnect().await;
+    // The record written at the disconnect (with what was in flight) reached node B.
+    listing_on(&cluster, B, "duper is offline", |all| {
+        all.iter()
+            .any(|s| s["client_id"] == "duper" && s["connected"] == false)
+    })
+    .await;
+
+    let away = batch("away", 3);
+    publish_all(&cluster, A, "dp-p2", "dp/t", &away).await;
+    let (mut s, present) = resume(&cluster, B, "duper").await;
+    assert!(present, "resumed on node B{}", cluster.logs());
+    resent_then_new(&cluster, &mut s, &sent, &away).await;
+    s.disconnect().await;
+}
+
+/// The same after `kill -9` of node A: what node A last wrote of the session (here at a
+/// SUBSCRIBE, after the messages went out) tells the surviving node what was in flight.
+#[tokio::test]
+async fn inflight_resent_with_dup_after_its_node_is_killed() {
+    let Some(mut cluster) = pair().await else {
+        return;
+    };
+    let (mut s, sent) = in_flight_on_a(&cluster, "dup-kill", "dk").await;
+    // A change of the session writes its record now, with what is in flight.
+    assert_eq!(
+        s.subscribe("dk-more/#", QoS::AtLeastOnce).await,
+        ReasonCode(1)
+    );
+    known_on(&cluster, B, "dup-kill", 2).await;
+
+    let node = cluster.nodes.remove(A);
+    node.daemon.kill().await;
+    drop(s);
+    let away = batch("away", 3);
+    publish_all(&cluster, 0, "dk-p2", "dk/t", &away).await;
+    let (mut s, present) = resume(&cluster, 0, "dup-kill").await;
+    assert!(present, "resumed on the surviving node{}", cluster.logs());
+    resent_then_new(&cluster, &mut s, &sent, &away).await;
+    s.disconnect().await;
+}

@@ -67,7 +67,10 @@ pub(crate) struct Aliases {
 pub(crate) struct Taken {
     pub delivery: Delivery,
     pub packet_id: Option<PacketId>,
+    /// The DUP flag on the wire.
     pub dup: bool,
+    /// Taken from the in-flight window again (a re-send), not from the queue.
+    pub again: bool,
     /// For a re-sent QoS 2 message whose PUBREC arrived: send PUBREL instead of PUBLISH.
     pub pubrel: bool,
 }

@@ -31,7 +31,7 @@ use crate::broker::{Broker, RegistryShard};
 use crate::close::CloseReason;
 use crate::message::{Cid, Message, Micros};
 use crate::session::{
-    ConnLink, Origin, Session, SessionKey, Subscription, SubscriptionKey, WillSpec,
+    ConnLink, InflightMark, Origin, Session, SessionKey, Subscription, SubscriptionKey, WillSpec,
 };
 use tern_topic::ShareMode;
 
@@ -107,6 +107,13 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// dropped it), so that the fabric can tell when every copy it saw is done. Called on the
     /// routing path with broker state borrowed: it must not block. The default does nothing.
     fn share_delivering(&self, _msg: &Arc<Message>) {}
+
+    // Checkpoints of this node's sessions.
+
+    /// QoS 1/2 deliveries of `key`'s session were sent or completed since the fabric last
+    /// read it with [`Broker::session_checkpoint`]: its cursor may move. Called once until
+    /// then, on the connection's path: must not block.
+    fn deliveries_moved(&self, _key: &SessionKey) {}
 }
 
 /// A session as the cluster's record has it (see [`Fabric::cluster_sessions`]).
@@ -129,6 +136,9 @@ pub struct SessionImage {
 /// The fabric's answer to [`Fabric::adopt`].
 pub struct Adoption {
     pub image: SessionImage,
+    /// The last packet id its former node sent (new deliveries here take the ids after it,
+    /// so that a message sent again under its old id does not meet a new one).
+    pub last_packet_id: tern_codec::PacketId,
     /// Called once with the session made from the image, its subscriptions indexed.
     pub start: Box<dyn FnOnce(Arc<Session>) + Send>,
 }
@@ -162,10 +172,16 @@ pub struct SessionCheckpoint {
     pub tail: u64,
     /// Its deliveries are held (a replay is running).
     pub holding: bool,
+    /// Its QoS 1/2 messages in flight to the client, oldest first (at most [`MAX_MARKS`]).
+    pub inflight: Vec<InflightMark>,
     /// Address and protocol level of its current or last connection.
     pub ip: String,
     pub protocol: u8,
 }
+
+/// In-flight messages a session's checkpoint names at most (the oldest; the others are
+/// replayed as new deliveries): 18 bytes each in its record.
+pub const MAX_MARKS: usize = 1024;
 
 /// A shared group as [`Fabric::share_here`] sees it: `$share/<name>/<filter>` in account
 /// `cid`'s namespace (the subscribers' account, which may be an ancestor of the publisher's).
@@ -288,13 +304,18 @@ impl Broker {
         (link, origin): (ConnLink, Origin),
         will: Option<WillSpec>,
     ) -> (Arc<Session>, Adopted) {
-        let Adoption { image, start } = adoption;
+        let Adoption {
+            image,
+            last_packet_id,
+            start,
+        } = adoption;
         let cid = key.cid;
         let session = Arc::new(Session::new(self.next_session_id(), key, false, expiry));
         let mut subs = Vec::with_capacity(image.subscriptions.len());
         {
             let mut st = session.lock();
             st.created = image.record.created;
+            st.last_packet_id = last_packet_id;
             st.hold = Some(Box::default());
             for sub in &image.subscriptions {
                 let parsed = SubscriptionKey::from_stored(&sub.filter)
@@ -331,8 +352,16 @@ impl Broker {
     /// A persistent session of this node as the cluster keeps it, with where its deliveries
     /// stand; `None` if there is none (or it is not stored).
     pub fn session_image(&self, key: &SessionKey) -> Option<SessionCheckpoint> {
+        self.read_session_image(key, false)
+    }
+
+    fn read_session_image(&self, key: &SessionKey, checkpoint: bool) -> Option<SessionCheckpoint> {
         let session = self.session(key)?;
-        let st = session.lock();
+        let mut st = session.lock();
+        if checkpoint {
+            // Deliveries that move from now on tell the fabric again.
+            st.moved = false;
+        }
         // A session that is not stored counts while it has a will (its node may die).
         if st.ended || !(st.stored || st.will.is_some()) {
             return None;
@@ -352,6 +381,7 @@ impl Broker {
             low: st.pending_low(),
             tail: st.next_seq,
             holding: st.hold.is_some(),
+            inflight: st.inflight_marks(MAX_MARKS),
             ip: st.last_ip(),
             protocol: st.last_protocol,
         })
@@ -359,12 +389,18 @@ impl Broker {
 
     /// Routes a message a replay found to `session` only, past its hold, as routing would
     /// have when it was published (its non-shared subscriptions, their conditions, No
-    /// Local). Returns whether it was queued.
-    pub fn route_replayed(&self, session: &Arc<Session>, msg: &Arc<Message>) -> bool {
+    /// Local). `dup`: the packet id it was in flight under on the session's former node; it
+    /// goes out again under that id with DUP=1. Returns whether it was queued.
+    pub fn route_replayed(
+        &self,
+        session: &Arc<Session>,
+        msg: &Arc<Message>,
+        dup: Option<tern_codec::PacketId>,
+    ) -> bool {
         if msg.is_expired(self.clock.now()) {
             return false;
         }
-        crate::session::replaying(|| self.route_to(session, msg))
+        crate::session::replaying(dup, || self.route_to(session, msg))
     }
 
     /// Releases an adopted session's hold: what was routed to it during the replay goes out
@@ -530,5 +566,20 @@ impl Broker {
     pub(crate) fn fabric_wait(&self, ticket: FabricTicket) -> Option<FabricWait> {
         let fabric = self.fabric.get()?;
         (ticket > fabric.confirmed()).then(|| fabric.wait_confirmed(ticket))
+    }
+
+    // Checkpoints of this node's sessions.
+
+    /// [`Broker::session_image`] for the fabric's checkpoint: from now on, deliveries of the
+    /// session that move tell the fabric again ([`Fabric::deliveries_moved`]).
+    pub fn session_checkpoint(&self, key: &SessionKey) -> Option<SessionCheckpoint> {
+        self.read_session_image(key, true)
+    }
+
+    /// Tells the fabric that deliveries of `key`'s session were sent or completed.
+    pub(crate) fn deliveries_moved(&self, key: &SessionKey) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.deliveries_moved(key);
+        }
     }
 }

@@ -23,6 +23,10 @@ pub struct Delivery {
     /// Position in the session's stored queue; 0 when the delivery is not stored (QoS 0, or a
     /// session that does not persist).
     pub seq: u64,
+    /// Cluster mode: the packet id this message had in flight to the client on the node that
+    /// held its session before (`fabric.rs`). It goes out again under that id with DUP=1
+    /// ([MQTT-4.4.0-1]); `None` for a first delivery.
+    pub dup_id: Option<tern_codec::PacketId>,
 }
 
 impl Delivery {
@@ -34,6 +38,7 @@ impl Delivery {
             retain,
             sub_ids,
             seq: 0,
+            dup_id: None,
         }
     }
 }

@@ -130,6 +130,7 @@ impl Broker {
                         retain: q.retain,
                         sub_ids: q.sub_ids.clone(),
                         seq: q.seq,
+                        dup_id: None,
                     };
                     match q.inflight {
                         Some((packet_id, phase)) => {

@@ -424,6 +424,10 @@ pub struct SessionState {
     /// here until the replay of what it missed there is queued (fabric.rs), so that old
     /// messages go out before new ones. `None` otherwise.
     pub hold: Option<Box<VecDeque<Delivery>>>,
+    /// Cluster mode: deliveries were sent or completed since the fabric's last checkpoint
+    /// looked at the session (its cursor may move; fabric.rs). Set once per checkpoint, with
+    /// one call to the fabric.
+    pub moved: bool,
 }
 
 /// A session's subscriptions by full filter string. The map is allocated with the first
@@ -596,14 +600,32 @@ thread_local! {
     /// Set while a replay pushes into a session: its deliveries pass a hold (see
     /// [`SessionState::hold`]).
     static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The packet id the message a replay pushes had in flight on the session's former node
+    /// ([`Delivery::dup_id`]).
+    static REPLAY_DUP: std::cell::Cell<Option<PacketId>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` with pushes going past every session's hold (a replay's deliveries).
-pub(crate) fn replaying<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f` with pushes going past every session's hold (a replay's deliveries), marked as
+/// sent before under packet id `dup` if it is set.
+pub(crate) fn replaying<R>(dup: Option<PacketId>, f: impl FnOnce() -> R) -> R {
     REPLAYING.set(true);
+    REPLAY_DUP.set(dup);
     let out = f();
     REPLAYING.set(false);
+    REPLAY_DUP.set(None);
     out
+}
+
+/// A message in flight to a client, as the cluster's record of its session keeps it
+/// (`fabric.rs`): enough to know it again in a shard stream, and the packet id it went out
+/// under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InflightMark {
+    /// The message's `timestamp` (unique per publishing node).
+    pub timestamp: Micros,
+    /// The publisher's account.
+    pub cid: Cid,
+    pub packet_id: PacketId,
 }
 
 impl SessionState {
@@ -619,6 +641,20 @@ impl SessionState {
             .chain(self.hold.iter().flat_map(|h| h.iter().filter_map(stored)))
             .min()
             .unwrap_or(self.next_seq)
+    }
+
+    /// The QoS 1/2 messages in flight to the client, oldest first, at most `max` (cluster
+    /// records, fabric.rs).
+    pub fn inflight_marks(&self, max: usize) -> Vec<InflightMark> {
+        self.inflight
+            .iter()
+            .take(max)
+            .map(|f| InflightMark {
+                timestamp: f.delivery.msg.timestamp,
+                cid: f.delivery.msg.cid,
+                packet_id: f.packet_id,
+            })
+            .collect()
     }
 }
 
@@ -654,6 +690,7 @@ impl Session {
                 last_protocol: 0,
                 token_id: None,
                 hold: None,
+                moved: false,
             }),
             congested: AtomicBool::new(false),
             exempt: AtomicBool::new(false),
@@ -785,6 +822,9 @@ impl SessionState {
             let dropped = self.drop_queue(key, store);
             budget.release(dropped.bytes);
             return (Push::Overflow(dropped.count), dropped.ticket);
+        }
+        if REPLAYING.get() && delivery.qos != QoS::AtMostOnce {
+            delivery.dup_id = REPLAY_DUP.get();
         }
         let mut ticket = 0;
         if self.stored && delivery.qos != QoS::AtMostOnce {

@@ -129,6 +129,9 @@ pub struct ClusterMetrics {
     pub sessions_lost: AtomicU64,
     /// Session record writes and deletes (checkpoints included).
     pub session_writes: AtomicU64,
+    /// Session changes not queued for the record writer because its queue was full (the
+    /// next checkpoint writes every session's record instead).
+    pub dropped_sessions: AtomicU64,
     /// Wills of clients whose node died, published by this node.
     pub wills_published: AtomicU64,
     /// Account and token changes of this node written to the config bucket.
@@ -337,6 +340,12 @@ impl Fabric for NatsFabric {
         self.share.changed();
         if let Some(sessions) = self.sessions.get() {
             sessions.changed(key);
+        }
+    }
+
+    fn deliveries_moved(&self, key: &SessionKey) {
+        if let Some(sessions) = self.sessions.get() {
+            sessions.deliveries_moved(key);
         }
     }
 

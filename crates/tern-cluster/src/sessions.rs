@@ -6,9 +6,12 @@
 //!   `tern_sess` under `<acct>.<client id in hex>` ([`kv_key`]): the owning node, when its
 //!   client connected there, whether it is connected, the session's own record (expiry,
 //!   disconnected at, will, created, token) and subscriptions in `tern_store`'s encodings, and
-//!   one **cursor** per shard stream. A node writes its sessions' records when their durable
-//!   state changes ([`Fabric::session_changed`]) and their cursors once a second
-//!   ([`CHECKPOINT_EVERY`]), each write a compare-and-set on the revision it last saw: a node
+//!   one **cursor** per shard stream, and the messages in flight to its client
+//!   ([`InflightMark`]s). A node writes its sessions' records when their durable state changes
+//!   ([`Fabric::session_changed`]) and, once a second ([`CHECKPOINT_EVERY`]), the cursors and
+//!   in-flight lists of the sessions whose deliveries were sent or completed since
+//!   ([`Fabric::deliveries_moved`]; an idle session is not read), each write a
+//!   compare-and-set on the revision it last saw: a node
 //!   that finds a newer owner's write there gives the session up (it was taken over while this
 //!   node was cut off). Every node follows the bucket (a replica in memory).
 //! - **The cursor** of shard `s` is a sequence of stream `TERN_Q_<s>` such that every QoS 1/2
@@ -26,8 +29,9 @@
 //!   present, its subscriptions, deliveries held; the node claims the record, waits until what
 //!   it published itself is in the streams, replays each shard from the record's cursor to the
 //!   stream's last sequence into the session, then releases the hold. Messages in flight on
-//!   the old node are among those replayed, so they arrive again (not with DUP: they are new
-//!   deliveries here). The old node, told by the connect notice, ends its copy.
+//!   the old node are among those replayed: those the record lists go out again with DUP=1
+//!   under their packet ids (known by their `timestamp` and account), the others as new
+//!   deliveries. The old node, told by the connect notice, ends its copy.
 //! - **Node liveness and wills.** Every node writes a heartbeat to KV bucket `tern_nodes` each
 //!   second. A record whose owner has not beaten for [`DEAD_AFTER`] (or this node's own record
 //!   of a session it no longer holds, after a restart) is an orphan: any node marks it
@@ -37,7 +41,7 @@
 //!   a record of it (the record decides), and kept, its record written, if not (a node that
 //!   ran alone before joins the cluster with its sessions).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -46,7 +50,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tern_broker::fabric::{Adoption, ClusterSession, SessionCheckpoint, SessionImage};
-use tern_broker::session::{Session, WillSpec};
+use tern_broker::session::{InflightMark, Session, WillSpec};
 use tern_broker::{Broker, Fabric, Micros, SessionKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,8 +71,8 @@ pub const DEAD_AFTER: Micros = 3_000_000;
 const CANDIDATES: usize = 8;
 /// Session changes waiting for the writer; more set a full rescan.
 const CHANGES: usize = 4096;
-/// The version byte of a session record.
-const RECORD_VERSION: u8 = 1;
+/// The version byte of a session record (1: without the in-flight list, still read).
+const RECORD_VERSION: u8 = 2;
 
 /// How far this node's reader of each shard stream has routed (the last sequence).
 pub type Positions = Arc<[AtomicU64]>;
@@ -115,11 +119,15 @@ pub struct Record {
     pub ip: String,
     pub protocol: u8,
     pub cursors: Vec<u64>,
+    /// The QoS 1/2 messages in flight to its client at the last write, oldest first: a node
+    /// that resumes the session sends them again with DUP=1 under these packet ids.
+    pub inflight: Vec<InflightMark>,
     pub image: SessionImage,
 }
 
 impl Record {
-    /// `version | owner | at | connected | cursors | session record | subscriptions`.
+    /// `version | owner | at | connected | ip | protocol | cursors | inflight |
+    /// session record | subscriptions` (version 1 had no `inflight`).
     pub fn encode(&self) -> Result<Bytes, String> {
         let session =
             tern_store::encode_session_record(&self.image.record).map_err(|e| e.to_string())?;
@@ -135,6 +143,12 @@ impl Record {
         for c in &self.cursors {
             b.put_u64(*c);
         }
+        b.put_u32(u32::try_from(self.inflight.len()).map_err(|e| e.to_string())?);
+        for m in &self.inflight {
+            b.put_u64(m.timestamp);
+            b.put_u64(m.cid);
+            b.put_u16(m.packet_id);
+        }
         put_bytes(&mut b, &session)?;
         b.put_u32(u32::try_from(self.image.subscriptions.len()).map_err(|e| e.to_string())?);
         for sub in &self.image.subscriptions {
@@ -146,7 +160,8 @@ impl Record {
 
     /// The record of `key` from its value.
     pub fn decode(key: SessionKey, mut v: Bytes) -> Result<Record, String> {
-        if get_u8(&mut v)? != RECORD_VERSION {
+        let version = get_u8(&mut v)?;
+        if version != RECORD_VERSION && version != 1 {
             return Err("unknown session record version".into());
         }
         let owner = String::from_utf8(get_bytes(&mut v)?.to_vec()).map_err(|e| e.to_string())?;
@@ -159,6 +174,21 @@ impl Record {
             return Err("cursor count past the end".into());
         }
         let cursors = (0..n).map(|_| get_u64(&mut v)).collect::<Result<_, _>>()?;
+        let mut inflight = Vec::new();
+        if version >= 2 {
+            let n = get_u32(&mut v)? as usize;
+            if n > v.remaining() / 18 {
+                return Err("in-flight count past the end".into());
+            }
+            inflight.reserve(n);
+            for _ in 0..n {
+                inflight.push(InflightMark {
+                    timestamp: get_u64(&mut v)?,
+                    cid: get_u64(&mut v)?,
+                    packet_id: get_u16(&mut v)?,
+                });
+            }
+        }
         let record = tern_store::decode_session_record(key, get_bytes(&mut v)?)
             .map_err(|e| e.to_string())?;
         let n = get_u32(&mut v)? as usize;
@@ -183,6 +213,7 @@ impl Record {
             ip,
             protocol,
             cursors,
+            inflight,
             image: SessionImage {
                 record,
                 subscriptions,
@@ -218,6 +249,11 @@ fn need(v: &Bytes, n: usize) -> Result<(), String> {
 fn get_u8(v: &mut Bytes) -> Result<u8, String> {
     need(v, 1)?;
     Ok(v.get_u8())
+}
+
+fn get_u16(v: &mut Bytes) -> Result<u16, String> {
+    need(v, 2)?;
+    Ok(v.get_u16())
 }
 
 fn get_u32(v: &mut Bytes) -> Result<u32, String> {
@@ -271,7 +307,11 @@ pub(crate) struct Sessions {
     /// Node → its last heartbeat (its clock).
     heartbeats: parking_lot::Mutex<HashMap<String, Micros>>,
     tracked: parking_lot::Mutex<HashMap<SessionKey, Track>>,
+    /// Sessions whose deliveries moved since the last checkpoint (the only ones it reads;
+    /// at most one entry per session).
+    moved: parking_lot::Mutex<HashSet<SessionKey>>,
     changes: mpsc::Sender<SessionKey>,
+    /// The change queue overflowed: the next checkpoint writes every session's record.
     rescan: AtomicBool,
     metrics: Arc<ClusterMetrics>,
 }
@@ -318,6 +358,7 @@ impl Sessions {
             replica: parking_lot::Mutex::new(HashMap::new()),
             heartbeats: parking_lot::Mutex::new(HashMap::new()),
             tracked: parking_lot::Mutex::new(HashMap::new()),
+            moved: parking_lot::Mutex::new(HashSet::new()),
             changes: tx,
             rescan: AtomicBool::new(false),
             metrics: setup.metrics,
@@ -361,24 +402,36 @@ impl Sessions {
     /// See [`Fabric::session_changed`]: a session seen for the first time starts from the
     /// readers' positions now (it was just made: nothing before matched it).
     pub(crate) fn changed(&self, key: &SessionKey) {
-        {
-            let mut tracked = self.tracked.lock();
-            if !tracked.contains_key(key) {
-                let floor = self.positions_now();
-                tracked.insert(
-                    key.clone(),
-                    Track {
-                        at: 0,
-                        floor,
-                        candidates: VecDeque::new(),
-                        written: None,
-                    },
-                );
-            }
-        }
+        self.track(key);
         if self.changes.try_send(key.clone()).is_err() {
+            // Full: the next checkpoint writes every session's record.
+            self.metrics
+                .dropped_sessions
+                .fetch_add(1, Ordering::Relaxed);
             self.rescan.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Starts tracking `key`'s session if this node does not yet.
+    fn track(&self, key: &SessionKey) {
+        let mut tracked = self.tracked.lock();
+        if !tracked.contains_key(key) {
+            let floor = self.positions_now();
+            tracked.insert(
+                key.clone(),
+                Track {
+                    at: 0,
+                    floor,
+                    candidates: VecDeque::new(),
+                    written: None,
+                },
+            );
+        }
+    }
+
+    /// See [`Fabric::deliveries_moved`]: the next checkpoint reads the session.
+    pub(crate) fn deliveries_moved(&self, key: &SessionKey) {
+        self.moved.lock().insert(key.clone());
     }
 
     /// See [`Fabric::cluster_sessions`]: the replica's records of accounts `cids`.
@@ -450,6 +503,7 @@ impl Sessions {
         let image = rec.image.clone();
         Some(Adoption {
             image,
+            last_packet_id: rec.inflight.last().map_or(0, |m| m.packet_id),
             start: Box::new(move |session| {
                 tokio::spawn(this.replay(session, rec, rev));
             }),
@@ -473,6 +527,8 @@ impl Sessions {
                 ip: view.ip,
                 protocol: view.protocol,
                 cursors: rec.cursors.clone(),
+                // Still owed again with DUP: kept until this node's own checkpoint.
+                inflight: rec.inflight.clone(),
                 image: view.image,
             };
             // Lost to a newer claim: the session ended here. Not written (NATS errors): the
@@ -491,10 +547,17 @@ impl Sessions {
                         .await;
             }
         }
+        // What the former node had sent and not seen acknowledged goes out again with DUP=1,
+        // under its packet id.
+        let mut marks: HashMap<(Micros, tern_broker::Cid), u16> = rec
+            .inflight
+            .iter()
+            .map(|m| ((m.timestamp, m.cid), m.packet_id))
+            .collect();
         let mut replayed = 0u64;
         for (shard, stream) in self.streams.iter().enumerate() {
             let from = rec.cursors.get(shard).copied().unwrap_or(0) + 1;
-            match self.replay_shard(&session, stream, from).await {
+            match self.replay_shard(&session, stream, from, &mut marks).await {
                 Ok(n) => replayed += n,
                 Err(e) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +583,7 @@ impl Sessions {
         session: &Arc<Session>,
         stream: &jetstream::stream::Stream,
         from: u64,
+        marks: &mut HashMap<(Micros, tern_broker::Cid), u16>,
     ) -> Result<u64, String> {
         let mut stream = stream.clone();
         let last = tokio::time::timeout(Duration::from_secs(5), stream.info())
@@ -543,7 +607,8 @@ impl Sessions {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(last);
             match crate::nats::decode_on(&msg.subject, msg.payload.clone(), false) {
                 Ok(m) => {
-                    if self.broker.route_replayed(session, &Arc::new(m)) {
+                    let dup = marks.remove(&(m.timestamp, m.cid));
+                    if self.broker.route_replayed(session, &Arc::new(m), dup) {
                         queued += 1;
                     }
                 }
@@ -684,6 +749,7 @@ impl Sessions {
                 ip: view.ip,
                 protocol: view.protocol,
                 cursors: t.floor.clone(),
+                inflight: view.inflight,
                 image: view.image,
             };
             let Ok(value) = record.encode() else {
@@ -722,25 +788,40 @@ impl Sessions {
         }
     }
 
-    /// Moves every tracked session's cursors on as far as its acknowledgements allow, and
-    /// writes the records that changed.
+    /// Moves the cursors of the sessions whose deliveries moved since the last checkpoint on
+    /// as far as their acknowledgements allow, and writes the records that changed. A
+    /// session whose deliveries did not move is not read: an idle one costs nothing (its
+    /// cursor stays where its last acknowledgement left it, and a resume replays the stream
+    /// from there).
     async fn checkpoint(&self) {
         // The readers' positions before any session is read (see the module).
         let positions = self.positions_now();
         if self.rescan.swap(false, Ordering::Relaxed) {
+            // Changes were dropped: every session's record is brought up to date (here, not
+            // through the queue, which may overflow again).
             for s in self.broker.sessions() {
                 if s.lock().stored {
-                    self.changed(&s.key);
+                    self.track(&s.key);
+                    self.sync(&s.key).await;
                 }
             }
         }
-        let keys: Vec<SessionKey> = self.tracked.lock().keys().cloned().collect();
+        let keys: Vec<SessionKey> = std::mem::take(&mut *self.moved.lock())
+            .into_iter()
+            .collect();
         for key in keys {
-            let Some(view) = self.broker.session_image(&key) else {
+            // Read first in any case: deliveries that move from now on tell this node again.
+            let view = self.broker.session_checkpoint(&key);
+            if !self.tracked.lock().contains_key(&key) {
+                continue;
+            }
+            let Some(view) = view else {
                 self.sync(&key).await;
                 continue;
             };
             if view.holding {
+                // A replay runs: the next checkpoint looks again.
+                self.moved.lock().insert(key);
                 continue;
             }
             if let Some(t) = self.tracked.lock().get_mut(&key) {
@@ -1061,6 +1142,11 @@ mod tests {
             ip: "10.0.0.1".into(),
             protocol: 5,
             cursors: vec![1, 0, 99],
+            inflight: vec![InflightMark {
+                timestamp: 1_700_000_000_000_001,
+                cid: 7,
+                packet_id: 65535,
+            }],
             image: SessionImage {
                 record: SessionRecord {
                     key: key("c"),
@@ -1083,6 +1169,7 @@ mod tests {
         assert_eq!((back.at, back.connected), (42, true));
         assert_eq!((back.ip.as_str(), back.protocol), ("10.0.0.1", 5));
         assert_eq!(back.cursors, vec![1, 0, 99]);
+        assert_eq!(back.inflight, rec.inflight);
         assert_eq!(back.image.record, rec.image.record);
         assert_eq!(back.image.subscriptions, rec.image.subscriptions);
         for cut in 0..v.len() {
@@ -1094,6 +1181,30 @@ mod tests {
         let mut longer = v.to_vec();
         longer.push(0);
         assert!(Record::decode(key("c"), Bytes::from(longer)).is_err());
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let rec = Record {
+            owner: "n1".into(),
+            at: 1,
+            connected: false,
+            ip: String::new(),
+            protocol: 4,
+            cursors: vec![3],
+            inflight: Vec::new(),
+            image: view(0, 0).image,
+        };
+        let v2 = rec.encode().unwrap();
+        // Version 1: the same without the in-flight count.
+        let cut = 1 + 4 + 2 + 8 + 1 + 4 + 1 + 4 + 8;
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&v2[1..cut]);
+        v1.extend_from_slice(&v2[cut + 4..]);
+        let back = Record::decode(key("c"), Bytes::from(v1)).unwrap();
+        assert_eq!(back.cursors, vec![3]);
+        assert!(back.inflight.is_empty());
+        assert_eq!(back.image.record, rec.image.record);
     }
 
     fn view(low: u64, tail: u64) -> SessionCheckpoint {
@@ -1113,6 +1224,7 @@ mod tests {
             low,
             tail,
             holding: false,
+            inflight: Vec::new(),
             ip: String::new(),
             protocol: 4,
         }

@@ -494,7 +494,7 @@ impl TernCollector {
         family(
             enc,
             "tern_cluster_dropped",
-            "Publications (and, queue cfg, account and token changes) not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
+            "Publications (and, queue cfg, account and token changes; queue sessions, session changes for the record writer, whose next checkpoint then writes every record) not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
             MetricType::Counter,
             [
                 (
@@ -516,6 +516,10 @@ impl TernCollector {
                 (
                     [("queue", "share")],
                     ConstCounter::new(load_u(&m.dropped_share)),
+                ),
+                (
+                    [("queue", "sessions")],
+                    ConstCounter::new(load_u(&m.dropped_sessions)),
                 ),
             ],
         )?;

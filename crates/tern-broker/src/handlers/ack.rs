@@ -108,12 +108,13 @@ impl Connection {
         let Some(session) = self.session.clone() else {
             return Ok(());
         };
-        let (done, more) = {
+        let (done, more, tell_fabric) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 return Err(CloseReason::SessionTakenOver);
             }
             let done = st.take_inflight(packet_id, phase);
+            let mut tell_fabric = false;
             if let Some(f) = &done
                 && f.delivery.seq != 0
             {
@@ -121,9 +122,15 @@ impl Connection {
                     key: session.key.clone(),
                     seq: f.delivery.seq,
                 });
+                // The cluster's checkpoint looks at sessions whose deliveries moved.
+                tell_fabric = !st.moved && self.broker.is_clustered();
+                st.moved |= tell_fabric;
             }
-            (done.is_some(), !st.queue.is_empty())
+            (done.is_some(), !st.queue.is_empty(), tell_fabric)
         };
+        if tell_fabric {
+            self.broker.deliveries_moved(&session.key);
+        }
         // An unknown packet id is ignored: it may be a late duplicate.
         if done {
             Metrics::gauge(&self.broker.metrics.inflight, -1);

@@ -37,7 +37,8 @@ impl Connection {
         let mut budget = limit.saturating_sub(self.out.len());
         let mut expired = 0u64;
         // What left the outbox here goes back to the broker-wide budget: once per batch.
-        let (more, freed) = {
+        let mut moved = false;
+        let (more, freed, tell_fabric) = {
             let mut st = session.lock();
             if !owns(&st, self.id) {
                 BATCH.set(batch);
@@ -51,6 +52,7 @@ impl Connection {
                     delivery: f.delivery.clone(),
                     packet_id: Some(f.packet_id),
                     dup: true,
+                    again: true,
                     pubrel: f.phase == Phase::AwaitPubComp,
                 });
             }
@@ -60,6 +62,7 @@ impl Connection {
                     if let Some(gone) = st.pop()
                         && gone.seq != 0
                     {
+                        moved = true;
                         broker.store.submit(Op::Dequeue {
                             key: session.key.clone(),
                             seq: gone.seq,
@@ -73,10 +76,18 @@ impl Connection {
                 }
                 let Some(delivery) = st.pop() else { break };
                 budget = budget.saturating_sub(delivery.cost());
+                let mut dup = false;
                 let packet_id = if delivery.qos == QoS::AtMostOnce {
                     None
                 } else {
-                    let id = st.next_packet_id();
+                    // Sent before by the session's former node (cluster mode): again under
+                    // the same id, unless that id is taken here by now.
+                    let id = match delivery.dup_id {
+                        Some(id) if !st.inflight.iter().any(|f| f.packet_id == id) => id,
+                        _ => st.next_packet_id(),
+                    };
+                    dup = delivery.dup_id.is_some();
+                    moved |= delivery.seq != 0;
                     if delivery.seq != 0 {
                         broker.store.submit(Op::SetInflight {
                             key: session.key.clone(),
@@ -95,24 +106,35 @@ impl Connection {
                 batch.push(Taken {
                     delivery,
                     packet_id,
-                    dup: false,
+                    dup,
+                    again: false,
                     pubrel: false,
                 });
             }
+            // The cluster's checkpoint looks at sessions whose deliveries moved (fabric.rs).
+            let tell_fabric = moved && !st.moved && broker.is_clustered();
+            st.moved |= tell_fabric;
             st.release_queue_memory();
-            let sent = batch.iter().filter(|o| !o.dup).count();
+            let sent = batch.iter().filter(|o| !o.again).count();
             st.stats.received += sent as u64;
             session.drained_to(st.queue.len(), st.queued_bytes, &broker.config);
             let more = !st.queue.is_empty()
                 && (st.inflight.len() < window
                     || st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce));
-            (more, queued_before.saturating_sub(st.queued_bytes))
+            (
+                more,
+                queued_before.saturating_sub(st.queued_bytes),
+                tell_fabric,
+            )
         };
+        if tell_fabric {
+            broker.deliveries_moved(&session.key);
+        }
         let new_inflight = batch
             .iter()
-            .filter(|o| !o.dup && o.packet_id.is_some())
+            .filter(|o| !o.again && o.packet_id.is_some())
             .count() as i64;
-        let taken = batch.iter().filter(|o| !o.dup).count() as i64;
+        let taken = batch.iter().filter(|o| !o.again).count() as i64;
         Metrics::gauge(&broker.metrics.queued, -(taken + expired as i64));
         broker.queue_budget.release(freed);
         Metrics::gauge(&broker.metrics.inflight, new_inflight);

@@ -120,3 +120,42 @@ fn advance_on_the_wall_clock_does_what_is_due_and_returns() {
     assert!(now >= before && now < before + 30_000_000);
     assert!(b.broker.session(&key("wall")).is_some());
 }
+
+/// Cluster mode resends what a session's former node had in flight (`fabric.rs`): a message
+/// a replay routes with the packet id it had there goes out with DUP=1 under that id; the
+/// others with DUP=0 and ids that do not meet it.
+#[test]
+fn replayed_messages_in_flight_elsewhere_go_out_again_with_dup() {
+    let b = TestBroker::new();
+    let (mut s, _) = b.connect(persistent("dup", 60));
+    s.subscribe("d/#", QoS::AtLeastOnce);
+    let session = b.broker.session(&key("dup")).unwrap();
+    let msg = |payload: &'static str, timestamp| {
+        std::sync::Arc::new(tern_broker::Message {
+            topic: "d/t".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            cid: 1,
+            timestamp,
+            expires_at: None,
+            origin: None,
+        })
+    };
+    // The next id here would be 1: the one in flight elsewhere keeps it.
+    assert!(
+        b.broker
+            .route_replayed(&session, &msg("again", 10), Some(1))
+    );
+    assert!(b.broker.route_replayed(&session, &msg("first", 11), None));
+    let got = s.publishes();
+    let seen: Vec<(&[u8], bool, Option<u16>)> = got
+        .iter()
+        .map(|p| (&p.payload[..], p.dup, p.packet_id))
+        .collect();
+    assert_eq!(seen[0], (&b"again"[..], true, Some(1)));
+    assert_eq!((seen[1].0, seen[1].1), (&b"first"[..], false));
+    assert_ne!(seen[1].2, Some(1), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
