@@ -686,3 +686,110 @@ async fn inflight_resent_with_dup_after_its_node_is_killed() {
     resent_then_new(&cluster, &mut s, &sent, &away).await;
     s.disconnect().await;
 }
+
+/// POSTs `body` to (or DELETEs) `path` on node `n`'s REST API with the master token;
+/// returns the answer's `result`, failing on anything but 200.
+async fn rest(cluster: &Cluster, n: usize, method: &str, path: &str, body: &str) -> String {
+    let addr = cluster.nodes[n]
+        .daemon
+        .http
+        .expect("the node's HTTP listener");
+    let auth = format!("Authorization: FlespiToken {MASTER}");
+    let r = http::request(addr, method, path, &[&auth], body).await;
+    assert_eq!(
+        r.status,
+        200,
+        "{method} {path}: {}{}",
+        r.body,
+        cluster.logs()
+    );
+    r.body
+}
+
+/// POSTs a QoS 1 subscription to `topic` for session `client_id` through node `n`'s REST API
+/// and checks that the answer lists it, as a single node's does.
+async fn rest_subscribe(cluster: &Cluster, n: usize, client_id: &str, topic: &str) {
+    let path = format!("/mqtt/sessions/client_id={client_id}/subscriptions");
+    let body = format!(r#"[{{"topic":"{topic}","qos":1}}]"#);
+    let added = rest(cluster, n, "POST", &path, &body).await;
+    assert!(added.contains(&format!(r#""topic":"{topic}""#)), "{added}");
+    assert!(added.contains(r#""qos":1"#), "{added}");
+}
+
+/// REST on node B adds a subscription to a session connected to node A: messages published
+/// on either node reach the client on node A; REST DELETE on node B removes it again, and
+/// they stop. The answers are a single node's.
+#[tokio::test]
+async fn rest_changes_subscriptions_of_a_session_on_another_node() {
+    let Some(cluster) = pair().await else {
+        return;
+    };
+    let (mut s, _) = resume(&cluster, A, "rs-target").await;
+    // A witness on node A that keeps the subscription throughout.
+    let mut w = cluster
+        .subscriber(
+            A,
+            ProtocolVersion::V5,
+            "rs-witness",
+            "rs/#",
+            QoS::AtLeastOnce,
+        )
+        .await;
+    known_on(&cluster, B, "rs-target", 0).await;
+
+    rest_subscribe(&cluster, B, "rs-target", "rs/#").await;
+    known_on(&cluster, B, "rs-target", 1).await;
+    for (n, payload) in [(B, "from-b"), (A, "from-a")] {
+        publish_all(&cluster, n, "rs-pub", "rs/x", &[payload.to_string()]).await;
+        let m = cluster
+            .recv(&mut s, "the subscription added on node B")
+            .await;
+        assert_eq!(&m.payload[..], payload.as_bytes());
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        let m = cluster.recv(&mut w, "the witness").await;
+        assert_eq!(&m.payload[..], payload.as_bytes());
+    }
+
+    let removed = rest(
+        &cluster,
+        B,
+        "DELETE",
+        "/mqtt/sessions/client_id=rs-target/subscriptions/all",
+        "",
+    )
+    .await;
+    assert!(removed.contains(r#""topic":"rs/#""#), "{removed}");
+    publish_all(&cluster, B, "rs-pub", "rs/x", &["after".to_string()]).await;
+    // Node A routed it (its witness has it), and not to the session.
+    let m = cluster.recv(&mut w, "the witness, after the DELETE").await;
+    assert_eq!(&m.payload[..], b"after");
+    cluster.quiet(&mut s, "after the DELETE on node B").await;
+    known_on(&cluster, B, "rs-target", 0).await;
+    s.disconnect().await;
+    w.disconnect().await;
+}
+
+/// REST on node B adds a subscription to a session whose node was killed: the cluster's
+/// record changes, and the session resumes with it.
+#[tokio::test]
+async fn rest_subscribes_a_session_whose_node_is_dead() {
+    let Some(mut cluster) = pair().await else {
+        return;
+    };
+    let (s, _) = resume(&cluster, A, "rs-orphan").await;
+    known_on(&cluster, B, "rs-orphan", 0).await;
+    let node = cluster.nodes.remove(A);
+    node.daemon.kill().await;
+    drop(s);
+
+    rest_subscribe(&cluster, 0, "rs-orphan", "ro/#").await;
+    known_on(&cluster, 0, "rs-orphan", 1).await;
+    let (mut s, present) = resume(&cluster, 0, "rs-orphan").await;
+    assert!(present, "resumed{}", cluster.logs());
+    publish_all(&cluster, 0, "ro-pub", "ro/x", &["kept".to_string()]).await;
+    let m = cluster
+        .recv(&mut s, "the subscription added to the record")
+        .await;
+    assert_eq!(&m.payload[..], b"kept");
+    s.disconnect().await;
+}

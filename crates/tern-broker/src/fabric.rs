@@ -108,13 +108,85 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// routing path with broker state borrowed: it must not block. The default does nothing.
     fn share_delivering(&self, _msg: &Arc<Message>) {}
 
-    // Checkpoints of this node's sessions.
+    // Checkpoints of this node's sessions, and REST changes of sessions other nodes hold.
 
     /// QoS 1/2 deliveries of `key`'s session were sent or completed since the fabric last
     /// read it with [`Broker::session_checkpoint`]: its cursor may move. Called once until
     /// then, on the connection's path: must not block.
     fn deliveries_moved(&self, _key: &SessionKey) {}
+
+    /// REST changes the subscriptions of `key`'s session, which another node holds or held
+    /// (it is not on this node): the node that holds it applies `change`
+    /// ([`Broker::change_here`] there), or, when no node holds it, the cluster's record
+    /// changes. One outcome per item of `change`.
+    fn change_remote(&self, _key: &SessionKey, change: RemoteChange) -> RemoteCall {
+        let n = change.len();
+        Box::pin(std::future::ready(vec![RemoteOutcome::Unanswered; n]))
+    }
 }
+
+/// A REST change of the subscriptions of a session another node holds
+/// ([`Fabric::change_remote`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteChange {
+    /// Add (or replace) these, checked against the rights of token `token_id` (the caller's)
+    /// on the node that holds the session, as `POST /mqtt/sessions/{sel}/subscriptions` does.
+    Subscribe {
+        subscriptions: Vec<SubscriptionRecord>,
+        token_id: Option<u64>,
+    },
+    /// Remove the subscriptions of these keys (their stored form, [`SubscriptionKey::to_stored`]).
+    Unsubscribe {
+        filters: Vec<bytestring::ByteString>,
+    },
+}
+
+impl RemoteChange {
+    /// Adds `subs` (as the caller's REST built them), checked against token `token_id`.
+    pub fn subscribe(subs: &[Subscription], token_id: Option<u64>) -> RemoteChange {
+        RemoteChange::Subscribe {
+            subscriptions: subs.iter().map(crate::persist::sub_record).collect(),
+            token_id,
+        }
+    }
+
+    /// Removes the subscriptions of `keys`.
+    pub fn unsubscribe(keys: &[SubscriptionKey]) -> RemoteChange {
+        RemoteChange::Unsubscribe {
+            filters: keys.iter().map(SubscriptionKey::to_stored).collect(),
+        }
+    }
+
+    /// How many items it has (one outcome each).
+    pub fn len(&self) -> usize {
+        match self {
+            RemoteChange::Subscribe { subscriptions, .. } => subscriptions.len(),
+            RemoteChange::Unsubscribe { filters } => filters.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one item of a [`RemoteChange`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// Added (or already there), or removed.
+    Done,
+    /// Nothing to do: the session ended, or it has no such subscription.
+    Unchanged,
+    /// Refused as a client's SUBSCRIBE would be.
+    Refused(crate::subscriptions::SubscribeError),
+    /// The subscription does not parse (it did on the calling node: another version).
+    Invalid,
+    /// The node that holds the session did not answer, or the record could not be written.
+    Unanswered,
+}
+
+/// The answer of [`Fabric::change_remote`], boxed: it exists only while REST waits for it.
+pub type RemoteCall = Pin<Box<dyn Future<Output = Vec<RemoteOutcome>> + Send>>;
 
 /// A session as the cluster's record has it (see [`Fabric::cluster_sessions`]).
 #[derive(Debug, Clone)]
@@ -568,7 +640,7 @@ impl Broker {
         (ticket > fabric.confirmed()).then(|| fabric.wait_confirmed(ticket))
     }
 
-    // Checkpoints of this node's sessions.
+    // Checkpoints of this node's sessions, and REST changes of sessions other nodes hold.
 
     /// [`Broker::session_image`] for the fabric's checkpoint: from now on, deliveries of the
     /// session that move tell the fabric again ([`Fabric::deliveries_moved`]).
@@ -581,5 +653,70 @@ impl Broker {
         if let Some(fabric) = self.fabric.get() {
             fabric.deliveries_moved(key);
         }
+    }
+
+    /// REST changes the subscriptions of `key`'s session, which another node holds or held
+    /// (see [`Fabric::change_remote`]); every item unanswered on a single node.
+    pub async fn change_cluster_session(
+        &self,
+        key: &SessionKey,
+        change: RemoteChange,
+    ) -> Vec<RemoteOutcome> {
+        match self.fabric.get() {
+            Some(fabric) => fabric.change_remote(key, change).await,
+            None => vec![RemoteOutcome::Unanswered; change.len()],
+        }
+    }
+
+    /// Applies a change another node's REST asked for to `key`'s session here, as this
+    /// node's REST would ([`Broker::add_subscription`], [`Broker::remove_subscription`]);
+    /// `None` if this node does not hold the session.
+    pub fn change_here(
+        &self,
+        key: &SessionKey,
+        change: &RemoteChange,
+    ) -> Option<Vec<RemoteOutcome>> {
+        let session = self.session(key)?;
+        if session.lock().ended {
+            return None;
+        }
+        let outcomes = match change {
+            RemoteChange::Subscribe {
+                subscriptions,
+                token_id,
+            } => {
+                let rights = token_id.and_then(|id| self.auth.token_rights(id));
+                subscriptions
+                    .iter()
+                    .map(|rec| {
+                        let parsed = SubscriptionKey::from_stored(&rec.filter)
+                            .and_then(|k| Subscription::parse(k, rec.options, rec.id));
+                        let Ok(sub) = parsed else {
+                            return RemoteOutcome::Invalid;
+                        };
+                        let by = crate::subscriptions::Subscriber::Admin;
+                        match self.subscribe(&session, sub, rights.as_ref(), by) {
+                            Ok((is_new, sub)) => {
+                                if is_new || session.lock().subscriptions.contains_key(&sub.key) {
+                                    RemoteOutcome::Done
+                                } else {
+                                    RemoteOutcome::Unchanged
+                                }
+                            }
+                            Err(e) => RemoteOutcome::Refused(e),
+                        }
+                    })
+                    .collect()
+            }
+            RemoteChange::Unsubscribe { filters } => filters
+                .iter()
+                .map(|f| match SubscriptionKey::from_stored(f) {
+                    Ok(k) if self.remove_subscription(&session, &k) => RemoteOutcome::Done,
+                    Ok(_) => RemoteOutcome::Unchanged,
+                    Err(_) => RemoteOutcome::Invalid,
+                })
+                .collect(),
+        };
+        Some(outcomes)
     }
 }

@@ -349,6 +349,23 @@ impl Fabric for NatsFabric {
         }
     }
 
+    fn change_remote(
+        &self,
+        key: &SessionKey,
+        change: tern_broker::fabric::RemoteChange,
+    ) -> tern_broker::fabric::RemoteCall {
+        match self.sessions.get() {
+            Some(sessions) => Box::pin(sessions.clone().change(key.clone(), change)),
+            None => {
+                let n = change.len();
+                Box::pin(std::future::ready(vec![
+                    tern_broker::fabric::RemoteOutcome::Unanswered;
+                    n
+                ]))
+            }
+        }
+    }
+
     fn wait_confirmed(&self, ticket: FabricTicket) -> FabricWait {
         let mut rx = self.confirmed.subscribe();
         Box::pin(async move {
@@ -590,6 +607,7 @@ pub async fn start(
             streams: readers.iter().map(|(s, _)| s.clone()).collect(),
             positions: positions.clone(),
             fabric: Arc::downgrade(&fabric),
+            client: client.clone(),
             metrics: metrics.clone(),
         },
         connect_timeout,

@@ -32,6 +32,10 @@
 //!   the old node are among those replayed: those the record lists go out again with DUP=1
 //!   under their packet ids (known by their `timestamp` and account), the others as new
 //!   deliveries. The old node, told by the connect notice, ends its copy.
+//! - **REST on a session held elsewhere** ([`Fabric::change_remote`]): the node asks the
+//!   session's owner on `tern.node.<name in hex>.cmd` to change its subscriptions
+//!   ([`Broker::change_here`]); when no node holds it (its owner is dead, or answers that it
+//!   does not have it), it changes the record itself, compare-and-set.
 //! - **Node liveness and wills.** Every node writes a heartbeat to KV bucket `tern_nodes` each
 //!   second. A record whose owner has not beaten for [`DEAD_AFTER`] (or this node's own record
 //!   of a session it no longer holds, after a restart) is an orphan: any node marks it
@@ -49,8 +53,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tern_broker::fabric::{Adoption, ClusterSession, SessionCheckpoint, SessionImage};
+use tern_broker::fabric::{
+    Adoption, ClusterSession, RemoteChange, RemoteOutcome, SessionCheckpoint, SessionImage,
+};
 use tern_broker::session::{InflightMark, Session, WillSpec};
+use tern_broker::subscriptions::SubscribeError;
 use tern_broker::{Broker, Fabric, Micros, SessionKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -313,6 +320,8 @@ pub(crate) struct Sessions {
     changes: mpsc::Sender<SessionKey>,
     /// The change queue overflowed: the next checkpoint writes every session's record.
     rescan: AtomicBool,
+    /// Requests to this node (REST changes of its sessions made on other nodes).
+    client: async_nats::Client,
     metrics: Arc<ClusterMetrics>,
 }
 
@@ -333,6 +342,7 @@ pub(crate) struct SessionsSetup {
     pub streams: Vec<jetstream::stream::Stream>,
     pub positions: Positions,
     pub fabric: Weak<NatsFabric>,
+    pub client: async_nats::Client,
     pub metrics: Arc<ClusterMetrics>,
 }
 
@@ -361,8 +371,14 @@ impl Sessions {
             moved: parking_lot::Mutex::new(HashSet::new()),
             changes: tx,
             rescan: AtomicBool::new(false),
+            client: setup.client,
             metrics: setup.metrics,
         });
+        let commands = sessions
+            .client
+            .subscribe(command_subject(&sessions.node))
+            .await
+            .map_err(|e| format!("subscribe to the node's commands: {e}"))?;
         let watch = load(&sessions.bucket, load_timeout, |e| sessions.apply(e)).await?;
         let beats = load(&sessions.nodes, load_timeout, |e| sessions.beat(e)).await?;
         // The records decide where sessions live; a copy restored from this node's store may
@@ -388,6 +404,7 @@ impl Sessions {
             sessions.changed(&key);
         }
         tokio::spawn(sessions.clone().run_watch(watch, beats, shutdown.clone()));
+        tokio::spawn(sessions.clone().run_commands(commands, shutdown.clone()));
         tokio::spawn(sessions.clone().run_heartbeat(shutdown));
         Ok(sessions)
     }
@@ -958,6 +975,120 @@ impl Sessions {
         }
     }
 
+    /// See [`Fabric::change_remote`]: asks the node that holds `key`'s session to apply
+    /// `change`; when no node holds it (its node is dead, or does not have it), changes the
+    /// record (compare-and-set: a node that claimed it meanwhile is asked instead).
+    pub(crate) async fn change(
+        self: Arc<Self>,
+        key: SessionKey,
+        change: RemoteChange,
+    ) -> Vec<RemoteOutcome> {
+        let n = change.len();
+        let k = kv_key(&key);
+        for _ in 0..3 {
+            let Some((rev, rec)) = self.replica.lock().get(&k).cloned() else {
+                // Gone meanwhile: as a single node answers for a session that ended.
+                return vec![RemoteOutcome::Unchanged; n];
+            };
+            let now = self.broker.clock.now();
+            if rec.owner != self.node && !self.dead(&rec.owner, now) {
+                match self.ask(&rec.owner, &key, &change).await {
+                    Ok(Some(outcomes)) if outcomes.len() == n => return outcomes,
+                    Ok(Some(_)) => return vec![RemoteOutcome::Unanswered; n],
+                    // Not held there (or its node is gone): the record changes.
+                    Ok(None) | Err(AskError::NoResponders) => {}
+                    Err(AskError::Failed(e)) => {
+                        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(client_id = %key.client_id, node = %rec.owner, error = %e, "cluster: the node holding a session did not apply a REST change");
+                        return vec![RemoteOutcome::Unanswered; n];
+                    }
+                }
+            }
+            let mut next = (*rec).clone();
+            let outcomes = change_record(&mut next, &change);
+            let Ok(value) = next.encode() else {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                return vec![RemoteOutcome::Unanswered; n];
+            };
+            match self.write(&k, value, Some(rev)).await {
+                Ok(new) => {
+                    self.replica.lock().insert(k, (new, Arc::new(next)));
+                    tracing::info!(client_id = %key.client_id, cid = key.cid, "cluster: REST changed the record of a session no node holds");
+                    return outcomes;
+                }
+                Err(WriteError::Conflict) => {
+                    let found = self.fresh(&k, &key).await;
+                    let mut replica = self.replica.lock();
+                    match found {
+                        Some(found) => replica.insert(k.clone(), found),
+                        None => replica.remove(&k),
+                    };
+                }
+                Err(WriteError::Other(e)) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %k, error = %e, "cluster: session record write failed");
+                    return vec![RemoteOutcome::Unanswered; n];
+                }
+            }
+        }
+        vec![RemoteOutcome::Unanswered; n]
+    }
+
+    /// Asks node `node` to apply `change` to `key`'s session: its outcomes, or `None` if
+    /// it does not hold the session.
+    async fn ask(
+        &self,
+        node: &str,
+        key: &SessionKey,
+        change: &RemoteChange,
+    ) -> Result<Option<Vec<RemoteOutcome>>, AskError> {
+        let payload = encode_change(key, change).map_err(AskError::Failed)?;
+        let request = self.client.request(command_subject(node), payload);
+        match tokio::time::timeout(ASK_TIMEOUT, request).await {
+            Err(_) => Err(AskError::Failed(format!(
+                "no answer within {ASK_TIMEOUT:?}"
+            ))),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(AskError::NoResponders)
+            }
+            Ok(Err(e)) => Err(AskError::Failed(e.to_string())),
+            Ok(Ok(msg)) => decode_answer(msg.payload).map_err(AskError::Failed),
+        }
+    }
+
+    /// Applies the changes other nodes' REST asks for to this node's sessions, and answers.
+    async fn run_commands(
+        self: Arc<Self>,
+        mut commands: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        while let Some(msg) = until_shutdown(commands.next(), &shutdown).await {
+            let Some(reply) = msg.reply else {
+                continue;
+            };
+            let (key, change) = match decode_change(msg.payload) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    self.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cluster: undecodable session change skipped");
+                    continue;
+                }
+            };
+            let outcomes = self.broker.change_here(&key, &change);
+            if outcomes.is_some() {
+                tracing::info!(client_id = %key.client_id, cid = key.cid, "cluster: a session of this node changed over REST on another node");
+            }
+            if let Err(e) = self
+                .client
+                .publish(reply, encode_answer(outcomes.as_deref()))
+                .await
+            {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cluster: answer to a session change not sent");
+            }
+        }
+    }
+
     /// Whether node `name` stopped beating.
     fn dead(&self, name: &str, now: Micros) -> bool {
         self.heartbeats
@@ -1048,6 +1179,180 @@ impl Sessions {
             token_id,
         });
     }
+}
+
+/// How long REST waits for the node that holds a session to apply a change.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The subject of requests to node `node`: `tern.node.<its name in lowercase hex>.cmd` (a
+/// node name may hold dots).
+pub(crate) fn command_subject(node: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(14 + 2 * node.len());
+    out.push_str("tern.node.");
+    for b in node.as_bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str(".cmd");
+    out
+}
+
+/// A change request: `op | session key | items`, op 1 (subscribe: `token flag | token |
+/// count | (filter, subscription record)*`) or 2 (unsubscribe: `count | filter*`).
+fn encode_change(key: &SessionKey, change: &RemoteChange) -> Result<Bytes, String> {
+    let mut b = BytesMut::with_capacity(64 + 64 * change.len());
+    let count = |n: usize| u32::try_from(n).map_err(|e| e.to_string());
+    match change {
+        RemoteChange::Subscribe {
+            subscriptions,
+            token_id,
+        } => {
+            b.put_u8(1);
+            put_bytes(&mut b, kv_key(key).as_bytes())?;
+            b.put_u8(u8::from(token_id.is_some()));
+            b.put_u64(token_id.unwrap_or(0));
+            b.put_u32(count(subscriptions.len())?);
+            for sub in subscriptions {
+                put_bytes(&mut b, sub.filter.as_bytes())?;
+                put_bytes(&mut b, &tern_store::encode_subscription_record(sub))?;
+            }
+        }
+        RemoteChange::Unsubscribe { filters } => {
+            b.put_u8(2);
+            put_bytes(&mut b, kv_key(key).as_bytes())?;
+            b.put_u32(count(filters.len())?);
+            for f in filters {
+                put_bytes(&mut b, f.as_bytes())?;
+            }
+        }
+    }
+    Ok(b.freeze())
+}
+
+fn decode_change(mut v: Bytes) -> Result<(SessionKey, RemoteChange), String> {
+    let op = get_u8(&mut v)?;
+    let key = std::str::from_utf8(&get_bytes(&mut v)?)
+        .map_err(|e| e.to_string())
+        .and_then(parse_kv_key)?;
+    let filter =
+        |v: &mut Bytes| bytestring::ByteString::try_from(get_bytes(v)?).map_err(|e| e.to_string());
+    let change = match op {
+        1 => {
+            let has_token = get_u8(&mut v)? != 0;
+            let token = get_u64(&mut v)?;
+            let n = get_u32(&mut v)? as usize;
+            if n > v.remaining() / 8 {
+                return Err("subscription count past the end".into());
+            }
+            let mut subscriptions = Vec::with_capacity(n);
+            for _ in 0..n {
+                let f = filter(&mut v)?;
+                subscriptions.push(
+                    tern_store::decode_subscription_record(f, get_bytes(&mut v)?)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            RemoteChange::Subscribe {
+                subscriptions,
+                token_id: has_token.then_some(token),
+            }
+        }
+        2 => {
+            let n = get_u32(&mut v)? as usize;
+            if n > v.remaining() / 4 {
+                return Err("filter count past the end".into());
+            }
+            let filters = (0..n).map(|_| filter(&mut v)).collect::<Result<_, _>>()?;
+            RemoteChange::Unsubscribe { filters }
+        }
+        _ => return Err("unknown change".into()),
+    };
+    if v.has_remaining() {
+        return Err("bytes after the change".into());
+    }
+    Ok((key, change))
+}
+
+/// The answer to a change: `1` (the session is not here), or `0 | count | outcome*`.
+fn encode_answer(outcomes: Option<&[RemoteOutcome]>) -> Bytes {
+    let Some(outcomes) = outcomes else {
+        return Bytes::from_static(&[1]);
+    };
+    let mut b = BytesMut::with_capacity(5 + outcomes.len());
+    b.put_u8(0);
+    b.put_u32(outcomes.len() as u32);
+    for o in outcomes {
+        b.put_u8(match o {
+            RemoteOutcome::Done => 0,
+            RemoteOutcome::Unchanged => 1,
+            RemoteOutcome::Invalid => 2,
+            RemoteOutcome::Unanswered => 3,
+            RemoteOutcome::Refused(SubscribeError::NotAuthorized) => 10,
+            RemoteOutcome::Refused(SubscribeError::QuotaExceeded) => 11,
+            RemoteOutcome::Refused(SubscribeError::StoreRefusing) => 12,
+            RemoteOutcome::Refused(SubscribeError::TakenOver) => 13,
+        });
+    }
+    b.freeze()
+}
+
+fn decode_answer(mut v: Bytes) -> Result<Option<Vec<RemoteOutcome>>, String> {
+    if get_u8(&mut v)? == 1 {
+        return Ok(None);
+    }
+    let n = get_u32(&mut v)? as usize;
+    need(&v, n)?;
+    let outcomes = (0..n)
+        .map(|_| match v.get_u8() {
+            0 => Ok(RemoteOutcome::Done),
+            1 => Ok(RemoteOutcome::Unchanged),
+            2 => Ok(RemoteOutcome::Invalid),
+            3 => Ok(RemoteOutcome::Unanswered),
+            10 => Ok(RemoteOutcome::Refused(SubscribeError::NotAuthorized)),
+            11 => Ok(RemoteOutcome::Refused(SubscribeError::QuotaExceeded)),
+            12 => Ok(RemoteOutcome::Refused(SubscribeError::StoreRefusing)),
+            13 => Ok(RemoteOutcome::Refused(SubscribeError::TakenOver)),
+            other => Err(format!("unknown outcome {other}")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(outcomes))
+}
+
+/// Applies a change to a record no node holds (as the node would: a subscription replaces
+/// the one with its key); the outcome of each item.
+fn change_record(rec: &mut Record, change: &RemoteChange) -> Vec<RemoteOutcome> {
+    let subs = &mut rec.image.subscriptions;
+    let outcomes = match change {
+        RemoteChange::Subscribe { subscriptions, .. } => subscriptions
+            .iter()
+            .map(|sub| {
+                subs.retain(|s| s.filter != sub.filter);
+                subs.push(sub.clone());
+                RemoteOutcome::Done
+            })
+            .collect(),
+        RemoteChange::Unsubscribe { filters } => filters
+            .iter()
+            .map(|f| {
+                let before = subs.len();
+                subs.retain(|s| s.filter != *f);
+                if subs.len() < before {
+                    RemoteOutcome::Done
+                } else {
+                    RemoteOutcome::Unchanged
+                }
+            })
+            .collect(),
+    };
+    subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+    outcomes
+}
+
+/// Why a node did not answer a change.
+enum AskError {
+    /// Nobody listens on its subject: the node is gone.
+    NoResponders,
+    Failed(String),
 }
 
 /// Promotes the candidates the session's acknowledgements reached, and adds `positions` as a
@@ -1205,6 +1510,90 @@ mod tests {
         assert_eq!(back.cursors, vec![3]);
         assert!(back.inflight.is_empty());
         assert_eq!(back.image.record, rec.image.record);
+    }
+
+    fn sub(filter: &str, qos: u8) -> SubscriptionRecord {
+        SubscriptionRecord {
+            filter: filter.into(),
+            options: tern_codec::SubscriptionOptions {
+                qos: tern_codec::QoS::from_u8(qos).unwrap(),
+                ..Default::default()
+            },
+            id: None,
+        }
+    }
+
+    #[test]
+    fn changes_and_answers_round_trip() {
+        let changes = [
+            RemoteChange::Subscribe {
+                subscriptions: vec![sub("a/#", 1), sub("$share/g/b\0cid=5", 0)],
+                token_id: Some(12),
+            },
+            RemoteChange::Subscribe {
+                subscriptions: Vec::new(),
+                token_id: None,
+            },
+            RemoteChange::Unsubscribe {
+                filters: vec!["a/#".into(), "x".into()],
+            },
+        ];
+        for change in changes {
+            let v = encode_change(&key("c.d"), &change).unwrap();
+            let (k, back) = decode_change(v.clone()).unwrap();
+            assert_eq!(k, key("c.d"));
+            assert_eq!(back, change);
+            for cut in 0..v.len() {
+                assert!(decode_change(v.slice(..cut)).is_err(), "cut at {cut}");
+            }
+        }
+        let outcomes = [
+            RemoteOutcome::Done,
+            RemoteOutcome::Unchanged,
+            RemoteOutcome::Invalid,
+            RemoteOutcome::Unanswered,
+            RemoteOutcome::Refused(SubscribeError::NotAuthorized),
+            RemoteOutcome::Refused(SubscribeError::QuotaExceeded),
+            RemoteOutcome::Refused(SubscribeError::StoreRefusing),
+            RemoteOutcome::Refused(SubscribeError::TakenOver),
+        ];
+        let back = decode_answer(encode_answer(Some(&outcomes))).unwrap();
+        assert_eq!(back.as_deref(), Some(&outcomes[..]));
+        assert_eq!(decode_answer(encode_answer(None)).unwrap(), None);
+        assert!(decode_answer(Bytes::from_static(&[0, 0, 0, 0, 2, 0])).is_err());
+        assert_eq!(command_subject("n.1"), "tern.node.6e2e31.cmd");
+    }
+
+    #[test]
+    fn a_record_no_node_holds_changes_as_its_node_would() {
+        let mut rec = Record {
+            owner: "gone".into(),
+            at: 1,
+            connected: false,
+            ip: String::new(),
+            protocol: 5,
+            cursors: vec![],
+            inflight: Vec::new(),
+            image: view(0, 0).image,
+        };
+        rec.image.subscriptions = vec![sub("b", 0)];
+        let added = change_record(
+            &mut rec,
+            &RemoteChange::Subscribe {
+                subscriptions: vec![sub("a", 1), sub("b", 2)],
+                token_id: None,
+            },
+        );
+        assert_eq!(added, vec![RemoteOutcome::Done; 2]);
+        assert_eq!(rec.image.subscriptions, vec![sub("a", 1), sub("b", 2)]);
+        let removed = change_record(
+            &mut rec,
+            &RemoteChange::Unsubscribe {
+                filters: vec!["b".into(), "c".into()],
+            },
+        );
+        assert_eq!(removed, vec![RemoteOutcome::Done, RemoteOutcome::Unchanged]);
+        assert_eq!(rec.image.subscriptions, vec![sub("a", 1)]);
     }
 
     fn view(low: u64, tail: u64) -> SessionCheckpoint {

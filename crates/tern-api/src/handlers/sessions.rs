@@ -57,6 +57,14 @@ pub(crate) fn selected_in_cluster(
         .collect())
 }
 
+/// The session key of a session item (its `cid` and `client_id`).
+pub(crate) fn key_of(item: &Value) -> Option<tern_broker::SessionKey> {
+    Some(tern_broker::SessionKey {
+        cid: item.get("cid").and_then(Value::as_u64)?,
+        client_id: item.get("client_id").and_then(Value::as_str)?.into(),
+    })
+}
+
 /// Sorts items as sessions are listed: by account, then client id.
 pub(crate) fn sort_items(items: &mut [Value]) {
     let key = |v: &Value| {
@@ -113,16 +121,10 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
     }
     // Cluster mode: the sessions other nodes hold, removed there.
     for (item, _) in selected_in_cluster(&api, &call, 0)? {
-        let (Some(cid), Some(client_id)) = (
-            item.get("cid").and_then(Value::as_u64),
-            item.get("client_id").and_then(Value::as_str),
-        ) else {
+        let Some(key) = key_of(&item) else {
             continue;
         };
-        api.broker.remove_cluster_session(&tern_broker::SessionKey {
-            cid,
-            client_id: client_id.into(),
-        });
+        api.broker.remove_cluster_session(&key);
         done.push(item);
     }
     Ok(Reply::changed(&call, done, Vec::new()))

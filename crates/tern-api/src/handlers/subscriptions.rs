@@ -7,12 +7,14 @@ use axum::http::StatusCode;
 use bytestring::ByteString;
 use serde_json::Value;
 use tern_broker::admin::parse_subscription;
+use tern_broker::fabric::{RemoteChange, RemoteOutcome};
+use tern_broker::rights::Rights;
 use tern_broker::subscriptions::SubscribeError;
 use tern_broker::{Session, Subscription, SubscriptionKey};
 use tern_codec::{QoS, RetainHandling, SubscriptionOptions};
 use utoipa::IntoParams;
 
-use super::sessions::selected as selected_sessions;
+use super::sessions::{key_of, selected as selected_sessions, selected_in_cluster};
 use super::{FieldsQuery, ListQuery, ResultOf, check};
 use crate::ApiState;
 use crate::call::Call;
@@ -63,7 +65,9 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
     }
     check(errors)?;
     let sessions = selected_sessions(&api, &call, 1)?;
-    if sessions.is_empty() {
+    // Cluster mode: the sessions other nodes hold, changed on their node.
+    let elsewhere = selected_in_cluster(&api, &call, 1)?;
+    if sessions.is_empty() && elsewhere.is_empty() {
         return Err(ApiError::not_found("no session matches the selector"));
     }
     let mut done = Vec::new();
@@ -74,27 +78,7 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
                 .broker
                 .add_subscription(session, sub.clone(), &call.caller.rights)
             {
-                Err(err) => {
-                    let status = match err {
-                        SubscribeError::StoreRefusing => StatusCode::SERVICE_UNAVAILABLE,
-                        _ => StatusCode::FORBIDDEN,
-                    };
-                    let what = match err {
-                        SubscribeError::QuotaExceeded => "subscriptions quota exceeded".into(),
-                        err => err.to_string(),
-                    };
-                    failed.push(
-                        ErrorItem::new(
-                            status,
-                            format!(
-                                "session {}: {what}, `{}` not added",
-                                session.public_id(),
-                                sub.key
-                            ),
-                        )
-                        .at(i),
-                    );
-                }
+                Err(err) => failed.push(refused(session.public_id(), err, sub).at(i)),
                 Ok((is_new, sub)) => {
                     if is_new || session.lock().subscriptions.contains_key(&sub.key) {
                         done.push(to_value(&SubscriptionItem::new(
@@ -106,7 +90,54 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
             }
         }
     }
+    // The node holding the session checks the caller's ACL again (a master or standard token
+    // may subscribe to anything).
+    let token_id = matches!(call.caller.rights, Rights::Acl(_)).then_some(call.caller.token.id);
+    for (item, _) in &elsewhere {
+        let (Some(key), Some(sid)) = (key_of(item), item.get("id").and_then(Value::as_u64)) else {
+            continue;
+        };
+        let change = RemoteChange::subscribe(&subs, token_id);
+        let outcomes = api.broker.change_cluster_session(&key, change).await;
+        for (i, (sub, outcome)) in subs.iter().zip(outcomes).enumerate() {
+            match outcome {
+                RemoteOutcome::Done => {
+                    done.push(to_value(&SubscriptionItem::new(sub.view(), sid)));
+                }
+                RemoteOutcome::Unchanged => {}
+                RemoteOutcome::Refused(err) => failed.push(refused(sid, err, sub).at(i)),
+                RemoteOutcome::Invalid | RemoteOutcome::Unanswered => {
+                    failed.push(unanswered(sid, "added", &sub.key).at(i));
+                }
+            }
+        }
+    }
     Ok(Reply::changed(&call, done, failed))
+}
+
+/// The error item of a subscription that session `sid` refused.
+fn refused(sid: u64, err: SubscribeError, sub: &Subscription) -> ErrorItem {
+    let status = match err {
+        SubscribeError::StoreRefusing => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let what = match err {
+        SubscribeError::QuotaExceeded => "subscriptions quota exceeded".into(),
+        err => err.to_string(),
+    };
+    ErrorItem::new(
+        status,
+        format!("session {sid}: {what}, `{}` not added", sub.key),
+    )
+}
+
+/// The error item of a change that the node holding session `sid` did not make (cluster
+/// mode: it did not answer in time, or the session's record could not be written).
+fn unanswered(sid: u64, done: &str, sub: &impl std::fmt::Display) -> ErrorItem {
+    ErrorItem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("session {sid}: the node that holds it did not answer, `{sub}` not {done}"),
+    )
 }
 
 /// Checks one subscription item and builds it as a client's SUBSCRIBE would.
@@ -183,7 +214,7 @@ pub(crate) async fn list(State(api): State<ApiState>, call: Call) -> Result<Repl
     // Cluster mode: the subscriptions of sessions other nodes hold too.
     let sel = call.selector(0)?;
     let now = api.now_secs();
-    for (session, subs) in super::sessions::selected_in_cluster(&api, &call, 2)? {
+    for (session, subs) in selected_in_cluster(&api, &call, 2)? {
         let sid = session.get("id").and_then(Value::as_u64).unwrap_or(0);
         for view in subs {
             let item = to_value(&SubscriptionItem::new(view, sid));
@@ -208,15 +239,61 @@ pub(crate) async fn delete(State(api): State<ApiState>, call: Call) -> Result<Re
     call.data::<NoData>()?;
     let mut done = Vec::new();
     for (session, item) in selected(&api, &call)? {
-        let topic = item
-            .get("topic")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let cid = item.get("cid").and_then(Value::as_u64);
-        let identity = SubscriptionKey::new(ByteString::from(topic), cid);
-        if api.broker.remove_subscription(&session, &identity) {
+        if api.broker.remove_subscription(&session, &identity(&item)) {
             done.push(item);
         }
     }
-    Ok(Reply::changed(&call, done, Vec::new()))
+    // Cluster mode: the subscriptions of sessions other nodes hold, removed on their node.
+    let mut failed = Vec::new();
+    for (key, sid, items) in selected_elsewhere(&api, &call)? {
+        let keys: Vec<SubscriptionKey> = items.iter().map(identity).collect();
+        let change = RemoteChange::unsubscribe(&keys);
+        let outcomes = api.broker.change_cluster_session(&key, change).await;
+        for ((item, outcome), sub) in items.into_iter().zip(outcomes).zip(&keys) {
+            match outcome {
+                RemoteOutcome::Done => done.push(item),
+                RemoteOutcome::Unchanged | RemoteOutcome::Refused(_) => {}
+                RemoteOutcome::Invalid | RemoteOutcome::Unanswered => {
+                    failed.push(unanswered(sid, "removed", sub));
+                }
+            }
+        }
+    }
+    Ok(Reply::changed(&call, done, failed))
+}
+
+/// The identity of a subscription item (its `topic` and `cid`).
+fn identity(item: &Value) -> SubscriptionKey {
+    let topic = item
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let cid = item.get("cid").and_then(Value::as_u64);
+    SubscriptionKey::new(ByteString::from(topic), cid)
+}
+
+/// Cluster mode: the sessions other nodes hold with the items of their subscriptions that
+/// the last selector picks (sessions with none left out).
+fn selected_elsewhere(
+    api: &ApiState,
+    call: &Call,
+) -> Result<Vec<(tern_broker::SessionKey, u64, Vec<Value>)>, ApiError> {
+    let sel = call.selector(0)?;
+    let now = api.now_secs();
+    let mut out = Vec::new();
+    for (session, subs) in selected_in_cluster(api, call, 2)? {
+        let (Some(key), Some(sid)) = (key_of(&session), session.get("id").and_then(Value::as_u64))
+        else {
+            continue;
+        };
+        let items: Vec<Value> = subs
+            .into_iter()
+            .map(|view| to_value(&SubscriptionItem::new(view, sid)))
+            .filter(|item| sel.matches(item, now))
+            .collect();
+        if !items.is_empty() {
+            out.push((key, sid, items));
+        }
+    }
+    Ok(out)
 }
