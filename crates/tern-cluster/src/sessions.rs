@@ -732,6 +732,8 @@ impl Sessions {
     /// ended here, or a client connected here with Clean Start).
     async fn sync(&self, key: &SessionKey) {
         let k = kv_key(key);
+        // The readers' positions before the session is read (see the module).
+        let positions = self.positions_now();
         let Some(view) = self.broker.session_image(key) else {
             self.tracked.lock().remove(key);
             let Some((rev, rec)) = self.replica.lock().get(&k).cloned() else {
@@ -745,6 +747,12 @@ impl Sessions {
         };
         if view.holding {
             return;
+        }
+        // The cursors move with the write too: a session that received nothing since (the
+        // checkpoint does not read it) starts a later resume from here, not from its last
+        // acknowledgement.
+        if let Some(t) = self.tracked.lock().get_mut(key) {
+            advance(t, &view, &positions);
         }
         self.write_view(key, &k, view).await;
     }
