@@ -659,6 +659,20 @@ async fn inflight_resent_with_dup_on_another_node() {
     assert!(present, "resumed on node B{}", cluster.logs());
     resent_then_new(&cluster, &mut s, &sent, &away).await;
     s.disconnect().await;
+    // Every session change reached the record writers (none dropped from their queues).
+    for n in [A, B] {
+        let http = cluster.nodes[n]
+            .daemon
+            .http
+            .expect("the node's HTTP listener");
+        let metrics = http::get(http, "/metrics", &[]).await.body;
+        let line = r#"tern_cluster_dropped_total{queue="sessions"} 0"#;
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} in:
+{metrics}"
+        );
+    }
 }
 
 /// The same after `kill -9` of node A: what node A last wrote of the session (here at a
