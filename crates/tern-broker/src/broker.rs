@@ -1510,17 +1510,13 @@ mod tests {
             "a re-SUBSCRIBE changes no count"
         );
 
-        let msg = Arc::new(Message {
-            topic: "t/1".into(),
-            payload: bytes::Bytes::from_static(b"x"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            cid: 1,
-            timestamp: 1,
-            expires_at: None,
-            origin: None,
-        });
+        let msg = Arc::new(Message::plain(
+            1,
+            "t/1",
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            1,
+        ));
         assert_eq!(
             broker.route(&msg).sessions,
             1,

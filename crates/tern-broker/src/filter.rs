@@ -288,17 +288,13 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(topic: &str, payload: &'static [u8], cid: Cid, ts: Micros) -> Arc<Message> {
-        Arc::new(Message {
-            topic: ByteString::from(topic),
-            payload: Bytes::from_static(payload),
-            qos: tern_codec::QoS::AtMostOnce,
-            retain: false,
-            properties: Default::default(),
+        Arc::new(Message::plain(
             cid,
-            timestamp: ts,
-            expires_at: None,
-            origin: None,
-        })
+            topic,
+            Bytes::from_static(payload),
+            tern_codec::QoS::AtMostOnce,
+            ts,
+        ))
     }
 
     fn passes(filter: &str, m: &Message) -> bool {

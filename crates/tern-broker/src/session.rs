@@ -955,7 +955,6 @@ impl SessionState {
 pub(crate) mod tests {
     use super::*;
     use crate::message::Message;
-    use bytes::Bytes;
     use smallvec::SmallVec;
 
     #[test]
@@ -998,17 +997,7 @@ pub(crate) mod tests {
     /// A delivery of a `size`-byte message on `t` (for tests of queues and budgets).
     pub(crate) fn delivery(qos: QoS, size: usize) -> Delivery {
         Delivery::new(
-            Arc::new(Message {
-                topic: ByteString::from_static("t"),
-                payload: Bytes::from(vec![0u8; size]),
-                qos,
-                retain: false,
-                properties: Default::default(),
-                cid: 1,
-                timestamp: 1,
-                expires_at: None,
-                origin: None,
-            }),
+            Arc::new(Message::plain(1, "t", vec![0u8; size], qos, 1)),
             qos,
             false,
             SmallVec::new(),

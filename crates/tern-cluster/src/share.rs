@@ -1021,17 +1021,13 @@ mod tests {
     }
 
     fn message(topic: &str, qos: tern_codec::QoS) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(b"x"),
+        Arc::new(Message::plain(
+            1,
+            topic,
+            bytes::Bytes::from_static(b"x"),
             qos,
-            retain: false,
-            properties: Default::default(),
-            cid: 1,
-            timestamp: 1,
-            expires_at: None,
-            origin: None,
-        })
+            1,
+        ))
     }
 
     fn registry(shards: usize, limit: usize) -> ShareRegistry {
@@ -1153,16 +1149,14 @@ mod tests {
         assert_eq!(selected_levels("a/b", 2, 1), "");
         assert_eq!(selected_levels("a/b", 0, 0), "");
         assert_eq!(selected_levels("/x", 0, 1), "");
-        let msg = |topic: &str, timestamp| Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::new(),
-            qos: tern_codec::QoS::AtMostOnce,
-            retain: false,
-            properties: Default::default(),
-            cid: 1,
-            timestamp,
-            expires_at: None,
-            origin: None,
+        let msg = |topic: &str, timestamp| {
+            Message::plain(
+                1,
+                topic,
+                bytes::Bytes::new(),
+                tern_codec::QoS::AtMostOnce,
+                timestamp,
+            )
         };
         let sticky = ShareMode::Sticky { from: 0, count: 2 };
         assert_eq!(

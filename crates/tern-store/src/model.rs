@@ -43,6 +43,28 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message of account `cid` on `topic`, not retained, without properties, expiry or
+    /// publishing session: what tests and the broker's own publications start from.
+    pub fn plain(
+        cid: Cid,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        timestamp: Micros,
+    ) -> Message {
+        Message {
+            topic: ByteString::from(topic),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: PublishProperties::default(),
+            cid,
+            timestamp,
+            expires_at: None,
+            origin: None,
+        }
+    }
+
     /// Whether the message expired at `now`.
     pub fn is_expired(&self, now: Micros) -> bool {
         self.expires_at.is_some_and(|at| now >= at)

@@ -131,17 +131,13 @@ fn replayed_messages_in_flight_elsewhere_go_out_again_with_dup() {
     s.subscribe("d/#", QoS::AtLeastOnce);
     let session = b.broker.session(&key("dup")).unwrap();
     let msg = |payload: &'static str, timestamp| {
-        std::sync::Arc::new(tern_broker::Message {
-            topic: "d/t".into(),
-            payload: bytes::Bytes::from_static(payload.as_bytes()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            cid: 1,
+        std::sync::Arc::new(tern_broker::Message::plain(
+            1,
+            "d/t",
+            bytes::Bytes::from_static(payload.as_bytes()),
+            QoS::AtLeastOnce,
             timestamp,
-            expires_at: None,
-            origin: None,
-        })
+        ))
     };
     // The next id here would be 1: the one in flight elsewhere keeps it.
     assert!(

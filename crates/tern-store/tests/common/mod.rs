@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_codec::{PublishProperties, QoS};
+use tern_codec::QoS;
 use tern_store::{MemoryState, Message, Op, SessionKey, Snapshot};
 
 pub fn key(cid: u64, client_id: &str) -> SessionKey {
@@ -18,17 +18,13 @@ pub fn key(cid: u64, client_id: &str) -> SessionKey {
 
 /// A message with no properties.
 pub fn msg(cid: u64, topic: &str, payload: &'static [u8], timestamp: u64) -> Arc<Message> {
-    Arc::new(Message {
-        topic: topic.into(),
-        payload: Bytes::from_static(payload),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: PublishProperties::default(),
+    Arc::new(Message::plain(
         cid,
+        topic,
+        Bytes::from_static(payload),
+        QoS::AtLeastOnce,
         timestamp,
-        expires_at: None,
-        origin: None,
-    })
+    ))
 }
 
 /// What a MemoryState holds after `ops`.
