@@ -77,6 +77,13 @@ impl RestNode {
         (id, key)
     }
 
+    /// Creates a sub-account named `name`; its id.
+    async fn new_subaccount(&self, name: &str) -> u64 {
+        let body = json!({ "name": name }).to_string();
+        let v = self.rest("POST", "/platform/subaccounts", &body).await;
+        v["result"][0]["id"].as_u64().expect("the new account's id")
+    }
+
     /// The ids of the sub-accounts the master token sees.
     async fn subaccounts(&self) -> Vec<u64> {
         let v = self.rest("GET", "/platform/subaccounts/all", "").await;
@@ -294,10 +301,7 @@ async fn a_subaccount_made_on_one_node_is_listed_and_deleted_on_another() {
     let Some((nats, a, b)) = pair().await else {
         return;
     };
-    let v = a
-        .rest("POST", "/platform/subaccounts", r#"{"name":"sub-on-a"}"#)
-        .await;
-    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    let cid = a.new_subaccount("sub-on-a").await;
     let all = || logs(&[&a, &b], &nats);
     until("the sub-account listed on b", all, || async {
         b.subaccounts().await.contains(&cid)
@@ -330,10 +334,7 @@ async fn a_node_started_later_has_what_was_made_before() {
         return;
     };
     let (token_id, key) = a.new_token(json!({"info": "early"})).await;
-    let v = a
-        .rest("POST", "/platform/subaccounts", r#"{"name":"early-sub"}"#)
-        .await;
-    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    let cid = a.new_subaccount("early-sub").await;
     // Node B has them: they are in the bucket.
     let all = || logs(&[&a, &b], &nats);
     until("the sub-account listed on b", all, || async {
@@ -402,10 +403,7 @@ async fn an_account_disabled_or_limited_on_one_node_is_so_on_another() {
         return;
     };
     let all = || logs(&[&a, &b], &nats);
-    let v = a
-        .rest("POST", "/platform/subaccounts", r#"{"name":"limited"}"#)
-        .await;
-    let cid = v["result"][0]["id"].as_u64().expect("the new account's id");
+    let cid = a.new_subaccount("limited").await;
     let (_, key) = a.new_token(json!({"info": "limited", "cid": cid})).await;
     let mut c = connect_when_known(&b, "limited-1", &key, &[&a, &b], &nats).await;
 

@@ -74,6 +74,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::nats::{ClusterError, ClusterMetrics};
 use crate::sessions::Positions;
+use crate::subject::{FNV_OFFSET, fnv1a};
 
 /// The KV bucket of the shared groups' members, by node.
 pub const SHARE_BUCKET: &str = "tern_share";
@@ -735,29 +736,9 @@ pub(crate) fn message_key(mode: ShareMode, msg: &Message) -> u64 {
             let h = fnv1a(h, &msg.cid.to_le_bytes());
             fnv1a(h, msg.topic.as_bytes())
         }
-        ShareMode::Sticky { from, count } => fnv1a(
-            FNV_OFFSET ^ 1,
-            selected_levels(&msg.topic, from as usize, count as usize).as_bytes(),
-        ),
+        // The hash a single node's sticky pick uses: the same levels, the same key.
+        ShareMode::Sticky { from, count } => tern_topic::sticky_hash(&msg.topic, from, count),
     }
-}
-
-/// The text of levels `from..from + count` of `topic` (fewer if the topic is shorter).
-fn selected_levels(topic: &str, from: usize, count: usize) -> &str {
-    if count == 0 {
-        return "";
-    }
-    let mut levels = topic.split('/');
-    let Some(first) = levels.nth(from) else {
-        return "";
-    };
-    // The byte offset of the first selected level, then the end of the last one.
-    let start = first.as_ptr() as usize - topic.as_ptr() as usize;
-    let mut end = start + first.len();
-    for level in levels.take(count - 1) {
-        end = level.as_ptr() as usize - topic.as_ptr() as usize + level.len();
-    }
-    topic.get(start..end).unwrap_or("")
 }
 
 /// A group's identity across nodes: a hash of its account, group string and filter.
@@ -771,17 +752,6 @@ pub(crate) fn group_key(cid: Cid, name: &str, filter: &str) -> u64 {
 
 fn node_hash(node: &str) -> u64 {
     mix(fnv1a(FNV_OFFSET ^ 2, node.as_bytes()))
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
-
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
-    hash
 }
 
 /// splitmix64's finalizer: every input bit moves every output bit.
@@ -1143,12 +1113,6 @@ mod tests {
 
     #[test]
     fn sticky_keys_read_the_selected_levels_only() {
-        assert_eq!(selected_levels("a/b/c/d", 0, 2), "a/b");
-        assert_eq!(selected_levels("a/b/c/d", 1, 2), "b/c");
-        assert_eq!(selected_levels("a/b/c/d", 3, 5), "d");
-        assert_eq!(selected_levels("a/b", 2, 1), "");
-        assert_eq!(selected_levels("a/b", 0, 0), "");
-        assert_eq!(selected_levels("/x", 0, 1), "");
         let msg = |topic: &str, timestamp| {
             Message::plain(
                 1,

@@ -35,4 +35,4 @@ pub use filter::{covers, intersects, matches, validate_topic_filter};
 pub use index::{SubscriptionIndex, Visitor};
 pub use name::{MAX_TOPIC_LEN, validate_topic_name};
 pub use retained::{Iter as RetainedIter, RetainedTree};
-pub use shared::{SHARE_PREFIX, ShareMode, ShareSpec, SharedGroup, parse_shared};
+pub use shared::{SHARE_PREFIX, ShareMode, ShareSpec, SharedGroup, parse_shared, sticky_hash};

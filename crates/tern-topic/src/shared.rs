@@ -241,8 +241,9 @@ fn reduce(hash: u64, len: usize) -> usize {
 
 /// The stable hash of `count` levels of `topic` starting at level `from`: FNV-1a over the bytes
 /// of those levels with their `/` separators, then a final mix so that every bit counts in the
-/// modulo.
-pub(crate) fn sticky_hash(topic: &str, from: u32, count: u32) -> u64 {
+/// modulo. A sticky group's key: a single node picks its member by it, and a cluster its node
+/// (tern-cluster's `share.rs`).
+pub fn sticky_hash(topic: &str, from: u32, count: u32) -> u64 {
     let selected = selected_levels(topic, from as usize, count as usize);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in selected.as_bytes() {
@@ -417,6 +418,8 @@ mod tests {
         assert_eq!(selected_levels("a/b/c/d", 0, 0), "");
         assert_eq!(selected_levels("a/b/c/d", 0, 9), "a/b/c/d");
         assert_eq!(selected_levels("/x//y", 1, 2), "x/");
+        assert_eq!(selected_levels("a/b", 2, 1), "");
+        assert_eq!(selected_levels("/x", 0, 1), "");
         assert_eq!(
             selected_levels("a", u32::MAX as usize, u32::MAX as usize),
             ""
