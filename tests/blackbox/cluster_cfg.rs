@@ -10,7 +10,6 @@
 //! Every node has REST on its own port and the same configured master token; the harness is
 //! `support::cluster`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,53 +18,11 @@ use tern_codec::*;
 
 use crate::support::Client;
 use crate::support::client::{Read, connect_packet};
-use crate::support::cluster::{CROSS, Node};
+use crate::support::cluster::{CROSS, Node, RestNode, rest_logs as logs, until};
 use crate::support::http;
 use crate::support::nats::NatsServer;
-use crate::support::process::free_addr;
-
-/// Every node's master token.
-const MASTER: &str = "ClusterCfgMasterToken0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
-
-/// A node with REST on its own port and [`MASTER`] as its master token.
-struct RestNode {
-    node: Node,
-    http: SocketAddr,
-}
 
 impl RestNode {
-    async fn start(nats: &NatsServer, name: &str) -> RestNode {
-        let http = free_addr();
-        let node = Node::start_with(
-            nats,
-            name,
-            "",
-            &["--master-token", MASTER, "--http", &http.to_string()],
-        )
-        .await;
-        RestNode { node, http }
-    }
-
-    /// A REST call as the master token; the JSON answer, which must be 200.
-    async fn rest(&self, method: &str, path: &str, body: &str) -> Value {
-        self.rest_in(None, method, path, body).await
-    }
-
-    /// [`RestNode::rest`] acting in account `cid` (`x-flespi-cid`) when given.
-    async fn rest_in(&self, cid: Option<u64>, method: &str, path: &str, body: &str) -> Value {
-        let auth = format!("Authorization: FlespiToken {MASTER}");
-        let acting = cid.map(|c| format!("x-flespi-cid: {c}"));
-        let mut headers = vec![auth.as_str(), "Content-Type: application/json"];
-        headers.extend(acting.as_deref());
-        let r = http::request(self.http, method, path, &headers, body).await;
-        assert_eq!(
-            r.status, 200,
-            "{method} {path} on {}: {}",
-            self.node.name, r.body
-        );
-        serde_json::from_str(&r.body).expect("a JSON answer")
-    }
-
     /// Creates a token (`body` as POST takes it); its id and key.
     async fn new_token(&self, body: Value) -> (u64, String) {
         let v = self
@@ -122,19 +79,6 @@ async fn pair() -> Option<(NatsServer, RestNode, RestNode)> {
     Some((nats, a, b))
 }
 
-fn logs(nodes: &[&RestNode], nats: &NatsServer) -> String {
-    let mut out = String::new();
-    for n in nodes {
-        out.push_str(&format!(
-            "\n--- node {} ---\n{}",
-            n.node.name,
-            n.node.daemon.log()
-        ));
-    }
-    out.push_str(&format!("\n--- nats-server ---\n{}", nats.log()));
-    out
-}
-
 /// A CONNECT (v5) with `key` as the username: the client and the CONNACK code.
 async fn connect_key(node: &RestNode, id: &str, key: &str) -> (Client, ReasonCode) {
     let mut c = connect_packet(ProtocolVersion::V5, id, true);
@@ -181,23 +125,6 @@ async fn closed_within(c: &mut Client, what: &str, logs: impl Fn() -> String) ->
             Read::Packet(_) => {}
             Read::Timeout => panic!("{what}: still connected after {CROSS:?}:{}", logs()),
         }
-    }
-}
-
-/// Polls `check` (every 100 ms) until it holds; fails after [`CROSS`].
-async fn until<F, Fut>(what: &str, logs: impl Fn() -> String, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + CROSS;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {CROSS:?}:{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -475,29 +402,7 @@ async fn a_node_restarted_has_what_changed_while_it_was_down() {
         .await;
     let (_, new_key) = a.new_token(json!({"info": "made while b is down"})).await;
 
-    let http = free_addr();
-    let config = data.path().join("tern.toml");
-    let daemon = crate::support::process::Daemon::spawn(
-        data.path(),
-        &[
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--anonymous",
-            "--master-token",
-            MASTER,
-            "--http",
-            &http.to_string(),
-        ],
-    )
-    .await;
-    let b = RestNode {
-        node: Node {
-            name,
-            daemon,
-            _data: data,
-        },
-        http,
-    };
+    let b = RestNode::respawn(name, data).await;
     let (_, code) = connect_key(&b, "after", &gone_key).await;
     assert_eq!(
         code,

@@ -19,6 +19,7 @@ mod clients;
 mod cluster;
 mod cluster_cfg;
 mod cluster_faults;
+mod cluster_gw;
 mod cluster_sessions;
 mod cluster_share;
 mod config;

@@ -447,7 +447,17 @@ fn act(broker: &Broker, effect: &RemoteEffect) {
 /// Reserves the next block of ids of `kind` above `floor` (compare-and-set on `ids.<kind>`;
 /// a conflict with another node is tried again). Returns the first and the last id.
 async fn reserve(bucket: &kv::Store, kind: IdKind, floor: u64) -> Result<(u64, u64), ClusterError> {
-    let key = ids_key(kind);
+    reserve_key(bucket, ids_key(kind).to_string(), floor).await
+}
+
+/// Reserves the next block of ids above `floor` under `key` of `bucket` (compare-and-set; a
+/// conflict with another node is tried again). Returns the first and the last id.
+pub(crate) async fn reserve_key(
+    bucket: &kv::Store,
+    key: String,
+    floor: u64,
+) -> Result<(u64, u64), ClusterError> {
+    let key = key.as_str();
     for _ in 0..32 {
         let entry = bucket
             .entry(key)

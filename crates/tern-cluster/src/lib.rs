@@ -27,6 +27,7 @@
 //!   every node) and the choice every node computes alike: which node delivers a group's copy
 
 mod cfg;
+mod gw;
 mod nats;
 mod sessions;
 mod share;
@@ -36,6 +37,7 @@ mod subject;
 mod proptests;
 
 pub use cfg::{CFG_BUCKET, CfgReplica, DeletedHook, ID_BLOCK, ID_LOW, WRITE_TRIES};
+pub use gw::{GW_BUCKET, GW_STREAM, GwShare, LOG_MAX_AGE, LOG_MAX_BYTES};
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };

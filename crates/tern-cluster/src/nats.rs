@@ -149,6 +149,14 @@ pub struct ClusterMetrics {
     pub dropped_share: AtomicU64,
     /// `$share` QoS 1/2 messages kept for other nodes now.
     pub share_kept: AtomicU64,
+    /// Devices-layer changes of this node appended to the `TERN_GW` stream (`gw.rs`).
+    pub gw_written: AtomicU64,
+    /// Devices-layer changes of other nodes applied here.
+    pub gw_applied: AtomicU64,
+    /// Devices-layer changes not sent because the queue was full, or given up after retries.
+    pub dropped_gw: AtomicU64,
+    /// The last position of the `TERN_GW` stream applied here.
+    pub gw_position: AtomicU64,
 }
 
 /// One message for the other nodes: its subject (or KV key) and its record.
@@ -399,6 +407,12 @@ pub struct Cluster {
     pub node: String,
     /// Accounts and tokens across the cluster (`cfg.rs`).
     pub cfg: Arc<crate::cfg::CfgReplica>,
+    /// What [`Cluster::start_gw`] needs: the devices layer starts after the broker's seam.
+    pub(crate) js: jetstream::Context,
+    pub(crate) config: ClusterConfig,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// Connects to NATS, sets up the retained bucket, loads the retained replica, installs the
@@ -615,7 +629,7 @@ pub async fn start(
     )
     .await
     .map_err(ClusterError::Nats)?;
-    let _ = fabric.sessions.set(sessions);
+    let _ = fabric.sessions.set(sessions.clone());
     let share = fabric.share.clone();
     broker.set_fabric(fabric.clone());
 
@@ -680,6 +694,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     tokio::spawn(run_watch(broker, watch, metrics.clone(), shutdown.clone()));
+    let shutdown_all = shutdown.clone();
     {
         let client = client.clone();
         tokio::spawn(async move {
@@ -690,8 +705,13 @@ pub async fn start(
     }
     Ok(Cluster {
         metrics,
-        node: config.node,
+        node: config.node.clone(),
         cfg,
+        js,
+        config,
+        sessions,
+        shutdown: shutdown_all,
+        connect_timeout,
     })
 }
 

@@ -1097,6 +1097,23 @@ impl Sessions {
         }
     }
 
+    /// The nodes beating now (this one included), sorted.
+    pub(crate) fn live_nodes(&self) -> Vec<String> {
+        let now = self.broker.clock.now();
+        let mut live: Vec<String> = self
+            .heartbeats
+            .lock()
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) <= DEAD_AFTER)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !live.contains(&self.node) {
+            live.push(self.node.clone());
+        }
+        live.sort_unstable();
+        live
+    }
+
     /// Whether node `name` stopped beating.
     fn dead(&self, name: &str, now: Micros) -> bool {
         self.heartbeats

@@ -755,7 +755,7 @@ fn node_hash(node: &str) -> u64 {
 }
 
 /// splitmix64's finalizer: every input bit moves every output bit.
-fn mix(mut h: u64) -> u64 {
+pub(crate) fn mix(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;

@@ -224,7 +224,7 @@ impl Gateway {
                 .metrics
                 .stored
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
-            self.store.submit(Op::AppendMessages { device, messages });
+            self.write(Op::AppendMessages { device, messages });
         }
     }
 }

@@ -24,7 +24,7 @@ impl Gateway {
     fn put_channel(&self, c: &Channel) {
         match serde_json::to_vec(c) {
             Ok(json) => {
-                self.store.submit(Op::PutChannel {
+                self.write(Op::PutChannel {
                     id: c.id,
                     json: Bytes::from(json),
                 });
@@ -58,11 +58,9 @@ impl Gateway {
         c.check_outbound(self.options.outbound)?;
         let mut st = self.state.lock();
         self.check_count(&st, c.cid, crate::quota::Counted::Channels)?;
-        c.id = st.next_channel;
+        c.id = self.take_id(&mut st, crate::GwKind::Channel)?;
         self.sync_tracker(&st, &mut c)?;
-        st.next_channel += 1;
         self.count_in(&mut st, crate::quota::Counted::Channels, c.id, c.cid);
-        self.put_counters(&st);
         self.put_channel(&c);
         let item = self.channel_item_of(&c);
         publish::channel_state(&self.broker, c.cid, c.id, None, &item);
@@ -119,7 +117,7 @@ impl Gateway {
         })?;
         self.count_out(&mut st, crate::quota::Counted::Channels, id);
         self.forget_key(&mut st, tern_store::channel_key(id));
-        self.store.submit(Op::DelChannel { id });
+        self.write(Op::DelChannel { id });
         self.stop_tracker(id);
         self.refresh_taps(&st.channels);
         self.external_changed.notify_one();
@@ -305,7 +303,7 @@ impl Gateway {
                         (tern_store::MessageKey { ts, seq }, json)
                     })
                     .collect();
-                let ticket = self.store.submit(Op::AppendMessages {
+                let ticket = self.write(Op::AppendMessages {
                     device: tern_store::channel_key(c.id),
                     messages,
                 });

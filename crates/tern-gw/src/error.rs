@@ -27,6 +27,9 @@ pub enum GwError {
         quota: &'static str,
         limit: u64,
     },
+    /// Cluster mode cannot hand out what the call needs now (a new id: NATS out of reach): 503.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store cannot read (500).
     #[error("the store cannot read: {0}")]
     Store(String),

@@ -10,27 +10,25 @@ use crate::{Device, Gateway, Group, GroupChanges, GroupInput, GwError};
 impl Gateway {
     fn put_group(&self, g: &Group) {
         if let Ok(json) = serde_json::to_vec(g) {
-            self.store.submit(Op::PutGroup {
+            self.write(Op::PutGroup {
                 id: g.id,
                 json: Bytes::from(json),
             });
         }
     }
 
-    pub fn create_group(&self, input: GroupInput, cid: Cid) -> Value {
+    pub fn create_group(&self, input: GroupInput, cid: Cid) -> Result<Value, GwError> {
         let mut st = self.state.lock();
         let g = Group {
-            id: st.next_group,
+            id: self.take_id(&mut st, crate::GwKind::Group)?,
             cid,
             name: input.name.unwrap_or_default(),
             metadata: input.metadata.unwrap_or_default(),
         };
-        st.next_group += 1;
-        self.put_counters(&st);
         self.put_group(&g);
         let item = g.item();
         st.groups.insert(g.id, g);
-        item
+        Ok(item)
     }
 
     /// The groups of the accounts in `scope`.
@@ -68,7 +66,7 @@ impl Gateway {
             .groups
             .remove(&id)
             .ok_or(GwError::NotFound { what: "group", id })?;
-        self.store.submit(Op::DelGroup { id });
+        self.write(Op::DelGroup { id });
         let members: Vec<Device> = st
             .devices
             .values()

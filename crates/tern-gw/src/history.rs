@@ -92,7 +92,7 @@ impl Gateway {
         let whole = q.from == i64::MIN && q.to == i64::MAX;
         if q.filter.is_empty() && whole {
             let mut st = self.state.lock();
-            self.store.submit(Op::DelMessages {
+            self.write(Op::DelMessages {
                 device: id,
                 from: q.from,
                 to: q.to,
@@ -122,7 +122,7 @@ impl Gateway {
             .map_err(|e| GwError::Store(e.to_string()))?;
         let mut st = self.state.lock();
         let ticket = if q.filter.is_empty() {
-            self.store.submit(Op::DelMessages {
+            self.write(Op::DelMessages {
                 device: id,
                 from: q.from,
                 to: q.to,
@@ -130,7 +130,7 @@ impl Gateway {
         } else {
             keys.chunks(10_000)
                 .map(|chunk| {
-                    self.store.submit(Op::DelMessageKeys {
+                    self.write(Op::DelMessageKeys {
                         device: id,
                         keys: chunk.to_vec(),
                     })

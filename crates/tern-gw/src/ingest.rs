@@ -76,7 +76,7 @@ impl Gateway {
             if rest {
                 self.check_bytes(&st, &[(d.cid, bytes)])?;
             }
-            let ticket = self.store.submit(Op::AppendMessages {
+            let ticket = self.write(Op::AppendMessages {
                 device: id,
                 messages: stored.clone(),
             });
@@ -139,7 +139,7 @@ impl Gateway {
         if !prepared.is_empty() && d.last_active != Some(last_active) {
             let mut new = d;
             new.last_active = Some(last_active);
-            self.put_device(&new);
+            self.store_device(&new, false);
             // Once a second per device: `messages_size` from the counters kept here rather
             // than a store read (twice) under the lock.
             let size = st

@@ -64,6 +64,7 @@ mod mqtt_stream;
 pub mod outbound;
 pub mod publish;
 mod quota;
+pub mod replica;
 mod retention;
 pub mod stream;
 pub mod streams;
@@ -94,6 +95,7 @@ pub use device::{Device, DeviceChanges, DeviceInput};
 pub use error::GwError;
 pub use group::{Group, GroupChanges, GroupInput};
 pub use message::{DeleteData, MessageQuery, MessagesData};
+pub use replica::{GwKind, GwReplica};
 pub use stream::{Stream, StreamChanges, StreamInput};
 pub use telemetry::Telemetry;
 pub use trackers::{ACK_BUCKETS, TrackerMetrics, TrackerPorts};
@@ -201,6 +203,11 @@ struct State {
     /// A flush is writing its documents chunk by chunk: nothing else may move
     /// `telemetry_seq` past the devices it took and has not written yet.
     telemetry_flushing: bool,
+    /// Cluster mode: the position in the cluster's log of the last change applied here
+    /// (`replica.rs`), and the one written with the telemetry (every change up to it is in
+    /// this node's store and its telemetry documents).
+    cluster_applied: u64,
+    cluster_flushed: u64,
 }
 
 impl State {
@@ -284,6 +291,8 @@ pub struct Gateway {
     account_logs: account_logs::AccountLogs,
     /// The webhooks (`webhooks.rs`).
     webhooks: webhooks::Webhooks,
+    /// Cluster mode's replica (`replica.rs`), installed once.
+    replica: std::sync::OnceLock<Arc<dyn replica::GwReplica>>,
 }
 
 impl Gateway {
@@ -356,6 +365,8 @@ impl Gateway {
             stored("next_stream").max(state.streams.keys().next_back().map_or(1, |k| k + 1));
         state.next_webhook = stored("next_webhook");
         state.telemetry_seq = meta.get("telemetry_seq").and_then(Value::as_u64);
+        state.cluster_flushed = meta.get("cluster_seq").and_then(Value::as_u64).unwrap_or(0);
+        state.cluster_applied = state.cluster_flushed;
         replay_telemetry(&store, &mut state);
         let webhooks = webhooks::Webhooks::load(&broker, &store, snapshot);
         let now = broker.clock.now() / 1_000_000;
@@ -393,6 +404,7 @@ impl Gateway {
             stream_metrics: streams::StreamMetrics::default(),
             account_logs: account_logs::AccountLogs::default(),
             webhooks,
+            replica: std::sync::OnceLock::new(),
         });
         {
             // The replay of a crash starts here until the first flush moves it: written before
@@ -489,19 +501,32 @@ impl Gateway {
             "next_stream": st.next_stream,
             "next_webhook": st.next_webhook,
             "telemetry_seq": st.telemetry_seq,
+            "cluster_seq": st.cluster_flushed,
         });
         self.store.submit(Op::PutGwMeta {
             json: Bytes::from(json.to_string()),
         });
     }
 
+    /// Stores device `d` and hands it to the cluster (a change of its record).
     fn put_device(&self, d: &Device) {
+        self.store_device(d, true);
+    }
+
+    /// Stores device `d`; `share`: and hands it to the cluster (not for `last_active`, which
+    /// every node keeps from the messages it applies).
+    fn store_device(&self, d: &Device, share: bool) {
         match serde_json::to_vec(d) {
             Ok(json) => {
-                self.store.submit(Op::PutDevice {
+                let op = Op::PutDevice {
                     id: d.id,
                     json: Bytes::from(json),
-                });
+                };
+                if share {
+                    self.write(op);
+                } else {
+                    self.store.submit(op);
+                }
             }
             Err(err) => tracing::error!(id = d.id, %err, "could not serialize a device"),
         }
@@ -521,10 +546,8 @@ impl Gateway {
             });
         }
         self.check_count(&st, d.cid, quota::Counted::Devices)?;
-        d.id = st.next_device;
-        st.next_device += 1;
+        d.id = self.take_id(&mut st, GwKind::Device)?;
         self.count_in(&mut st, quota::Counted::Devices, d.id, d.cid);
-        self.put_counters(&st);
         self.put_device(&d);
         let item = self.item_of(&d);
         publish::state(&self.broker, d.cid, d.id, None, &item);
@@ -681,7 +704,7 @@ impl Gateway {
         self.count_out(&mut st, quota::Counted::Devices, id);
         self.forget_key(&mut st, id);
         let item = self.item_of(&d);
-        self.store.submit(Op::DelDevice { id });
+        self.write(Op::DelDevice { id });
         let params: Vec<String> = st
             .telemetry
             .remove(&id)

@@ -507,7 +507,7 @@ impl Gateway {
             };
             match serde_json::to_vec(&record) {
                 Ok(json) => {
-                    self.store.submit(Op::AppendMessages {
+                    self.write(Op::AppendMessages {
                         device: origin.key(id),
                         messages: vec![(key, Bytes::from(json))],
                     });

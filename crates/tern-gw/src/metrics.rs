@@ -92,6 +92,8 @@ pub struct GwMetrics {
     /// Messages the sweeps deleted, expired or rotated (from the store's counters after the
     /// sweep).
     pub swept_messages: AtomicU64,
+    /// Changes other nodes of the cluster made, applied here (`replica.rs`).
+    pub remote_applied: AtomicU64,
 }
 
 impl GwMetrics {
@@ -103,6 +105,10 @@ impl GwMetrics {
     /// Messages refused for `reason`.
     pub fn refused(&self, reason: Refusal) -> u64 {
         self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_remote(&self) {
+        self.remote_applied.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_ingested(&self, route: Route, n: usize) {

@@ -157,7 +157,7 @@ impl Gateway {
             let st = self.state.lock();
             st.channels
                 .values()
-                .filter(|c| c.enabled && c.external_broker().is_some())
+                .filter(|c| c.enabled && c.external_broker().is_some() && self.runs_here(c.id))
                 .cloned()
                 .collect()
         };

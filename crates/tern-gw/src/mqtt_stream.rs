@@ -77,12 +77,19 @@ fn client_options(
     s: &Stream,
     uri: &tern_mqttc::BrokerUri,
     addr: std::net::SocketAddr,
+    node: Option<&str>,
 ) -> Result<ClientOptions, String> {
     let c = &s.configuration;
-    let client_id = c
+    let mut client_id = c
         .get("client_id")
         .and_then(Value::as_str)
         .map_or_else(|| format!("tern-stream-{}", s.id), str::to_string);
+    // In a cluster every node pushes the messages that came in through it, each with its own
+    // client (one client id on several nodes would take each other over).
+    if let Some(node) = node {
+        client_id.push('-');
+        client_id.push_str(node);
+    }
     let mut checked = uri.clone();
     checked.host = addr.ip().to_string();
     checked.port = addr.port();
@@ -207,7 +214,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let started = client_options(&s, &settings.uri, addr).and_then(|o| {
+        let started = client_options(&s, &settings.uri, addr, gw.node_suffix()).and_then(|o| {
             Client::start(o, Vec::new()).map_err(|e| format!("the MQTT client: {e}"))
         });
         let (handle, events) = match started {

@@ -27,6 +27,36 @@ use tern_codec::QoS;
 /// The event codes of device item changes, now in `logs` with every other code.
 pub use crate::logs::code as event_code;
 
+thread_local! {
+    /// Set while this thread applies another cluster node's change ([`quietly`]).
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the publications made here kept to this node's retained tree: the retained
+/// ones are set (or cleared) here without being routed or sent to other nodes, the others are
+/// not made. For a change another cluster node made (`replica.rs`): that node published it,
+/// and the cluster routed it everywhere; this node only keeps its own retained state of it.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            QUIET.set(self.0);
+        }
+    }
+    let _reset = Reset(QUIET.replace(true));
+    f()
+}
+
+fn emit(broker: &Broker, msg: tern_broker::Message) {
+    if QUIET.get() {
+        if msg.retain {
+            broker.apply_remote_retained(Arc::new(msg));
+        }
+        return;
+    }
+    broker.publish_derived(Arc::new(msg));
+}
+
 fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) {
     let msg = broker.message(
         cid,
@@ -35,7 +65,7 @@ fn send(broker: &Broker, cid: Cid, topic: String, payload: Bytes, retain: bool) 
         QoS::AtLeastOnce,
         retain,
     );
-    broker.publish_derived(Arc::new(msg));
+    emit(broker, msg);
 }
 
 fn json_bytes(v: &Value) -> Bytes {
@@ -241,7 +271,7 @@ pub fn telemetry(broker: &Broker, cid: Cid, id: u64, param: &str, value: Option<
         ),
         None => broker.message(cid, topic, Bytes::new(), QoS::AtLeastOnce, true),
     };
-    broker.publish_derived(Arc::new(msg));
+    emit(broker, msg);
 }
 
 /// A parameter's `ts` as the broker's message time (times before 1970 are written as 0).

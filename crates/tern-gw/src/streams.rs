@@ -144,7 +144,7 @@ impl Gateway {
     fn put_stream(&self, s: &Stream) {
         match serde_json::to_vec(s) {
             Ok(json) => {
-                self.store.submit(Op::PutStream {
+                self.write(Op::PutStream {
                     id: s.id,
                     json: Bytes::from(json),
                 });
@@ -174,9 +174,7 @@ impl Gateway {
     pub fn create_stream(&self, mut s: Stream) -> Result<Value, GwError> {
         s.check_outbound(self.options.outbound)?;
         let mut st = self.state.lock();
-        s.id = st.next_stream;
-        st.next_stream += 1;
-        self.put_counters(&st);
+        s.id = self.take_id(&mut st, crate::GwKind::Stream)?;
         self.put_stream(&s);
         let item = self.stream_item_of(&s);
         publish::stream_state(&self.broker, s.cid, s.id, None, &item);
@@ -234,7 +232,7 @@ impl Gateway {
         st.validators.remove(&id);
         let item = self.stream_item_of(&s);
         self.live.lock().remove(&id);
-        self.store.submit(Op::DelStream { id });
+        self.write(Op::DelStream { id });
         publish::stream_deleted(&self.broker, s.cid, id, &item);
         self.streams_changed.notify_one();
         Ok(item)

@@ -48,6 +48,8 @@ impl Gateway {
         }
         let left = t.to_json(None);
         if !gone.is_empty() {
+            // The other nodes of a cluster take what is left as it is.
+            self.share(&telemetry_op(id, st.telemetry.get(&id)));
             // Written now with everything else pending, so that a replay after a crash starts
             // after the messages that carried what was deleted.
             st.telemetry_dirty.insert(id);
@@ -61,9 +63,14 @@ impl Gateway {
     /// devices at a time, yielding between chunks, so that ingest never waits for the whole
     /// flush on the state lock (1,000 documents took that lock for tens of milliseconds).
     pub async fn flush_telemetry(&self) {
-        let (dirty, seq) = {
+        let (dirty, seq, applied) = {
             let mut st = self.state.lock();
             if st.telemetry_dirty.is_empty() {
+                // Changes of other nodes that touched no telemetry: their position moves on.
+                if st.cluster_applied > st.cluster_flushed && !st.telemetry_flushing {
+                    st.cluster_flushed = st.cluster_applied;
+                    self.put_counters(&st);
+                }
                 return;
             }
             // Device messages take their sequence and update telemetry under this lock:
@@ -73,7 +80,7 @@ impl Gateway {
                 .into_iter()
                 .collect();
             st.telemetry_flushing = true;
-            (dirty, seq)
+            (dirty, seq, st.cluster_applied)
         };
         for chunk in dirty.chunks(FLUSH_CHUNK) {
             let ops = {
@@ -88,8 +95,9 @@ impl Gateway {
         let mut st = self.state.lock();
         st.telemetry_flushing = false;
         // A synchronous flush (a telemetry delete) may have recorded a later point already.
-        if st.telemetry_seq.is_none_or(|s| s < seq) {
-            st.telemetry_seq = Some(seq);
+        if st.telemetry_seq.is_none_or(|s| s < seq) || st.cluster_flushed < applied {
+            st.telemetry_seq = Some(st.telemetry_seq.unwrap_or(0).max(seq));
+            st.cluster_flushed = st.cluster_flushed.max(applied);
             self.put_counters(&st);
         }
     }
@@ -109,6 +117,7 @@ impl Gateway {
         // where it is (a crash then replays a little more).
         if !st.telemetry_flushing {
             st.telemetry_seq = Some(seq);
+            st.cluster_flushed = st.cluster_applied;
             self.put_counters(st);
         }
     }

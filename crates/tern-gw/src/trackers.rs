@@ -236,7 +236,11 @@ impl Gateway {
     pub fn start_trackers(&self) {
         let st = self.state.lock();
         for c in st.channels.values() {
-            if c.protocol_id == TELTONIKA && c.enabled {
+            // One a cluster's first load started already keeps its listener.
+            if c.protocol_id == TELTONIKA
+                && c.enabled
+                && !self.trackers.running.lock().contains_key(&c.id)
+            {
                 let addr = SocketAddr::new(self.trackers_ports().bind, c.tracker_port());
                 match bind(addr) {
                     Ok(listener) => self.serve_tracker(c, Arc::new(listener)),

@@ -324,7 +324,7 @@ impl Gateway {
     fn put_webhook(&self, w: &Webhook) {
         match serde_json::to_vec(w) {
             Ok(json) => {
-                self.store.submit(Op::PutWebhook {
+                self.write(Op::PutWebhook {
                     id: w.id,
                     json: Bytes::from(json),
                 });
@@ -372,12 +372,9 @@ impl Gateway {
     }
 
     /// The ids of webhooks are never reused (the counter is stored with the others).
-    fn next_webhook_id(&self) -> u64 {
+    fn next_webhook_id(&self) -> Result<u64, GwError> {
         let mut st = self.state.lock();
-        let id = st.next_webhook.max(1);
-        st.next_webhook = id + 1;
-        self.put_counters(&st);
-        id
+        self.take_id(&mut st, crate::GwKind::Webhook)
     }
 
     /// Loads the enabled webhooks' triggers into the tap (at start).
@@ -394,7 +391,7 @@ impl Gateway {
     pub fn create_webhook(&self, doc: &Map<String, Value>, cid: Cid) -> Result<Value, GwError> {
         let mut w = Webhook::from_input(doc, 0, cid)?;
         self.check_trigger_accounts(&w)?;
-        w.id = self.next_webhook_id();
+        w.id = self.next_webhook_id()?;
         let id = w.id;
         let mut records = self.webhooks.records.lock();
         self.put_webhook(&w);
@@ -464,11 +461,24 @@ impl Gateway {
 
     /// Deletes a webhook with its pending calls and log.
     pub fn delete_webhook(&self, id: u64) -> Result<Value, GwError> {
-        let mut records = self.webhooks.records.lock();
-        let w = records.remove(&id).ok_or(GwError::NotFound {
+        if !self.webhooks.records.lock().contains_key(&id) {
+            return Err(GwError::NotFound {
+                what: "webhook",
+                id,
+            });
+        }
+        self.share(&Op::DelWebhook { id });
+        self.remove_webhook(id).ok_or(GwError::NotFound {
             what: "webhook",
             id,
-        })?;
+        })
+    }
+
+    /// Deletes webhook `id` here: its record (from the store too), its task and its counters;
+    /// its last item.
+    pub(crate) fn remove_webhook(&self, id: u64) -> Option<Value> {
+        let mut records = self.webhooks.records.lock();
+        let w = records.remove(&id)?;
         self.store.submit(Op::DelWebhook { id });
         self.rebuild_triggers(&records);
         drop(records);
@@ -481,7 +491,23 @@ impl Gateway {
                 .fetch_sub(m.pending.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         self.webhooks.changed.notify_one();
-        Ok(w.item())
+        Some(w.item())
+    }
+
+    /// Every webhook record (cluster mode's first load).
+    pub(crate) fn webhook_records(&self) -> Vec<Webhook> {
+        self.webhooks.records.lock().values().cloned().collect()
+    }
+
+    /// Puts webhook `w` (changed on another node, its stored document `json`) here.
+    pub(crate) fn install_webhook(&self, w: Webhook, json: Bytes) {
+        let id = w.id;
+        let mut records = self.webhooks.records.lock();
+        self.store.submit(Op::PutWebhook { id, json });
+        records.insert(id, w);
+        self.rebuild_triggers(&records);
+        drop(records);
+        self.webhooks.changed.notify_one();
     }
 
     /// Deletes the webhooks of deleted accounts.

@@ -36,7 +36,8 @@
 //!   `tern_cluster_sessions_lost`, `tern_cluster_session_writes`,
 //!   `tern_cluster_wills_published`, `tern_cluster_errors`,
 //!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`,
-//!   `tern_cluster_share_redelivered`, `tern_cluster_share_kept`
+//!   `tern_cluster_share_redelivered`, `tern_cluster_share_kept`, `tern_cluster_gw_written`,
+//!   `tern_cluster_gw_applied`, `tern_cluster_gw_position`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -494,7 +495,7 @@ impl TernCollector {
         family(
             enc,
             "tern_cluster_dropped",
-            "Publications (and, queue cfg, account and token changes; queue sessions, session changes for the record writer, whose next checkpoint then writes every record) not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
+            "Publications (and, queue cfg, account and token changes; queue sessions, session changes for the record writer, whose next checkpoint then writes every record; queue gw, devices-layer changes, also when given up after retries) not sent to the other nodes because the outgoing queue was full (cluster.queue; the newest is dropped)",
             MetricType::Counter,
             [
                 (
@@ -521,6 +522,7 @@ impl TernCollector {
                     [("queue", "sessions")],
                     ConstCounter::new(load_u(&m.dropped_sessions)),
                 ),
+                ([("queue", "gw")], ConstCounter::new(load_u(&m.dropped_gw))),
             ],
         )?;
         counter(
@@ -606,6 +608,24 @@ impl TernCollector {
             "tern_cluster_share_kept",
             "$share QoS 1/2 messages kept for other nodes until their members acknowledge them (at most cluster.queue)",
             load_u(&m.share_kept),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_gw_written",
+            "Devices-layer changes of this node appended to the cluster's devices log (TERN_GW)",
+            load_u(&m.gw_written),
+        )?;
+        counter(
+            enc,
+            "tern_cluster_gw_applied",
+            "Devices-layer changes of other nodes applied here (from the devices log, or the tern_gw bucket at start)",
+            load_u(&m.gw_applied),
+        )?;
+        gauge(
+            enc,
+            "tern_cluster_gw_position",
+            "The position in the devices log (TERN_GW) read up to here",
+            load_u(&m.gw_position),
         )?;
         counter(
             enc,

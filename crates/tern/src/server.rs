@@ -174,6 +174,13 @@ impl Server {
             &state.snapshot,
             config.gw(),
         );
+        // Cluster mode: the devices layer as the cluster has it, and this node's changes shared,
+        // before it publishes its state topics or anything calls it.
+        if let Some(c) = &cluster {
+            c.start_gw(gateway.clone())
+                .await
+                .context("cluster mode: the devices layer")?;
+        }
         gateway.publish_all();
         // Accounts deleted on another node take their devices, channels and streams here too.
         if let Some(c) = &cluster {

@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use tern_codec::*;
 
+use serde_json::Value;
+
 use crate::support::client::Read;
+use crate::support::http;
 use crate::support::nats::NatsServer;
-use crate::support::process::Daemon;
+use crate::support::process::{Daemon, free_addr};
 use crate::support::{Client, QUIET};
 
 /// The anonymous account of every node.
@@ -683,5 +686,138 @@ fn ip(args: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Every REST node's master token.
+pub const MASTER: &str = "ClusterCfgMasterToken0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+
+/// A node with REST on its own port and [`MASTER`] as its master token (the REST tests of
+/// `cluster_cfg` and `cluster_gw`).
+pub struct RestNode {
+    pub node: Node,
+    pub http: SocketAddr,
+}
+
+impl RestNode {
+    pub async fn start(nats: &NatsServer, name: &str) -> RestNode {
+        let http = free_addr();
+        let node = Node::start_with(
+            nats,
+            name,
+            "",
+            &["--master-token", MASTER, "--http", &http.to_string()],
+        )
+        .await;
+        RestNode { node, http }
+    }
+
+    /// Kills the node (`kill -9`) and starts it again on the same data directory and
+    /// configuration, REST on a new port.
+    pub async fn restart(self) -> RestNode {
+        let RestNode {
+            node:
+                Node {
+                    name,
+                    daemon,
+                    _data: data,
+                },
+            ..
+        } = self;
+        daemon.kill().await;
+        RestNode::respawn(name, data).await
+    }
+
+    /// Starts node `name` on its data directory `data` (after a kill).
+    pub async fn respawn(name: String, data: tempfile::TempDir) -> RestNode {
+        let http = free_addr();
+        let config = data.path().join("tern.toml");
+        let daemon = Daemon::spawn(
+            data.path(),
+            &[
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--anonymous",
+                "--master-token",
+                MASTER,
+                "--http",
+                &http.to_string(),
+            ],
+        )
+        .await;
+        RestNode {
+            node: Node {
+                name,
+                daemon,
+                _data: data,
+            },
+            http,
+        }
+    }
+
+    /// A REST call as the master token; the JSON answer, which must be 200.
+    pub async fn rest(&self, method: &str, path: &str, body: &str) -> Value {
+        self.rest_in(None, method, path, body).await
+    }
+
+    /// [`RestNode::rest`] acting in account `cid` (`x-flespi-cid`) when given.
+    pub async fn rest_in(&self, cid: Option<u64>, method: &str, path: &str, body: &str) -> Value {
+        let (status, v) = self.call_in(cid, method, path, body).await;
+        assert_eq!(status, 200, "{method} {path} on {}: {v}", self.node.name);
+        v
+    }
+
+    /// A REST call as the master token: the status and the JSON answer (`null` if none).
+    pub async fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.call_in(None, method, path, body).await
+    }
+
+    async fn call_in(
+        &self,
+        cid: Option<u64>,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let auth = format!("Authorization: FlespiToken {MASTER}");
+        let acting = cid.map(|c| format!("x-flespi-cid: {c}"));
+        let mut headers = vec![auth.as_str(), "Content-Type: application/json"];
+        headers.extend(acting.as_deref());
+        let r = http::request(self.http, method, path, &headers, body).await;
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Every REST node's log and the NATS server's (for a failing assertion).
+pub fn rest_logs(nodes: &[&RestNode], nats: &NatsServer) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        out.push_str(&format!(
+            "\n--- node {} ---\n{}",
+            n.node.name,
+            n.node.daemon.log()
+        ));
+    }
+    out.push_str(&format!("\n--- nats-server ---\n{}", nats.log()));
+    out
+}
+
+/// Polls `check` (every 100 ms) until it holds; fails after [`CROSS`].
+pub async fn until<F, Fut>(what: &str, logs: impl Fn() -> String, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CROSS;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {CROSS:?}:{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

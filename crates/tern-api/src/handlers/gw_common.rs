@@ -18,6 +18,7 @@ pub(crate) fn gw_error(e: &GwError) -> ErrorItem {
         GwError::NotFound { .. } => StatusCode::NOT_FOUND,
         GwError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
         GwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        GwError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     ErrorItem::new(status, e.to_string())

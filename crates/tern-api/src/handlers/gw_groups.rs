@@ -53,11 +53,9 @@ pub(crate) async fn create(State(api): State<ApiState>, call: Call) -> Result<Re
         }
     }
     check(errors)?;
-    let done = ok
-        .into_iter()
-        .map(|(input, cid)| api.gateway.create_group(input, cid))
-        .collect();
-    Ok(Reply::changed(&call, done, Vec::new()))
+    Ok(changed_each(&call, ok, |(input, cid)| {
+        api.gateway.create_group(input, cid).map(std::iter::once)
+    }))
 }
 
 /// Lists groups.

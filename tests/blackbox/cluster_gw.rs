@@ -1,0 +1,377 @@
+//! Cluster mode (issue 17): the devices layer across nodes (tern-cluster `gw.rs`). Devices,
+//! groups, channels, streams and webhooks made, changed or deleted over REST on one node are so
+//! on another; device messages posted on one node are read there with their telemetry, and
+//! their deletes reach it; an HTTP channel takes messages on any node; two nodes creating
+//! devices at once never hand out the same id; a node killed and started again, or started
+//! later, has what changed meanwhile.
+//!
+//! Every node has REST on its own port and the same master token (`support::cluster`).
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use tern_codec::*;
+
+use crate::support::Client;
+use crate::support::client::connect_packet;
+use crate::support::cluster::{MASTER, RestNode, rest_logs, until};
+use crate::support::http;
+use crate::support::nats::NatsServer;
+
+/// Two REST nodes on one NATS server; `None` without `nats-server`.
+async fn pair() -> Option<(NatsServer, RestNode, RestNode)> {
+    let nats = NatsServer::start().await?;
+    let a = RestNode::start(&nats, "gw-a").await;
+    let b = RestNode::start(&nats, "gw-b").await;
+    Some((nats, a, b))
+}
+
+/// Creates one item at `path` on `node`; its id.
+async fn create(node: &RestNode, path: &str, item: Value) -> u64 {
+    let v = node.rest("POST", path, &item.to_string()).await;
+    v["result"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("an id from POST {path}: {v}"))
+}
+
+/// The items `GET path` answers on `node` (empty unless 200).
+async fn items(node: &RestNode, path: &str) -> Vec<Value> {
+    let (status, v) = node.call("GET", path, "").await;
+    if status != 200 {
+        return Vec::new();
+    }
+    v["result"].as_array().cloned().unwrap_or_default()
+}
+
+async fn device(node: &RestNode, ident: &str) -> u64 {
+    create(
+        node,
+        "/gw/devices",
+        json!({"name": ident, "device_type_id": 1, "configuration": {"ident": ident}}),
+    )
+    .await
+}
+
+/// A v5 client of the master token's account on `node`.
+async fn master_client(node: &RestNode, id: &str) -> Client {
+    let mut c = connect_packet(ProtocolVersion::V5, id, true);
+    c.username = Some(ByteString::from(MASTER));
+    let (client, ack) = Client::connect_with(node.node.addr(), c).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}");
+    client
+}
+
+/// Every entity made on A is on B with its fields; changed on B, A has the change; deleted on
+/// B, A no longer has it.
+#[tokio::test]
+async fn devices_groups_channels_streams_and_webhooks_made_on_one_node_are_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let made = [
+        ("/gw/devices", device(&a, "ent-1").await),
+        (
+            "/gw/groups",
+            create(&a, "/gw/groups", json!({"name": "fleet"})).await,
+        ),
+        (
+            "/gw/channels",
+            create(
+                &a,
+                "/gw/channels",
+                json!({"name": "in", "protocol_name": "http"}),
+            )
+            .await,
+        ),
+        (
+            "/gw/streams",
+            create(
+                &a,
+                "/gw/streams",
+                json!({"name": "out", "protocol_name": "http",
+                       "configuration": {"uri": "http://127.0.0.1:9/"}}),
+            )
+            .await,
+        ),
+        (
+            "/platform/webhooks",
+            create(
+                &a,
+                "/platform/webhooks",
+                json!({"name": "hook", "triggers": [{"topic": "gw/test"}],
+                       "configuration": {"type": "custom-server", "uri": "http://127.0.0.1:9/x"}}),
+            )
+            .await,
+        ),
+    ];
+    for (path, id) in made {
+        let on_a = items(&a, &format!("{path}/{id}")).await;
+        assert_eq!(on_a.len(), 1, "{path}/{id} on a");
+        until(&format!("{path}/{id} on b"), logs, || async {
+            items(&b, &format!("{path}/{id}")).await.first() == on_a.first()
+        })
+        .await;
+    }
+    // A change on B reaches A.
+    let (path, id) = made[0];
+    b.rest(
+        "PATCH",
+        &format!("{path}/{id}"),
+        &json!({"name": "renamed on b"}).to_string(),
+    )
+    .await;
+    until("the device renamed on b, seen on a", logs, || async {
+        items(&a, &format!("{path}/{id}"))
+            .await
+            .first()
+            .map(|d| d["name"].clone())
+            == Some(json!("renamed on b"))
+    })
+    .await;
+    // Deletes on B reach A.
+    for (path, id) in made {
+        b.rest("DELETE", &format!("{path}/{id}"), "").await;
+    }
+    for (path, id) in made {
+        until(
+            &format!("{path}/{id} deleted on b, gone on a"),
+            logs,
+            || async { items(&a, &format!("{path}/{id}")).await.is_empty() },
+        )
+        .await;
+    }
+}
+
+/// Messages posted into a device on A are read on B, with B's telemetry taking their values;
+/// deleted on B, they are gone on A too.
+#[tokio::test]
+async fn device_messages_posted_on_one_node_are_read_with_telemetry_on_another() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let id = device(&a, "msg-1").await;
+    until("the device on b", logs, || async {
+        !items(&b, &format!("/gw/devices/{id}")).await.is_empty()
+    })
+    .await;
+    let batch: Vec<Value> = (1..=5)
+        .map(|n| json!({"timestamp": 1_700_000_000 + n, "speed": n * 10, "n": n}))
+        .collect();
+    a.rest(
+        "POST",
+        &format!("/gw/devices/{id}/messages"),
+        &Value::Array(batch).to_string(),
+    )
+    .await;
+    let on_a = items(&a, &format!("/gw/devices/{id}/messages")).await;
+    assert_eq!(on_a.len(), 5, "{on_a:?}");
+    until("the 5 messages read on b", logs, || async {
+        items(&b, &format!("/gw/devices/{id}/messages")).await == on_a
+    })
+    .await;
+    let t = items(&b, &format!("/gw/devices/{id}/telemetry/speed")).await;
+    assert_eq!(
+        t[0]["telemetry"]["speed"]["value"],
+        50,
+        "b's telemetry has the last message's value: {t:?}{}",
+        logs()
+    );
+    // B keeps the retained telemetry and state topics of the device too.
+    let mut c = master_client(&b, "sub-b").await;
+    c.subscribe(
+        &format!("flespi/state/gw/devices/{id}/telemetry/speed"),
+        QoS::AtMostOnce,
+    )
+    .await;
+    let m = c.recv_publish().await;
+    assert!(m.retain, "{m:?}");
+    assert_eq!(&m.payload[..], b"50", "{m:?}");
+    c.subscribe(
+        &format!("flespi/state/gw/devices/{id}/name"),
+        QoS::AtMostOnce,
+    )
+    .await;
+    let m = c.recv_publish().await;
+    assert_eq!(&m.payload[..], b"\"msg-1\"", "{m:?}");
+    // Posted on B, read on A (both ways).
+    b.rest(
+        "POST",
+        &format!("/gw/devices/{id}/messages"),
+        &json!([{"timestamp": 1_700_000_100, "speed": 99}]).to_string(),
+    )
+    .await;
+    until(
+        "the message posted on b, read on a with its telemetry",
+        logs,
+        || async {
+            items(&a, &format!("/gw/devices/{id}/telemetry/speed"))
+                .await
+                .first()
+                .map(|t| t["telemetry"]["speed"]["value"].clone())
+                == Some(json!(99))
+        },
+    )
+    .await;
+    until("the 6 messages on a", logs, || async {
+        items(&a, &format!("/gw/devices/{id}/messages")).await.len() == 6
+    })
+    .await;
+    // Deleted on B, gone on A.
+    b.rest("DELETE", &format!("/gw/devices/{id}/messages"), "")
+        .await;
+    until("the messages deleted on b, gone on a", logs, || async {
+        items(&a, &format!("/gw/devices/{id}/messages"))
+            .await
+            .is_empty()
+    })
+    .await;
+}
+
+/// An HTTP channel made on A takes messages posted to its route on B; the device they name
+/// has them on A, and the channel's messages are read on either node.
+#[tokio::test]
+async fn an_http_channel_takes_messages_on_any_node() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let id = device(&a, "chan-1").await;
+    let v = a
+        .rest(
+            "POST",
+            "/gw/channels",
+            &json!({"name": "in", "protocol_name": "http"}).to_string(),
+        )
+        .await;
+    let channel = v["result"][0]["id"].as_u64().expect("a channel id");
+    let uri = v["result"][0]["uri"]
+        .as_str()
+        .expect("the channel's uri")
+        .to_string();
+    let route = &uri[uri.find("/gw/channels/").expect("the ingest route")..];
+    until("the channel and the device on b", logs, || async {
+        !items(&b, &format!("/gw/channels/{channel}"))
+            .await
+            .is_empty()
+            && !items(&b, &format!("/gw/devices/{id}")).await.is_empty()
+    })
+    .await;
+    let r = http::request(
+        b.http,
+        "POST",
+        route,
+        &["Content-Type: application/json"],
+        &json!([{"ident": "chan-1", "timestamp": 1_700_000_000, "temp": 21.5}]).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "ingest on b: {}", r.body);
+    until("the channel's message in the device on a", logs, || async {
+        items(&a, &format!("/gw/devices/{id}/messages"))
+            .await
+            .first()
+            .map(|m| m["temp"].clone())
+            == Some(json!(21.5))
+    })
+    .await;
+}
+
+/// Two nodes creating devices at the same time hand out different ids, and each lists all.
+#[tokio::test]
+async fn nodes_creating_devices_at_once_never_share_an_id() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    async fn make(n: &RestNode, tag: &str) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for i in 0..15 {
+            ids.push(device(n, &format!("{tag}-{i}")).await);
+        }
+        ids
+    }
+    let (on_a, on_b) = tokio::join!(make(&a, "a"), make(&b, "b"));
+    let all: HashSet<u64> = on_a.iter().chain(&on_b).copied().collect();
+    assert_eq!(all.len(), 30, "ids handed out twice: {on_a:?} {on_b:?}");
+    for node in [&a, &b] {
+        until(
+            &format!("all 30 devices on {}", node.node.name),
+            logs,
+            || async {
+                let listed: HashSet<u64> = items(node, "/gw/devices/all")
+                    .await
+                    .iter()
+                    .filter_map(|d| d["id"].as_u64())
+                    .collect();
+                listed == all
+            },
+        )
+        .await;
+    }
+}
+
+/// Node B killed (`kill -9`) while A makes a device, posts its messages and deletes another
+/// device: started again, B has all of it; a node that joins later has the devices.
+#[tokio::test]
+async fn a_node_restarted_or_started_later_has_what_changed_meanwhile() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let gone = device(&a, "gone").await;
+    until(
+        "the first device on b",
+        || rest_logs(&[&a, &b], &nats),
+        || async { !items(&b, &format!("/gw/devices/{gone}")).await.is_empty() },
+    )
+    .await;
+    // Let b write its position in the log (with its telemetry, once a second).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let b = {
+        let RestNode { node, .. } = b;
+        let crate::support::cluster::Node {
+            name,
+            daemon,
+            _data: data,
+        } = node;
+        daemon.kill().await;
+        let id = device(&a, "made-while-away").await;
+        a.rest(
+            "POST",
+            &format!("/gw/devices/{id}/messages"),
+            &json!([{"timestamp": 1_700_000_000, "n": 1}, {"timestamp": 1_700_000_001, "n": 2}])
+                .to_string(),
+        )
+        .await;
+        a.rest("DELETE", &format!("/gw/devices/{gone}"), "").await;
+        (RestNode::respawn(name, data).await, id)
+    };
+    let (b, id) = b;
+    let logs = || rest_logs(&[&a, &b], &nats);
+    // The entities are loaded before REST answers.
+    assert_eq!(
+        items(&b, &format!("/gw/devices/{id}")).await.len(),
+        1,
+        "{}",
+        logs()
+    );
+    assert!(
+        items(&b, &format!("/gw/devices/{gone}")).await.is_empty(),
+        "{}",
+        logs()
+    );
+    until(
+        "the messages posted while b was away, on b",
+        logs,
+        || async { items(&b, &format!("/gw/devices/{id}/messages")).await.len() == 2 },
+    )
+    .await;
+    let c = RestNode::start(&nats, "gw-c").await;
+    assert_eq!(
+        items(&c, &format!("/gw/devices/{id}")).await.len(),
+        1,
+        "a node started later has the device:{}",
+        rest_logs(&[&a, &b, &c], &nats)
+    );
+}
