@@ -3,7 +3,7 @@
 //! on another; device messages posted on one node are read there with their telemetry, and
 //! their deletes reach it; an HTTP channel takes messages on any node; two nodes creating
 //! devices at once never hand out the same id; a node killed and started again, or started
-//! later, has what changed meanwhile.
+//! later, has what changed meanwhile; an external MQTT channel runs on one node at a time.
 //!
 //! Every node has REST on its own port and the same master token (`support::cluster`).
 
@@ -15,8 +15,9 @@ use tern_codec::*;
 
 use crate::support::Client;
 use crate::support::client::connect_packet;
-use crate::support::cluster::{MASTER, RestNode, rest_logs, until};
+use crate::support::cluster::{CROSS, MASTER, RestNode, rest_logs, until};
 use crate::support::http;
+use crate::support::mosquitto::Mosquitto;
 use crate::support::nats::NatsServer;
 
 /// Two REST nodes on one NATS server; `None` without `nats-server`.
@@ -51,6 +52,15 @@ async fn device(node: &RestNode, ident: &str) -> u64 {
         json!({"name": ident, "device_type_id": 1, "configuration": {"ident": ident}}),
     )
     .await
+}
+
+/// Channel `channel`'s `connections_count` on `node`.
+async fn connections(node: &RestNode, channel: u64) -> Option<Value> {
+    let path = format!("/gw/channels/{channel}?fields=connections_count");
+    items(node, &path)
+        .await
+        .first()
+        .map(|c| c["connections_count"].clone())
 }
 
 /// A v5 client of the master token's account on `node`.
@@ -374,4 +384,126 @@ async fn a_node_restarted_or_started_later_has_what_changed_meanwhile() {
         "a node started later has the device:{}",
         rest_logs(&[&a, &b, &c], &nats)
     );
+}
+
+/// An external MQTT channel made on A runs its client on one node only: every message
+/// published to the remote broker is taken in once (not once per node); killed, that node's
+/// channel moves to the other, which takes in what is published then.
+#[tokio::test]
+async fn an_external_mqtt_channel_runs_on_one_node_and_moves_when_it_dies() {
+    let Some(remote) = Mosquitto::start("allow_anonymous true").await else {
+        return;
+    };
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let id = create(
+        &a,
+        "/gw/devices",
+        json!({"name": "ext", "device_type_id": 2, "configuration": {"ident": "e1"}}),
+    )
+    .await;
+    let channel = create(
+        &a,
+        "/gw/channels",
+        json!({"name": "remote", "protocol_id": 2, "configuration": {
+            "broker": {"uri": format!("mqtt://127.0.0.1:{}", remote.port), "qos": 1},
+            "topics": ["ext/+/data"], "ident_topic_level": 1}}),
+    )
+    .await;
+    // One node's client connects; which one is the cluster's choice.
+    // Each node's view of the others settles within a second or two of their start (a node
+    // alone at first runs every channel); then exactly one node runs it, for good.
+    let deadline = tokio::time::Instant::now() + CROSS;
+    let mut seen = Vec::new();
+    let a_owns = loop {
+        let (on_a, on_b) = (
+            connections(&a, channel).await,
+            connections(&b, channel).await,
+        );
+        seen.push(match (on_a == Some(json!(1)), on_b == Some(json!(1))) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        });
+        // The same single owner for the last 2.5 s.
+        if seen.len() >= 10
+            && seen[seen.len() - 10..].windows(2).all(|w| w[0] == w[1])
+            && let Some(Some(a_owns)) = seen.last()
+        {
+            break *a_owns;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the channel's client not on exactly one node for good: {seen:?}{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let mut publisher = Client::connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], remote.port)),
+        ProtocolVersion::V311,
+        "pub",
+    )
+    .await;
+    for n in 0..20 {
+        let payload = json!({"n": n}).to_string();
+        publisher
+            .publish("ext/e1/data", payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    for node in [&a, &b] {
+        until(
+            &format!("20 messages on {}", node.node.name),
+            logs,
+            || async {
+                items(node, &format!("/gw/devices/{id}/messages"))
+                    .await
+                    .len()
+                    == 20
+            },
+        )
+        .await;
+    }
+    // Taken in once: still 20 a moment later on both.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            items(node, &format!("/gw/devices/{id}/messages"))
+                .await
+                .len(),
+            20,
+            "every message once on {}:{}",
+            node.node.name,
+            logs()
+        );
+    }
+    // The owner dies; the other node runs the channel from then on.
+    let (dead, survivor) = if a_owns { (a, b) } else { (b, a) };
+    dead.node.daemon.kill().await;
+    let logs = || rest_logs(&[&survivor], &nats);
+    until(
+        "the channel's client connected on the survivor",
+        logs,
+        || async { connections(&survivor, channel).await == Some(json!(1)) },
+    )
+    .await;
+    for n in 20..25 {
+        let payload = json!({"n": n}).to_string();
+        publisher
+            .publish("ext/e1/data", payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    until(
+        "the messages published after the move, on the survivor",
+        logs,
+        || async {
+            items(&survivor, &format!("/gw/devices/{id}/messages"))
+                .await
+                .len()
+                == 25
+        },
+    )
+    .await;
 }
