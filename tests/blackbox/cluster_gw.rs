@@ -507,3 +507,55 @@ async fn an_external_mqtt_channel_runs_on_one_node_and_moves_when_it_dies() {
     )
     .await;
 }
+
+/// A stream made on A takes the messages of its device whichever node they came in through:
+/// each node pushes what came in through it, and the receiver gets every message once.
+#[tokio::test]
+async fn a_stream_pushes_messages_that_came_in_through_any_node() {
+    use crate::gw_streams::{acknowledged, receiver};
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("received.jsonl");
+    let port = crate::support::process::free_addr().port();
+    let Some(_rx) = receiver(port, &out, "").await else {
+        return;
+    };
+    let id = device(&a, "pushed").await;
+    let stream = create(
+        &a,
+        "/gw/streams",
+        json!({"name": "out", "protocol_name": "http",
+               "configuration": {"uri": format!("http://127.0.0.1:{port}/post"), "timeout": 2}}),
+    )
+    .await;
+    a.rest("POST", &format!("/gw/streams/{stream}/devices/{id}"), "")
+        .await;
+    until("the stream with its device on b", logs, || async {
+        items(&b, &format!("/gw/streams/{stream}/devices/all"))
+            .await
+            .iter()
+            .any(|d| d["id"] == json!(id))
+    })
+    .await;
+    for (node, ns) in [(&a, 0..10u64), (&b, 10..20)] {
+        let batch: Vec<Value> = ns.map(|n| json!({"n": n})).collect();
+        node.rest(
+            "POST",
+            &format!("/gw/devices/{id}/messages"),
+            &Value::Array(batch).to_string(),
+        )
+        .await;
+    }
+    until("20 messages acknowledged by the receiver", logs, || async {
+        acknowledged(&out).len() >= 20
+    })
+    .await;
+    let mut got = acknowledged(&out);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(acknowledged(&out).len(), 20, "each message once:{}", logs());
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<u64>>());
+}

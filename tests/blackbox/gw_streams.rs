@@ -45,7 +45,7 @@ pub(crate) async fn rest(http: SocketAddr, method: &str, path: &str, body: Optio
 
 /// A receiver on `port` answering by `plan`, writing what it got to `out`; `None` (the test
 /// is skipped) when python3 is missing.
-async fn receiver(port: u16, out: &Path, plan: &str) -> Option<Child> {
+pub(crate) async fn receiver(port: u16, out: &Path, plan: &str) -> Option<Child> {
     receiver_with(port, out, plan, &[]).await
 }
 
@@ -100,7 +100,7 @@ fn received(out: &Path) -> Vec<(String, String, Vec<u64>)> {
 }
 
 /// The `n`s the receiver acknowledged (answered 200), in arrival order.
-fn acknowledged(out: &Path) -> Vec<u64> {
+pub(crate) fn acknowledged(out: &Path) -> Vec<u64> {
     received(out)
         .into_iter()
         .filter(|(status, _, _)| status == "200")

@@ -364,6 +364,10 @@ impl CfgReplica {
             tracing::warn!(key = %entry.key, "cluster: unknown key in the config bucket skipped");
             return;
         };
+        if key == Key::Ids {
+            // The id reservations: read by `reserve`, nothing to apply.
+            return;
+        }
         let (own, change) = if entry.operation == kv::Operation::Put {
             let Some((origin, json)) = open_envelope(&entry.value) else {
                 self.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
