@@ -19,6 +19,11 @@
 #   (QoS 0), so the cross-node figure is what was forwarded while 8 publishers and every
 #   process share the cores
 # - QoS 0 paced at PACED_RATE msg/s (100000) from one publisher: single node; across nodes
+# - devices layer (tern-cluster gw.rs): gw-ingest (8 clients POST batches of 100 to an HTTP
+#   channel, each answered once durable) on a single node and on node A of the cluster, whose
+#   other nodes apply every message; gw-replicate: GW_MESSAGES (100000) messages posted on A
+#   in batches of 1,000 until node B applied the last, and 20 single messages each timed from
+#   its POST on A to B showing it. These nodes run with their store on and HTTP
 # - resume: RESUME_CLIENTS (500) persistent sessions (MQTT 5) on node A, which is killed
 #   (kill -9); the clients reconnect to node B and a publisher there sends each one message:
 #   the time from the kill to every CONNACK (session present) and every message delivered.
@@ -34,6 +39,8 @@ INFLIGHT=${INFLIGHT:-100}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 PACED_RATE=${PACED_RATE:-100000}
 RESUME_CLIENTS=${RESUME_CLIENTS:-500}
+GW_MESSAGES=${GW_MESSAGES:-100000}
+TOKEN=ClusterBenchMasterToken0123456789abcdefghijklmnopqrstuvwxyzABCDE
 NODES=${NODES:-3}
 OUT=${OUT:-target/bench-cluster}
 NATS_PORT=${NATS_PORT:-14322}
@@ -64,10 +71,12 @@ wait_port() {
     return 1
 }
 
-# start_tern NAME PORT [NATS [store]]: a tern with the store off (on with "store"), anonymous
-# access in account 7.
+# start_tern NAME PORT [NATS [store [HTTP_PORT]]]: a tern with the store off (on with "store"),
+# anonymous access in account 7; with HTTP_PORT, REST there with $TOKEN as master token.
 start_tern() {
-    local name=$1 port=$2 nats=${3:-} store=${4:-} dir="$OUT/run/$1"
+    local name=$1 port=$2 nats=${3:-} store=${4:-} http=${5:-} dir="$OUT/run/$1"
+    local web=(--http off)
+    [[ -n "$http" ]] && web=(--http "127.0.0.1:$http" --master-token "$TOKEN")
     rm -rf "$dir"
     mkdir -p "$dir"
     {
@@ -78,7 +87,7 @@ start_tern() {
             printf '[cluster]\nnats = ["%s"]\nnode = "%s"\n' "$nats" "$name"
         fi
     } > "$dir/tern.toml"
-    "$TERN_BIN" --config "$dir/tern.toml" --log-level warn --mqtt "127.0.0.1:$port" --http off \
+    "$TERN_BIN" --config "$dir/tern.toml" --log-level warn --mqtt "127.0.0.1:$port" "${web[@]}" \
         --data-dir "$dir" > "$OUT/$name.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port"
@@ -139,6 +148,22 @@ for round in $(seq "$ROUNDS"); do
     bench spread-fanout1 "$A" "$OTHERS" --scenario fan-out --qos 1 --clients 8 "${FLOW[@]}"
     cleanup
 
+    echo "round $round: devices layer, single node and cluster" >&2
+    H=$((BASE_PORT + 100))
+    GW=(--scenario gw-ingest --token "$TOKEN" --clients 8 --batch 100 --duration "$DURATION")
+    start_tern gsingle "$BASE_PORT" "" store "$H"
+    bench single-gwingest "$BASE_PORT" "$BASE_PORT" "${GW[@]}" --http "127.0.0.1:$H"
+    cleanup
+    start_nats
+    for n in $(seq "$NODES"); do
+        start_tern "g$n" $((BASE_PORT + n)) "nats://127.0.0.1:$NATS_PORT" store $((H + n))
+    done
+    bench cluster-gwingest "$A" "$A" "${GW[@]}" --http "127.0.0.1:$((H + 1))"
+    bench gw-replicate "$A" "$A" --scenario gw-replicate --token "$TOKEN" \
+        --http "127.0.0.1:$((H + 1))" --peer-http "127.0.0.1:$((H + 2))" \
+        --messages "$GW_MESSAGES" --batch 1000 --reads 20 --timeout 120
+    cleanup
+
     echo "round $round: node death to sessions resumed" >&2
     start_nats
     start_tern r1 $((BASE_PORT + 1)) "nats://127.0.0.1:$NATS_PORT" store
@@ -194,6 +219,13 @@ row spread-fanout0 "fan-out 1→8 QoS 0, cluster of $NODES, subscribers on the o
 row single-fanout1 "fan-out 1→8 QoS 1, single node, delivered msg/s" .delivered_per_s
 row spread-fanout1 "fan-out 1→8 QoS 1, cluster of $NODES, subscribers on the other nodes, delivered msg/s" .delivered_per_s
 row spread-fanout1 "fan-out 1→8 QoS 1, cluster of $NODES, lost" .lost
+row single-gwingest "devices: HTTP channel ingest, single node, acked msg/s" .acked_per_s
+row cluster-gwingest "devices: HTTP channel ingest, cluster node (shared with the others), acked msg/s" .acked_per_s
+row gw-replicate "devices: $GW_MESSAGES messages posted on A (batches of 1,000), posted msg/s" .posted_per_s
+row gw-replicate "devices: the same, applied on B, msg/s (first POST to the last applied)" .replicated_per_s
+row gw-replicate "devices: last POST answered on A to applied on B, ms" .lag_ms
+row gw-replicate "devices: a device made on A, seen on B, ms" .device_ms
+row gw-replicate "devices: one message, POST on A to seen on B, median ms" .single_median_ms
 row resume "$RESUME_CLIENTS sessions after kill -9 of their node: resumed (session present)" .resumed
 row resume "resume: kill to the last CONNACK, ms" .all_connacks_ms
 row resume "resume: kill to the last missed message delivered, ms" .all_delivered_ms

@@ -20,6 +20,7 @@
 mod client;
 mod flow;
 mod gw;
+mod gw_replicate;
 mod gw_stream;
 mod http;
 mod relay;
@@ -156,6 +157,9 @@ struct Cli {
     /// gw-history: timed reads (the median is reported).
     #[arg(long, default_value_t = 5)]
     reads: u32,
+    /// gw-replicate: node B's HTTP listener (cluster mode), where node A's changes are read.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    peer_http: SocketAddr,
     /// gw-stream-mqtt: the broker the MQTT stream publishes to (e.g. a Mosquitto).
     #[arg(long, default_value = "127.0.0.1:1883")]
     target: SocketAddr,
@@ -187,6 +191,9 @@ enum Scenario {
     GwStreamMqtt,
     /// N webhooks sharing a name call a local receiver once per device message; calls/s.
     GwWebhook,
+    /// Cluster: post N messages to a device on node A (`--http`), time until node B
+    /// (`--peer-http`) applied them; one message's way from A to B.
+    GwReplicate,
     /// Cluster: N persistent sessions on `--broker` (node A, `--broker-pid`), node A killed,
     /// the clients resume on `--sub-broker`; time from the kill to every session resumed and
     /// its missed message delivered.
@@ -208,6 +215,7 @@ impl Scenario {
             Scenario::GwStreamHttp => "gw-stream-http",
             Scenario::GwStreamMqtt => "gw-stream-mqtt",
             Scenario::GwWebhook => "gw-webhook",
+            Scenario::GwReplicate => "gw-replicate",
             Scenario::Resume => "resume",
         }
     }
@@ -413,6 +421,20 @@ async fn run(cli: &Cli, head: Head) -> Result<String> {
                 connect,
                 messages: cli.messages.unwrap_or(100_000).max(1),
                 mqtt: cli.scenario == Scenario::GwStreamMqtt,
+                timeout,
+                tag,
+            })
+            .await?,
+        )?,
+        Scenario::GwReplicate => serde_json::to_string(
+            &gw_replicate::run(gw_replicate::ReplicateParams {
+                head,
+                http: cli.http,
+                peer: cli.peer_http,
+                token: cli.token.clone(),
+                messages: cli.messages.unwrap_or(100_000).max(1),
+                batch: cli.batch,
+                singles: cli.reads,
                 timeout,
                 tag,
             })

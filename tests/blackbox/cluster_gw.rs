@@ -1,9 +1,11 @@
 //! Cluster mode (issue 17): the devices layer across nodes (tern-cluster `gw.rs`). Devices,
 //! groups, channels, streams and webhooks made, changed or deleted over REST on one node are so
-//! on another; device messages posted on one node are read there with their telemetry, and
-//! their deletes reach it; an HTTP channel takes messages on any node; two nodes creating
-//! devices at once never hand out the same id; a node killed and started again, or started
-//! later, has what changed meanwhile; an external MQTT channel runs on one node at a time.
+//! on another, and so is a device's log; device messages posted on one node are read on
+//! another with their telemetry and retained topics, and their deletes reach it; an HTTP
+//! channel takes messages on any node; a stream pushes, and a webhook fires for, what came in
+//! through any node, once; two nodes creating devices at once never hand out the same id; a
+//! node killed and started again, or started later, has what changed meanwhile; an external
+//! MQTT channel runs on one node at a time.
 //!
 //! Every node has REST on its own port and the same master token (`support::cluster`).
 
@@ -124,8 +126,15 @@ async fn devices_groups_channels_streams_and_webhooks_made_on_one_node_are_on_an
         })
         .await;
     }
-    // A change on B reaches A.
+    // The device's log (its `created` record, stored on A) is read on B.
     let (path, id) = made[0];
+    let log_on_a = items(&a, &format!("/gw/devices/{id}/logs")).await;
+    assert!(!log_on_a.is_empty(), "a device log on a");
+    until("the device's log on b", logs, || async {
+        items(&b, &format!("/gw/devices/{id}/logs")).await == log_on_a
+    })
+    .await;
+    // A change on B reaches A.
     b.rest(
         "PATCH",
         &format!("{path}/{id}"),
@@ -558,4 +567,51 @@ async fn a_stream_pushes_messages_that_came_in_through_any_node() {
     assert_eq!(acknowledged(&out).len(), 20, "each message once:{}", logs());
     got.sort_unstable();
     assert_eq!(got, (0..20).collect::<Vec<u64>>());
+}
+
+/// A webhook made on A fires once for each publication that matches it, on whichever node
+/// the publication was made.
+#[tokio::test]
+async fn a_webhook_fires_once_per_publication_on_any_node() {
+    use crate::webhooks::Receiver;
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let rx = Receiver::start(&[]).await;
+    let hook = create(
+        &a,
+        "/platform/webhooks",
+        json!({"name": "hook", "triggers": [{"topic": "hooks/+"}],
+               "configuration": {"type": "custom-server", "method": "POST",
+                                 "uri": rx.uri("/hook/%topics[1]%"), "body": "%payload%"}}),
+    )
+    .await;
+    until("the webhook on b", logs, || async {
+        !items(&b, &format!("/platform/webhooks/{hook}"))
+            .await
+            .is_empty()
+    })
+    .await;
+    for (node, from) in [(&a, "a"), (&b, "b")] {
+        let mut c = master_client(node, &format!("hook-pub-{from}")).await;
+        for n in 0..5 {
+            c.publish(
+                &format!("hooks/{from}"),
+                format!("{n}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+        }
+    }
+    rx.wait(10).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut got: Vec<(String, String)> = rx.got().into_iter().map(|g| (g.path, g.body)).collect();
+    got.sort();
+    let want: Vec<(String, String)> = ["a", "b"]
+        .iter()
+        .flat_map(|f| (0..5).map(move |n| (format!("/hook/{f}"), n.to_string())))
+        .collect();
+    assert_eq!(got, want, "each publication once:{}", logs());
 }

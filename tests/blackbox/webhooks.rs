@@ -23,11 +23,11 @@ const KEY: &str = "WWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWW
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Got {
+pub(crate) struct Got {
     method: String,
-    path: String,
+    pub(crate) path: String,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
     /// The status it answered.
     status: u16,
 }
@@ -45,7 +45,7 @@ impl Got {
 /// picks the status of each request by its path: the statuses listed for a path prefix are
 /// used in turn, the last one forever; anything else is answered 200.
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     addr: SocketAddr,
 }
@@ -53,7 +53,7 @@ struct Receiver {
 type Plan = Arc<Mutex<Vec<(String, Vec<u16>)>>>;
 
 impl Receiver {
-    async fn start(plan: &[(&str, &[u16])]) -> Receiver {
+    pub(crate) async fn start(plan: &[(&str, &[u16])]) -> Receiver {
         Receiver::start_on(free_addr(), plan).await
     }
 
@@ -75,12 +75,12 @@ impl Receiver {
         r
     }
 
-    fn got(&self) -> Vec<Got> {
+    pub(crate) fn got(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
     }
 
     /// Polls until `n` requests came (bounded: 60 s).
-    async fn wait(&self, n: usize) -> Vec<Got> {
+    pub(crate) async fn wait(&self, n: usize) -> Vec<Got> {
         for _ in 0..600 {
             let got = self.got();
             if got.len() >= n {
@@ -91,7 +91,7 @@ impl Receiver {
         panic!("the receiver got {:?}", self.got());
     }
 
-    fn uri(&self, path: &str) -> String {
+    pub(crate) fn uri(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 }

@@ -9,8 +9,9 @@
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
 //! off from NATS marked unavailable; persistent sessions and wills across nodes (`sessions`);
 //! accounts and tokens in KV (`cfg`); `$share` groups across nodes (each message to one member
-//! in the cluster, through the member registry in the KV bucket `tern_share`). Not yet: REST
-//! calls that act on another node's session, the devices layer across nodes.
+//! in the cluster, through the member registry in the KV bucket `tern_share`); REST calls that
+//! act on another node's session; the devices layer across nodes (`gw`). Not yet: interest per
+//! topic filter.
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three
@@ -23,6 +24,9 @@
 //! - `cfg`: accounts and tokens in the KV bucket `tern_cfg` ([`CfgReplica`], installed in the
 //!   directory by [`start`]): loaded before the listeners open, then followed; ids that no two
 //!   nodes share
+//! - `gw`: the devices layer across nodes ([`GwShare`], tern-gw's `GwReplica`, installed by
+//!   `Cluster::start_gw`): every shared store op in the stream `TERN_GW`, entities and id
+//!   blocks in the KV bucket `tern_gw`
 //! - `share`: the `$share` member registry (each node's groups in KV `tern_share`, watched by
 //!   every node) and the choice every node computes alike: which node delivers a group's copy
 
