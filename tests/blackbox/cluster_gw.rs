@@ -56,6 +56,14 @@ async fn device(node: &RestNode, ident: &str) -> u64 {
     .await
 }
 
+/// Field `name` of device `id` on `node`.
+async fn field(node: &RestNode, id: u64, name: &str) -> Option<Value> {
+    items(node, &format!("/gw/devices/{id}"))
+        .await
+        .first()
+        .map(|d| d[name].clone())
+}
+
 /// Channel `channel`'s `connections_count` on `node`.
 async fn connections(node: &RestNode, channel: u64) -> Option<Value> {
     let path = format!("/gw/channels/{channel}?fields=connections_count");
@@ -614,4 +622,66 @@ async fn a_webhook_fires_once_per_publication_on_any_node() {
         .flat_map(|f| (0..5).map(move |n| (format!("/hook/{f}"), n.to_string())))
         .collect();
     assert_eq!(got, want, "each publication once:{}", logs());
+}
+
+/// A Teltonika tracker connected to node A: its device is `connected` on node B too, a
+/// command sent over REST on B reaches it through A and B answers with its response, and the
+/// result is kept on B; once it disconnects, B says so and refuses commands (code 2).
+#[tokio::test]
+async fn a_command_sent_on_one_node_reaches_a_tracker_connected_to_another() {
+    use crate::teltonika::{respond, tracker};
+    const IMEI: &str = "356307042441013";
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let v = a
+        .rest(
+            "POST",
+            "/gw/channels",
+            &json!({"name": "trackers", "protocol_name": "teltonika"}).to_string(),
+        )
+        .await;
+    let port = v["result"][0]["configuration"]["port"]
+        .as_u64()
+        .expect("a port") as u16;
+    let id = create(
+        &a,
+        "/gw/devices",
+        json!({"name": "fmb", "device_type_id": 14, "configuration": {"ident": IMEI}}),
+    )
+    .await;
+    until("the device on b", logs, || async {
+        !items(&b, &format!("/gw/devices/{id}")).await.is_empty()
+    })
+    .await;
+    let task = tokio::spawn(respond(tracker(port, IMEI).await, true));
+    until("connected on b", logs, || async {
+        field(&b, id, "connected").await == Some(json!(true))
+    })
+    .await;
+    let getinfo = json!([{"name": "custom", "properties": {"text": "getinfo"}}]).to_string();
+    let r = b
+        .rest("POST", &format!("/gw/devices/{id}/commands"), &getinfo)
+        .await;
+    let item = &r["result"][0];
+    assert_eq!(item["executed"], true, "{r}{}", logs());
+    assert_eq!(item["response"], "RE:getinfo", "{r}");
+    until("the command's result on b", logs, || async {
+        items(&b, &format!("/gw/devices/{id}/commands-result"))
+            .await
+            .iter()
+            .any(|r| r["response"] == "RE:getinfo")
+    })
+    .await;
+    task.abort();
+    until("disconnected on b", logs, || async {
+        field(&b, id, "connected").await == Some(json!(false))
+    })
+    .await;
+    let (status, v) = b
+        .call("POST", &format!("/gw/devices/{id}/commands"), &getinfo)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["errors"][0]["code"], 2, "{v}");
 }

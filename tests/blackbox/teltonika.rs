@@ -126,7 +126,7 @@ async fn device(b: &TestBroker, ident: &str) -> u64 {
 }
 
 /// A tracker: connected and through the handshake.
-async fn tracker(port: u16, imei: &str) -> TcpStream {
+pub(crate) async fn tracker(port: u16, imei: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut hello = vec![0u8, imei.len() as u8];
     hello.extend_from_slice(imei.as_bytes());
@@ -639,7 +639,7 @@ async fn ports_are_checked_and_kept() {
 }
 
 /// Answers every Codec 12 command on `s` with `RE:<command>`, and keeps ACKing frames.
-async fn respond(mut s: TcpStream, answer: bool) {
+pub(crate) async fn respond(mut s: TcpStream, answer: bool) {
     let decoder = FrameDecoder::default();
     let mut buf = BytesMut::new();
     loop {

@@ -7,7 +7,8 @@
 //! `Gateway::apply_remote`.
 //!
 //! - **The log**: stream `TERN_GW` (subject `tern.gw.op`, limits retention: [`LOG_MAX_AGE`],
-//!   [`LOG_MAX_BYTES`], oldest dropped) holds every shared change of every node in one order,
+//!   oldest dropped; no byte cap, which JetStream would reserve on every replica's disk up
+//!   front) holds every shared change of every node in one order,
 //!   each with the header `Tern-Origin` (node and start). Out: [`GwShare::changed`]
 //!   `try_send`s the encoded op into a bounded queue (`[cluster] queue`; full: dropped,
 //!   counted in `tern_cluster_dropped_total{queue="gw"}` and logged); one task appends the
@@ -31,6 +32,14 @@
 //! - **One node per external MQTT channel**: the node whose rendezvous hash with the channel
 //!   is highest among the nodes beating in `tern_nodes` runs its client; the devices layer is
 //!   told when that set changes.
+//! - **Trackers on other nodes**: a node writes `link.<root account>.<ident in hex>` = its
+//!   name into the bucket when a Teltonika tracker gets its first connection there, and
+//!   deletes it (compare-and-set: only while it still names this node) when the last one
+//!   closes; every node watches these keys, so a device's `connected` is true on every node
+//!   while its tracker is connected to a live node, and a Codec 12 command sent over REST on
+//!   any node goes to the node the tracker is connected to (a request on
+//!   `tern.node.<name in hex>.cmd.gw`, answered with the result item or the error). A node
+//!   deletes the keys naming it when it starts (its connections died with it).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,7 +49,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tern_gw::{Gateway, GwKind, GwReplica};
+use serde_json::{Value, json};
+use tern_gw::replica::CommandFuture;
+use tern_gw::{Gateway, GwError, GwKind, GwReplica};
 use tern_store::{MessageKey, Op};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -58,8 +69,6 @@ const GW_SUBJECT: &str = "tern.gw.op";
 /// How long the log keeps a change: a node away for longer loads the entities again and
 /// misses the messages stored meanwhile.
 pub const LOG_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
-/// The most the log holds (the oldest changes go first).
-pub const LOG_MAX_BYTES: i64 = 4 << 30;
 /// Appends awaiting their acks at a time.
 const BATCH: usize = 64;
 /// The header naming the node (and its start) that made a change.
@@ -91,7 +100,6 @@ impl Cluster {
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas.max(1),
                 max_age: LOG_MAX_AGE,
-                max_bytes: LOG_MAX_BYTES,
                 discard: jetstream::stream::DiscardPolicy::Old,
                 ..Default::default()
             })
@@ -112,8 +120,12 @@ impl Cluster {
             .unwrap_or(0);
         let origin = format!("{}-{started}", self.node.replace('\n', " "));
         let (tx, rx) = mpsc::channel(self.config.queue.max(1));
+        let (link_tx, link_rx) = mpsc::channel(self.config.queue.max(1));
         let share = Arc::new(GwShare {
             tx,
+            link_tx,
+            links: parking_lot::Mutex::new(HashMap::new()),
+            client: self.js.client(),
             origin,
             node: self.node.clone(),
             pending: parking_lot::Mutex::new(HashMap::new()),
@@ -173,6 +185,18 @@ impl Cluster {
             "cluster: devices layer loaded"
         );
         share.live_changed(self.sessions.live_nodes());
+        // Trackers connected to other nodes; the links this node left when it last stopped go.
+        unlink_stale(&bucket, &self.node).await?;
+        let links = bucket
+            .watch_with_history("link.>")
+            .await
+            .map_err(|e| ClusterError::Nats(format!("watch of {GW_BUCKET} links: {e}")))?;
+        let commands = self
+            .js
+            .client()
+            .subscribe(gw_command_subject(&self.node))
+            .await
+            .map_err(|e| ClusterError::Nats(format!("subscribe to devices commands: {e}")))?;
         gateway.set_replica(share.clone());
         tokio::spawn(run_writer(
             self.js.clone(),
@@ -189,9 +213,27 @@ impl Cluster {
             self.shutdown.clone(),
         ));
         tokio::spawn(run_ids(
-            bucket,
+            bucket.clone(),
             share.clone(),
             gateway.clone(),
+            self.shutdown.clone(),
+        ));
+        tokio::spawn(run_links(
+            links,
+            gateway.clone(),
+            share.clone(),
+            self.shutdown.clone(),
+        ));
+        tokio::spawn(run_link_writer(
+            bucket,
+            link_rx,
+            share.clone(),
+            self.shutdown.clone(),
+        ));
+        tokio::spawn(run_commands(
+            commands,
+            gateway.clone(),
+            share.clone(),
             self.shutdown.clone(),
         ));
         tokio::spawn(run_owners(
@@ -274,6 +316,11 @@ struct Write {
 #[derive(Debug)]
 pub struct GwShare {
     tx: mpsc::Sender<Write>,
+    /// Tracker links to write (`link.*`): account tree root, ident, up.
+    link_tx: mpsc::Sender<(u64, String, bool)>,
+    /// Where each tracker is connected, as the bucket says: (root, ident) to node.
+    links: parking_lot::Mutex<HashMap<(u64, String), String>>,
+    client: async_nats::Client,
     /// This node and its start: the `Tern-Origin` of what it appends.
     origin: String,
     node: String,
@@ -338,6 +385,115 @@ impl GwReplica for GwShare {
     fn node(&self) -> &str {
         &self.node
     }
+
+    fn linked(&self, root: u64, ident: &str, up: bool) {
+        if self.link_tx.try_send((root, ident.to_owned(), up)).is_err() {
+            self.metrics.dropped_gw.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                root,
+                ident,
+                up,
+                "cluster: devices queue full, a tracker connection not told to the other nodes"
+            );
+        }
+    }
+
+    fn linked_elsewhere(&self, root: u64, ident: &str) -> Option<String> {
+        let node = self.links.lock().get(&(root, ident.to_owned())).cloned()?;
+        (node != self.node && self.live.lock().contains(&node)).then_some(node)
+    }
+
+    fn command_on(&self, node: String, device: u64, input: Value) -> CommandFuture {
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        // The command's own timeout, and time to get there and back.
+        let wait = Duration::from_secs(input["timeout"].as_u64().unwrap_or(COMMAND_TIMEOUT) + 5);
+        Box::pin(async move {
+            let request = json!({"device": device, "input": input}).to_string();
+            let subject = gw_command_subject(&node);
+            match tokio::time::timeout(wait, client.request(subject, request.into())).await {
+                Ok(Ok(msg)) => decode_command_answer(&msg.payload),
+                Ok(Err(e)) => {
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(GwError::Unavailable(format!(
+                        "device {device}: its tracker's node {node} did not take the command: {e}"
+                    )))
+                }
+                Err(_) => Err(GwError::Unavailable(format!(
+                    "device {device}: its tracker's node {node} did not answer within {wait:?}"
+                ))),
+            }
+        })
+    }
+}
+
+/// Seconds a forwarded command may take when it names no `timeout` (the longest a channel's
+/// `command_timeout` defaults to).
+const COMMAND_TIMEOUT: u64 = 60;
+
+/// The subject of devices-layer commands to node `node`.
+fn gw_command_subject(node: &str) -> String {
+    let mut s = crate::sessions::command_subject(node);
+    s.push_str(".gw");
+    s
+}
+
+fn link_key(root: u64, ident: &str) -> String {
+    use std::fmt::Write as _;
+    let mut key = format!("link.{root}.");
+    for b in ident.as_bytes() {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
+fn parse_link_key(key: &str) -> Option<(u64, String)> {
+    let rest = key.strip_prefix("link.")?;
+    let (root, hex) = rest.split_once('.')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some((root.parse().ok()?, String::from_utf8(bytes?).ok()?))
+}
+
+/// A forwarded command's answer: `{"ok": item}` or `{"error", "message", ...}`.
+fn encode_command_answer(result: &Result<Value, GwError>) -> Bytes {
+    let v = match result {
+        Ok(item) => json!({"ok": item}),
+        Err(GwError::NotConnected { name, id }) => {
+            json!({"error": "not_connected", "name": name, "id": id})
+        }
+        Err(GwError::NotFound { id, .. }) => json!({"error": "not_found", "id": id}),
+        Err(GwError::Invalid(m)) => json!({"error": "invalid", "message": m}),
+        Err(other) => json!({"error": "other", "message": other.to_string()}),
+    };
+    Bytes::from(v.to_string())
+}
+
+fn decode_command_answer(payload: &[u8]) -> Result<Value, GwError> {
+    let v: Value = serde_json::from_slice(payload).map_err(|e| {
+        GwError::Unavailable(format!("an undecodable answer from another node: {e}"))
+    })?;
+    if let Some(item) = v.get("ok") {
+        return Ok(item.clone());
+    }
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Err(match v["error"].as_str() {
+        Some("not_connected") => GwError::NotConnected {
+            name: text("name"),
+            id: v["id"].as_u64().unwrap_or_default(),
+        },
+        Some("not_found") => GwError::NotFound {
+            what: "device",
+            id: v["id"].as_u64().unwrap_or_default(),
+        },
+        Some("invalid") => GwError::Invalid(text("message")),
+        _ => GwError::Unavailable(text("message")),
+    })
 }
 
 impl GwShare {
@@ -744,8 +900,131 @@ async fn run_ids(
     }
 }
 
+/// Writes this node's tracker links to the bucket, in order.
+async fn run_link_writer(
+    bucket: kv::Store,
+    mut rx: mpsc::Receiver<(u64, String, bool)>,
+    share: Arc<GwShare>,
+    shutdown: CancellationToken,
+) {
+    while let Some((root, ident, up)) = until_shutdown(rx.recv(), &shutdown).await {
+        let key = link_key(root, &ident);
+        let res = if up {
+            bucket
+                .put(&key, Bytes::from(share.node.clone()))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            unlink(&bucket, &key, &share.node).await
+        };
+        if let Err(e) = res {
+            share.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key = %key, error = %e, "cluster: a tracker link not written");
+        }
+    }
+}
+
+/// Deletes link `key` while it names `node` (another node's newer link stays).
+async fn unlink(bucket: &kv::Store, key: &str, node: &str) -> Result<(), String> {
+    let entry = bucket.entry(key).await.map_err(|e| e.to_string())?;
+    match entry {
+        Some(e) if e.operation == kv::Operation::Put && e.value.as_ref() == node.as_bytes() => {
+            bucket
+                .delete_expect_revision(key, Some(e.revision))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Follows the tracker links of every node.
+async fn run_links(
+    mut watch: kv::Watch,
+    gateway: Arc<Gateway>,
+    share: Arc<GwShare>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let entry = match until_shutdown(watch.next(), &shutdown).await {
+            None => return,
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
+                share.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cluster: tracker links watch error");
+                continue;
+            }
+        };
+        let Some((root, ident)) = parse_link_key(&entry.key) else {
+            continue;
+        };
+        if entry.operation == kv::Operation::Put {
+            let node = String::from_utf8_lossy(&entry.value).into_owned();
+            share.links.lock().insert((root, ident.clone()), node);
+        } else {
+            share.links.lock().remove(&(root, ident.clone()));
+        }
+        gateway.links_changed(root, &ident);
+    }
+}
+
+/// Deletes the tracker links that name this node: left by its last run (its connections died
+/// with it). Before its trackers' listeners open.
+async fn unlink_stale(bucket: &kv::Store, node: &str) -> Result<u64, ClusterError> {
+    let mut keys = bucket
+        .keys()
+        .await
+        .map_err(|e| ClusterError::Nats(format!("keys of {GW_BUCKET}: {e}")))?;
+    let mut stale = Vec::new();
+    while let Some(key) = keys.next().await {
+        match key {
+            Ok(key) if key.starts_with("link.") => stale.push(key),
+            Ok(_) => {}
+            Err(e) => return Err(ClusterError::Nats(format!("keys of {GW_BUCKET}: {e}"))),
+        }
+    }
+    let mut gone = 0;
+    for key in stale {
+        if unlink(bucket, &key, node).await.is_ok() {
+            gone += 1;
+        }
+    }
+    Ok(gone)
+}
+
+/// Runs the commands other nodes send to trackers connected here.
+async fn run_commands(
+    mut commands: async_nats::Subscriber,
+    gateway: Arc<Gateway>,
+    share: Arc<GwShare>,
+    shutdown: CancellationToken,
+) {
+    while let Some(msg) = until_shutdown(commands.next(), &shutdown).await {
+        let Some(reply) = msg.reply else {
+            continue;
+        };
+        let request: Value = match serde_json::from_slice(&msg.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                share.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cluster: undecodable devices command skipped");
+                continue;
+            }
+        };
+        let gateway = gateway.clone();
+        let client = share.client.clone();
+        // A command waits for its tracker's response: each on its own task.
+        tokio::spawn(async move {
+            let device = request["device"].as_u64().unwrap_or_default();
+            let result = gateway.command_here(device, request["input"].clone()).await;
+            let _ = client.publish(reply, encode_command_answer(&result)).await;
+        });
+    }
+}
+
 /// Follows which nodes beat, once a second; tells the devices layer when that changed (an
-/// external channel's client may move).
+/// external channel's client may move; trackers of a node that went are connected nowhere).
 async fn run_owners(
     sessions: Arc<Sessions>,
     gateway: Arc<Gateway>,
@@ -760,6 +1039,11 @@ async fn run_owners(
         }
         if share.live_changed(sessions.live_nodes()) {
             gateway.owners_changed();
+            // Trackers of a node that went (or came back) are connected nowhere (or again).
+            let links: Vec<(u64, String)> = share.links.lock().keys().cloned().collect();
+            for (root, ident) in links {
+                gateway.links_changed(root, &ident);
+            }
         }
     }
 }
@@ -828,6 +1112,44 @@ mod tests {
         b.put_u64(1);
         b.put_u32(u32::MAX);
         assert!(decode_op(b.freeze()).is_err());
+    }
+
+    #[test]
+    fn link_keys_round_trip() {
+        for ident in ["356307042441013", "a.b c/#", "ü"] {
+            assert_eq!(
+                parse_link_key(&link_key(42, ident)),
+                Some((42, ident.to_string()))
+            );
+        }
+        assert_eq!(parse_link_key("link.1.zz"), None);
+        assert_eq!(parse_link_key("device.1"), None);
+    }
+
+    #[test]
+    fn command_answers_round_trip() {
+        let item = json!({"id": 1, "response": "ok"});
+        assert_eq!(
+            decode_command_answer(&encode_command_answer(&Ok(item.clone()))),
+            Ok(item)
+        );
+        for e in [
+            GwError::NotConnected {
+                name: "custom".into(),
+                id: 7,
+            },
+            GwError::NotFound {
+                what: "device",
+                id: 7,
+            },
+            GwError::Invalid("bad".into()),
+            GwError::Unavailable("later".into()),
+        ] {
+            assert_eq!(
+                decode_command_answer(&encode_command_answer(&Err(e.clone()))),
+                Err(e)
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tern_net::teltonika::{Command, CommandError, CommandReply};
 use tern_store::{MessageKey, MessageRange, Op, Visit};
@@ -51,7 +51,7 @@ pub mod command_event {
 
 /// One command as posted: `{"name":"custom","properties":{"text":"getinfo"}}` (or `hex`), or
 /// flespi's older `{"name":"codec12","properties":{"payload":..,"hex":false,"crlf":true}}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandInput {
     pub name: String,
@@ -296,9 +296,10 @@ impl Gateway {
         item
     }
 
+    /// Keeps a command's result (shared with the other nodes of a cluster).
     fn append_result(&self, device: u64, item: &Value) {
         let id = item["id"].as_u64().unwrap_or_default();
-        self.store.submit(Op::AppendMessages {
+        self.write(Op::AppendMessages {
             device: tern_store::commands_key(device),
             messages: vec![(
                 MessageKey {
@@ -332,13 +333,39 @@ impl Gateway {
     /// `POST /gw/devices/{sel}/commands` for one device: writes the command to its connection
     /// and answers with the result item once the response came (or the timeout passed). A
     /// device that is not connected: [`GwError::NotConnected`] at once.
+    /// In a cluster, a tracker connected to another node gets the command through that node.
     pub async fn command(&self, device: u64, input: &CommandInput) -> Result<Value, GwError> {
+        self.command_with(device, input, true).await
+    }
+
+    /// [`Gateway::command`] asked by another node of the cluster, for a tracker connected here.
+    pub async fn command_here(&self, device: u64, input: Value) -> Result<Value, GwError> {
+        let input: CommandInput = serde_json::from_value(input)
+            .map_err(|e| GwError::Invalid(format!("a command from another node: {e}")))?;
+        self.command_with(device, &input, false).await
+    }
+
+    async fn command_with(
+        &self,
+        device: u64,
+        input: &CommandInput,
+        forward: bool,
+    ) -> Result<Value, GwError> {
         let payload = input.payload()?;
         let (cid, ident) = self.command_device(device)?;
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let item = self.command_item(id, device, &ident, input);
         let answer = match self.write_command(cid, &ident, payload, input.timeout) {
             Ok(answer) => answer,
+            Err(CommandError::NotConnected)
+                if forward
+                    && let Some((node, replica)) =
+                        self.linked_elsewhere(self.root(cid), &ident) =>
+            {
+                let input = serde_json::to_value(input)
+                    .map_err(|e| GwError::Invalid(format!("the command: {e}")))?;
+                return replica.command_on(node, device, input).await;
+            }
             Err(CommandError::NotConnected) => {
                 self.trackers.metrics.command("not_connected");
                 return Err(GwError::NotConnected {

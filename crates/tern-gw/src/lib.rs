@@ -436,7 +436,9 @@ impl Gateway {
     /// other while its last message came within `inactivity_timeout`.
     fn connected(&self, d: &Device) -> bool {
         if has_sessions(d) {
-            return self.trackers.linked(self.root(d.cid), d.ident());
+            let root = self.root(d.cid);
+            return self.trackers.linked(root, d.ident())
+                || self.linked_elsewhere(root, d.ident()).is_some();
         }
         let now = self.now() as u64;
         d.last_active

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
+use tern_broker::Cid;
 use tern_store::{KeyOwner, Op};
 
 use crate::{Channel, Device, Gateway, Group, GwError, State, Stream, Telemetry, Webhook, quota};
@@ -102,7 +103,19 @@ pub trait GwReplica: Send + Sync + std::fmt::Debug {
     fn runs_here(&self, channel: u64) -> bool;
     /// This node's name in the cluster.
     fn node(&self) -> &str;
+    /// A Teltonika tracker of account tree `root` with `ident` got its first connection here
+    /// (`up`), or its last one here closed.
+    fn linked(&self, root: Cid, ident: &str, up: bool);
+    /// The live node other than this one where a tracker of `root` with `ident` is connected.
+    fn linked_elsewhere(&self, root: Cid, ident: &str) -> Option<String>;
+    /// Runs `POST /gw/devices/{device}/commands` with `input` (a `CommandInput` as JSON) on
+    /// `node` (where the device's tracker is connected): its result item, or its error.
+    fn command_on(&self, node: String, device: u64, input: Value) -> CommandFuture;
 }
+
+/// What [`GwReplica::command_on`] answers.
+pub type CommandFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, GwError>> + Send>>;
 
 /// Whether the cluster shares `op`: entity puts and deletes; messages appended to a device's
 /// history, a channel's buffer or a log, and deletes of a device's or channel's messages;
@@ -118,11 +131,11 @@ pub fn shared(op: &Op) -> bool {
     }
 }
 
-/// A device's own history, a channel's buffer or a log (not a command, stream or webhook
-/// queue).
+/// A device's own history or its command results, a channel's buffer or a log (not a
+/// command, stream or webhook queue).
 fn shared_key(key: u64) -> bool {
     match KeyOwner::of(key) {
-        KeyOwner::Device(id) => id == key,
+        KeyOwner::Device(id) => id == key || key == tern_store::commands_key(id),
         KeyOwner::Channel(_) | KeyOwner::Log(..) => true,
         KeyOwner::Stream(_) | KeyOwner::Webhook(_) => false,
     }
@@ -251,6 +264,36 @@ impl Gateway {
     /// In cluster mode, this node's name (what an MQTT stream's client id ends with).
     pub(crate) fn node_suffix(&self) -> Option<&str> {
         self.replica.get().map(|r| r.node())
+    }
+
+    /// In cluster mode, the live node other than this one where a tracker of `root` with
+    /// `ident` is connected, with the replica that reaches it.
+    pub(crate) fn linked_elsewhere(
+        &self,
+        root: Cid,
+        ident: &str,
+    ) -> Option<(String, Arc<dyn GwReplica>)> {
+        let r = self.replica.get()?;
+        r.linked_elsewhere(root, ident).map(|n| (n, r.clone()))
+    }
+
+    /// Tells the cluster that a tracker got its first connection here, or lost its last one.
+    pub(crate) fn share_link(&self, root: Cid, ident: &str, up: bool) {
+        if let Some(r) = self.replica.get() {
+            r.linked(root, ident, up);
+        }
+    }
+
+    /// A tracker of `root` with `ident` connected to another node or left it: this node's
+    /// retained state of its device follows (`connected`).
+    pub fn links_changed(&self, root: Cid, ident: &str) {
+        let st = self.state.lock();
+        if let Some(d) = self.device_by_ident(&st, crate::types::TELTONIKA, ident, root) {
+            let item = self.item_of(d);
+            crate::publish::quietly(|| {
+                crate::publish::state(&self.broker, d.cid, d.id, None, &item)
+            });
+        }
     }
 
     /// Whether this node runs external MQTT channel `id`'s client (always without a cluster).
@@ -570,13 +613,15 @@ impl Gateway {
         let mut st = self.state.lock();
         let bytes: u64 = messages.iter().map(|(_, j)| j.len() as u64).sum();
         let count = messages.len() as u64;
+        // Counted (`messages_bytes`) as the node that stored them counted them: a device's
+        // history and a channel's buffer; its telemetry from a device's history only.
         let owner_cid = match KeyOwner::of(key) {
-            KeyOwner::Device(id) => st.devices.get(&id).map(|d| d.cid),
+            KeyOwner::Device(id) if id == key => st.devices.get(&id).map(|d| d.cid),
             KeyOwner::Channel(id) => st.channels.get(&id).map(|c| c.cid),
             _ => None,
         };
         let device = match KeyOwner::of(key) {
-            KeyOwner::Device(id) if st.devices.contains_key(&id) => Some(id),
+            KeyOwner::Device(id) if id == key && st.devices.contains_key(&id) => Some(id),
             _ => None,
         };
         let parsed: Vec<(f64, serde_json::Map<String, Value>)> = match device {
@@ -673,7 +718,8 @@ mod tests {
         assert!(!shared(&append(tern_store::stream_key(7))));
         assert!(!shared(&append(tern_store::webhook_key(7))));
         assert!(!shared(&append(tern_store::queue_key(7))));
-        assert!(!shared(&append(tern_store::commands_key(7))));
+        // Command results are read on every node; queued commands stay where they were queued.
+        assert!(shared(&append(tern_store::commands_key(7))));
         assert!(!shared(&Op::PutGwMeta { json: Bytes::new() }));
         assert!(!shared(&Op::TrimMessages {
             device: 7,

@@ -546,6 +546,7 @@ impl Gateway {
         if was == is {
             return;
         }
+        self.share_link(root, imei, is);
         let device = self.device_by_ident(&st, TELTONIKA, imei, root);
         let Some(d) = device else { return };
         let size = self.messages_size(d.id);

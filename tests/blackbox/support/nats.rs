@@ -63,6 +63,15 @@ impl NatsServer {
             monitor: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dir,
         };
+        // A port picked free may be taken by another test before the server binds it: then
+        // the server exits at once, and it starts again on other ports (a few times).
+        for _ in 0..3 {
+            if server.try_spawn().await.is_ok() {
+                return Some(server);
+            }
+            server.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            server.monitor = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        }
         server.spawn().await;
         Some(server)
     }
@@ -104,6 +113,13 @@ impl NatsServer {
     /// Starts the process and waits until it is ready; panics with its log when it is not
     /// within [`START`].
     async fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn().await {
+            panic!("{e}");
+        }
+    }
+
+    /// [`NatsServer::spawn`]; an error when the process exits before it is ready.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -129,10 +145,11 @@ impl NatsServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("nats-server exited with {status}: {}", self.log());
+                self.child = None;
+                return Err(format!("nats-server exited with {status}: {}", self.log()));
             }
             if tokio::net::TcpStream::connect(self.addr).await.is_ok() && self.healthy().await {
-                return;
+                return Ok(());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
