@@ -462,12 +462,13 @@ impl Broker {
     /// Routes a message a replay found to `session` only, past its hold, as routing would
     /// have when it was published (its non-shared subscriptions, their conditions, No
     /// Local). `dup`: the packet id it was in flight under on the session's former node; it
-    /// goes out again under that id with DUP=1. Returns whether it was queued.
+    /// goes out again under that id with DUP=1, or (`true`: a QoS 2 message whose PUBREC that
+    /// node had) its PUBREL does. Returns whether it was queued.
     pub fn route_replayed(
         &self,
         session: &Arc<Session>,
         msg: &Arc<Message>,
-        dup: Option<tern_codec::PacketId>,
+        dup: Option<(tern_codec::PacketId, bool)>,
     ) -> bool {
         if msg.is_expired(self.clock.now()) {
             return false;

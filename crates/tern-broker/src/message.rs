@@ -27,6 +27,9 @@ pub struct Delivery {
     /// held its session before (`fabric.rs`). It goes out again under that id with DUP=1
     /// ([MQTT-4.4.0-1]); `None` for a first delivery.
     pub dup_id: Option<tern_codec::PacketId>,
+    /// With `dup_id`, a QoS 2 message whose PUBREC the former node had: a PUBREL goes out
+    /// under that id, not the PUBLISH again ([MQTT-4.4.0-1]).
+    pub dup_released: bool,
 }
 
 impl Delivery {
@@ -39,6 +42,7 @@ impl Delivery {
             sub_ids,
             seq: 0,
             dup_id: None,
+            dup_released: false,
         }
     }
 }

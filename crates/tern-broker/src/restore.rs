@@ -131,6 +131,7 @@ impl Broker {
                         sub_ids: q.sub_ids.clone(),
                         seq: q.seq,
                         dup_id: None,
+                        dup_released: false,
                     };
                     match q.inflight {
                         Some((packet_id, phase)) => {

@@ -602,12 +602,12 @@ thread_local! {
     static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The packet id the message a replay pushes had in flight on the session's former node
     /// ([`Delivery::dup_id`]).
-    static REPLAY_DUP: std::cell::Cell<Option<PacketId>> = const { std::cell::Cell::new(None) };
+    static REPLAY_DUP: std::cell::Cell<Option<(PacketId, bool)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Runs `f` with pushes going past every session's hold (a replay's deliveries), marked as
-/// sent before under packet id `dup` if it is set.
-pub(crate) fn replaying<R>(dup: Option<PacketId>, f: impl FnOnce() -> R) -> R {
+/// sent before under packet id `dup` if it is set (with `true`: and its PUBREC received).
+pub(crate) fn replaying<R>(dup: Option<(PacketId, bool)>, f: impl FnOnce() -> R) -> R {
     REPLAYING.set(true);
     REPLAY_DUP.set(dup);
     let out = f();
@@ -626,6 +626,8 @@ pub struct InflightMark {
     /// The publisher's account.
     pub cid: Cid,
     pub packet_id: PacketId,
+    /// QoS 2: its PUBREC came and its PUBREL went out (a PUBREL is due again, not the PUBLISH).
+    pub released: bool,
 }
 
 impl SessionState {
@@ -653,6 +655,7 @@ impl SessionState {
                 timestamp: f.delivery.msg.timestamp,
                 cid: f.delivery.msg.cid,
                 packet_id: f.packet_id,
+                released: f.phase == Phase::AwaitPubComp,
             })
             .collect()
     }
@@ -823,8 +826,12 @@ impl SessionState {
             budget.release(dropped.bytes);
             return (Push::Overflow(dropped.count), dropped.ticket);
         }
-        if REPLAYING.get() && delivery.qos != QoS::AtMostOnce {
-            delivery.dup_id = REPLAY_DUP.get();
+        if REPLAYING.get()
+            && delivery.qos != QoS::AtMostOnce
+            && let Some((id, released)) = REPLAY_DUP.get()
+        {
+            delivery.dup_id = Some(id);
+            delivery.dup_released = released && delivery.qos == QoS::ExactlyOnce;
         }
         let mut ticket = 0;
         if self.stored && delivery.qos != QoS::AtMostOnce {

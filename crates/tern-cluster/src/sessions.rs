@@ -79,7 +79,7 @@ const CANDIDATES: usize = 8;
 /// Session changes waiting for the writer; more set a full rescan.
 const CHANGES: usize = 4096;
 /// The version byte of a session record (1: without the in-flight list, still read).
-const RECORD_VERSION: u8 = 2;
+const RECORD_VERSION: u8 = 3;
 
 /// How far this node's reader of each shard stream has routed (the last sequence).
 pub type Positions = Arc<[AtomicU64]>;
@@ -134,7 +134,8 @@ pub struct Record {
 
 impl Record {
     /// `version | owner | at | connected | ip | protocol | cursors | inflight |
-    /// session record | subscriptions` (version 1 had no `inflight`).
+    /// session record | subscriptions` (version 1 had no `inflight`; version 2 no `released`
+    /// flag in it).
     pub fn encode(&self) -> Result<Bytes, String> {
         let session =
             tern_store::encode_session_record(&self.image.record).map_err(|e| e.to_string())?;
@@ -155,6 +156,7 @@ impl Record {
             b.put_u64(m.timestamp);
             b.put_u64(m.cid);
             b.put_u16(m.packet_id);
+            b.put_u8(u8::from(m.released));
         }
         put_bytes(&mut b, &session)?;
         b.put_u32(u32::try_from(self.image.subscriptions.len()).map_err(|e| e.to_string())?);
@@ -168,7 +170,7 @@ impl Record {
     /// The record of `key` from its value.
     pub fn decode(key: SessionKey, mut v: Bytes) -> Result<Record, String> {
         let version = get_u8(&mut v)?;
-        if version != RECORD_VERSION && version != 1 {
+        if !(1..=RECORD_VERSION).contains(&version) {
             return Err("unknown session record version".into());
         }
         let owner = String::from_utf8(get_bytes(&mut v)?.to_vec()).map_err(|e| e.to_string())?;
@@ -193,6 +195,7 @@ impl Record {
                     timestamp: get_u64(&mut v)?,
                     cid: get_u64(&mut v)?,
                     packet_id: get_u16(&mut v)?,
+                    released: version >= 3 && get_u8(&mut v)? != 0,
                 });
             }
         }
@@ -566,10 +569,10 @@ impl Sessions {
         }
         // What the former node had sent and not seen acknowledged goes out again with DUP=1,
         // under its packet id.
-        let mut marks: HashMap<(Micros, tern_broker::Cid), u16> = rec
+        let mut marks: HashMap<(Micros, tern_broker::Cid), (u16, bool)> = rec
             .inflight
             .iter()
-            .map(|m| ((m.timestamp, m.cid), m.packet_id))
+            .map(|m| ((m.timestamp, m.cid), (m.packet_id, m.released)))
             .collect();
         let mut replayed = 0u64;
         for (shard, stream) in self.streams.iter().enumerate() {
@@ -600,7 +603,7 @@ impl Sessions {
         session: &Arc<Session>,
         stream: &jetstream::stream::Stream,
         from: u64,
-        marks: &mut HashMap<(Micros, tern_broker::Cid), u16>,
+        marks: &mut HashMap<(Micros, tern_broker::Cid), (u16, bool)>,
     ) -> Result<u64, String> {
         let mut stream = stream.clone();
         let last = tokio::time::timeout(Duration::from_secs(5), stream.info())
@@ -1472,11 +1475,20 @@ mod tests {
             ip: "10.0.0.1".into(),
             protocol: 5,
             cursors: vec![1, 0, 99],
-            inflight: vec![InflightMark {
-                timestamp: 1_700_000_000_000_001,
-                cid: 7,
-                packet_id: 65535,
-            }],
+            inflight: vec![
+                InflightMark {
+                    timestamp: 1_700_000_000_000_001,
+                    cid: 7,
+                    packet_id: 65535,
+                    released: false,
+                },
+                InflightMark {
+                    timestamp: 1_700_000_000_000_002,
+                    cid: 7,
+                    packet_id: 1,
+                    released: true,
+                },
+            ],
             image: SessionImage {
                 record: SessionRecord {
                     key: key("c"),

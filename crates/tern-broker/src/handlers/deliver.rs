@@ -77,13 +77,18 @@ impl Connection {
                 let Some(delivery) = st.pop() else { break };
                 budget = budget.saturating_sub(delivery.cost());
                 let mut dup = false;
+                let mut pubrel = false;
                 let packet_id = if delivery.qos == QoS::AtMostOnce {
                     None
                 } else {
                     // Sent before by the session's former node (cluster mode): again under
-                    // the same id, unless that id is taken here by now.
+                    // the same id, unless that id is taken here by now; a QoS 2 message whose
+                    // PUBREC that node had gets its PUBREL again under that id, not the PUBLISH.
                     let id = match delivery.dup_id {
-                        Some(id) if !st.inflight.iter().any(|f| f.packet_id == id) => id,
+                        Some(id) if !st.inflight.iter().any(|f| f.packet_id == id) => {
+                            pubrel = delivery.dup_released;
+                            id
+                        }
                         _ => st.next_packet_id(),
                     };
                     dup = delivery.dup_id.is_some();
@@ -93,13 +98,21 @@ impl Connection {
                             key: session.key.clone(),
                             seq: delivery.seq,
                             packet_id: id,
-                            phase: InflightPhase::Sent,
+                            phase: if pubrel {
+                                InflightPhase::Released
+                            } else {
+                                InflightPhase::Sent
+                            },
                         });
                     }
                     st.inflight.push_back(Inflight {
                         packet_id: id,
                         delivery: delivery.clone(),
-                        phase: first_phase(delivery.qos),
+                        phase: if pubrel {
+                            Phase::AwaitPubComp
+                        } else {
+                            first_phase(delivery.qos)
+                        },
                     });
                     Some(id)
                 };
@@ -108,7 +121,7 @@ impl Connection {
                     packet_id,
                     dup,
                     again: false,
-                    pubrel: false,
+                    pubrel,
                 });
             }
             // The cluster's checkpoint looks at sessions whose deliveries moved (fabric.rs).

@@ -142,7 +142,7 @@ fn replayed_messages_in_flight_elsewhere_go_out_again_with_dup() {
     // The next id here would be 1: the one in flight elsewhere keeps it.
     assert!(
         b.broker
-            .route_replayed(&session, &msg("again", 10), Some(1))
+            .route_replayed(&session, &msg("again", 10), Some((1, false)))
     );
     assert!(b.broker.route_replayed(&session, &msg("first", 11), None));
     let got = s.publishes();
@@ -154,4 +154,39 @@ fn replayed_messages_in_flight_elsewhere_go_out_again_with_dup() {
     assert_eq!((seen[1].0, seen[1].1), (&b"first"[..], false));
     assert_ne!(seen[1].2, Some(1), "{seen:?}");
     assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// A QoS 2 message whose PUBREC the session's former node had (cluster mode) gets its PUBREL
+/// again under its packet id, not the PUBLISH ([MQTT-4.4.0-1]); the client's PUBCOMP
+/// completes it, and the next message goes out as usual.
+#[test]
+fn a_replayed_qos2_message_released_elsewhere_gets_its_pubrel_again() {
+    let b = TestBroker::new();
+    let (mut s, _) = b.connect(persistent("rel", 60));
+    s.subscribe("r/#", QoS::ExactlyOnce);
+    let session = b.broker.session(&key("rel")).unwrap();
+    let msg = |payload: &'static str, timestamp| {
+        std::sync::Arc::new(tern_broker::Message::plain(
+            1,
+            "r/t",
+            bytes::Bytes::from_static(payload.as_bytes()),
+            QoS::ExactlyOnce,
+            timestamp,
+        ))
+    };
+    assert!(
+        b.broker
+            .route_replayed(&session, &msg("released", 10), Some((7, true)))
+    );
+    let got = s.recv_all();
+    assert!(
+        matches!(got.as_slice(), [Packet::PubRel(r)] if r.packet_id == 7),
+        "a PUBREL for 7 and no PUBLISH: {got:?}"
+    );
+    s.send(Packet::PubComp(PubAck::new(7)));
+    assert!(b.broker.route_replayed(&session, &msg("next", 11), None));
+    let got = s.publishes();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].payload[..], b"next");
+    assert!(!got[0].dup);
 }
