@@ -626,7 +626,8 @@ async fn a_webhook_fires_once_per_publication_on_any_node() {
 
 /// A Teltonika tracker connected to node A: its device is `connected` on node B too, a
 /// command sent over REST on B reaches it through A and B answers with its response, and the
-/// result is kept on B; once it disconnects, B says so and refuses commands (code 2).
+/// result is kept on B; a command queued on B is sent by A and leaves B's queue; once the
+/// tracker disconnects, B says so and refuses commands (code 2).
 #[tokio::test]
 async fn a_command_sent_on_one_node_reaches_a_tracker_connected_to_another() {
     use crate::teltonika::{respond, tracker};
@@ -672,6 +673,31 @@ async fn a_command_sent_on_one_node_reaches_a_tracker_connected_to_another() {
             .await
             .iter()
             .any(|r| r["response"] == "RE:getinfo")
+    })
+    .await;
+    // Queued on B: the node the tracker is connected to sends it, and it leaves B's queue.
+    let queued = b
+        .rest(
+            "POST",
+            &format!("/gw/devices/{id}/commands-queue"),
+            &json!([{"name": "custom", "properties": {"text": "getver"}}]).to_string(),
+        )
+        .await;
+    let queued_id = queued["result"][0]["id"]
+        .as_u64()
+        .expect("a queued command id");
+    until("the queued command's result on b", logs, || async {
+        items(&b, &format!("/gw/devices/{id}/commands-result"))
+            .await
+            .iter()
+            .any(|r| r["id"] == json!(queued_id) && r["response"] == "RE:getver")
+    })
+    .await;
+    until("b's queue empty", logs, || async {
+        let (status, v) = b
+            .call("GET", &format!("/gw/devices/{id}/commands-queue"), "")
+            .await;
+        status == 200 && v["result"] == json!([])
     })
     .await;
     task.abort();

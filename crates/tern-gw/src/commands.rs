@@ -298,8 +298,12 @@ impl Gateway {
 
     /// Keeps a command's result (shared with the other nodes of a cluster).
     fn append_result(&self, device: u64, item: &Value) {
+        self.store_result(device, item, true);
+    }
+
+    fn store_result(&self, device: u64, item: &Value, shared: bool) {
         let id = item["id"].as_u64().unwrap_or_default();
-        self.write(Op::AppendMessages {
+        let op = Op::AppendMessages {
             device: tern_store::commands_key(device),
             messages: vec![(
                 MessageKey {
@@ -308,7 +312,12 @@ impl Gateway {
                 },
                 Bytes::from(serde_json::to_vec(item).unwrap_or_default()),
             )],
-        });
+        };
+        if shared {
+            self.write(op);
+        } else {
+            self.store.submit(op);
+        }
     }
 
     fn command_log(&self, cid: u64, device: u64, item: &Value, (event, code): (&str, u64)) {
@@ -422,7 +431,7 @@ impl Gateway {
                 attempts: 0,
             });
         }
-        self.store.submit(Op::AppendMessages {
+        self.write(Op::AppendMessages {
             device: tern_store::queue_key(device),
             messages: vec![(
                 MessageKey {
@@ -479,7 +488,7 @@ impl Gateway {
         let cid = self.state.lock().devices.get(&device).map(|d| d.cid);
         gone.into_iter()
             .map(|q| {
-                self.unstore_queued(device, q.id);
+                self.unstore_queued(device, q.id, true);
                 if let Some(cid) = cid {
                     self.command_log(cid, device, &q.item, command_event::CANCELED);
                 }
@@ -488,13 +497,64 @@ impl Gateway {
             .collect()
     }
 
-    fn unstore_queued(&self, device: u64, id: u64) {
+    /// Deletes queued command `id` of `device` from the store, and (`shared`: it was sent or
+    /// canceled) from the other nodes' queues.
+    fn unstore_queued(&self, device: u64, id: u64, shared: bool) {
         let ts = i64::try_from(id).unwrap_or(i64::MAX);
-        self.store.submit(Op::DelMessages {
+        let op = Op::DelMessages {
             device: tern_store::queue_key(device),
             from: ts,
             to: ts,
-        });
+        };
+        if shared {
+            self.write(op);
+        } else {
+            self.store.submit(op);
+        }
+    }
+
+    /// Commands another node of the cluster queued for `device`: queued here too, and sent
+    /// now if its tracker is connected here.
+    pub(crate) fn remote_queued(&self, device: u64, messages: &[(MessageKey, Bytes)]) {
+        let added = {
+            let mut queues = self.queues.by_device.lock();
+            let list = queues.entry(device).or_default();
+            let mut added = false;
+            for (key, json) in messages {
+                if list.iter().any(|q| q.id == key.seq) || list.len() >= MAX_QUEUED {
+                    continue;
+                }
+                if let Some(q) = serde_json::from_slice::<Value>(json)
+                    .ok()
+                    .and_then(|item| queued_of(key.seq, item))
+                {
+                    list.push_back(q);
+                    added = true;
+                }
+            }
+            added
+        };
+        if added && self.connected_here(device) {
+            self.spawn_delivery(device);
+        }
+    }
+
+    /// Queued commands of `device` another node sent or canceled (ids `from..=to`).
+    pub(crate) fn remote_unqueued(&self, device: u64, from: i64, to: i64) {
+        if let Some(list) = self.queues.by_device.lock().get_mut(&device) {
+            list.retain(|q| {
+                let id = i64::try_from(q.id).unwrap_or(i64::MAX);
+                !(from..=to).contains(&id)
+            });
+        }
+    }
+
+    /// Whether `device`'s tracker is connected to this node.
+    fn connected_here(&self, device: u64) -> bool {
+        let st = self.state.lock();
+        st.devices
+            .get(&device)
+            .is_some_and(|d| self.trackers.linked(self.root(d.cid), d.ident()))
     }
 
     /// The results of device `id`'s commands (`command`: one of them), oldest first.
@@ -593,7 +653,7 @@ impl Gateway {
                 if let Some(l) = self.queues.by_device.lock().get_mut(&device) {
                     l.retain(|x| x.id != q.id);
                 }
-                self.unstore_queued(device, q.id);
+                self.unstore_queued(device, q.id, true);
                 let answered = matches!(sent, Sent::Answered(_));
                 self.record_result(device, cid, q.item.clone(), &sent);
                 if !answered {
@@ -616,13 +676,15 @@ impl Gateway {
             gone.into()
         };
         let cid = self.state.lock().devices.get(&device).map(|d| d.cid);
+        // Every node of a cluster expires its own copy of the queue: each keeps its own
+        // result of it (not shared, or it would be there once per node).
         for q in gone {
-            self.unstore_queued(device, q.id);
+            self.unstore_queued(device, q.id, false);
             self.trackers.metrics.command("expired");
             let mut item = q.item.clone();
             item["executed"] = json!(false);
             item["reason"] = json!("expired");
-            self.append_result(device, &item);
+            self.store_result(device, &item, false);
             if let Some(cid) = cid {
                 self.command_log(cid, device, &q.item, command_event::EXPIRED);
             }

@@ -131,11 +131,13 @@ pub fn shared(op: &Op) -> bool {
     }
 }
 
-/// A device's own history or its command results, a channel's buffer or a log (not a
-/// command, stream or webhook queue).
+/// A device's own history, its command queue and results, a channel's buffer or a log (not a
+/// stream's queue or a webhook's calls).
 fn shared_key(key: u64) -> bool {
     match KeyOwner::of(key) {
-        KeyOwner::Device(id) => id == key || key == tern_store::commands_key(id),
+        KeyOwner::Device(id) => {
+            id == key || key == tern_store::commands_key(id) || key == tern_store::queue_key(id)
+        }
         KeyOwner::Channel(_) | KeyOwner::Log(..) => true,
         KeyOwner::Stream(_) | KeyOwner::Webhook(_) => false,
     }
@@ -330,6 +332,13 @@ impl Gateway {
         } else {
             match op {
                 Op::AppendMessages { device, messages } => self.remote_messages(device, messages),
+                Op::DelMessages { device, from, to }
+                    if KeyOwner::of(device) == KeyOwner::Device(tern_store::device_of(device))
+                        && device == tern_store::queue_key(tern_store::device_of(device)) =>
+                {
+                    self.store.submit(op);
+                    self.remote_unqueued(tern_store::device_of(device), from, to);
+                }
                 Op::DelMessages { device, .. } | Op::DelMessageKeys { device, .. } => {
                     let whole = matches!(
                         op,
@@ -610,6 +619,15 @@ impl Gateway {
         if messages.is_empty() {
             return;
         }
+        let of = tern_store::device_of(key);
+        if key == tern_store::queue_key(of) {
+            self.remote_queued(of, &messages);
+            self.store.submit(Op::AppendMessages {
+                device: key,
+                messages,
+            });
+            return;
+        }
         let mut st = self.state.lock();
         let bytes: u64 = messages.iter().map(|(_, j)| j.len() as u64).sum();
         let count = messages.len() as u64;
@@ -717,8 +735,8 @@ mod tests {
         assert!(shared(&append(tern_store::log_key(1, 7))));
         assert!(!shared(&append(tern_store::stream_key(7))));
         assert!(!shared(&append(tern_store::webhook_key(7))));
-        assert!(!shared(&append(tern_store::queue_key(7))));
-        // Command results are read on every node; queued commands stay where they were queued.
+        // Command queues and results are every node's: the node a tracker connects to sends.
+        assert!(shared(&append(tern_store::queue_key(7))));
         assert!(shared(&append(tern_store::commands_key(7))));
         assert!(!shared(&Op::PutGwMeta { json: Bytes::new() }));
         assert!(!shared(&Op::TrimMessages {
