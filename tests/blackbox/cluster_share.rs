@@ -561,6 +561,26 @@ async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// over to B once A's registry entry is stale; some may arrive twice).
 #[tokio::test]
 async fn qos1_messages_chosen_for_a_killed_node_reach_a_surviving_member() {
+    chosen_for_a_node_that_goes(Going::Killed).await;
+}
+
+/// The same with node A stopped cleanly (SIGTERM): its registry entry is deleted at once, and
+/// what its member had not acknowledged is handed over to B's member (MQTT §4.8.2: a shared
+/// message whose session ended should go to another member).
+#[tokio::test]
+async fn qos1_messages_chosen_for_a_stopped_node_reach_a_surviving_member() {
+    chosen_for_a_node_that_goes(Going::Stopped).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Going {
+    /// `kill -9`.
+    Killed,
+    /// SIGTERM: a clean stop.
+    Stopped,
+}
+
+async fn chosen_for_a_node_that_goes(how: Going) {
     let Some(mut cl) = Cluster::pair().await else {
         return;
     };
@@ -610,7 +630,14 @@ async fn qos1_messages_chosen_for_a_killed_node_reach_a_surviving_member() {
     );
 
     let killed = cl.nodes.remove(A);
-    killed.daemon.kill().await;
+    match how {
+        Going::Killed => killed.daemon.kill().await,
+        Going::Stopped => {
+            killed.daemon.signal("TERM");
+            let mut daemon = killed.daemon;
+            let _ = tokio::time::timeout(CROSS, daemon.child.wait()).await;
+        }
+    }
     let at_kill = got_a.lock().expect("got").len();
     // B's publisher goes on through the time A's entry takes to go stale, and after.
     let published_after = |n: usize| acked[B].lock().expect("acked").len() >= n;

@@ -52,9 +52,10 @@
 //!   chosen delivers it to one of its members (`tern_cluster_share_redelivered_total`).
 //!   Members may see a message twice (QoS 1 allows it); a message acknowledged to its
 //!   publisher and chosen for the dead node is not lost while some node kept it. A node whose
-//!   entry is deleted (it stopped, or its last member left) is not handed over: what its
-//!   members had not acknowledged is dropped as on a single node. A message handed over is
-//!   kept no longer (a second crash before it was acknowledged loses it).
+//!   entry is deleted (it stopped cleanly, or its last member left) is handed over the same
+//!   way, at once: a shared message whose session ended should go to another member (MQTT
+//!   §4.8.2). A message handed over is kept no longer (a second crash before it was
+//!   acknowledged loses it).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -595,6 +596,8 @@ async fn run_watch(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut stale = false;
+        // Nodes whose entry was deleted (they stopped, or their last member left).
+        let mut gone = None;
         let changed = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = expiry.tick() => {
@@ -644,11 +647,13 @@ async fn run_watch(
                         }
                     },
                     kv::Operation::Delete | kv::Operation::Purge => {
-                        // It stopped, or its last member left: nothing is handed over.
+                        // It stopped, or its last member left: what its members had not
+                        // acknowledged goes to the members left ([MQTT-4.8.2]: a shared
+                        // message whose session ended SHOULD go to another member), once the
+                        // view is without it.
                         let node = node_hash(&unescape_node(&entry.key));
                         if node != registry.node_hash {
-                            let dropped = registry.take_kept(node).len() as u64;
-                            registry.metrics.dropped_share.fetch_add(dropped, Ordering::Relaxed);
+                            gone = Some(node);
                         }
                         entries.remove(&entry.key).is_some()
                     }
@@ -662,6 +667,10 @@ async fn run_watch(
                     .map(|(node, (_, groups))| (node.as_str(), groups)),
             );
             *registry.view.write() = Arc::new(view);
+        }
+        if let Some(node) = gone {
+            let kept = registry.take_kept(node);
+            registry.hand_over(&broker, node, kept);
         }
         if stale {
             // What is kept for a node that is no longer in the view (stale, or gone before
