@@ -711,3 +711,57 @@ async fn a_command_sent_on_one_node_reaches_a_tracker_connected_to_another() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["errors"][0]["code"], 2, "{v}");
 }
+
+/// Two nodes changing one device at the same moment end with the same document, round after
+/// round: every node applies the devices log in its order, and skips another node's change
+/// while its own change of the device is still on its way there.
+#[tokio::test]
+async fn concurrent_changes_of_one_device_converge_on_every_node() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let id = device(&a, "both").await;
+    until("the device on b", logs, || async {
+        !items(&b, &format!("/gw/devices/{id}")).await.is_empty()
+    })
+    .await;
+    async fn rename(node: &RestNode, id: u64, name: String) {
+        let body = json!({ "name": name }).to_string();
+        node.rest("PATCH", &format!("/gw/devices/{id}"), &body)
+            .await;
+    }
+    async fn name(node: &RestNode, id: u64) -> Option<Value> {
+        items(node, &format!("/gw/devices/{id}"))
+            .await
+            .first()
+            .map(|d| d["name"].clone())
+    }
+    for round in 0..15 {
+        tokio::join!(
+            rename(&a, id, format!("a-{round}")),
+            rename(&b, id, format!("b-{round}"))
+        );
+        // Both nodes answer the same name, one of this round's, for a while.
+        let mut same = 0;
+        let deadline = tokio::time::Instant::now() + crate::support::cluster::CROSS;
+        while same < 6 {
+            let (on_a, on_b) = (name(&a, id).await, name(&b, id).await);
+            let ours = [json!(format!("a-{round}")), json!(format!("b-{round}"))];
+            same = if on_a.is_some()
+                && on_a == on_b
+                && on_a.as_ref().is_some_and(|n| ours.contains(n))
+            {
+                same + 1
+            } else {
+                0
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the nodes disagree: a {on_a:?}, b {on_b:?}{}",
+                logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+    }
+}

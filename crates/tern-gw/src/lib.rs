@@ -42,6 +42,8 @@
 //!   webhook operations, the trigger tap, the durable pending calls and the delivery tasks
 //! - `quota`: the `devices`, `channels` and `messages_bytes` quotas and what each account tree
 //!   uses; `metrics`: the counters `/metrics` shows
+//! - `replica`: cluster mode's seam (`GwReplica`): the store ops the cluster shares, and
+//!   `Gateway::apply_remote` for those of other nodes
 //! - `error`: `GwError`
 
 pub mod account_logs;
