@@ -13,7 +13,8 @@
 #   - docker/cluster/compose.yaml (three tern nodes, three NATS servers) comes up with a
 #     `FROM scratch` image of the host's nats-server (Debian's, installed by test-deps) and its
 #     libraries: every node turns healthy, a message published on one node reaches a
-#     subscriber on another, a retained message set on a third is seen on the first; down.
+#     subscriber on another, a retained message set on a third is seen on the first, a
+#     device and its message made over REST on the first are read on the third; down.
 # Everything created (containers, volumes, the image, a dockerd it started) is removed on exit.
 # It skips, saying so and exiting 0, only where no Docker Engine can run at all.
 set -euo pipefail
@@ -251,10 +252,13 @@ fi
 TERN_MASTER_TOKEN=$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 64)
 export NATS_IMAGE="$nats_image" TERN_MASTER_TOKEN
 ports=()
+hports=()
 for n in 1 2 3; do
   mqtt=$(free_port)
-  export "TERN${n}_MQTT_PORT=$mqtt" "TERN${n}_HTTP_PORT=$(free_port)"
+  hp=$(free_port)
+  export "TERN${n}_MQTT_PORT=$mqtt" "TERN${n}_HTTP_PORT=$hp"
   ports+=("$mqtt")
+  hports+=("$hp")
 done
 "${compose[@]}" up -d >"$tmp/cluster" 2>&1 || fail "cluster compose up: $(cat "$tmp/cluster")"
 for n in 1 2 3; do
@@ -279,8 +283,27 @@ for _ in $(seq 1 50); do
   [ "$got" = kept ] && break
 done
 [ "$got" = kept ] || fail "cluster: a retained message set on tern3 is not on tern1"
+# The devices layer: a device made on tern1 with a message posted there is read on tern3.
+rest() { # NODE METHOD PATH [BODY]: the JSON answer (fails unless 200)
+  local out="$tmp/rest"
+  python3 tests/python/deploy_probe.py http "$2" "http://127.0.0.1:${hports[$1]}$3" "$TERN_MASTER_TOKEN" ${4:+"$4"} >"$out" \
+    || return 1
+  tail -n +2 "$out"
+}
+made=$(rest 0 POST /gw/devices '[{"name":"ci","device_type_id":1,"configuration":{"ident":"ci-1"}}]') \
+  || fail "cluster: device create on tern1: $made"
+device=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["result"][0]["id"])' "$made")
+rest 0 POST "/gw/devices/$device/messages" '[{"ci.value": 42}]' >/dev/null \
+  || fail "cluster: message post on tern1"
+seen=""
+for _ in $(seq 1 50); do
+  seen=$(rest 2 GET "/gw/devices/$device/messages" || true)
+  case "$seen" in *'"ci.value":42'*) break ;; esac
+  sleep 0.2
+done
+case "$seen" in *'"ci.value":42'*) ;; *) fail "cluster: the device and message made on tern1 are not read on tern3: $seen" ;; esac
 "${compose[@]}" down -v >/dev/null 2>&1 || fail "cluster compose down"
 compose=()
-log "cluster compose: three nodes healthy, a message across nodes, a retained message on every node"
+log "cluster compose: three nodes healthy, a message across nodes, a retained message on every node, a device and its message made on one node read on another"
 
 log "ok"
