@@ -6,8 +6,8 @@
 //! `tern_store::Op` it submits to its own store, and applies the other nodes' changes through
 //! `Gateway::apply_remote`.
 //!
-//! - **The log**: stream `TERN_GW` (subject `tern.gw.op`, limits retention: [`LOG_MAX_AGE`],
-//!   oldest dropped; no byte cap, which JetStream would reserve on every replica's disk up
+//! - **The log**: stream `TERN_GW` (subject `tern.gw.op`, limits retention: `[cluster]
+//!   gw_log_max_age`, 7 days by default, oldest dropped; no byte cap, which JetStream would reserve on every replica's disk up
 //!   front) holds every shared change of every node in one order,
 //!   each with the header `Tern-Origin` (node and start). Out: [`GwShare::changed`]
 //!   `try_send`s the encoded op into a bounded queue (`[cluster] queue`; full: dropped,
@@ -66,9 +66,6 @@ pub const GW_BUCKET: &str = "tern_gw";
 pub const GW_STREAM: &str = "TERN_GW";
 /// Its one subject.
 const GW_SUBJECT: &str = "tern.gw.op";
-/// How long the log keeps a change: a node away for longer loads the entities again and
-/// misses the messages stored meanwhile.
-pub const LOG_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Appends awaiting their acks at a time.
 const BATCH: usize = 64;
 /// The header naming the node (and its start) that made a change.
@@ -92,21 +89,37 @@ impl Cluster {
             )
         })
         .await?;
+        let max_age = self.config.gw_log_max_age;
+        let config = jetstream::stream::Config {
+            name: GW_STREAM.to_string(),
+            description: Some("tern: changes of the devices layer".to_string()),
+            subjects: vec![GW_SUBJECT.to_string()],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            max_age,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
         let mut stream = retry_until(setup_until, "the devices log", || async {
-            js.get_or_create_stream(jetstream::stream::Config {
-                name: GW_STREAM.to_string(),
-                description: Some("tern: changes of the devices layer".to_string()),
-                subjects: vec![GW_SUBJECT.to_string()],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas.max(1),
-                max_age: LOG_MAX_AGE,
-                discard: jetstream::stream::DiscardPolicy::Old,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Nats(format!("create stream {GW_STREAM}: {e}")))
+            js.get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| ClusterError::Nats(format!("create stream {GW_STREAM}: {e}")))
         })
         .await?;
+        if stream.cached_info().config.max_age != max_age {
+            // `[cluster] gw_log_max_age` changed since the stream was made.
+            let mut changed = stream.cached_info().config.clone();
+            changed.max_age = max_age;
+            match js.update_stream(changed).await {
+                Ok(_) => tracing::info!(
+                    ?max_age,
+                    "cluster: the devices log keeps changes for a new time"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: the devices log's max age not changed")
+                }
+            }
+        }
         // The log's end before the entities are read: whatever changes after is read from it.
         let info = stream
             .info()

@@ -41,7 +41,7 @@ mod subject;
 mod proptests;
 
 pub use cfg::{CFG_BUCKET, CfgReplica, DeletedHook, ID_BLOCK, ID_LOW, WRITE_TRIES};
-pub use gw::{GW_BUCKET, GW_STREAM, GwShare, LOG_MAX_AGE};
+pub use gw::{GW_BUCKET, GW_STREAM, GwShare};
 pub use nats::{
     Cluster, ClusterConfig, ClusterError, ClusterMetrics, NatsFabric, RETAINED_BUCKET, start,
 };

@@ -83,6 +83,8 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// How long the shard streams keep a message.
     pub stream_max_age: Duration,
+    /// How long the devices log (`TERN_GW`, `gw.rs`) keeps a change.
+    pub gw_log_max_age: Duration,
     /// How long NATS (or its JetStream quorum) may be out of reach before this node closes its
     /// clients (v5: DISCONNECT 0x9C) and answers `/health` 503; `None`: never.
     pub unavailable_after: Option<Duration>,

@@ -67,6 +67,9 @@ pub struct Cluster {
     pub shards: u32,
     /// Seconds the shard streams keep a message.
     pub stream_max_age: u64,
+    /// Seconds the devices log (`TERN_GW`) keeps a change: how long a node may be away and
+    /// still get the device messages stored meanwhile.
+    pub gw_log_max_age: u64,
     /// Messages each outgoing queue (live, retained) holds; full: the newest is dropped and
     /// counted (`tern_cluster_dropped_total{queue}`).
     pub queue: usize,
@@ -87,6 +90,7 @@ impl Default for Cluster {
             replicas: 1,
             shards: 4,
             stream_max_age: 3_600,
+            gw_log_max_age: 7 * 86_400,
             queue: 65_536,
             connect_timeout: 10,
             unavailable_after: 10,
@@ -892,6 +896,9 @@ impl Config {
             if self.cluster.stream_max_age == 0 {
                 return fail("cluster.stream_max_age", "must be at least 1 second".into());
             }
+            if self.cluster.gw_log_max_age == 0 {
+                return fail("cluster.gw_log_max_age", "must be at least 1 second".into());
+            }
             if self.cluster.queue == 0 {
                 return fail("cluster.queue", "must be at least 1".into());
             }
@@ -1229,6 +1236,7 @@ impl Config {
             queue: self.cluster.queue,
             shards: self.cluster.shards,
             stream_max_age: Duration::from_secs(self.cluster.stream_max_age),
+            gw_log_max_age: Duration::from_secs(self.cluster.gw_log_max_age),
             unavailable_after: (self.cluster.unavailable_after > 0)
                 .then(|| Duration::from_secs(self.cluster.unavailable_after)),
         })
@@ -1482,7 +1490,13 @@ mod tests {
         assert_eq!(cl.nats.len(), 2);
         assert_eq!((cl.node.as_str(), cl.shards, cl.replicas), ("n1", 8, 1));
         assert_eq!(cl.unavailable_after, Some(Duration::from_secs(10)));
+        assert_eq!(cl.gw_log_max_age, Duration::from_secs(7 * 86_400));
         for (text, key, line) in [
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\ngw_log_max_age = 0\n",
+                "cluster.gw_log_max_age",
+                3,
+            ),
             (
                 "[cluster]\nnats = [\"nats://a:1\"]\n\nreplicas = 9\n",
                 "cluster.replicas",
