@@ -599,21 +599,36 @@ async fn in_flight_on_a(cluster: &Cluster, id: &str, prefix: &str) -> (Client, V
     (s, sent)
 }
 
-/// Reads until every payload of `sent` and `away` came, acknowledging each: those of `sent`
-/// (in flight, never acknowledged, on the session's former node) must come again with DUP=1
-/// under the packet ids they had there, those of `away` (published while the client was
-/// away) with DUP=0.
-async fn resent_then_new(cluster: &Cluster, c: &mut Client, sent: &[Publish], away: &[String]) {
-    let mut want_dup: std::collections::BTreeMap<String, u16> = sent
+/// What a resumed session must get again.
+struct Owed<'a> {
+    /// In flight (never acknowledged) on the former node when it last wrote the session's
+    /// record: again with DUP=1 under the packet ids they had there.
+    sent: &'a [Publish],
+    /// Sent by the former node after that, not acknowledged: again with DUP=1 (any id).
+    late: &'a [Publish],
+    /// Published while the client was away: DUP=0, unless `away_may_be_dup` (its node died
+    /// with the client connected: what was published before the surviving node took the
+    /// session over may have gone out, "might be re-delivery").
+    away: &'a [String],
+    away_may_be_dup: bool,
+}
+
+/// Reads until every payload `owed` lists came, acknowledging each, and checks its DUP flag
+/// and packet id.
+async fn resent_then_new(cluster: &Cluster, c: &mut Client, owed: Owed<'_>) {
+    let payload_of = |m: &Publish| String::from_utf8_lossy(&m.payload).into_owned();
+    let mut want_dup: std::collections::BTreeMap<String, u16> = owed
+        .sent
         .iter()
         .map(|m| {
             let id = m.packet_id.expect("a QoS 1 delivery has a packet id");
-            (String::from_utf8_lossy(&m.payload).into_owned(), id)
+            (payload_of(m), id)
         })
         .collect();
-    let mut want_new: BTreeSet<String> = away.iter().cloned().collect();
+    let mut want_late: BTreeSet<String> = owed.late.iter().map(payload_of).collect();
+    let mut want_new: BTreeSet<String> = owed.away.iter().cloned().collect();
     let deadline = tokio::time::Instant::now() + BACKLOG;
-    while !want_dup.is_empty() || !want_new.is_empty() {
+    while !want_dup.is_empty() || !want_late.is_empty() || !want_new.is_empty() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let m = match c.read(left).await {
             Read::Packet(Packet::Publish(m)) => m,
@@ -630,8 +645,13 @@ async fn resent_then_new(cluster: &Cluster, c: &mut Client, sent: &[Publish], aw
         if let Some(id) = want_dup.remove(&payload) {
             assert!(m.dup, "{payload} was in flight: DUP=1 ({m:?})");
             assert_eq!(m.packet_id, Some(id), "{payload} keeps its packet id");
+        } else if want_late.remove(&payload) {
+            assert!(m.dup, "{payload} went out before the crash: DUP=1 ({m:?})");
         } else if want_new.remove(&payload) {
-            assert!(!m.dup, "{payload} is a first delivery: DUP=0 ({m:?})");
+            assert!(
+                owed.away_may_be_dup || !m.dup,
+                "{payload} is a first delivery: DUP=0 ({m:?})"
+            );
         }
     }
 }
@@ -657,7 +677,13 @@ async fn inflight_resent_with_dup_on_another_node() {
     publish_all(&cluster, A, "dp-p2", "dp/t", &away).await;
     let (mut s, present) = resume(&cluster, B, "duper").await;
     assert!(present, "resumed on node B{}", cluster.logs());
-    resent_then_new(&cluster, &mut s, &sent, &away).await;
+    let owed = Owed {
+        sent: &sent,
+        late: &[],
+        away: &away,
+        away_may_be_dup: false,
+    };
+    resent_then_new(&cluster, &mut s, owed).await;
     s.disconnect().await;
     // Every session change reached the record writers (none dropped from their queues).
     for n in [A, B] {
@@ -676,7 +702,8 @@ async fn inflight_resent_with_dup_on_another_node() {
 }
 
 /// The same after `kill -9` of node A: what node A last wrote of the session (here at a
-/// SUBSCRIBE, after the messages went out) tells the surviving node what was in flight.
+/// SUBSCRIBE, after the messages went out) tells the surviving node what was in flight; what
+/// node A sent after that and right before its death comes again with DUP=1 too.
 #[tokio::test]
 async fn inflight_resent_with_dup_after_its_node_is_killed() {
     let Some(mut cluster) = pair().await else {
@@ -689,6 +716,9 @@ async fn inflight_resent_with_dup_after_its_node_is_killed() {
         ReasonCode(1)
     );
     known_on(&cluster, B, "dup-kill", 2).await;
+    // Sent after that record write, not acknowledged, and node A dies at once.
+    publish_all(&cluster, B, "dk-p3", "dk/t", &batch("late", 3)).await;
+    let late = unacknowledged(&cluster, &mut s, 3, "sent late on A").await;
 
     let node = cluster.nodes.remove(A);
     node.daemon.kill().await;
@@ -697,7 +727,13 @@ async fn inflight_resent_with_dup_after_its_node_is_killed() {
     publish_all(&cluster, 0, "dk-p2", "dk/t", &away).await;
     let (mut s, present) = resume(&cluster, 0, "dup-kill").await;
     assert!(present, "resumed on the surviving node{}", cluster.logs());
-    resent_then_new(&cluster, &mut s, &sent, &away).await;
+    let owed = Owed {
+        sent: &sent,
+        late: &late,
+        away: &away,
+        away_may_be_dup: true,
+    };
+    resent_then_new(&cluster, &mut s, owed).await;
     s.disconnect().await;
 }
 

@@ -25,7 +25,9 @@ pub struct Delivery {
     pub seq: u64,
     /// Cluster mode: the packet id this message had in flight to the client on the node that
     /// held its session before (`fabric.rs`). It goes out again under that id with DUP=1
-    /// ([MQTT-4.4.0-1]); `None` for a first delivery.
+    /// ([MQTT-4.4.0-1]); `Some(0)`: it may have gone out there under an id not known, so it
+    /// goes out with DUP=1 under a new id ("might be re-delivery", MQTT 3.3.1.1); `None` for
+    /// a first delivery.
     pub dup_id: Option<tern_codec::PacketId>,
     /// With `dup_id`, a QoS 2 message whose PUBREC the former node had: a PUBREL goes out
     /// under that id, not the PUBLISH again ([MQTT-4.4.0-1]).

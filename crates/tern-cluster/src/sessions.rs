@@ -568,7 +568,15 @@ impl Sessions {
             }
         }
         // What the former node had sent and not seen acknowledged goes out again with DUP=1,
-        // under its packet id.
+        // under its packet id. What else it may have sent (published before its client left
+        // it, or before this adoption when it died with the client connected: the record's
+        // marks are up to a second old) goes out with DUP=1 under a new id; what was published
+        // after the client left was never sent: DUP=0.
+        let maybe_sent_until = if rec.connected {
+            self.broker.clock.now()
+        } else {
+            rec.image.record.disconnected_at.unwrap_or(0)
+        };
         let mut marks: HashMap<(Micros, tern_broker::Cid), (u16, bool)> = rec
             .inflight
             .iter()
@@ -577,7 +585,10 @@ impl Sessions {
         let mut replayed = 0u64;
         for (shard, stream) in self.streams.iter().enumerate() {
             let from = rec.cursors.get(shard).copied().unwrap_or(0) + 1;
-            match self.replay_shard(&session, stream, from, &mut marks).await {
+            match self
+                .replay_shard(&session, stream, from, &mut marks, maybe_sent_until)
+                .await
+            {
                 Ok(n) => replayed += n,
                 Err(e) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -604,6 +615,7 @@ impl Sessions {
         stream: &jetstream::stream::Stream,
         from: u64,
         marks: &mut HashMap<(Micros, tern_broker::Cid), (u16, bool)>,
+        maybe_sent_until: Micros,
     ) -> Result<u64, String> {
         let mut stream = stream.clone();
         let last = tokio::time::timeout(Duration::from_secs(5), stream.info())
@@ -627,7 +639,9 @@ impl Sessions {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(last);
             match crate::nats::decode_on(&msg.subject, msg.payload.clone(), false) {
                 Ok(m) => {
-                    let dup = marks.remove(&(m.timestamp, m.cid));
+                    let dup = marks
+                        .remove(&(m.timestamp, m.cid))
+                        .or_else(|| (m.timestamp <= maybe_sent_until).then_some((0, false)));
                     if self.broker.route_replayed(session, &Arc::new(m), dup) {
                         queued += 1;
                     }

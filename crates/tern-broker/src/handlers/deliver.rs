@@ -85,7 +85,7 @@ impl Connection {
                     // the same id, unless that id is taken here by now; a QoS 2 message whose
                     // PUBREC that node had gets its PUBREL again under that id, not the PUBLISH.
                     let id = match delivery.dup_id {
-                        Some(id) if !st.inflight.iter().any(|f| f.packet_id == id) => {
+                        Some(id) if id != 0 && !st.inflight.iter().any(|f| f.packet_id == id) => {
                             pubrel = delivery.dup_released;
                             id
                         }
