@@ -785,3 +785,123 @@ async fn connected_members_on_another_node_are_preferred_to_offline_ones() {
     );
     back.disconnect().await;
 }
+
+/// Reads a member's deliveries into `got` without acknowledging any, until its connection is
+/// gone or `stop`.
+async fn receive_without_ack(
+    mut c: Client,
+    got: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        match c.read(Duration::from_millis(200)).await {
+            Read::Packet(Packet::Publish(p)) => {
+                got.lock()
+                    .expect("got")
+                    .insert(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Read::Packet(_) => {}
+            Read::Closed => return,
+            Read::Timeout if stop.load(Ordering::Relaxed) => return,
+            Read::Timeout => {}
+        }
+    }
+}
+
+/// Members on three nodes, publishing on the third; node A is killed, then node B, whose
+/// member acknowledges nothing (so what was handed over to it from A stays unacknowledged
+/// there). Every message acknowledged to the publisher reaches A's member before its kill or
+/// C's member: what went from A to B is handed over again, to C.
+#[tokio::test]
+async fn a_message_handed_over_once_is_handed_over_again_after_a_second_crash() {
+    let Some(mut cl) = Cluster::start(&["h1", "h2", "h3"]).await else {
+        return;
+    };
+    let mut group = members(
+        &cl,
+        "$share/h2/ch2/+/+",
+        QoS::AtLeastOnce,
+        &[(0, "h2-a"), (1, "h2-b"), (2, "h2-c")],
+    )
+    .await;
+    settle(&cl, &mut group, &[0, 1, 2], "ch2").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let got: Vec<Arc<Mutex<HashSet<String>>>> = (0..3)
+        .map(|_| Arc::new(Mutex::new(HashSet::new())))
+        .collect();
+    let mut receivers = Vec::new();
+    for (i, m) in group.into_iter().enumerate() {
+        let task = if i == 1 {
+            tokio::spawn(receive_without_ack(m.client, got[i].clone(), stop.clone()))
+        } else {
+            tokio::spawn(receive_until(m.client, got[i].clone(), stop.clone()))
+        };
+        receivers.push(task);
+    }
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let publisher = cl.client(2, ProtocolVersion::V311, "h2-pub").await;
+    let publishing = tokio::spawn(publish_until(
+        publisher,
+        "ch2/p".into(),
+        "h2".into(),
+        acked.clone(),
+        stop.clone(),
+    ));
+    let count = |i: usize| got[i].lock().expect("got").len();
+    let logs_of = |cl: &Cluster| cl.logs();
+    assert!(
+        wait_until(CROSS, || count(0) >= 20 && count(1) >= 20 && count(2) >= 20).await,
+        "every member gets messages first{}",
+        logs_of(&cl)
+    );
+    let handovers =
+        |cl: &Cluster, n: usize| cl.nodes[n].daemon.log().matches("handed over").count();
+    // A dies; its messages are handed over to B and C.
+    let a = cl.nodes.remove(0);
+    a.daemon.kill().await;
+    let published = acked.lock().expect("acked").len();
+    assert!(
+        wait_until(CROSS * 2, || handovers(&cl, 1) >= 1
+            && acked.lock().expect("acked").len() >= published + 100)
+        .await,
+        "C hands over what was kept for A, and publishing goes on{}",
+        logs_of(&cl)
+    );
+    // Then B dies with all of it unacknowledged.
+    let b = cl.nodes.remove(0);
+    b.daemon.kill().await;
+    let published = acked.lock().expect("acked").len();
+    assert!(
+        wait_until(CROSS * 2, || handovers(&cl, 0) >= 2
+            && acked.lock().expect("acked").len() >= published + 50)
+        .await,
+        "C hands over what was kept for B, and publishing goes on{}",
+        logs_of(&cl)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = publishing.await;
+    let acked: Vec<String> = acked.lock().expect("acked").clone();
+    let missing = || -> Vec<String> {
+        let (on_a, on_c) = (got[0].lock().expect("got"), got[2].lock().expect("got"));
+        acked
+            .iter()
+            .filter(|p| !on_a.contains(*p) && !on_c.contains(*p))
+            .cloned()
+            .collect()
+    };
+    let all_there = wait_until(CROSS * 2, || missing().is_empty()).await;
+    let lost = missing();
+    assert!(
+        all_there,
+        "every acknowledged message reaches A's member (before its kill) or C's: {} of {} \
+         missing: {:?}{}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)],
+        logs_of(&cl)
+    );
+    for r in receivers {
+        r.abort();
+    }
+}

@@ -54,8 +54,9 @@
 //!   publisher and chosen for the dead node is not lost while some node kept it. A node whose
 //!   entry is deleted (it stopped cleanly, or its last member left) is handed over the same
 //!   way, at once: a shared message whose session ended should go to another member (MQTT
-//!   §4.8.2). A message handed over is kept no longer (a second crash before it was
-//!   acknowledged loses it).
+//!   §4.8.2). Every node that kept a handed-over message keeps it again for the node that
+//!   delivers it now, until [`HANDED_DONE`] of that node's cursor changes went by (a mark
+//!   taken after the delivery completed), so a second crash hands it over again.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -172,7 +173,18 @@ struct KeptFor {
     cursor: Option<Vec<u64>>,
     /// By (shard, stream sequence).
     kept: BTreeMap<(u32, u64), SmallVec<[Kept; 1]>>,
+    /// Messages handed over to it (chosen for a node that went before), each with the
+    /// changes of its cursor seen since: its position in the streams is older than its
+    /// delivery there, so its cursor says nothing of it; once [`HANDED_DONE`] changes went by,
+    /// a mark taken after the delivery has been completed.
+    handed: Vec<(Kept, u8)>,
 }
+
+/// Cursor changes of a node after which a message handed over to it is done there: its
+/// writer publishes a mark only once the one before is done, a change takes at least a beat,
+/// and the nodes see a node go away within a fraction of a beat of each other, so the third
+/// change published after the handover here comes from a mark taken after the delivery there.
+const HANDED_DONE: u8 = 3;
 
 /// The handover's state (see the module).
 #[derive(Debug, Default)]
@@ -340,6 +352,7 @@ impl ShareRegistry {
             restarted = std::mem::take(&mut kept.kept)
                 .into_values()
                 .flatten()
+                .chain(std::mem::take(&mut kept.handed).into_iter().map(|(k, _)| k))
                 .collect();
             kept.cursor = None;
             h.total -= restarted.len();
@@ -352,6 +365,14 @@ impl ShareRegistry {
             return restarted;
         };
         let mut forgotten = 0;
+        if kept.cursor.as_ref() != Some(&cursor) && !kept.handed.is_empty() {
+            let before = kept.handed.len();
+            kept.handed.retain_mut(|(_, seen)| {
+                *seen += 1;
+                *seen < HANDED_DONE
+            });
+            forgotten += before - kept.handed.len();
+        }
         for (shard, &done) in cursor.iter().enumerate() {
             let shard = shard as u32;
             let upto: Vec<(u32, u64)> = kept
@@ -379,7 +400,12 @@ impl ShareRegistry {
         let Some(kept) = h.nodes.remove(&node) else {
             return Vec::new();
         };
-        let out: Vec<Kept> = kept.kept.into_values().flatten().collect();
+        let out: Vec<Kept> = kept
+            .kept
+            .into_values()
+            .flatten()
+            .chain(kept.handed.into_iter().map(|(k, _)| k))
+            .collect();
         h.total -= out.len();
         self.metrics
             .share_kept
@@ -393,7 +419,7 @@ impl ShareRegistry {
             .lock()
             .nodes
             .iter()
-            .filter(|(_, k)| !k.kept.is_empty())
+            .filter(|(_, k)| !k.kept.is_empty() || !k.handed.is_empty())
             .map(|(n, _)| *n)
             .collect()
     }
@@ -420,7 +446,14 @@ impl ShareRegistry {
                         dropped += 1;
                     }
                 }
-                Some(_) => elsewhere += 1,
+                Some(n) => {
+                    // Kept again, for the node that delivers it now, until it is done there.
+                    if self.keep_handed(n, k) {
+                        elsewhere += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
                 None => dropped += 1,
             }
         }
@@ -436,6 +469,20 @@ impl ShareRegistry {
             dropped,
             "cluster: a node with $share members went away; its unacknowledged QoS 1/2 messages handed over"
         );
+    }
+
+    /// Keeps `k`, handed over to `node`, until it is done there (within the limit).
+    fn keep_handed(&self, node: u64, k: Kept) -> bool {
+        let mut h = self.handover.lock();
+        if h.total >= self.limit {
+            return false;
+        }
+        h.nodes.entry(node).or_default().handed.push((k, 0));
+        h.total += 1;
+        self.metrics
+            .share_kept
+            .store(h.total as u64, Ordering::Relaxed);
+        true
     }
 
     /// This node's cursor for its entry: the positions of the last mark whose copies are all
@@ -1054,6 +1101,38 @@ mod tests {
         assert_eq!(r.handover.lock().total, 0);
         r.keep(0, 1, &msg, chosen_for(x));
         assert_eq!(r.take_kept(x).len(), 1);
+        assert_eq!(r.metrics.share_kept.load(Ordering::Relaxed), 0);
+    }
+
+    /// A message handed over to a node is kept for it until its cursor changed
+    /// `HANDED_DONE` times, whatever positions the cursor names (the message's own position is
+    /// older than its delivery there); a cursor written again unchanged does not count; if the
+    /// node goes first, the message is handed over again.
+    #[test]
+    fn handed_over_messages_wait_for_cursor_changes() {
+        let r = registry(1, 8);
+        let y = node_hash("y");
+        assert!(r.node_seen(y, Some(1), Some(vec![100])).is_empty());
+        let kept = |msg| Kept {
+            group: chosen_for(y).remove(0).group,
+            msg,
+        };
+        assert!(r.keep_handed(y, kept(message("t", tern_codec::QoS::AtLeastOnce))));
+        assert_eq!(r.handover.lock().total, 1);
+        r.node_seen(y, Some(1), Some(vec![100]));
+        assert_eq!(
+            r.handover.lock().total,
+            1,
+            "an unchanged cursor does not count"
+        );
+        r.node_seen(y, Some(1), Some(vec![101]));
+        r.node_seen(y, Some(1), Some(vec![102]));
+        assert_eq!(r.handover.lock().total, 1, "two changes are not enough");
+        r.node_seen(y, Some(1), Some(vec![103]));
+        assert_eq!(r.handover.lock().total, 0, "done after the third");
+        // Kept again, then the node goes: it is handed over once more.
+        assert!(r.keep_handed(y, kept(message("t", tern_codec::QoS::AtLeastOnce))));
+        assert_eq!(r.take_kept(y).len(), 1);
         assert_eq!(r.metrics.share_kept.load(Ordering::Relaxed), 0);
     }
 
