@@ -720,4 +720,40 @@ impl Broker {
         };
         Some(outcomes)
     }
+
+    /// For a subscription added to the cluster's record of a session no node holds (its node
+    /// is dead): what this node's REST would answer for it, short of the session itself: it
+    /// parses, the caller's token (`token_id`) allows it, and a new one (`existing`: the
+    /// subscriptions the record has, `replaces`: it has this one) fits the per-session limit
+    /// and the account tree's quota as this node counts it. `None`: it may be added.
+    pub fn check_record_subscription(
+        &self,
+        cid: Cid,
+        rec: &SubscriptionRecord,
+        token_id: Option<u64>,
+        existing: usize,
+        replaces: bool,
+    ) -> Option<RemoteOutcome> {
+        let parsed = SubscriptionKey::from_stored(&rec.filter)
+            .and_then(|k| Subscription::parse(k, rec.options, rec.id));
+        let Ok(mut sub) = parsed else {
+            return Some(RemoteOutcome::Invalid);
+        };
+        if let Some(rights) = token_id.and_then(|id| self.auth.token_rights(id))
+            && !sub.authorize(&rights)
+        {
+            return Some(RemoteOutcome::Refused(
+                crate::subscriptions::SubscribeError::NotAuthorized,
+            ));
+        }
+        if !replaces
+            && (existing >= self.config.max_subscriptions_per_session
+                || self.subscription_quota_full(cid))
+        {
+            return Some(RemoteOutcome::Refused(
+                crate::subscriptions::SubscribeError::QuotaExceeded,
+            ));
+        }
+        None
+    }
 }

@@ -1030,7 +1030,13 @@ impl Sessions {
                 }
             }
             let mut next = (*rec).clone();
-            let outcomes = change_record(&mut next, &change);
+            let outcomes = change_record(&mut next, &change, &|sub, existing, replaces| {
+                let RemoteChange::Subscribe { token_id, .. } = &change else {
+                    return None;
+                };
+                self.broker
+                    .check_record_subscription(key.cid, sub, *token_id, existing, replaces)
+            });
             let Ok(value) = next.encode() else {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 return vec![RemoteOutcome::Unanswered; n];
@@ -1360,14 +1366,28 @@ fn decode_answer(mut v: Bytes) -> Result<Option<Vec<RemoteOutcome>>, String> {
     Ok(Some(outcomes))
 }
 
+/// What refuses a subscription added to a record (`existing` subscriptions in it, `replaces`:
+/// one of them has its key): an outcome, or `None` to add it.
+type RecordCheck<'a> =
+    dyn Fn(&tern_store::SubscriptionRecord, usize, bool) -> Option<RemoteOutcome> + 'a;
+
 /// Applies a change to a record no node holds (as the node would: a subscription replaces
-/// the one with its key); the outcome of each item.
-fn change_record(rec: &mut Record, change: &RemoteChange) -> Vec<RemoteOutcome> {
+/// the one with its key; `check` refuses what the node's REST would); the outcome of each
+/// item.
+fn change_record(
+    rec: &mut Record,
+    change: &RemoteChange,
+    check: &RecordCheck<'_>,
+) -> Vec<RemoteOutcome> {
     let subs = &mut rec.image.subscriptions;
     let outcomes = match change {
         RemoteChange::Subscribe { subscriptions, .. } => subscriptions
             .iter()
             .map(|sub| {
+                let replaces = subs.iter().any(|s| s.filter == sub.filter);
+                if let Some(refused) = check(sub, subs.len(), replaces) {
+                    return refused;
+                }
                 subs.retain(|s| s.filter != sub.filter);
                 subs.push(sub.clone());
                 RemoteOutcome::Done
@@ -1628,23 +1648,47 @@ mod tests {
             image: view(0, 0).image,
         };
         rec.image.subscriptions = vec![sub("b", 0)];
+        let any = |_: &tern_store::SubscriptionRecord, _: usize, _: bool| None;
         let added = change_record(
             &mut rec,
             &RemoteChange::Subscribe {
                 subscriptions: vec![sub("a", 1), sub("b", 2)],
                 token_id: None,
             },
+            &any,
         );
         assert_eq!(added, vec![RemoteOutcome::Done; 2]);
         assert_eq!(rec.image.subscriptions, vec![sub("a", 1), sub("b", 2)]);
+        // What the node's REST refuses is not added: here a new one past two per session.
+        let full = |_: &tern_store::SubscriptionRecord, existing: usize, replaces: bool| {
+            (!replaces && existing >= 2)
+                .then_some(RemoteOutcome::Refused(SubscribeError::QuotaExceeded))
+        };
+        let refused = change_record(
+            &mut rec,
+            &RemoteChange::Subscribe {
+                subscriptions: vec![sub("c", 1), sub("a", 0)],
+                token_id: None,
+            },
+            &full,
+        );
+        assert_eq!(
+            refused,
+            vec![
+                RemoteOutcome::Refused(SubscribeError::QuotaExceeded),
+                RemoteOutcome::Done
+            ]
+        );
+        assert_eq!(rec.image.subscriptions, vec![sub("a", 0), sub("b", 2)]);
         let removed = change_record(
             &mut rec,
             &RemoteChange::Unsubscribe {
                 filters: vec!["b".into(), "c".into()],
             },
+            &any,
         );
         assert_eq!(removed, vec![RemoteOutcome::Done, RemoteOutcome::Unchanged]);
-        assert_eq!(rec.image.subscriptions, vec![sub("a", 1)]);
+        assert_eq!(rec.image.subscriptions, vec![sub("a", 0)]);
     }
 
     fn view(low: u64, tail: u64) -> SessionCheckpoint {
