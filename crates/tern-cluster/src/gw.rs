@@ -822,22 +822,18 @@ async fn run_reader(
     share: Arc<GwShare>,
     shutdown: CancellationToken,
 ) {
-    let mut wait = Duration::from_millis(100);
     loop {
-        let mut messages = match crate::nats::open_reader(&stream, next).await {
-            Ok(m) => m,
-            Err(e) => {
-                share.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cluster: devices log reader not created, retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-                continue;
-            }
+        let Some(mut messages) = crate::nats::open_reader_retrying(
+            &stream,
+            next,
+            &share.metrics,
+            &shutdown,
+            "devices log",
+        )
+        .await
+        else {
+            return;
         };
-        wait = Duration::from_millis(100);
         loop {
             let msg = match until_shutdown(messages.next(), &shutdown).await {
                 None if shutdown.is_cancelled() => return,

@@ -1116,22 +1116,12 @@ async fn run_reader(
     metrics: Arc<ClusterMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut wait = Duration::from_millis(100);
     loop {
-        let mut messages = match open_reader(&stream, next).await {
-            Ok(m) => m,
-            Err(e) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, stream = %stream.cached_info().config.name, "cluster: shard stream reader not created, retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-                continue;
-            }
+        let Some(mut messages) =
+            open_reader_retrying(&stream, next, &metrics, &shutdown, "shard stream").await
+        else {
+            return;
         };
-        wait = Duration::from_millis(100);
         connects.mark_unchanged();
         // A consumer whose server died (a stream leader killed) may go quiet without an error:
         // when nothing arrived for a while, the stream is asked whether there is more, and the
@@ -1197,6 +1187,32 @@ async fn run_reader(
             }
             // Routed (or this node's own): persistent sessions' cursors may pass it.
             position.0[position.1].store(next - 1, Ordering::Release);
+        }
+    }
+}
+
+/// [`open_reader`] until it opens (back-off from 100 ms to 5 s; each failure counted and
+/// logged as `what`'s); `None` once `shutdown` is cancelled.
+pub(crate) async fn open_reader_retrying(
+    stream: &jetstream::stream::Stream,
+    from: u64,
+    metrics: &ClusterMetrics,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<jetstream::consumer::pull::Ordered> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match open_reader(stream, from).await {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, stream = %stream.cached_info().config.name, "cluster: {what} reader not created, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -97,23 +97,9 @@ impl Gateway {
                 &|_, _| false,
             );
         }
-        let mut touched: Vec<String> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
         let tel = st.telemetry.entry(id).or_default();
-        for (ts, obj) in &prepared {
-            let changes = tel.apply(obj, *ts);
-            for k in changes.updated {
-                removed.retain(|r| *r != k);
-                if !touched.contains(&k) {
-                    touched.push(k);
-                }
-            }
-            for k in changes.removed {
-                touched.retain(|t| *t != k);
-                removed.push(k);
-            }
-        }
-        let tel_changed = !touched.is_empty() || !removed.is_empty();
+        let changes = tel.apply_all(prepared.iter().map(|(ts, obj)| (*ts, obj)));
+        let tel_changed = !changes.is_empty();
         if tel_changed && d.messages_ttl == 0 {
             // Nothing stored to replay it from after a crash: written with the batch.
             self.store
@@ -122,14 +108,7 @@ impl Gateway {
         for (_, json) in stored {
             publish::message(&self.broker, d.cid, id, json);
         }
-        for k in &touched {
-            if let Some(p) = tel.get(k) {
-                publish::telemetry(&self.broker, d.cid, id, k, Some((&p.value, p.ts)));
-            }
-        }
-        for k in &removed {
-            publish::telemetry(&self.broker, d.cid, id, k, None);
-        }
+        publish::telemetry_changes(&self.broker, d.cid, id, tel, &changes);
         if tel_changed && d.messages_ttl > 0 {
             // Written by the next flush (at most a second away), or replayed from the messages
             // stored with this batch after a crash.

@@ -274,6 +274,24 @@ pub fn telemetry(broker: &Broker, cid: Cid, id: u64, param: &str, value: Option<
     emit(broker, msg);
 }
 
+/// The telemetry topics of what `changes` says changed in device `id`'s telemetry `t`.
+pub fn telemetry_changes(
+    broker: &Broker,
+    cid: Cid,
+    id: u64,
+    t: &crate::Telemetry,
+    changes: &crate::telemetry::Changes,
+) {
+    for k in &changes.updated {
+        if let Some(p) = t.get(k) {
+            telemetry(broker, cid, id, k, Some((&p.value, p.ts)));
+        }
+    }
+    for k in &changes.removed {
+        telemetry(broker, cid, id, k, None);
+    }
+}
+
 /// A parameter's `ts` as the broker's message time (times before 1970 are written as 0).
 fn ts_micros(ts: f64) -> Micros {
     let m = (ts * 1e6).round();

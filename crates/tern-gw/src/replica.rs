@@ -670,30 +670,9 @@ impl Gateway {
         };
         let cid = owner_cid.unwrap_or_default();
         let tel = st.telemetry.entry(id).or_default();
-        let mut touched: Vec<String> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
-        for (ts, obj) in &parsed {
-            let c = tel.apply(obj, *ts);
-            for k in c.updated {
-                removed.retain(|r| *r != k);
-                if !touched.contains(&k) {
-                    touched.push(k);
-                }
-            }
-            for k in c.removed {
-                touched.retain(|t| *t != k);
-                removed.push(k);
-            }
-        }
-        for k in &touched {
-            if let Some(p) = tel.get(k) {
-                crate::publish::telemetry(&self.broker, cid, id, k, Some((&p.value, p.ts)));
-            }
-        }
-        for k in &removed {
-            crate::publish::telemetry(&self.broker, cid, id, k, None);
-        }
-        if !touched.is_empty() || !removed.is_empty() {
+        let changes = tel.apply_all(parsed.iter().map(|(ts, obj)| (*ts, obj)));
+        crate::publish::telemetry_changes(&self.broker, cid, id, tel, &changes);
+        if !changes.is_empty() {
             st.telemetry_dirty.insert(id);
         }
         let now = self.now() as u64;

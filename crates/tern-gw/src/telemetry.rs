@@ -63,6 +63,29 @@ impl Telemetry {
         v.into_iter()
     }
 
+    /// Applies messages (with their timestamps) in order: the parameters they left set
+    /// (`updated`, each once) and those they left removed.
+    pub fn apply_all<'a>(
+        &mut self,
+        messages: impl IntoIterator<Item = (f64, &'a Map<String, Value>)>,
+    ) -> Changes {
+        let mut all = Changes::default();
+        for (ts, msg) in messages {
+            let c = self.apply(msg, ts);
+            for k in c.updated {
+                all.removed.retain(|r| *r != k);
+                if !all.updated.contains(&k) {
+                    all.updated.push(k);
+                }
+            }
+            for k in c.removed {
+                all.updated.retain(|t| *t != k);
+                all.removed.push(k);
+            }
+        }
+        all
+    }
+
     /// Applies one message with timestamp `ts`.
     pub fn apply(&mut self, msg: &Map<String, Value>, ts: f64) -> Changes {
         let mut changes = Changes::default();
