@@ -480,3 +480,82 @@ async fn node_without_nats_moves_its_clients() {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 }
+
+/// QoS 0 goes only to the nodes with subscribers of its account (NATS interest): node B,
+/// without any, takes none of node A's QoS 0 messages; once a client subscribes on B, they
+/// reach it; once it leaves, B takes none again.
+#[tokio::test]
+async fn qos0_reaches_only_nodes_with_subscribers_of_its_account() {
+    let Some(cl) = Cluster::pair().await else {
+        return;
+    };
+    let metric = |n: usize, name: &str| {
+        let http = cl.nodes[n].daemon.http.expect("the node's HTTP listener");
+        let name = name.to_string();
+        async move {
+            let body = http::get(http, "/metrics", &[]).await.body;
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} in the metrics"))
+        }
+    };
+    let mut local = cl
+        .subscriber(A, ProtocolVersion::V5, "int-a", "int/#", QoS::AtMostOnce)
+        .await;
+    let mut p = cl.client(A, ProtocolVersion::V311, "int-p").await;
+    for i in 0..100 {
+        p.publish(&format!("int/before/{i}"), b"x", QoS::AtMostOnce, false)
+            .await;
+    }
+    for _ in 0..100 {
+        cl.recv(&mut local, "A's own subscriber").await;
+    }
+    assert_eq!(
+        metric(B, "tern_cluster_interest_accounts").await,
+        0,
+        "B has no subscriber{}",
+        cl.logs()
+    );
+    assert_eq!(
+        metric(B, "tern_cluster_messages_received_total").await,
+        0,
+        "B takes none of A's QoS 0 messages{}",
+        cl.logs()
+    );
+    let mut remote = cl
+        .subscriber(B, ProtocolVersion::V5, "int-b", "int/#", QoS::AtMostOnce)
+        .await;
+    cl.ready(A, &format!("int/{PROBE}"), &mut [&mut remote, &mut local])
+        .await;
+    p.publish("int/after", b"y", QoS::AtMostOnce, false).await;
+    let m = cl.recv(&mut remote, "B's subscriber").await;
+    assert_eq!(m.topic, "int/after");
+    assert!(metric(B, "tern_cluster_interest_accounts").await >= 1);
+    remote.disconnect().await;
+    // B lets go of the account: what A publishes then is not received there.
+    let deadline = tokio::time::Instant::now() + CROSS;
+    while metric(B, "tern_cluster_interest_accounts").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B keeps its interest after its last subscriber left{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = metric(B, "tern_cluster_messages_received_total").await;
+    for i in 0..100 {
+        p.publish(&format!("int/gone/{i}"), b"x", QoS::AtMostOnce, false)
+            .await;
+    }
+    for _ in 0..100 {
+        cl.recv(&mut local, "A's own subscriber").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(B, "tern_cluster_messages_received_total").await,
+        received,
+        "B takes none of A's QoS 0 messages once its subscriber left{}",
+        cl.logs()
+    );
+}

@@ -18,7 +18,7 @@ use tern_codec::*;
 
 use crate::support::Client;
 use crate::support::client::{Read, connect_packet};
-use crate::support::cluster::{CROSS, Node, RestNode, rest_logs as logs, until};
+use crate::support::cluster::{CROSS, MASTER, Node, RestNode, rest_logs as logs, until};
 use crate::support::http;
 use crate::support::nats::NatsServer;
 
@@ -441,4 +441,52 @@ async fn changes_made_while_nats_is_down_arrive_when_it_is_back() {
     .await;
     assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
     connect_when_known(&b, "outage-new", &new_key, &[&a, &b], &nats).await;
+}
+
+/// A parent account's subscriber on node B gets the QoS 0 messages a sub-account publishes on
+/// node A (a parent sees its children's traffic): node B's interest covers the accounts below
+/// the ones its subscribers are in, a sub-account made after the subscription included.
+#[tokio::test]
+async fn a_parents_subscriber_gets_qos0_of_a_sub_account_made_later_on_another_node() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let (mut parent, code) = connect_key(&b, "parent", MASTER).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    assert_eq!(
+        parent.subscribe("kids/#", QoS::AtMostOnce).await,
+        ReasonCode::SUCCESS
+    );
+    let kid = a.new_subaccount("kid").await;
+    let v = a
+        .rest_in(
+            Some(kid),
+            "POST",
+            "/platform/tokens",
+            &json!({"info": "kid"}).to_string(),
+        )
+        .await;
+    let key = v["result"][0]["key"]
+        .as_str()
+        .expect("a token key")
+        .to_string();
+    let mut child = connect_when_known(&a, "child", &key, &[&a, &b], &nats).await;
+    // QoS 0 until one arrives (the interest and the new account reach node B meanwhile).
+    let deadline = tokio::time::Instant::now() + CROSS;
+    loop {
+        child
+            .publish("kids/x", b"from a kid", QoS::AtMostOnce, false)
+            .await;
+        match parent.read(Duration::from_millis(100)).await {
+            Read::Packet(Packet::Publish(m)) if m.topic == "kids/x" => {
+                assert_eq!(&m.payload[..], b"from a kid");
+                break;
+            }
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the parent on b never got the kid's QoS 0 from a:{}",
+                logs(&[&a, &b], &nats)
+            ),
+        }
+    }
 }

@@ -620,6 +620,18 @@ impl Broker {
             )
     }
 
+    /// The accounts whose subscription index on this node is not empty: a publication of one
+    /// of them or of an account below one may have subscribers here (routing reaches the
+    /// publisher's namespace and its ancestors').
+    pub fn accounts_with_subscriptions(&self) -> Vec<Cid> {
+        self.namespaces
+            .read()
+            .values()
+            .filter(|ns| !ns.subs.read().is_empty())
+            .map(|ns| ns.cid)
+            .collect()
+    }
+
     /// The session with this key, if any.
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
         self.sessions.get(key)
@@ -719,6 +731,7 @@ impl Broker {
         };
         let mut shares_changed = false;
         let mut index = ns.subs.write();
+        let had = !index.is_empty();
         for sub in subs {
             let key = SubKey {
                 session: session.clone(),
@@ -743,9 +756,13 @@ impl Broker {
                 ns.count(|u| &u.subscriptions, -1);
             }
         }
+        let emptied = had && index.is_empty();
         drop(index);
         if shares_changed {
             self.shares_changed();
+        }
+        if emptied {
+            self.interest_changed();
         }
     }
 
@@ -760,9 +777,10 @@ impl Broker {
             session: session.clone(),
             identity: sub.key.clone(),
         };
-        let old = {
+        let (first, old) = {
             let mut index = ns.subs.write();
-            match &sub.share_group {
+            let first = index.is_empty();
+            let old = match &sub.share_group {
                 Some(group) => {
                     let old = index.insert_shared_with_mode(
                         group,
@@ -780,10 +798,14 @@ impl Broker {
                     old
                 }
                 None => index.insert(&sub.topic_filter, key, entry),
-            }
+            };
+            (first, old)
         };
         if old.is_none() && sub.share_group.is_some() {
             self.shares_changed();
+        }
+        if first {
+            self.interest_changed();
         }
         if old.is_none() {
             Metrics::gauge(&self.metrics.subscriptions, 1);

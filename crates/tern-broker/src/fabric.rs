@@ -64,6 +64,10 @@ pub trait Fabric: Send + Sync + std::fmt::Debug {
     /// fabric reads [`Broker::shared_groups`] later, off this path. The default does nothing.
     fn shares_changed(&self) {}
 
+    /// An account's subscription index on this node got its first subscription, or lost its
+    /// last one ([`Broker::accounts_with_subscriptions`] says which have some now). Never blocks.
+    fn interest_changed(&self) {}
+
     /// Every ticket up to this one is confirmed (stored by the cluster).
     fn confirmed(&self) -> FabricTicket;
 
@@ -603,6 +607,12 @@ impl Broker {
     pub(crate) fn shares_changed(&self) {
         if let Some(fabric) = self.fabric.get() {
             fabric.shares_changed();
+        }
+    }
+
+    pub(crate) fn interest_changed(&self) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.interest_changed();
         }
     }
 

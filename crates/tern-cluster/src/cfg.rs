@@ -69,6 +69,8 @@ pub(crate) struct CfgStart<'a> {
     pub setup_until: tokio::time::Instant,
     pub connect_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// Woken when the account tree changes (the QoS 0 interest follows it: `nats.rs`).
+    pub interest: Arc<Notify>,
 }
 
 /// Sets up the bucket, loads it into the directory, adds what only this node has, reserves
@@ -93,6 +95,7 @@ pub(crate) async fn start(s: CfgStart<'_>) -> Result<Arc<CfgReplica>, ClusterErr
         refill: Notify::new(),
         metrics: s.metrics.clone(),
         deleted: std::sync::OnceLock::new(),
+        interest: s.interest.clone(),
     });
 
     // Everything the cluster has, before any client connects or any REST call is answered.
@@ -253,6 +256,8 @@ pub struct CfgReplica {
     metrics: Arc<ClusterMetrics>,
     /// Called with the accounts another node deleted (set once).
     deleted: std::sync::OnceLock<DeletedHook>,
+    /// Woken at every account change (`CfgStart::interest`).
+    interest: Arc<Notify>,
 }
 
 /// What else goes with accounts another node deleted (the daemon's devices layer).
@@ -269,6 +274,12 @@ impl std::fmt::Debug for DeletedHook {
 
 impl DirectoryReplica for CfgReplica {
     fn changed(&self, change: DirectoryChange) {
+        if matches!(
+            change,
+            DirectoryChange::Account { .. } | DirectoryChange::DelAccount(_)
+        ) {
+            self.interest.notify_one();
+        }
         let (key, value) = self.record(&change);
         // Counted as pending before it can be written (and come back), uncounted if dropped.
         let mut pending = self.pending.lock();
@@ -394,6 +405,7 @@ impl CfgReplica {
             Ok(effect) => {
                 if effect.changed {
                     self.metrics.cfg_applied.fetch_add(1, Ordering::Relaxed);
+                    self.interest.notify_one();
                 }
                 act(broker, &effect);
                 if !effect.deleted_accounts.is_empty()
@@ -653,6 +665,7 @@ mod tests {
             refill: Notify::new(),
             metrics: Arc::new(ClusterMetrics::default()),
             deleted: std::sync::OnceLock::new(),
+            interest: Arc::new(Notify::new()),
         });
         (r, rx)
     }

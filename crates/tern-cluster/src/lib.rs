@@ -3,15 +3,15 @@
 //! design is `scale-out.md` §3). The broker core knows only the seam it calls,
 //! `tern_broker::Fabric`; this crate implements it.
 //!
-//! Built so far: QoS 0 on core NATS as `tern.m.<acct>.<topic>`; QoS 1/2 appended to shard stream
+//! Built so far: QoS 0 on core NATS as `tern.m.<acct>.<topic>`, each node subscribed to the
+//! accounts it has subscribers for (and those below them); QoS 1/2 appended to shard stream
 //! `TERN_Q_<s>` as `tern.q.<s>.<acct>.<topic>` before the publisher's acknowledgement, and read
 //! by every node; retained messages in the KV bucket `tern_ret` under `<acct>.<topic>`, replicated
 //! into every node's retained tree; takeover of a client connected to another node; a node cut
 //! off from NATS marked unavailable; persistent sessions and wills across nodes (`sessions`);
 //! accounts and tokens in KV (`cfg`); `$share` groups across nodes (each message to one member
 //! in the cluster, through the member registry in the KV bucket `tern_share`); REST calls that
-//! act on another node's session; the devices layer across nodes (`gw`). Not yet: interest per
-//! topic filter.
+//! act on another node's session; the devices layer across nodes (`gw`).
 //!
 //! Layout:
 //! - `subject`: [`encode_topic`] and its inverse [`decode_subject`] for the three

@@ -34,7 +34,7 @@
 //! after JetStream, sessions and takeover across nodes, wills after a node crash, `$share`
 //! across nodes, accounts and tokens in KV, REST over the whole cluster, health on quorum.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -159,6 +159,8 @@ pub struct ClusterMetrics {
     pub dropped_gw: AtomicU64,
     /// The last position of the `TERN_GW` stream applied here.
     pub gw_position: AtomicU64,
+    /// Accounts whose QoS 0 messages this node takes from the other nodes now.
+    pub interest_accounts: AtomicU64,
 }
 
 /// One message for the other nodes: its subject (or KV key) and its record.
@@ -206,6 +208,8 @@ pub struct NatsFabric {
     sessions: std::sync::OnceLock<Arc<Sessions>>,
     /// `$share` groups across nodes (`share.rs`).
     share: Arc<crate::share::ShareRegistry>,
+    /// Wakes the QoS 0 interest task ([`run_interest`]).
+    interest: Arc<tokio::sync::Notify>,
 }
 
 impl NatsFabric {
@@ -295,6 +299,10 @@ impl Fabric for NatsFabric {
 
     fn shares_changed(&self) {
         self.share.changed();
+    }
+
+    fn interest_changed(&self) {
+        self.interest.notify_one();
     }
 
     fn share_delivering(&self, msg: &Arc<Message>) {
@@ -521,10 +529,11 @@ pub async fn start(
     }
     tracing::info!(node = %config.node, retained = loaded, "cluster: retained replica loaded");
     // Accounts and tokens (cfg.rs): loaded before any client connects, then followed.
+    let interest = Arc::new(tokio::sync::Notify::new());
     let cfg = crate::cfg::start(crate::cfg::CfgStart {
         js: &js,
         broker: broker.clone(),
-        directory,
+        directory: directory.clone(),
         metrics: metrics.clone(),
         node: &config.node,
         replicas: config.replicas,
@@ -532,13 +541,10 @@ pub async fn start(
         setup_until,
         connect_timeout,
         shutdown: shutdown.clone(),
+        interest: interest.clone(),
     })
     .await?;
 
-    let inbound = client
-        .subscribe(format!("{}>", crate::subject::LIVE_PREFIX))
-        .await
-        .map_err(|e| ClusterError::Nats(format!("subscribe: {e}")))?;
     let notices = client
         .subscribe(format!("{SESSION_PREFIX}>"))
         .await
@@ -597,6 +603,7 @@ pub async fn start(
         node: config.node.clone(),
         sessions: std::sync::OnceLock::new(),
         share,
+        interest: interest.clone(),
     });
 
     // Persistent sessions: their records and the node heartbeats, loaded before the fabric is
@@ -689,9 +696,11 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(run_inbound(
+    tokio::spawn(run_interest(
         broker.clone(),
-        inbound,
+        directory,
+        client.clone(),
+        interest.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -1330,6 +1339,74 @@ async fn run_retained_out(
 }
 
 /// Routes what the other nodes publish to this node's sessions.
+/// Keeps this node's QoS 0 interest: one core NATS subscription `tern.m.<acct>.>` for every
+/// account whose publications may have subscribers here (an account with subscriptions on this
+/// node, and every account below it: a publication is routed to its account's namespace and its
+/// ancestors'), so that the other nodes' QoS 0 messages come only where they can be delivered.
+/// Recomputed when an account's index gets its first or loses its last subscription, when the
+/// account tree changes, and every [`INTEREST_EVERY`]. One subscription per account: each
+/// message arrives once. A first subscriber's SUBACK may go out before NATS has the new
+/// interest: QoS 0 published elsewhere in that moment does not reach it (QoS 1/2 travels the
+/// shard streams, which every node reads).
+async fn run_interest(
+    broker: Arc<Broker>,
+    directory: Arc<tern_broker::accounts::Directory>,
+    client: async_nats::Client,
+    interest: Arc<tokio::sync::Notify>,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut subscribed: HashMap<tern_broker::Cid, CancellationToken> = HashMap::new();
+    loop {
+        let mut want = std::collections::HashSet::new();
+        for cid in broker.accounts_with_subscriptions() {
+            want.insert(cid);
+            want.extend(directory.descendants(cid));
+        }
+        subscribed.retain(|cid, stop| {
+            let keep = want.contains(cid);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for cid in want {
+            if subscribed.contains_key(&cid) {
+                continue;
+            }
+            let subject = format!("{}{cid}.>", crate::subject::LIVE_PREFIX);
+            match client.subscribe(subject).await {
+                Ok(sub) => {
+                    let stop = shutdown.child_token();
+                    tokio::spawn(run_inbound(
+                        broker.clone(),
+                        sub,
+                        metrics.clone(),
+                        stop.clone(),
+                    ));
+                    subscribed.insert(cid, stop);
+                }
+                Err(e) => {
+                    // Tried again at the next round.
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(cid, error = %e, "cluster: QoS 0 interest of an account not subscribed");
+                }
+            }
+        }
+        metrics
+            .interest_accounts
+            .store(subscribed.len() as u64, Ordering::Relaxed);
+        tokio::select! {
+            () = interest.notified() => {}
+            () = tokio::time::sleep(INTEREST_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often the QoS 0 interest is recomputed without a reason (a missed wake-up).
+const INTEREST_EVERY: Duration = Duration::from_secs(2);
+
 async fn run_inbound(
     broker: Arc<Broker>,
     mut sub: async_nats::Subscriber,

@@ -37,7 +37,7 @@
 //!   `tern_cluster_wills_published`, `tern_cluster_errors`,
 //!   `tern_cluster_cfg_written`, `tern_cluster_cfg_applied`, `tern_cluster_cfg_id_blocks`,
 //!   `tern_cluster_share_redelivered`, `tern_cluster_share_kept`, `tern_cluster_gw_written`,
-//!   `tern_cluster_gw_applied`, `tern_cluster_gw_position`
+//!   `tern_cluster_gw_applied`, `tern_cluster_gw_position`, `tern_cluster_interest_accounts`
 //! - `tern_build_info{version}`, `tern_start_time_seconds`, `process_resident_memory_bytes`,
 //!   `process_open_fds`
 
@@ -620,6 +620,12 @@ impl TernCollector {
             "tern_cluster_gw_applied",
             "Devices-layer changes of other nodes applied here (from the devices log, or the tern_gw bucket at start)",
             load_u(&m.gw_applied),
+        )?;
+        gauge(
+            enc,
+            "tern_cluster_interest_accounts",
+            "Accounts whose QoS 0 messages this node takes from the other nodes (those with subscribers here, and the accounts below them)",
+            load_u(&m.interest_accounts),
         )?;
         gauge(
             enc,

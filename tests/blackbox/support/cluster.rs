@@ -40,9 +40,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts node `name` on `nats`, its configuration in a file in its data directory.
+    /// Starts node `name` on `nats`, its configuration in a file in its data directory, with
+    /// an HTTP listener (its `/metrics`).
     pub async fn start(nats: &NatsServer, name: &str) -> Node {
-        Node::start_with(nats, name, "", &[]).await
+        let http = free_addr();
+        let mut node = Node::start_with(nats, name, "", &["--http", &http.to_string()]).await;
+        node.daemon.http = Some(http);
+        node
     }
 
     /// [`Node::start`] with more `[cluster]` keys and command-line arguments.
