@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tern_codec::*;
 
 use crate::support::Client;
-use crate::support::client::connect_packet;
+use crate::support::client::{Read, connect_packet};
 use crate::support::cluster::{CROSS, MASTER, RestNode, rest_logs, until};
 use crate::support::http;
 use crate::support::mosquitto::Mosquitto;
@@ -763,5 +763,103 @@ async fn concurrent_changes_of_one_device_converge_on_every_node() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
+    }
+}
+
+/// The flespi features on top of routing, across nodes: a `$filter` subscription on B gets
+/// only the matching messages published on A; a session event of a client connecting to A
+/// reaches a subscriber on B; REST over MQTT on B answers with what was made over REST on A.
+#[tokio::test]
+async fn filter_session_events_and_rest_over_mqtt_across_nodes() {
+    let Some((nats, a, b)) = pair().await else {
+        return;
+    };
+    let logs = || rest_logs(&[&a, &b], &nats);
+    let mut watcher = master_client(&b, "watch-b").await;
+    let filter = "$filter/payload=speed%3E60/cars/+";
+    assert_eq!(
+        watcher.subscribe(filter, QoS::AtMostOnce).await,
+        ReasonCode::GRANTED_QOS_0
+    );
+    assert_eq!(
+        watcher
+            .subscribe("flespi/log/mqtt/sessions/+/connected", QoS::AtMostOnce)
+            .await,
+        ReasonCode::GRANTED_QOS_0
+    );
+    let mut publisher = master_client(&a, "pub-a").await;
+    // Until B's interest reached NATS: a matching message comes through.
+    let deadline = tokio::time::Instant::now() + crate::support::cluster::CROSS;
+    let mut events = 0;
+    loop {
+        publisher
+            .publish("cars/probe", br#"{"speed": 99}"#, QoS::AtMostOnce, false)
+            .await;
+        match watcher.read(std::time::Duration::from_millis(100)).await {
+            Read::Packet(Packet::Publish(m)) if &m.topic[..] == "cars/probe" => break,
+            Read::Packet(Packet::Publish(m)) if m.topic.ends_with("/connected") => events += 1,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing reached b:{}",
+                logs()
+            ),
+        }
+    }
+    publisher
+        .publish("cars/1", br#"{"speed": 30}"#, QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("cars/2", br#"{"speed": 75}"#, QoS::AtLeastOnce, false)
+        .await;
+    let _late = master_client(&a, "late-a").await;
+    // The filter passed cars/2 only; the connect of late-a on A is an event on B.
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + crate::support::cluster::CROSS;
+    while !(got.contains(&"cars/2".to_string()) && events > 0) {
+        match watcher.read(std::time::Duration::from_millis(200)).await {
+            Read::Packet(Packet::Publish(m)) if m.topic.ends_with("/connected") => events += 1,
+            Read::Packet(Packet::Publish(m)) => got.push(m.topic.to_string()),
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "b got {got:?} and {events} session events:{}",
+                logs()
+            ),
+        }
+    }
+    assert!(
+        !got.contains(&"cars/1".to_string()),
+        "the filter holds: {got:?}"
+    );
+    // REST over MQTT on B sees a device made on A.
+    let id = device(&a, "rest-mqtt").await;
+    let mut requester = master_client(&b, "rest-b").await;
+    requester.subscribe("replies/#", QoS::AtMostOnce).await;
+    let deadline = tokio::time::Instant::now() + crate::support::cluster::CROSS;
+    loop {
+        let request = tern_codec::Publish {
+            properties: PublishProperties {
+                response_topic: Some(ByteString::from("replies/dev")),
+                ..Default::default()
+            },
+            ..crate::support::client::publish_packet(
+                &format!("flespi/rest/get/gw/devices/{id}?fields=name"),
+                b"",
+                QoS::AtMostOnce,
+                false,
+                None,
+            )
+        };
+        requester.send(Packet::Publish(request)).await;
+        let r = requester.recv_publish().await;
+        let v: Value = serde_json::from_slice(&r.payload).expect("a JSON answer");
+        if v["result"] == json!([{"name": "rest-mqtt"}]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "REST over MQTT on b: {v}{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -41,8 +41,10 @@ impl Broker {
             return;
         }
         let topic = topics::session_event_topic(session.public_id(), event);
-        // Nobody listening and no log (the usual case): no JSON built, nothing routed.
-        let publish = self.config.session_events && self.has_subscribers(session.key.cid, &topic);
+        // Nobody listening and no log (the usual case): no JSON built, nothing routed. In a
+        // cluster the listeners may be on other nodes: always published.
+        let publish = self.config.session_events
+            && (self.is_clustered() || self.has_subscribers(session.key.cid, &topic));
         if !publish && log.is_none() {
             return;
         }

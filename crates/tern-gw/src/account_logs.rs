@@ -193,10 +193,11 @@ impl Gateway {
                             REST_EVENT.0
                         )
                     };
-                    if *listened
-                        .entry(call.cid)
-                        .or_insert_with(|| self.broker.has_subscribers(call.cid, &topic()))
-                    {
+                    if *listened.entry(call.cid).or_insert_with(|| {
+                        // In a cluster its listeners may be on other nodes.
+                        self.broker.is_clustered()
+                            || self.broker.has_subscribers(call.cid, &topic())
+                    }) {
                         crate::publish::log_json(&self.broker, call.cid, topic(), json.clone());
                     }
                     (Origin::Customer.key(call.cid), ts, json)
