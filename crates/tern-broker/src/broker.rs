@@ -578,6 +578,62 @@ impl Broker {
         }
     }
 
+    /// Links the namespace of `cid` to its ancestors' when it was made before the directory
+    /// knew the account (cluster mode: another node's retained message of a new account can
+    /// arrive before the account does), so that its publications reach its ancestors'
+    /// subscribers. Its subscriptions, retained messages and uses move to a new namespace with
+    /// the right ancestors (its uses counted in them too). Nothing to do when it is linked.
+    pub fn relink_namespace(&self, cid: Cid) {
+        let Some(old) = self.namespace(cid) else {
+            return;
+        };
+        let chain = self.auth.ancestors(cid);
+        if chain.len() <= old.up.len() + 1 {
+            return;
+        }
+        // The ancestors' namespaces (made as needed), nearest first.
+        let above: Vec<Arc<Namespace>> = chain
+            .iter()
+            .skip(1)
+            .map(|c| self.namespace_or_create(*c))
+            .collect();
+        let mut map = self.namespaces.write();
+        let Some(current) = map.get(&cid).cloned() else {
+            return;
+        };
+        if !Arc::ptr_eq(&current, &old) {
+            return;
+        }
+        let ns = Namespace::new(cid, above.iter().cloned().collect());
+        *ns.subs.write() = std::mem::take(&mut *old.subs.write());
+        *ns.retained.write() = std::mem::take(&mut *old.retained.write());
+        for (get, n) in [
+            (
+                (|u: &Usage| &u.sessions) as fn(&Usage) -> &AtomicU64,
+                old.usage.sessions.load(Ordering::Relaxed),
+            ),
+            (
+                |u: &Usage| &u.subscriptions,
+                old.usage.subscriptions.load(Ordering::Relaxed),
+            ),
+            (
+                |u: &Usage| &u.retained_bytes,
+                old.usage.retained_bytes.load(Ordering::Relaxed),
+            ),
+        ] {
+            get(&ns.usage).store(n, Ordering::Relaxed);
+            for a in &above {
+                get(&a.usage).fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        map.insert(cid, Arc::new(ns));
+        drop(map);
+        tracing::info!(
+            cid,
+            "an account's namespace made before its account was known, linked to its ancestors"
+        );
+    }
+
     /// Forgets the namespaces of deleted accounts (after their sessions and retained
     /// messages were removed), so that a new account with a reused id starts afresh.
     pub(crate) fn drop_namespaces(&self, cids: &[Cid]) {

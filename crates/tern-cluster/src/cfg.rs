@@ -401,8 +401,16 @@ impl CfgReplica {
         if !self.takes(&entry.key, own) {
             return;
         }
+        let account = match &change {
+            DirectoryChange::Account { cid, .. } => Some(*cid),
+            _ => None,
+        };
         match directory.apply_remote(change) {
             Ok(effect) => {
+                if let Some(cid) = account {
+                    // Its namespace may exist already (a retained message came first).
+                    broker.relink_namespace(cid);
+                }
                 if effect.changed {
                     self.metrics.cfg_applied.fetch_add(1, Ordering::Relaxed);
                     self.interest.notify_one();
