@@ -607,26 +607,16 @@ impl Broker {
         let ns = Namespace::new(cid, above.iter().cloned().collect());
         *ns.subs.write() = std::mem::take(&mut *old.subs.write());
         *ns.retained.write() = std::mem::take(&mut *old.retained.write());
-        for (get, n) in [
-            (
-                (|u: &Usage| &u.sessions) as fn(&Usage) -> &AtomicU64,
-                old.usage.sessions.load(Ordering::Relaxed),
-            ),
-            (
-                |u: &Usage| &u.subscriptions,
-                old.usage.subscriptions.load(Ordering::Relaxed),
-            ),
-            (
-                |u: &Usage| &u.retained_bytes,
-                old.usage.retained_bytes.load(Ordering::Relaxed),
-            ),
+        let ns = Arc::new(ns);
+        // Its uses, counted in its ancestors now too (`count` walks the new chain).
+        for pick in [
+            (|u: &Usage| &u.sessions) as fn(&Usage) -> &AtomicU64,
+            |u: &Usage| &u.subscriptions,
+            |u: &Usage| &u.retained_bytes,
         ] {
-            get(&ns.usage).store(n, Ordering::Relaxed);
-            for a in &above {
-                get(&a.usage).fetch_add(n, Ordering::Relaxed);
-            }
+            ns.count(pick, pick(&old.usage).load(Ordering::Relaxed) as i64);
         }
-        map.insert(cid, Arc::new(ns));
+        map.insert(cid, ns);
         drop(map);
         tracing::info!(
             cid,

@@ -111,19 +111,32 @@ impl Gateway {
 
     pub fn delete_channel(&self, id: u64) -> Result<Value, GwError> {
         let mut st = self.state.lock();
-        let c = st.channels.remove(&id).ok_or(GwError::NotFound {
-            what: "channel",
-            id,
-        })?;
-        self.count_out(&mut st, crate::quota::Counted::Channels, id);
-        self.forget_key(&mut st, tern_store::channel_key(id));
-        self.write(Op::DelChannel { id });
+        self.drop_channel(&mut st, id, true)
+            .ok_or(GwError::NotFound {
+                what: "channel",
+                id,
+            })
+    }
+
+    /// Takes channel `id` out (quotas, listener, taps, external client, store record;
+    /// `shared`: a delete made here, handed to the cluster) and publishes its deletion; its
+    /// last item, or `None` when there is no such channel.
+    pub(crate) fn drop_channel(
+        &self,
+        st: &mut crate::State,
+        id: u64,
+        shared: bool,
+    ) -> Option<Value> {
+        let c = st.channels.remove(&id)?;
+        self.count_out(st, crate::quota::Counted::Channels, id);
+        self.forget_key(st, tern_store::channel_key(id));
+        self.submit(Op::DelChannel { id }, shared);
         self.stop_tracker(id);
         self.refresh_taps(&st.channels);
         self.external_changed.notify_one();
         let item = self.channel_item_of(&c);
         publish::channel_deleted(&self.broker, c.cid, id, &item);
-        Ok(item)
+        Some(item)
     }
 
     /// Publishes channel `id`'s state after its connection changed (`was`: the item's

@@ -313,11 +313,7 @@ impl Gateway {
                 Bytes::from(serde_json::to_vec(item).unwrap_or_default()),
             )],
         };
-        if shared {
-            self.write(op);
-        } else {
-            self.store.submit(op);
-        }
+        self.submit(op, shared);
     }
 
     fn command_log(&self, cid: u64, device: u64, item: &Value, (event, code): (&str, u64)) {
@@ -506,11 +502,7 @@ impl Gateway {
             from: ts,
             to: ts,
         };
-        if shared {
-            self.write(op);
-        } else {
-            self.store.submit(op);
-        }
+        self.submit(op, shared);
     }
 
     /// Commands another node of the cluster queued for `device`: queued here too, and sent

@@ -526,11 +526,7 @@ impl Gateway {
                     id: d.id,
                     json: Bytes::from(json),
                 };
-                if share {
-                    self.write(op);
-                } else {
-                    self.store.submit(op);
-                }
+                self.submit(op, share);
             }
             Err(err) => tracing::error!(id = d.id, %err, "could not serialize a device"),
         }
@@ -697,26 +693,35 @@ impl Gateway {
     /// Deletes device `id` with its messages and telemetry; returns its last item.
     pub fn delete_device(&self, id: u64) -> Result<Value, GwError> {
         let mut st = self.state.lock();
-        let d = st
-            .remove_device(id)
+        let (cid, item) = self
+            .drop_device(&mut st, id, true)
             .ok_or(GwError::NotFound { what: "device", id })?;
+        self.log_device(cid, id, device_event::DELETED, None, Some(&item));
+        Ok(item)
+    }
+
+    /// Takes device `id` out (its tracker, commands, quotas, telemetry, store record; `shared`:
+    /// a delete made here, handed to the cluster) and publishes its deletion; its account and
+    /// last item, or `None` when there is no such device.
+    fn drop_device(&self, st: &mut State, id: u64, shared: bool) -> Option<(Cid, Value)> {
+        let d = st.remove_device(id)?;
         st.online.remove(&id);
         if has_sessions(&d) {
-            self.kick_tracker(&st, d.cid, d.ident());
+            self.kick_tracker(st, d.cid, d.ident());
             self.drop_commands(id);
         }
-        self.count_out(&mut st, quota::Counted::Devices, id);
-        self.forget_key(&mut st, id);
+        self.count_out(st, quota::Counted::Devices, id);
+        self.forget_key(st, id);
         let item = self.item_of(&d);
-        self.write(Op::DelDevice { id });
+        self.submit(Op::DelDevice { id }, shared);
         let params: Vec<String> = st
             .telemetry
             .remove(&id)
             .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
+        st.telemetry_dirty.remove(&id);
         publish::deleted(&self.broker, d.cid, id, &item, &params);
-        self.log_device(d.cid, id, device_event::DELETED, None, Some(&item));
-        Ok(item)
+        Some((d.cid, item))
     }
 
     /// Deletes the devices of deleted accounts.

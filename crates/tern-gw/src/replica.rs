@@ -155,6 +155,15 @@ impl Gateway {
         self.store.submit(op)
     }
 
+    /// Submits `op` to the store; `shared`: and hands it to the cluster ([`Gateway::write`]).
+    pub(crate) fn submit(&self, op: Op, shared: bool) -> tern_store::Ticket {
+        if shared {
+            self.write(op)
+        } else {
+            self.store.submit(op)
+        }
+    }
+
     /// Hands `op` to the replica when the cluster shares it (its store write is the caller's).
     pub(crate) fn share(&self, op: &Op) {
         if let Some(r) = self.replica.get()
@@ -333,8 +342,7 @@ impl Gateway {
             match op {
                 Op::AppendMessages { device, messages } => self.remote_messages(device, messages),
                 Op::DelMessages { device, from, to }
-                    if KeyOwner::of(device) == KeyOwner::Device(tern_store::device_of(device))
-                        && device == tern_store::queue_key(tern_store::device_of(device)) =>
+                    if device == tern_store::queue_key(tern_store::device_of(device)) =>
                 {
                     self.store.submit(op);
                     self.remote_unqueued(tern_store::device_of(device), from, to);
@@ -405,25 +413,7 @@ impl Gateway {
     fn remote_device(&self, id: u64, json: Option<Bytes>) {
         let mut st = self.state.lock();
         let Some(json) = json else {
-            let Some(d) = st.remove_device(id) else {
-                return;
-            };
-            st.online.remove(&id);
-            if crate::has_sessions(&d) {
-                self.kick_tracker(&st, d.cid, d.ident());
-                self.drop_commands(id);
-            }
-            self.count_out(&mut st, quota::Counted::Devices, id);
-            self.forget_key(&mut st, id);
-            let item = self.item_of(&d);
-            let params: Vec<String> = st
-                .telemetry
-                .remove(&id)
-                .map(|t| t.iter().map(|(k, _)| k.clone()).collect())
-                .unwrap_or_default();
-            st.telemetry_dirty.remove(&id);
-            self.store.submit(Op::DelDevice { id });
-            crate::publish::deleted(&self.broker, d.cid, id, &item, &params);
+            self.drop_device(&mut st, id, false);
             return;
         };
         let mut new = match serde_json::from_slice::<Device>(&json) {
@@ -524,15 +514,8 @@ impl Gateway {
         let mut st = self.state.lock();
         match json {
             None => {
-                let Some(c) = st.channels.remove(&id) else {
-                    return;
-                };
-                self.count_out(&mut st, quota::Counted::Channels, id);
-                self.forget_key(&mut st, tern_store::channel_key(id));
-                self.store.submit(Op::DelChannel { id });
-                self.stop_tracker(id);
-                let item = self.channel_item_of(&c);
-                crate::publish::channel_deleted(&self.broker, c.cid, id, &item);
+                self.drop_channel(&mut st, id, false);
+                return;
             }
             Some(json) => {
                 let mut c = match serde_json::from_slice::<Channel>(&json) {
@@ -567,14 +550,8 @@ impl Gateway {
         let mut st = self.state.lock();
         match json {
             None => {
-                let Some(s) = st.streams.remove(&id) else {
-                    return;
-                };
-                st.validators.remove(&id);
-                let item = self.stream_item_of(&s);
-                self.live.lock().remove(&id);
-                self.store.submit(Op::DelStream { id });
-                crate::publish::stream_deleted(&self.broker, s.cid, id, &item);
+                self.drop_stream(&mut st, id, false);
+                return;
             }
             Some(json) => match serde_json::from_slice::<Stream>(&json) {
                 Ok(mut s) => {

@@ -225,17 +225,27 @@ impl Gateway {
     /// Deletes a stream with its queue and log.
     pub fn delete_stream(&self, id: u64) -> Result<Value, GwError> {
         let mut st = self.state.lock();
-        let s = st
-            .streams
-            .remove(&id)
-            .ok_or(GwError::NotFound { what: "stream", id })?;
+        self.drop_stream(&mut st, id, true)
+            .ok_or(GwError::NotFound { what: "stream", id })
+    }
+
+    /// Takes stream `id` out (its delivery task, store record; `shared`: a delete made here,
+    /// handed to the cluster) and publishes its deletion; its last item, or `None` when there
+    /// is no such stream.
+    pub(crate) fn drop_stream(
+        &self,
+        st: &mut crate::State,
+        id: u64,
+        shared: bool,
+    ) -> Option<Value> {
+        let s = st.streams.remove(&id)?;
         st.validators.remove(&id);
         let item = self.stream_item_of(&s);
         self.live.lock().remove(&id);
-        self.write(Op::DelStream { id });
+        self.submit(Op::DelStream { id }, shared);
         publish::stream_deleted(&self.broker, s.cid, id, &item);
         self.streams_changed.notify_one();
-        Ok(item)
+        Some(item)
     }
 
     /// Adds (or, with `remove`, takes away) `sources` of stream `id`; answers the ids changed.
