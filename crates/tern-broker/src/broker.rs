@@ -216,8 +216,13 @@ pub struct Broker {
     pub(crate) session_log: std::sync::OnceLock<Arc<dyn crate::events::SessionLog>>,
     /// Conditions in use by the index, by key, so that equal ones are one object.
     conditions: Mutex<HashMap<String, std::sync::Weak<Conditions>>>,
-    /// Every live connection's signals, by connection id: shutdown kicks them all.
-    connections: ConnectionMap,
+    /// Every live connection's signals, by connection id: shutdown kicks them all, and the
+    /// deadline watch (`deadlines.rs`) those that stayed silent too long.
+    pub(crate) connections: ConnectionMap,
+    /// Zero of the connections' deadline clock ([`Broker::deadline_ms`]).
+    pub(crate) deadline_epoch: tokio::time::Instant,
+    /// The deadline watch was started (`deadlines.rs`).
+    pub(crate) deadlines_watched: AtomicBool,
 }
 
 /// Shards of the session registry and of the connection map: a connect locks one shard of
@@ -332,7 +337,7 @@ type KickShard = HashMap<u64, std::sync::Weak<crate::session::Kick>>;
 /// Every live connection's signals by connection id, in [`SHARDS`] shards (by id), so that
 /// registering a new connection takes no broker-wide lock.
 #[derive(Debug)]
-struct ConnectionMap {
+pub(crate) struct ConnectionMap {
     shards: Box<[Mutex<KickShard>]>,
 }
 
@@ -355,6 +360,17 @@ impl ConnectionMap {
             all.extend(shard.lock().values().filter_map(std::sync::Weak::upgrade));
         }
         all
+    }
+
+    /// Kicks every connection whose deadline passed at `now_ms`; how many.
+    pub(crate) fn kick_overdue(&self, now_ms: u64) -> usize {
+        let mut kicked = 0;
+        for shard in self.shards.iter() {
+            for kick in shard.lock().values().filter_map(std::sync::Weak::upgrade) {
+                kicked += usize::from(kick.check_deadline(now_ms));
+            }
+        }
+        kicked
     }
 }
 
@@ -498,6 +514,8 @@ impl Broker {
             session_log: std::sync::OnceLock::new(),
             conditions: Mutex::new(HashMap::new()),
             connections: ConnectionMap::default(),
+            deadline_epoch: tokio::time::Instant::now(),
+            deadlines_watched: AtomicBool::new(false),
         })
     }
 

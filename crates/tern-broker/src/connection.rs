@@ -105,7 +105,14 @@ impl Connection {
     pub fn new(broker: Arc<Broker>, peer: SocketAddr, listener: &'static str) -> Connection {
         let id = broker.next_conn_id();
         let kick = Arc::new(Kick::default());
+        let connect_timeout = u64::try_from(broker.config.connect_timeout.as_millis());
+        kick.set_deadline(
+            broker.deadline_ms(),
+            Some(connect_timeout.unwrap_or(u64::MAX)),
+            false,
+        );
         broker.register_connection(id, &kick);
+        broker.watch_deadlines();
         Metrics::gauge(&broker.metrics.connections, 1);
         Metrics::inc(&broker.metrics.connections_total);
         Connection {

@@ -48,6 +48,7 @@ pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod deadlines;
 pub mod events;
 pub mod fabric;
 pub mod filter;

@@ -9,8 +9,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -244,7 +244,26 @@ pub struct Kick {
     reason: Mutex<Option<Box<CloseReason>>>,
     deliveries: AtomicBool,
     waker: AtomicWaker,
+    /// When the connection is closed for silence: [`Broker::deadline_ms`] milliseconds modulo
+    /// 2^31 (0: never), with [`CONNECTED`] set once its CONNECT was accepted (keep alive) and
+    /// clear before (the CONNECT deadline). The driver moves it on after each whole packet;
+    /// the broker's deadline watch (`deadlines.rs`) kicks the connection once it passed, so
+    /// that a connection's task holds no timer of its own. 32 bits, not 64: with them the
+    /// `Kick` stays in one 64-byte allocation, one cache line, which the publishers to this
+    /// connection's subscriptions write (`deliveries`) and its driver reads.
+    ///
+    /// [`Broker::deadline_ms`]: crate::Broker::deadline_ms
+    deadline: AtomicU32,
 }
+
+/// The bit of [`Kick`]'s deadline that says it is a keep-alive deadline.
+const CONNECTED: u32 = 1 << 31;
+/// The bits of [`Kick`]'s deadline that hold the time.
+const DEADLINE_MS: u32 = CONNECTED - 1;
+/// How far ahead a deadline may be: half the range of its 31 bits (12.4 days), so that the
+/// wrapping comparison tells "passed" from "not yet". A keep alive is at most 27.3 hours
+/// (1.5 × 65,535 s); a longer CONNECT timeout is cut to this.
+const DEADLINE_HORIZON_MS: u64 = 1 << 30;
 
 thread_local! {
     /// Delivery signals sent from this thread that woke a connection (see
@@ -306,6 +325,35 @@ impl Kick {
         Poll::Pending
     }
 
+    /// Sets when the connection is closed for silence: `after_ms` from `now_ms` on the
+    /// broker's deadline clock ([`Broker::deadline_ms`](crate::Broker::deadline_ms)), `None`
+    /// for never; `connected` says whether it is the keep alive (close reason 0x8D) or the
+    /// CONNECT deadline.
+    pub fn set_deadline(&self, now_ms: u64, after_ms: Option<u64>, connected: bool) {
+        let flag = if connected { CONNECTED } else { 0 };
+        let at = after_ms.map_or(0, |after| {
+            let at = now_ms.wrapping_add(after.min(DEADLINE_HORIZON_MS - 1)) as u32 & DEADLINE_MS;
+            at.max(1)
+        });
+        self.deadline.store(at | flag, Ordering::Relaxed);
+    }
+
+    /// Kicks the connection if its deadline passed at `now_ms`. True if it did.
+    pub(crate) fn check_deadline(&self, now_ms: u64) -> bool {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        let at = deadline & DEADLINE_MS;
+        let late = (now_ms as u32).wrapping_sub(at) & DEADLINE_MS;
+        if at == 0 || u64::from(late) >= DEADLINE_HORIZON_MS {
+            return false;
+        }
+        self.kick(if deadline & CONNECTED != 0 {
+            CloseReason::KeepAliveTimeout
+        } else {
+            CloseReason::ConnectTimeout
+        });
+        true
+    }
+
     /// Waits for the next signal (see [`Kick::poll_signalled`]). Cancel-safe.
     pub async fn signalled(&self) -> Signal {
         std::future::poll_fn(|cx| self.poll_signalled(cx)).await
@@ -322,8 +370,11 @@ pub struct Session {
     /// Set when a publisher gave up waiting for this session: it no longer holds publishers
     /// back until its outbox drained (then the queue budgets decide).
     exempt: AtomicBool,
-    /// Woken (all waiters) when the outbox drained below half the backpressure mark.
-    drained: Notify,
+    /// Woken (all waiters) when the outbox drained below half the backpressure mark. Made by
+    /// the first publisher that waits: most sessions never congest, and the `Notify` (32 bytes)
+    /// inline took every `Arc<Session>` into the allocator's next size class (400 → 448 bytes;
+    /// with the cell, 384).
+    drained: OnceLock<Box<Notify>>,
 }
 
 impl fmt::Debug for Session {
@@ -697,7 +748,7 @@ impl Session {
             }),
             congested: AtomicBool::new(false),
             exempt: AtomicBool::new(false),
-            drained: Notify::new(),
+            drained: OnceLock::new(),
         }
     }
 
@@ -752,9 +803,15 @@ impl Session {
     /// Waits until the session is no longer congested. Cancel-safe.
     pub async fn drained(&self) {
         loop {
-            let notified = self.drained.notified();
+            let notified = self
+                .drained
+                .get_or_init(|| Box::new(Notify::new()))
+                .notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Made and enabled before the look: `relieve` turns congestion off before it looks
+            // for the `Notify`, so one of the two sees the other (the fences pair up).
+            std::sync::atomic::fence(Ordering::SeqCst);
             if !self.is_congested() {
                 return;
             }
@@ -780,7 +837,11 @@ impl Session {
     /// Releases every publisher waiting for this session.
     pub(crate) fn relieve(&self) {
         if self.congested.swap(false, Ordering::Relaxed) {
-            self.drained.notify_waiters();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // Nobody waits if nobody made it.
+            if let Some(drained) = self.drained.get() {
+                drained.notify_waiters();
+            }
         }
     }
 
@@ -963,6 +1024,47 @@ pub(crate) mod tests {
     use super::*;
     use crate::message::Message;
     use smallvec::SmallVec;
+
+    /// Every session, connected or kept offline, is one `Arc<Session>`: with the `Arc`'s two
+    /// counters it must stay within the allocator's 384-byte class (mimalloc's classes here
+    /// are 320, 384, 448: one field too many costs 64 bytes per session).
+    /// The `Kick` of a subscriber is written by every publisher to it: with the `Arc`'s
+    /// counters it must stay one 64-byte allocation (one cache line).
+    #[test]
+    fn a_kick_fits_one_cache_line() {
+        let arc = std::mem::size_of::<Kick>() + 2 * std::mem::size_of::<usize>();
+        assert!(arc <= 64, "Arc<Kick> is {arc} bytes");
+    }
+
+    #[test]
+    fn a_kick_deadline_passes_on_time_across_the_wrap_and_says_which() {
+        let k = Kick::default();
+        assert!(!k.check_deadline(u64::MAX), "no deadline: never");
+        // Just below the 31-bit wrap and across it.
+        let now = (1u64 << 31) - 500;
+        k.set_deadline(now, Some(1_000), false);
+        assert!(!k.check_deadline(now + 999));
+        assert!(k.check_deadline(now + 1_000));
+        assert_eq!(k.reason(), Some(CloseReason::ConnectTimeout));
+        let k = Kick::default();
+        k.set_deadline(now, Some(98_302_500), true);
+        assert!(!k.check_deadline(now + 98_302_499));
+        assert!(k.check_deadline(now + 98_302_500 + 10_000));
+        assert_eq!(k.reason(), Some(CloseReason::KeepAliveTimeout));
+        // Keep alive 0: none; a CONNECT timeout past the horizon is cut to it.
+        let k = Kick::default();
+        k.set_deadline(now, None, true);
+        assert!(!k.check_deadline(now + (1 << 40)));
+        k.set_deadline(now, Some(u64::MAX), false);
+        assert!(!k.check_deadline(now + DEADLINE_HORIZON_MS - 2));
+        assert!(k.check_deadline(now + DEADLINE_HORIZON_MS - 1));
+    }
+
+    #[test]
+    fn a_session_fits_the_384_byte_class() {
+        let arc = std::mem::size_of::<Session>() + 2 * std::mem::size_of::<usize>();
+        assert!(arc <= 384, "Arc<Session> is {arc} bytes");
+    }
 
     #[test]
     fn subscription_keys_keep_their_stored_form_and_order() {

@@ -97,10 +97,11 @@ enum Event {
 /// ended.
 ///
 /// The connection's task is what an idle client costs, so its state is kept small: a
-/// [`Driver`] and one pinned timer. The wait polls the socket, the kick signal (a registered
-/// waker) and the timer in place instead of holding a future per source; the waits that exist
-/// only while needed (held acknowledgements, backpressure) live in the connection's boxed
-/// `Held` (tern-broker's `held.rs`), and the closing steps run boxed.
+/// [`Driver`] and nothing else. The wait polls the socket and the kick signal (a registered
+/// waker) in place instead of holding a future per source; the keep-alive and CONNECT
+/// deadlines are the broker's deadline watch's (tern-broker's `deadlines.rs`: the connection
+/// is kicked when one passes), and the waits that exist only while needed (held
+/// acknowledgements, backpressure and its timer) are boxed, as are the closing steps.
 pub fn run_connection<S>(
     broker: Arc<Broker>,
     metrics: Arc<NetMetrics>,
@@ -116,9 +117,6 @@ where
     // value moved into a local inside the future would be kept twice (as the captured value
     // and as the local), and this state is what every idle client costs.
     async move {
-        // One timer for the keep-alive (or CONNECT) deadline and the backpressure wait.
-        let timer = tokio::time::sleep_until(driver.deadline);
-        tokio::pin!(timer);
         let reason = loop {
             if let Some(woken) = driver.received.take() {
                 // A PUBLISH that woke this task waits one scheduling round: the tasks woken by
@@ -147,10 +145,10 @@ where
                     tokio::task::yield_now().await;
                 }
             }
-            driver.prepare(timer.as_mut());
-            let event = std::future::poll_fn(|cx| driver.poll_event(cx, timer.as_mut())).await;
+            driver.prepare();
+            let event = std::future::poll_fn(|cx| driver.poll_event(cx)).await;
             let next = match event {
-                Event::Kicked(reason) => Err(reason),
+                Event::Kicked(reason) => Err(driver.on_kicked(reason)),
                 Event::Fill => Ok(()),
                 Event::AcksDurable => driver.conn.acks_durable(),
                 Event::Wrote(res) => driver.on_wrote(res),
@@ -186,11 +184,13 @@ struct Driver<S> {
     /// The protocol version this client is counted under (with its listener) once CONNECT is
     /// accepted, until the driver is dropped.
     counted: Option<ProtocolVersion>,
-    /// Keep alive (or, before CONNECT, the CONNECT deadline).
-    deadline: Instant,
     /// Until when a pause for congested subscribers may last: one deadline for the whole
-    /// pause, whichever and however many subscribers cause it.
-    pressure_deadline: Option<Instant>,
+    /// pause, whichever and however many subscribers cause it. Boxed, made at the first pause
+    /// and kept for the next ones (a publisher that paused once pauses again): most
+    /// connections never pause, and a `Sleep` is 112 bytes.
+    pressure: Option<Pin<Box<Sleep>>>,
+    /// A pause is on: `pressure` holds its deadline.
+    pausing: bool,
     /// Bytes to read per syscall: grows while reads fill the buffer, back to the first size
     /// after a small read.
     read_size: u32,
@@ -221,15 +221,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     fn new(conn: Connection, stream: S, metrics: Arc<NetMetrics>, listener: Listener) -> Self {
-        let deadline = Instant::now() + conn.broker().config.connect_timeout;
         Driver {
             conn,
             stream,
             rbuf: BytesMut::new(),
             metrics,
             counted: None,
-            deadline,
-            pressure_deadline: None,
+            pressure: None,
+            pausing: false,
             read_size: READ_FIRST as u32,
             read_filled: false,
             listener,
@@ -266,17 +265,24 @@ where
         // receive an MQTT Control Packet"): a client trickling a packet that never completes
         // is not kept alive by it, and the CONNECT deadline stands until a CONNECT is accepted.
         if processed? {
-            self.deadline = match conn.idle_timeout() {
-                Some(idle) => Instant::now() + idle,
-                None if conn.is_connected() => far_future(),
-                None => self.deadline,
-            };
+            let connected = conn.is_connected();
+            match conn.idle_timeout() {
+                Some(idle) => {
+                    let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+                    let now = conn.broker().deadline_ms();
+                    conn.kick().set_deadline(now, Some(idle), connected);
+                }
+                None if connected => conn.kick().set_deadline(0, None, true),
+                // Not connected yet: the CONNECT deadline stands.
+                None => {}
+            }
         }
         Ok(())
     }
 
-    /// Before each wait: fills the output buffer, decides whether to read, sets the timer.
-    fn prepare(&mut self, timer: Pin<&mut Sleep>) {
+    /// Before each wait: fills the output buffer, decides whether to read, starts or ends the
+    /// backpressure timer.
+    fn prepare(&mut self) {
         if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
             self.fill_pending = self.conn.fill(OUT_FILL_LIMIT);
         }
@@ -291,29 +297,28 @@ where
         // subscribers do not hold the publisher N times as long.
         let paused = self.conn.paused();
         if !paused {
-            self.pressure_deadline = None;
-        } else if self.pressure_deadline.is_none() {
+            self.pausing = false;
+        } else if !self.pausing {
+            self.pausing = true;
             let broker = self.conn.broker();
-            self.pressure_deadline = Some(Instant::now() + broker.config.backpressure_timeout);
+            let until = Instant::now() + broker.config.backpressure_timeout;
+            match &mut self.pressure {
+                Some(timer) => timer.as_mut().reset(until),
+                None => self.pressure = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
             broker
                 .metrics
                 .backpressure_pauses
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.read_open = self.conn.out().len() < OUT_READ_LIMIT && !paused;
-        let wake_at = self
-            .pressure_deadline
-            .map_or(self.deadline, |at| at.min(self.deadline));
-        if timer.deadline() != wake_at {
-            timer.reset(wake_at);
-        }
         self.read_first = !self.read_first;
         self.polls = 0;
     }
 
     /// The wait: polls every source in place; each poll is cancel-safe (bytes move only when
     /// a read or write completes, signals are kept until taken).
-    fn poll_event(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         self.polls = self.polls.saturating_add(1);
         // Kicks (takeover, shutdown, ...) and delivery wake-ups arrive through one signal. A
         // kick wins over everything; deliveries only mark the outbox for filling, and wake the
@@ -347,7 +352,10 @@ where
         if self.conn.poll_drained(cx).is_ready() {
             return Poll::Ready(Event::Drained);
         }
-        if timer.as_mut().poll(cx).is_ready() {
+        if self.pausing
+            && let Some(pressure) = &mut self.pressure
+            && pressure.as_mut().poll(cx).is_ready()
+        {
             return Poll::Ready(Event::Timer);
         }
         if self.fill_pending && self.conn.out().len() < OUT_FILL_LIMIT {
@@ -392,31 +400,28 @@ where
         Ok(())
     }
 
-    /// The timer fired: keep alive (or the CONNECT deadline) ran out, or the backpressure
-    /// pause did.
+    /// The connection was kicked: the reason it closes with. A keep-alive or CONNECT deadline
+    /// that passed with part of a packet read is counted (a trickling client, or one that
+    /// stopped mid-packet).
+    fn on_kicked(&mut self, reason: CloseReason) -> CloseReason {
+        if matches!(
+            reason,
+            CloseReason::KeepAliveTimeout | CloseReason::ConnectTimeout
+        ) && !self.rbuf.is_empty()
+        {
+            self.conn
+                .broker()
+                .metrics
+                .incomplete_packet_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        reason
+    }
+
+    /// The backpressure pause ran out: every subscriber still congested is left to its queue
+    /// budgets until it catches up.
     fn on_timer(&mut self) -> Result<(), CloseReason> {
-        let now = Instant::now();
-        if now >= self.deadline {
-            if !self.rbuf.is_empty() {
-                // Part of a packet arrived and the rest did not in time (a trickling client,
-                // or one that stopped mid-packet).
-                self.conn
-                    .broker()
-                    .metrics
-                    .incomplete_packet_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            return Err(if self.conn.is_connected() {
-                CloseReason::KeepAliveTimeout
-            } else {
-                CloseReason::ConnectTimeout
-            });
-        }
-        // The pause ran out: every subscriber still congested is left to its queue budgets
-        // until it catches up.
-        if self.pressure_deadline.is_some_and(|at| now >= at) {
-            self.conn.give_up_on_congested();
-        }
+        self.conn.give_up_on_congested();
         Ok(())
     }
 }
@@ -545,10 +550,6 @@ fn poll_read_some<R: AsyncRead + Unpin>(
         bytes: n,
         filled: n == room,
     }))
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn log_close(conn: &Connection, listener: Listener, reason: &CloseReason) {

@@ -241,8 +241,10 @@ async fn an_idle_connection_task_stays_small() {
         std::mem::size_of::<tokio::time::Sleep>(),
     );
     // 624 bytes before the driver became a struct with the held-back waits in the
-    // connection's boxed `Held`; 504 after.
-    assert!(size <= 512, "the driver's future grew to {size} bytes");
+    // connection's boxed `Held`; 504 after; 360 once the keep-alive deadline left the task
+    // for the broker's deadline watch. tokio's task cell adds about 100 bytes and rounds up
+    // to 128: at most 384 here keeps the cell at 512 bytes (it was 640).
+    assert!(size <= 384, "the driver's future grew to {size} bytes");
     drop(task);
     drop(client);
 }
