@@ -4,7 +4,7 @@
 
 use tern_codec::*;
 
-use crate::support::client::connect_packet;
+use crate::support::client::{Read, connect_packet};
 use crate::support::{Client, TestBroker, WAIT};
 
 #[tokio::test]
@@ -165,4 +165,42 @@ async fn by_default_only_generated_ids_are_assigned() {
     let (_c, ack) =
         Client::connect_with(b.addr, connect_packet(ProtocolVersion::V5, "", true)).await;
     assert!(ack.properties.assigned_client_identifier.is_some());
+}
+
+/// The keep alive on the wall clock, through the broker's deadline watch (one task for all
+/// connections): a client silent for 1.5 × its keep alive is closed (v5: DISCONNECT 0x8D), one
+/// that pings in time stays. (The exact deadline is tested in paused time: see the module doc.)
+#[tokio::test]
+async fn the_deadline_watch_closes_silent_clients_and_keeps_pinging_ones() {
+    let b = TestBroker::start().await;
+    let mut silent = Vec::new();
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut p = connect_packet(v, &format!("silent-{v}"), true);
+        p.keep_alive = 1;
+        let (c, ack) = Client::connect_with(b.addr, p).await;
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
+        silent.push((v, c));
+    }
+    let mut p = connect_packet(ProtocolVersion::V5, "pinging", true);
+    p.keep_alive = 1;
+    let (mut pinging, _) = Client::connect_with(b.addr, p).await;
+    // Three keep-alive periods, a PINGREQ every half period: never closed.
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        pinging.ping().await;
+    }
+    for (v, mut c) in silent {
+        // Long closed by now; the first read finds the DISCONNECT (v5) or the close.
+        match c.read(WAIT).await {
+            Read::Packet(Packet::Disconnect(d)) => {
+                assert!(v.is_v5(), "{v}: {d:?}");
+                assert_eq!(d.reason, ReasonCode::KEEP_ALIVE_TIMEOUT);
+            }
+            Read::Closed => assert!(!v.is_v5(), "{v}: closed without DISCONNECT"),
+            other => panic!("{v}: {other:?}"),
+        }
+    }
+    pinging.ping().await;
+    let closes: std::collections::HashMap<_, _> = b.broker().metrics.closes().collect();
+    assert_eq!(closes.get("keep_alive_timeout"), Some(&2), "{closes:?}");
 }
