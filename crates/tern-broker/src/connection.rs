@@ -105,12 +105,8 @@ impl Connection {
     pub fn new(broker: Arc<Broker>, peer: SocketAddr, listener: &'static str) -> Connection {
         let id = broker.next_conn_id();
         let kick = Arc::new(Kick::default());
-        let connect_timeout = u64::try_from(broker.config.connect_timeout.as_millis());
-        kick.set_deadline(
-            broker.deadline_ms(),
-            Some(connect_timeout.unwrap_or(u64::MAX)),
-            false,
-        );
+        let connect_timeout = Some(broker.config.connect_timeout);
+        kick.set_deadline(broker.deadline_ms(), connect_timeout, false);
         broker.register_connection(id, &kick);
         broker.watch_deadlines();
         Metrics::gauge(&broker.metrics.connections, 1);
@@ -169,6 +165,16 @@ impl Connection {
     /// How long the connection may stay silent before it is closed: 1.5 times the keep alive.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// A whole packet was handled: once connected, the keep-alive deadline starts again
+    /// (`deadlines.rs`; none with keep alive 0). Before CONNECT the CONNECT deadline stands:
+    /// bytes alone never move it ([MQTT-3.1.2-22]).
+    pub fn packet_received(&self) {
+        if self.is_connected() {
+            self.kick
+                .set_deadline(self.broker.deadline_ms(), self.idle_timeout(), true);
+        }
     }
 
     /// The session, once connected (to wait for its deliveries).

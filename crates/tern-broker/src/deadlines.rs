@@ -10,7 +10,7 @@
 //! closes any kicked connection. So a silent client is closed between its deadline and
 //! [`WATCH_EVERY`] after it. An idle connection's task holds no `Sleep` (112 bytes, and an
 //! entry in tokio's timer wheel), which took its task into tokio's next allocation size
-//! (README, Performance: "Connection cost").
+//! (README, Performance: "Issue 20, round of 2026-12-05").
 //!
 //! The watch starts with the first connection (inside a tokio runtime) and ends with the
 //! broker's shutdown or when the broker is dropped.

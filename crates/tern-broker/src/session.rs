@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytestring::ByteString;
@@ -325,20 +326,22 @@ impl Kick {
         Poll::Pending
     }
 
-    /// Sets when the connection is closed for silence: `after_ms` from `now_ms` on the
-    /// broker's deadline clock ([`Broker::deadline_ms`](crate::Broker::deadline_ms)), `None`
-    /// for never; `connected` says whether it is the keep alive (close reason 0x8D) or the
-    /// CONNECT deadline.
-    pub fn set_deadline(&self, now_ms: u64, after_ms: Option<u64>, connected: bool) {
+    /// Sets when the connection is closed for silence: `after` from `now_ms` on the broker's
+    /// deadline clock ([`Broker::deadline_ms`](crate::Broker::deadline_ms)), `None` for never;
+    /// `connected` says whether it is the keep alive (close reason 0x8D) or the CONNECT
+    /// deadline.
+    pub(crate) fn set_deadline(&self, now_ms: u64, after: Option<Duration>, connected: bool) {
         let flag = if connected { CONNECTED } else { 0 };
-        let at = after_ms.map_or(0, |after| {
+        let at = after.map_or(0, |after| {
+            let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
             let at = now_ms.wrapping_add(after.min(DEADLINE_HORIZON_MS - 1)) as u32 & DEADLINE_MS;
             at.max(1)
         });
         self.deadline.store(at | flag, Ordering::Relaxed);
     }
 
-    /// Kicks the connection if its deadline passed at `now_ms`. True if it did.
+    /// Kicks the connection if its deadline passed at `now_ms`. True if it did (the tests
+    /// ask).
     pub(crate) fn check_deadline(&self, now_ms: u64) -> bool {
         let deadline = self.deadline.load(Ordering::Relaxed);
         let at = deadline & DEADLINE_MS;
@@ -1025,14 +1028,16 @@ pub(crate) mod tests {
     use crate::message::Message;
     use smallvec::SmallVec;
 
-    /// Every session, connected or kept offline, is one `Arc<Session>`: with the `Arc`'s two
-    /// counters it must stay within the allocator's 384-byte class (mimalloc's classes here
-    /// are 320, 384, 448: one field too many costs 64 bytes per session).
+    /// Bytes of an `Arc<T>`'s allocation: `T` and the two counters.
+    fn arc_bytes<T>() -> usize {
+        std::mem::size_of::<T>() + 2 * std::mem::size_of::<usize>()
+    }
+
     /// The `Kick` of a subscriber is written by every publisher to it: with the `Arc`'s
     /// counters it must stay one 64-byte allocation (one cache line).
     #[test]
     fn a_kick_fits_one_cache_line() {
-        let arc = std::mem::size_of::<Kick>() + 2 * std::mem::size_of::<usize>();
+        let arc = arc_bytes::<Kick>();
         assert!(arc <= 64, "Arc<Kick> is {arc} bytes");
     }
 
@@ -1042,12 +1047,12 @@ pub(crate) mod tests {
         assert!(!k.check_deadline(u64::MAX), "no deadline: never");
         // Just below the 31-bit wrap and across it.
         let now = (1u64 << 31) - 500;
-        k.set_deadline(now, Some(1_000), false);
+        k.set_deadline(now, Some(Duration::from_millis(1_000)), false);
         assert!(!k.check_deadline(now + 999));
         assert!(k.check_deadline(now + 1_000));
         assert_eq!(k.reason(), Some(CloseReason::ConnectTimeout));
         let k = Kick::default();
-        k.set_deadline(now, Some(98_302_500), true);
+        k.set_deadline(now, Some(Duration::from_millis(98_302_500)), true);
         assert!(!k.check_deadline(now + 98_302_499));
         assert!(k.check_deadline(now + 98_302_500 + 10_000));
         assert_eq!(k.reason(), Some(CloseReason::KeepAliveTimeout));
@@ -1055,14 +1060,17 @@ pub(crate) mod tests {
         let k = Kick::default();
         k.set_deadline(now, None, true);
         assert!(!k.check_deadline(now + (1 << 40)));
-        k.set_deadline(now, Some(u64::MAX), false);
+        k.set_deadline(now, Some(Duration::MAX), false);
         assert!(!k.check_deadline(now + DEADLINE_HORIZON_MS - 2));
         assert!(k.check_deadline(now + DEADLINE_HORIZON_MS - 1));
     }
 
+    /// Every session, connected or kept offline, is one `Arc<Session>`: with the `Arc`'s two
+    /// counters it must stay within the allocator's 384-byte class (mimalloc's classes here
+    /// are 320, 384, 448: one field too many costs 64 bytes per session).
     #[test]
     fn a_session_fits_the_384_byte_class() {
-        let arc = std::mem::size_of::<Session>() + 2 * std::mem::size_of::<usize>();
+        let arc = arc_bytes::<Session>();
         assert!(arc <= 384, "Arc<Session> is {arc} bytes");
     }
 

@@ -265,17 +265,7 @@ where
         // receive an MQTT Control Packet"): a client trickling a packet that never completes
         // is not kept alive by it, and the CONNECT deadline stands until a CONNECT is accepted.
         if processed? {
-            let connected = conn.is_connected();
-            match conn.idle_timeout() {
-                Some(idle) => {
-                    let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-                    let now = conn.broker().deadline_ms();
-                    conn.kick().set_deadline(now, Some(idle), connected);
-                }
-                None if connected => conn.kick().set_deadline(0, None, true),
-                // Not connected yet: the CONNECT deadline stands.
-                None => {}
-            }
+            conn.packet_received();
         }
         Ok(())
     }
