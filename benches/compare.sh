@@ -16,7 +16,8 @@
 # RETAINED (retained topics, 100000), LATENCY_RATE (msg/s,
 # 1000), LATENCY_RUNS (alternating latency rounds, 3), THREADS (generator threads, default every
 # core), TERN_PORT/MOSQ_PORT/RUMQ_PORT/RELAY_PORT (18831/18832/18833/18834),
-# OUT (target/bench), STORE_TABLE (0 skips the second table).
+# OUT (target/bench), STORE_TABLE (0 skips the second table), DURABLE_INFLIGHT (the window of the
+# second offline row, 1000).
 #
 # Equivalent settings: both brokers listen on 127.0.0.1 with anonymous access, keep nothing on
 # disk (Mosquitto: persistence false; tern: store.enabled = false where tern has a store), cap
@@ -56,6 +57,7 @@ STORE_TABLE=${STORE_TABLE:-1}
 FILTER_TABLE=${FILTER_TABLE:-1}
 FILTER_SUBS=${FILTER_SUBS:-1000}
 OFFLINE_MESSAGES=${OFFLINE_MESSAGES:-150000}
+DURABLE_INFLIGHT=${DURABLE_INFLIGHT:-1000}
 THREADS_ARG=()
 [[ -n "${THREADS:-}" ]] && THREADS_ARG=(--threads "$THREADS")
 
@@ -299,6 +301,11 @@ if [[ -n "$HAS_STORE" && "$STORE_TABLE" != 0 ]]; then
     # that the queue stays inside its 1 GiB budget.
     scenario durable-offline $B --scenario fan-in --clients "$CLIENTS" --offline --qos 1 \
         --messages "$OFFLINE_MESSAGES" --duration 60 --inflight "$INFLIGHT" --drain 60
+    # The same with a wider window: each message waits for an fsync, so 8 publishers with
+    # INFLIGHT unacknowledged messages each cap the rate near 8 x INFLIGHT / (fsync + turnaround)
+    # whatever the broker costs; with DURABLE_INFLIGHT the broker's cost is what shows.
+    scenario durable-offline-wide $B --scenario fan-in --clients "$CLIENTS" --offline --qos 1 \
+        --messages "$OFFLINE_MESSAGES" --duration 60 --inflight "$DURABLE_INFLIGHT" --drain 60
 fi
 
 # \$filter: fan-out to FILTER_SUBS subscribers without a filter, all with the same payload
@@ -344,6 +351,7 @@ labels() { # rows: substitute the run's settings into the labels
     r=${r//connect storm|/connect storm, $CONNECTIONS conns|}
     r=${r//idle connections|/$IDLE_CONNECTIONS idle connections|}
     r=${r//retained flood|/retained flood, $RETAINED topics|}
+    r=${r//window DURABLE_INFLIGHT/window $DURABLE_INFLIGHT}
     echo "$r"
 }
 
@@ -412,6 +420,10 @@ durable-offline|fan-in 8→1 QoS 1, offline session|PUBACK p50 µs|.ack_latency_
 durable-offline|fan-in 8→1 QoS 1, offline session|PUBACK p99 µs|.ack_latency_us.p99_us
 durable-offline|fan-in 8→1 QoS 1, offline session|delivered after reconnect|.delivered
 durable-offline|fan-in 8→1 QoS 1, offline session|acked but lost|.lost_acked
+durable-offline-wide|the same, window DURABLE_INFLIGHT|acked msg/s|.acked_per_s
+durable-offline-wide|the same, window DURABLE_INFLIGHT|PUBACK p99 µs|.ack_latency_us.p99_us
+durable-offline-wide|the same, window DURABLE_INFLIGHT|delivered after reconnect|.delivered
+durable-offline-wide|the same, window DURABLE_INFLIGHT|acked but lost|.lost_acked
 EOF
 )")
 

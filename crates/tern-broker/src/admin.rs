@@ -166,7 +166,7 @@ impl Broker {
         msg.expires_at = properties
             .message_expiry_interval
             .map(|s| msg.timestamp + u64::from(s) * 1_000_000);
-        msg.properties = properties;
+        msg.properties = properties.into();
         self.publish(Arc::new(msg))
     }
 

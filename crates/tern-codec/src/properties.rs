@@ -151,6 +151,18 @@ pub struct PublishProperties {
 }
 
 impl PublishProperties {
+    /// No property set, as a constant (for a `static` of empty properties).
+    pub const EMPTY: PublishProperties = PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: SmallVec::new_const(),
+        content_type: None,
+    };
+
     /// True when no property is set (the encoded property length is 0).
     pub fn is_empty(&self) -> bool {
         self.payload_format_indicator.is_none()

@@ -641,7 +641,8 @@ impl MessageJson {
                     .collect(),
                 subscription_identifiers: SmallVec::from_vec(p.subscription_identifiers),
                 content_type: p.content_type.map(ByteString::from),
-            },
+            }
+            .into(),
             cid: self.cid,
             timestamp: self.timestamp,
             expires_at: self.expires_at,

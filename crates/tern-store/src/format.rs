@@ -453,7 +453,7 @@ pub fn get_message(r: &mut Reader) -> Result<Message, FormatError> {
         payload,
         qos,
         retain,
-        properties: p,
+        properties: p.into(),
         cid,
         timestamp,
         expires_at,
@@ -865,7 +865,8 @@ mod tests {
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
                 subscription_identifiers: SmallVec::new(),
                 content_type: Some("text/plain".into()),
-            },
+            }
+            .into(),
             cid: 42,
             timestamp: 1_700_000_000_000_001,
             expires_at: Some(1_700_000_060_000_001),

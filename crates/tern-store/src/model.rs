@@ -18,6 +18,60 @@ pub type Micros = u64;
 /// [`SessionKey`]).
 pub type SessionId = u64;
 
+/// A message's v5 properties, boxed, and nothing at all when there are none (every 3.1.1
+/// message and most v5 ones): a queued message is 160 bytes smaller than with the properties
+/// inline, and a broker holding a million queued messages faults in that much less memory.
+/// Reads see the properties (empty ones when there are none); a write boxes them first.
+#[derive(Clone, Default)]
+pub struct Props(Option<Box<PublishProperties>>);
+
+static NO_PROPS: PublishProperties = PublishProperties::EMPTY;
+
+impl Props {
+    /// The properties, taken out (empty ones when there are none).
+    pub fn into_inner(self) -> PublishProperties {
+        self.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl From<PublishProperties> for Props {
+    fn from(p: PublishProperties) -> Props {
+        if p.is_empty() {
+            Props(None)
+        } else {
+            Props(Some(Box::new(p)))
+        }
+    }
+}
+
+impl std::ops::Deref for Props {
+    type Target = PublishProperties;
+    fn deref(&self) -> &PublishProperties {
+        self.0.as_deref().unwrap_or(&NO_PROPS)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    fn deref_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+/// Equal when the properties are: none and empty ones are the same.
+impl PartialEq for Props {
+    fn eq(&self, other: &Props) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Props {}
+
+impl std::fmt::Debug for Props {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// One published message, shared by every delivery of it (`Arc<Message>`): the payload and the
 /// topic are reference-counted slices of the publisher's receive buffer, never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +84,7 @@ pub struct Message {
     pub retain: bool,
     /// The v5 properties to forward: no Topic Alias and no Subscription Identifiers (both are
     /// per connection).
-    pub properties: PublishProperties,
+    pub properties: Props,
     /// The publisher's account.
     pub cid: Cid,
     /// Publication time, unique per broker (docs/flespi.md#accounts-and-namespaces `timestamp`).
@@ -57,7 +111,7 @@ impl Message {
             payload: payload.into(),
             qos,
             retain: false,
-            properties: PublishProperties::default(),
+            properties: Props::default(),
             cid,
             timestamp,
             expires_at: None,
@@ -92,7 +146,12 @@ impl Message {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 16)
             .sum();
-        self.topic.len() + self.payload.len() + props + OVERHEAD
+        let boxed = if self.properties.0.is_some() {
+            std::mem::size_of::<PublishProperties>() + 16
+        } else {
+            0
+        };
+        self.topic.len() + self.payload.len() + props + boxed + OVERHEAD
     }
 
     /// The `timestamp` user property value: unix seconds with a fraction.
@@ -220,5 +279,34 @@ mod tests {
     #[test]
     fn timestamp_format() {
         assert_eq!(format_timestamp(1_700_000_000_000_001), "1700000000.000001");
+    }
+
+    /// A queued message is mostly this struct in its `Arc`: 128 bytes and the Arc's 16 keep it
+    /// in the allocator's 144-160 byte class (it was 280 with the properties inline).
+    #[test]
+    fn a_message_without_properties_is_small() {
+        let size = std::mem::size_of::<Message>();
+        eprintln!("Message: {size} bytes");
+        assert!(size <= 128, "Message grew to {size} bytes");
+    }
+
+    #[test]
+    fn props_box_only_what_is_set() {
+        let none = Props::from(PublishProperties::default());
+        assert!(none.0.is_none());
+        assert!(none.is_empty());
+        let mut set = Props::from(PublishProperties {
+            content_type: Some("text/plain".into()),
+            ..PublishProperties::default()
+        });
+        assert!(set.0.is_some());
+        assert_eq!(set.content_type.as_deref(), Some("text/plain"));
+        set.content_type = None;
+        // Boxed but empty equals none at all.
+        assert_eq!(set, none);
+        assert_eq!(set.clone().into_inner(), PublishProperties::default());
+        let mut written = none.clone();
+        written.message_expiry_interval = Some(5);
+        assert_eq!(written.into_inner().message_expiry_interval, Some(5));
     }
 }

@@ -29,7 +29,8 @@ fn v1_ops() -> Vec<Op> {
         properties: PublishProperties {
             content_type: Some("text/plain".into()),
             ..Default::default()
-        },
+        }
+        .into(),
         cid: 7,
         timestamp: 1_700_000_000_000_100,
         expires_at: None,
@@ -51,7 +52,8 @@ fn v1_ops() -> Vec<Op> {
             ],
             content_type: Some("application/json".into()),
             ..Default::default()
-        },
+        }
+        .into(),
         cid: 7,
         timestamp: 1_700_000_000_000_001,
         expires_at: Some(1_700_003_600_000_001),
@@ -62,7 +64,7 @@ fn v1_ops() -> Vec<Op> {
         payload: Bytes::from_static(b"\x80\x81 not utf-8 \xfe"),
         qos: QoS::AtMostOnce,
         retain: true,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         cid: 9,
         timestamp: 1_700_000_000_000_002,
         expires_at: None,
@@ -78,7 +80,8 @@ fn v1_ops() -> Vec<Op> {
             properties: PublishProperties {
                 message_expiry_interval: Some(60),
                 ..Default::default()
-            },
+            }
+            .into(),
             cid: 7,
             timestamp: 1_700_000_000_000_200 + seq,
             expires_at: Some(1_700_000_060_000_200 + seq),

@@ -326,7 +326,7 @@ impl Connection {
                 payload: w.payload.clone(),
                 qos: w.qos.min(self.broker.config.max_qos),
                 retain: w.retain,
-                properties,
+                properties: properties.into(),
                 cid: principal.cid,
                 timestamp,
                 expires_at: wp

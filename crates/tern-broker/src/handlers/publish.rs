@@ -179,7 +179,7 @@ impl Connection {
             payload: p.payload,
             qos: qos.min(broker.config.max_qos),
             retain: p.retain,
-            properties: p.properties,
+            properties: p.properties.into(),
             cid,
             timestamp,
             expires_at,

@@ -131,7 +131,7 @@ pub mod arb {
                         payload,
                         qos,
                         retain,
-                        properties,
+                        properties: properties.into(),
                         cid,
                         timestamp,
                         expires_at,
