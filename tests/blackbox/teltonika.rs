@@ -551,13 +551,34 @@ async fn connected_follows_the_connection_with_logs_and_the_connections_list() {
     .await;
     let mut closed = false;
     for _ in 0..50 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if !teltonika_listens(port).await {
             closed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(closed, "the listener is gone");
+}
+
+/// Whether a Teltonika channel answers on `port`. A connection refused says no; so does one
+/// that is not the channel's: the port, free again, may be in this machine's ephemeral range,
+/// where a connect can meet itself (TCP simultaneous open: the kernel picks the destination
+/// port as the source port) or another test's listener, neither of which answers an IMEI.
+async fn teltonika_listens(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.local_addr().ok() == s.peer_addr().ok() {
+        return false;
+    }
+    if s.write_all(&[0, 15]).await.is_err() || s.write_all(IMEI.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = [9u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut answer)).await,
+        Ok(Ok(_)) if answer[0] <= 1
+    )
 }
 
 #[tokio::test]
