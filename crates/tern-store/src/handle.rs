@@ -84,8 +84,12 @@ pub trait Backend: Send + 'static {
 
 /// Ops that may wait for the writer before [`Store::accepting`] turns false (the broker then
 /// refuses new QoS 1/2 messages, persistent sessions and REST changes until the writer caught
-/// up).
-pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
+/// up). A QoS 1 message to an online persistent subscriber makes three ops (queued, sent,
+/// acknowledged), and only the first holds its publisher's PUBACK: a subscriber draining a
+/// long outbox adds two ops per message whatever the writer's pace. At the writer's ~2M ops/s
+/// (durable fan-in, about 700k msg/s) 100,000 was 50 ms behind, so that a commit delayed by
+/// a busy machine closed 3.x publishers; 1,000,000 (about 100 MB of ops) is half a second.
+pub const DEFAULT_MAX_QUEUED: u64 = 1_000_000;
 
 /// First and longest wait between two attempts of a failing store.
 const RETRY_MIN: Duration = Duration::from_millis(50);
