@@ -301,9 +301,10 @@ if [[ -n "$HAS_STORE" && "$STORE_TABLE" != 0 ]]; then
     # that the queue stays inside its 1 GiB budget.
     scenario durable-offline $B --scenario fan-in --clients "$CLIENTS" --offline --qos 1 \
         --messages "$OFFLINE_MESSAGES" --duration 60 --inflight "$INFLIGHT" --drain 60
-    # The same with a wider window: each message waits for an fsync, so 8 publishers with
-    # INFLIGHT unacknowledged messages each cap the rate near 8 x INFLIGHT / (fsync + turnaround)
-    # whatever the broker costs; with DURABLE_INFLIGHT the broker's cost is what shows.
+    # The same with a wider window: each PUBACK waits for the store's commit (and fsync) after
+    # its message, so 8 publishers with INFLIGHT unacknowledged messages each cap the rate near
+    # 8 x INFLIGHT / (one and a half commit cycles + the round trip); with DURABLE_INFLIGHT the
+    # broker's own cost is what shows.
     scenario durable-offline-wide $B --scenario fan-in --clients "$CLIENTS" --offline --qos 1 \
         --messages "$OFFLINE_MESSAGES" --duration 60 --inflight "$DURABLE_INFLIGHT" --drain 60
 fi

@@ -27,13 +27,6 @@ pub struct Props(Option<Box<PublishProperties>>);
 
 static NO_PROPS: PublishProperties = PublishProperties::EMPTY;
 
-impl Props {
-    /// The properties, taken out (empty ones when there are none).
-    pub fn into_inner(self) -> PublishProperties {
-        self.0.map(|b| *b).unwrap_or_default()
-    }
-}
-
 impl From<PublishProperties> for Props {
     fn from(p: PublishProperties) -> Props {
         if p.is_empty() {
@@ -304,9 +297,9 @@ mod tests {
         set.content_type = None;
         // Boxed but empty equals none at all.
         assert_eq!(set, none);
-        assert_eq!(set.clone().into_inner(), PublishProperties::default());
+        assert_eq!(*set, PublishProperties::default());
         let mut written = none.clone();
         written.message_expiry_interval = Some(5);
-        assert_eq!(written.into_inner().message_expiry_interval, Some(5));
+        assert_eq!(written.message_expiry_interval, Some(5));
     }
 }
