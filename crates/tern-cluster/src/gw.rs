@@ -371,6 +371,10 @@ impl GwReplica for GwShare {
         }
     }
 
+    fn takes(&self, kind: GwKind, id: u64) -> bool {
+        self.pending.lock().get(&(kind, id)).is_none_or(|n| *n == 0)
+    }
+
     fn new_id(&self, kind: GwKind) -> Option<u64> {
         let mut ids = self.ids.lock();
         let blocks = ids.entry(kind).or_default();
@@ -528,12 +532,6 @@ impl GwShare {
         }
         *now = live;
         true
-    }
-
-    /// Whether a change of another node to `entity` is applied: not while an own change of it
-    /// is still to come (later in the log, it wins).
-    fn takes(&self, entity: (GwKind, u64)) -> bool {
-        self.pending.lock().get(&entity).is_none_or(|n| *n == 0)
     }
 }
 
@@ -868,7 +866,9 @@ async fn run_reader(
                 if let Some(key) = entity {
                     unpend(&mut share.pending.lock(), key);
                 }
-            } else if entity.is_none_or(|key| share.takes(key)) {
+            } else {
+                // The gateway skips an entity's change while an own change of it is still to
+                // come, asked under its lock (`GwReplica::takes`).
                 gateway.apply_remote(op, position);
                 share.metrics.gw_applied.fetch_add(1, Ordering::Relaxed);
             }

@@ -95,6 +95,11 @@ pub trait GwReplica: Send + Sync + std::fmt::Debug {
     /// A change made on this node, as submitted to its store (called under the gateway's lock,
     /// in store order: it must not block).
     fn changed(&self, op: &Op);
+    /// Whether another node's change of entity `id` of `kind` is applied here: not while an
+    /// own change of it is still to come in the log (later there, it wins on every node).
+    /// Asked under the lock this node's own changes of the entity are made under, so that none
+    /// slips in between the answer and the apply.
+    fn takes(&self, kind: GwKind, id: u64) -> bool;
     /// An id of `kind` that no node has handed out or will hand out; `None` when none can be
     /// had now (the creation is refused with [`GwError::Unavailable`]).
     fn new_id(&self, kind: GwKind) -> Option<u64>;
@@ -307,6 +312,12 @@ impl Gateway {
         }
     }
 
+    /// Whether another node's change of an entity is applied here ([`GwReplica::takes`]);
+    /// the caller holds the lock the entity's local changes are made under.
+    pub(crate) fn takes_remote(&self, kind: GwKind, id: u64) -> bool {
+        self.replica.get().is_none_or(|r| r.takes(kind, id))
+    }
+
     /// Whether this node runs external MQTT channel `id`'s client (always without a cluster).
     pub(crate) fn runs_here(&self, channel: u64) -> bool {
         self.replica.get().is_none_or(|r| r.runs_here(channel))
@@ -330,12 +341,21 @@ impl Gateway {
     fn apply_quietly(&self, op: Op) {
         if let Some((kind, id, json)) = GwKind::of(&op) {
             let json = json.cloned();
-            match kind {
-                GwKind::Device => self.remote_device(id, json),
-                GwKind::Group => self.remote_group(id, json),
-                GwKind::Channel => self.remote_channel(id, json),
-                GwKind::Stream => self.remote_stream(id, json),
-                GwKind::Webhook => self.remote_webhook(id, json),
+            if kind == GwKind::Webhook {
+                // Under the webhooks' own lock (`install_webhook`, `remove_webhook`).
+                self.remote_webhook(id, json);
+            } else {
+                let mut st = self.state.lock();
+                if !self.takes_remote(kind, id) {
+                    return;
+                }
+                match kind {
+                    GwKind::Device => self.remote_device(&mut st, id, json),
+                    GwKind::Group => self.remote_group(&mut st, id, json),
+                    GwKind::Channel => self.remote_channel(&mut st, id, json),
+                    GwKind::Stream => self.remote_stream(&mut st, id, json),
+                    GwKind::Webhook => {}
+                }
             }
             self.metrics.note_remote();
         } else {
@@ -410,10 +430,9 @@ impl Gateway {
         }
     }
 
-    fn remote_device(&self, id: u64, json: Option<Bytes>) {
-        let mut st = self.state.lock();
+    fn remote_device(&self, st: &mut State, id: u64, json: Option<Bytes>) {
         let Some(json) = json else {
-            self.drop_device(&mut st, id, false);
+            self.drop_device(st, id, false);
             return;
         };
         let mut new = match serde_json::from_slice::<Device>(&json) {
@@ -426,7 +445,7 @@ impl Gateway {
         new.id = id;
         let old_item = st.devices.get(&id).map(|d| (d.cid, self.item_of(d)));
         match st.devices.get(&id) {
-            None => self.count_in(&mut st, quota::Counted::Devices, id, new.cid),
+            None => self.count_in(st, quota::Counted::Devices, id, new.cid),
             Some(old) => {
                 // `last_active` is each node's own (from the messages it applied).
                 new.last_active = new.last_active.max(old.last_active);
@@ -435,13 +454,13 @@ impl Gateway {
                     && (!new.enabled || new.ident() != old.ident())
                 {
                     let (cid, ident) = (old.cid, old.ident().to_owned());
-                    self.kick_tracker(&st, cid, &ident);
+                    self.kick_tracker(st, cid, &ident);
                 }
                 if old.cid != new.cid {
                     // Checked where it moved; counted here whatever the quota says now.
-                    if self.move_usage(&mut st, id, new.cid).is_err() {
-                        self.count_out(&mut st, quota::Counted::Devices, id);
-                        self.count_in(&mut st, quota::Counted::Devices, id, new.cid);
+                    if self.move_usage(st, id, new.cid).is_err() {
+                        self.count_out(st, quota::Counted::Devices, id);
+                        self.count_in(st, quota::Counted::Devices, id, new.cid);
                     }
                 }
             }
@@ -491,8 +510,7 @@ impl Gateway {
         st.insert_device(new);
     }
 
-    fn remote_group(&self, id: u64, json: Option<Bytes>) {
-        let mut st = self.state.lock();
+    fn remote_group(&self, st: &mut State, id: u64, json: Option<Bytes>) {
         match json {
             None => {
                 st.groups.remove(&id);
@@ -510,11 +528,10 @@ impl Gateway {
         }
     }
 
-    fn remote_channel(&self, id: u64, json: Option<Bytes>) {
-        let mut st = self.state.lock();
+    fn remote_channel(&self, st: &mut State, id: u64, json: Option<Bytes>) {
         match json {
             None => {
-                self.drop_channel(&mut st, id, false);
+                self.drop_channel(st, id, false);
                 return;
             }
             Some(json) => {
@@ -527,12 +544,12 @@ impl Gateway {
                 };
                 c.id = id;
                 if !st.channels.contains_key(&id) {
-                    self.count_in(&mut st, quota::Counted::Channels, id, c.cid);
+                    self.count_in(st, quota::Counted::Channels, id, c.cid);
                 }
                 // A tracker channel listens on every node, on the port its document names; a
                 // node where that port is taken logs it and serves the channel elsewhere.
                 let mut probe = c.clone();
-                if let Err(err) = self.sync_tracker(&st, &mut probe) {
+                if let Err(err) = self.sync_tracker(st, &mut probe) {
                     tracing::warn!(channel = id, %err, "cluster: a channel changed on another node has no listener here");
                 }
                 self.store.submit(Op::PutChannel { id, json });
@@ -546,11 +563,10 @@ impl Gateway {
         self.external_changed.notify_one();
     }
 
-    fn remote_stream(&self, id: u64, json: Option<Bytes>) {
-        let mut st = self.state.lock();
+    fn remote_stream(&self, st: &mut State, id: u64, json: Option<Bytes>) {
         match json {
             None => {
-                self.drop_stream(&mut st, id, false);
+                self.drop_stream(st, id, false);
                 return;
             }
             Some(json) => match serde_json::from_slice::<Stream>(&json) {
@@ -575,7 +591,7 @@ impl Gateway {
     fn remote_webhook(&self, id: u64, json: Option<Bytes>) {
         match json {
             None => {
-                self.remove_webhook(id);
+                self.remove_webhook(id, true);
             }
             Some(json) => match serde_json::from_slice::<Webhook>(&json) {
                 Ok(mut w) => {

@@ -38,7 +38,7 @@ use tern_store::{MessageKey, Op, Snapshot, Store};
 
 use crate::logs::Origin;
 use crate::webhook::{Action, Compiled, Step, Webhook};
-use crate::{Gateway, GwError};
+use crate::{Gateway, GwError, GwKind};
 
 /// Pending calls one webhook holds at most.
 pub const MAX_PENDING: u64 = 10_000;
@@ -468,7 +468,7 @@ impl Gateway {
             });
         }
         self.share(&Op::DelWebhook { id });
-        self.remove_webhook(id).ok_or(GwError::NotFound {
+        self.remove_webhook(id, false).ok_or(GwError::NotFound {
             what: "webhook",
             id,
         })
@@ -476,8 +476,13 @@ impl Gateway {
 
     /// Deletes webhook `id` here: its record (from the store too), its task and its counters;
     /// its last item.
-    pub(crate) fn remove_webhook(&self, id: u64) -> Option<Value> {
+    /// `remote`: another node deleted it, applied unless an own change of it is still to come
+    /// ([`Gateway::takes_remote`], asked under the records' lock local changes are made under).
+    pub(crate) fn remove_webhook(&self, id: u64, remote: bool) -> Option<Value> {
         let mut records = self.webhooks.records.lock();
+        if remote && !self.takes_remote(GwKind::Webhook, id) {
+            return None;
+        }
         let w = records.remove(&id)?;
         self.store.submit(Op::DelWebhook { id });
         self.rebuild_triggers(&records);
@@ -499,10 +504,14 @@ impl Gateway {
         self.webhooks.records.lock().values().cloned().collect()
     }
 
-    /// Puts webhook `w` (changed on another node, its stored document `json`) here.
+    /// Puts webhook `w` (changed on another node, its stored document `json`) here, unless an
+    /// own change of it is still to come ([`Gateway::takes_remote`]).
     pub(crate) fn install_webhook(&self, w: Webhook, json: Bytes) {
         let id = w.id;
         let mut records = self.webhooks.records.lock();
+        if !self.takes_remote(GwKind::Webhook, id) {
+            return;
+        }
         self.store.submit(Op::PutWebhook { id, json });
         records.insert(id, w);
         self.rebuild_triggers(&records);
