@@ -100,7 +100,7 @@ const META_VERSION: &str = "format_version";
 /// Every page a commit writes goes into it while it has room, in a buffer of its own, so until
 /// it is full each written page is memory the process faults in and the kernel zeroes: with
 /// 256 MiB that was 38% of the writer's time over the first 1.2M messages queued to an offline
-/// session (fsync always), 4% with 32 MiB, and a cold store's durable fan-in ran 1.2-2.2x
+/// session (fsync always), 4% with 32 MiB, and that fan-in to an offline session ran 1.2-2.2x
 /// faster. The devices layer's working set fits (1,000 trackers' histories ingested at the
 /// same rate with either size), a page not in it is read from the OS's page cache, and a
 /// 1,000-message window read out of a million costs 2.5% more than with 256 MiB.
